@@ -1,0 +1,25 @@
+"""hwsim: a fixed-point, hardware-aware training simulator.
+
+>>> import hwsim
+>>> hwsim.quantize(0.3, hwsim.FixedPoint(8, 4))
+0.3125
+"""
+
+from hwsim.errors import NonFiniteError
+from hwsim.formats import FixedPoint, parse_format
+from hwsim.modes import Overflow, Rounding
+from hwsim.ops import from_codes, quantize, to_codes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FixedPoint",
+    "parse_format",
+    "Rounding",
+    "Overflow",
+    "NonFiniteError",
+    "quantize",
+    "to_codes",
+    "from_codes",
+    "__version__",
+]

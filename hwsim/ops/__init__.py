@@ -1,0 +1,5 @@
+"""Public ops, one function each, dispatching on the array type."""
+
+from hwsim.ops.quantize import from_codes, quantize, to_codes
+
+__all__ = ["quantize", "to_codes", "from_codes"]

@@ -1,0 +1,163 @@
+"""``quantize``, ``to_codes`` and ``from_codes``: one public function each,
+dispatching on the array type (NumPy -> Numba kernels, torch -> torch path)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwsim.formats import FixedPoint
+from hwsim.modes import Overflow, Rounding
+from hwsim.ops._common import (
+    check_format,
+    check_noise_numpy,
+    fresh_seed,
+    is_torch,
+    raise_non_finite_numpy,
+    raise_non_finite_torch,
+)
+
+
+def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, noise=None):
+    """Round ``x`` onto the grid of ``fmt`` and apply its overflow mode.
+
+    Args:
+        x: a NumPy array (Numba kernels, CPU), a torch tensor (torch ops, on its
+            own device) or a Python number. float16, bfloat16 (torch), float32,
+            float64 and integer inputs work.
+        fmt: a :class:`FixedPoint` or its string (``"fx16.12"``).
+        rounding: ``nearest`` (ties to even), ``nearest_away``, ``floor``,
+            ``zero`` or ``stochastic``.
+        overflow: ``saturate`` or ``wrap``.
+        seed: stochastic rounding only. An int gives counter-based noise: the
+            uniform of element i (flat C order) is SplitMix64(seed, i), the same
+            on both backends, so equal seeds give equal bits everywhere. A
+            ``torch.Generator`` draws ``torch.rand`` noise instead. ``None``
+            draws a fresh random seed.
+        noise: stochastic rounding only: uniforms in [0, 1) of ``x``'s shape;
+            element i rounds up iff ``noise[i] < frac(x[i] / lsb)``. Makes the
+            result exactly determined.
+
+    Returns:
+        The same kind of array, shape and dtype (integers become float64; a
+        Python number stays a Python float). The result is computed exactly in
+        float64/int64 and then cast to the input dtype: when ``fmt`` is not
+        representable in that dtype (``fmt.representable_in(dtype)`` is False,
+        e.g. fx16.12 in float16), the cast rounds to the nearest value of the
+        dtype. Use :func:`to_codes` for exact results in any case.
+
+    Raises:
+        NonFiniteError: (a ValueError) NaN or Inf in ``x``, with the count and
+            the first index.
+
+    >>> import numpy as np, hwsim
+    >>> hwsim.quantize(np.array([0.3, -1.26, 9.0]), "fx8.4")
+    array([ 0.3125, -1.25  ,  7.9375])
+    """
+    fmt = check_format(fmt)
+    rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    if is_torch(x):
+        from hwsim.torch_path.quantize import quantize_torch
+
+        return quantize_torch(x, fmt, rounding, overflow, seed=seed, noise=noise, codes=False)
+    scalar = np.isscalar(x)
+    arr, out_dtype = _as_float_array(x)
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    _run_numba(arr, out, fmt, rounding, overflow, seed, noise)
+    out = out.astype(out_dtype, copy=False)
+    return float(out) if scalar else out
+
+
+def to_codes(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, noise=None):
+    """Integer codes (int64) of ``x`` in ``fmt``: ``quantize(x) == codes * fmt.lsb``
+    exactly, for every word length up to 62. Same arguments as :func:`quantize`."""
+    fmt = check_format(fmt)
+    rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    if is_torch(x):
+        from hwsim.torch_path.quantize import quantize_torch
+
+        return quantize_torch(x, fmt, rounding, overflow, seed=seed, noise=noise, codes=True)
+    arr, _ = _as_float_array(x)
+    out = np.empty(arr.shape, dtype=np.int64)
+    _run_numba(arr, out, fmt, rounding, overflow, seed, noise)
+    return out
+
+
+def from_codes(codes, fmt):
+    """Values (float64) of int64 ``codes`` in ``fmt``: ``codes * 2^-fl``.
+
+    Raises ValueError if a code lies outside the format's range."""
+    fmt = check_format(fmt)
+    if is_torch(codes):
+        import torch
+
+        from hwsim.torch_path.core import code_to_value
+
+        if codes.is_floating_point() or codes.is_complex():
+            raise ValueError(f"codes must be an integer tensor, got dtype {codes.dtype}")
+        bad = (codes < fmt.min_code) | (codes > fmt.max_code)
+        if bool(bad.any()):
+            raise ValueError(_range_message(int(bad.sum()), fmt))
+        return code_to_value(codes.to(torch.int64), fmt)
+    arr = np.asarray(codes)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"codes must be an integer array, got dtype {arr.dtype}")
+    bad = (arr < fmt.min_code) | (arr > fmt.max_code)
+    if bad.any():
+        raise ValueError(_range_message(int(np.count_nonzero(bad)), fmt))
+    from hwsim.kernels.quantize import codes_to_values
+
+    flat = np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.float64)
+    codes_to_values(flat, out, fmt.lsb)
+    return out.reshape(arr.shape)
+
+
+def _range_message(count: int, fmt: FixedPoint) -> str:
+    return (
+        f"{count} code(s) lie outside the range of {fmt}: codes must be integers in "
+        f"[{fmt.min_code}, {fmt.max_code}]"
+    )
+
+
+def _as_float_array(x) -> tuple[np.ndarray, np.dtype]:
+    """A C-contiguous float32/float64 array the kernels take, and the dtype to return."""
+    arr = np.asarray(x)
+    if arr.dtype == np.float16:
+        return arr.astype(np.float32, order="C"), arr.dtype  # exact widening
+    if arr.dtype in (np.float32, np.float64):
+        return arr.astype(arr.dtype, order="C", copy=False), arr.dtype
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.float64, order="C"), np.dtype(np.float64)
+    raise ValueError(
+        f"quantize takes float16/float32/float64 or integer arrays, got dtype {arr.dtype}"
+    )
+
+
+def _run_numba(arr, out, fmt, rounding, overflow, seed, noise) -> None:
+    from hwsim.kernels import quantize as kq
+
+    noise_mode, noise_flat, seed64 = kq.NOISE_NONE, _EMPTY, 0
+    if noise is not None:
+        if rounding != Rounding.STOCHASTIC:
+            raise ValueError(f"noise is only used by rounding='stochastic', not {str(rounding)!r}")
+        noise_mode, noise_flat = kq.NOISE_ARRAY, check_noise_numpy(noise, arr.shape)
+    elif rounding == Rounding.STOCHASTIC:
+        seed64 = _seed64(fresh_seed() if seed is None else seed)
+        noise_mode = kq.NOISE_SEED
+    flat, out_flat = arr.reshape(-1), out.reshape(-1)
+    run = kq.quantize_kernel(int(rounding), int(overflow), noise_mode, out.dtype == np.int64)
+    bad = run(flat, out_flat, 2.0**fmt.fl, fmt.lsb, 2.0 ** (fmt.wl - fmt.fl), fmt.min_code,
+              fmt.max_code, noise_flat, np.uint64(seed64))
+    if bad:
+        raise_non_finite_numpy(arr)
+
+
+def _seed64(seed) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(
+            f"seed must be an int (or, for torch tensors, a torch.Generator), got {seed!r}"
+        )
+    return int(seed) & ((1 << 64) - 1)
+
+
+_EMPTY = np.zeros(0, dtype=np.float64)

@@ -1,0 +1,43 @@
+"""quantize / to_codes on torch tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from hwsim.formats import FixedPoint
+from hwsim.modes import Overflow, Rounding
+from hwsim.ops._common import fresh_seed, raise_non_finite_torch
+from hwsim.torch_path.core import code_to_value, counter_uniform, value_to_code
+
+
+def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
+    """Float64 uniforms for stochastic rounding of ``x``: from an explicit
+    ``noise`` tensor/array, a ``torch.Generator``, or an int seed (counter noise,
+    identical to the Numba kernels)."""
+    if noise is not None:
+        u = torch.as_tensor(noise, dtype=torch.float64, device=x.device)
+        if tuple(u.shape) != tuple(x.shape):
+            raise ValueError(f"noise must have the input's shape {tuple(x.shape)}, got {tuple(u.shape)}")
+        if u.numel() and not bool(((u >= 0) & (u < 1)).all()):
+            raise ValueError("noise must hold uniforms in [0, 1); found values outside (or NaN)")
+        return u
+    if isinstance(seed, torch.Generator):
+        return torch.rand(x.shape, generator=seed, dtype=torch.float64, device=x.device)
+    from hwsim.ops.quantize import _seed64
+
+    seed = fresh_seed() if seed is None else _seed64(seed)
+    return counter_uniform(seed, x.numel(), device=x.device).reshape(x.shape)
+
+
+def quantize_torch(x: torch.Tensor, fmt: FixedPoint, rounding: Rounding, overflow: Overflow,
+                   *, seed=None, noise=None, codes: bool = False) -> torch.Tensor:
+    if x.is_complex():
+        raise ValueError(f"quantize takes real tensors, got dtype {x.dtype}")
+    if noise is not None and rounding != Rounding.STOCHASTIC:
+        raise ValueError(f"noise is only used by rounding='stochastic', not {str(rounding)!r}")
+    out_dtype = x.dtype if x.is_floating_point() else torch.float64
+    if not bool(torch.isfinite(x).all()):
+        raise_non_finite_torch(x)
+    u = stochastic_noise(x, seed, noise) if rounding == Rounding.STOCHASTIC else None
+    c = value_to_code(x.detach(), fmt, rounding, overflow, u)
+    return c if codes else code_to_value(c, fmt, out_dtype)
