@@ -1,0 +1,1 @@
+"""The study engine: specs -> trials -> executor -> results store -> plots."""
