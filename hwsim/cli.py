@@ -29,7 +29,9 @@ def _cmd_sweep(args) -> int:
         return 2
     out = Path(args.out) if args.out else Path("results") / spec.name
     trials = spec.trials()
-    print(f"study {spec.name!r}: {estimate(trials)} of task {spec.task_ref} -> {out}", file=sys.stderr)
+    print(
+        f"study {spec.name!r}: {estimate(trials)} of task {spec.task_ref} -> {out}", file=sys.stderr
+    )
     if args.dry_run:
         for t in trials:
             print(json.dumps({"hash": t.hash, "role": t.role, **t.config}))
@@ -97,7 +99,18 @@ def _cmd_export(args) -> int:
     results = Path(args.csv_path) if args.csv_path else folder / "results.csv"
     with results.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["hash", "role", "status", *config_keys, *metric_keys, "wall_s", "hwsim_version", "error"])
+        w.writerow(
+            [
+                "hash",
+                "role",
+                "status",
+                *config_keys,
+                *metric_keys,
+                "wall_s",
+                "hwsim_version",
+                "error",
+            ]
+        )
         for r in records:
             error = (r.error or "").strip().splitlines()
             w.writerow(
@@ -140,20 +153,31 @@ def _cmd_report(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hwsim", description="hwsim: fixed-point training studies (sweep, status, export, plot, report)"
+        prog="hwsim",
+        description="hwsim: fixed-point training studies (sweep, status, export, plot, report)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sweep", help="run or resume a study spec (TOML)")
     p.add_argument("spec", help="study spec, e.g. studies/quickstart.toml")
     p.add_argument("--out", help="results folder (default: results/<study name>)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="local worker processes (default: CPU cores; 0 = run in this process)")
-    p.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler (e.g. tcp://host:8786)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local worker processes (default: CPU cores; 0 = run in this process)",
+    )
+    p.add_argument(
+        "--dask", metavar="ADDRESS", help="run on this Dask scheduler (e.g. tcp://host:8786)"
+    )
     p.add_argument("--retry-failed", action="store_true", help="re-run failed and diverged trials")
-    p.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw plots afterwards")
+    p.add_argument(
+        "--no-plot", dest="plot", action="store_false", help="do not draw plots afterwards"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--dry-run", action="store_true", help="validate and list the trials; run nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and list the trials; run nothing"
+    )
     p.set_defaults(fn=_cmd_sweep)
 
     p = sub.add_parser("status", help="summarise a results folder")
@@ -163,8 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write the results as tidy CSV tables")
     p.add_argument("dir")
-    p.add_argument("--csv", dest="csv_path", nargs="?", const="", default="",
-                   help="output file (default DIR/results.csv; history goes beside it)")
+    p.add_argument(
+        "--csv",
+        dest="csv_path",
+        nargs="?",
+        const="",
+        default="",
+        help="output file (default DIR/results.csv; history goes beside it)",
+    )
     p.set_defaults(fn=_cmd_export)
 
     p = sub.add_parser("plot", help="draw the plots (PNG and SVG) into DIR/plots")

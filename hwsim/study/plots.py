@@ -121,7 +121,9 @@ class StudyData:
             spec = store.get_meta("spec")
             records = store.records()
         if spec is None:
-            raise ValueError(f"{str(folder)!r} has no stored spec; was it written by `hwsim sweep`?")
+            raise ValueError(
+                f"{str(folder)!r} has no stored spec; was it written by `hwsim sweep`?"
+            )
         return cls(Path(folder), spec, records)
 
     # what the axes are
@@ -298,7 +300,9 @@ def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
     base_vals = [v for by_bits in base.values() for p in by_bits.values() for v in p.values]
     if base_vals:
         ref = statistics.fmean(base_vals)
-        ax.axhline(ref, color="black", linestyle="--", linewidth=1.2, label=f"float baseline ({ref:.4g})")
+        ax.axhline(
+            ref, color="black", linestyle="--", linewidth=1.2, label=f"float baseline ({ref:.4g})"
+        )
     ax.set_xlabel(data.bits_label())
     ax.set_ylabel(metric_label(metric))
     lr_note = f"; best {data.lr_field} per point" if data.lr_field else ""
@@ -315,7 +319,9 @@ def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
 def final_metric(data: StudyData):
     """Final metric vs bit-width: one line per series, mean and min..max band over
     seeds, float baseline as a dashed reference line."""
-    return _metric_vs_bits(data, data.metric, "final_metric", f"{data.spec['name']}: final {data.metric}")
+    return _metric_vs_bits(
+        data, data.metric, "final_metric", f"{data.spec['name']}: final {data.metric}"
+    )
 
 
 @register_plot("stall_fraction")
@@ -324,7 +330,9 @@ def stall_fraction(data: StudyData):
     rate the final-metric plot chose)."""
     if not any("stall_fraction" in r.metrics for r in data.ok()):
         return None
-    return _metric_vs_bits(data, "stall_fraction", "stall_fraction", f"{data.spec['name']}: stalled updates")
+    return _metric_vs_bits(
+        data, "stall_fraction", "stall_fraction", f"{data.spec['name']}: stalled updates"
+    )
 
 
 @register_plot("learning_curves")
@@ -350,7 +358,9 @@ def learning_curves(data: StudyData):
             k = all_bits.index(bits) if bits in all_bits else 0
             color = cmap(k / max(1, len(all_bits) - 1))
             ax.plot(steps, mean, color=color, label=f"{bits} bits", linewidth=1.4)
-        base_recs = [r for by_bits_b in base.values() for p in by_bits_b.values() for r in p.records]
+        base_recs = [
+            r for by_bits_b in base.values() for p in by_bits_b.values() for r in p.records
+        ]
         if base_recs:
             steps, mean = _mean_curve(base_recs, curve)
             ax.plot(steps, mean, "k--", linewidth=1.2, label="float")
@@ -391,7 +401,9 @@ def heatmap(data: StudyData):
         value = r.metrics.get(data.metric)
         if bits is None or value is None or not math.isfinite(value):
             continue
-        cells.setdefault(data.series_of(r.config), {}).setdefault((bits, r.config.get(lr)), []).append(value)
+        cells.setdefault(data.series_of(r.config), {}).setdefault(
+            (bits, r.config.get(lr)), []
+        ).append(value)
     if not cells:
         return None
     bits_all = sorted({b for c in cells.values() for b, _ in c})
@@ -418,15 +430,24 @@ def heatmap(data: StudyData):
                 if not np.isnan(grid[i, j]):
                     shade = cmap(norm(grid[i, j]))
                     dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
-                    ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=7,
-                            color="white" if dark else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.3g}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if dark else "black",
+                    )
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], rotation=45, fontsize=8)
         ax.set_yticks(range(len(bits_all)), [str(b) for b in bits_all], fontsize=8)
         ax.set_xlabel(f"learning rate {lr} (per step)")
         ax.set_ylabel(data.bits_label())
         ax.set_title(series_label(series), fontsize=9)
         fig.colorbar(image, ax=ax, label=metric_label(data.metric))
-    fig.suptitle(f"{data.spec['name']}: final {data.metric} (blank = failed or diverged)", fontsize=10)
+    fig.suptitle(
+        f"{data.spec['name']}: final {data.metric} (blank = failed or diverged)", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
@@ -461,7 +482,9 @@ def load_plugins(data: StudyData | None = None) -> list[str]:
     return loaded
 
 
-def make_plots(folder: str | Path, names: list[str] | None = None, formats=("png", "svg")) -> list[Path]:
+def make_plots(
+    folder: str | Path, names: list[str] | None = None, formats=("png", "svg")
+) -> list[Path]:
     """Draw every applicable registered plot of the study in ``folder``; write
     ``folder/plots/<name>.<fmt>``. Returns the files written."""
     data = StudyData.load(folder)

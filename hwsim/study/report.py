@@ -28,7 +28,9 @@ def summary_table(data: StudyData, metric: str | None = None) -> list[str]:
     pts = data.points(metric)
     if not pts:
         return [f"_no finished trials report `{metric}`_"]
-    bits_all = sorted({b for by_bits in pts.values() for b in by_bits}, key=lambda b: (b is None, b))
+    bits_all = sorted(
+        {b for by_bits in pts.values() for b in by_bits}, key=lambda b: (b is None, b)
+    )
     head = ["series"] + [("float" if b is None else f"{b} bits") for b in bits_all]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for series, by_bits in sorted(pts.items(), key=lambda kv: str(kv[0])):
@@ -78,9 +80,17 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
         "",
     ]
     lines += summary_table(data)
-    base = [v for by_bits in data.points(role="baseline").values() for p in by_bits.values() for v in p.values]
+    base = [
+        v
+        for by_bits in data.points(role="baseline").values()
+        for p in by_bits.values()
+        for v in p.values
+    ]
     if base:
-        lines += ["", f"Float baseline: {_cell(statistics.fmean(base))} (mean of {len(base)} trials)."]
+        lines += [
+            "",
+            f"Float baseline: {_cell(statistics.fmean(base))} (mean of {len(base)} trials).",
+        ]
     if any("stall_fraction" in r.metrics for r in data.ok()) and data.metric != "stall_fraction":
         lines += ["", "## Stall fraction", "", "Fraction of weight updates lost to rounding.", ""]
         lines += summary_table(data, "stall_fraction")
@@ -88,12 +98,22 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
     if pngs:
         lines += ["", "## Plots", ""]
         for f in pngs:
-            doc = (PLOTS.get(f.stem).__doc__ or "").strip().split("\n\n")[0] if f.stem in PLOTS else ""
+            doc = (
+                (PLOTS.get(f.stem).__doc__ or "").strip().split("\n\n")[0]
+                if f.stem in PLOTS
+                else ""
+            )
             lines += [f"### {f.stem.replace('_', ' ')}", "", " ".join(doc.split()), "",
                       f"![{f.stem}]({f.relative_to(folder).as_posix()})", ""]  # fmt: skip
     bad = [r for r in data.records if r.status != "ok"]
     if bad:
-        lines += ["", "## Failed and diverged trials", "", "| status | config | error |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Failed and diverged trials",
+            "",
+            "| status | config | error |",
+            "|---|---|---|",
+        ]
         grid_keys = list(spec.get("grid", {}))
         for r in bad[:50]:
             config = ", ".join(f"{k}={r.config.get(k)}" for k in grid_keys)

@@ -92,13 +92,16 @@ def run_trial(task_ref: str, config: dict, search_paths: tuple[str, ...] = ()) -
         task = import_task(task_ref, search_paths)
         types_ = _params_types(task)
         params = task.params(**{k: coerce_value(types_[k], v) for k, v in config.items()})
+        _limit_threads()
         result = task.fn(params)
         out["metrics"] = {k: _scalar(v) for k, v in dict(result.metrics).items()}
         out["history"] = [{k: _scalar(v) for k, v in row.items()} for row in result.history]
         out["info"] = dict(result.info)
         if result.diverged or not is_finite_metrics(out["metrics"]):
             out["status"] = "diverged"
-            out["error"] = out["info"].get("error") or "non-finite metric or the task reported divergence"
+            out["error"] = (
+                out["info"].get("error") or "non-finite metric or the task reported divergence"
+            )
     except NonFiniteError as exc:
         out["status"] = "diverged"
         out["error"] = f"{type(exc).__name__}: {exc}"
@@ -120,17 +123,24 @@ def _scalar(value: Any) -> Any:
     return float(value)
 
 
-def _init_worker(search_paths: tuple[str, ...]) -> None:
+_WORKER_THREADS: int | None = None  # set in pool workers: torch threads per trial
+
+
+def _init_worker(search_paths: tuple[str, ...], threads: int) -> None:
+    global _WORKER_THREADS
     for path in reversed(search_paths):
         if path not in sys.path:
             sys.path.insert(0, path)
-    # one trial per process: no oversubscription of the cores by torch/BLAS threads
-    try:
-        import torch
+    _WORKER_THREADS = threads
 
-        torch.set_num_threads(1)
-    except Exception:  # pragma: no cover
-        pass
+
+def _limit_threads() -> None:
+    # share the cores between the pool's workers instead of oversubscribing them;
+    # torch is only touched if the task imported it
+    if _WORKER_THREADS is not None and "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.get_num_threads() != _WORKER_THREADS:
+            torch.set_num_threads(_WORKER_THREADS)
 
 
 # -- executors: each yields (trial, result dict) as trials finish -------------------------
@@ -150,7 +160,7 @@ def _run_pool(spec: StudySpec, trials: list[Trial], workers: int) -> Iterator[tu
     queue = list(reversed(trials))
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=ctx, initializer=_init_worker,
-        initargs=(spec.search_paths,),
+        initargs=(spec.search_paths, max(1, (os.cpu_count() or 1) // workers)),
     ) as pool:  # fmt: skip
         # keep at most 2 trials per worker in flight so a kill loses little queued work
         while queue or pending:
@@ -219,7 +229,9 @@ def run_sweep(
     retry_failed: run failed and diverged trials again instead of skipping them.
     limit: run at most this many trials (then stop; re-run to continue).
     """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
+    ):
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
     t0 = time.perf_counter()
     out = Path(out)

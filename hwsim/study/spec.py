@@ -222,7 +222,17 @@ def _check_schedule(value: str) -> None:
 
 _SECTIONS = {"study", "fixed", "grid", "baseline", "plot"}
 _STUDY_KEYS = {"name", "task", "description"}
-_PLOT_KEYS = {"metric", "bits", "bits_of", "lr", "goal", "series", "plugins", "curve_metric", "step_label"}
+_PLOT_KEYS = {
+    "metric",
+    "bits",
+    "bits_of",
+    "lr",
+    "goal",
+    "series",
+    "plugins",
+    "curve_metric",
+    "step_label",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,9 +300,7 @@ class StudySpec:
 
     def _make(self, values: dict[str, Any], role: str) -> Trial:
         params = self.task.params(**values)
-        config = {
-            f.name: to_plain(getattr(params, f.name)) for f in dataclasses.fields(params)
-        }
+        config = {f.name: to_plain(getattr(params, f.name)) for f in dataclasses.fields(params)}
         return Trial(params, config, trial_hash(self.task_ref, config), role)
 
     def trials(self) -> list[Trial]:
@@ -384,10 +392,13 @@ def parse_spec(
     fixed_raw = raw.get("fixed", {})
     grid_raw = raw.get("grid", {})
     base_raw = raw.get("baseline")
-    for sect, value in (("fixed", fixed_raw), ("grid", grid_raw), ("baseline", base_raw or {})):
+    tables_ok = True
+    for sect, value in (("fixed", fixed_raw), ("grid", grid_raw), ("baseline", base_raw or {}),
+                        ("plot", raw.get("plot", {}))):  # fmt: skip
         if not isinstance(value, dict):
-            problems.append(f"[{sect}] must be a table of parameter = value, got {value!r}")
-    if problems:
+            problems.append(f"[{sect}] must be a table of key = value, got {value!r}")
+            tables_ok = False
+    if not tables_ok:
         raise SpecError(problems, source)
 
     fixed = {k: check_param(f"fixed.{k}", k, v) for k, v in fixed_raw.items()}
@@ -428,7 +439,9 @@ def parse_spec(
             )
     lr = plot_raw.get("lr")
     if lr is not None and lr not in grid_raw and lr not in fixed_raw and lr not in types_:
-        problems.append(f"plot.lr {lr!r} must be a parameter of the task; allowed: {sorted(types_)}")
+        problems.append(
+            f"plot.lr {lr!r} must be a parameter of the task; allowed: {sorted(types_)}"
+        )
     bits_of = plot_raw.get("bits_of", "wl")
     if bits_of not in ("wl", "fl"):
         problems.append(f"plot.bits_of {bits_of!r} is not allowed; allowed: 'wl', 'fl'")
@@ -464,7 +477,9 @@ def parse_spec(
         fixed=fixed,
         grid=grid,
         baseline=baseline,
-        plot=PlotSpec(metric, bits, bits_of, lr, goal, series, curve_metric, tuple(plugins), step_label),
+        plot=PlotSpec(
+            metric, bits, bits_of, lr, goal, series, curve_metric, tuple(plugins), step_label
+        ),
         description=str(study.get("description", "")),
         source=text,
         search_paths=tuple(str(p) for p in search_paths),
@@ -474,7 +489,9 @@ def parse_spec(
     try:
         trials = spec.trials()
     except (ValueError, TypeError) as exc:
-        raise SpecError([f"a trial's parameters were rejected by task {task.name!r}: {exc}"], source) from None
+        raise SpecError(
+            [f"a trial's parameters were rejected by task {task.name!r}: {exc}"], source
+        ) from None
     if not trials:
         raise SpecError(["the spec expands to no trials"], source)
     return spec

@@ -166,8 +166,15 @@ class ResultsStore:
             h, config, st, error, metrics, history, info, role, *rest = row
             out.append(
                 TrialRecord(
-                    h, json.loads(config), st, error, json.loads(metrics), json.loads(history),
-                    json.loads(info), role, *rest,
+                    h,
+                    json.loads(config),
+                    st,
+                    error,
+                    json.loads(metrics),
+                    json.loads(history),
+                    json.loads(info),
+                    role,
+                    *rest,
                 )  # fmt: skip
             )
         return out
