@@ -36,10 +36,17 @@ def _cmd_sweep(args) -> int:
         for t in trials:
             print(json.dumps({"hash": t.hash, "role": t.role, **t.config}))
         return 0
-    summary = run_sweep(
-        spec, out, workers=args.workers, dask_address=args.dask,
-        progress=not args.no_progress, retry_failed=args.retry_failed,
-    )  # fmt: skip
+    try:
+        summary = run_sweep(
+            spec, out, workers=args.workers, dask_address=args.dask,
+            progress=not args.no_progress, retry_failed=args.retry_failed,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished trials are stored in {out}; run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     print(summary, file=sys.stderr)
     if args.plot and summary.ok:
         from hwsim.study.plots import make_plots

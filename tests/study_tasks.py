@@ -1,13 +1,15 @@
 """Small, fast tasks for the study-engine tests (no dependency on models/).
 
 ``quadratic``: SGD on a noisy quadratic 0.5 * ||w - w*||^2 with the weights on
-a fixed-point grid; ``fail``, ``diverge`` and ``sleep`` make a trial raise, go
-non-finite or take time, so the engine's handling of each can be tested.
+a fixed-point grid; ``fail``, ``diverge``, ``nonfinite``, ``crash`` and ``sleep``
+make a trial raise, blow up, feed NaN to quantize, kill its process or take
+time, so the engine's handling of each can be tested.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Literal
 
@@ -31,6 +33,7 @@ class QuadraticParams:
     diverge: bool = False
     nonfinite: bool = False
     sleep: float = 0.0
+    crash: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -43,6 +46,8 @@ def quadratic(p: QuadraticParams) -> TrialResult:
     """Noisy-gradient SGD on a quadratic; metrics ``loss`` and ``stall_fraction``."""
     if p.fail:
         raise RuntimeError("this trial was asked to fail")
+    if p.crash:
+        os._exit(3)  # the whole worker process dies, as on a segfault
     rng = np.random.default_rng(p.seed)
     target = rng.uniform(-1.0, 1.0, p.dim)
     w = np.zeros(p.dim)

@@ -213,3 +213,26 @@ def test_sigkill_mid_sweep_loses_nothing_and_counts_nothing_twice(tmp_path):
     assert seeds == list(range(16))  # every trial exactly once
     for h, rec in killed_at.items():  # finished before the kill: kept, not re-run
         assert final[h].finished == rec.finished and final[h].worker == rec.worker
+
+
+def test_a_worker_process_that_dies_is_recorded_and_the_rest_finish(tmp_path):
+    spec = parse_spec(
+        """
+        [study]
+        name = "crash"
+        task = "tests.study_tasks:quadratic"
+        [fixed]
+        steps = 10
+        [grid]
+        seed = [0, 1, 2]
+        crash = [false, true]  # interleaved: innocent trials are in flight when workers die
+        [plot]
+        metric = "loss"
+        """
+    )
+    summary = run_sweep(spec, tmp_path, workers=2, progress=False)
+    assert (summary.ok, summary.failed, summary.diverged) == (3, 3, 0)
+    for r in by_hash(tmp_path).values():
+        assert r.status == ("failed" if r.config["crash"] else "ok")
+        if r.config["crash"]:
+            assert "worker process died" in r.error and "(alone)" in r.error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hwsim.formats import FixedPoint
@@ -215,3 +217,23 @@ def test_coerce_value_optional_and_format_required():
     # True == 1 in Python, but a bool is not a valid integer choice
     with pytest.raises(ValueError):
         coerce_value(Literal[1, 2], True)
+
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml"))
+
+
+def test_the_builtin_studies_exist():
+    names = {p.stem for p in STUDIES}
+    assert {"quickstart", "lms_precision", "digits_rounding", "accumulator_precision",
+            "adam_precision", "gear_shifting"} <= names  # fmt: skip
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_builtin_studies_validate_against_their_tasks(path):
+    pytest.importorskip(
+        "models.tasks", reason="the reference models (models/tasks.py) are not here"
+    )
+    spec = load_spec(path)
+    trials = spec.trials()
+    assert trials and len({t.hash for t in trials}) == len(trials)
+    assert spec.plot.bits in spec.grid

@@ -151,36 +151,71 @@ def _run_inline(spec: StudySpec, trials: list[Trial]) -> Iterator[tuple[Trial, d
         yield trial, run_trial(spec.task_ref, trial.config, spec.search_paths)
 
 
+def _crashed(error: str) -> dict:
+    return {
+        "status": "failed", "error": error, "metrics": {}, "history": [], "info": {},
+        "started": None, "finished": time.time(), "wall_s": None,
+        "hwsim_version": _version(), "worker": None,
+    }  # fmt: skip
+
+
 def _run_pool(spec: StudySpec, trials: list[Trial], workers: int) -> Iterator[tuple[Trial, dict]]:
+    """Run trials in ``workers`` spawned processes, yielding each as it finishes.
+
+    If a worker process dies (a segfault, the OOM killer), the trials that were
+    in flight are suspects: each is re-run alone in a fresh process, and only
+    one that kills its process again is recorded as failed.
+    """
     import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
 
     # spawn: no fork of a process holding torch/OpenMP threads
     ctx = mp.get_context("spawn")
-    pending: dict = {}
     queue = list(reversed(trials))
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker,
-        initargs=(spec.search_paths, max(1, (os.cpu_count() or 1) // workers)),
-    ) as pool:  # fmt: skip
-        # keep at most 2 trials per worker in flight so a kill loses little queued work
-        while queue or pending:
-            while queue and len(pending) < 2 * workers:
-                trial = queue.pop()
-                fut = pool.submit(run_trial, spec.task_ref, trial.config, spec.search_paths)
-                pending[fut] = trial
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                trial = pending.pop(fut)
-                try:
-                    result = fut.result()
-                except Exception as exc:  # the worker process itself died
-                    result = {
-                        "status": "failed", "error": f"worker crashed: {type(exc).__name__}: {exc}",
-                        "metrics": {}, "history": [], "info": {}, "started": None,
-                        "finished": time.time(), "wall_s": None, "hwsim_version": _version(),
-                        "worker": None,
-                    }  # fmt: skip
-                yield trial, result
+    suspects: list[Trial] = []
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    while queue or suspects:
+        alone = bool(suspects)
+        source = suspects if alone else queue
+        width = 1 if alone else workers
+        pending: dict = {}
+        pool = ProcessPoolExecutor(
+            max_workers=width, mp_context=ctx, initializer=_init_worker,
+            initargs=(spec.search_paths, threads),
+        )  # fmt: skip
+        broken = clean = False
+        try:
+            # at most 2 trials per worker in flight (suspects: 1 in all), so workers never
+            # idle and a kill loses little queued work
+            while (source or pending) and not broken:
+                while source and len(pending) < (1 if alone else 2 * width):
+                    try:
+                        fut = pool.submit(
+                            run_trial, spec.task_ref, source[-1].config, spec.search_paths
+                        )
+                    except BrokenProcessPool:
+                        broken = True
+                        break
+                    pending[fut] = source.pop()
+                if broken:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        continue
+                    yield pending.pop(fut), result
+            if broken and alone:
+                (trial,) = pending.values()
+                yield trial, _crashed("the worker process died while running this trial (alone)")
+            elif broken:
+                suspects.extend(pending.values())
+            clean = not broken
+        finally:
+            # after a crash or an interrupt (Ctrl-C) do not wait for running trials
+            pool.shutdown(wait=clean, cancel_futures=True)
 
 
 def _run_dask(spec: StudySpec, trials: list[Trial], client) -> Iterator[tuple[Trial, dict]]:
@@ -198,12 +233,7 @@ def _run_dask(spec: StudySpec, trials: list[Trial], client) -> Iterator[tuple[Tr
         try:
             result = fut.result()
         except Exception as exc:
-            result = {
-                "status": "failed", "error": f"dask task error: {type(exc).__name__}: {exc}",
-                "metrics": {}, "history": [], "info": {}, "started": None,
-                "finished": time.time(), "wall_s": None, "hwsim_version": _version(),
-                "worker": None,
-            }  # fmt: skip
+            result = _crashed(f"dask task error: {type(exc).__name__}: {exc}")
         yield trial, result
 
 
