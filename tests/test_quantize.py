@@ -7,10 +7,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from naive import ref_code  # tests/naive.py
 
 import hwsim
 from hwsim import FixedPoint, NonFiniteError
-from naive import ref_code  # tests/naive.py
 
 ROUNDINGS = ["nearest", "nearest_away", "floor", "zero", "stochastic"]
 OVERFLOWS = ["saturate", "wrap"]
@@ -266,3 +266,12 @@ def test_cuda_matches_numba(rounding, overflow):
     a = hwsim.to_codes(x, "fx10.5", "stochastic", overflow, seed=77)
     b = hwsim.to_codes(torch.from_numpy(x).cuda(), "fx10.5", "stochastic", overflow, seed=77)
     np.testing.assert_array_equal(a, b.cpu().numpy())
+
+
+def test_out_argument():
+    x = np.linspace(-2, 2, 50, dtype=np.float32)
+    out = np.empty_like(x)
+    assert hwsim.quantize(x, "fx8.4", out=out) is out
+    np.testing.assert_array_equal(out, hwsim.quantize(x, "fx8.4"))
+    with pytest.raises(ValueError, match="out must be a C-contiguous NumPy array of shape"):
+        hwsim.quantize(x, "fx8.4", out=np.empty(50, dtype=np.float64))
