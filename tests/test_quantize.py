@@ -48,7 +48,7 @@ def format_and_values(draw, max_size=40):
 
 def reference(x, fmt, rounding, overflow, noise):
     return np.array(
-        [ref_code(float(v), fmt.wl, fmt.fl, fmt.signed, rounding, overflow, float(u)) for v, u in zip(x, noise)],
+        [ref_code(float(v), fmt.wl, fmt.fl, fmt.signed, rounding, overflow, float(u)) for v, u in zip(x, noise, strict=True)],
         dtype=np.int64,
     )
 
