@@ -28,7 +28,7 @@ import functools
 import numpy as np
 
 from hwsim.kernels.jit import parallel_kernel, prange
-from hwsim.kernels.scalar import STOCHASTIC, apply_overflow, counter_uniform, shift_round_code
+from hwsim.kernels.scalar import SATURATE, STOCHASTIC, apply_overflow, counter_uniform, shift_round_code
 
 # how a stage moves a code onto its grid (compile-time constants)
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2
@@ -98,3 +98,46 @@ def reduce_codes_kernel(overflow: int):
 
     return run
 
+
+
+@functools.cache
+def narrow_gemm_kernel(overflow: int):
+    """kernel(A, B, out, c_min, c_max) -> None, for int32 codes.
+
+    The sequential MAC loop when no rounding is needed (no product format, an
+    exact left shift onto the accumulator grid) and everything fits in 32 bits:
+    |a b| << c_left < 2^31 and an accumulator of at most 31 bits, so the row of
+    int32 accumulators plus one clamped term never leaves int32. Twice the SIMD
+    width of the int64 kernel; the arithmetic is the same. The caller shifts B
+    left by c_left beforehand (a shift by a runtime amount in the loop blocked
+    the 32-bit vectorization)."""
+
+    @parallel_kernel
+    def run(A, B, out, c_min, c_max):
+        batches, rows, depth = A.shape
+        cols = B.shape[2]
+        # apply_overflow spelt out on int32 so LLVM keeps 16 lanes per vector:
+        # its int64 operands would widen every lane (measured 20x slower)
+        lo, hi = np.int32(c_min), np.int32(c_max)
+        mask = np.int32(c_max - c_min)  # 2^wl - 1
+        for r in prange(batches * rows):
+            b = r // rows
+            i = r - b * rows
+            acc = np.zeros(cols, dtype=np.int32)
+            for k in range(depth):
+                a = A[b, i, k]
+                if a == 0:
+                    continue
+                brow = B[b, k]
+                for j in range(cols):
+                    t = np.int32(a * brow[j])
+                    if overflow == SATURATE:
+                        t = min(max(t, lo), hi)
+                        acc[j] = min(max(np.int32(acc[j] + t), lo), hi)
+                    else:
+                        t = np.int32(np.int32((t - lo) & mask) + lo)
+                        acc[j] = np.int32(np.int32((np.int32(acc[j] + t) - lo) & mask) + lo)
+            for j in range(cols):
+                out[b, i, j] = acc[j]
+
+    return run

@@ -341,6 +341,10 @@ def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, p
             sums += np.matmul(fa3[:, :, k0:k1], fb3[:, k0:k1, :]).astype(np.int64)
         kg.reduce_codes_kernel(int(overflow))(sums.reshape(-1), out.reshape(-1), plan.left_shift,
                                               acc.min_code, acc.max_code)
+    elif _narrow_ok(plan):
+        run = kg.narrow_gemm_kernel(int(overflow))
+        run(a3.astype(np.int32), (b3 << -plan.acc_shift).astype(np.int32), out, acc.min_code,
+            acc.max_code)
     else:
         run = kg.sequential_gemm_kernel(int(rounding), int(overflow), plan.product_stage,
                                         plan.acc_stage)
@@ -349,6 +353,12 @@ def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, p
             acc.min_code, acc.max_code, np.uint64(_seed_bits(seed)))
     out = out.reshape(batch + (m, n))
     return _squeeze(out, squeeze)
+
+
+def _narrow_ok(plan: GemmPlan) -> bool:
+    """True when the int32 kernel computes exactly what the int64 one does."""
+    return (plan.product_stage == STAGE_NONE and plan.acc_stage == STAGE_LEFT
+            and plan.accumulator.wl <= 31 and (plan.max_product << -plan.acc_shift) < 1 << 31)
 
 
 def _tight_bound_numpy(a3, b3) -> float:
