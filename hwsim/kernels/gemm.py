@@ -28,7 +28,13 @@ import functools
 import numpy as np
 
 from hwsim.kernels.jit import parallel_kernel, prange
-from hwsim.kernels.scalar import SATURATE, STOCHASTIC, apply_overflow, counter_uniform, shift_round_code
+from hwsim.kernels.scalar import (
+    SATURATE,
+    STOCHASTIC,
+    apply_overflow,
+    counter_uniform,
+    shift_round_code,
+)
 
 # how a stage moves a code onto its grid (compile-time constants)
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2
