@@ -133,3 +133,26 @@ def code_to_value(code: torch.Tensor, fmt: FixedPoint, dtype=torch.float64) -> t
     """Values of codes (int64, or integral float64 from :func:`scaled_codes`)."""
     v = code.to(torch.float64) if code.dtype != torch.float64 else code.clone()
     return v.mul_(fmt.lsb).to(dtype)
+
+
+def shift_round_code(code: torch.Tensor, shift: int, rounding: Rounding,
+                     u: torch.Tensor | None = None) -> torch.Tensor:
+    """Round int64 ``code`` to a grid 2^shift times coarser (shift >= 0), exactly
+    in integers; a shift < 0 is an exact left shift. Mirrors
+    ``hwsim.kernels.scalar.shift_round_code`` (no overflow applied)."""
+    if shift <= 0:
+        return code << (-shift)
+    q = code >> shift  # floor
+    rem = code - (q << shift)  # in [0, 2^shift)
+    half = 1 << (shift - 1)
+    if rounding == Rounding.FLOOR:
+        return q
+    if rounding == Rounding.ZERO:
+        up = (code < 0) & (rem != 0)
+    elif rounding == Rounding.NEAREST:
+        up = (rem > half) | ((rem == half) & ((q & 1) == 1))
+    elif rounding == Rounding.NEAREST_AWAY:
+        up = (rem > half) | ((rem == half) & (code > 0))
+    else:
+        up = u < rem.to(torch.float64) / float(1 << shift)
+    return q + up.to(torch.int64)
