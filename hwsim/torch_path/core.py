@@ -84,3 +84,42 @@ def value_to_code(
 
 def code_to_value(code: torch.Tensor, fmt: FixedPoint, dtype=torch.float64) -> torch.Tensor:
     return (code.to(torch.float64) * fmt.lsb).to(dtype)
+
+
+def scaled_to_code_float(
+    s: torch.Tensor,
+    fmt: FixedPoint,
+    rounding: Rounding,
+    overflow: Overflow,
+    u: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Codes of ``fmt`` as float64 integers, from float64 ``s`` already in LSB
+    units of ``fmt`` (``s = x * 2^fl``).
+
+    Same codes as :func:`value_to_code` (for ``fmt.wl <= 53``, where every code
+    is exact in float64) with fewer kernel launches and no int64 round trip:
+    hot loops such as the optimizers' weight accumulators keep their codes in
+    float64 and call this each step. Also rescales codes between grids: a code
+    ``c`` of a grid with ``fl0`` fractional bits is ``s = c * 2^(fmt.fl - fl0)``.
+    """
+    if overflow == Overflow.WRAP:
+        s = torch.fmod(s, 2.0**fmt.wl)  # exact; equals fmod(x, 2^(wl-fl)) * 2^fl
+    r = round_scaled(s, rounding, u)
+    if overflow == Overflow.SATURATE:
+        return r.clamp_(fmt.min_code, fmt.max_code)
+    return torch.remainder(r - fmt.min_code, 2.0**fmt.wl).add_(fmt.min_code)
+
+
+def value_to_code_float(
+    x: torch.Tensor,
+    fmt: FixedPoint,
+    rounding: Rounding,
+    overflow: Overflow,
+    u: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float64 tensor of the codes of finite ``x`` in ``fmt`` (``fmt.wl <= 53``):
+    ``value_to_code(x, ...).to(torch.float64)``, computed without int64."""
+    s = x.to(torch.float64) * (2.0**fmt.fl)
+    if fmt.fl < 0:
+        s = torch.where((s == 0) & (x != 0), torch.copysign(torch.full_like(s, TINY), x.to(s.dtype)), s)
+    return scaled_to_code_float(s, fmt, rounding, overflow, u)
