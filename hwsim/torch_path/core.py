@@ -79,27 +79,47 @@ def apply_overflow(code: torch.Tensor, fmt: FixedPoint, overflow: Overflow) -> t
     return ((code - fmt.min_code) & ((1 << fmt.wl) - 1)) + fmt.min_code
 
 
-def scaled_codes(
+def scaled_to_code_float(
+    s: torch.Tensor,
+    fmt: FixedPoint,
+    rounding: Rounding,
+    overflow: Overflow,
+    u: torch.Tensor | None = None,
+    *,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """Codes of ``fmt`` as integral float64, from float64 ``s`` already in LSB
+    units of ``fmt`` (``s = x * 2^fl``); ``fmt.wl <= 52``, where every code and
+    ``code - min_code`` are exact in float64.
+
+    Same codes as :func:`value_to_code` with fewer kernel launches and no int64
+    round trip: hot loops (the optimizers' weight accumulators) keep codes in
+    float64 and call this each step. It also rescales codes between grids: a
+    code ``c`` on a grid with ``fl0`` fractional bits is ``s = c * 2^(fmt.fl - fl0)``.
+    ``inplace=True`` lets it overwrite ``s``.
+    """
+    if fmt.wl > 52:
+        raise ValueError(f"float64 code arithmetic needs wl <= 52, got {fmt}")
+    if overflow == Overflow.WRAP:
+        s = wrap_reduce(s, 2.0**fmt.wl)  # a multiple of 2^wl codes: rounding commutes with it
+    elif not inplace:
+        s = s.clone()
+    r = round_scaled_(s, rounding, u)
+    if overflow == Overflow.SATURATE:
+        return r.clamp_(fmt.min_code, fmt.max_code)
+    return r.sub_(fmt.min_code).remainder_(float(1 << fmt.wl)).add_(fmt.min_code)
+
+
+def value_to_code_float(
     x: torch.Tensor,
     fmt: FixedPoint,
     rounding: Rounding,
     overflow: Overflow,
     u: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Codes of finite ``x`` in ``fmt`` as an integral float64 tensor (a new one).
-
-    Exact only for ``fmt.wl <= 52`` (every code, and code - min_code, fits float64's mantissa); it
-    avoids int64 round trips and works in place, so it is the fast path for
-    values. :func:`value_to_code` handles every word length.
-    """
-    if fmt.wl > 52:
-        raise ValueError(f"scaled_codes needs wl <= 52, got {fmt}")
-    s = _scaled(x, fmt, overflow)
-    r = round_scaled_(s, rounding, u)
-    if overflow == Overflow.SATURATE:
-        return r.clamp_(fmt.min_code, fmt.max_code)
-    span = float(1 << fmt.wl)
-    return r.sub_(fmt.min_code).remainder_(span).add_(fmt.min_code)  # exact on integers < 2^53
+    """``value_to_code(x, ...).to(torch.float64)`` for ``fmt.wl <= 52``, computed
+    without int64 (a new tensor)."""
+    return scaled_to_code_float(_scaled(x, fmt, overflow), fmt, rounding, overflow, u, inplace=True)
 
 
 def value_to_code(
@@ -111,7 +131,7 @@ def value_to_code(
 ) -> torch.Tensor:
     """Int64 codes of finite ``x`` (any float dtype) in ``fmt``."""
     if fmt.wl <= 52:
-        return scaled_codes(x, fmt, rounding, overflow, u).to(torch.int64)
+        return value_to_code_float(x, fmt, rounding, overflow, u).to(torch.int64)
     s = _scaled(x, fmt, overflow)
     r = round_scaled_(s, rounding, u).clamp_(-TWO62, TWO62)
     return apply_overflow(r.to(torch.int64), fmt, overflow)
@@ -130,7 +150,7 @@ def _scaled(x: torch.Tensor, fmt: FixedPoint, overflow: Overflow) -> torch.Tenso
 
 
 def code_to_value(code: torch.Tensor, fmt: FixedPoint, dtype=torch.float64) -> torch.Tensor:
-    """Values of codes (int64, or integral float64 from :func:`scaled_codes`)."""
+    """Values of codes (int64, or integral float64 from :func:`value_to_code_float`)."""
     v = code.to(torch.float64) if code.dtype != torch.float64 else code.clone()
     return v.mul_(fmt.lsb).to(dtype)
 

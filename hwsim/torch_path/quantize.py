@@ -7,7 +7,7 @@ import torch
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import fresh_seed, raise_non_finite_torch
-from hwsim.torch_path.core import code_to_value, counter_uniform, scaled_codes, value_to_code
+from hwsim.torch_path.core import code_to_value, counter_uniform, value_to_code, value_to_code_float
 
 
 def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
@@ -42,7 +42,7 @@ def quantize_torch(x: torch.Tensor, fmt: FixedPoint, rounding: Rounding, overflo
     if codes:
         return value_to_code(x, fmt, rounding, overflow, u)
     if fmt.wl <= 52:
-        c = scaled_codes(x, fmt, rounding, overflow, u)
+        c = value_to_code_float(x, fmt, rounding, overflow, u)
         return c.mul_(fmt.lsb).to(out_dtype)
     return code_to_value(value_to_code(x, fmt, rounding, overflow, u), fmt, out_dtype)
 
