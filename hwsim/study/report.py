@@ -31,7 +31,8 @@ def summary_table(data: StudyData, metric: str | None = None) -> list[str]:
     bits_all = sorted(
         {b for by_bits in pts.values() for b in by_bits}, key=lambda b: (b is None, b)
     )
-    head = ["series"] + [("float" if b is None else f"{b} bits") for b in bits_all]
+    unit = "FL {}" if data.plot.get("bits_of") == "fl" else "{} bits"
+    head = ["series"] + [("float" if b is None else unit.format(b)) for b in bits_all]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for series, by_bits in sorted(pts.items(), key=lambda kv: str(kv[0])):
         cells = [series_label(series)]
