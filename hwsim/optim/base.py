@@ -24,11 +24,13 @@ format, and the rule continues from the stored value.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from hwsim.errors import NonFiniteError
+from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import fresh_seed, raise_non_finite_torch
 from hwsim.optim.precision import (
     ROUNDING_KEYS,
@@ -41,7 +43,6 @@ from hwsim.optim.precision import (
 )
 from hwsim.optim.rules import Rule
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
-from hwsim.modes import Overflow, Rounding
 
 MEDIAN_SAMPLE = 4096  # elements per param sampled for the median update size
 
@@ -170,18 +171,25 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             state[name] = value
             return value
 
-        update = self.rule.update(grad, weight, state, group, step, store)
+        step_ = self.rule.update(grad, weight, state, group, step, store)
+        if target is None and prec.update is None and dtype == p.dtype:
+            # float weights: torch.optim's own in-place ops, bit for bit
+            if counts is None:
+                step_.apply_(p)
+            else:
+                old = p.clone()
+                step_.apply_(p)
+                counts.add_float(step_.numerator, p == old)
+            return
+        update = step_.value(weight)
         raw_update = update
         if prec.update is not None:
             update = quantize(update, prec.update, prec.update_rounding, STREAM["update"])
-
         if target is None:
-            if counts is None:
-                p.add_(update.to(p.dtype))
-            else:
-                new = p + update.to(p.dtype)
+            new = p + update.to(p.dtype)
+            if counts is not None:
                 counts.add_float(raw_update, new == p)
-                p.copy_(new)
+            p.copy_(new)
             return
 
         if not bool(torch.isfinite(update).all()):
@@ -217,7 +225,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
+        for saved_id, p in zip(saved_ids, params, strict=True):
             saved = state_dict["state"].get(saved_id)
             if saved is None:
                 continue

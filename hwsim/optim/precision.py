@@ -112,7 +112,7 @@ class GroupPrecision:
     seed: int
 
     @classmethod
-    def of(cls, group: dict, state_names: tuple[str, ...]) -> "GroupPrecision":
+    def of(cls, group: dict, state_names: tuple[str, ...]) -> GroupPrecision:
         base = group["rounding"]
         state = group["state"]
         if isinstance(state, dict):
