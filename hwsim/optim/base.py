@@ -264,51 +264,44 @@ def _raise_non_finite(x, stream, p, index):
 
 
 class _Counts:
-    """Per-group telemetry accumulated as tensors (one host sync per group)."""
+    """Per-group telemetry kept as tensors: per param one stacked count vector
+    (nonzero updates, stalled updates, saturated weights) and a strided sample
+    of |update| for the median; one host sync per group, in :meth:`summary`."""
 
     def __init__(self) -> None:
-        self.nonzero: list[torch.Tensor] = []
-        self.stalled: list[torch.Tensor] = []
-        self.saturated: list[torch.Tensor] = []
-        self.numel = 0
+        self.counts: list[torch.Tensor] = []
         self.samples: list[torch.Tensor] = []
-
-    def _sample(self, update: torch.Tensor) -> None:
-        flat = update.reshape(-1)
-        stride = max(1, flat.numel() // MEDIAN_SAMPLE)
-        self.samples.append(flat[::stride].abs().to(torch.float64))
+        self.numel = 0
 
     def add_float(self, update: torch.Tensor, unchanged: torch.Tensor) -> None:
         nz = update != 0
-        self.nonzero.append(nz.sum())
-        self.stalled.append((nz & unchanged).sum())
+        self.counts.append(torch.stack([nz, nz & unchanged]).reshape(2, -1).sum(1))
         self.numel += update.numel()
 
     def add_fixed(self, update, delta, acc, target, weight_codes, weight_fmt) -> None:
         nz = update != 0
-        self.nonzero.append(nz.sum())
-        self.stalled.append((nz & (delta == 0)).sum())
         sat = (acc == target.min_code) | (acc == target.max_code)
         if weight_codes is not None:
             sat |= (weight_codes == weight_fmt.min_code) | (weight_codes == weight_fmt.max_code)
-        self.saturated.append(sat.sum())
+        self.counts.append(torch.stack([nz, nz & (delta == 0), sat]).reshape(3, -1).sum(1))
         self.numel += update.numel()
-        self._sample(update)
+        flat = update.reshape(-1)
+        stride = max(1, flat.numel() // MEDIAN_SAMPLE)
+        self.samples.append(flat[::stride])
 
     def summary(self, target) -> dict[str, float]:
-        if not self.nonzero:
-            return {"stall_fraction": 0.0, "saturation_fraction": 0.0, "median_update_lsb": math.nan}
-        nonzero = int(torch.stack(self.nonzero).sum())
-        stalled = int(torch.stack(self.stalled).sum())
-        saturated = int(torch.stack(self.saturated).sum()) if self.saturated else 0
-        median = math.nan
-        if self.samples and target is not None:
-            sample = torch.cat(self.samples)
-            sample = sample[sample != 0]
-            if sample.numel():
-                median = float(sample.median()) / target.lsb
-        return {
-            "stall_fraction": stalled / nonzero if nonzero else 0.0,
-            "saturation_fraction": saturated / self.numel if self.numel else 0.0,
-            "median_update_lsb": median,
-        }
+        result = {"stall_fraction": 0.0, "saturation_fraction": 0.0, "median_update_lsb": math.nan}
+        if not self.counts:
+            return result
+        if self.samples:
+            counts = torch.stack(self.counts).sum(0).to(torch.float64)
+            sample = torch.cat(self.samples).abs()
+            median = torch.nanmedian(torch.where(sample != 0, sample, math.nan)).reshape(1)
+            nonzero, stalled, saturated, median = torch.cat([counts, median.to(counts.dtype)]).tolist()
+            result["median_update_lsb"] = median / target.lsb
+        else:  # float weights
+            nonzero, stalled = torch.stack(self.counts).sum(0).tolist()
+            saturated = 0
+        result["stall_fraction"] = stalled / nonzero if nonzero else 0.0
+        result["saturation_fraction"] = saturated / self.numel if self.numel else 0.0
+        return result
