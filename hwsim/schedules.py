@@ -86,7 +86,7 @@ class GearShiftPolicy:
         return self.every is None and self.plateau is None
 
     @classmethod
-    def parse(cls, text: str) -> "GearShiftPolicy":
+    def parse(cls, text: str) -> GearShiftPolicy:
         """A policy from its text form (as in study specs): ``"constant"``,
         ``"gearshift:every=2000"``, ``"gearshift:every=2000,factor=0.5,floor=precision"``,
         ``"gearshift:plateau=3,factor=0.5,floor=1e-4"``."""
@@ -167,7 +167,9 @@ class GearShift(torch.optim.lr_scheduler.LRScheduler):
     each optimizer step (or epoch), with the monitored ``metric`` for a plateau
     policy. With ``floor="precision"`` the typical update comes from the
     optimizer's telemetry (``median_update_lsb`` of each param group), so the
-    optimizer must be a hwsim optimizer with telemetry on.
+    optimizer must be a hwsim optimizer with telemetry on; the typical update
+    of a group is the median, over the steps since the previous decision, of
+    its per-step ``median_update_lsb``.
 
     >>> import torch, hwsim.optim
     >>> w = torch.nn.Parameter(torch.zeros(4))
@@ -189,25 +191,38 @@ class GearShift(torch.optim.lr_scheduler.LRScheduler):
         elif isinstance(policy, str):
             policy = GearShiftPolicy.parse(policy)
         self.policy = policy
+        self._seen: list[list[float]] = []
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
 
-    def step(self, metric: float | None = None, epoch: None = None) -> None:  # noqa: D401
+    def step(self, metric: float | None = None, epoch: None = None) -> None:
         if epoch is not None:
             raise ValueError("GearShift.step takes no epoch argument; it counts its own calls")
         self.last_epoch += 1
+        groups = self.optimizer.param_groups
+        precision = self.policy.floor == "precision"
+        if self.last_epoch > 0 and precision:
+            telemetry = getattr(self.optimizer, "telemetry", None)
+            if not telemetry or len(telemetry) != len(groups):
+                raise ValueError(
+                    "floor='precision' reads optimizer.telemetry: use a hwsim optimizer with "
+                    "telemetry=True and call optimizer.step() before scheduler.step()"
+                )
+            # the typical update: median over the steps since the last decision
+            # (one step's median is noisy when a group has few weights)
+            if len(self._seen) != len(groups):
+                self._seen = [[] for _ in groups]
+            for seen, t in zip(self._seen, telemetry, strict=True):
+                if not math.isnan(t["median_update_lsb"]):
+                    seen.append(t["median_update_lsb"])
         if self.last_epoch > 0 and not self.policy.constant and self.policy.due(self.last_epoch, metric):
-            typical = [None] * len(self.optimizer.param_groups)
-            if self.policy.floor == "precision":
-                telemetry = getattr(self.optimizer, "telemetry", None)
-                if not telemetry or len(telemetry) != len(self.optimizer.param_groups):
-                    raise ValueError(
-                        "floor='precision' reads optimizer.telemetry: use a hwsim optimizer with "
-                        "telemetry=True and call optimizer.step() before scheduler.step()"
-                    )
-                typical = [t["median_update_lsb"] for t in telemetry]
-            for group, t in zip(self.optimizer.param_groups, typical, strict=True):
-                group["lr"] = self.policy.shift(group["lr"], t)
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+            for i, group in enumerate(groups):
+                typical = None
+                if precision:
+                    seen = sorted(self._seen[i])
+                    typical = seen[len(seen) // 2] if seen else math.nan
+                    self._seen[i] = []
+                group["lr"] = self.policy.shift(group["lr"], typical)
+        self._last_lr = [group["lr"] for group in groups]
