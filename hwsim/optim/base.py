@@ -14,7 +14,7 @@ weight grid is the accumulator: updates are rounded straight onto it
 rounding — the stall. With neither format the weight stays float.
 
 Arithmetic: when any format of a group is fixed point, the rule and the
-pipeline compute in float64 (every code of a format up to 53 bits is exact in
+pipeline compute in float64 (every code of a format up to 52 bits is exact in
 float64; codes are held as float64 integers); when every format is ``None``
 they compute in the parameter's own dtype, exactly like ``torch.optim``.
 State tensors are stored after every change, quantized to their ``state``
@@ -196,7 +196,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             _raise_non_finite(update, STREAM["update"], p, index)
         rounding = prec.target_rounding
         u = noise(STREAM["accumulator"], update) if rounding == Rounding.STOCHASTIC else None
-        delta = scaled_to_code_float(update * (2.0**target.fl), target, rounding, prec.overflow, u)
+        delta = scaled_to_code_float(update * (2.0**target.fl), target, rounding, prec.overflow, u, inplace=True)
         acc = state["accumulator"].add_(delta)
         if prec.overflow == Overflow.SATURATE:
             acc.clamp_(target.min_code, target.max_code)
@@ -208,7 +208,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             w = prec.weight
             wr = prec.weight_rounding
             uw = noise(STREAM["weight"], acc) if wr == Rounding.STOCHASTIC else None
-            weight_codes = scaled_to_code_float(acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw)
+            weight_codes = scaled_to_code_float(acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True)
             p.copy_(weight_codes.mul_(w.lsb))
             if counts is not None:
                 weight_codes.mul_(2.0**w.fl)  # back to codes for the saturation count
