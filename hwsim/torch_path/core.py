@@ -84,3 +84,26 @@ def value_to_code(
 
 def code_to_value(code: torch.Tensor, fmt: FixedPoint, dtype=torch.float64) -> torch.Tensor:
     return (code.to(torch.float64) * fmt.lsb).to(dtype)
+
+
+def shift_round_code(code: torch.Tensor, shift: int, rounding: Rounding,
+                     u: torch.Tensor | None = None) -> torch.Tensor:
+    """Round int64 codes to a grid 2^shift times coarser (``shift`` >= 0) in
+    integers; ``shift`` < 0 shifts left (exact). Mirrors
+    ``hwsim.kernels.scalar.shift_round_code``; no overflow applied."""
+    if shift <= 0:
+        return code << (-shift)
+    q = code >> shift  # arithmetic shift: floor
+    rem = code - (q << shift)  # in [0, 2^shift)
+    half = 1 << (shift - 1)
+    if rounding == Rounding.FLOOR:
+        return q
+    if rounding == Rounding.ZERO:
+        up = (code < 0) & (rem != 0)
+    elif rounding == Rounding.NEAREST:
+        up = (rem > half) | ((rem == half) & ((q & 1) == 1))
+    elif rounding == Rounding.NEAREST_AWAY:
+        up = (rem > half) | ((rem == half) & (code > 0))
+    else:
+        up = (rem != 0) & (u < rem.to(torch.float64) / float(1 << shift))
+    return q + up.to(torch.int64)
