@@ -644,3 +644,30 @@ class TorchLMS(FixedLMS):
         for v in p:
             acc = torch_core.apply_overflow(acc + v, fmt, ov)
         return int(acc)
+
+
+class FloatLMS:
+    """The float64 filter with :class:`FixedLMS`'s block interface (the
+    baseline of a precision sweep; nothing stalls)."""
+
+    def __init__(self, taps: int, rule: str = "lms") -> None:
+        if isinstance(taps, bool) or not isinstance(taps, (int, np.integer)) or taps < 1:
+            raise ValueError(f"taps must be an integer >= 1, got {taps!r}")
+        self.taps, self.rule, self._rule = int(taps), rule, _rule_index(rule)
+        self.weights = np.zeros(self.taps)
+        self.history = np.zeros(self.taps - 1)
+        self.samples_seen = 0
+
+    def run(self, x, d, mu: float) -> BlockResult:
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        d = np.ascontiguousarray(d, dtype=np.float64)
+        if x.ndim != 1 or x.shape != d.shape:
+            raise ValueError(f"x and d must be 1-D of equal length, got {x.shape} and {d.shape}")
+        xp = np.concatenate([self.history, x])
+        y, e = np.empty_like(x), np.empty_like(x)
+        lms_float_kernel(xp, d, self.weights, float(mu), self._rule, y, e)
+        if self.taps > 1:
+            self.history = xp[xp.size - (self.taps - 1):].copy()
+        self.samples_seen += x.size
+        nonzero = int(np.count_nonzero(e)) * self.taps
+        return BlockResult(y=y, error=e, nonzero_updates=nonzero, stalls=0, saturated=0)
