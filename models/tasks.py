@@ -14,6 +14,7 @@ allowed) and accepts formats as ``FixedPoint``, ``"fx16.12"`` strings or
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -25,7 +26,7 @@ import numpy as np
 from hwsim.formats import FixedPoint, parse_format
 from hwsim.study.task import TrialResult, register_task
 from models import datasets
-from models.lms import RULES, FixedLMS, FloatLMS
+from models.lms import FixedLMS, FloatLMS
 
 RoundingName = Literal["nearest", "nearest_away", "floor", "zero", "stochastic"]
 OptimizerName = Literal["sgd", "signsgd", "adam", "adagrad", "rmsprop"]
@@ -69,7 +70,10 @@ def _require(params, name: str, ok: bool, allowed: str) -> None:
 
 
 def _parse_schedule(params):
-    """The gear-shift policy of ``params.schedule`` (``hwsim.schedules``)."""
+    """The gear-shift policy of ``params.schedule`` (``hwsim.schedules``), or
+    None for a constant step."""
+    if isinstance(params.schedule, str) and params.schedule.strip().lower() == "constant":
+        return None
     from hwsim.schedules import GearShiftPolicy
 
     try:
@@ -166,7 +170,7 @@ def lms(p: LMSParams) -> TrialResult:
                         rounding=p.rounding, seed=p.seed)
     policy = _parse_schedule(p)
     block = max(1, p.n_samples // p.blocks)
-    if policy.every is not None:  # block edges must fall on the shift points
+    if policy is not None and policy.every is not None:  # block edges must fall on the shift points
         block = math.gcd(block, policy.every)
     steady_from = p.n_samples - max(p.n_samples // 10, 1)
     y = np.empty(p.n_samples)
@@ -193,15 +197,16 @@ def lms(p: LMSParams) -> TrialResult:
             if not math.isfinite(mse):
                 diverged = True
                 break
-            mu = policy.next_lr(mu, stop, metric=mse,
-                                typical_update_lsb=_typical_update_lsb(p, filt, mu, r.error,
-                                                                       data.x[start:stop]))
+            if policy is not None:
+                mu = policy.next_lr(mu, stop, metric=mse, typical_update_lsb=_typical_update_lsb(
+                    p, filt, mu, r.error, data.x[start:stop]))
     err = data.d[steady_from:] - y[steady_from:]
     with np.errstate(over="ignore", invalid="ignore"):
         mse = float(np.mean(err * err)) if not diverged else math.inf
     excess = mse - data.mmse
     weights = filt.weights
-    weight_error = float(np.sum((weights - data.wiener) ** 2) / np.sum(data.wiener**2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        weight_error = float(np.sum((weights - data.wiener) ** 2) / np.sum(data.wiener**2))
     metrics = {
         "mse_db": _db(mse),
         "excess_mse_db": _db(max(excess, 1e-6 * data.mmse)) if math.isfinite(excess) else math.inf,
@@ -272,6 +277,9 @@ class ClassifyParams:
         _require(self, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
         _require(self, "data_path", self.dataset == "digits" or self.data_path is not None,
                  "a folder of IDX files or an .npz for mnist / fashion_mnist")
+        _require(self, "layer_accumulator",
+                 self.layer_accumulator is None or (self.weight is not None and self.activation is not None),
+                 "None unless weight and activation are fixed point too (a MAC array multiplies codes)")
         _parse_schedule(self)
 
 
@@ -300,11 +308,45 @@ def _telemetry(optimizer, key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+@contextlib.contextmanager
+def _one_thread_seeded(seed: int):
+    """One torch thread and the global torch RNG seeded, both restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Diverged(RuntimeError):
+    """Training blew up (recorded as a diverged trial, not an error)."""
+
+
+BLOW_UP = 100.0
+"""A mini-batch loss this many times the first one (or 1) counts as diverged."""
+
+
 @register_task("classify", ClassifyParams)
 def classify(p: ClassifyParams) -> TrialResult:
     """Train a classifier; metrics ``test_accuracy``, ``train_loss`` (last
     epoch's mean), ``stall_fraction`` and ``saturation_fraction`` (the
-    optimizer's telemetry, mean over the last epoch's steps), ``best_test_accuracy``."""
+    optimizer's telemetry, mean over the last epoch's steps), ``best_test_accuracy``.
+
+    Runs on one torch thread (a sweep runs trials in parallel; these models are
+    too small for intra-op threads to pay) with the global torch RNG seeded
+    from ``seed`` for dropout, both restored afterwards. Diverged: a non-finite
+    loss or a mini-batch loss above ``BLOW_UP`` times the first one.
+    """
+    with _one_thread_seeded(p.seed):
+        return _classify(p)
+
+
+def _classify(p: ClassifyParams) -> TrialResult:
     import torch
 
     from hwsim.errors import NonFiniteError
@@ -318,14 +360,17 @@ def classify(p: ClassifyParams) -> TrialResult:
     if p.activation is not None or p.layer_accumulator is not None:
         import hwsim.nn
 
-        precision = hwsim.nn.Precision(activation=p.activation, accumulator=p.layer_accumulator,
-                                       rounding=p.rounding)
+        # the layer sees the optimizer's weight grid; its MAC array needs both
+        # operands on a grid (checked in ClassifyParams)
+        precision = hwsim.nn.Precision(weight=p.weight, activation=p.activation,
+                                       accumulator=p.layer_accumulator, rounding=p.rounding,
+                                       seed=p.seed)
     model = build_classifier(p.model, tuple(split.x_train.shape[1:]), split.n_classes,
                              hidden=p.hidden, batch_norm=p.batch_norm, dropout=p.dropout,
                              precision=precision, backend=p.backend, seed=p.seed)
     optimizer = make_optimizer(p, model.parameters())
     policy = _parse_schedule(p)
-    torch_gen = torch.Generator().manual_seed(p.seed)  # dropout masks
+    first_loss = None
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     step = 0
@@ -344,11 +389,12 @@ def classify(p: ClassifyParams) -> TrialResult:
         try:
             for idx in datasets.batches(len(y_train), p.batch_size, p.seed, epoch):
                 idx_t = torch.from_numpy(idx)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=torch_gen)))
-                    loss = model.loss(model(x_train[idx_t]), y_train[idx_t])
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"training loss became {loss.item()} at step {step}")
+                loss = model.loss(model(x_train[idx_t]), y_train[idx_t])
+                if first_loss is None:
+                    first_loss = loss.item()
+                if not torch.isfinite(loss) or loss.item() > BLOW_UP * max(first_loss, 1.0):
+                    raise Diverged(f"training loss became {loss.item():.4g} at step {step} "
+                                         f"(first mini-batch: {first_loss:.4g})")
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -358,11 +404,11 @@ def classify(p: ClassifyParams) -> TrialResult:
                     v = _telemetry(optimizer, key)
                     if v is not None:
                         bucket.append(v)
-                if policy.every is not None:
+                if policy is not None and policy.every is not None:
                     for group in optimizer.param_groups:
                         group["lr"] = policy.next_lr(group["lr"], step, typical_update_lsb=_telemetry(
                             optimizer, "median_update_lsb") if policy.floor == "precision" else None)
-        except NonFiniteError as err:  # the quantized arithmetic met a NaN/Inf
+        except (Diverged, NonFiniteError) as err:  # blew up, or quantization met a NaN/Inf
             diverged, error = True, str(err)
             break
         train_loss = float(np.mean(losses))
@@ -376,7 +422,7 @@ def classify(p: ClassifyParams) -> TrialResult:
                    "stall_fraction": row["stall_fraction"],
                    "saturation_fraction": float(np.mean(saturations)) if saturations else 0.0,
                    "best_test_accuracy": best}
-        if policy.plateau is not None:
+        if policy is not None and policy.plateau is not None:
             typical = _telemetry(optimizer, "median_update_lsb") if policy.floor == "precision" else None
             for group in optimizer.param_groups:
                 group["lr"] = policy.next_lr(group["lr"], epoch + 1, metric=train_loss,
@@ -421,6 +467,11 @@ class KMeansParams:
 def kmeans(p: KMeansParams) -> TrialResult:
     """Metrics: ``inertia`` (mean squared distance to the nearest centroid, all
     data), ``purity`` (majority-label agreement), ``stall_fraction``."""
+    with _one_thread_seeded(p.seed):
+        return _kmeans(p)
+
+
+def _kmeans(p: KMeansParams) -> TrialResult:
     import torch
 
     from models.kmeans import KMeansSGD, purity
@@ -460,7 +511,7 @@ def kmeans(p: KMeansParams) -> TrialResult:
                         "stall_fraction": float(np.mean(stalls)) if stalls else 0.0})
         if not math.isfinite(value):
             return TrialResult(metrics={"inertia": value}, history=history, diverged=True)
-    metrics = {"inertia": inertia(), "purity": purity(model.assign(xt).numpy(), labels),
+    metrics = {"inertia": inertia(), "purity": float(purity(model.assign(xt).numpy(), labels)),
                "stall_fraction": history[-1]["stall_fraction"]}
     return TrialResult(metrics=metrics, history=history)
 
