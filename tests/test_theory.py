@@ -279,7 +279,7 @@ def test_accumulator_from_measured_statistics():
     g = np.concatenate(grads)
     s = stats["0.weight"]
     assert s.max_grad == pytest.approx(g.max()) and s.small_grad == pytest.approx(np.quantile(g[g > 0], 0.1))
-    assert s.max_weight == pytest.approx(float(model[0].weight.abs().max()))
+    assert s.max_weight == pytest.approx(float(model[0].weight.detach().abs().max()))
     # per-tensor rule with an 8-bit gradient format scaled to the measured range
     rec = accumulator_precision_from_statistics(stats, 1e-3, grad_bits=8)
     for name, st_ in stats.items():
