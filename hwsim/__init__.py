@@ -8,7 +8,7 @@
 from hwsim.errors import NonFiniteError
 from hwsim.formats import FixedPoint, parse_format
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops import from_codes, quantize, to_codes
+from hwsim.ops import conv2d, from_codes, matmul, quantize, to_codes
 
 __version__ = "0.1.0"
 
@@ -21,5 +21,7 @@ __all__ = [
     "quantize",
     "to_codes",
     "from_codes",
+    "matmul",
+    "conv2d",
     "__version__",
 ]

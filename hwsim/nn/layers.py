@@ -1,0 +1,282 @@
+"""Quantized layers: ``Quantizer``, ``QLinear``, ``QConv2d``, ``quantize_model``.
+
+Data flow of a quantized layer (each arrow a quantizer; forward format /
+backward format):
+
+    x --[activation / grad_activation]--> MAC array (accumulator) + bias
+    w --[weight / grad_weight]-----------^        |
+                                                  v
+                       y <--[output / grad_activation]--
+
+The backward GEMMs (gradient wrt input, wrt weight, and the bias sum) run in
+their own MAC arrays (``grad_activation_accumulator``,
+``grad_weight_accumulator``). Formats left ``None`` stay float.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+from torch import nn
+
+from hwsim.formats import parse_format
+from hwsim.modes import Overflow, Rounding
+from hwsim.nn.functional import (
+    GemmConfig,
+    MACConv2dFunction,
+    MACLinearFunction,
+    QuantizeFunction,
+    check_backend,
+)
+from hwsim.nn.precision import Precision
+
+_MASK64 = (1 << 64) - 1
+FLOAT = Precision()  # every tensor float: the default of a layer built directly
+
+
+def _mix(*parts: int) -> int:
+    """A 64-bit seed from integers (SplitMix-style), for per-call stochastic noise."""
+    z = 0x9E3779B97F4A7C15
+    for p in parts:
+        z = (z ^ (int(p) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        z ^= z >> 31
+    return z
+
+
+def quantizer(x: torch.Tensor, forward=None, backward=None, *, forward_rounding="nearest",
+              backward_rounding="nearest", overflow="saturate", forward_seed=None,
+              backward_seed=None, backend="torch", straight_through=True) -> torch.Tensor:
+    """Quantize ``x`` to ``forward`` in the forward pass and its gradient to
+    ``backward`` in the backward pass (QPyTorch's two-format quantizer;
+    Gupta et al. 2015 for stochastic rounding of both).
+
+    >>> import torch
+    >>> x = torch.tensor([0.3, 1.7], requires_grad=True)
+    >>> y = quantizer(x, "fx8.4", "fx8.2"); y.sum().backward()
+    >>> y.detach(), x.grad
+    (tensor([0.3125, 1.6875]), tensor([1., 1.]))
+    """
+    return QuantizeFunction.apply(
+        x, parse_format(forward), Rounding.parse(forward_rounding), parse_format(backward),
+        Rounding.parse(backward_rounding), Overflow.parse(overflow), forward_seed, backward_seed,
+        check_backend(backend), straight_through,
+    )
+
+
+class Quantizer(nn.Module):
+    """Module form of :func:`quantizer`; with an int ``seed``, each call draws
+    fresh but reproducible stochastic noise (seed, call count)."""
+
+    def __init__(self, forward=None, backward=None, *, forward_rounding="nearest",
+                 backward_rounding="nearest", overflow="saturate", seed=None, backend="torch",
+                 straight_through=True):
+        super().__init__()
+        self.forward_format = parse_format(forward)
+        self.backward_format = parse_format(backward)
+        self.forward_rounding = Rounding.parse(forward_rounding)
+        self.backward_rounding = Rounding.parse(backward_rounding)
+        self.overflow = Overflow.parse(overflow)
+        self.seed = seed
+        self.backend = check_backend(backend)
+        self.straight_through = straight_through
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        fs = bs = None
+        if self.seed is not None:
+            fs, bs = _mix(self.seed, self.calls, 1), _mix(self.seed, self.calls, 2)
+        return quantizer(x, self.forward_format, self.backward_format,
+                         forward_rounding=self.forward_rounding,
+                         backward_rounding=self.backward_rounding, overflow=self.overflow,
+                         forward_seed=fs, backward_seed=bs, backend=self.backend,
+                         straight_through=self.straight_through)
+
+    def extra_repr(self) -> str:
+        return (f"forward={self.forward_format}, backward={self.backward_format}, "
+                f"rounding={self.forward_rounding}/{self.backward_rounding}")
+
+
+class _QuantizedLayer:
+    """Shared precision plumbing of QLinear and QConv2d."""
+
+    precision: Precision
+    backend: str
+
+    def _setup(self, precision: Precision, backend: str, salt: int) -> None:
+        if not isinstance(precision, Precision):
+            raise ValueError(f"precision must be a hwsim.nn.Precision, got {precision!r}")
+        self.precision = precision
+        self.backend = check_backend(backend)
+        self.salt = int(salt)
+        self.calls = 0
+
+    def _seed(self, role: int) -> int | None:
+        if self.precision.seed is None:
+            return None
+        return _mix(self.precision.seed, self.salt, self.calls, role)
+
+    def _quantize(self, x, forward: str, backward: str, role: int):
+        p = self.precision
+        f, b = getattr(p, forward), getattr(p, backward)
+        if x is None or (f is None and b is None):
+            return x
+        return quantizer(x, f, b, forward_rounding=p.rounding_of(forward),
+                         backward_rounding=p.rounding_of(backward), overflow=p.overflow,
+                         forward_seed=self._seed(role), backward_seed=self._seed(role + 1),
+                         backend=self.backend, straight_through=p.straight_through)
+
+    def _gemm_configs(self) -> tuple[GemmConfig, GemmConfig, GemmConfig]:
+        p = self.precision
+        overflow = p.overflow_mode
+        return tuple(
+            GemmConfig(getattr(p, acc), p.product, p.rounding_of(acc), overflow, self._seed(role),
+                       self.backend)
+            for acc, role in (("accumulator", 10), ("grad_activation_accumulator", 11),
+                              ("grad_weight_accumulator", 12))
+        )
+
+    def _quantized_operands(self, x):
+        self.calls += 1
+        xq = self._quantize(x, "activation", "grad_activation", 0)
+        wq = self._quantize(self.weight, "weight", "grad_weight", 2)
+        bq = self._quantize(self.bias, "weight", "grad_weight", 4)
+        return xq, wq, bq
+
+    def _finish(self, y):
+        return self._quantize(y, "output", "grad_activation", 6)
+
+
+class QLinear(nn.Linear, _QuantizedLayer):
+    """``nn.Linear`` through a bit-true MAC array, with per-tensor formats
+    (Sakr & Shanbhag, ICLR 2019). Same parameters and state dict as nn.Linear.
+
+    >>> import torch
+    >>> layer = QLinear(4, 2, precision=Precision(weight="fx8.6", activation="fx8.4",
+    ...                                           accumulator="fx20.10"))
+    >>> layer(torch.ones(3, 4)).shape
+    torch.Size([3, 2])
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 precision: Precision = FLOAT, backend: str = "torch", salt: int = 0,
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._setup(precision, backend, salt)
+
+    @classmethod
+    def from_float(cls, layer: nn.Linear, precision: Precision, backend: str = "torch",
+                   salt: int = 0) -> QLinear:
+        q = cls(layer.in_features, layer.out_features, layer.bias is not None,
+                precision=precision, backend=backend, salt=salt, device=layer.weight.device,
+                dtype=layer.weight.dtype)
+        q.weight, q.bias = layer.weight, layer.bias  # the same Parameters: optimizers keep working
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq, wq, bq = self._quantized_operands(x)
+        y = MACLinearFunction.apply(xq, wq, bq, *self._gemm_configs())
+        return self._finish(y)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend}, precision={self.precision}"
+
+
+class QConv2d(nn.Conv2d, _QuantizedLayer):
+    """``nn.Conv2d`` (groups=1, dilation=1, zero padding) through a bit-true MAC
+    array; same parameters and state dict as nn.Conv2d.
+
+    >>> import torch
+    >>> conv = QConv2d(1, 2, 3, padding=1, precision=Precision(weight="fx8.6",
+    ...                activation="fx8.4", accumulator="fx20.10"))
+    >>> conv(torch.ones(1, 1, 5, 5)).shape
+    torch.Size([1, 2, 5, 5])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, *, precision: Precision = FLOAT,
+                 backend: str = "torch", salt: int = 0, device=None, dtype=None):
+        if isinstance(padding, str):
+            raise ValueError(f"QConv2d takes integer padding, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias,
+                         device=device, dtype=dtype)
+        self._setup(precision, backend, salt)
+
+    @classmethod
+    def from_float(cls, layer: nn.Conv2d, precision: Precision, backend: str = "torch",
+                   salt: int = 0) -> QConv2d:
+        unsupported = []
+        if layer.groups != 1:
+            unsupported.append(f"groups={layer.groups}")
+        if tuple(layer.dilation) != (1, 1):
+            unsupported.append(f"dilation={layer.dilation}")
+        if layer.padding_mode != "zeros":
+            unsupported.append(f"padding_mode={layer.padding_mode!r}")
+        if isinstance(layer.padding, str):
+            unsupported.append(f"padding={layer.padding!r}")
+        if unsupported:
+            raise ValueError(f"QConv2d supports groups=1, dilation=1 and integer zero padding; "
+                             f"this layer has {', '.join(unsupported)}")
+        q = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                layer.padding, layer.bias is not None, precision=precision, backend=backend,
+                salt=salt, device=layer.weight.device, dtype=layer.weight.dtype)
+        q.weight, q.bias = layer.weight, layer.bias  # the same Parameters: optimizers keep working
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq, wq, bq = self._quantized_operands(x)
+        y = MACConv2dFunction.apply(xq, wq, bq, tuple(self.stride), tuple(self.padding),
+                                    *self._gemm_configs())
+        return self._finish(y)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend}, precision={self.precision}"
+
+
+def quantize_model(model: nn.Module, precision: Precision | None, backend: str = "torch",
+                   per_layer: dict[str, Precision | None] | None = None) -> nn.Module:
+    """Swap every ``nn.Linear``/``nn.Conv2d`` of ``model`` (in place) for a
+    QLinear/QConv2d with the same parameters, and return the model.
+
+    ``precision`` applies to every layer; ``per_layer`` maps module names (as in
+    ``model.named_modules()``, glob patterns allowed, first match wins) to a
+    Precision, or to ``None`` to leave that layer float. ``precision=None``
+    with ``per_layer`` quantizes only the named layers.
+
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> m = quantize_model(m, Precision(weight="fx8.6", activation="fx8.4"))
+    >>> type(m[0]).__name__, type(m[2]).__name__
+    ('QLinear', 'QLinear')
+    """
+    check_backend(backend)
+    if precision is not None and not isinstance(precision, Precision):
+        raise ValueError(f"precision must be a hwsim.nn.Precision or None, got {precision!r}")
+    per_layer = dict(per_layer or {})
+    targets = [(name, m) for name, m in model.named_modules()
+               if type(m) in (nn.Linear, nn.Conv2d)]
+    names = [name for name, _ in targets]
+    for pattern in per_layer:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ValueError(f"per_layer names {pattern!r}, which matches no Linear/Conv2d layer; "
+                             f"the layers are {names}")
+    for salt, (name, module) in enumerate(targets):
+        chosen = precision
+        for pattern, p in per_layer.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                chosen = p
+                break
+        if chosen is None:
+            continue
+        cls = QLinear if isinstance(module, nn.Linear) else QConv2d
+        swapped = cls.from_float(module, chosen, backend, salt)
+        if name == "":
+            return swapped
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, swapped)
+    return model
+
+
+__all__ = ["Quantizer", "quantizer", "QLinear", "QConv2d", "quantize_model", "Precision"]

@@ -1,0 +1,115 @@
+"""``Precision``: the formats and roundings of one quantized layer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hwsim.formats import FixedPoint, parse_format
+from hwsim.modes import Overflow, Rounding
+
+TENSOR_FIELDS = (
+    "weight",
+    "activation",
+    "output",
+    "grad_activation",
+    "grad_weight",
+    "accumulator",
+    "grad_activation_accumulator",
+    "grad_weight_accumulator",
+    "product",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """Per-tensor formats of a quantized layer (Sakr & Shanbhag, ICLR 2019:
+    weights, activations, activation and weight gradients, accumulators).
+
+    Every format is a :class:`FixedPoint` (or its string), or ``None`` for
+    float. ``weight``/``activation`` quantize the layer's weight (and bias) and
+    its input; ``output`` its output; ``grad_activation`` the gradient flowing
+    into and out of the layer; ``grad_weight`` the weight (and bias) gradient.
+    ``accumulator`` is the forward MAC array's accumulator,
+    ``grad_activation_accumulator`` and ``grad_weight_accumulator`` those of
+    the two backward GEMMs; ``product`` (optional) the format every product is
+    rounded to first, in all three GEMMs. A ``None`` accumulator means a float
+    GEMM.
+
+    ``rounding`` is the default of every tensor; ``<field>_rounding`` overrides
+    it (``stochastic`` allowed anywhere). ``overflow`` applies to all. ``seed``
+    makes stochastic rounding reproducible (None: fresh noise each call).
+    ``straight_through=False`` zeroes the gradient where the forward value was
+    clipped by saturation (clipped straight-through estimator).
+
+    A MAC array multiplies integer codes, so an accumulator needs its operands
+    on a grid: ``accumulator`` needs ``weight`` and ``activation``,
+    ``grad_activation_accumulator`` needs ``grad_activation`` and ``weight``,
+    ``grad_weight_accumulator`` needs ``grad_activation`` and ``activation``.
+
+    >>> p = Precision(weight="fx8.6", activation="fx8.4", accumulator="fx24.10")
+    >>> str(p.weight), p.rounding_of("weight")
+    ('fx8.6', <Rounding.NEAREST: 0>)
+    """
+
+    weight: FixedPoint | None = None
+    activation: FixedPoint | None = None
+    output: FixedPoint | None = None
+    grad_activation: FixedPoint | None = None
+    grad_weight: FixedPoint | None = None
+    accumulator: FixedPoint | None = None
+    grad_activation_accumulator: FixedPoint | None = None
+    grad_weight_accumulator: FixedPoint | None = None
+    product: FixedPoint | None = None
+    rounding: str = "nearest"
+    weight_rounding: str | None = None
+    activation_rounding: str | None = None
+    output_rounding: str | None = None
+    grad_activation_rounding: str | None = None
+    grad_weight_rounding: str | None = None
+    accumulator_rounding: str | None = None
+    grad_activation_accumulator_rounding: str | None = None
+    grad_weight_accumulator_rounding: str | None = None
+    overflow: str = "saturate"
+    seed: int | None = None
+    straight_through: bool = True
+
+    def __post_init__(self) -> None:
+        for name in TENSOR_FIELDS:
+            try:
+                fmt = parse_format(getattr(self, name))
+            except ValueError as err:
+                raise ValueError(f"Precision.{name}: {err}") from None
+            object.__setattr__(self, name, fmt)
+        object.__setattr__(self, "rounding", str(Rounding.parse(self.rounding)))
+        for name in TENSOR_FIELDS[:-1]:
+            value = getattr(self, f"{name}_rounding")
+            if value is not None:
+                object.__setattr__(self, f"{name}_rounding", str(Rounding.parse(value)))
+        object.__setattr__(self, "overflow", str(Overflow.parse(self.overflow)))
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"Precision.seed must be an int or None, got {self.seed!r}")
+        if not isinstance(self.straight_through, bool):
+            raise ValueError(f"Precision.straight_through must be a bool, got {self.straight_through!r}")
+        needs = {
+            "accumulator": ("weight", "activation"),
+            "grad_activation_accumulator": ("grad_activation", "weight"),
+            "grad_weight_accumulator": ("grad_activation", "activation"),
+        }
+        for acc, operands in needs.items():
+            missing = [f for f in operands if getattr(self, acc) is not None and getattr(self, f) is None]
+            if missing:
+                raise ValueError(
+                    f"Precision.{acc} is set but {', '.join(missing)} is float: the MAC array "
+                    f"multiplies integer codes, so set {' and '.join(operands)} too"
+                )
+
+    def rounding_of(self, field: str) -> Rounding:
+        """The rounding of ``field`` (its override, else ``rounding``)."""
+        if field not in TENSOR_FIELDS[:-1]:
+            raise ValueError(f"unknown tensor field {field!r}; known: {TENSOR_FIELDS[:-1]}")
+        override = getattr(self, f"{field}_rounding")
+        return Rounding.parse(override if override is not None else self.rounding)
+
+    @property
+    def overflow_mode(self) -> Overflow:
+        return Overflow.parse(self.overflow)

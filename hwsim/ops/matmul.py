@@ -1,0 +1,473 @@
+"""``matmul`` and ``conv2d`` through a bit-true MAC array with an accumulator format.
+
+Both find the exact integer codes of their operands, plan the integer datapath
+once (``GemmPlan``, shared by both backends), and run it on NumPy arrays (Numba
+kernels) or torch tensors (torch ops, any device). Semantics: DESIGN.md,
+"MAC-array GEMM".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hwsim.errors import CodeOverflowError
+from hwsim.formats import MAX_WL, FixedPoint
+from hwsim.modes import Overflow, Rounding
+from hwsim.ops._common import check_format, fresh_seed, is_torch, raise_non_finite_numpy
+
+STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # as hwsim.kernels.gemm
+PATHS = ("auto", "sequential", "fast")
+EXACT_FLOAT = 1 << 53  # float64 holds every integer below this
+INT64_LIMIT = 1 << 63
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmPlan:
+    """How the integer datapath moves codes between grids, worked out once from
+    the operands' fractional lengths and largest codes.
+
+    ``*_shift`` > 0 rounds to a grid 2^shift coarser; <= 0 is an exact left shift.
+    ``fast_*`` say whether float64 BLAS on the codes is exact: it needs no
+    rounding stage, no product overflow, every partial sum below 2^53 and, when
+    saturating, no partial sum outside the accumulator range."""
+
+    accumulator: FixedPoint
+    product: FixedPoint | None
+    product_stage: int
+    product_shift: int
+    acc_stage: int
+    acc_shift: int
+    max_product: int  # largest |a_ik * b_kj| code, in units of 2^-(fa + fb)
+    left_shift: int  # total exact left shift of a term on the fast path
+    fast_wrap: bool  # wrap accumulator, BLAS in K-chunks then modulo 2^wl
+    fast_saturate_limit: int  # saturate: the fast path is exact if sum_k |t| <= this (-1: never)
+    wrap_chunk: int  # K-chunk for wrap (each chunk's |sum| < 2^53)
+
+
+def plan_gemm(fa: int, fb: int, max_a: int, max_b: int, products_nonneg: bool,
+              accumulator: FixedPoint, product: FixedPoint | None,
+              overflow: Overflow) -> GemmPlan:
+    """Work out the datapath; raise CodeOverflowError where an exact integer
+    step would not fit in int64."""
+    max_product = max_a * max_b
+    if max_product >= INT64_LIMIT:
+        raise CodeOverflowError(
+            f"an exact product of the operands' codes needs {max_product.bit_length() + 1} bits "
+            f"(largest codes {max_a} * 2^-{fa} and {max_b} * 2^-{fb}), more than int64 holds; "
+            f"quantize the operands to narrower formats first (a_format=, b_format=)"
+        )
+    cur_fl, term_max = fa + fb, max_product
+    product_stage, product_shift = STAGE_NONE, 0
+    product_fits = True
+    if max_product == 0:
+        # every product is 0 and stays 0 through every stage: sums are 0
+        return GemmPlan(accumulator, product, STAGE_NONE, 0, STAGE_LEFT, 0, 0, 0, True,
+                        EXACT_FLOAT - 1, 1 << 62)
+    if product is not None:
+        term_max, product_shift, product_stage = _stage(term_max, cur_fl - product.fl, product,
+                                                        overflow, "product")
+        product_fits = (product_stage == STAGE_LEFT
+                        and (max_product << -product_shift) <= product.max_code
+                        and (product.signed or products_nonneg))
+        term_max = min(term_max, max(-product.min_code, product.max_code))
+        cur_fl = product.fl
+    _, acc_shift, acc_stage = _stage(term_max, cur_fl - accumulator.fl, accumulator, overflow,
+                                     "accumulator")
+    left = -product_shift - acc_shift if product_fits and acc_stage == STAGE_LEFT else 0
+    if overflow == Overflow.WRAP:
+        left = min(left, 63)
+    exact_terms = product_fits and product_stage != STAGE_ROUND and acc_stage == STAGE_LEFT
+    fast_wrap = exact_terms and overflow == Overflow.WRAP and max_product < EXACT_FLOAT
+    limit = -1
+    if (exact_terms and overflow == Overflow.SATURATE and left < 62
+            and (accumulator.signed or products_nonneg)):
+        limit = min(accumulator.max_code >> left, EXACT_FLOAT - 1)
+    chunk = (EXACT_FLOAT - 1) // max_product if max_product else 1 << 62
+    return GemmPlan(accumulator, product, product_stage, product_shift, acc_stage, acc_shift,
+                    max_product, left, fast_wrap, limit, chunk)
+
+
+def _stage(term_max: int, shift: int, fmt: FixedPoint, overflow: Overflow, what: str):
+    """(largest |term| after the move, the shift to use, stage) for one grid change."""
+    if shift > 0:
+        return (term_max >> shift) + 1, shift, STAGE_ROUND
+    left = -shift
+    if overflow == Overflow.WRAP:
+        # wrap is computed modulo 2^64, exact modulo 2^wl (wl <= 62); any shift
+        # >= 63 leaves a multiple of 2^63, i.e. 0 modulo 2^wl, as 63 does
+        left = min(left, 63)
+    elif term_max and (term_max << left) >= INT64_LIMIT:
+        raise CodeOverflowError(
+            f"moving a product onto the {what} grid ({fmt}) shifts it left by {left} bits, "
+            f"past int64; use a {what} format with fewer fractional bits"
+        )
+    return term_max << left, -left, STAGE_LEFT
+
+
+# -- operand codes -------------------------------------------------------------------
+
+
+def grid_codes_numpy(x, name: str) -> tuple[np.ndarray, int]:
+    """(int64 codes, fl) with ``x == codes * 2^-fl`` exactly and the smallest such fl."""
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a float or integer array, got dtype {arr.dtype}")
+    if arr.dtype.kind in "iu":
+        if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= INT64_LIMIT:
+            raise CodeOverflowError(f"{name} holds integers past int64")
+        return np.ascontiguousarray(arr, dtype=np.int64), 0
+    f = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.isfinite(f).all():
+        raise_non_finite_numpy(f)
+    nz = f[f != 0]
+    if nz.size == 0:
+        return np.zeros(f.shape, dtype=np.int64), 0
+    m, e = np.frexp(nz)
+    mant = np.ldexp(m, 53).astype(np.int64)
+    low = mant & -mant  # lowest set bit: a power of two
+    tz = np.frexp(low.astype(np.float64))[1] - 1
+    fl = int((53 - e - tz).max())
+    _check_grid_span(int(e.max()) + fl, fl, name)
+    return np.ldexp(f, fl).astype(np.int64), fl
+
+
+def _check_grid_span(bits: int, fl: int, name: str) -> None:
+    if bits > MAX_WL:
+        raise ValueError(
+            f"{name} is not on a fixed-point grid with codes of at most {MAX_WL} bits: its "
+            f"finest value needs an LSB of 2^-{fl} and its largest then needs a {bits}-bit "
+            f"code. Quantize it onto a format first (e.g. pass a_format=/b_format=, or "
+            f"hwsim.quantize)."
+        )
+
+
+def operand_codes_numpy(x, fmt, name, rounding, overflow, seed):
+    if fmt is None:
+        return grid_codes_numpy(x, name)
+    from hwsim.ops.quantize import to_codes
+
+    return to_codes(np.asarray(x), fmt, rounding, overflow, seed=seed), fmt.fl
+
+
+# -- the public functions ---------------------------------------------------------------
+
+
+def matmul(a, b, *, accumulator, product=None, rounding="nearest", overflow="saturate",
+           a_format=None, b_format=None, seed=None, path="auto"):
+    """``a @ b`` through a MAC array: exact products, each optionally quantized to
+    ``product``, cast onto the ``accumulator`` grid and added one k at a time
+    (k = 0 .. K-1) with the accumulator's overflow applied after every addition.
+
+    Args:
+        a, b: NumPy arrays (Numba kernels) or torch tensors (torch ops on their
+            device), shapes (..., M, K) and (..., K, N) with broadcast leading
+            dims (1-D operands as in ``numpy.matmul``). Their values must lie on
+            a fixed-point grid (outputs of ``hwsim.quantize``, integers, ...):
+            the exact codes are found from the data.
+        accumulator: the accumulator format (``FixedPoint`` or ``"fx32.16"``).
+        product: optional format each exact product is quantized to first.
+        rounding: for the product and the accumulator cast (and ``a_format``/
+            ``b_format``): ``nearest``, ``nearest_away``, ``floor``, ``zero``,
+            ``stochastic``.
+        overflow: ``saturate`` or ``wrap``, for the product and the accumulator.
+        a_format, b_format: quantize ``a``/``b`` onto these formats first.
+        seed: stochastic rounding: an int gives counter noise indexed by
+            (output element, k, stage), identical on both backends.
+        path: ``auto`` (float64 BLAS on the codes whenever that is provably
+            exact), ``sequential`` (always the MAC loop) or ``fast`` (BLAS, or
+            ValueError when it would not be exact).
+
+    Returns:
+        float64 values on the accumulator grid, shape (..., M, N).
+
+    Raises:
+        CodeOverflowError: an exact product (or shift) would not fit in int64.
+        ValueError: operands not on a grid of at most 62-bit codes, shape
+            mismatch, non-finite values, bad modes.
+
+    Wrap mode equals APyTypes' ``APyFixedAccumulatorContext`` (Gustafsson et al.,
+    APyTypes, 2024); saturation order follows a systolic array's single MAC per
+    output.
+
+    >>> import numpy as np, hwsim
+    >>> a = np.array([[1.0, 1.0, -1.0]]); b = np.array([[0.75], [0.75], [0.5]])
+    >>> hwsim.matmul(a, b, accumulator="fx4.2")   # 0.75, then 1.5 -> 1.75 (max), then 1.25
+    array([[1.25]])
+    """
+    codes, acc = matmul_codes(a, b, accumulator=accumulator, product=product, rounding=rounding,
+                              overflow=overflow, a_format=a_format, b_format=b_format, seed=seed,
+                              path=path)
+    return _codes_to_values(codes, acc)
+
+
+def matmul_codes(a, b, *, accumulator, product=None, rounding="nearest", overflow="saturate",
+                 a_format=None, b_format=None, seed=None, path="auto"):
+    """Like :func:`matmul` but returns ``(int64 codes, accumulator format)``."""
+    acc, product, rounding, overflow, seed = _check_args(accumulator, product, rounding,
+                                                         overflow, seed, path)
+    a_format = None if a_format is None else check_format(a_format, "a_format")
+    b_format = None if b_format is None else check_format(b_format, "b_format")
+    if is_torch(a) or is_torch(b):
+        from hwsim.torch_path import gemm as tg
+
+        if not (is_torch(a) and is_torch(b)):
+            raise ValueError("matmul takes two NumPy arrays or two torch tensors, not a mix")
+        ca, fa = tg.operand_codes(a, a_format, "a", rounding, overflow, _sub(seed, 1))
+        cb, fb = tg.operand_codes(b, b_format, "b", rounding, overflow, _sub(seed, 2))
+        return tg.batched_gemm(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path), acc
+    ca, fa = operand_codes_numpy(a, a_format, "a", rounding, overflow, _sub(seed, 1))
+    cb, fb = operand_codes_numpy(b, b_format, "b", rounding, overflow, _sub(seed, 2))
+    return batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path), acc
+
+
+def conv2d(x, w, *, stride=1, padding=0, accumulator, product=None, rounding="nearest",
+           overflow="saturate", x_format=None, w_format=None, seed=None, path="auto"):
+    """2-D convolution (cross-correlation, NCHW, as ``torch.nn.functional.conv2d``)
+    through the MAC array of :func:`matmul`.
+
+    ``x``: (N, C, H, W), ``w``: (O, C, kh, kw). Each output sums its
+    C * kh * kw products in the order (c, kh, kw), C order (im2col onto the
+    GEMM). ``stride`` and ``padding`` (zeros) are ints or (h, w) pairs; the
+    rest as :func:`matmul`. Returns float64 values (N, O, Ho, Wo).
+
+    >>> import numpy as np, hwsim
+    >>> x = np.ones((1, 1, 3, 3)); w = np.full((1, 1, 2, 2), 0.5)
+    >>> hwsim.conv2d(x, w, accumulator="fx8.4")[0, 0]
+    array([[2., 2.],
+           [2., 2.]])
+    """
+    codes, acc = conv2d_codes(x, w, stride=stride, padding=padding, accumulator=accumulator,
+                              product=product, rounding=rounding, overflow=overflow,
+                              x_format=x_format, w_format=w_format, seed=seed, path=path)
+    return _codes_to_values(codes, acc)
+
+
+def conv2d_codes(x, w, *, stride=1, padding=0, accumulator, product=None, rounding="nearest",
+                 overflow="saturate", x_format=None, w_format=None, seed=None, path="auto"):
+    """Like :func:`conv2d` but returns ``(int64 codes, accumulator format)``."""
+    acc, product, rounding, overflow, seed = _check_args(accumulator, product, rounding,
+                                                         overflow, seed, path)
+    sh, sw = _pair(stride, "stride", 1)
+    ph, pw = _pair(padding, "padding", 0)
+    x_format = None if x_format is None else check_format(x_format, "x_format")
+    w_format = None if w_format is None else check_format(w_format, "w_format")
+    torch_in = is_torch(x) or is_torch(w)
+    if torch_in and not (is_torch(x) and is_torch(w)):
+        raise ValueError("conv2d takes two NumPy arrays or two torch tensors, not a mix")
+    if torch_in:
+        from hwsim.torch_path import gemm as tg
+
+        cx, fx = tg.operand_codes(x, x_format, "x", rounding, overflow, _sub(seed, 1))
+        cw, fw = tg.operand_codes(w, w_format, "w", rounding, overflow, _sub(seed, 2))
+    else:
+        cx, fx = operand_codes_numpy(x, x_format, "x", rounding, overflow, _sub(seed, 1))
+        cw, fw = operand_codes_numpy(w, w_format, "w", rounding, overflow, _sub(seed, 2))
+    codes = conv2d_on_codes(cx, fx, cw, fw, (sh, sw), (ph, ph, pw, pw), acc, product, rounding,
+                            overflow, seed, path)
+    return codes, acc
+
+
+def conv2d_on_codes(cx, fx, cw, fw, stride, pads, acc, product, rounding, overflow, seed, path):
+    """Convolution of integer codes; ``pads`` = (top, bottom, left, right), a
+    negative pad crops (used by the input-gradient convolution)."""
+    if cx.ndim != 4 or cw.ndim != 4:
+        raise ValueError(f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
+                         f"got {tuple(cx.shape)} and {tuple(cw.shape)}")
+    n, c, _, _ = cx.shape
+    o, cw_in, kh, kw = cw.shape
+    if c != cw_in:
+        raise ValueError(f"x has {c} channels but w expects {cw_in} (w shape {tuple(cw.shape)})")
+    sh, sw = stride
+    torch_in = is_torch(cx)
+    xp = _pad_codes(cx, pads, torch_in)
+    hp, wp = xp.shape[2], xp.shape[3]
+    if hp < kh or wp < kw:
+        raise ValueError(f"the padded input ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})")
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    k = c * kh * kw
+    if torch_in:
+        from hwsim.torch_path import gemm as tg
+
+        cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, Ho, Wo, kh, kw)
+        cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, k, ho * wo)
+        wm = cw.reshape(1, o, k)
+        out = tg.batched_gemm(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
+    else:
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+        win = win[:, :, ::sh, ::sw]  # (N, C, Ho, Wo, kh, kw)
+        cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, k, ho * wo)
+        wm = cw.reshape(1, o, k)
+        out = batched_gemm_numpy(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
+    return out.reshape(n, o, ho, wo)
+
+
+def _pad_codes(cx, pads, torch_in):
+    top, bottom, left, right = pads
+    if torch_in:
+        import torch.nn.functional as F
+
+        return F.pad(cx, (left, right, top, bottom)) if any(pads) else cx
+    h, w = cx.shape[2], cx.shape[3]
+    crop = cx[:, :, max(0, -top):h - max(0, -bottom), max(0, -left):w - max(0, -right)]
+    pos = ((0, 0), (0, 0), (max(0, top), max(0, bottom)), (max(0, left), max(0, right)))
+    return np.pad(crop, pos) if any(p for pair in pos for p in pair) else crop
+
+
+# -- the NumPy backend ----------------------------------------------------------------
+
+
+def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path):
+    """Codes of the MAC-array product of int64 code arrays ``ca`` (..., M, K) and
+    ``cb`` (..., K, N) with fractional lengths ``fa``, ``fb``."""
+    from hwsim.kernels import gemm as kg
+
+    ca, cb, squeeze, batch = _broadcast_operands(ca, cb, np)
+    m, k = ca.shape[-2:]
+    n = cb.shape[-1]
+    a3 = np.ascontiguousarray(np.broadcast_to(ca, batch + (m, k))).reshape(-1, m, k)
+    b3 = np.ascontiguousarray(np.broadcast_to(cb, batch + (k, n))).reshape(-1, k, n)
+    max_a = int(np.abs(a3).max()) if a3.size else 0
+    max_b = int(np.abs(b3).max()) if b3.size else 0
+    nonneg = _products_nonneg(a3, b3)
+    plan = plan_gemm(fa, fb, max_a, max_b, nonneg, acc, product, overflow)
+    out = np.empty((a3.shape[0], m, n), dtype=np.int64)
+    if _use_fast(plan, path, k, overflow, lambda: _tight_bound_numpy(a3, b3)):
+        sums = np.zeros(out.shape, dtype=np.int64)
+        fa3, fb3 = a3.astype(np.float64), b3.astype(np.float64)
+        for k0 in range(0, max(k, 1), plan.wrap_chunk if overflow == Overflow.WRAP else max(k, 1)):
+            k1 = min(k, k0 + plan.wrap_chunk) if overflow == Overflow.WRAP else k
+            sums += np.matmul(fa3[:, :, k0:k1], fb3[:, k0:k1, :]).astype(np.int64)
+        kg.reduce_codes_kernel(int(overflow))(sums.reshape(-1), out.reshape(-1), plan.left_shift,
+                                              acc.min_code, acc.max_code)
+    elif _narrow_ok(plan):
+        run = kg.narrow_gemm_kernel(int(overflow))
+        run(a3.astype(np.int32), (b3 << -plan.acc_shift).astype(np.int32), out, acc.min_code,
+            acc.max_code)
+    else:
+        run = kg.sequential_gemm_kernel(int(rounding), int(overflow), plan.product_stage,
+                                        plan.acc_stage)
+        p = product if product is not None else acc
+        run(a3, b3, out, plan.product_shift, p.min_code, p.max_code, plan.acc_shift,
+            acc.min_code, acc.max_code, np.uint64(_seed_bits(seed)))
+    out = out.reshape(batch + (m, n))
+    return _squeeze(out, squeeze)
+
+
+def _narrow_ok(plan: GemmPlan) -> bool:
+    """True when the int32 kernel computes exactly what the int64 one does."""
+    return (plan.product_stage == STAGE_NONE and plan.acc_stage == STAGE_LEFT
+            and plan.accumulator.wl <= 31 and (plan.max_product << -plan.acc_shift) < 1 << 31)
+
+
+def _tight_bound_numpy(a3, b3) -> float:
+    """max over outputs of sum_k |a_ik b_kj| (float64, may round above 2^53)."""
+    if a3.size == 0 or b3.size == 0:
+        return 0.0
+    return float(np.matmul(np.abs(a3).astype(np.float64), np.abs(b3).astype(np.float64)).max())
+
+
+def _products_nonneg(a3, b3) -> bool:
+    if a3.size == 0 or b3.size == 0:
+        return True
+    a_min, b_min = int(a3.min()), int(b3.min())
+    return (a_min >= 0 and b_min >= 0) or (int(a3.max()) <= 0 and int(b3.max()) <= 0)
+
+
+# -- shared helpers -------------------------------------------------------------------
+
+
+def use_fast_path(plan: GemmPlan, path: str, k: int, overflow: Overflow, tight_bound) -> bool:
+    """Decide the path; ``tight_bound()`` computes max sum_k |t| only when needed."""
+    if path == "sequential":
+        return False
+    fast = plan.fast_wrap if overflow == Overflow.WRAP else _saturate_fast(plan, k, tight_bound)
+    if path == "fast" and not fast:
+        raise ValueError(
+            "path='fast' needs float64 BLAS to be exact: no rounding of products onto the "
+            "product/accumulator grid, no product overflow, partial sums below 2^53 and (with "
+            "saturate) no partial sum outside the accumulator range; here it is not. Use "
+            "path='auto' or 'sequential'."
+        )
+    return fast
+
+
+_use_fast = use_fast_path
+
+
+def _saturate_fast(plan: GemmPlan, k: int, tight_bound) -> bool:
+    if plan.fast_saturate_limit < 0:
+        return False
+    if plan.max_product * k <= plan.fast_saturate_limit:
+        return True
+    # a float64 sum of k nonnegative terms is within a relative k 2^-53 of the truth
+    return tight_bound() * (1.0 + (k + 2) * 2.0**-52) <= plan.fast_saturate_limit
+
+
+def _broadcast_operands(ca, cb, xp):
+    squeeze = (ca.ndim == 1, cb.ndim == 1)
+    if ca.ndim == 0 or cb.ndim == 0:
+        raise ValueError("matmul operands must have at least one dimension")
+    if ca.ndim == 1:
+        ca = ca.reshape(1, -1)
+    if cb.ndim == 1:
+        cb = cb.reshape(-1, 1)
+    if ca.shape[-1] != cb.shape[-2]:
+        raise ValueError(f"matmul shapes do not match: a is {tuple(ca.shape)} (K = "
+                         f"{ca.shape[-1]}) and b is {tuple(cb.shape)} (K = {cb.shape[-2]})")
+    try:
+        batch = tuple(np.broadcast_shapes(tuple(ca.shape[:-2]), tuple(cb.shape[:-2])))
+    except ValueError:
+        raise ValueError(f"matmul leading dims do not broadcast: {tuple(ca.shape[:-2])} and "
+                         f"{tuple(cb.shape[:-2])}") from None
+    return ca, cb, squeeze, batch
+
+
+def _squeeze(out, squeeze):
+    if squeeze[1]:
+        out = out[..., 0]
+    if squeeze[0]:
+        out = out[..., 0, :] if not squeeze[1] else out[..., 0]
+    return out
+
+
+def _check_args(accumulator, product, rounding, overflow, seed, path):
+    acc = check_format(accumulator, "accumulator")
+    product = None if product is None else check_format(product, "product")
+    rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if seed is not None:
+        from hwsim.ops.quantize import _seed64
+
+        seed = _seed64(seed)
+    elif rounding == Rounding.STOCHASTIC:
+        seed = fresh_seed()
+    return acc, product, rounding, overflow, seed
+
+
+def _sub(seed, offset):
+    """A derived seed for the operand quantizers (independent of the GEMM's noise)."""
+    if seed is None:
+        return None
+    return (seed * 0x2545F4914F6CDD1D + offset) & ((1 << 64) - 1)
+
+
+def _seed_bits(seed) -> int:
+    return 0 if seed is None else int(seed)
+
+
+def _pair(value, name, minimum):
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in pair):
+        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _codes_to_values(codes, acc: FixedPoint):
+    if is_torch(codes):
+        from hwsim.torch_path.core import code_to_value
+
+        return code_to_value(codes, acc)
+    return codes.astype(np.float64) * acc.lsb
