@@ -27,6 +27,7 @@ from hwsim.theory import (
     lms_stall_fraction,
     lms_stall_step,
     lms_theory_curve,
+    lms_time_constant,
     measure_gradient_statistics,
     rounding_noise_variance,
 )
@@ -67,7 +68,7 @@ def _lms_run(x, d, v, mu, q, taps, sign_error, rounding, seed, skip):
 
 
 def simulate_lms(step, q, *, taps=8, input_power=1.0, min_mse=1e-3, rule="lms",
-                 rounding="nearest", samples=200_000, seed=0):
+                 rounding="nearest", samples=200_000, seed=0, skip=None):
     rng = np.random.default_rng(seed)
     w_o = rng.standard_normal(taps)
     w_o *= 0.7 / np.linalg.norm(w_o)
@@ -75,7 +76,8 @@ def simulate_lms(step, q, *, taps=8, input_power=1.0, min_mse=1e-3, rule="lms",
     v = rng.standard_normal(samples) * math.sqrt(min_mse)
     d = np.convolve(x, w_o)[:samples] + v
     mode = NEAREST if rounding == "nearest" else STOCHASTIC
-    return _lms_run(x, d, v, step, q, taps, rule == "sign_error", mode, seed + 1, samples // 2)
+    skip = samples // 2 if skip is None else skip
+    return _lms_run(x, d, v, step, q, taps, rule == "sign_error", mode, seed + 1, skip)
 
 
 LMS = dict(taps=8, input_power=1.0, min_mse=1e-3)
@@ -132,6 +134,27 @@ def test_lms_measured_optimal_step_within_2x_of_prediction():
     t = (np.log(ratios[k - 1]) - np.log(2.0)) / (np.log(ratios[k - 1]) - np.log(ratios[k]))
     measured_opt = mu_opt * 2.0 ** (np.log2(factors[k - 1]) + t * 0.5)
     assert mu_opt / 2 <= measured_opt <= 2 * mu_opt
+
+
+def test_time_constant_tells_when_a_cold_start_freezes():
+    """Far below the optimal step, under nearest rounding, the weights freeze
+    before the steady state: the exact model holds only once the run is several
+    time constants long (5 tau <= samples before the measurement window)."""
+    q, jmin = 2.0**-12, 1e-3
+    mu_opt = lms_optimal_step(q, input_power=1.0, min_mse=jmin)
+    for f in (0.125, 0.25, 0.5, 1.0):
+        mu = f * mu_opt
+        samples = 200_000
+        measured, _ = simulate_lms(mu, q, samples=samples)
+        predicted = lms_excess_mse(mu, q, model="exact", **LMS)
+        tau = lms_time_constant(mu, q, input_power=1.0, mse=jmin + predicted)
+        if 5 * tau <= samples // 2:
+            assert measured == pytest.approx(predicted, rel=0.25), f
+        else:
+            assert measured > 2 * predicted, f  # frozen on the way
+    # stochastic rounding keeps the full drift
+    assert lms_time_constant(0.01, q, input_power=1.0, mse=jmin, rounding="stochastic") == pytest.approx(100)
+    assert lms_time_constant(1e-6, q, input_power=1.0, mse=jmin) == math.inf
 
 
 def test_lms_nearest_rounding_has_no_interior_optimum_in_steady_state():
@@ -310,14 +333,16 @@ def _digits():
     return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
-def train_softmax(acc_wl, lr, *, grad=hwsim.FixedPoint(6, 5), weight=hwsim.FixedPoint(8, 5),
-                  epochs=10, batch=64, data=None):
+GRAD_FX6_5, WEIGHT_FX8_5 = hwsim.FixedPoint(6, 5), hwsim.FixedPoint(8, 5)
+
+
+def train_softmax(acc_wl, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5, epochs=10, batch=64, data=None):
     """Softmax regression on digits: gradients rounded stochastically onto
     ``grad``, updates rounded to nearest onto a weight accumulator of ``acc_wl``
-    bits covering the weight range, weights read through ``weight``. Returns the
-    test accuracy."""
+    bits covering the weight range (or the accumulator format itself), weights
+    read through ``weight``. Returns the test accuracy."""
     xtr, ytr, xte, yte = data or _digits()
-    acc = hwsim.FixedPoint(acc_wl, acc_wl - weight.int_bits)
+    acc = acc_wl if isinstance(acc_wl, hwsim.FixedPoint) else hwsim.FixedPoint(acc_wl, acc_wl - weight.int_bits)
     params = np.zeros(64 * 10 + 10)
     rng = np.random.default_rng(1)
     step = 0

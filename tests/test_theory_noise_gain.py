@@ -24,7 +24,7 @@ def _brute_force(model, x, include_input=True):
     for n in range(x.shape[0]):
         xn = x[n : n + 1].clone().requires_grad_(True)
         acts = []
-        hooks = [m.register_forward_pre_hook(lambda m, a: acts.append(a[0])) for m in layers]
+        hooks = [m.register_forward_pre_hook(lambda m, a, acts=acts: acts.append(a[0])) for m in layers]
         z = model(xn)[0]
         for h in hooks:
             h.remove()
