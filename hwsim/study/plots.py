@@ -270,13 +270,16 @@ _LINESTYLES = ["-", "--", "-.", ":"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 
 
-def _series_sort_key(series: tuple) -> tuple:
+def series_sort_key(series: tuple) -> tuple:
+    """Sort key of series tuples (the legend order of the core plots)."""
     return tuple((k, (str(type(v)), v if v is not None else 0)) for k, v in series)
 
 
-def _series_style(data: StudyData, series: tuple) -> dict:
-    """Colour by the first series field, line style and marker by the others, so
-    e.g. rounding x step reads as colour = rounding, dashes = step."""
+def series_style(data: StudyData, series: tuple) -> dict:
+    """Matplotlib style of a series' line: colour by the first series field, line
+    style and marker by the others (rounding x step reads as colour = rounding,
+    dashes = step). Plug-ins drawing per-series overlays use it to match colours:
+    ``ax.plot(x, y, color=series_style(data, series)["color"])``."""
     fields = data.series_fields
     grid = data.spec["grid"]
     if not fields:
@@ -323,14 +326,14 @@ def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(7.4, 4.8))
-    for series, by_bits in sorted(pts.items(), key=lambda kv: _series_sort_key(kv[0])):
+    for series, by_bits in sorted(pts.items(), key=lambda kv: series_sort_key(kv[0])):
         xs = sorted(b for b in by_bits if b is not None)
         if not xs:
             continue
         mean = [by_bits[b].mean for b in xs]
         low = [by_bits[b].low for b in xs]
         high = [by_bits[b].high for b in xs]
-        style = _series_style(data, series)
+        style = series_style(data, series)
         nseeds = max(len(by_bits[b].values) for b in xs)
         ax.plot(xs, mean, label=series_label(series), **style)
         if nseeds > 1:
@@ -367,7 +370,7 @@ def _baselines(data: StudyData, metric: str) -> list[tuple[str, dict, float]]:
         groups.setdefault(key, []).extend(v for p in by_bits.values() for v in p.values)
     out = []
     for i, (key, values) in enumerate(
-        sorted(groups.items(), key=lambda kv: _series_sort_key(kv[0]))
+        sorted(groups.items(), key=lambda kv: series_sort_key(kv[0]))
     ):
         if not values:
             continue
@@ -412,7 +415,7 @@ def learning_curves(data: StudyData):
     base = data.points(role="baseline")
     if not pts:
         return None
-    panels = sorted(pts.items(), key=lambda kv: _series_sort_key(kv[0]))
+    panels = sorted(pts.items(), key=lambda kv: series_sort_key(kv[0]))
     fig, axes = _grid_axes(len(panels))
     all_bits = sorted({b for _, by_bits in panels for b in by_bits if b is not None})
     cmap = plt.cm.viridis
@@ -473,7 +476,7 @@ def heatmap(data: StudyData):
     if not cells:
         return None
     bits_all = sorted({b for c in cells.values() for b, _ in c})
-    panels = sorted(cells.items(), key=lambda kv: _series_sort_key(kv[0]))
+    panels = sorted(cells.items(), key=lambda kv: series_sort_key(kv[0]))
     fig, axes = _grid_axes(len(panels), width=5.0, height=0.45 * len(bits_all) + 2.2)
     import numpy as np
 
