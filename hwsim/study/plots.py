@@ -341,7 +341,7 @@ def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
         if None in by_bits:  # "float" was one of the grid's values: a per-series reference
             ax.axhline(by_bits[None].mean, color=style["color"], linestyle=":", linewidth=1.2,
                        label=f"{series_label(series)}, float")  # fmt: skip
-    for label, style, ref in _baselines(data, metric):
+    for label, style, ref in baselines(data, metric):
         ax.axhline(ref, color="black", linewidth=1.2, label=f"{label} ({ref:.4g})", **style)
     ax.set_xlabel(data.bits_label())
     ax.set_ylabel(metric_label(metric))
@@ -359,7 +359,7 @@ def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
     return fig
 
 
-def _baselines(data: StudyData, metric: str) -> list[tuple[str, dict, float]]:
+def baselines(data: StudyData, metric: str) -> list[tuple[str, dict, float]]:
     """Float reference lines: one per value of the series fields the baseline
     keeps (e.g. one per step size when step is a series), else one in all."""
     overridden = set(data.spec.get("baseline") or {})

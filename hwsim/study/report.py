@@ -16,6 +16,7 @@ from pathlib import Path
 from hwsim.study.plots import (
     PLOTS,
     StudyData,
+    baselines,
     load_plugins,
     make_plots,
     metric_label,
@@ -101,17 +102,15 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
         "",
     ]
     lines += summary_table(data)
-    base = [
-        v
-        for by_bits in data.points(role="baseline").values()
-        for p in by_bits.values()
-        for v in p.values
-    ]
-    if base:
-        lines += [
-            "",
-            f"Float baseline: {_cell(statistics.fmean(base))} (mean of {len(base)} trials).",
+    refs = baselines(data, data.metric)
+    if refs:
+        parts = [
+            f"{_cell(value)} ({label.removeprefix('float baseline, ')})"
+            if "," in label
+            else _cell(value)
+            for label, _, value in refs
         ]
+        lines += ["", "Float baseline: " + "; ".join(parts) + "."]
     if any("stall_fraction" in r.metrics for r in data.ok()) and data.metric != "stall_fraction":
         lines += ["", "## Stall fraction", "", "Fraction of weight updates lost to rounding.", ""]
         lines += summary_table(data, "stall_fraction")
