@@ -369,17 +369,15 @@ def baselines(data: StudyData, metric: str) -> list[tuple[str, dict, float]]:
         key = tuple((k, v) for k, v in series if k in kept)
         groups.setdefault(key, []).extend(v for p in by_bits.values() for v in p.values)
     out = []
-    for i, (key, values) in enumerate(
-        sorted(groups.items(), key=lambda kv: series_sort_key(kv[0]))
-    ):
+    for key, values in sorted(groups.items(), key=lambda kv: series_sort_key(kv[0])):
         if not values:
             continue
         label = "float baseline" + (f", {series_label(key)}" if key else "")
-        style = (
-            {"linestyle": "--"}
-            if len(groups) == 1
-            else {"linestyle": _LINESTYLES[i % 4], "alpha": 0.7}
-        )
+        if len(groups) == 1:
+            style = {"linestyle": "--"}
+        else:  # the dash pattern of the measured lines with the same kept values
+            full = tuple((f, dict(key).get(f)) for f in data.series_fields)
+            style = {"linestyle": series_style(data, full)["linestyle"], "alpha": 0.75}
         out.append((label, style, statistics.fmean(values)))
     return out
 

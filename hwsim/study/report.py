@@ -64,7 +64,7 @@ def summary_table(data: StudyData, metric: str | None = None) -> list[str]:
             text = _cell(p.mean)
             if len(p.values) > 1:
                 text += f" ± {_cell(p.spread, 2)}"
-            if p.lr is not None:
+            if p.lr is not None and data.lr_field and data.lr_field not in data.series_fields:
                 text += f" (lr {p.lr:g})"
             cells.append(text)
         rows.append("| " + " | ".join(cells) + " |")
