@@ -411,9 +411,11 @@ def learning_curves(data: StudyData):
         return None
     pts = data.points()
     base = data.points(role="baseline")
+    kept = set(data.series_fields) - set(data.spec.get("baseline") or {})
     if not pts:
         return None
     panels = sorted(pts.items(), key=lambda kv: series_sort_key(kv[0]))
+    unit = "FL {}" if data.plot.get("bits_of") == "fl" else "{} bits"
     fig, axes = _grid_axes(len(panels))
     all_bits = sorted({b for _, by_bits in panels for b in by_bits if b is not None})
     cmap = plt.cm.viridis
@@ -424,9 +426,16 @@ def learning_curves(data: StudyData):
                 continue
             k = all_bits.index(bits) if bits in all_bits else 0
             color = cmap(k / max(1, len(all_bits) - 1))
-            ax.plot(steps, mean, color=color, label=f"{bits} bits", linewidth=1.4)
+            label = "float" if bits is None else unit.format(bits)
+            ax.plot(steps, mean, color=color, label=label, linewidth=1.4)
+        # the float runs of this panel: same values of the fields the baseline keeps
+        wanted = {k: v for k, v in series if k in kept}
         base_recs = [
-            r for by_bits_b in base.values() for p in by_bits_b.values() for r in p.records
+            r
+            for base_series, by_bits_b in base.items()
+            if all(dict(base_series).get(k) == v for k, v in wanted.items())
+            for p in by_bits_b.values()
+            for r in p.records
         ]
         if base_recs:
             steps, mean = _mean_curve(base_recs, curve)
