@@ -119,20 +119,30 @@ class StudyData:
     spec: dict
     records: list[TrialRecord]
     plot: dict = field(init=False)
+    expected: int | None = field(init=False, default=None)  # trials in the spec
 
     def __post_init__(self) -> None:
         self.plot = dict(self.spec.get("plot", {}))
 
     @classmethod
-    def load(cls, folder: str | Path) -> StudyData:
+    def load(cls, folder: str | Path, *, all_trials: bool = False) -> StudyData:
+        """The results in ``folder``: the trials of the latest spec swept there
+        (trials of an earlier, different spec stay stored but are left out unless
+        ``all_trials``)."""
         with ResultsStore(folder, create=False) as store:
             spec = store.get_meta("spec")
+            hashes = store.get_meta("trial_hashes")
             records = store.records()
         if spec is None:
             raise ValueError(
                 f"{str(folder)!r} has no stored spec; was it written by `hwsim sweep`?"
             )
-        return cls(Path(folder), spec, records)
+        if hashes is not None and not all_trials:
+            wanted = set(hashes)
+            records = [r for r in records if r.hash in wanted]
+        data = cls(Path(folder), spec, records)
+        data.expected = len(hashes) if hashes is not None else None
+        return data
 
     # what the axes are
     @property

@@ -214,7 +214,9 @@ def _run_pool(spec: StudySpec, trials: list[Trial], workers: int) -> Iterator[tu
                 suspects.extend(pending.values())
             clean = not broken
         finally:
-            # after a crash or an interrupt (Ctrl-C) do not wait for running trials
+            if not clean:  # a crash or an interrupt (Ctrl-C): abandon the running trials
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
             pool.shutdown(wait=clean, cancel_futures=True)
 
 
@@ -275,6 +277,7 @@ def run_sweep(
             )
         store.set_meta("spec", spec.to_json())
         trials = spec.trials()
+        store.set_meta("trial_hashes", [t.hash for t in trials])
         if retry_failed:
             bad = [r.hash for r in store.records() if r.status != "ok"]
             store.delete(bad)
