@@ -97,7 +97,11 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
         f"## Final {metric_label(data.metric)}",
         "",
         "Mean ± std over seeds"
-        + (f", at the best `{data.lr_field}` per cell" if data.lr_field else "")
+        + (
+            f", at the best `{data.lr_field}` per cell"
+            if data.lr_field and data.lr_field not in data.series_fields
+            else ""
+        )
         + (f"; columns are {data.bits_label()}." if data.bits_field else "."),
         "",
     ]
