@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="local worker processes (default: CPU cores; 0 = run in this process)",
+        help="local worker processes (default: CPU cores; 0 = run in this process); "
+        "each uses HWSIM_WORKER_THREADS threads (default 1)",
     )
     p.add_argument(
         "--dask", metavar="ADDRESS", help="run on this Dask scheduler (e.g. tcp://host:8786)"
