@@ -364,9 +364,21 @@ def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
     ax.grid(True, alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
     _overlays(name, ax, data, {"metric": metric, "series": None})
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    fig.tight_layout()
+    _legend(fig, ax)
     return fig
+
+
+def _legend(fig, ax) -> None:
+    """Inside the axes when short; beside them (never over the data) when long."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) <= 5:
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+        fig.tight_layout()
+        return
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 3.2, height)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
 
 
 def baselines(data: StudyData, metric: str) -> list[tuple[str, dict, float]]:
