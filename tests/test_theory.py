@@ -340,9 +340,16 @@ def train_softmax(acc_wl, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5, epochs=10
     """Softmax regression on digits: gradients rounded stochastically onto
     ``grad``, updates rounded to nearest onto a weight accumulator of ``acc_wl``
     bits covering the weight range (or the accumulator format itself), weights
-    read through ``weight``. Returns the test accuracy."""
+    read through ``weight``. A None format is float. Returns the test accuracy."""
     xtr, ytr, xte, yte = data or _digits()
-    acc = acc_wl if isinstance(acc_wl, hwsim.FixedPoint) else hwsim.FixedPoint(acc_wl, acc_wl - weight.int_bits)
+    if isinstance(acc_wl, int):
+        acc = hwsim.FixedPoint(acc_wl, acc_wl - weight.int_bits)
+    else:
+        acc = acc_wl
+
+    def q(x, fmt, rounding="nearest", seed=None):
+        return x if fmt is None else hwsim.quantize(x, fmt, rounding, seed=seed)
+
     params = np.zeros(64 * 10 + 10)
     rng = np.random.default_rng(1)
     step = 0
@@ -350,7 +357,7 @@ def train_softmax(acc_wl, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5, epochs=10
         order = rng.permutation(len(xtr))
         for i in range(0, len(order), batch):
             idx = order[i : i + batch]
-            wq = hwsim.quantize(params, weight)
+            wq = q(params, weight)
             z = xtr[idx] @ wq[:640].reshape(64, 10) + wq[640:]
             p = np.exp(z - z.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
@@ -358,9 +365,9 @@ def train_softmax(acc_wl, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5, epochs=10
             p /= len(idx)
             g = np.concatenate([(xtr[idx].T @ p).ravel(), p.sum(0)])
             step += 1
-            g = hwsim.quantize(g, grad, "stochastic", seed=step)
-            params = hwsim.quantize(params + hwsim.quantize(-lr * g, acc), acc)
-    wq = hwsim.quantize(params, weight)
+            g = q(g, grad, "stochastic", seed=step)
+            params = q(params + q(-lr * g, acc), acc)
+    wq = q(params, weight)
     return float(np.mean((xte @ wq[:640].reshape(64, 10) + wq[640:]).argmax(1) == yte))
 
 

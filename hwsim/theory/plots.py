@@ -482,7 +482,7 @@ def _varying(data: StudyData) -> list[str]:
 
 
 def _short(config: dict, keys: list[str]) -> str:
-    return ", ".join(f"{k}={config.get(k)}" for k in keys)
+    return ", ".join(f"{k}={'float' if config.get(k) is None else config.get(k)}" for k in keys)
 
 
 @register_plot("pareto")
@@ -508,7 +508,9 @@ def pareto(data: StudyData):
     if base:
         ax.scatter([p["energy"] for p in base], [p["value"] for p in base], marker="s", color="black",
                    label="float baseline")
-    ax.set_xscale("log")
+    energies = [p["energy"] for p in points]
+    if max(energies) > 20 * min(energies):
+        ax.set_xscale("log")
     unit = "sample" if _task_name(data) == "lms" else "training step"
     ax.set_xlabel(f"energy per {unit} (pJ, 45 nm)")
     ax.set_ylabel(metric_label(data.metric))
@@ -523,6 +525,8 @@ def pareto(data: StudyData):
 
 
 def _num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "float"
     if isinstance(v, float):
         return "—" if not math.isfinite(v) else f"{v:.{digits}g}"
     return str(v)
