@@ -46,6 +46,7 @@ from hwsim.theory.accumulator import (
 from hwsim.theory.lms import lms_excess_mse, lms_optimal_step, lms_stall_step, lms_time_constant
 
 _COLORS = plt.cm.tab10.colors
+GRAD_BITS = 8  # gradient word length assumed for a study whose gradients are float
 
 
 def _task_name(data: StudyData) -> str:
@@ -313,11 +314,13 @@ def accumulator_prediction(data: StudyData, config: dict) -> tuple[float, str] |
         except Exception:  # noqa: BLE001 - no models package, or a task it cannot build
             return None
         rng = (2.0 ** (acc.int_bits - 1)) if isinstance(acc, FixedPoint) else None
-        per_tensor = accumulator_precision_from_statistics(stats, lr, weight_range=rng)
+        # Sakr & Shanbhag quantize the gradients too: an 8-bit per-tensor format
+        # scaled to the measured largest |gradient| stands in for the float ones
+        per_tensor = accumulator_precision_from_statistics(stats, lr, grad_bits=GRAD_BITS, weight_range=rng)
         if not per_tensor:
             return None
         p = max(per_tensor.values(), key=lambda q: q.fl)
-        how = "rule, LSB_G from measured gradients (10% quantile)"
+        how = f"rule, LSB_G of a {GRAD_BITS}-bit gradient format fit to measured gradients"
     if data.plot.get("bits_of", "wl") == "fl":
         return float(p.fl), how
     if isinstance(acc, FixedPoint):  # word length at the study's integer bits
@@ -384,10 +387,17 @@ def has_precision_config(config: dict) -> bool:
 
 @register_energy("lms")
 def _lms_energy(config: dict) -> float | None:
-    return cost.lms_step_energy(
-        int(config.get("taps", 16)), weight=_fmt(config.get("weight")), data=_fmt(config.get("data")),
-        accumulator=_fmt(config.get("accumulator")), error=_fmt(config.get("error")),
-        weight_accumulator=_fmt(config.get("weight_accumulator")), rule=config.get("rule", "lms"))
+    roles = {k: _fmt(config.get(k)) for k in ("weight", "data", "accumulator", "error", "weight_accumulator")}
+    if any(v is not None for v in roles.values()):
+        try:  # the formats the task's datapath fills in for roles left at None
+            from models.lms import resolve_formats
+
+            f = resolve_formats(data=roles["data"], weight=roles["weight"], accumulator=roles["accumulator"],
+                                error=roles["error"], weight_accumulator=roles["weight_accumulator"])
+            roles = {k: getattr(f, k) for k in roles}
+        except Exception:  # noqa: BLE001 - no models package: cost the None roles as fp32
+            pass
+    return cost.lms_step_energy(int(config.get("taps", 16)), rule=config.get("rule", "lms"), **roles)
 
 
 _IN_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
