@@ -113,19 +113,38 @@ def test_lms_exact_model_matches_simulation_through_the_stall_region(rounding):
         assert measured == pytest.approx(predicted, rel=0.25), f"{rounding} mu={mu:.3g}"
 
 
-def test_lms_measured_optimal_step_within_2x_of_prediction():
+def _models_lms_excess(mu, q, *, rounding, samples, min_mse=1e-3, taps=8):
+    """Excess MSE of models.lms.FixedLMS (a-priori error, second half)."""
+    lms_mod = pytest.importorskip("models.lms")
+    datasets = pytest.importorskip("models.datasets")
+    data = datasets.system_identification(samples, taps=taps, snr_db=-10 * math.log10(min_mse), seed=3)
+    clean = np.convolve(data.x, data.system)[:samples]
+    fmt = hwsim.FixedPoint(24, int(round(-math.log2(q))))
+    y = lms_mod.FixedLMS(taps, "lms", weight=fmt, rounding=rounding, seed=1).run(data.x, data.d, mu).y
+    return float(np.mean((clean[samples // 2 :] - y[samples // 2 :]) ** 2)), data.mmse
+
+
+@pytest.mark.parametrize("simulator", ["reference", pytest.param("models", marks=pytest.mark.slow)])
+def test_lms_measured_optimal_step_within_2x_of_prediction(simulator):
     """The white model's optimum is where the quantization excess equals the
     misadjustment. Measure that balance point on the simulated curve (stochastic
     rounding, whose noise the white model describes above the optimum) and
     compare it with the predicted step."""
     q, jmin, taps = 2.0**-12, 1e-3, 8
+    if simulator == "models":
+        jmin = _models_lms_excess(0.01, q, rounding="stochastic", samples=1000)[1]
     mu_opt = lms_optimal_step(q, input_power=1.0, min_mse=jmin, rounding="stochastic")
     factors = 2.0 ** np.arange(-3, 3.5, 0.5)
     ratios = []
     for f in factors:
         mu = f * mu_opt
-        measured, _ = simulate_lms(mu, q, rounding="stochastic", samples=max(200_000, int(100 / mu)))
-        misadjustment = mu * taps * jmin / 2
+        samples = max(200_000, int(100 / mu))
+        if simulator == "models":
+            measured, jmin_run = _models_lms_excess(mu, q, rounding="stochastic", samples=samples)
+        else:
+            measured, _ = simulate_lms(mu, q, rounding="stochastic", samples=samples)
+            jmin_run = jmin
+        misadjustment = mu * taps * jmin_run / 2
         ratios.append(measured / misadjustment)  # 2 at the balance point
     ratios = np.array(ratios)
     # first step where quantization no longer dominates, interpolated in log step
@@ -388,7 +407,7 @@ def test_accumulator_cliff_near_prediction_fast():
     data = _digits()
     lr, grad, weight = 2.0**-6, hwsim.FixedPoint(6, 5), hwsim.FixedPoint(8, 5)
     predicted = accumulator_precision(grad, lr, weight).wl
-    acc = {b: train_softmax(b, lr, data=data) for b in range(predicted - 3, predicted + 2)}
+    acc = {b: train_softmax(b, lr, data=data) for b in (predicted - 3, predicted - 1, predicted, predicted + 1)}
     assert acc[predicted - 3] < acc[predicted + 1] - 0.1  # there is a cliff below
     assert abs(_cliff(acc) - predicted) <= 2
 
@@ -419,3 +438,36 @@ def test_accumulator_cliff_near_prediction_for_a_non_power_of_two_rate():
     predicted = accumulator_precision(grad, 0.01, weight).wl
     acc = {b: train_softmax(b, 0.01, data=data) for b in range(predicted - 5, predicted + 3)}
     assert abs(_cliff(acc) - predicted) <= 2, acc
+
+
+# -- against the models' bit-true LMS kernel ---------------------------------------------
+
+
+@pytest.mark.parametrize("rule,rounding", [("lms", "nearest"), ("lms", "stochastic"), ("sign_error", "nearest")])
+def test_prediction_matches_models_fixed_lms(rule, rounding):
+    """models.lms.FixedLMS (bit-true: data fx20.16, exact products, 16-bit step
+    code) on models.datasets.system_identification. The excess MSE is measured
+    from the a-priori error clean - y, clean = system * x (no noise)."""
+    lms_mod = pytest.importorskip("models.lms")
+    datasets = pytest.importorskip("models.datasets")
+    taps, n = 8, 100_000
+    data = datasets.system_identification(n, taps=taps, snr_db=40.0, seed=3)
+    clean = np.convolve(data.x, data.system)[:n]
+    weight = hwsim.FixedPoint(16, 12)
+    setting = dict(taps=taps, input_power=float(np.mean(data.x**2)), min_mse=data.mmse, rule=rule,
+                   rounding=rounding)
+    mu_opt = lms_optimal_step(weight, input_power=1.0, min_mse=data.mmse, rule=rule, rounding=rounding)
+    checked = 0
+    for f in (0.5, 1.0, 2.0, 4.0, 8.0):
+        mu = f * mu_opt if rule == "lms" else f * 2**-10
+        predicted = lms_excess_mse(mu, weight, model="exact", **setting)
+        tau = lms_time_constant(mu, weight, input_power=1.0, mse=data.mmse + predicted, rule=rule,
+                                rounding=rounding)
+        if 5 * tau > n // 2 or mu * taps > 0.2:
+            continue
+        filt = lms_mod.FixedLMS(taps, rule, weight=weight, rounding=rounding, seed=1)
+        y = filt.run(data.x, data.d, mu).y
+        measured = float(np.mean((clean[n // 2 :] - y[n // 2 :]) ** 2))
+        assert measured == pytest.approx(predicted, rel=0.25), (f, measured, predicted)
+        checked += 1
+    assert checked >= 3
