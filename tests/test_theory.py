@@ -471,3 +471,46 @@ def test_prediction_matches_models_fixed_lms(rule, rounding):
         assert measured == pytest.approx(predicted, rel=0.25), (f, measured, predicted)
         checked += 1
     assert checked >= 3
+
+
+def train_softmax_optim(accumulator, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5, epochs=10, batch=64,
+                        data=None):
+    """The same softmax regression in torch, trained by hwsim.optim.SGD with a
+    weight accumulator (gradients rounded stochastically, updates to nearest)."""
+    from hwsim.optim import SGD
+
+    xtr, ytr, xte, yte = data or _digits()
+    xtr_t, ytr_t = torch.tensor(xtr), torch.tensor(ytr)
+    model = torch.nn.Linear(64, 10).double()
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    opt = SGD(model.parameters(), lr=lr, weight=weight, accumulator=accumulator, grad=grad,
+              grad_rounding="stochastic", seed=0)
+    rng = np.random.default_rng(1)
+    for _ in range(epochs):
+        order = torch.tensor(rng.permutation(len(xtr)))
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xtr_t[idx]), ytr_t[idx]).backward()
+            opt.step()
+    with torch.no_grad():
+        pred = model(torch.tensor(xte)).argmax(1).numpy()
+    return float(np.mean(pred == yte))
+
+
+@pytest.mark.slow  # about a minute per rate on 2 busy cores; the NumPy loop above is the fast check
+@pytest.mark.parametrize("lr", [2.0**-6, 2.0**-7])
+def test_accumulator_cliff_with_hwsim_optim(lr):
+    """hwsim.optim.SGD with an accumulator format: the cliff sits at the rule's
+    B_acc (within 2 bits); halving the rate moves the prediction one bit."""
+    pytest.importorskip("hwsim.optim")
+    data = _digits()
+    grad, weight = hwsim.FixedPoint(6, 5), hwsim.FixedPoint(8, 5)
+    predicted = accumulator_precision(grad, lr, weight).wl
+    epochs = max(10, round(10 * 2.0**-6 / lr))
+    acc = {b: train_softmax_optim(hwsim.FixedPoint(b, b - weight.int_bits), lr, data=data, epochs=epochs)
+           for b in (predicted - 3, predicted - 1, predicted, predicted + 1)}
+    assert acc[predicted - 3] < acc[predicted + 1] - 0.1
+    assert abs(_cliff(acc) - predicted) <= 2, acc
