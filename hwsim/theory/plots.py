@@ -75,7 +75,8 @@ def _is_lms_study(data: StudyData) -> bool:
 
 def _lms_setting(record) -> dict | None:
     """Theory inputs of one LMS trial, or None when the theory does not cover it
-    (float weights, sign-data/sign-sign rules, other roundings, equalization)."""
+    (float weights, sign-data/sign-sign rules, other roundings, equalization,
+    a step schedule, a separate weight accumulator)."""
     c = record.config
     fmt = _fmt(c.get("weight"))
     if not isinstance(fmt, FixedPoint) or c.get("rule", "lms") not in ("lms", "sign_error"):
@@ -84,6 +85,8 @@ def _lms_setting(record) -> dict | None:
         return None
     if c.get("problem", "system_id") != "system_id" or c.get("schedule", "constant") != "constant":
         return None
+    if isinstance(_fmt(c.get("weight_accumulator")), FixedPoint):
+        return None  # updates land on a finer grid than the weights: not this model
     if "mmse_db" in record.metrics and math.isfinite(record.metrics["mmse_db"]):
         min_mse = 10.0 ** (record.metrics["mmse_db"] / 10.0)
     else:  # unit-power desired signal at snr_db (models.datasets.system_identification)
@@ -281,6 +284,7 @@ def _measured_statistics(dataset: str, model: str, hidden: int, seed: int, data_
     """Gradient statistics of the classify task's model at initialization, on a
     few training batches (needs the repository's ``models`` package)."""
     import torch
+
     from models.nets import build_classifier  # noqa: PLC0415 - optional, repository-level
     from models.tasks import load_split
 
