@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops.matmul import batched_gemm_numpy, conv2d_on_codes
+from hwsim.ops.matmul import batched_gemm_numpy, conv2d_on_codes, threads_for
 from hwsim.ops.quantize import quantize, to_codes
 from hwsim.torch_path import gemm as tg
 from hwsim.torch_path.core import apply_overflow, code_to_value
@@ -37,7 +37,8 @@ def quantize_tensor(x: torch.Tensor, fmt: FixedPoint | None, rounding: Rounding,
     if fmt is None:
         return x
     if backend == "numba":
-        out = quantize(x.detach().cpu().numpy(), fmt, rounding, overflow, seed=seed)
+        with threads_for(x.numel()):
+            out = quantize(x.detach().cpu().numpy(), fmt, rounding, overflow, seed=seed)
         return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
     return quantize(x.detach(), fmt, rounding, overflow, seed=seed)
 

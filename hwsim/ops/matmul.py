@@ -8,6 +8,7 @@ kernels) or torch tensors (torch ops, any device). Semantics: DESIGN.md,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -106,6 +107,32 @@ def _stage(term_max: int, shift: int, fmt: FixedPoint, overflow: Overflow, what:
     return term_max << left, -left, STAGE_LEFT
 
 
+# -- threads ----------------------------------------------------------------------------
+
+SERIAL_BELOW = 1 << 22  # elements or MACs: below this a kernel runs on one thread
+
+
+@contextlib.contextmanager
+def threads_for(work: int):
+    """Run Numba parallel kernels on one thread when ``work`` is small.
+
+    Waking the OpenMP pool costs more than small kernels do, and when torch's
+    own OpenMP threads are spinning after an op (training loops alternate
+    torch ops and these kernels) the two pools fight over the cores: a
+    64-100-10 MLP step ran 70x slower with both pools active on 2 cores."""
+    if work >= SERIAL_BELOW:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 # -- operand codes -------------------------------------------------------------------
 
 
@@ -118,7 +145,6 @@ def grid_codes_numpy(x, name: str) -> tuple[np.ndarray, int]:
 def grid_codes_stats_numpy(x, name: str):
     """(codes, fl, (max |code|, min code, max code)); the stats come free with
     the conversion kernel, and the planner needs them."""
-    from hwsim.kernels import gemm as kg
 
     arr = np.asarray(x)
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
@@ -129,6 +155,13 @@ def grid_codes_stats_numpy(x, name: str):
         codes = np.ascontiguousarray(arr, dtype=np.int64)
         return codes, 0, None
     f = np.ascontiguousarray(arr, dtype=np.float64)
+    with threads_for(f.size):
+        return _grid_codes_float(f, name)
+
+
+def _grid_codes_float(f, name):
+    from hwsim.kernels import gemm as kg
+
     bits = f.reshape(-1).view(np.int64)
     top_bits, bad = kg.abs_max_bits(bits)
     if bad:
@@ -352,13 +385,21 @@ def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, p
     """Codes of the MAC-array product of int64 code arrays ``ca`` (..., M, K) and
     ``cb`` (..., K, N) with fractional lengths ``fa``, ``fb``. ``stats``: the
     operands' (max |code|, min, max) when already known."""
-    from hwsim.kernels import gemm as kg
-
     ca, cb, squeeze, batch = _broadcast_operands(ca, cb, np)
     m, k = ca.shape[-2:]
     n = cb.shape[-1]
     a3 = np.ascontiguousarray(np.broadcast_to(ca, batch + (m, k))).reshape(-1, m, k)
     b3 = np.ascontiguousarray(np.broadcast_to(cb, batch + (k, n))).reshape(-1, k, n)
+    with threads_for(a3.shape[0] * m * n * max(k, 1)):
+        out = _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, stats)
+    return _squeeze(out.reshape(batch + (m, n)), squeeze)
+
+
+def _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, stats):
+    from hwsim.kernels import gemm as kg
+
+    m, k = a3.shape[1:]
+    n = b3.shape[2]
     empty = a3.size == 0 or b3.size == 0
     sa, sb = stats
     sa = (0, 0, 0) if empty else sa or kg.code_stats(a3.reshape(-1))
@@ -386,8 +427,7 @@ def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, p
         p = product if product is not None else acc
         run(a3, b3, out, plan.product_shift, p.min_code, p.max_code, plan.acc_shift,
             acc.min_code, acc.max_code, np.uint64(_seed_bits(seed)))
-    out = out.reshape(batch + (m, n))
-    return _squeeze(out, squeeze)
+    return out
 
 
 def _narrow_ok(plan: GemmPlan) -> bool:
@@ -501,5 +541,6 @@ def _codes_to_values(codes, acc: FixedPoint):
     from hwsim.kernels.quantize import codes_to_values
 
     out = np.empty(codes.shape, dtype=np.float64)
-    codes_to_values(np.ascontiguousarray(codes).reshape(-1), out.reshape(-1), acc.lsb)
+    with threads_for(codes.size):
+        codes_to_values(np.ascontiguousarray(codes).reshape(-1), out.reshape(-1), acc.lsb)
     return out
