@@ -115,7 +115,7 @@ class FixedPoint:
     )
 
     @classmethod
-    def parse(cls, text: str) -> "FixedPoint":
+    def parse(cls, text: str) -> FixedPoint:
         """Parse ``"fx16.12"`` (signed), ``"ufx8.8"`` (unsigned) or the repr."""
         if not isinstance(text, str):
             raise ValueError(f"a fixed-point format string is needed, got {text!r}")

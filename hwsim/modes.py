@@ -30,7 +30,7 @@ class Rounding(enum.IntEnum):
         return self.name.lower()
 
     @classmethod
-    def parse(cls, value: "Rounding | str") -> "Rounding":
+    def parse(cls, value: Rounding | str) -> Rounding:
         return _parse(cls, value, "rounding")
 
 
@@ -48,7 +48,7 @@ class Overflow(enum.IntEnum):
         return self.name.lower()
 
     @classmethod
-    def parse(cls, value: "Overflow | str") -> "Overflow":
+    def parse(cls, value: Overflow | str) -> Overflow:
         return _parse(cls, value, "overflow")
 
 

@@ -56,7 +56,7 @@ def round_scaled(s, rounding, u):
     if rounding == NEAREST:
         return np.rint(s)
     elif rounding == NEAREST_AWAY:
-        t = math.trunc(s)
+        t = np.trunc(s)
         d = s - t  # exact
         if d >= 0.5:
             t += 1.0
@@ -64,11 +64,11 @@ def round_scaled(s, rounding, u):
             t -= 1.0
         return t
     elif rounding == FLOOR:
-        return math.floor(s)
+        return np.floor(s)
     elif rounding == ZERO:
-        return math.trunc(s)
+        return np.trunc(s)
     else:
-        f = math.floor(s)
+        f = np.floor(s)
         if u < s - f:
             f += 1.0
         return f
@@ -97,7 +97,7 @@ def wrap_reduce(x, modulus):
         return x
     if a >= modulus * 9007199254740992.0:  # |x| >= 2^53 modulus: a multiple of it
         return 0.0
-    return x - modulus * math.trunc(x / modulus)  # exact: x / modulus is a power-of-two scaling
+    return x - modulus * np.trunc(x / modulus)  # exact: x / modulus is a power-of-two scaling
 
 
 @kernel

@@ -13,11 +13,10 @@ from hwsim.ops._common import (
     fresh_seed,
     is_torch,
     raise_non_finite_numpy,
-    raise_non_finite_torch,
 )
 
 
-def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, noise=None):
+def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, noise=None, out=None):
     """Round ``x`` onto the grid of ``fmt`` and apply its overflow mode.
 
     Args:
@@ -36,6 +35,8 @@ def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
         noise: stochastic rounding only: uniforms in [0, 1) of ``x``'s shape;
             element i rounds up iff ``noise[i] < frac(x[i] / lsb)``. Makes the
             result exactly determined.
+        out: NumPy only: a preallocated C-contiguous array of ``x``'s shape and
+            dtype (float32/float64) to write into, as memory-bound loops want.
 
     Returns:
         The same kind of array, shape and dtype (integers become float64; a
@@ -61,10 +62,19 @@ def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
         return quantize_torch(x, fmt, rounding, overflow, seed=seed, noise=noise, codes=False)
     scalar = np.isscalar(x)
     arr, out_dtype = _as_float_array(x)
-    out = np.empty(arr.shape, dtype=arr.dtype)
-    _run_numba(arr, out, fmt, rounding, overflow, seed, noise)
-    out = out.astype(out_dtype, copy=False)
-    return float(out) if scalar else out
+    if out is not None:
+        if not (isinstance(out, np.ndarray) and out.shape == arr.shape and out.dtype == arr.dtype
+                and out.dtype == out_dtype and out.flags.c_contiguous):
+            raise ValueError(
+                f"out must be a C-contiguous NumPy array of shape {arr.shape} and dtype "
+                f"{out_dtype} (float32 or float64 input only)"
+            )
+        _run_numba(arr, out, fmt, rounding, overflow, seed, noise)
+        return out
+    result = np.empty(arr.shape, dtype=arr.dtype)
+    _run_numba(arr, result, fmt, rounding, overflow, seed, noise)
+    result = result.astype(out_dtype, copy=False)
+    return float(result) if scalar else result
 
 
 def to_codes(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, noise=None):

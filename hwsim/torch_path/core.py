@@ -42,26 +42,84 @@ def counter_uniform(seed: int, numel: int, device=None, offset: int = 0) -> torc
     return _lsr(z, 11).to(torch.float64) * INV_2_53
 
 
+def wrap_reduce(x: torch.Tensor, modulus: float) -> torch.Tensor:
+    """fmod(x, modulus) for a power-of-two modulus, exactly, as
+    ``hwsim.kernels.scalar.wrap_reduce`` (torch.fmod computes a - trunc(a/b)*b,
+    which is NaN when a/b overflows)."""
+    a = x.abs()
+    r = x - modulus * torch.trunc(x / modulus)  # exact wherever |x / modulus| < 2^53
+    r = torch.where(a >= modulus * 9007199254740992.0, torch.zeros_like(x), r)
+    return torch.where(a < modulus, x, r)
+
+
 def round_scaled(s: torch.Tensor, rounding: Rounding, u: torch.Tensor | None = None) -> torch.Tensor:
-    """Round float64 ``s`` (LSB units) to integral float64."""
+    """Round float64 ``s`` (LSB units) to integral float64 (a new tensor)."""
+    return round_scaled_(s.clone(), rounding, u)
+
+
+def round_scaled_(s: torch.Tensor, rounding: Rounding, u: torch.Tensor | None = None) -> torch.Tensor:
+    """Round float64 ``s`` (LSB units) to integral float64, in place where it can."""
     if rounding == Rounding.NEAREST:
-        return torch.round(s)  # half to even
+        return s.round_()  # half to even
     if rounding == Rounding.NEAREST_AWAY:
         t = torch.trunc(s)
         d = s - t
         return t + (d >= 0.5).to(s.dtype) - (d <= -0.5).to(s.dtype)
     if rounding == Rounding.FLOOR:
-        return torch.floor(s)
+        return s.floor_()
     if rounding == Rounding.ZERO:
-        return torch.trunc(s)
+        return s.trunc_()
     f = torch.floor(s)
-    return f + (u < s - f).to(s.dtype)
+    return f.add_((u < s.sub_(f)).to(s.dtype))
 
 
 def apply_overflow(code: torch.Tensor, fmt: FixedPoint, overflow: Overflow) -> torch.Tensor:
     if overflow == Overflow.SATURATE:
         return code.clamp(fmt.min_code, fmt.max_code)
     return ((code - fmt.min_code) & ((1 << fmt.wl) - 1)) + fmt.min_code
+
+
+def scaled_to_code_float(
+    s: torch.Tensor,
+    fmt: FixedPoint,
+    rounding: Rounding,
+    overflow: Overflow,
+    u: torch.Tensor | None = None,
+    *,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """Codes of ``fmt`` as integral float64, from float64 ``s`` already in LSB
+    units of ``fmt`` (``s = x * 2^fl``); ``fmt.wl <= 52``, where every code and
+    ``code - min_code`` are exact in float64.
+
+    Same codes as :func:`value_to_code` with fewer kernel launches and no int64
+    round trip: hot loops (the optimizers' weight accumulators) keep codes in
+    float64 and call this each step. It also rescales codes between grids: a
+    code ``c`` on a grid with ``fl0`` fractional bits is ``s = c * 2^(fmt.fl - fl0)``.
+    ``inplace=True`` lets it overwrite ``s``.
+    """
+    if fmt.wl > 52:
+        raise ValueError(f"float64 code arithmetic needs wl <= 52, got {fmt}")
+    if overflow == Overflow.WRAP:
+        s = wrap_reduce(s, 2.0**fmt.wl)  # a multiple of 2^wl codes: rounding commutes with it
+    elif not inplace:
+        s = s.clone()
+    r = round_scaled_(s, rounding, u)
+    if overflow == Overflow.SATURATE:
+        return r.clamp_(fmt.min_code, fmt.max_code)
+    return r.sub_(fmt.min_code).remainder_(float(1 << fmt.wl)).add_(fmt.min_code)
+
+
+def value_to_code_float(
+    x: torch.Tensor,
+    fmt: FixedPoint,
+    rounding: Rounding,
+    overflow: Overflow,
+    u: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``value_to_code(x, ...).to(torch.float64)`` for ``fmt.wl <= 52``, computed
+    without int64 (a new tensor)."""
+    return scaled_to_code_float(_scaled(x, fmt, overflow), fmt, rounding, overflow, u, inplace=True)
 
 
 def value_to_code(
@@ -72,18 +130,29 @@ def value_to_code(
     u: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Int64 codes of finite ``x`` (any float dtype) in ``fmt``."""
-    x = x.to(torch.float64)
-    if overflow == Overflow.WRAP:
-        x = torch.fmod(x, 2.0 ** (fmt.wl - fmt.fl))
-    s = x * (2.0**fmt.fl)
-    if fmt.fl < 0:
-        s = torch.where((s == 0) & (x != 0), torch.copysign(torch.full_like(s, TINY), x), s)
-    r = round_scaled(s, rounding, u).clamp(-TWO62, TWO62)
+    if fmt.wl <= 52:
+        return value_to_code_float(x, fmt, rounding, overflow, u).to(torch.int64)
+    s = _scaled(x, fmt, overflow)
+    r = round_scaled_(s, rounding, u).clamp_(-TWO62, TWO62)
     return apply_overflow(r.to(torch.int64), fmt, overflow)
 
 
+def _scaled(x: torch.Tensor, fmt: FixedPoint, overflow: Overflow) -> torch.Tensor:
+    """x * 2^fl in a new float64 tensor, wrap-reduced and underflow-guarded like
+    ``hwsim.kernels.scalar.value_to_code``."""
+    x = x.to(torch.float64)
+    if overflow == Overflow.WRAP:
+        x = wrap_reduce(x, 2.0 ** (fmt.wl - fmt.fl))
+    s = x * (2.0**fmt.fl)
+    if fmt.fl < 0:
+        s = torch.where((s == 0) & (x != 0), torch.copysign(torch.full_like(s, TINY), x), s)
+    return s
+
+
 def code_to_value(code: torch.Tensor, fmt: FixedPoint, dtype=torch.float64) -> torch.Tensor:
-    return (code.to(torch.float64) * fmt.lsb).to(dtype)
+    """Values of codes (int64, or integral float64 from :func:`value_to_code_float`)."""
+    v = code.to(torch.float64) if code.dtype != torch.float64 else code.clone()
+    return v.mul_(fmt.lsb).to(dtype)
 
 
 def shift_round_code(code: torch.Tensor, shift: int, rounding: Rounding,

@@ -7,7 +7,7 @@ import torch
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import fresh_seed, raise_non_finite_torch
-from hwsim.torch_path.core import code_to_value, counter_uniform, value_to_code
+from hwsim.torch_path.core import code_to_value, counter_uniform, value_to_code, value_to_code_float
 
 
 def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
@@ -36,8 +36,21 @@ def quantize_torch(x: torch.Tensor, fmt: FixedPoint, rounding: Rounding, overflo
     if noise is not None and rounding != Rounding.STOCHASTIC:
         raise ValueError(f"noise is only used by rounding='stochastic', not {str(rounding)!r}")
     out_dtype = x.dtype if x.is_floating_point() else torch.float64
-    if not bool(torch.isfinite(x).all()):
-        raise_non_finite_torch(x)
+    check_finite(x)
     u = stochastic_noise(x, seed, noise) if rounding == Rounding.STOCHASTIC else None
-    c = value_to_code(x.detach(), fmt, rounding, overflow, u)
-    return c if codes else code_to_value(c, fmt, out_dtype)
+    x = x.detach()
+    if codes:
+        return value_to_code(x, fmt, rounding, overflow, u)
+    if fmt.wl <= 52:
+        c = value_to_code_float(x, fmt, rounding, overflow, u)
+        return c.mul_(fmt.lsb).to(out_dtype)
+    return code_to_value(value_to_code(x, fmt, rounding, overflow, u), fmt, out_dtype)
+
+
+def check_finite(x: torch.Tensor) -> None:
+    """Raise NonFiniteError if ``x`` holds NaN or Inf. One reduction pass: a
+    non-finite float64 sum means NaN/Inf, or an overflowing sum of huge finite
+    values, which the exact check then clears."""
+    if x.numel() and not bool(torch.isfinite(x.sum(dtype=torch.float64))):
+        if not bool(torch.isfinite(x).all()):
+            raise_non_finite_torch(x)

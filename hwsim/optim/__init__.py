@@ -1,0 +1,14 @@
+"""Quantized optimizers: drop-in ``torch.optim`` replacements whose step runs
+the hardware's update arithmetic (quantized gradient, rule, quantized update,
+weight accumulator, quantized weight) and reports stall telemetry.
+
+>>> import torch, hwsim.optim
+>>> model = torch.nn.Linear(4, 1)
+>>> opt = hwsim.optim.SGD(model.parameters(), lr=0.01, weight="fx16.12", accumulator="fx24.20")
+"""
+
+from hwsim.optim.base import QuantizedOptimizer
+from hwsim.optim.optimizers import OPTIMIZERS, SGD, AdaGrad, Adam, RMSProp, SignSGD
+from hwsim.optim.rules import Rule
+
+__all__ = ["SGD", "SignSGD", "Adam", "AdaGrad", "RMSProp", "OPTIMIZERS", "QuantizedOptimizer", "Rule"]

@@ -1,0 +1,307 @@
+"""The one step pipeline every hwsim optimizer shares.
+
+    grad --quantize(grad)--> rule --quantize(update)--> round onto the
+    accumulator grid --add, overflow--> accumulator --quantize(weight)--> weight
+
+Semantics (DESIGN.md, "Weight accumulator"): the accumulator is the master
+copy of each weight, kept as integer codes of the ``accumulator`` format. The
+update is rounded onto the accumulator grid (``accumulator_rounding``), its
+overflow mode applied, then added, and the overflow mode applied again to the
+sum; the weight the model sees is the accumulator re-quantized to the
+``weight`` format (``weight_rounding``). With no accumulator format the
+weight grid is the accumulator: updates are rounded straight onto it
+(``weight_rounding``), and one smaller than half an LSB is lost under nearest
+rounding — the stall. With neither format the weight stays float.
+
+Arithmetic: when any format of a group is fixed point, the rule and the
+pipeline compute in float64 (every code of a format up to 52 bits is exact in
+float64; codes are held as float64 integers); when every format is ``None``
+they compute in the parameter's own dtype, exactly like ``torch.optim``.
+State tensors are stored after every change, quantized to their ``state``
+format, and the rule continues from the stored value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from hwsim.errors import NonFiniteError
+from hwsim.modes import Overflow, Rounding
+from hwsim.ops._common import fresh_seed, raise_non_finite_torch
+from hwsim.optim.precision import (
+    ROUNDING_KEYS,
+    STATE_STREAM_BASE,
+    STREAM,
+    GroupPrecision,
+    mix_seed,
+    normalize_group,
+    uniforms,
+)
+from hwsim.optim.rules import Rule
+from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
+
+MEDIAN_SAMPLE = 4096  # elements per param sampled for the median update size
+
+PRECISION_DEFAULTS: dict[str, Any] = {
+    "weight": None,
+    "accumulator": None,
+    "grad": None,
+    "state": None,
+    "update": None,
+    "rounding": "nearest",
+    **{k: None for k in ROUNDING_KEYS},
+    "overflow": "saturate",
+    "seed": None,
+}
+
+
+class QuantizedOptimizer(torch.optim.Optimizer):
+    """Base class: a ``torch.optim.Optimizer`` whose step is the shared
+    precision pipeline around a :class:`~hwsim.optim.rules.Rule`.
+
+    Subclasses set ``rule`` and validate their hyperparameters. Precision
+    arguments (every optimizer takes them; all default to float):
+
+    Args:
+        weight: format of the weight the model sees.
+        accumulator: format of the weight accumulator (master copy).
+        grad: format the gradient is quantized to before the rule.
+        state: format of the rule's state tensors, or a dict from state name
+            to format.
+        update: format of the update before it is added.
+        rounding: rounding of every quantized tensor (``"nearest"``,
+            ``"nearest_away"``, ``"floor"``, ``"zero"``, ``"stochastic"``).
+        weight_rounding, accumulator_rounding, grad_rounding, state_rounding,
+            update_rounding: per-tensor overrides of ``rounding``.
+        overflow: ``"saturate"`` or ``"wrap"``, for every quantized tensor.
+        seed: seed of the stochastic rounding noise. The noise of a tensor is
+            counter-based, keyed by (seed, step, param index, tensor), so a
+            run resumed from a checkpoint continues bit-identically. ``None``
+            draws a fresh seed (stored in the param groups, hence in
+            ``state_dict()``).
+        telemetry: compute :attr:`telemetry` after each step.
+
+    Every precision argument can also be set per param group.
+    """
+
+    rule: Rule
+
+    def __init__(self, params, defaults: dict[str, Any], precision: dict[str, Any], telemetry: bool = True):
+        unknown = set(precision) - set(PRECISION_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown precision argument(s) {sorted(unknown)}; allowed: {sorted(PRECISION_DEFAULTS)}")
+        merged = dict(PRECISION_DEFAULTS)
+        merged.update(precision)
+        if merged["seed"] is None:
+            merged["seed"] = fresh_seed() >> 1  # non-negative int64, fits any checkpoint format
+        self.telemetry_enabled = bool(telemetry)
+        self.telemetry: list[dict[str, float]] = []
+        super().__init__(params, {**defaults, **merged})
+
+    # -- param groups ---------------------------------------------------------------
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        normalize_group(self.param_groups[-1], self.rule.state_names)
+
+    # -- the step -----------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        """One optimizer step; returns the closure's loss if one is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        telemetry = []
+        index = 0
+        for group in self.param_groups:
+            prec = GroupPrecision.of(group, self.rule.state_names)
+            counts = _Counts() if self.telemetry_enabled else None
+            for p in group["params"]:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise ValueError("hwsim optimizers do not support sparse gradients")
+                    self._step_param(p, index, group, prec, counts)
+                index += 1
+            if counts is not None:
+                telemetry.append(counts.summary(prec.target))
+        self.telemetry = telemetry
+        return loss
+
+    def _step_param(self, p: torch.Tensor, index: int, group: dict, prec: GroupPrecision, counts) -> None:
+        state = self.state[p]
+        step = state.get("step", 0) + 1
+        state["step"] = step
+        fixed = prec.any_fixed
+        dtype = torch.float64 if fixed else p.dtype
+        seed = prec.seed
+
+        def noise(stream: int, like: torch.Tensor) -> torch.Tensor:
+            return uniforms(mix_seed(seed, step, index, stream), like)
+
+        def quantize(x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
+            if not bool(torch.isfinite(x).all()):
+                _raise_non_finite(x, stream, p, index)
+            u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
+            return value_to_code_float(x, fmt, rounding, prec.overflow, u).mul_(fmt.lsb)
+
+        grad = p.grad.to(dtype)
+        if prec.grad is not None:
+            grad = quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"])
+
+        target = prec.target
+        if target is not None and "accumulator" not in state:
+            # the master copy starts as the current weight, on the accumulator grid
+            state["accumulator"] = _codes(p.detach(), target, prec.target_rounding, prec.overflow, noise, STREAM["init"], p, index)
+
+        def weight() -> torch.Tensor:
+            if target is None:
+                return p.detach().to(dtype)
+            return state["accumulator"] * target.lsb
+
+        state_fmts = prec.state
+
+        def store(name: str, value: torch.Tensor) -> torch.Tensor:
+            fmt = state_fmts.get(name)
+            if fmt is not None:
+                value = quantize(value, fmt, prec.state_rounding, STATE_STREAM_BASE + self.rule.state_names.index(name))
+            state[name] = value
+            return value
+
+        step_ = self.rule.update(grad, weight, state, group, step, store)
+        if target is None and prec.update is None and dtype == p.dtype:
+            # float weights: torch.optim's own in-place ops, bit for bit
+            if counts is None:
+                step_.apply_(p)
+            else:
+                old = p.clone()
+                step_.apply_(p)
+                counts.add_float(step_.numerator, p == old)
+            return
+        update = step_.value(weight)
+        raw_update = update
+        if prec.update is not None:
+            update = quantize(update, prec.update, prec.update_rounding, STREAM["update"])
+        if target is None:
+            new = p + update.to(p.dtype)
+            if counts is not None:
+                counts.add_float(raw_update, new == p)
+            p.copy_(new)
+            return
+
+        if not bool(torch.isfinite(update).all()):
+            _raise_non_finite(update, STREAM["update"], p, index)
+        rounding = prec.target_rounding
+        u = noise(STREAM["accumulator"], update) if rounding == Rounding.STOCHASTIC else None
+        delta = scaled_to_code_float(update * (2.0**target.fl), target, rounding, prec.overflow, u, inplace=True)
+        acc = state["accumulator"].add_(delta)
+        if prec.overflow == Overflow.SATURATE:
+            acc.clamp_(target.min_code, target.max_code)
+        else:  # wrap the integer sum (rounding an integer is the identity)
+            acc = scaled_to_code_float(acc, target, Rounding.NEAREST, Overflow.WRAP)
+        state["accumulator"] = acc
+        weight_codes = None
+        if prec.accumulator is not None and prec.weight is not None:
+            w = prec.weight
+            wr = prec.weight_rounding
+            uw = noise(STREAM["weight"], acc) if wr == Rounding.STOCHASTIC else None
+            weight_codes = scaled_to_code_float(acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True)
+            p.copy_(weight_codes.mul_(w.lsb))
+            if counts is not None:
+                weight_codes.mul_(2.0**w.fl)  # back to codes for the saturation count
+        else:
+            p.copy_(acc * target.lsb)
+        if counts is not None:
+            counts.add_fixed(raw_update, delta, acc, target, weight_codes, prec.weight)
+
+    # -- checkpoints ----------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, but every tensor of the state keeps its saved dtype:
+        torch would cast the float64 accumulator codes and states to the
+        parameter's dtype (float32 loses codes above 2^24)."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            saved = state_dict["state"].get(saved_id)
+            if saved is None:
+                continue
+            for key, value in saved.items():
+                if torch.is_tensor(value):
+                    self.state[p][key] = value.detach().to(device=p.device, copy=True)
+        for group in self.param_groups:
+            normalize_group(group, self.rule.state_names)
+
+    # -- introspection --------------------------------------------------------------
+    def accumulator_codes(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The int64 codes of ``p``'s weight accumulator (``None`` before the
+        first step or when the group has neither accumulator nor weight format)."""
+        acc = self.state[p].get("accumulator")
+        return None if acc is None else acc.to(torch.int64)
+
+
+def _codes(x, fmt, rounding, overflow, noise, stream, p, index):
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        _raise_non_finite(x, stream, p, index)
+    u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
+    return value_to_code_float(x, fmt, rounding, overflow, u)
+
+
+_STREAM_NAMES = {v: k for k, v in STREAM.items()}
+
+
+def _raise_non_finite(x, stream, p, index):
+    what = _STREAM_NAMES.get(stream, "state")
+    try:
+        raise_non_finite_torch(x)
+    except NonFiniteError as err:
+        err.add_note(f"hwsim.optim: the {what} of parameter {index} (shape {tuple(p.shape)}) is not finite")
+        raise
+
+
+class _Counts:
+    """Per-group telemetry kept as tensors: per param one stacked count vector
+    (nonzero updates, stalled updates, saturated weights) and a strided sample
+    of |update| for the median; one host sync per group, in :meth:`summary`."""
+
+    def __init__(self) -> None:
+        self.counts: list[torch.Tensor] = []
+        self.samples: list[torch.Tensor] = []
+        self.numel = 0
+
+    def add_float(self, update: torch.Tensor, unchanged: torch.Tensor) -> None:
+        nz = update != 0
+        self.counts.append(torch.stack([nz, nz & unchanged]).reshape(2, -1).sum(1))
+        self.numel += update.numel()
+
+    def add_fixed(self, update, delta, acc, target, weight_codes, weight_fmt) -> None:
+        nz = update != 0
+        sat = (acc == target.min_code) | (acc == target.max_code)
+        if weight_codes is not None:
+            sat |= (weight_codes == weight_fmt.min_code) | (weight_codes == weight_fmt.max_code)
+        self.counts.append(torch.stack([nz, nz & (delta == 0), sat]).reshape(3, -1).sum(1))
+        self.numel += update.numel()
+        flat = update.reshape(-1)
+        stride = max(1, flat.numel() // MEDIAN_SAMPLE)
+        self.samples.append(flat[::stride])
+
+    def summary(self, target) -> dict[str, float]:
+        result = {"stall_fraction": 0.0, "saturation_fraction": 0.0, "median_update_lsb": math.nan}
+        if not self.counts:
+            return result
+        if self.samples:
+            counts = torch.stack(self.counts).sum(0).to(torch.float64)
+            sample = torch.cat(self.samples).abs()
+            median = torch.nanmedian(torch.where(sample != 0, sample, math.nan)).reshape(1)
+            nonzero, stalled, saturated, median = torch.cat([counts, median.to(counts.dtype)]).tolist()
+            result["median_update_lsb"] = median / target.lsb
+        else:  # float weights
+            nonzero, stalled = torch.stack(self.counts).sum(0).tolist()
+            saturated = 0
+        result["stall_fraction"] = stalled / nonzero if nonzero else 0.0
+        result["saturation_fraction"] = saturated / self.numel if self.numel else 0.0
+        return result

@@ -1,0 +1,515 @@
+"""Plots of a finished (or running) sweep, from its results store.
+
+Every plot is a function ``fn(data: StudyData) -> Figure | None`` registered
+by name with :func:`register_plot`; ``None`` means "not applicable to this
+study" (e.g. no learning-rate grid for the heatmap). :func:`make_plots` runs
+them all and writes ``DIR/plots/<name>.png`` and ``.svg``. More plots plug in
+without editing this module:
+
+- a module that calls ``@register_plot("pareto")`` and is imported before
+  plotting: list it in the spec (``[plot] plugins = ["my.module"]``), in the
+  ``HWSIM_PLOT_PLUGINS`` environment variable (comma-separated), or as an entry
+  point in the ``hwsim.plots`` group; ``hwsim.theory.plots`` and
+  ``hwsim.cost.plots`` are imported when they exist;
+- an overlay drawn onto a core plot's axes: ``@register_overlay("final_metric")``
+  on ``fn(ax, data, panel)`` (e.g. a theory curve over the measured one).
+
+>>> sorted(PLOTS)[:2]
+['final_metric', 'heatmap']
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hwsim.formats import parse_format  # noqa: E402
+from hwsim.study.store import ResultsStore, TrialRecord  # noqa: E402
+
+PlotFn = Callable[["StudyData"], Any]
+OverlayFn = Callable[[Any, "StudyData", dict], None]
+
+PLOTS: dict[str, PlotFn] = {}
+OVERLAYS: dict[str, list[OverlayFn]] = {}
+OPTIONAL_PLUGINS = ("hwsim.theory.plots", "hwsim.cost.plots")
+
+# units for axis labels, by metric-name suffix or name
+_UNITS = {
+    "_db": "dB",
+    "accuracy": "fraction correct",
+    "stall_fraction": "fraction of weight updates lost",
+    "saturation_fraction": "fraction of values saturated",
+    "misadjustment": "ratio",
+    "loss": "nats",
+    "median_update_lsb": "LSB",
+}
+
+
+def register_plot(name: str) -> Callable[[PlotFn], PlotFn]:
+    """Register ``fn(data) -> Figure | None`` as plot ``name`` (files ``name.png/.svg``)."""
+
+    def deco(fn: PlotFn) -> PlotFn:
+        PLOTS[name] = fn
+        return fn
+
+    return deco
+
+
+def register_overlay(plot: str) -> Callable[[OverlayFn], OverlayFn]:
+    """Register ``fn(ax, data, panel)`` to draw on every panel of core plot ``plot``.
+
+    ``panel`` says what the axes show: ``{"metric": ..., "series": {...}}``.
+    """
+
+    def deco(fn: OverlayFn) -> OverlayFn:
+        OVERLAYS.setdefault(plot, []).append(fn)
+        return fn
+
+    return deco
+
+
+def metric_label(metric: str) -> str:
+    """Axis label with units: ``excess_mse_db`` -> ``excess MSE (dB)``."""
+    unit = None
+    for key, value in _UNITS.items():
+        if metric.endswith(key) or metric == key:
+            unit = value
+            break
+    text = metric.removesuffix("_db").replace("_", " ").replace("mse", "MSE")
+    return f"{text} ({unit})" if unit else text
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# -- the data -------------------------------------------------------------------------
+
+
+@dataclass
+class StudyData:
+    """A study's stored results with the helpers plots need.
+
+    spec: the stored spec (``StudySpec.to_json()``); plot: its ``[plot]`` table.
+    records: every stored trial; ``ok``/``baseline`` filter them.
+    """
+
+    folder: Path
+    spec: dict
+    records: list[TrialRecord]
+    plot: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plot = dict(self.spec.get("plot", {}))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StudyData:
+        with ResultsStore(folder, create=False) as store:
+            spec = store.get_meta("spec")
+            records = store.records()
+        if spec is None:
+            raise ValueError(
+                f"{str(folder)!r} has no stored spec; was it written by `hwsim sweep`?"
+            )
+        return cls(Path(folder), spec, records)
+
+    # what the axes are
+    @property
+    def metric(self) -> str:
+        return self.plot["metric"]
+
+    @property
+    def goal(self) -> str:
+        return self.plot.get("goal", "min")
+
+    @property
+    def bits_field(self) -> str | None:
+        return self.plot.get("bits")
+
+    @property
+    def lr_field(self) -> str | None:
+        lr = self.plot.get("lr")
+        return lr if lr and len(self.spec["grid"].get(lr, [])) > 1 else None
+
+    @property
+    def series_fields(self) -> list[str]:
+        """Grid fields that get one line each."""
+        if self.plot.get("series"):
+            return list(self.plot["series"])
+        skip = {self.bits_field, self.plot.get("lr"), "seed"}
+        return [k for k, v in self.spec["grid"].items() if k not in skip and len(v) > 1]
+
+    def bits_label(self) -> str:
+        field_ = self.bits_field or "bits"
+        if self.plot.get("bits_of", "wl") == "fl":
+            return f"{field_} fractional bits FL (bits)"
+        return f"{field_} word length (bits)"
+
+    def bits_of(self, config: dict) -> float | None:
+        """The bit-width of a trial (None for a float trial)."""
+        value = config.get(self.bits_field)
+        if value is None or isinstance(value, int):
+            return value
+        fmt = parse_format(value)
+        if fmt is None:
+            return None
+        return fmt.fl if self.plot.get("bits_of", "wl") == "fl" else fmt.wl
+
+    def series_of(self, config: dict) -> tuple:
+        return tuple((k, config.get(k)) for k in self.series_fields)
+
+    def ok(self, role: str = "grid") -> list[TrialRecord]:
+        return [r for r in self.records if r.status == "ok" and r.role == role]
+
+    def baseline(self) -> list[TrialRecord]:
+        return self.ok("baseline")
+
+    def _better(self, a: float, b: float) -> bool:
+        return a > b if self.goal == "max" else a < b
+
+    def best_lr(self, records: list[TrialRecord], metric: str | None = None) -> Any:
+        """Among ``records`` (one point of a plot), the learning rate with the best mean
+        ``metric`` over seeds; a learning rate where any trial failed or diverged
+        loses to one where all finished."""
+        metric = metric or self.metric
+        lr = self.plot.get("lr")
+        if not lr:
+            return None
+        by_lr: dict[Any, list[TrialRecord]] = {}
+        for r in records:
+            by_lr.setdefault(r.config.get(lr), []).append(r)
+        best, best_key = None, None
+        for value, recs in by_lr.items():
+            vals = [r.metrics.get(metric) for r in recs if r.status == "ok"]
+            vals = [v for v in vals if v is not None and math.isfinite(v)]
+            if not vals:
+                continue
+            clean = all(r.status == "ok" for r in recs)
+            mean = statistics.fmean(vals)
+            key = (clean, mean if self.goal == "max" else -mean)
+            if best_key is None or key > best_key:
+                best, best_key = value, key
+        return best
+
+    def points(self, metric: str | None = None, role: str = "grid", select: str | None = None):
+        """Final-metric points: ``{series: {bits: Point}}`` at the best learning rate
+        (chosen by ``select`` metric, default the study metric), over seeds."""
+        metric = metric or self.metric
+        groups: dict[tuple, dict[Any, list[TrialRecord]]] = {}
+        for r in self.records:
+            if r.role != role:
+                continue
+            groups.setdefault(self.series_of(r.config), {}).setdefault(
+                self.bits_of(r.config), []
+            ).append(r)
+        out: dict[tuple, dict[Any, Point]] = {}
+        for series, by_bits in groups.items():
+            for bits, recs in by_bits.items():
+                lr = self.best_lr(recs, select or self.metric)
+                if self.plot.get("lr") and lr is None:
+                    continue
+                chosen = [r for r in recs if lr is None or r.config.get(self.plot["lr"]) == lr]
+                vals = [r.metrics.get(metric) for r in chosen if r.status == "ok"]
+                vals = [v for v in vals if v is not None and math.isfinite(v)]
+                if vals:
+                    out.setdefault(series, {})[bits] = Point(vals, lr, chosen)
+        return out
+
+
+@dataclass
+class Point:
+    """Values of one plot point over seeds, with the learning rate used."""
+
+    values: list[float]
+    lr: Any
+    records: list[TrialRecord]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def spread(self) -> float:
+        return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+
+def series_label(series: tuple) -> str:
+    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in series) or "all trials"
+
+
+def _overlays(name: str, ax, data: StudyData, panel: dict) -> None:
+    for fn in OVERLAYS.get(name, []):
+        fn(ax, data, panel)
+
+
+def _grid_axes(n: int, width: float = 4.6, height: float = 3.6):
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+# -- the core plots ---------------------------------------------------------------------
+
+
+def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
+    if not data.bits_field:
+        return None
+    pts = data.points(metric)
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    colors = plt.cm.tab10.colors
+    for i, (series, by_bits) in enumerate(sorted(pts.items(), key=lambda kv: str(kv[0]))):
+        xs = sorted(b for b in by_bits if b is not None)
+        if not xs:
+            continue
+        mean = [by_bits[b].mean for b in xs]
+        low = [by_bits[b].low for b in xs]
+        high = [by_bits[b].high for b in xs]
+        color = colors[i % len(colors)]
+        nseeds = max(len(by_bits[b].values) for b in xs)
+        ax.plot(xs, mean, "o-", color=color, label=series_label(series))
+        if nseeds > 1:
+            ax.fill_between(xs, low, high, color=color, alpha=0.18, linewidth=0)
+        if None in by_bits:  # "float" was one of the grid's values: a per-series reference
+            ref = by_bits[None].mean
+            ax.axhline(
+                ref,
+                color=color,
+                linestyle=":",
+                linewidth=1.2,
+                label=f"{series_label(series)}, float",
+            )
+    base = data.points(metric, role="baseline")
+    base_vals = [v for by_bits in base.values() for p in by_bits.values() for v in p.values]
+    if base_vals:
+        ref = statistics.fmean(base_vals)
+        ax.axhline(
+            ref, color="black", linestyle="--", linewidth=1.2, label=f"float baseline ({ref:.4g})"
+        )
+    ax.set_xlabel(data.bits_label())
+    ax.set_ylabel(metric_label(metric))
+    lr_note = f"; best {data.lr_field} per point" if data.lr_field else ""
+    ax.set_title(f"{title}\n(mean over seeds, band = min..max{lr_note})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    _overlays(name, ax, data, {"metric": metric, "series": None})
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    fig.tight_layout()
+    return fig
+
+
+@register_plot("final_metric")
+def final_metric(data: StudyData):
+    """Final metric vs bit-width: one line per series, mean and min..max band over
+    seeds, float baseline as a dashed reference line."""
+    return _metric_vs_bits(
+        data, data.metric, "final_metric", f"{data.spec['name']}: final {data.metric}"
+    )
+
+
+@register_plot("stall_fraction")
+def stall_fraction(data: StudyData):
+    """Fraction of weight updates lost to rounding vs bit-width (at the learning
+    rate the final-metric plot chose)."""
+    if not any("stall_fraction" in r.metrics for r in data.ok()):
+        return None
+    return _metric_vs_bits(
+        data, "stall_fraction", "stall_fraction", f"{data.spec['name']}: stalled updates"
+    )
+
+
+@register_plot("learning_curves")
+def learning_curves(data: StudyData):
+    """Learning curves, one panel per series and one line per bit-width (best
+    learning rate per bit-width, mean over seeds)."""
+    curve = data.plot.get("curve_metric") or data.metric
+    if not any(curve in row for r in data.ok() for row in r.history):
+        return None
+    pts = data.points()
+    base = data.points(role="baseline")
+    if not pts:
+        return None
+    panels = sorted(pts.items(), key=lambda kv: str(kv[0]))
+    fig, axes = _grid_axes(len(panels))
+    all_bits = sorted({b for _, by_bits in panels for b in by_bits if b is not None})
+    cmap = plt.cm.viridis
+    for ax, (series, by_bits) in zip(axes, panels, strict=True):
+        for bits in sorted(by_bits, key=lambda b: (b is None, b)):
+            steps, mean = _mean_curve(by_bits[bits].records, curve)
+            if not steps:
+                continue
+            k = all_bits.index(bits) if bits in all_bits else 0
+            color = cmap(k / max(1, len(all_bits) - 1))
+            ax.plot(steps, mean, color=color, label=f"{bits} bits", linewidth=1.4)
+        base_recs = [
+            r for by_bits_b in base.values() for p in by_bits_b.values() for r in p.records
+        ]
+        if base_recs:
+            steps, mean = _mean_curve(base_recs, curve)
+            ax.plot(steps, mean, "k--", linewidth=1.2, label="float")
+        ax.set_title(series_label(series), fontsize=9)
+        ax.set_xlabel(data.plot.get("step_label") or "training step (as logged)")
+        ax.set_ylabel(metric_label(curve))
+        ax.grid(True, alpha=0.3)
+        _overlays("learning_curves", ax, data, {"metric": curve, "series": dict(series)})
+        ax.legend(fontsize=7, ncol=2, loc="best", framealpha=0.85)
+    fig.suptitle(f"{data.spec['name']}: learning curves by {data.bits_label()}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _mean_curve(records: list[TrialRecord], key: str) -> tuple[list, list]:
+    by_step: dict[Any, list[float]] = {}
+    for r in records:
+        if r.status != "ok":
+            continue
+        for row in r.history:
+            v = row.get(key)
+            if v is not None and math.isfinite(v):
+                by_step.setdefault(row.get("step"), []).append(v)
+    steps = sorted(s for s in by_step if s is not None)
+    return steps, [statistics.fmean(by_step[s]) for s in steps]
+
+
+@register_plot("heatmap")
+def heatmap(data: StudyData):
+    """Final metric over bit-width x learning rate, one panel per series (mean over seeds)."""
+    lr = data.lr_field
+    if not lr or not data.bits_field:
+        return None
+    lrs = sorted(data.spec["grid"][lr])
+    cells: dict[tuple, dict[tuple, list[float]]] = {}
+    for r in data.ok():
+        bits = data.bits_of(r.config)
+        value = r.metrics.get(data.metric)
+        if bits is None or value is None or not math.isfinite(value):
+            continue
+        cells.setdefault(data.series_of(r.config), {}).setdefault(
+            (bits, r.config.get(lr)), []
+        ).append(value)
+    if not cells:
+        return None
+    bits_all = sorted({b for c in cells.values() for b, _ in c})
+    panels = sorted(cells.items(), key=lambda kv: str(kv[0]))
+    fig, axes = _grid_axes(len(panels), width=5.0, height=0.45 * len(bits_all) + 2.2)
+    import numpy as np
+
+    values = [statistics.fmean(v) for c in cells.values() for v in c.values()]
+    vmin, vmax = min(values), max(values)
+    cmap = plt.cm.viridis if data.goal == "max" else plt.cm.viridis_r
+    # a positive metric spanning decades (a loss, an MSE) reads better on a log scale
+    norm = (
+        matplotlib.colors.LogNorm(vmin, vmax)
+        if vmin > 0 and vmax / vmin > 50
+        else matplotlib.colors.Normalize(vmin, vmax)
+    )
+    for ax, (series, by_cell) in zip(axes, panels, strict=True):
+        grid = np.full((len(bits_all), len(lrs)), np.nan)
+        for (bits, lr_value), vals in by_cell.items():
+            grid[bits_all.index(bits), lrs.index(lr_value)] = statistics.fmean(vals)
+        image = ax.imshow(grid, aspect="auto", origin="lower", cmap=cmap, norm=norm)
+        for i in range(len(bits_all)):
+            for j in range(len(lrs)):
+                if not np.isnan(grid[i, j]):
+                    shade = cmap(norm(grid[i, j]))
+                    dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.3g}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if dark else "black",
+                    )
+        ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], rotation=45, fontsize=8)
+        ax.set_yticks(range(len(bits_all)), [str(b) for b in bits_all], fontsize=8)
+        ax.set_xlabel(f"learning rate {lr} (per step)")
+        ax.set_ylabel(data.bits_label())
+        ax.set_title(series_label(series), fontsize=9)
+        fig.colorbar(image, ax=ax, label=metric_label(data.metric))
+    fig.suptitle(
+        f"{data.spec['name']}: final {data.metric} (blank = failed or diverged)", fontsize=10
+    )
+    fig.tight_layout()
+    return fig
+
+
+# -- running them ------------------------------------------------------------------------
+
+
+def load_plugins(data: StudyData | None = None) -> list[str]:
+    """Import plot plug-ins (spec, ``HWSIM_PLOT_PLUGINS``, entry points, optional
+    hwsim modules). Returns the modules imported."""
+    names = list(OPTIONAL_PLUGINS)
+    if data is not None:
+        names += list(data.plot.get("plugins") or [])
+    names += [n.strip() for n in os.environ.get("HWSIM_PLOT_PLUGINS", "").split(",") if n.strip()]
+    loaded = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except ModuleNotFoundError as exc:
+            if name in OPTIONAL_PLUGINS and exc.name and name.startswith(exc.name):
+                continue  # an optional module that does not exist (yet)
+            raise
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="hwsim.plots"):
+            ep.load()
+            loaded.append(ep.value)
+    except Exception:  # pragma: no cover - broken metadata must not stop plotting
+        pass
+    return loaded
+
+
+def make_plots(
+    folder: str | Path, names: list[str] | None = None, formats=("png", "svg")
+) -> list[Path]:
+    """Draw every applicable registered plot of the study in ``folder``; write
+    ``folder/plots/<name>.<fmt>``. Returns the files written."""
+    data = StudyData.load(folder)
+    load_plugins(data)
+    out_dir = Path(folder) / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names or list(PLOTS):
+        if name not in PLOTS:
+            raise ValueError(f"unknown plot {name!r}; registered plots: {sorted(PLOTS)}")
+        fig = PLOTS[name](data)
+        if fig is None:
+            continue
+        for fmt in formats:
+            path = out_dir / f"{name}.{fmt}"
+            fig.savefig(path, dpi=130)
+            written.append(path)
+        plt.close(fig)
+    return written

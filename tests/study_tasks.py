@@ -1,0 +1,93 @@
+"""Small, fast tasks for the study-engine tests (no dependency on models/).
+
+``quadratic``: SGD on a noisy quadratic 0.5 * ||w - w*||^2 with the weights on
+a fixed-point grid; ``fail``, ``diverge``, ``nonfinite``, ``crash`` and ``sleep``
+make a trial raise, blow up, feed NaN to quantize, kill its process or take
+time, so the engine's handling of each can be tested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Literal
+
+import numpy as np
+
+import hwsim
+from hwsim.formats import FixedPoint
+from hwsim.study.task import TrialResult, register_task
+
+
+@dataclasses.dataclass(frozen=True)
+class QuadraticParams:
+    dim: int = 8
+    lr: float = 0.1
+    steps: int = 60
+    noise: float = 0.05
+    weight: FixedPoint | None = None
+    rounding: Literal["nearest", "nearest_away", "floor", "zero", "stochastic"] = "nearest"
+    schedule: str = "constant"
+    fail: bool = False
+    diverge: bool = False
+    nonfinite: bool = False
+    sleep: float = 0.0
+    crash: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+@register_task("quadratic", QuadraticParams)
+def quadratic(p: QuadraticParams) -> TrialResult:
+    """Noisy-gradient SGD on a quadratic; metrics ``loss`` and ``stall_fraction``."""
+    if p.fail:
+        raise RuntimeError("this trial was asked to fail")
+    if p.crash:
+        os._exit(3)  # the whole worker process dies, as on a segfault
+    rng = np.random.default_rng(p.seed)
+    target = rng.uniform(-1.0, 1.0, p.dim)
+    w = np.zeros(p.dim)
+    lr = 2.5 if p.diverge else p.lr  # lr > 2 makes the iteration blow up
+    with np.errstate(over="ignore", invalid="ignore"):
+        w, history, stalls = _descend(p, rng, target, w, lr)
+    loss = 0.5 * float(np.sum((w - target) ** 2))
+    return TrialResult(
+        metrics={"loss": loss, "stall_fraction": stalls / (p.steps * p.dim)},
+        history=history,
+        diverged=not np.isfinite(loss),
+        info={"final_w0": float(w[0])},
+    )
+
+
+def _descend(p: QuadraticParams, rng, target, w, lr):
+    history = []
+    stalls = 0
+    for t in range(p.steps):
+        if p.sleep:
+            time.sleep(p.sleep / p.steps)
+        grad = (w - target) + p.noise * rng.standard_normal(p.dim)
+        if p.diverge:
+            grad = grad * 1e30  # reaches inf within a few steps
+        new = w - lr * grad
+        if p.weight is not None and not p.diverge:  # saturation would stop the blow-up
+            if p.nonfinite and t == p.steps // 2:
+                new[0] = np.nan  # quantize raises NonFiniteError
+            new = hwsim.quantize(new, p.weight, p.rounding, seed=p.seed * 1_000_003 + t)
+            stalls += int(np.count_nonzero((new == w) & (grad != 0)))
+        w = new
+        loss = 0.5 * float(np.sum((w - target) ** 2))
+        if t % 10 == 9 or t == p.steps - 1:
+            history.append(
+                {"step": t + 1, "loss": loss, "stall_fraction": stalls / ((t + 1) * p.dim)}
+            )
+    return w, history, stalls
+
+
+@register_task("quadratic_alias", QuadraticParams)
+def quadratic_alias(p: QuadraticParams) -> TrialResult:
+    """The same task under another name (a results folder belongs to one task)."""
+    return quadratic(p)

@@ -1,0 +1,222 @@
+"""The hwsim command line: sweep, status, export, plot, report; plot plug-ins."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwsim.cli import main
+from hwsim.study import plots as plots_mod
+from hwsim.study.plots import PLOTS, StudyData, metric_label, register_overlay, register_plot
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPEC = """
+[study]
+name = "cli"
+task = "tests.study_tasks:quadratic"
+description = "CLI test study"
+[fixed]
+steps = 20
+[grid]
+weight = ["fx6.4", "fx10.8"]
+rounding = ["nearest", "stochastic"]
+lr = [0.3, 0.03]
+seed = [0, 1]
+fail = [false, true]
+[baseline]
+weight = "float"
+rounding = "nearest"
+fail = false
+[plot]
+metric = "loss"
+bits = "weight"
+lr = "lr"
+series = ["rounding"]
+step_label = "step (iterations)"
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    spec = folder / "spec.toml"
+    spec.write_text(SPEC)
+    out = folder / "out"
+    assert (
+        main(
+            ["sweep", str(spec), "--out", str(out), "--workers", "0", "--no-progress", "--no-plot"]
+        )
+        == 0
+    )
+    return out
+
+
+def test_sweep_wrote_every_trial(swept):
+    data = StudyData.load(swept)
+    assert len(data.records) == 32 + 4
+    assert sum(r.status == "failed" for r in data.records) == 16
+    assert data.spec["name"] == "cli" and data.spec["plot"]["lr"] == "lr"
+
+
+def test_status(swept, capsys):
+    assert main(["status", str(swept)]) == 0
+    out = capsys.readouterr().out
+    assert "36 of 36 trials stored: 20 ok, 16 failed, 0 diverged" in out
+    assert "failed: fail=True, lr=" in out and "this trial was asked to fail" in out
+
+
+def test_export_csv(swept):
+    assert main(["export", str(swept), "--csv"]) == 0
+    with (swept / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 36
+    assert {
+        "hash",
+        "status",
+        "weight",
+        "rounding",
+        "lr",
+        "seed",
+        "loss",
+        "stall_fraction",
+        "error",
+    } <= set(rows[0])
+    assert {r["status"] for r in rows} == {"ok", "failed"}
+    assert all(
+        r["error"] == "RuntimeError: this trial was asked to fail"
+        for r in rows
+        if r["status"] == "failed"
+    )
+    assert {r["weight"] for r in rows} == {"fx6.4", "fx10.8", ""}  # "" = float baseline
+    with (swept / "history.csv").open() as fh:
+        hist = list(csv.DictReader(fh))
+    assert len(hist) == 20 * 2  # 2 logged steps per ok trial
+    assert {"hash", "step", "loss", "stall_fraction", "lr"} <= set(hist[0])
+
+
+def test_export_to_named_file(swept, tmp_path):
+    target = tmp_path / "table.csv"
+    assert main(["export", str(swept), "--csv", str(target)]) == 0
+    assert target.exists() and (tmp_path / "history.csv").exists()
+
+
+def test_plot_writes_png_and_svg(swept):
+    assert main(["plot", str(swept)]) == 0
+    for name in ["final_metric", "learning_curves", "heatmap", "stall_fraction"]:
+        for ext in ["png", "svg"]:
+            path = swept / "plots" / f"{name}.{ext}"
+            assert path.exists() and path.stat().st_size > 1000, path
+    svg = (swept / "plots" / "final_metric.svg").read_text()
+    assert "weight word length (bits)" in svg and "float baseline" in svg
+    assert "rounding=stochastic" in svg and "rounding=nearest" in svg
+
+
+def test_points_pick_the_best_learning_rate_and_average_seeds(swept):
+    data = StudyData.load(swept)
+    pts = data.points()
+    assert set(pts) == {(("rounding", "nearest"),), (("rounding", "stochastic"),)}
+    for by_bits in pts.values():
+        assert set(by_bits) == {6, 10}
+        for bits, point in by_bits.items():
+            assert len(point.values) == 2  # two seeds; failed trials excluded
+            candidates = {}
+            for r in data.ok():
+                if data.bits_of(r.config) == bits and data.series_of(r.config) == data.series_of(
+                    point.records[0].config
+                ):
+                    candidates.setdefault(r.config["lr"], []).append(r.metrics["loss"])
+            best = min(candidates, key=lambda lr: sum(candidates[lr]) / len(candidates[lr]))
+            assert point.lr == best
+            assert point.mean == pytest.approx(sum(candidates[best]) / 2)
+
+
+def test_report(swept):
+    assert main(["report", str(swept)]) == 0
+    text = (swept / "report.md").read_text()
+    assert text.startswith("# Study `cli`")
+    assert "20 ok, 16 failed" in text
+    assert "![final_metric](plots/final_metric.png)" in text
+    assert "| rounding=nearest |" in text and "6 bits" in text
+    assert "Float baseline" in text and "## Failed and diverged trials" in text
+    assert "```toml" in text and 'task = "tests.study_tasks:quadratic"' in text
+
+
+def test_plot_plugins_and_overlays(swept, monkeypatch):
+    calls = []
+
+    @register_plot("test_extra")
+    def extra(data):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.plot([1, 2], [1, 2])
+        return fig
+
+    @register_overlay("final_metric")
+    def overlay(ax, data, panel):
+        calls.append(panel["metric"])
+        ax.axhline(0.5, label="theory")
+
+    try:
+        files = plots_mod.make_plots(swept, names=["final_metric", "test_extra"])
+        assert {f.name for f in files} == {
+            "final_metric.png",
+            "final_metric.svg",
+            "test_extra.png",
+            "test_extra.svg",
+        }
+        assert calls == ["loss"]
+        assert "theory" in (swept / "plots" / "final_metric.svg").read_text()
+    finally:
+        PLOTS.pop("test_extra")
+        plots_mod.OVERLAYS["final_metric"].remove(overlay)
+    with pytest.raises(ValueError, match="unknown plot 'nope'"):
+        plots_mod.make_plots(swept, names=["nope"])
+    monkeypatch.setenv("HWSIM_PLOT_PLUGINS", "no_such_plugin_module_xyz")
+    with pytest.raises(ModuleNotFoundError):
+        plots_mod.make_plots(swept)
+
+
+def test_metric_labels_have_units():
+    assert metric_label("excess_mse_db") == "excess MSE (dB)"
+    assert metric_label("test_accuracy") == "test accuracy (fraction correct)"
+    assert metric_label("stall_fraction").endswith("(fraction of weight updates lost)")
+
+
+def test_bad_spec_exits_2_with_the_problem(tmp_path, capsys):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(
+        SPEC.replace('rounding = ["nearest", "stochastic"]', 'rounding = ["nearest", "sthocastic"]')
+    )
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "grid.rounding[1]" in err and "'sthocastic'" in err
+    assert not (tmp_path / "o").exists()  # nothing ran, nothing written
+
+
+def test_status_of_a_missing_folder(tmp_path, capsys):
+    assert main(["status", str(tmp_path / "none")]) == 2
+    assert "hwsim sweep" in capsys.readouterr().err
+
+
+def test_dry_run_lists_trials(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(SPEC)
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 36 and '"role": "baseline"' in lines[-1]
+
+
+def test_python_dash_m_entry_point(swept):
+    done = subprocess.run(
+        [sys.executable, "-m", "hwsim.cli", "status", str(swept)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "20 ok, 16 failed" in done.stdout
