@@ -5,13 +5,16 @@ training epoch against float torch. Prints tables of ratios measured in one run.
 
 Operands are square int8-range integers (codes -128..127). Rows:
 
-- ``hwsim saturate, sequential``: the MAC loop forced (``path="sequential"``),
-  fx32.0 accumulator (int64 kernel), saturation checked after every add;
-- ``hwsim saturate, narrow``: fx20.0 accumulator that really saturates
-  (``path="auto"`` cannot prove it safe, so the int32 MAC kernel runs);
-- ``hwsim saturate, auto``: fx32.0, where the operand bound proves no
-  overflow, so float64 BLAS on the codes is exact;
-- ``hwsim wrap``: fx32.0 wrap, float64 BLAS then modulo 2^32;
+- ``saturate fx24.0, MAC loop``: the sequential MAC loop forced
+  (``path="sequential"``), saturation after every add; a <= 31-bit
+  accumulator with int8 operands runs the int32 kernel (16 lanes per vector);
+- ``saturate fx32.0, MAC loop``: the same with a 32-bit accumulator, which
+  needs the int64 kernel (8 lanes);
+- ``saturate fx16.0, auto``: an accumulator that really saturates, so ``auto``
+  cannot prove BLAS exact and the int32 MAC loop runs;
+- ``saturate fx32.0, auto``: the operand bound proves no partial sum
+  overflows, so float64 BLAS on the codes is exact;
+- ``wrap fx32.0``: float64 BLAS then modulo 2^32;
 - ``apytypes``: ``a @ b`` under ``APyFixedAccumulatorContext(32, 0, SAT)``;
 - ``float32/float64 BLAS``: NumPy matmul on the same values.
 """
@@ -65,11 +68,13 @@ def gemm_table(sizes: list[int], apy_max: int) -> None:
 def _contenders(a, b):
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     return {
-        "hwsim saturate, sequential": lambda: hwsim.matmul(a, b, accumulator="fx32.0",
-                                                           path="sequential"),
-        "hwsim saturate, narrow fx20.0": lambda: hwsim.matmul(a, b, accumulator="fx20.0"),
-        "hwsim saturate, auto (bound->BLAS)": lambda: hwsim.matmul(a, b, accumulator="fx32.0"),
-        "hwsim wrap": lambda: hwsim.matmul(a, b, accumulator="fx32.0", overflow="wrap"),
+        "hwsim saturate fx24.0, MAC loop": lambda: hwsim.matmul(a, b, accumulator="fx24.0",
+                                                                path="sequential"),
+        "hwsim saturate fx32.0, MAC loop": lambda: hwsim.matmul(a, b, accumulator="fx32.0",
+                                                                path="sequential"),
+        "hwsim saturate fx16.0, auto": lambda: hwsim.matmul(a, b, accumulator="fx16.0"),
+        "hwsim saturate fx32.0, auto": lambda: hwsim.matmul(a, b, accumulator="fx32.0"),
+        "hwsim wrap fx32.0": lambda: hwsim.matmul(a, b, accumulator="fx32.0", overflow="wrap"),
         "float32 BLAS": lambda: a32 @ b32,
         "float64 BLAS": lambda: a @ b,
     }
