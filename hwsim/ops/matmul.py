@@ -252,9 +252,11 @@ def matmul(a, b, *, accumulator, product=None, rounding="nearest", overflow="sat
     output.
 
     >>> import numpy as np, hwsim
-    >>> a = np.array([[1.0, 1.0, -1.0]]); b = np.array([[0.75], [0.75], [0.5]])
-    >>> hwsim.matmul(a, b, accumulator="fx4.2")   # 0.75, then 1.5 -> 1.75 (max), then 1.25
+    >>> a = np.array([[1.0, 1.0, 1.0, -1.0]]); b = np.array([[0.75], [0.75], [0.75], [0.5]])
+    >>> hwsim.matmul(a, b, accumulator="fx4.2")  # 0.75, 1.5, 2.25 -> 1.75 (max), 1.25
     array([[1.25]])
+    >>> hwsim.matmul(a, b, accumulator="fx8.2")  # wide: 1.75
+    array([[1.75]])
     """
     codes, acc = matmul_codes(a, b, accumulator=accumulator, product=product, rounding=rounding,
                               overflow=overflow, a_format=a_format, b_format=b_format, seed=seed,
