@@ -214,8 +214,10 @@ def operand_codes_numpy(x, fmt, name, rounding, overflow, seed):
 # -- the public functions ---------------------------------------------------------------
 
 
-def matmul(a, b, *, accumulator, product=None, rounding="nearest", overflow="saturate",
-           a_format=None, b_format=None, seed=None, path="auto"):
+def matmul(a, b, *, accumulator: FixedPoint | str, product: FixedPoint | str | None = None,
+           rounding: Rounding | str = "nearest", overflow: Overflow | str = "saturate",
+           a_format: FixedPoint | str | None = None, b_format: FixedPoint | str | None = None,
+           seed: int | None = None, path: str = "auto"):
     """``a @ b`` through a MAC array: exact products, each optionally quantized to
     ``product``, cast onto the ``accumulator`` grid and added one k at a time
     (k = 0 .. K-1) with the accumulator's overflow applied after every addition.
@@ -286,8 +288,11 @@ def matmul_codes(a, b, *, accumulator, product=None, rounding="nearest", overflo
     return codes, acc
 
 
-def conv2d(x, w, *, stride=1, padding=0, accumulator, product=None, rounding="nearest",
-           overflow="saturate", x_format=None, w_format=None, seed=None, path="auto"):
+def conv2d(x, w, *, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+           accumulator: FixedPoint | str, product: FixedPoint | str | None = None,
+           rounding: Rounding | str = "nearest", overflow: Overflow | str = "saturate",
+           x_format: FixedPoint | str | None = None, w_format: FixedPoint | str | None = None,
+           seed: int | None = None, path: str = "auto"):
     """2-D convolution (cross-correlation, NCHW, as ``torch.nn.functional.conv2d``)
     through the MAC array of :func:`matmul`.
 
