@@ -438,9 +438,11 @@ def _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, st
 
 
 def _narrow_ok(plan: GemmPlan) -> bool:
-    """True when the int32 kernel computes exactly what the int64 one does."""
+    """True when the int32 kernel computes exactly what the int64 one does: a
+    term and the accumulator each fit 31 bits, so their sum fits int32."""
     return (plan.product_stage == STAGE_NONE and plan.acc_stage == STAGE_LEFT
-            and plan.accumulator.wl <= 31 and (plan.max_product << -plan.acc_shift) < 1 << 31)
+            and plan.accumulator.wl <= (31 if plan.accumulator.signed else 30)
+            and (plan.max_product << -plan.acc_shift) < 1 << 31)
 
 
 def _tight_bound_numpy(a3, b3) -> float:
