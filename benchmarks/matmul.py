@@ -29,7 +29,7 @@ import numpy as np
 import hwsim
 
 
-def best_time(fn, repeats: int = 3, budget_s: float = 5.0) -> float:
+def best_time(fn, repeats: int = 5, budget_s: float = 5.0) -> float:
     fn()  # warm up: JIT compile, BLAS threads
     best = float("inf")
     start = time.perf_counter()
