@@ -222,9 +222,15 @@ def test_integer_and_float32_inputs():
     assert np.array_equal(out, (a @ b).astype(np.float64))
 
 
-def test_zero_operands_give_zero():
+def test_zero_operands_and_empty_shapes():
     out = hwsim.matmul(np.zeros((2, 3)), np.ones((3, 4)) * 2.0**-100, accumulator="fx8.200")
     assert np.array_equal(out, np.zeros((2, 4)))
+    for path in ("auto", "sequential"):
+        for lib in (np, torch):
+            k0 = hwsim.matmul(lib.ones((2, 0)), lib.ones((0, 3)), accumulator="fx8.0", path=path)
+            assert tuple(k0.shape) == (2, 3) and float(abs(k0).max()) == 0.0
+            m0 = hwsim.matmul(lib.ones((0, 2)), lib.ones((2, 3)), accumulator="fx8.0", path=path)
+            assert tuple(m0.shape) == (0, 3)
 
 
 def test_errors_are_clear():

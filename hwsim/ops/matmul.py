@@ -395,8 +395,9 @@ def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, p
     ca, cb, squeeze, batch = _broadcast_operands(ca, cb, np)
     m, k = ca.shape[-2:]
     n = cb.shape[-1]
-    a3 = np.ascontiguousarray(np.broadcast_to(ca, batch + (m, k))).reshape(-1, m, k)
-    b3 = np.ascontiguousarray(np.broadcast_to(cb, batch + (k, n))).reshape(-1, k, n)
+    bt = int(np.prod(batch, dtype=np.int64))
+    a3 = np.ascontiguousarray(np.broadcast_to(ca, batch + (m, k))).reshape(bt, m, k)
+    b3 = np.ascontiguousarray(np.broadcast_to(cb, batch + (k, n))).reshape(bt, k, n)
     with threads_for(a3.shape[0] * m * n * max(k, 1)):
         out = _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, stats)
     return _squeeze(out.reshape(batch + (m, n)), squeeze)
