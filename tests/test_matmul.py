@@ -307,8 +307,10 @@ def test_saturate_equals_apytypes_where_nothing_saturates(seed, k, rounding, wa,
                                                           acc_fl):
     rng = np.random.default_rng(seed)
     a, b = on_grid(rng, (3, k), wa, fa), on_grid(rng, (k, 2), wb, fb)
-    # wide enough that no partial sum reaches the range: sum |a b| < 2^(wa+wb-2) k
-    acc = FixedPoint(min(62, wa + wb - fa - fb + acc_fl + k.bit_length() + 2), acc_fl)
+    # wide enough that no partial sum reaches the range: sum |a b| < 2^(wa+wb-2) k, and each
+    # product rounds to at most one LSB more (products below the LSB round to 0 or +-1 LSB)
+    acc_wl = max(wa + wb - fa - fb + acc_fl + k.bit_length() + 2, k.bit_length() + 2)
+    acc = FixedPoint(min(62, acc_wl), acc_fl)
     want = apytypes_matmul(a, b, fa, fb, wa, wb, acc, rounding, "saturate")
     got = hwsim.matmul(a, b, accumulator=acc, rounding=rounding, overflow="saturate")
     assert np.array_equal(codes_of(got, acc), want)

@@ -8,13 +8,13 @@ kernels) or torch tensors (torch ops, any device). Semantics: DESIGN.md,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import numpy as np
 
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FixedPoint
+from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import check_format, fresh_seed, is_torch, raise_non_finite_numpy
 
@@ -105,32 +105,6 @@ def _stage(term_max: int, shift: int, fmt: FixedPoint, overflow: Overflow, what:
             f"past int64; use a {what} format with fewer fractional bits"
         )
     return term_max << left, -left, STAGE_LEFT
-
-
-# -- threads ----------------------------------------------------------------------------
-
-SERIAL_BELOW = 1 << 22  # elements or MACs: below this a kernel runs on one thread
-
-
-@contextlib.contextmanager
-def threads_for(work: int):
-    """Run Numba parallel kernels on one thread when ``work`` is small.
-
-    Waking the OpenMP pool costs more than small kernels do, and when torch's
-    own OpenMP threads are spinning after an op (training loops alternate
-    torch ops and these kernels) the two pools fight over the cores: a
-    64-100-10 MLP step ran 70x slower with both pools active on 2 cores."""
-    if work >= SERIAL_BELOW:
-        yield
-        return
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
 
 
 # -- operand codes -------------------------------------------------------------------
