@@ -251,3 +251,14 @@ def test_bad_arguments_raise_clear_errors():
         f.run(np.zeros(3), np.zeros(4), 0.1)
     with pytest.raises(ValueError, match="outside the data format"):
         f.run_codes(np.array([1000]), np.array([0]), 0.1)
+
+
+def test_stochastic_data_codes_do_not_depend_on_blocking():
+    x = np.random.default_rng(4).standard_normal(500)
+    f = FixedLMS(3, data=FixedPoint(8, 5), weight=FixedPoint(8, 6), rounding="stochastic", seed=9)
+    whole = f.data_codes(x, 1, 0)
+    parts = np.concatenate([f.data_codes(x[:123], 1, 0), f.data_codes(x[123:], 1, 123)])
+    assert (whole == parts).all()
+    assert not (whole == f.data_codes(x, 2, 0)).all()  # x and d draw different noise
+    nearest = FixedLMS(3, data=FixedPoint(8, 5), weight=FixedPoint(8, 6)).data_codes(x, 1, 0)
+    assert np.abs(whole - nearest).max() == 1 and (whole != nearest).any()
