@@ -52,6 +52,8 @@ def test_lms_float_baseline_reaches_the_noise_floor():
     r = tasks.lms(tasks.LMSParams(taps=8, n_samples=8000, step=0.01))
     assert not r.diverged
     assert abs(r.metrics["mse_db"] - r.metrics["mmse_db"]) < 1.0
+    # LMS misadjustment mu * M * sigma_x^2 / 2 (Widrow; REFERENCES.md): 0.04 here
+    assert r.metrics["misadjustment"] == pytest.approx(0.01 * 8 / 2, rel=0.35)
     assert r.metrics["stall_fraction"] == 0.0
     assert [h["step"] for h in r.history] == list(range(160, 8001, 160))
 
