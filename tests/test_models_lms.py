@@ -145,14 +145,14 @@ def _check_against_reference(c, cls=FixedLMS):
     assert got == counts
 
 
-@settings(max_examples=60)
+@settings(max_examples=100)
 @given(lms_case(mixed_rounding=False))
 def test_kernel_equals_python_reference(case):
     _check_against_reference(case)
 
 
 @pytest.mark.slow
-@settings(max_examples=300)
+@settings(max_examples=100)
 @given(lms_case(mixed_rounding=True))
 def test_kernel_equals_python_reference_mixed_roundings(case):
     _check_against_reference(case)

@@ -161,3 +161,33 @@ def test_networks_shapes_init_and_quantization():
         build_classifier("resnet", (1, 8, 8), 10)
     with pytest.raises(ValueError, match="dropout must be in"):
         MLP(4, 2, dropout=1.0)
+
+
+@pytest.mark.parametrize("name", ["sgd", "signsgd", "adam", "adagrad", "rmsprop"])
+def test_every_model_trains_with_every_hwsim_optimizer(name):
+    from hwsim.optim import OPTIMIZERS
+    from models.two_layer import TwoLayerNet
+
+    x = torch.rand(8, 1, 8, 8)
+    y = torch.randint(0, 10, (8,))
+    models = {
+        "mlp": (MLP(64, 10, hidden=8), lambda m: m.loss(m(x), y)),
+        "cnn": (LeNet((1, 8, 8), 10, hidden=8), lambda m: m.loss(m(x), y)),
+        "softmax": (SoftmaxRegression(64, 10), lambda m: m.loss(m(x), y)),
+        "svm": (LinearSVM(64, 10), lambda m: m.loss(m(x), y)),
+        "kmeans": (KMeansSGD(torch.rand(3, 64)), lambda m: m(x)),
+        "two_layer": (TwoLayerNet(), lambda m: m.loss(x[:, 0, 0, 0].double(), x[:, 0, 0, 1].double())),
+    }
+    lsb = 2.0**-12
+    for label, (model, loss_fn) in models.items():
+        opt = OPTIMIZERS[name](model.parameters(), lr=0.01, weight="fx16.12", rounding="nearest")
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        loss_fn(model).backward()
+        opt.step()
+        moved = False
+        for p, b in zip(model.parameters(), before, strict=True):
+            codes = p.detach().double() / lsb
+            assert torch.equal(codes, codes.round()), (label, "weights off the fx16.12 grid")
+            moved |= not torch.equal(p.detach(), b)
+        assert moved, (label, name)
