@@ -108,8 +108,9 @@ def test_classify_other_models(model, lr):
     assert not r.diverged and r.metrics["test_accuracy"] > 0.5
 
 
-def test_classify_with_quantized_layers():
-    r = tasks.classify(tasks.ClassifyParams(epochs=1, hidden=32, weight="fx12.8",
+@pytest.mark.parametrize("backend", ["torch", pytest.param("numba", marks=pytest.mark.slow)])
+def test_classify_with_quantized_layers(backend):
+    r = tasks.classify(tasks.ClassifyParams(epochs=1, hidden=32, weight="fx12.8", backend=backend,
                                             activation="fx12.8", layer_accumulator="fx24.16"))
     assert not r.diverged and r.metrics["test_accuracy"] > 0.5
 
