@@ -14,7 +14,7 @@ weight grid is the accumulator: updates are rounded straight onto it
 rounding — the stall. With neither format the weight stays float.
 
 Arithmetic: when any format of a group is fixed point, the rule and the
-pipeline compute in float64 (every code of a format up to 53 bits is exact in
+pipeline compute in float64 (every code of a format up to 52 bits is exact in
 float64; codes are held as float64 integers); when every format is ``None``
 they compute in the parameter's own dtype, exactly like ``torch.optim``.
 State tensors are stored after every change, quantized to their ``state``
@@ -24,11 +24,13 @@ format, and the rule continues from the stored value.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from hwsim.errors import NonFiniteError
+from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import fresh_seed, raise_non_finite_torch
 from hwsim.optim.precision import (
     ROUNDING_KEYS,
@@ -41,7 +43,6 @@ from hwsim.optim.precision import (
 )
 from hwsim.optim.rules import Rule
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
-from hwsim.modes import Overflow, Rounding
 
 MEDIAN_SAMPLE = 4096  # elements per param sampled for the median update size
 
@@ -170,25 +171,32 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             state[name] = value
             return value
 
-        update = self.rule.update(grad, weight, state, group, step, store)
+        step_ = self.rule.update(grad, weight, state, group, step, store)
+        if target is None and prec.update is None and dtype == p.dtype:
+            # float weights: torch.optim's own in-place ops, bit for bit
+            if counts is None:
+                step_.apply_(p)
+            else:
+                old = p.clone()
+                step_.apply_(p)
+                counts.add_float(step_.numerator, p == old)
+            return
+        update = step_.value(weight)
         raw_update = update
         if prec.update is not None:
             update = quantize(update, prec.update, prec.update_rounding, STREAM["update"])
-
         if target is None:
-            if counts is None:
-                p.add_(update.to(p.dtype))
-            else:
-                new = p + update.to(p.dtype)
+            new = p + update.to(p.dtype)
+            if counts is not None:
                 counts.add_float(raw_update, new == p)
-                p.copy_(new)
+            p.copy_(new)
             return
 
         if not bool(torch.isfinite(update).all()):
             _raise_non_finite(update, STREAM["update"], p, index)
         rounding = prec.target_rounding
         u = noise(STREAM["accumulator"], update) if rounding == Rounding.STOCHASTIC else None
-        delta = scaled_to_code_float(update * (2.0**target.fl), target, rounding, prec.overflow, u)
+        delta = scaled_to_code_float(update * (2.0**target.fl), target, rounding, prec.overflow, u, inplace=True)
         acc = state["accumulator"].add_(delta)
         if prec.overflow == Overflow.SATURATE:
             acc.clamp_(target.min_code, target.max_code)
@@ -200,7 +208,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             w = prec.weight
             wr = prec.weight_rounding
             uw = noise(STREAM["weight"], acc) if wr == Rounding.STOCHASTIC else None
-            weight_codes = scaled_to_code_float(acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw)
+            weight_codes = scaled_to_code_float(acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True)
             p.copy_(weight_codes.mul_(w.lsb))
             if counts is not None:
                 weight_codes.mul_(2.0**w.fl)  # back to codes for the saturation count
@@ -217,7 +225,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
+        for saved_id, p in zip(saved_ids, params, strict=True):
             saved = state_dict["state"].get(saved_id)
             if saved is None:
                 continue
@@ -256,51 +264,44 @@ def _raise_non_finite(x, stream, p, index):
 
 
 class _Counts:
-    """Per-group telemetry accumulated as tensors (one host sync per group)."""
+    """Per-group telemetry kept as tensors: per param one stacked count vector
+    (nonzero updates, stalled updates, saturated weights) and a strided sample
+    of |update| for the median; one host sync per group, in :meth:`summary`."""
 
     def __init__(self) -> None:
-        self.nonzero: list[torch.Tensor] = []
-        self.stalled: list[torch.Tensor] = []
-        self.saturated: list[torch.Tensor] = []
-        self.numel = 0
+        self.counts: list[torch.Tensor] = []
         self.samples: list[torch.Tensor] = []
-
-    def _sample(self, update: torch.Tensor) -> None:
-        flat = update.reshape(-1)
-        stride = max(1, flat.numel() // MEDIAN_SAMPLE)
-        self.samples.append(flat[::stride].abs().to(torch.float64))
+        self.numel = 0
 
     def add_float(self, update: torch.Tensor, unchanged: torch.Tensor) -> None:
         nz = update != 0
-        self.nonzero.append(nz.sum())
-        self.stalled.append((nz & unchanged).sum())
+        self.counts.append(torch.stack([nz, nz & unchanged]).reshape(2, -1).sum(1))
         self.numel += update.numel()
 
     def add_fixed(self, update, delta, acc, target, weight_codes, weight_fmt) -> None:
         nz = update != 0
-        self.nonzero.append(nz.sum())
-        self.stalled.append((nz & (delta == 0)).sum())
         sat = (acc == target.min_code) | (acc == target.max_code)
         if weight_codes is not None:
             sat |= (weight_codes == weight_fmt.min_code) | (weight_codes == weight_fmt.max_code)
-        self.saturated.append(sat.sum())
+        self.counts.append(torch.stack([nz, nz & (delta == 0), sat]).reshape(3, -1).sum(1))
         self.numel += update.numel()
-        self._sample(update)
+        flat = update.reshape(-1)
+        stride = max(1, flat.numel() // MEDIAN_SAMPLE)
+        self.samples.append(flat[::stride])
 
     def summary(self, target) -> dict[str, float]:
-        if not self.nonzero:
-            return {"stall_fraction": 0.0, "saturation_fraction": 0.0, "median_update_lsb": math.nan}
-        nonzero = int(torch.stack(self.nonzero).sum())
-        stalled = int(torch.stack(self.stalled).sum())
-        saturated = int(torch.stack(self.saturated).sum()) if self.saturated else 0
-        median = math.nan
-        if self.samples and target is not None:
-            sample = torch.cat(self.samples)
-            sample = sample[sample != 0]
-            if sample.numel():
-                median = float(sample.median()) / target.lsb
-        return {
-            "stall_fraction": stalled / nonzero if nonzero else 0.0,
-            "saturation_fraction": saturated / self.numel if self.numel else 0.0,
-            "median_update_lsb": median,
-        }
+        result = {"stall_fraction": 0.0, "saturation_fraction": 0.0, "median_update_lsb": math.nan}
+        if not self.counts:
+            return result
+        if self.samples:
+            counts = torch.stack(self.counts).sum(0).to(torch.float64)
+            sample = torch.cat(self.samples).abs()
+            median = torch.nanmedian(torch.where(sample != 0, sample, math.nan)).reshape(1)
+            nonzero, stalled, saturated, median = torch.cat([counts, median.to(counts.dtype)]).tolist()
+            result["median_update_lsb"] = median / target.lsb
+        else:  # float weights
+            nonzero, stalled = torch.stack(self.counts).sum(0).tolist()
+            saturated = 0
+        result["stall_fraction"] = stalled / nonzero if nonzero else 0.0
+        result["saturation_fraction"] = saturated / self.numel if self.numel else 0.0
+        return result

@@ -28,7 +28,7 @@ from hwsim.torch_path.core import counter_uniform
 
 TENSORS = ("weight", "accumulator", "grad", "state", "update")
 ROUNDING_KEYS = tuple(f"{t}_rounding" for t in TENSORS)
-MAX_CODE_BITS = 53  # codes live in float64 tensors: exact up to 2^53
+MAX_CODE_BITS = 52  # codes live in float64 tensors (torch_path.core.scaled_to_code_float)
 
 # stream ids that keep the stochastic-rounding noise of different tensors apart
 STREAM = {"grad": 1, "update": 2, "accumulator": 3, "weight": 4, "init": 5}
@@ -112,7 +112,7 @@ class GroupPrecision:
     seed: int
 
     @classmethod
-    def of(cls, group: dict, state_names: tuple[str, ...]) -> "GroupPrecision":
+    def of(cls, group: dict, state_names: tuple[str, ...]) -> GroupPrecision:
         base = group["rounding"]
         state = group["state"]
         if isinstance(state, dict):

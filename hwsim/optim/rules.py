@@ -1,28 +1,60 @@
 """Update rules: what each optimizer computes from a gradient, nothing else.
 
-A rule is a function ``rule(grad, weight, state, group, step, store) -> update``
+A rule is a function ``rule(grad, weight, state, group, step, store) -> Step``
 (optax's ``update`` without the precision): ``grad`` is the (already
 quantized) gradient, ``weight()`` returns the master weight (only called when
 weight decay needs it), ``state`` the param's state dict, ``group`` the param
 group (hyperparameters), ``step`` the 1-based step count and ``store(name,
 tensor)`` writes a state tensor back, quantized to its state format, and
 returns the stored value — the rule continues from the stored (quantized)
-state, as hardware would. The returned update is the delta to add to the
-weight (``-lr * direction``); the shared pipeline in
-:mod:`hwsim.optim.base` quantizes it and adds it into the accumulator.
+state, as hardware would. The returned :class:`Step` describes the delta to
+add to the weight (``scale * numerator / denominator - decay * weight``); the
+shared pipeline in :mod:`hwsim.optim.base` evaluates it, quantizes it and
+adds it into the accumulator.
 
-The arithmetic follows ``torch.optim`` operation by operation (so that with
-every format ``None`` the results agree with torch to float rounding).
+The arithmetic follows ``torch.optim`` operation by operation, and a
+:class:`Step` applied to a float weight uses torch's own in-place ops
+(``add_``, ``addcdiv_``, ``mul_``), so with every format ``None`` the results
+are torch's, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 Store = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+class Step(NamedTuple):
+    """The weight change a rule asks for:
+    ``scale * numerator / denominator - decay * weight`` (no denominator when
+    ``None``; ``decay`` is AdamW's decoupled ``lr * weight_decay``)."""
+
+    numerator: torch.Tensor
+    scale: float
+    denominator: torch.Tensor | None = None
+    decay: float = 0.0
+
+    def value(self, weight: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The update as one tensor (what the fixed-point pipeline adds)."""
+        if self.denominator is None:
+            update = self.numerator.mul(self.scale)
+        else:
+            update = (self.numerator / self.denominator).mul_(self.scale)
+        return update.add_(weight(), alpha=-self.decay) if self.decay else update
+
+    def apply_(self, param: torch.Tensor) -> None:
+        """Apply to a float weight in place with torch.optim's exact ops."""
+        if self.decay:
+            param.mul_(1 - self.decay)
+        if self.denominator is None:
+            param.add_(self.numerator, alpha=self.scale)
+        else:
+            param.addcdiv_(self.numerator, self.denominator, value=self.scale)
 
 
 class Rule(NamedTuple):
@@ -40,7 +72,7 @@ def _coupled_decay(grad, weight, group):
     return grad
 
 
-def sgd(grad, weight, state, group, step, store: Store) -> torch.Tensor:
+def sgd(grad, weight, state, group, step, store: Store) -> Step:
     """SGD with momentum, dampening, Nesterov and coupled L2 weight decay,
     as ``torch.optim.SGD`` (Sutskever et al. 2013 for the momentum form)."""
     d_p = _coupled_decay(grad, weight, group)
@@ -52,26 +84,26 @@ def sgd(grad, weight, state, group, step, store: Store) -> torch.Tensor:
         else:
             buf = store("momentum_buffer", buf.mul(momentum).add_(d_p, alpha=1 - group["dampening"]))
         d_p = d_p.add(buf, alpha=momentum) if group["nesterov"] else buf
-    return d_p.mul(-group["lr"])
+    return Step(d_p, -group["lr"])
 
 
-def sign_sgd(grad, weight, state, group, step, store: Store) -> torch.Tensor:
+def sign_sgd(grad, weight, state, group, step, store: Store) -> Step:
     """``-lr * sign(grad + weight_decay * w)`` (Bernstein et al. 2018, signSGD;
     on an LMS filter this is the sign-sign rule, Gersho 1984)."""
-    return torch.sign(_coupled_decay(grad, weight, group)).mul_(-group["lr"])
+    return Step(torch.sign(_coupled_decay(grad, weight, group)), -group["lr"])
 
 
-def adam(grad, weight, state, group, step, store: Store) -> torch.Tensor:
+def adam(grad, weight, state, group, step, store: Store) -> Step:
     """Bias-corrected Adam (Kingma & Ba 2015), optional AMSGrad (Reddi et al.
     2018) and decoupled AdamW decay (Loshchilov & Hutter 2019), as
     ``torch.optim.Adam``."""
     lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
     if group["maximize"]:
         grad = -grad
-    decay = None
+    decay = 0.0
     if wd != 0:
         if group["decoupled_weight_decay"]:
-            decay = weight().mul(-lr * wd)
+            decay = lr * wd
         else:
             grad = grad.add(weight(), alpha=wd)
     if "exp_avg" not in state:
@@ -87,11 +119,10 @@ def adam(grad, weight, state, group, step, store: Store) -> torch.Tensor:
     else:
         second = exp_avg_sq
     denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
-    update = (exp_avg / denom).mul_(-step_size)
-    return update if decay is None else update.add_(decay)
+    return Step(exp_avg, -step_size, denom, decay)
 
 
-def adagrad(grad, weight, state, group, step, store: Store) -> torch.Tensor:
+def adagrad(grad, weight, state, group, step, store: Store) -> Step:
     """AdaGrad (Duchi et al. 2011) with lr decay, as ``torch.optim.Adagrad``."""
     grad = _coupled_decay(grad, weight, group)
     clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
@@ -99,10 +130,10 @@ def adagrad(grad, weight, state, group, step, store: Store) -> torch.Tensor:
         state["sum"] = torch.full_like(grad, group["initial_accumulator_value"])
     total = store("sum", state["sum"].addcmul(grad, grad, value=1))
     std = total.sqrt().add_(group["eps"])
-    return (grad / std).mul_(-clr)
+    return Step(grad, -clr, std)
 
 
-def rmsprop(grad, weight, state, group, step, store: Store) -> torch.Tensor:
+def rmsprop(grad, weight, state, group, step, store: Store) -> Step:
     """RMSProp (Tieleman & Hinton 2012), centered (Graves 2013) and with
     momentum, as ``torch.optim.RMSprop``."""
     grad = _coupled_decay(grad, weight, group)
@@ -113,7 +144,9 @@ def rmsprop(grad, weight, state, group, step, store: Store) -> torch.Tensor:
     if group["centered"]:
         grad_avg = state.get("grad_avg")
         grad_avg = store("grad_avg", (torch.zeros_like(grad) if grad_avg is None else grad_avg).lerp(grad, 1 - alpha))
-        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        # quantized states can make the variance estimate slightly negative: clamp
+        # (torch would return NaN there; elsewhere the clamp changes nothing)
+        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).clamp_(min=0).sqrt_()
     else:
         avg = square_avg.sqrt()
     avg = avg.add_(group["eps"])
@@ -121,8 +154,8 @@ def rmsprop(grad, weight, state, group, step, store: Store) -> torch.Tensor:
         buf = state.get("momentum_buffer")
         buf = torch.zeros_like(grad) if buf is None else buf
         buf = store("momentum_buffer", buf.mul(group["momentum"]).addcdiv_(grad, avg))
-        return buf.mul(-group["lr"])
-    return (grad / avg).mul_(-group["lr"])
+        return Step(buf, -group["lr"])
+    return Step(grad, -group["lr"], avg)
 
 
 SGD_RULE = Rule(sgd, ("momentum_buffer",))
