@@ -192,3 +192,20 @@ def test_every_model_trains_with_every_hwsim_optimizer(name):
             assert torch.equal(codes, codes.round()), (label, "weights off the fx16.12 grid")
             moved |= not torch.equal(p.detach(), b)
         assert moved, (label, name)
+
+
+def test_classify_gear_shifting_every_steps_and_on_plateau():
+    r = tasks.classify(tasks.ClassifyParams(epochs=2, schedule="gearshift:every=45,factor=0.5"))
+    # digits: 1438 training images, 45 mini-batches of 32 per epoch
+    assert [h["lr"] for h in r.history] == [0.05, 0.025]
+    r = tasks.classify(tasks.ClassifyParams(epochs=3, lr=1e-9, schedule="gearshift:plateau=1,factor=0.5"))
+    assert r.history[-1]["lr"] < 1e-9  # no progress at a tiny lr: the plateau rule shifts
+
+
+def test_lms_precision_floor_holds_the_step():
+    p = dict(taps=8, n_samples=8000, step=0.04, weight="fx10.8")
+    free = tasks.lms(tasks.LMSParams(schedule="gearshift:every=1000,factor=0.5", **p))
+    floored = tasks.lms(tasks.LMSParams(schedule="gearshift:every=1000,factor=0.5,floor=precision", **p))
+    assert free.metrics["final_step"] == pytest.approx(0.04 / 2**8)
+    assert floored.metrics["final_step"] > free.metrics["final_step"]
+    assert floored.metrics["final_stall_fraction"] < free.metrics["final_stall_fraction"]
