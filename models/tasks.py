@@ -8,8 +8,8 @@ allowed) and accepts formats as ``FixedPoint``, ``"fx16.12"`` strings or
 ``"float"``/``None``.
 
 >>> r = lms(LMSParams(taps=4, n_samples=2000, weight=FixedPoint(16, 14), data=FixedPoint(16, 12)))
->>> sorted(r.metrics)[:3]
-['excess_mse_db', 'final_stall_fraction', 'misadjustment']
+>>> r.diverged, len(r.history), sorted(r.metrics)[:4]
+(False, 50, ['excess_mse_db', 'final_stall_fraction', 'final_step', 'misadjustment'])
 """
 
 from __future__ import annotations
