@@ -262,3 +262,16 @@ def test_stochastic_data_codes_do_not_depend_on_blocking():
     assert not (whole == f.data_codes(x, 2, 0)).all()  # x and d draw different noise
     nearest = FixedLMS(3, data=FixedPoint(8, 5), weight=FixedPoint(8, 6)).data_codes(x, 1, 0)
     assert np.abs(whole - nearest).max() == 1 and (whole != nearest).any()
+
+
+@pytest.mark.gpu
+def test_torch_lms_on_cuda_equals_kernel():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(150)
+    d = np.convolve(x, [0.3, -0.6, 0.2])[:150]
+    kw = dict(data=FixedPoint(12, 9), weight=FixedPoint(12, 10), accumulator=FixedPoint(16, 11),
+              error=FixedPoint(10, 8), rounding="stochastic", seed=2)
+    a, b = FixedLMS(3, "sign_data", **kw), TorchLMS(3, "sign_data", device="cuda", **kw)
+    ra, rb = a.run(x, d, 0.02), b.run(x, d, 0.02)
+    assert (ra.y == rb.y).all() and (ra.error == rb.error).all()
+    assert (a.weight_codes == b.weight_codes).all()
