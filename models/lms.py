@@ -463,8 +463,9 @@ class FixedLMS:
         return self.weight_codes * self.formats.weight.lsb
 
     def set_weights(self, values) -> None:
-        """Load initial weights (rounded to nearest onto the weight-accumulator
-        grid, saturating)."""
+        """Load initial weights: rounded to nearest onto the weight-accumulator
+        grid (saturating), and the weights the filter uses rounded to nearest
+        from there."""
         values = np.asarray(values, dtype=np.float64)
         if values.shape != (self.taps,):
             raise ValueError(f"weights must have shape ({self.taps},), got {values.shape}")
@@ -472,7 +473,7 @@ class FixedLMS:
         self.accumulator_codes = np.asarray(hwsim.to_codes(values, f.weight_accumulator), np.int64)
         shift = f.weight_accumulator.fl - f.weight.fl
         self.weight_codes = np.array(
-            [apply_overflow(shift_round_code(c, shift, int(self.roundings["weight"]), 0.0),
+            [apply_overflow(shift_round_code(c, shift, int(Rounding.NEAREST), 0.0),
                             f.weight.min_code, f.weight.max_code, int(self.overflow))
              for c in self.accumulator_codes], dtype=np.int64)
 

@@ -275,3 +275,13 @@ def test_torch_lms_on_cuda_equals_kernel():
     ra, rb = a.run(x, d, 0.02), b.run(x, d, 0.02)
     assert (ra.y == rb.y).all() and (ra.error == rb.error).all()
     assert (a.weight_codes == b.weight_codes).all()
+
+
+def test_set_weights_then_run_matches_the_reference_start():
+    f = FixedLMS(3, data=FixedPoint(10, 7), weight=FixedPoint(8, 5),
+                 weight_accumulator=FixedPoint(12, 9), rounding="stochastic")
+    f.set_weights([0.3, -0.7, 9.0])
+    assert f.accumulator_codes.tolist() == [154, -358, 2047]  # 0.3*512=153.6, saturated at 2047
+    assert f.weight_codes.tolist() == [10, -22, 127]  # 154/16=9.625 -> 10, -358/16=-22.375 -> -22
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        f.set_weights([0.0, 1.0])
