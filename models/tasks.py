@@ -26,7 +26,7 @@ import numpy as np
 from hwsim.formats import FixedPoint, parse_format
 from hwsim.study.task import TrialResult, register_task
 from models import datasets
-from models.lms import FixedLMS, FloatLMS
+from models.lms import FixedLMS, FloatLMS, config_array
 
 RoundingName = Literal["nearest", "nearest_away", "floor", "zero", "stochastic"]
 OptimizerName = Literal["sgd", "signsgd", "adam", "adagrad", "rmsprop"]
@@ -126,9 +126,14 @@ class LMSParams:
         _require(self, "blocks", 1 <= self.blocks <= self.n_samples, "an integer in [1, n_samples]")
         _parse_schedule(self)
         if not self.is_float:
-            FixedLMS(self.taps, self.rule, data=self.data, weight=self.weight,
-                     accumulator=self.accumulator, error=self.error,
-                     weight_accumulator=self.weight_accumulator)  # checks the formats
+            try:
+                filt = FixedLMS(self.taps, self.rule, data=self.data, weight=self.weight,
+                                accumulator=self.accumulator, error=self.error,
+                                weight_accumulator=self.weight_accumulator)  # checks the formats
+                config_array(filt.formats, self.rule, self.step)  # ... and the step with them
+            except ValueError as err:
+                raise ValueError(f"LMSParams formats (weight, accumulator, error, data, "
+                                 f"weight_accumulator) and step: {err}") from None
 
     @property
     def is_float(self) -> bool:
