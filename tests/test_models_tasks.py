@@ -211,3 +211,22 @@ def test_lms_precision_floor_holds_the_step():
     assert free.metrics["final_step"] == pytest.approx(0.04 / 2**8)
     assert floored.metrics["final_step"] > free.metrics["final_step"]
     assert floored.metrics["final_stall_fraction"] < free.metrics["final_stall_fraction"]
+
+
+def test_classify_reads_user_mnist_files(tmp_path):
+    rng = np.random.default_rng(0)
+    # a learnable toy: the label is which quarter of the image is bright
+    def make(n):
+        y = rng.integers(0, 4, n)
+        x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(y):
+            r, c = divmod(int(label), 2)
+            x[i, r * 14:(r + 1) * 14, c * 14:(c + 1) * 14] += 200
+        return x, y.astype(np.uint8)
+
+    xtr, ytr = make(256)
+    xte, yte = make(64)
+    np.savez(tmp_path / "fashion.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    r = tasks.classify(tasks.ClassifyParams(dataset="fashion_mnist", data_path=str(tmp_path / "fashion.npz"),
+                                            epochs=2, hidden=16, lr=0.05))
+    assert r.info["n_train"] == 256 and r.metrics["test_accuracy"] > 0.9
