@@ -171,6 +171,7 @@ def test_every_model_trains_with_every_hwsim_optimizer(name):
     from hwsim.optim import OPTIMIZERS
     from models.two_layer import TwoLayerNet
 
+    torch.manual_seed(0)
     x = torch.rand(8, 1, 8, 8)
     y = torch.randint(0, 10, (8,))
     models = {
@@ -183,7 +184,8 @@ def test_every_model_trains_with_every_hwsim_optimizer(name):
     }
     lsb = 2.0**-12
     for label, (model, loss_fn) in models.items():
-        opt = OPTIMIZERS[name](model.parameters(), lr=0.01, weight="fx16.12", rounding="nearest")
+        # lr large enough that some update of every model exceeds half an LSB
+        opt = OPTIMIZERS[name](model.parameters(), lr=0.1, weight="fx16.12", rounding="nearest")
         before = [p.detach().clone() for p in model.parameters()]
         opt.zero_grad()
         loss_fn(model).backward()
