@@ -95,7 +95,9 @@ class LMSParams:
 
     ``weight``, ``accumulator`` (the filter's MAC accumulator), ``error``,
     ``data`` and ``weight_accumulator``: formats, ``None`` = wide (all ``None``:
-    the float64 baseline). ``schedule``: a ``hwsim.schedules.GearShiftPolicy``
+    the float64 baseline). ``rounding`` applies to every stage (data, products,
+    accumulator, error, update, weight). ``step`` is held with 16 significant
+    bits. ``schedule``: a ``hwsim.schedules.GearShiftPolicy``
     text; ``every=`` counts samples, the plateau metric is the block MSE.
     ``blocks``: how many blocks (history rows) the run is cut into.
     """
