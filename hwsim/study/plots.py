@@ -352,7 +352,7 @@ def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
             ax.axhline(by_bits[None].mean, color=style["color"], linestyle=":", linewidth=1.2,
                        label=f"{series_label(series)}, float")  # fmt: skip
     for label, style, ref in baselines(data, metric):
-        ax.axhline(ref, color="black", linewidth=1.2, label=f"{label} ({ref:.4g})", **style)
+        ax.axhline(ref, linewidth=1.2, label=f"{label} ({ref:.4g})", **style)
     ax.set_xlabel(data.bits_label())
     ax.set_ylabel(metric_label(metric))
     lr_note = (
@@ -382,8 +382,9 @@ def _legend(fig, ax) -> None:
 
 
 def baselines(data: StudyData, metric: str) -> list[tuple[str, dict, float]]:
-    """Float reference lines: one per value of the series fields the baseline
-    keeps (e.g. one per step size when step is a series), else one in all."""
+    """Float reference lines ``(label, matplotlib style, value)``: one per value of
+    the series fields the baseline keeps (e.g. one per step size when step is a
+    series), else one in all (black, dashed)."""
     overridden = set(data.spec.get("baseline") or {})
     kept = [f for f in data.series_fields if f not in overridden]
     groups: dict[tuple, list[float]] = {}
@@ -396,10 +397,14 @@ def baselines(data: StudyData, metric: str) -> list[tuple[str, dict, float]]:
             continue
         label = "float baseline" + (f", {series_label(key)}" if key else "")
         if len(groups) == 1:
-            style = {"linestyle": "--"}
-        else:  # the dash pattern of the measured lines with the same kept values
+            style = {"color": "black", "linestyle": "--"}
+        else:
             full = tuple((f, dict(key).get(f)) for f in data.series_fields)
-            style = {"linestyle": series_style(data, full)["linestyle"], "alpha": 0.75}
+            measured = series_style(data, full)
+            if data.series_fields[0] in kept:  # the colour of the lines it belongs to
+                style = {"color": measured["color"], "linestyle": (0, (1, 1.5)), "alpha": 0.9}
+            else:  # black, with the dash pattern of the lines it belongs to
+                style = {"color": "black", "linestyle": measured["linestyle"], "alpha": 0.75}
         out.append((label, style, statistics.fmean(values)))
     return out
 
