@@ -249,3 +249,23 @@ def test_a_changed_spec_shows_only_its_own_trials(tmp_path, capsys):
     data = StudyData.load(out)
     assert {r.config["weight"] for r in data.records} == {"fx10.8", None}
     assert len(StudyData.load(out, all_trials=True).records) == 10
+
+
+def test_series_style_colour_by_first_field_dashes_by_the_rest():
+    from hwsim.study.plots import series_style
+
+    spec = {
+        "name": "s",
+        "grid": {"rounding": ["nearest", "stochastic"], "lr": [0.1, 0.01], "weight": ["fx8.6"]},
+        "plot": {"metric": "loss", "bits": "weight", "series": ["rounding", "lr"]},
+    }
+    data = StudyData(Path("."), spec, [])
+    styles = {
+        (r, lr): series_style(data, (("rounding", r), ("lr", lr)))
+        for r in ["nearest", "stochastic"]
+        for lr in [0.1, 0.01]
+    }
+    assert styles["nearest", 0.1]["color"] == styles["nearest", 0.01]["color"]
+    assert styles["nearest", 0.1]["color"] != styles["stochastic", 0.1]["color"]
+    assert styles["nearest", 0.1]["linestyle"] == styles["stochastic", 0.1]["linestyle"]
+    assert styles["nearest", 0.1]["linestyle"] != styles["nearest", 0.01]["linestyle"]
