@@ -155,12 +155,15 @@ def pipeline_case(draw):
     return wfmt, afmt, p0, grads, lr, draw(st.sampled_from(ROUNDINGS)), draw(st.sampled_from(["saturate", "wrap"]))
 
 
-@given(pipeline_case(), st.integers(0, 2**40))
-@settings(max_examples=60)
-def test_sgd_pipeline_matches_integer_reference(case, seed):
+@given(pipeline_case(), st.integers(0, 2**40), st.booleans())
+@settings(max_examples=80)
+def test_sgd_pipeline_matches_integer_reference(case, seed, fused):
     wfmt, afmt, p0, grads, lr, rounding, overflow = case
+    # the fused Numba tail compiles one kernel per mode combination: keep CI's set small
+    fused = fused and rounding in ("nearest", "stochastic")
     p = torch.nn.Parameter(p0.clone())
-    opt = hopt.SGD([p], lr=lr, weight=wfmt, accumulator=afmt, rounding=rounding, overflow=overflow, seed=seed)
+    opt = hopt.SGD([p], lr=lr, weight=wfmt, accumulator=afmt, rounding=rounding, overflow=overflow, seed=seed,
+                   fused=fused)
     for g in grads:
         p.grad = g.clone()
         opt.step()
@@ -181,6 +184,38 @@ def test_value_to_code_float_matches_fraction_reference(wl, fl, signed, rounding
     got = value_to_code_float(x, fmt, Rounding.parse(rounding), Overflow.parse(overflow), u)
     want = [ref_code(v, wl, fl, signed, rounding, overflow, uu) for v, uu in zip(x.tolist(), u.tolist(), strict=True)]
     assert got.tolist() == want
+
+
+FUSED_CASES = [
+    # (optimizer, hyperparameters, precision): every rounding once, both overflows,
+    # weight + accumulator and weight-only, float32 and float64 parameters
+    ("sgd", dict(lr=0.05, momentum=0.9), dict(weight="fx10.6", accumulator="fx20.14", rounding="nearest")),
+    ("sgd", dict(lr=0.3), dict(weight="ufx6.3", accumulator="ufx12.8", rounding="floor", overflow="wrap")),
+    ("adam", dict(lr=0.02), dict(weight="fx8.5", rounding="stochastic", seed=5, state="fx24.20")),
+    ("adagrad", dict(lr=0.1), dict(weight="fx8.4", accumulator="fx16.12", rounding="stochastic",
+                                   weight_rounding="nearest", seed=9)),
+    ("rmsprop", dict(lr=0.01), dict(weight="fx6.3", accumulator="fx12.9", rounding="zero", overflow="wrap")),
+    ("signsgd", dict(lr=0.01), dict(accumulator="fx12.8", rounding="nearest_away")),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,hyper,prec", FUSED_CASES)
+def test_fused_numba_tail_equals_torch_ops(name, hyper, prec, dtype):
+    x, y = data(dtype=dtype)
+    runs = []
+    for fused in (False, True):
+        model = small_model(dtype=dtype)
+        opt = hopt.OPTIMIZERS[name](model.parameters(), **hyper, **prec, fused=fused)
+        tel = []
+        for i in range(12):
+            train(model, opt, 1, x, y, start=i)
+            tel.append(opt.telemetry)
+        runs.append((flat(model), [opt.state[p]["accumulator"] for p in model.parameters()], tel))
+    (w0, a0, t0), (w1, a1, t1) = runs
+    assert torch.equal(w0, w1)
+    assert all(torch.equal(a, b) for a, b in zip(a0, a1, strict=True))
+    assert t0 == t1
 
 
 def test_grad_state_update_formats_are_applied():
