@@ -190,7 +190,8 @@ FUSED_CASES = [
     # (optimizer, hyperparameters, precision): every rounding once, both overflows,
     # weight + accumulator and weight-only, float32 and float64 parameters
     ("sgd", dict(lr=0.05, momentum=0.9), dict(weight="fx10.6", accumulator="fx20.14", rounding="nearest")),
-    ("sgd", dict(lr=0.3), dict(weight="ufx6.3", accumulator="ufx12.8", rounding="floor", overflow="wrap")),
+    ("sgd", dict(lr=0.3, maximize=True), dict(weight="ufx6.3", accumulator="ufx12.8", rounding="floor",
+                                              overflow="wrap")),
     ("adam", dict(lr=0.02), dict(weight="fx8.5", rounding="stochastic", seed=5, state="fx24.20")),
     ("adagrad", dict(lr=0.1), dict(weight="fx8.4", accumulator="fx16.12", rounding="stochastic",
                                    weight_rounding="nearest", seed=9)),
@@ -453,3 +454,41 @@ def test_sparse_gradient_rejected():
     p.grad = torch.zeros(3).to_sparse()
     with pytest.raises(ValueError, match="sparse"):
         opt.step()
+
+
+def test_sign_error_lms_is_sgd_on_the_l1_loss():
+    """Documented in SignSGD: sign-error LMS, w += mu sign(e) x, is SGD on |e|."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    d = x @ torch.tensor([0.5, -0.25, 0.125, 1.0], dtype=torch.float64)
+    model = torch.nn.Linear(4, 1, bias=False).to(torch.float64)
+    torch.nn.init.zeros_(model.weight)
+    opt = hopt.SGD(model.parameters(), lr=2**-6, weight="fx16.10")
+    w = torch.zeros(4, dtype=torch.float64)
+    for n in range(50):
+        opt.zero_grad()
+        (d[n] - model(x[n : n + 1])[0, 0]).abs().backward()
+        opt.step()
+        e = d[n] - w @ x[n]
+        w = torch.round((w + 2**-6 * torch.sign(e) * x[n]) * 2**10) / 2**10
+        assert torch.equal(model.weight.detach()[0], w)
+
+
+@pytest.mark.gpu
+def test_cuda_torch_path_equals_cpu_fused_path():
+    """Same gradients in, same bits out: the torch ops on CUDA (counter noise
+    included) against the fused Numba tail on the CPU."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(300, generator=g) for _ in range(10)]
+    results = []
+    for device in ("cpu", "cuda"):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 300, device=device))
+        opt = hopt.Adam([p], lr=1e-2, weight="fx12.8", accumulator="fx24.18", state="fx24.20",
+                        rounding="stochastic", seed=3)
+        for grad in grads:
+            p.grad = grad.to(device)
+            opt.step()
+        results.append((p.detach().cpu(), opt.state[p]["accumulator"].cpu(), opt.telemetry))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+    assert results[0][2] == results[1][2]
