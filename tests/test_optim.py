@@ -214,7 +214,7 @@ def test_fused_numba_tail_equals_torch_ops(name, hyper, prec, dtype):
             tel.append(opt.telemetry)
         runs.append((flat(model), [opt.state[p]["accumulator"] for p in model.parameters()], tel))
     (w0, a0, t0), (w1, a1, t1) = runs
-    assert torch.equal(w0, w1)
+    assert torch.equal(w0, w1) and torch.equal(torch.signbit(w0), torch.signbit(w1))  # -0.0 too
     assert all(torch.equal(a, b) for a, b in zip(a0, a1, strict=True))
     assert t0 == t1
 

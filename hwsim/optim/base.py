@@ -90,6 +90,24 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             The results are identical bit for bit.
 
     Every precision argument can also be set per param group.
+
+    Attributes:
+        telemetry: after each ``step()``, a list with one dict per param group
+            (empty with ``telemetry=False``):
+
+            - ``stall_fraction``: of the nonzero updates the rule produced, the
+              fraction that changed nothing — rounded to zero on the accumulator
+              grid (or on the weight grid without an accumulator; for float
+              weights, too small to change the float);
+            - ``saturation_fraction``: the fraction of weights whose accumulator
+              or weight code sits at its format's min or max;
+            - ``median_update_lsb``: the median |update| over the nonzero
+              updates, in LSBs of the accumulator (else of the weight) format;
+              from a strided sample of at most 4096 elements per tensor; NaN for
+              float weights or when no update is nonzero.
+
+            Counts are exact; everything is gathered with one host sync per
+            group (inside the fused kernel on the CPU).
     """
 
     rule: Rule
@@ -229,9 +247,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             wr = prec.weight_rounding
             uw = noise(STREAM["weight"], acc) if wr == Rounding.STOCHASTIC else None
             weight_codes = scaled_to_code_float(acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True)
-            torch.mul(weight_codes, w.lsb, out=p.data)
+            torch.mul(weight_codes, w.lsb, out=p.data).add_(0.0)  # codes have no -0: nor do weights
         else:
-            torch.mul(acc, target.lsb, out=p.data)
+            torch.mul(acc, target.lsb, out=p.data).add_(0.0)
         if counts is not None:
             counts.add_fixed(raw_update, delta, acc, target, weight_codes, prec.weight)
 
@@ -302,7 +320,7 @@ def _codes(x, fmt, rounding, overflow, noise, stream, p, index):
     if not _all_finite(x):
         _raise_non_finite(x, stream, p, index)
     u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
-    return value_to_code_float(x, fmt, rounding, overflow, u)
+    return value_to_code_float(x, fmt, rounding, overflow, u).add_(0.0)  # integer codes: no -0
 
 
 _STREAM_NAMES = {v: k for k, v in STREAM.items()}

@@ -51,7 +51,7 @@ class SGD(QuantizedOptimizer):
     >>> w.grad = torch.tensor([1.0, -0.3, 0.01])
     >>> opt.step()
     >>> w.tolist(), opt.telemetry[0]["stall_fraction"]  # 0.001 lands in the accumulator
-    ([-0.125, 0.0, -0.0], 0.0)
+    ([-0.125, 0.0, 0.0], 0.0)
     """
 
     rule = rules.SGD_RULE
