@@ -380,3 +380,44 @@ def training_step_energy(
         macs=fwd_macs,
         parameters=params,
     )
+
+
+def lms_step_energy(
+    taps: int,
+    *,
+    weight: FixedPoint | str | None = None,
+    data: FixedPoint | str | None = None,
+    accumulator: FixedPoint | str | None = None,
+    error: FixedPoint | str | None = None,
+    weight_accumulator: FixedPoint | str | None = None,
+    rule: str = "lms",
+    memory: str = "sram_8kb",
+    table: CostTable | None = None,
+) -> float:
+    """Energy in pJ of one sample of an adaptive FIR filter: the filter's ``taps``
+    MACs (data x weight, adds at ``accumulator``), the error subtraction, the
+    update multiplies (LMS: e*x_i and mu*(e x_i) per tap; sign-error: mu*x_i
+    per tap; sign-data: mu*e once; sign-sign: none), one add per tap into the
+    ``weight_accumulator`` (default: the weight format) and reading and writing
+    it at ``memory``. Float roles are costed as fp32.
+
+    >>> round(lms_step_energy(16, weight="fx16.14", data="fx16.14", accumulator="fx32.28",
+    ...                       error="fx16.14"), 2)
+    120.25
+    """
+    rules = ("lms", "sign_error", "sign_data", "sign_sign")
+    if rule not in rules:
+        raise ValueError(f"rule must be one of {rules}, got {rule!r}")
+    if isinstance(taps, bool) or not isinstance(taps, int) or taps < 1:
+        raise ValueError(f"taps must be a positive integer, got {taps!r}")
+    table = table or default_table()
+    (bd, kd), (be, ke) = format_bits(data), format_bits(error)
+    wacc = weight_accumulator if weight_accumulator is not None else weight
+    bwa, kwa = format_bits(wacc)
+    filter_energy = taps * mac_energy(data, weight, accumulator, table)
+    e_bits, e_kind = max(bd, be), ("fp" if "fp" in (kd, ke) else "int")
+    mult = table.energy("mult", e_bits, e_kind)
+    n_mult = {"lms": 2 * taps, "sign_error": taps, "sign_data": 1, "sign_sign": 0}[rule]
+    update = n_mult * mult + taps * table.energy("add", bwa, kwa) + table.energy("add", be, ke)
+    traffic = taps * 2 * bwa * table.memory_energy_per_bit(memory)
+    return filter_energy + update + traffic

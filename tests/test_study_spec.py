@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hwsim.formats import FixedPoint
 from hwsim.study.spec import SpecError, coerce_value, load_spec, parse_spec, trial_hash
@@ -237,3 +239,43 @@ def test_builtin_studies_validate_against_their_tasks(path):
     trials = spec.trials()
     assert trials and len({t.hash for t in trials}) == len(trials)
     assert spec.plot.bits in spec.grid
+
+
+formats = st.builds(
+    lambda wl, fl, signed: {"wl": wl, "fl": fl, "signed": signed},
+    st.integers(2, 40), st.integers(-4, 44), st.booleans(),
+)  # fmt: skip
+
+
+@settings(max_examples=40)
+@given(
+    weights=st.lists(formats, min_size=1, max_size=4, unique_by=lambda f: tuple(f.values())),
+    lrs=st.lists(st.floats(1e-6, 10.0), min_size=1, max_size=3, unique=True),
+    seeds=st.lists(st.integers(0, 2**31), min_size=1, max_size=3, unique=True),
+    as_string=st.booleans(),
+)
+def test_trials_rebuild_exactly_from_their_stored_config(weights, lrs, seeds, as_string):
+    """The product has every combination once, and a worker rebuilding the params
+    from the JSON config gets the very same params (and hash)."""
+    import json
+
+    from hwsim.study.spec import _params_types, trial_hash
+
+    def spell(f):
+        return str(FixedPoint(**f)) if as_string else f
+
+    grid = {"weight": [spell(f) for f in weights], "lr": lrs, "seed": seeds}
+    toml_grid = "\n".join(f"{k} = {json.dumps(v)}" for k, v in grid.items())
+    toml_grid = toml_grid.replace('{"wl": ', "{wl = ").replace(', "fl": ', ", fl = ")
+    toml_grid = toml_grid.replace(', "signed": true}', ", signed = true}")
+    toml_grid = toml_grid.replace(', "signed": false}', ", signed = false}")
+    spec = parse_spec(HEAD + "[grid]\n" + toml_grid + "\n[plot]\nmetric='loss'\nbits='weight'\n")
+    trials = spec.trials()
+    assert len(trials) == len(weights) * len(lrs) * len(seeds)
+    assert len({t.hash for t in trials}) == len(trials)
+    types_ = _params_types(spec.task)
+    for t in trials:
+        config = json.loads(json.dumps(t.config))  # as stored and sent to a worker
+        rebuilt = spec.task.params(**{k: coerce_value(types_[k], v) for k, v in config.items()})
+        assert rebuilt == t.params
+        assert trial_hash(spec.task_ref, config) == t.hash

@@ -296,6 +296,15 @@ def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
         ax.plot(xs, mean, "o-", color=color, label=series_label(series))
         if nseeds > 1:
             ax.fill_between(xs, low, high, color=color, alpha=0.18, linewidth=0)
+        if None in by_bits:  # "float" was one of the grid's values: a per-series reference
+            ref = by_bits[None].mean
+            ax.axhline(
+                ref,
+                color=color,
+                linestyle=":",
+                linewidth=1.2,
+                label=f"{series_label(series)}, float",
+            )
     base = data.points(metric, role="baseline")
     base_vals = [v for by_bits in base.values() for p in by_bits.values() for v in p.values]
     if base_vals:

@@ -13,7 +13,26 @@ import math
 import statistics
 from pathlib import Path
 
-from hwsim.study.plots import PLOTS, StudyData, make_plots, metric_label, series_label
+from hwsim.study.plots import (
+    PLOTS,
+    StudyData,
+    load_plugins,
+    make_plots,
+    metric_label,
+    series_label,
+)
+
+SECTIONS: list = []
+"""Plug-in report sections: ``fn(data: StudyData) -> list[str]`` (Markdown lines),
+added after the summary tables (e.g. ``hwsim.theory.plots``: Pareto table,
+theory vs measurement)."""
+
+
+def register_section(fn):
+    """Add ``fn(data) -> list[str]`` to every report (once)."""
+    if fn not in SECTIONS:
+        SECTIONS.append(fn)
+    return fn
 
 
 def _cell(value: float | None, digits: int = 4) -> str:
@@ -55,6 +74,7 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
     folder = Path(folder)
     files = make_plots(folder) if plots else []
     data = StudyData.load(folder)
+    load_plugins(data)
     spec = data.spec
     lines = [f"# Study `{spec['name']}`", ""]
     if spec.get("description"):
@@ -94,6 +114,8 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
     if any("stall_fraction" in r.metrics for r in data.ok()) and data.metric != "stall_fraction":
         lines += ["", "## Stall fraction", "", "Fraction of weight updates lost to rounding.", ""]
         lines += summary_table(data, "stall_fraction")
+    for section in SECTIONS:
+        lines += section(data)
     pngs = [f for f in files if f.suffix == ".png"]
     if pngs:
         lines += ["", "## Plots", ""]

@@ -21,6 +21,7 @@ from hwsim.theory.lms import (
     lms_stall_fraction,
     lms_stall_step,
     lms_theory_curve,
+    lms_time_constant,
     rounding_noise_variance,
 )
 from hwsim.theory.noise_gain import NoiseGains, min_precision, mismatch_bound, noise_gains
@@ -31,6 +32,7 @@ __all__ = [
     "lms_stall_fraction",
     "lms_stall_step",
     "lms_theory_curve",
+    "lms_time_constant",
     "rounding_noise_variance",
     "AccumulatorPrecision",
     "GradientStatistics",

@@ -102,7 +102,8 @@ def accumulator_precision(grad, lr_min: float, weight) -> AccumulatorPrecision:
     ):
         raise ValueError(f"lr_min must be a positive learning rate, got {lr_min!r}")
     rng = _weight_range(weight)
-    fl = -math.floor(math.log2(lr_min * lsb_g))
+    # floor(log2(x)) exactly: x = m * 2^e with 0.5 <= m < 1 (math.log2 can round up)
+    fl = 1 - math.frexp(lr_min * lsb_g)[1]
     lsb = 2.0**-fl
     wl = round(math.log2(rng / lsb)) + 1
     if wl < 2:

@@ -1,0 +1,100 @@
+"""hwsim.conv2d: the im2col MAC array against a direct sequential reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from naive_gemm import mac_gemm
+
+import hwsim
+from hwsim import FixedPoint
+
+
+def on_grid(rng, shape, wl, fl):
+    fmt = FixedPoint(wl, fl)
+    return rng.integers(fmt.min_code, fmt.max_code + 1, size=shape) * fmt.lsb
+
+
+def reference_conv(x, w, stride, padding, acc, product, rounding, overflow, seed):
+    """Direct loops: each output's products in the order (c, kh, kw), fed to the
+    sequential MAC reference as one row times one column."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    # one GEMM per image, as conv2d does: A = weights (O, K), B = patches (K, L)
+    out = np.zeros((n, o, ho, wo), dtype=np.int64)
+    a = [w.reshape(o, -1).tolist()] * n
+    b = []
+    for i in range(n):
+        cols = [[xp[i, ci, y * sh + di, z * sw + dj] for y in range(ho) for z in range(wo)]
+                for ci in range(c) for di in range(kh) for dj in range(kw)]
+        b.append(cols)
+    codes = np.array(mac_gemm(a, b, acc, product, rounding, overflow, seed), dtype=np.int64)
+    out[:] = codes.reshape(n, o, ho, wo)
+    return out
+
+
+@settings(max_examples=25)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 2), st.integers(1, 3), st.integers(1, 3),
+       st.integers(1, 3), st.integers(0, 2), st.integers(1, 2),
+       st.sampled_from(["nearest", "floor", "stochastic", "nearest_away", "zero"]),
+       st.sampled_from(["saturate", "wrap"]), st.booleans())
+def test_conv_matches_direct_reference(seed, n, c, o, k, pad, stride, rounding, overflow,
+                                       with_product):
+    rng = np.random.default_rng(seed)
+    x = on_grid(rng, (n, c, 5, 4), 7, 4)
+    w = on_grid(rng, (o, c, k, k), 6, 5)
+    acc = FixedPoint(10, 6)
+    product = FixedPoint(9, 7) if with_product else None
+    want = reference_conv(x, w, (stride, stride), (pad, pad), acc, product, rounding, overflow,
+                          seed)
+    kw = dict(stride=stride, padding=pad, accumulator=acc, product=product, rounding=rounding,
+              overflow=overflow, seed=seed)
+    got = hwsim.conv2d(x, w, **kw)
+    assert np.array_equal((got * 2**acc.fl).astype(np.int64), want)
+    got_t = hwsim.conv2d(torch.from_numpy(x), torch.from_numpy(w), **kw)
+    assert np.array_equal(got_t.numpy(), got)
+
+
+def test_wide_accumulator_equals_float_conv():
+    rng = np.random.default_rng(1)
+    x = on_grid(rng, (2, 3, 9, 8), 8, 4)
+    w = on_grid(rng, (4, 3, 3, 2), 8, 6)
+    for stride, padding in ((1, 0), (2, 1), ((2, 1), (0, 2))):
+        got = hwsim.conv2d(x, w, stride=stride, padding=padding, accumulator="fx40.10")
+        want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=stride, padding=padding)
+        assert np.array_equal(got, want.numpy())
+
+
+def test_conv_formats_quantize_first_and_errors():
+    rng = np.random.default_rng(2)
+    x, w = rng.normal(size=(1, 2, 5, 5)), rng.normal(size=(3, 2, 3, 3))
+    got = hwsim.conv2d(x, w, accumulator="fx20.8", x_format="fx8.4", w_format="fx8.5")
+    want = hwsim.conv2d(hwsim.quantize(x, "fx8.4"), hwsim.quantize(w, "fx8.5"),
+                        accumulator="fx20.8")
+    assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="channels"):
+        hwsim.conv2d(x, np.ones((3, 4, 3, 3)), accumulator="fx20.8", x_format="fx8.4")
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        hwsim.conv2d(np.ones((2, 5, 5)), np.ones((3, 2, 3, 3)), accumulator="fx20.8")
+    with pytest.raises(ValueError, match="stride"):
+        hwsim.conv2d(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), stride=0,
+                     accumulator="fx20.8")
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        hwsim.conv2d(np.ones((1, 2, 2, 2)), np.ones((3, 2, 3, 3)), accumulator="fx20.8")
+
+
+@pytest.mark.gpu
+def test_conv_torch_path_on_cuda_equals_numba():
+    rng = np.random.default_rng(3)
+    x, w = on_grid(rng, (2, 3, 8, 8), 8, 4), on_grid(rng, (4, 3, 3, 3), 8, 6)
+    kw = dict(stride=2, padding=1, accumulator="fx12.6", rounding="stochastic", seed=5)
+    want = hwsim.conv2d(x, w, **kw)
+    got = hwsim.conv2d(torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda(), **kw)
+    assert np.array_equal(got.cpu().numpy(), want)

@@ -1,0 +1,161 @@
+"""The registered study tasks: validation, metrics, divergence, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hwsim import FixedPoint
+from hwsim.study.task import TASKS
+from models import tasks
+from models.kmeans import KMeansSGD, purity
+from models.linear import LinearSVM, SoftmaxRegression
+from models.nets import MLP, LeNet, build_classifier
+
+
+def test_tasks_are_registered():
+    assert {"lms", "classify", "kmeans", "two_layer"} <= set(TASKS)
+    assert TASKS["lms"].params is tasks.LMSParams
+    assert TASKS["classify"].fn is tasks.classify
+
+
+@pytest.mark.parametrize("cls,kwargs,match", [
+    (tasks.LMSParams, {"rule": "nlms"}, r"LMSParams.rule: 'nlms' is not allowed; choose one of \['lms'"),
+    (tasks.LMSParams, {"weight": "fx16"}, r"LMSParams.weight: bad format 'fx16'"),
+    (tasks.LMSParams, {"step": -0.1}, r"LMSParams.step: -0.1 is not allowed; it must be a number > 0"),
+    (tasks.LMSParams, {"taps": 2.5}, r"LMSParams.taps: must be an integer"),
+    (tasks.LMSParams, {"color": 1.0}, r"LMSParams.color: 1.0 is not allowed; it must be in \[0, 1\)"),
+    (tasks.LMSParams, {"weight": "fx40.30", "data": "fx40.30"}, r"int64"),
+    (tasks.ClassifyParams, {"optimizer": "lbfgs"}, r"ClassifyParams.optimizer: 'lbfgs' is not allowed"),
+    (tasks.ClassifyParams, {"dataset": "mnist"}, r"ClassifyParams.data_path: None is not allowed"),
+    (tasks.ClassifyParams, {"layer_accumulator": "fx20.10"}, r"layer_accumulator.*unless weight and activation"),
+    (tasks.ClassifyParams, {"momentum": 0.9, "optimizer": "adam"}, r"momentum.*'sgd' or 'rmsprop'"),
+    (tasks.ClassifyParams, {"batch_norm": 1}, r"batch_norm: must be true or false"),
+    (tasks.KMeansParams, {"k": 0}, r"KMeansParams.k: 0 is not allowed"),
+    (tasks.TwoLayerParams, {"rounding": "up"}, r"TwoLayerParams.rounding: 'up' is not allowed"),
+])
+def test_bad_params_name_field_value_and_allowed(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_format_strings_and_float_are_parsed():
+    p = tasks.LMSParams(weight="fx12.10", data="float")
+    assert p.weight == FixedPoint(12, 10) and p.data is None and not p.is_float
+    assert tasks.LMSParams().is_float
+
+
+def test_lms_float_baseline_reaches_the_noise_floor():
+    r = tasks.lms(tasks.LMSParams(taps=8, n_samples=8000, step=0.01))
+    assert not r.diverged
+    assert abs(r.metrics["mse_db"] - r.metrics["mmse_db"]) < 1.0
+    assert r.metrics["stall_fraction"] == 0.0
+    assert [h["step"] for h in r.history] == list(range(160, 8001, 160))
+
+
+def test_lms_fixed_point_stalls_and_is_deterministic():
+    p = tasks.LMSParams(taps=8, n_samples=8000, step=0.003, weight="fx8.6")
+    a, b = tasks.lms(p), tasks.lms(p)
+    assert a.metrics == b.metrics and a.history == b.history
+    assert a.metrics["final_stall_fraction"] > 0.9
+    fine = tasks.lms(tasks.LMSParams(taps=8, n_samples=8000, step=0.003, weight="fx16.14"))
+    assert fine.metrics["excess_mse_db"] < a.metrics["excess_mse_db"] - 10
+
+
+def test_lms_equalization_with_sign_error_lms():
+    r = tasks.lms(tasks.LMSParams(taps=11, n_samples=4000, step=0.002, rule="sign_error",
+                                  problem="equalization", weight="fx14.12"))
+    assert not r.diverged and r.metrics["mse_db"] < -5, r.metrics
+
+
+def test_lms_too_large_a_step_diverges_in_float():
+    r = tasks.lms(tasks.LMSParams(taps=8, n_samples=4000, step=2.0))
+    assert r.diverged and not math.isfinite(r.metrics["mse_db"])
+
+
+def test_lms_gear_shifting_halves_the_step():
+    pytest.importorskip("hwsim.schedules")
+    p = tasks.LMSParams(taps=8, n_samples=8000, step=0.04, weight="fx16.14",
+                        schedule="gearshift:every=2000,factor=0.5")
+    r = tasks.lms(p)
+    assert r.metrics["final_step"] == pytest.approx(0.04 / 16)
+    steps = [h["step_size"] for h in r.history]
+    assert steps[0] == 0.04 and steps[-1] == 0.04 / 8  # the shift after the last block is not used
+    const = tasks.lms(tasks.LMSParams(taps=8, n_samples=8000, step=0.04, weight="fx16.14"))
+    assert r.metrics["mse_db"] < const.metrics["mse_db"]
+    with pytest.raises(ValueError, match="schedule"):
+        tasks.LMSParams(schedule="halve-often")
+
+
+def test_classify_float_and_fixed_point():
+    r = tasks.classify(tasks.ClassifyParams(epochs=2))
+    assert not r.diverged and r.metrics["test_accuracy"] > 0.85
+    assert [h["step"] for h in r.history] == [1, 2]
+    again = tasks.classify(tasks.ClassifyParams(epochs=2))
+    assert again.metrics == r.metrics
+    q = tasks.classify(tasks.ClassifyParams(epochs=2, weight="fx16.6", rounding="nearest"))
+    assert q.metrics["stall_fraction"] > 0.5
+
+
+@pytest.mark.parametrize("model,lr", [("cnn", 0.1), ("softmax", 0.05), ("svm", 0.05)])
+def test_classify_other_models(model, lr):
+    r = tasks.classify(tasks.ClassifyParams(model=model, epochs=2, hidden=32, lr=lr))
+    assert not r.diverged and r.metrics["test_accuracy"] > 0.5
+
+
+def test_classify_with_quantized_layers():
+    r = tasks.classify(tasks.ClassifyParams(epochs=1, hidden=32, weight="fx12.8",
+                                            activation="fx12.8", layer_accumulator="fx24.16"))
+    assert not r.diverged and r.metrics["test_accuracy"] > 0.5
+
+
+def test_classify_blow_up_is_recorded_as_diverged():
+    r = tasks.classify(tasks.ClassifyParams(epochs=2, lr=1e6))
+    assert r.diverged and "training loss became" in r.info["error"]
+
+
+def test_kmeans_and_two_layer_tasks():
+    r = tasks.kmeans(tasks.KMeansParams(dataset="blobs", k=4, epochs=3))
+    assert r.metrics["purity"] > 0.9
+    coarse = tasks.kmeans(tasks.KMeansParams(dataset="blobs", k=4, epochs=3, weight="fx6.2"))
+    assert coarse.metrics["stall_fraction"] > 0.5
+    r = tasks.two_layer(tasks.TwoLayerParams(steps=500))
+    assert r.metrics["loss"] < 1e-2 and len(r.history) == 51
+
+
+def test_kmeans_gradient_is_the_online_kmeans_step():
+    c = torch.tensor([[0.0, 0.0], [4.0, 4.0]])
+    km = KMeansSGD(c)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 4.0]])
+    km(x).backward()
+    expected = torch.tensor([[(0 - 1 + 0 - 0) / 3, (0 - 0 + 0 - 1) / 3], [(4 - 5) / 3, 0.0]])
+    torch.testing.assert_close(km.centroids.grad, expected)
+    assert purity(np.array([0, 0, 1, 1]), np.array([3, 3, 3, 2])) == 0.75
+
+
+def test_networks_shapes_init_and_quantization():
+    mlp = MLP(64, 10, hidden=200, batch_norm=True, dropout=0.5)
+    kinds = [type(m).__name__ for m in mlp.body]
+    assert kinds == ["Flatten", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    std = mlp.body[1].weight.std().item()
+    assert std == pytest.approx(math.sqrt(2 / 64), rel=0.1)  # He: sqrt(2 / fan_in)
+    assert LeNet((1, 8, 8), 10)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    for model in (SoftmaxRegression(4, 3), LinearSVM(4, 3)):
+        scores = model(torch.zeros(2, 4))
+        assert model.loss(scores, torch.tensor([0, 2])).item() > 0
+    a = build_classifier("mlp", (1, 8, 8), 10, hidden=16, seed=3)
+    b = build_classifier("mlp", (1, 8, 8), 10, hidden=16, seed=3)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    import hwsim.nn
+
+    q = build_classifier("cnn", (1, 8, 8), 10, hidden=16,
+                         precision=hwsim.nn.Precision(weight="fx8.6", activation="fx8.4"))
+    assert {type(m).__name__ for m in q.modules()} >= {"QLinear", "QConv2d"}
+    with pytest.raises(ValueError, match="model must be one of"):
+        build_classifier("resnet", (1, 8, 8), 10)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        MLP(4, 2, dropout=1.0)

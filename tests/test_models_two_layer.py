@@ -1,0 +1,77 @@
+"""The two-layer network's hand-derived updates against autograd (float), and
+its fixed-point training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwsim import FixedPoint
+from models.two_layer import PARAMS, TwoLayerNet, hand_gradients, teacher_data, train_fixed
+
+finite = st.floats(-3.0, 3.0, allow_nan=False)
+
+
+@settings(max_examples=100)
+@given(st.tuples(finite, finite, finite, finite),
+       st.lists(st.tuples(finite, st.floats(0.0, 1.0)), min_size=1, max_size=8))
+def test_hand_gradients_equal_autograd(params, samples):
+    p = dict(zip(PARAMS, params, strict=True))
+    x = np.array([s[0] for s in samples])
+    t = np.array([s[1] for s in samples])
+    grads, loss = hand_gradients(p, x, t)
+    net = TwoLayerNet(**p)
+    torch_loss = net.loss(torch.tensor(x), torch.tensor(t))
+    torch_loss.backward()
+    assert loss == pytest.approx(torch_loss.item(), rel=1e-12, abs=1e-15)
+    for k in PARAMS:
+        assert grads[k] == pytest.approx(getattr(net, k).grad.item(), rel=1e-9, abs=1e-13), k
+
+
+def test_float_training_fits_the_teacher():
+    x, t = teacher_data(512, seed=0)
+    r = train_fixed(x, t, lr=2.0, steps=3000, batch_size=32)
+    assert r.history[-1]["loss"] < 1e-3 < r.history[0]["loss"]
+    assert r.stall_fraction == 0.0
+
+
+def test_hand_sgd_equals_torch_sgd_on_the_module():
+    """The fixed-point trainer with no formats is plain SGD: torch.optim.SGD on
+    TwoLayerNet, fed the same batches, must give the same parameters."""
+    from models.datasets import batches
+
+    x, t = teacher_data(64, seed=1)
+    init = {"w1": 0.3, "b1": -0.2, "w2": 0.7, "b2": 0.1}
+    r = train_fixed(x, t, lr=0.5, steps=8, batch_size=16, init=init, seed=3)
+    net = TwoLayerNet(**init)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for idx in batches(64, 16, 3, 0):
+        opt.zero_grad()
+        net.loss(torch.tensor(x[idx]), torch.tensor(t[idx])).backward()
+        opt.step()
+    idx_epoch1 = list(batches(64, 16, 3, 1))
+    for idx in idx_epoch1:
+        opt.zero_grad()
+        net.loss(torch.tensor(x[idx]), torch.tensor(t[idx])).backward()
+        opt.step()
+    for k in PARAMS:
+        assert r.params[k] == pytest.approx(getattr(net, k).item(), rel=1e-12), k
+
+
+def test_fixed_point_nearest_stalls_where_stochastic_keeps_learning():
+    # lr * |g| stays below half the LSB 2^-6: nearest freezes every parameter,
+    # stochastic rounding follows float SGD in expectation (Gupta et al. 2015)
+    x, t = teacher_data(512, seed=0)
+    kw = dict(lr=0.05, steps=1500, batch_size=32)
+    nearest = train_fixed(x, t, rounding="nearest", weight=FixedPoint(12, 6), **kw)
+    stochastic = train_fixed(x, t, rounding="stochastic", weight=FixedPoint(12, 6), **kw)
+    floating = train_fixed(x, t, **kw)
+    assert nearest.stall_fraction == 1.0
+    assert nearest.history[-1]["loss"] == nearest.history[0]["loss"]
+    assert stochastic.history[-1]["loss"] < 0.7 * nearest.history[-1]["loss"]
+    assert stochastic.history[-1]["loss"] == pytest.approx(floating.history[-1]["loss"], rel=0.2)
+    for k in PARAMS:  # every parameter stays on its grid
+        assert stochastic.params[k] * 64 == round(stochastic.params[k] * 64)
