@@ -164,6 +164,7 @@ def test_sgd_pipeline_matches_integer_reference(case, seed, fused):
     p = torch.nn.Parameter(p0.clone())
     opt = hopt.SGD([p], lr=lr, weight=wfmt, accumulator=afmt, rounding=rounding, overflow=overflow, seed=seed,
                    fused=fused)
+    opt.fused_min_numel = 0
     for g in grads:
         p.grad = g.clone()
         opt.step()
@@ -208,6 +209,7 @@ def test_fused_numba_tail_equals_torch_ops(name, hyper, prec, dtype):
     for fused in (False, True):
         model = small_model(dtype=dtype)
         opt = hopt.OPTIMIZERS[name](model.parameters(), **hyper, **prec, fused=fused)
+        opt.fused_min_numel = 0  # fuse even these small tensors
         tel = []
         for i in range(12):
             train(model, opt, 1, x, y, start=i)

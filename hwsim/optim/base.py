@@ -84,7 +84,8 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             draws a fresh seed (stored in the param groups, hence in
             ``state_dict()``).
         telemetry: compute :attr:`telemetry` after each step.
-        fused: ``None`` or ``True``: for CPU tensors, run the accumulate /
+        fused: ``None`` or ``True``: for CPU tensors (of at least
+            ``fused_min_numel`` = 16384 elements), run the accumulate /
             re-quantize / telemetry tail as one Numba pass
             (:mod:`hwsim.optim.fused`); ``False``: torch ops only (any device).
             The results are identical bit for bit.
@@ -111,6 +112,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
     """
 
     rule: Rule
+    # below this many elements the parallel kernel's thread start-up costs more
+    # than the torch ops it replaces
+    fused_min_numel: int = 1 << 14
 
     def __init__(self, params, defaults: dict[str, Any], precision: dict[str, Any], telemetry: bool = True,
                  fused: bool | None = None):
@@ -172,7 +176,8 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
             return value_to_code_float(x, fmt, rounding, prec.overflow, u).mul_(fmt.lsb)
 
-        fusable = self.fused and p.device.type == "cpu" and p.is_contiguous() and prec.target is not None
+        fusable = (self.fused and p.device.type == "cpu" and p.numel() >= self.fused_min_numel
+                   and p.is_contiguous() and prec.target is not None)
         direct = None
         if prec.grad is None and prec.update is None and fusable and self.rule.direct is not None:
             # a stateless rule on the raw gradient: the fused kernel converts it to
