@@ -4,8 +4,10 @@
 
 One ``nn.Linear`` with about ``--params`` parameters (float32), a fixed random
 gradient, and the time of ``optimizer.step()`` alone (best of ``--repeat``
-runs of ``--steps`` steps), as a ratio to the torch optimizer with the same
-rule. Fixed-point rows use weight fx16.12, accumulator fx24.20, gradient
+rounds of ``--steps`` steps, the rounds interleaved across the optimizers of a
+rule), as a ratio to the torch optimizer with the same rule and to qtorch's
+OptimLP (SGD, SGD with momentum, Adam). "fixed, torch ops" is the torch path
+(``fused=False``: what runs on a GPU) on the CPU. Fixed-point rows use weight fx16.12, accumulator fx24.20, gradient
 fx16.12 and (Adam, AdaGrad, RMSProp, momentum) state fx24.20 / ufx32.30;
 qtorch's OptimLP gets the same formats with its fixed-point quantizers. All
 rows are measured in this one run.
@@ -41,17 +43,22 @@ def make_params(n: int) -> list[torch.nn.Parameter]:
     return params
 
 
-def step_time(make_opt, n: int, steps: int, repeat: int) -> float:
-    params = make_params(n)
-    opt = make_opt(params)
-    for _ in range(2):
-        opt.step()
-    best = math.inf
+def interleaved_times(makers: dict, n: int, steps: int, repeat: int) -> dict[str, float]:
+    """Seconds per ``step()`` of each optimizer, best of ``repeat`` rounds; the
+    rounds alternate between the optimizers, so load on a shared machine hits
+    them alike and the ratios stay meaningful."""
+    opts = {}
+    for name, make in makers.items():
+        opts[name] = make(make_params(n))
+        for _ in range(2):  # warm-up: lazy state, JIT
+            opts[name].step()
+    best = dict.fromkeys(opts, math.inf)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            opt.step()
-        best = min(best, (time.perf_counter() - t0) / steps)
+        for name, opt in opts.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                opt.step()
+            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
     return best
 
 
@@ -86,20 +93,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{sum(p.numel() for p in make_params(n))} parameters, float32")
 
-    def t(make):
-        return step_time(make, n, steps, repeat)
-
-    torch_ref = {
-        "sgd": t(lambda ps: torch.optim.SGD(ps, lr=0.01)),
-        "sgd_momentum": t(lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9)),
-        "adam": t(lambda ps: torch.optim.Adam(ps, lr=1e-3)),
-        "adagrad": t(lambda ps: torch.optim.Adagrad(ps, lr=1e-2)),
-        "rmsprop": t(lambda ps: torch.optim.RMSprop(ps, lr=1e-2)),
+    torch_makers = {
+        "sgd": lambda ps: torch.optim.SGD(ps, lr=0.01),
+        "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
+        "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
+        "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=1e-2),
+        "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-2),
     }
-    torch_ref["signsgd"] = torch_ref["sgd"]  # torch has no sign SGD: compare with SGD
+    torch_makers["signsgd"] = torch_makers["sgd"]  # torch has no sign SGD: compare with SGD
     qt = qtorch_optims()
-    qtorch_times = {k: t(make) for k, make in qt.items()}
-
     cases = [
         ("sgd", "SGD", dict(lr=0.01)),
         ("sgd_momentum", "SGD", dict(lr=0.01, momentum=0.9)),
@@ -108,31 +110,35 @@ def main() -> None:
         ("adagrad", "AdaGrad", dict(lr=1e-2)),
         ("rmsprop", "RMSProp", dict(lr=1e-2)),
     ]
-    rows = []
+    rows, refs = [], []
     for key, cls_name, hyper in cases:
         cls = getattr(hopt, cls_name)
         state = ADAM_STATE if cls_name == "Adam" else ("ufx32.30" if cls_name in ("AdaGrad", "RMSProp") else "fx24.20")
-        variants = [
-            ("float", {}),
-            ("fixed", dict(FIXED, state=state)),
-            ("fixed, stochastic", dict(FIXED, state=state, rounding="stochastic", seed=0)),
-        ]
+        makers = {"torch": torch_makers[key]}
+        if key in qt:
+            makers["qtorch"] = qt[key]
+        variants = [("float", {}), ("fixed", dict(FIXED, state=state))]
+        if key in ("sgd", "adam"):
+            variants += [("fixed, stochastic", dict(FIXED, state=state, rounding="stochastic", seed=0)),
+                         ("fixed, torch ops", dict(FIXED, state=state, fused=False))]
         for label, prec in variants:
-            if label == "fixed, stochastic" and key not in ("sgd", "adam"):
-                continue
             for telemetry in (False, True):
-                sec = t(lambda ps, cls=cls, hyper=hyper, prec=prec, tel=telemetry: cls(ps, **hyper, **prec, telemetry=tel))
-                q = qtorch_times.get(key)
-                rows.append([
-                    f"{cls_name}{' momentum' if key == 'sgd_momentum' else ''}", label, "on" if telemetry else "off",
-                    sec * 1e3, sec / torch_ref[key],
-                    (sec / q) if (q is not None and label == "fixed" and not telemetry) else "",
-                ])
+                makers[(label, telemetry)] = (lambda ps, cls=cls, hyper=hyper, prec=prec, tel=telemetry:
+                                              cls(ps, **hyper, **prec, telemetry=tel))
+        times = interleaved_times(makers, n, steps, repeat)
+        name = f"{cls_name}{' momentum' if key == 'sgd_momentum' else ''}"
+        refs.append([f"torch {name}", times["torch"] * 1e3])
+        if "qtorch" in times:
+            refs.append([f"qtorch OptimLP {name}", times["qtorch"] * 1e3])
+        for label, _ in variants:
+            for telemetry in (False, True):
+                sec = times[(label, telemetry)]
+                q = times.get("qtorch")
+                rows.append([name, label, "on" if telemetry else "off", sec * 1e3, sec / times["torch"],
+                             (sec / q) if (q is not None and label.startswith("fixed")) else ""])
     print_table(["optimizer", "formats", "telemetry", "ms/step", "x torch", "x qtorch OptimLP"], rows)
     print()
-    print_table(["reference", "ms/step"],
-                [[f"torch {k}", v * 1e3] for k, v in torch_ref.items() if k != "signsgd"]
-                + [[f"qtorch OptimLP {k}", v * 1e3] for k, v in qtorch_times.items()])
+    print_table(["reference", "ms/step"], refs)
 
 
 if __name__ == "__main__":
