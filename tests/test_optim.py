@@ -301,6 +301,16 @@ def test_telemetry_float_stall_in_low_precision_dtype():
     assert opt.telemetry[0]["stall_fraction"] == pytest.approx(2 / 3)
 
 
+def test_low_precision_dtypes_take_the_torch_path():
+    """bfloat16 / float16 parameters (no NumPy view) run the torch ops even with fused=True."""
+    for dtype in (torch.bfloat16, torch.float16):
+        p = torch.nn.Parameter(torch.zeros(1 << 15, dtype=dtype))
+        opt = hopt.SGD([p], lr=0.5, weight="fx8.4", accumulator="fx16.12", fused=True)
+        p.grad = torch.ones(1 << 15, dtype=dtype)
+        opt.step()
+        assert bool((p == -0.5).all()) and opt.telemetry[0]["stall_fraction"] == 0.0
+
+
 def test_telemetry_off():
     p = torch.nn.Parameter(torch.zeros(3))
     opt = hopt.SGD([p], lr=0.1, weight="fx8.4", telemetry=False)

@@ -177,9 +177,10 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             return value_to_code_float(x, fmt, rounding, prec.overflow, u).mul_(fmt.lsb)
 
         fusable = (self.fused and p.device.type == "cpu" and p.numel() >= self.fused_min_numel
-                   and p.is_contiguous() and prec.target is not None)
+                   and p.is_contiguous() and prec.target is not None and p.dtype in _FUSED_DTYPES)
         direct = None
-        if prec.grad is None and prec.update is None and fusable and self.rule.direct is not None:
+        if (prec.grad is None and prec.update is None and fusable and self.rule.direct is not None
+                and p.grad.dtype in _FUSED_DTYPES):
             # a stateless rule on the raw gradient: the fused kernel converts it to
             # float64 and scales it element by element (same bits, two passes fewer)
             direct = self.rule.direct(p.grad, group)
@@ -307,6 +308,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         first step or when the group has neither accumulator nor weight format)."""
         acc = self.state[p].get("accumulator")
         return None if acc is None else acc.to(torch.int64)
+
+
+_FUSED_DTYPES = (torch.float32, torch.float64)  # what the Numba kernel reads and writes
 
 
 def _int64(seed: int) -> int:
