@@ -155,12 +155,16 @@ def pipeline_case(draw):
     return wfmt, afmt, p0, grads, lr, draw(st.sampled_from(ROUNDINGS)), draw(st.sampled_from(["saturate", "wrap"]))
 
 
-@given(pipeline_case(), st.integers(0, 2**40))
-@settings(max_examples=60)
-def test_sgd_pipeline_matches_integer_reference(case, seed):
+@given(pipeline_case(), st.integers(0, 2**40), st.booleans())
+@settings(max_examples=80)
+def test_sgd_pipeline_matches_integer_reference(case, seed, fused):
     wfmt, afmt, p0, grads, lr, rounding, overflow = case
+    # the fused Numba tail compiles one kernel per mode combination: keep CI's set small
+    fused = fused and rounding in ("nearest", "stochastic")
     p = torch.nn.Parameter(p0.clone())
-    opt = hopt.SGD([p], lr=lr, weight=wfmt, accumulator=afmt, rounding=rounding, overflow=overflow, seed=seed)
+    opt = hopt.SGD([p], lr=lr, weight=wfmt, accumulator=afmt, rounding=rounding, overflow=overflow, seed=seed,
+                   fused=fused)
+    opt.fused_min_numel = 0
     for g in grads:
         p.grad = g.clone()
         opt.step()
@@ -181,6 +185,40 @@ def test_value_to_code_float_matches_fraction_reference(wl, fl, signed, rounding
     got = value_to_code_float(x, fmt, Rounding.parse(rounding), Overflow.parse(overflow), u)
     want = [ref_code(v, wl, fl, signed, rounding, overflow, uu) for v, uu in zip(x.tolist(), u.tolist(), strict=True)]
     assert got.tolist() == want
+
+
+FUSED_CASES = [
+    # (optimizer, hyperparameters, precision): every rounding once, both overflows,
+    # weight + accumulator and weight-only, float32 and float64 parameters
+    ("sgd", dict(lr=0.05, momentum=0.9), dict(weight="fx10.6", accumulator="fx20.14", rounding="nearest")),
+    ("sgd", dict(lr=0.3, maximize=True), dict(weight="ufx6.3", accumulator="ufx12.8", rounding="floor",
+                                              overflow="wrap")),
+    ("adam", dict(lr=0.02), dict(weight="fx8.5", rounding="stochastic", seed=5, state="fx24.20")),
+    ("adagrad", dict(lr=0.1), dict(weight="fx8.4", accumulator="fx16.12", rounding="stochastic",
+                                   weight_rounding="nearest", seed=9)),
+    ("rmsprop", dict(lr=0.01), dict(weight="fx6.3", accumulator="fx12.9", rounding="zero", overflow="wrap")),
+    ("signsgd", dict(lr=0.01), dict(accumulator="fx12.8", rounding="nearest_away")),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,hyper,prec", FUSED_CASES)
+def test_fused_numba_tail_equals_torch_ops(name, hyper, prec, dtype):
+    x, y = data(dtype=dtype)
+    runs = []
+    for fused in (False, True):
+        model = small_model(dtype=dtype)
+        opt = hopt.OPTIMIZERS[name](model.parameters(), **hyper, **prec, fused=fused)
+        opt.fused_min_numel = 0  # fuse even these small tensors
+        tel = []
+        for i in range(12):
+            train(model, opt, 1, x, y, start=i)
+            tel.append(opt.telemetry)
+        runs.append((flat(model), [opt.state[p]["accumulator"] for p in model.parameters()], tel))
+    (w0, a0, t0), (w1, a1, t1) = runs
+    assert torch.equal(w0, w1) and torch.equal(torch.signbit(w0), torch.signbit(w1))  # -0.0 too
+    assert all(torch.equal(a, b) for a, b in zip(a0, a1, strict=True))
+    assert t0 == t1
 
 
 def test_grad_state_update_formats_are_applied():
@@ -261,6 +299,16 @@ def test_telemetry_float_stall_in_low_precision_dtype():
     p.grad = torch.tensor([1e-4, 1e-4, 0.5, 0.0], dtype=torch.bfloat16)
     opt.step()
     assert opt.telemetry[0]["stall_fraction"] == pytest.approx(2 / 3)
+
+
+def test_low_precision_dtypes_take_the_torch_path():
+    """bfloat16 / float16 parameters (no NumPy view) run the torch ops even with fused=True."""
+    for dtype in (torch.bfloat16, torch.float16):
+        p = torch.nn.Parameter(torch.zeros(1 << 15, dtype=dtype))
+        opt = hopt.SGD([p], lr=0.5, weight="fx8.4", accumulator="fx16.12", fused=True)
+        p.grad = torch.ones(1 << 15, dtype=dtype)
+        opt.step()
+        assert bool((p == -0.5).all()) and opt.telemetry[0]["stall_fraction"] == 0.0
 
 
 def test_telemetry_off():
@@ -418,3 +466,41 @@ def test_sparse_gradient_rejected():
     p.grad = torch.zeros(3).to_sparse()
     with pytest.raises(ValueError, match="sparse"):
         opt.step()
+
+
+def test_sign_error_lms_is_sgd_on_the_l1_loss():
+    """Documented in SignSGD: sign-error LMS, w += mu sign(e) x, is SGD on |e|."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    d = x @ torch.tensor([0.5, -0.25, 0.125, 1.0], dtype=torch.float64)
+    model = torch.nn.Linear(4, 1, bias=False).to(torch.float64)
+    torch.nn.init.zeros_(model.weight)
+    opt = hopt.SGD(model.parameters(), lr=2**-6, weight="fx16.10")
+    w = torch.zeros(4, dtype=torch.float64)
+    for n in range(50):
+        opt.zero_grad()
+        (d[n] - model(x[n : n + 1])[0, 0]).abs().backward()
+        opt.step()
+        e = d[n] - w @ x[n]
+        w = torch.round((w + 2**-6 * torch.sign(e) * x[n]) * 2**10) / 2**10
+        assert torch.equal(model.weight.detach()[0], w)
+
+
+@pytest.mark.gpu
+def test_cuda_torch_path_equals_cpu_fused_path():
+    """Same gradients in, same bits out: the torch ops on CUDA (counter noise
+    included) against the fused Numba tail on the CPU."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(300, generator=g) for _ in range(10)]
+    results = []
+    for device in ("cpu", "cuda"):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 300, device=device))
+        opt = hopt.Adam([p], lr=1e-2, weight="fx12.8", accumulator="fx24.18", state="fx24.20",
+                        rounding="stochastic", seed=3)
+        for grad in grads:
+            p.grad = grad.to(device)
+            opt.step()
+        results.append((p.detach().cpu(), opt.state[p]["accumulator"].cpu(), opt.telemetry))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+    assert results[0][2] == results[1][2]

@@ -84,13 +84,40 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             draws a fresh seed (stored in the param groups, hence in
             ``state_dict()``).
         telemetry: compute :attr:`telemetry` after each step.
+        fused: ``None`` or ``True``: for CPU tensors (of at least
+            ``fused_min_numel`` = 16384 elements), run the accumulate /
+            re-quantize / telemetry tail as one Numba pass
+            (:mod:`hwsim.optim.fused`); ``False``: torch ops only (any device).
+            The results are identical bit for bit.
 
     Every precision argument can also be set per param group.
+
+    Attributes:
+        telemetry: after each ``step()``, a list with one dict per param group
+            (empty with ``telemetry=False``):
+
+            - ``stall_fraction``: of the nonzero updates the rule produced, the
+              fraction that changed nothing — rounded to zero on the accumulator
+              grid (or on the weight grid without an accumulator; for float
+              weights, too small to change the float);
+            - ``saturation_fraction``: the fraction of weights whose accumulator
+              or weight code sits at its format's min or max;
+            - ``median_update_lsb``: the median |update| over the nonzero
+              updates, in LSBs of the accumulator (else of the weight) format;
+              from a strided sample of at most 4096 elements per tensor; NaN for
+              float weights or when no update is nonzero.
+
+            Counts are exact; everything is gathered with one host sync per
+            group (inside the fused kernel on the CPU).
     """
 
     rule: Rule
+    # below this many elements the parallel kernel's thread start-up costs more
+    # than the torch ops it replaces
+    fused_min_numel: int = 1 << 14
 
-    def __init__(self, params, defaults: dict[str, Any], precision: dict[str, Any], telemetry: bool = True):
+    def __init__(self, params, defaults: dict[str, Any], precision: dict[str, Any], telemetry: bool = True,
+                 fused: bool | None = None):
         unknown = set(precision) - set(PRECISION_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown precision argument(s) {sorted(unknown)}; allowed: {sorted(PRECISION_DEFAULTS)}")
@@ -99,6 +126,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if merged["seed"] is None:
             merged["seed"] = fresh_seed() >> 1  # non-negative int64, fits any checkpoint format
         self.telemetry_enabled = bool(telemetry)
+        self.fused = fused is None or bool(fused)
         self.telemetry: list[dict[str, float]] = []
         super().__init__(params, {**defaults, **merged})
 
@@ -143,12 +171,20 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             return uniforms(mix_seed(seed, step, index, stream), like)
 
         def quantize(x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
-            if not bool(torch.isfinite(x).all()):
+            if not _all_finite(x):
                 _raise_non_finite(x, stream, p, index)
             u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
             return value_to_code_float(x, fmt, rounding, prec.overflow, u).mul_(fmt.lsb)
 
-        grad = p.grad.to(dtype)
+        fusable = (self.fused and p.device.type == "cpu" and p.numel() >= self.fused_min_numel
+                   and p.is_contiguous() and prec.target is not None and p.dtype in _FUSED_DTYPES)
+        direct = None
+        if (prec.grad is None and prec.update is None and fusable and self.rule.direct is not None
+                and p.grad.dtype in _FUSED_DTYPES):
+            # a stateless rule on the raw gradient: the fused kernel converts it to
+            # float64 and scales it element by element (same bits, two passes fewer)
+            direct = self.rule.direct(p.grad, group)
+        grad = p.grad.to(dtype) if direct is None else p.grad
         if prec.grad is not None:
             grad = quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"])
 
@@ -171,6 +207,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             state[name] = value
             return value
 
+        if direct is not None:
+            self._accumulate_fused(p, direct.numerator, direct.scale, state, prec, seed, step, index, counts)
+            return
         step_ = self.rule.update(grad, weight, state, group, step, store)
         if target is None and prec.update is None and dtype == p.dtype:
             # float weights: torch.optim's own in-place ops, bit for bit
@@ -186,13 +225,18 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if prec.update is not None:
             update = quantize(update, prec.update, prec.update_rounding, STREAM["update"])
         if target is None:
+            if not _all_finite(update):
+                _raise_non_finite(update, STREAM["update"], p, index)
             new = p + update.to(p.dtype)
             if counts is not None:
                 counts.add_float(raw_update, new == p)
             p.copy_(new)
             return
 
-        if not bool(torch.isfinite(update).all()):
+        if fusable:
+            self._accumulate_fused(p, update, 1.0, state, prec, seed, step, index, counts)
+            return
+        if not _all_finite(update):
             _raise_non_finite(update, STREAM["update"], p, index)
         rounding = prec.target_rounding
         u = noise(STREAM["accumulator"], update) if rounding == Rounding.STOCHASTIC else None
@@ -209,13 +253,36 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             wr = prec.weight_rounding
             uw = noise(STREAM["weight"], acc) if wr == Rounding.STOCHASTIC else None
             weight_codes = scaled_to_code_float(acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True)
-            p.copy_(weight_codes.mul_(w.lsb))
-            if counts is not None:
-                weight_codes.mul_(2.0**w.fl)  # back to codes for the saturation count
+            torch.mul(weight_codes, w.lsb, out=p.data).add_(0.0)  # codes have no -0: nor do weights
         else:
-            p.copy_(acc * target.lsb)
+            torch.mul(acc, target.lsb, out=p.data).add_(0.0)
         if counts is not None:
             counts.add_fixed(raw_update, delta, acc, target, weight_codes, prec.weight)
+
+    def _accumulate_fused(self, p, update, scale, state, prec, seed, step, index, counts) -> None:
+        """The accumulate/re-quantize tail in one Numba pass (same bits); the
+        update is ``float64(update) * scale`` element by element."""
+        from hwsim.optim.fused import accumulate_kernel
+
+        target = prec.target
+        has_weight = prec.accumulator is not None and prec.weight is not None
+        w = prec.weight if has_weight else target
+        ar, wr = prec.target_rounding, prec.weight_rounding
+        kernel = accumulate_kernel(int(ar), int(wr), int(prec.overflow), has_weight,
+                                   ar == Rounding.STOCHASTIC, has_weight and wr == Rounding.STOCHASTIC)
+        acc = state["accumulator"]
+        nonzero, stalled, saturated, bad = kernel(
+            update.detach().contiguous().reshape(-1).numpy(), float(scale), acc.reshape(-1).numpy(),
+            p.data.reshape(-1).numpy(),
+            2.0**target.fl, target.lsb, 2.0 ** (target.wl - target.fl), target.min_code, target.max_code,
+            2.0**w.fl, w.lsb, 2.0 ** (w.wl - w.fl), w.min_code, w.max_code,
+            _int64(mix_seed(seed, step, index, STREAM["accumulator"])),
+            _int64(mix_seed(seed, step, index, STREAM["weight"])),
+        )
+        if bad:
+            _raise_non_finite(update.to(torch.float64) * scale, STREAM["update"], p, index)
+        if counts is not None:
+            counts.add_counts(update, scale, nonzero, stalled, saturated)
 
     # -- checkpoints ----------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -243,12 +310,26 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         return None if acc is None else acc.to(torch.int64)
 
 
+_FUSED_DTYPES = (torch.float32, torch.float64)  # what the Numba kernel reads and writes
+
+
+def _int64(seed: int) -> int:
+    """A 64-bit seed as the signed int Numba takes (same bits)."""
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """One read-only pass: a finite sum proves every element finite; only a
+    non-finite sum (NaN/Inf inside, or an overflowing sum) pays the exact check."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def _codes(x, fmt, rounding, overflow, noise, stream, p, index):
     x = x.to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         _raise_non_finite(x, stream, p, index)
     u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
-    return value_to_code_float(x, fmt, rounding, overflow, u)
+    return value_to_code_float(x, fmt, rounding, overflow, u).add_(0.0)  # integer codes: no -0
 
 
 _STREAM_NAMES = {v: k for k, v in STREAM.items()}
@@ -288,6 +369,13 @@ class _Counts:
         flat = update.reshape(-1)
         stride = max(1, flat.numel() // MEDIAN_SAMPLE)
         self.samples.append(flat[::stride])
+
+    def add_counts(self, update, scale: float, nonzero: int, stalled: int, saturated: int) -> None:
+        self.counts.append(torch.tensor([nonzero, stalled, saturated]))
+        self.numel += update.numel()
+        flat = update.reshape(-1)
+        stride = max(1, flat.numel() // MEDIAN_SAMPLE)
+        self.samples.append(flat[::stride].to(torch.float64) * scale)
 
     def summary(self, target) -> dict[str, float]:
         result = {"stall_fraction": 0.0, "saturation_fraction": 0.0, "median_update_lsb": math.nan}

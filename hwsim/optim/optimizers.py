@@ -5,7 +5,8 @@ precision pipeline is :class:`hwsim.optim.base.QuantizedOptimizer`'s.
 Every optimizer also takes the keyword-only precision arguments ``weight,
 accumulator, grad, state, update`` (formats: a ``FixedPoint``, a string like
 ``"fx16.12"``, or ``None`` for float), ``rounding`` and the per-tensor
-``<tensor>_rounding`` overrides, ``overflow``, ``seed`` and ``telemetry``; see
+``<tensor>_rounding`` overrides, ``overflow``, ``seed``, ``telemetry`` and
+``fused`` (torch's name: one Numba pass for CPU tensors, same results); see
 :class:`~hwsim.optim.base.QuantizedOptimizer`.
 """
 
@@ -50,7 +51,7 @@ class SGD(QuantizedOptimizer):
     >>> w.grad = torch.tensor([1.0, -0.3, 0.01])
     >>> opt.step()
     >>> w.tolist(), opt.telemetry[0]["stall_fraction"]  # 0.001 lands in the accumulator
-    ([-0.125, 0.0, -0.0], 0.0)
+    ([-0.125, 0.0, 0.0], 0.0)
     """
 
     rule = rules.SGD_RULE
@@ -62,7 +63,7 @@ class SGD(QuantizedOptimizer):
                  weight_rounding: str | None = None, accumulator_rounding: str | None = None,
                  grad_rounding: str | None = None, state_rounding: str | None = None,
                  update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True):
+                 telemetry: bool = True, fused: bool | None = None):
         _check_lr(lr)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight_decay", weight_decay)
@@ -70,7 +71,7 @@ class SGD(QuantizedOptimizer):
                "Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize)
-        super().__init__(params, defaults, _precision(locals()), telemetry)
+        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
 
 
 class SignSGD(QuantizedOptimizer):
@@ -96,11 +97,11 @@ class SignSGD(QuantizedOptimizer):
                  weight_rounding: str | None = None, accumulator_rounding: str | None = None,
                  grad_rounding: str | None = None, state_rounding: str | None = None,
                  update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True):
+                 telemetry: bool = True, fused: bool | None = None):
         _check_lr(lr)
         _check_nonneg("weight_decay", weight_decay)
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, _precision(locals()), telemetry)
+        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
 
 
 class Adam(QuantizedOptimizer):
@@ -130,7 +131,7 @@ class Adam(QuantizedOptimizer):
                  weight_rounding: str | None = None, accumulator_rounding: str | None = None,
                  grad_rounding: str | None = None, state_rounding: str | None = None,
                  update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True):
+                 telemetry: bool = True, fused: bool | None = None):
         _check_lr(lr)
         _check_nonneg("epsilon", eps)
         _check_nonneg("weight_decay", weight_decay)
@@ -138,7 +139,7 @@ class Adam(QuantizedOptimizer):
         _check(0.0 <= betas[1] < 1.0, f"Invalid beta parameter at index 1: {betas[1]!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, _precision(locals()), telemetry)
+        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
 
 
 class AdaGrad(QuantizedOptimizer):
@@ -162,7 +163,7 @@ class AdaGrad(QuantizedOptimizer):
                  weight_rounding: str | None = None, accumulator_rounding: str | None = None,
                  grad_rounding: str | None = None, state_rounding: str | None = None,
                  update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True):
+                 telemetry: bool = True, fused: bool | None = None):
         _check_lr(lr)
         _check_nonneg("lr_decay", lr_decay)
         _check_nonneg("weight_decay", weight_decay)
@@ -170,7 +171,7 @@ class AdaGrad(QuantizedOptimizer):
         _check_nonneg("epsilon", eps)
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize)
-        super().__init__(params, defaults, _precision(locals()), telemetry)
+        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
 
 
 class RMSProp(QuantizedOptimizer):
@@ -197,7 +198,7 @@ class RMSProp(QuantizedOptimizer):
                  weight_rounding: str | None = None, accumulator_rounding: str | None = None,
                  grad_rounding: str | None = None, state_rounding: str | None = None,
                  update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True):
+                 telemetry: bool = True, fused: bool | None = None):
         _check_lr(lr)
         _check_nonneg("epsilon", eps)
         _check_nonneg("momentum", momentum)
@@ -205,7 +206,7 @@ class RMSProp(QuantizedOptimizer):
         _check(0.0 <= alpha <= 1.0 if isinstance(alpha, (int, float)) else False, f"Invalid alpha value: {alpha!r}")
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, maximize=maximize)
-        super().__init__(params, defaults, _precision(locals()), telemetry)
+        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
 
 
 _PRECISION_ARGS = ("weight", "accumulator", "grad", "state", "update", "rounding", "weight_rounding",

@@ -58,10 +58,26 @@ class Step(NamedTuple):
 
 
 class Rule(NamedTuple):
-    """An update rule and the names of the state tensors it keeps."""
+    """An update rule, the names of the state tensors it keeps, and optionally
+    ``direct(raw_grad, group) -> Step | None``: the rule's :class:`Step` on the
+    unconverted gradient when it needs no state and no arithmetic beyond one
+    scale (the fused kernel then reads the gradient itself)."""
 
     update: Callable
     state_names: tuple[str, ...]
+    direct: Callable | None = None
+
+
+def _sgd_direct(grad, group) -> Step | None:
+    if group["momentum"] != 0 or group["weight_decay"] != 0:
+        return None
+    return Step(grad, group["lr"] if group["maximize"] else -group["lr"])
+
+
+def _sign_direct(grad, group) -> Step | None:
+    if group["weight_decay"] != 0:
+        return None
+    return Step(torch.sign(grad), group["lr"] if group["maximize"] else -group["lr"])
 
 
 def _coupled_decay(grad, weight, group):
@@ -158,8 +174,8 @@ def rmsprop(grad, weight, state, group, step, store: Store) -> Step:
     return Step(grad, -group["lr"], avg)
 
 
-SGD_RULE = Rule(sgd, ("momentum_buffer",))
-SIGN_SGD_RULE = Rule(sign_sgd, ())
+SGD_RULE = Rule(sgd, ("momentum_buffer",), _sgd_direct)
+SIGN_SGD_RULE = Rule(sign_sgd, (), _sign_direct)
 ADAM_RULE = Rule(adam, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
 ADAGRAD_RULE = Rule(adagrad, ("sum",))
 RMSPROP_RULE = Rule(rmsprop, ("square_avg", "grad_avg", "momentum_buffer"))

@@ -1,0 +1,145 @@
+"""Optimizer step time: hwsim.optim vs torch.optim and qtorch's OptimLP.
+
+    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5]
+
+One ``nn.Linear`` with about ``--params`` parameters (float32), a fixed random
+gradient, and the time of ``optimizer.step()`` alone (best of ``--repeat``
+rounds of ``--steps`` steps, the rounds interleaved across the optimizers of a
+rule), as a ratio to the torch optimizer with the same rule and to qtorch's
+OptimLP (SGD, SGD with momentum, Adam). "fixed, torch ops" is the torch path
+(``fused=False``: what runs on a GPU) on the CPU. Fixed-point rows use weight fx16.12, accumulator fx24.20, gradient
+fx16.12 and (Adam, AdaGrad, RMSProp, momentum) state fx24.20 / ufx32.30;
+qtorch's OptimLP gets the same formats with its fixed-point quantizers. All
+rows are measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _timing import print_table  # noqa: E402
+
+import hwsim.optim as hopt  # noqa: E402
+
+FIXED = dict(weight="fx16.12", accumulator="fx24.20", grad="fx16.12")
+ADAM_STATE = {"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"}
+
+
+def make_params(n: int) -> list[torch.nn.Parameter]:
+    side = int(math.sqrt(n))
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(side, side)
+    params = list(layer.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-2
+    return params
+
+
+def interleaved_times(makers: dict, n: int, steps: int, repeat: int) -> dict[str, float]:
+    """Seconds per ``step()`` of each optimizer, best of ``repeat`` rounds; the
+    rounds alternate between the optimizers, so load on a shared machine hits
+    them alike and the ratios stay meaningful."""
+    opts = {}
+    for name, make in makers.items():
+        opts[name] = make(make_params(n))
+        for _ in range(2):  # warm-up: lazy state, JIT
+            opts[name].step()
+    best = dict.fromkeys(opts, math.inf)
+    for _ in range(repeat):
+        for name, opt in opts.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                opt.step()
+            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
+    return best
+
+
+def qtorch_optims():
+    try:
+        from qtorch import FixedPoint
+        from qtorch.optim import OptimLP
+        from qtorch.quant import quantizer
+    except Exception as err:  # pragma: no cover - peer missing
+        print(f"qtorch unavailable ({err}); skipping its rows")
+        return {}
+    w = quantizer(forward_number=FixedPoint(16, 12), forward_rounding="nearest")
+    a = quantizer(forward_number=FixedPoint(24, 20), forward_rounding="nearest")
+    g = quantizer(forward_number=FixedPoint(16, 12), forward_rounding="nearest")
+    m = quantizer(forward_number=FixedPoint(24, 20), forward_rounding="nearest")
+    return {
+        "sgd": lambda ps: OptimLP(torch.optim.SGD(ps, lr=0.01), weight_quant=w, grad_quant=g, acc_quant=a),
+        "sgd_momentum": lambda ps: OptimLP(torch.optim.SGD(ps, lr=0.01, momentum=0.9), weight_quant=w,
+                                           grad_quant=g, acc_quant=a, momentum_quant=m),
+        "adam": lambda ps: OptimLP(torch.optim.Adam(ps, lr=1e-3), weight_quant=w, grad_quant=g, acc_quant=a,
+                                   momentum_quant=m),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--params", type=int, default=1_000_000)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    n, steps, repeat = args.params, args.steps, args.repeat
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{sum(p.numel() for p in make_params(n))} parameters, float32")
+
+    torch_makers = {
+        "sgd": lambda ps: torch.optim.SGD(ps, lr=0.01),
+        "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
+        "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
+        "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=1e-2),
+        "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-2),
+    }
+    torch_makers["signsgd"] = torch_makers["sgd"]  # torch has no sign SGD: compare with SGD
+    qt = qtorch_optims()
+    cases = [
+        ("sgd", "SGD", dict(lr=0.01)),
+        ("sgd_momentum", "SGD", dict(lr=0.01, momentum=0.9)),
+        ("signsgd", "SignSGD", dict(lr=1e-3)),
+        ("adam", "Adam", dict(lr=1e-3)),
+        ("adagrad", "AdaGrad", dict(lr=1e-2)),
+        ("rmsprop", "RMSProp", dict(lr=1e-2)),
+    ]
+    rows, refs = [], []
+    for key, cls_name, hyper in cases:
+        cls = getattr(hopt, cls_name)
+        state = ADAM_STATE if cls_name == "Adam" else ("ufx32.30" if cls_name in ("AdaGrad", "RMSProp") else "fx24.20")
+        makers = {"torch": torch_makers[key]}
+        if key in qt:
+            makers["qtorch"] = qt[key]
+        variants = [("float", {}), ("fixed", dict(FIXED, state=state))]
+        if key in ("sgd", "adam"):
+            variants += [("fixed, stochastic", dict(FIXED, state=state, rounding="stochastic", seed=0)),
+                         ("fixed, torch ops", dict(FIXED, state=state, fused=False))]
+        for label, prec in variants:
+            for telemetry in (False, True):
+                makers[(label, telemetry)] = (lambda ps, cls=cls, hyper=hyper, prec=prec, tel=telemetry:
+                                              cls(ps, **hyper, **prec, telemetry=tel))
+        times = interleaved_times(makers, n, steps, repeat)
+        name = f"{cls_name}{' momentum' if key == 'sgd_momentum' else ''}"
+        refs.append([f"torch {name}", times["torch"] * 1e3])
+        if "qtorch" in times:
+            refs.append([f"qtorch OptimLP {name}", times["qtorch"] * 1e3])
+        for label, _ in variants:
+            for telemetry in (False, True):
+                sec = times[(label, telemetry)]
+                q = times.get("qtorch")
+                rows.append([name, label, "on" if telemetry else "off", sec * 1e3, sec / times["torch"],
+                             (sec / q) if (q is not None and label.startswith("fixed")) else ""])
+    print_table(["optimizer", "formats", "telemetry", "ms/step", "x torch", "x qtorch OptimLP"], rows)
+    print()
+    print_table(["reference", "ms/step"], refs)
+
+
+if __name__ == "__main__":
+    main()
