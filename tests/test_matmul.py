@@ -159,13 +159,20 @@ def test_int32_kernel_equals_int64_kernel():
     rng = np.random.default_rng(4)
     a = rng.integers(-128, 128, size=(2, 33, 70)).astype(np.float64)
     b = rng.integers(-128, 128, size=(2, 70, 41)).astype(np.float64) / 4
-    for acc in (FixedPoint(16, 2), FixedPoint(31, 5), FixedPoint(13, 2, False)):
+    for acc in (FixedPoint(16, 2), FixedPoint(31, 5), FixedPoint(13, 2, False),
+                FixedPoint(30, 2, False), FixedPoint(31, 2, False)):
         for overflow in OVERFLOWS:
             narrow = hwsim.matmul(a, b, accumulator=acc, overflow=overflow, path="sequential")
             # an exact product format forces the int64 kernel, same arithmetic
             wide = hwsim.matmul(a, b, accumulator=acc, overflow=overflow, path="sequential",
                                 product=FixedPoint(62, 2))
             assert np.array_equal(narrow, wide)
+    # edge of the int32 kernel: 2^30 + 2^30 must saturate, not wrap in int32
+    for acc in ("ufx31.0", "fx31.0", "ufx30.0"):
+        fmt = FixedPoint.parse(acc)
+        got = hwsim.matmul(np.full((1, 3), 2.0**15), np.full((3, 1), 2.0**15), accumulator=acc,
+                           path="sequential")
+        assert got[0, 0] == fmt.max
 
 
 def test_batched_and_broadcast_leading_dims():
@@ -215,9 +222,15 @@ def test_integer_and_float32_inputs():
     assert np.array_equal(out, (a @ b).astype(np.float64))
 
 
-def test_zero_operands_give_zero():
+def test_zero_operands_and_empty_shapes():
     out = hwsim.matmul(np.zeros((2, 3)), np.ones((3, 4)) * 2.0**-100, accumulator="fx8.200")
     assert np.array_equal(out, np.zeros((2, 4)))
+    for path in ("auto", "sequential"):
+        for lib in (np, torch):
+            k0 = hwsim.matmul(lib.ones((2, 0)), lib.ones((0, 3)), accumulator="fx8.0", path=path)
+            assert tuple(k0.shape) == (2, 3) and float(abs(k0).max()) == 0.0
+            m0 = hwsim.matmul(lib.ones((0, 2)), lib.ones((2, 3)), accumulator="fx8.0", path=path)
+            assert tuple(m0.shape) == (0, 3)
 
 
 def test_errors_are_clear():
@@ -294,8 +307,10 @@ def test_saturate_equals_apytypes_where_nothing_saturates(seed, k, rounding, wa,
                                                           acc_fl):
     rng = np.random.default_rng(seed)
     a, b = on_grid(rng, (3, k), wa, fa), on_grid(rng, (k, 2), wb, fb)
-    # wide enough that no partial sum reaches the range: sum |a b| < 2^(wa+wb-2) k
-    acc = FixedPoint(min(62, wa + wb - fa - fb + acc_fl + k.bit_length() + 2), acc_fl)
+    # wide enough that no partial sum reaches the range: sum |a b| < 2^(wa+wb-2) k, and each
+    # product rounds to at most one LSB more (products below the LSB round to 0 or +-1 LSB)
+    acc_wl = max(wa + wb - fa - fb + acc_fl + k.bit_length() + 2, k.bit_length() + 2)
+    acc = FixedPoint(min(62, acc_wl), acc_fl)
     want = apytypes_matmul(a, b, fa, fb, wa, wb, acc, rounding, "saturate")
     got = hwsim.matmul(a, b, accumulator=acc, rounding=rounding, overflow="saturate")
     assert np.array_equal(codes_of(got, acc), want)

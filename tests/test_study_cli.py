@@ -220,3 +220,32 @@ def test_python_dash_m_entry_point(swept):
         text=True,
     )
     assert done.returncode == 0 and "20 ok, 16 failed" in done.stdout
+
+
+def test_a_changed_spec_shows_only_its_own_trials(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    small = SPEC.replace("fail = [false, true]", "fail = [false]").replace(
+        "seed = [0, 1]", "seed = [0]"
+    )
+    spec.write_text(small)
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["sweep", str(spec), "--out", str(out), "--workers", "0", "--no-progress", "--no-plot"]
+        )
+        == 0
+    )
+    spec.write_text(small.replace('weight = ["fx6.4", "fx10.8"]', 'weight = ["fx10.8"]'))
+    assert (
+        main(
+            ["sweep", str(spec), "--out", str(out), "--workers", "0", "--no-progress", "--no-plot"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "6 of 6 trials stored" in text and "(4 more stored trials belong to an earlier" in text
+    data = StudyData.load(out)
+    assert {r.config["weight"] for r in data.records} == {"fx10.8", None}
+    assert len(StudyData.load(out, all_trials=True).records) == 10

@@ -64,8 +64,7 @@ _DATA = []
 def classify(p: ClassifyParams) -> TrialResult:
     if not _DATA:
         _DATA.append(_digits())
-    acc = p.accumulator or FixedPoint(40, 37)
-    accuracy = train_softmax(acc, p.lr, grad=p.grad, weight=p.weight, epochs=p.epochs,
+    accuracy = train_softmax(p.accumulator, p.lr, grad=p.grad, weight=p.weight, epochs=p.epochs,
                              batch=p.batch_size, data=_DATA[0])
     return TrialResult(metrics={"test_accuracy": accuracy})
 
@@ -106,6 +105,8 @@ lr = [0.015625, 0.0078125]
 seed = [0]
 [baseline]
 accumulator = "float"
+weight = "float"
+grad = "float"
 [plot]
 metric = "test_accuracy"
 goal = "max"
@@ -230,3 +231,10 @@ def test_accumulator_prediction_and_cliff_in_report(acc_study):
     text = write_report(acc_study).read_text()
     assert "## Theory vs measurement: weight-accumulator precision" in text
     assert "| lr=0.015625 | 11 |" in text and "| lr=0.0078125 | 12 |" in text
+    # the float baseline costs the most; the cheapest Pareto config is fixed point
+    points = tp.pareto_points(data)
+    base = [p for p in points if p["role"] == "baseline"]
+    assert base and all(b["energy"] > max(p["energy"] for p in points if p["role"] == "grid") for b in base)
+    cheapest_front = min((p for p in points if p["front"]), key=lambda p: p["energy"])
+    assert cheapest_front["role"] == "grid"
+    assert "## Accuracy vs energy: Pareto-optimal configs" in text

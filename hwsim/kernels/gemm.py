@@ -9,7 +9,8 @@ Semantics: ../shared/DESIGN.md, "MAC-array GEMM". For every output element
     acc = overflow_C(acc + t)                  after every addition
 
 A shift > 0 rounds to a coarser grid (``shift_round_code``); a shift <= 0 is an
-exact left shift. The caller has checked that nothing here leaves int64.
+exact left shift (a multiple of 2^64 off under wrap, which is exact modulo
+2^wl). The caller has checked that nothing here leaves int64.
 
 The sequential kernel loops i, then k, then j over a row of accumulators (the
 output row itself), so the innermost loop is a SIMD integer multiply, add and
@@ -36,16 +37,15 @@ from hwsim.kernels.scalar import (
     shift_round_code,
 )
 
-# how a stage moves a code onto its grid (compile-time constants)
-STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2
-
 
 @functools.cache
-def sequential_gemm_kernel(rounding: int, overflow: int, product_stage: int, acc_stage: int):
+def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
     """kernel(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed) -> None
 
     A: (Bt, M, K), B: (Bt, K, N), out: (Bt, M, N), all int64 and C-contiguous.
-    ``product_stage`` is STAGE_NONE without a product format."""
+    Ten (rounding, overflow) pairs times product or not: 20 specializations
+    (each costs a compile on a cold cache); the shift direction is a
+    loop-invariant runtime branch inside ``shift_round_code``."""
     stochastic = rounding == STOCHASTIC
 
     @parallel_kernel
@@ -53,8 +53,6 @@ def sequential_gemm_kernel(rounding: int, overflow: int, product_stage: int, acc
         batches, rows, depth = A.shape
         cols = B.shape[2]
         total = batches * rows * cols
-        p_left = -p_shift if p_shift < 0 else 0
-        c_left = -c_shift if c_shift < 0 else 0
         for r in prange(batches * rows):
             b = r // rows
             i = r - b * rows
@@ -69,22 +67,17 @@ def sequential_gemm_kernel(rounding: int, overflow: int, product_stage: int, acc
                 brow = B[b, k]
                 for j in range(cols):
                     t = a * brow[j]
-                    if product_stage == STAGE_LEFT:
-                        t = apply_overflow(t << p_left, p_min, p_max, overflow)
-                    elif product_stage == STAGE_ROUND:
+                    if has_product:
                         u = 0.0
                         if stochastic:
                             u = counter_uniform(seed, 2 * k * total + base + j)
                         t = apply_overflow(shift_round_code(t, p_shift, rounding, u),
                                            p_min, p_max, overflow)
-                    if acc_stage == STAGE_LEFT:
-                        t = apply_overflow(t << c_left, c_min, c_max, overflow)
-                    else:
-                        u = 0.0
-                        if stochastic:
-                            u = counter_uniform(seed, (2 * k + 1) * total + base + j)
-                        t = apply_overflow(shift_round_code(t, c_shift, rounding, u),
-                                           c_min, c_max, overflow)
+                    u = 0.0
+                    if stochastic:
+                        u = counter_uniform(seed, (2 * k + 1) * total + base + j)
+                    t = apply_overflow(shift_round_code(t, c_shift, rounding, u),
+                                       c_min, c_max, overflow)
                     acc[j] = apply_overflow(acc[j] + t, c_min, c_max, overflow)
 
     return run
@@ -94,13 +87,14 @@ def sequential_gemm_kernel(rounding: int, overflow: int, product_stage: int, acc
 def reduce_codes_kernel(overflow: int):
     """kernel(sums, out, shift_left, c_min, c_max): out = overflow_C(sums << shift_left).
 
-    Finishes the BLAS fast path: ``sums`` are exact integer sums of products
-    (int64, wrapped modulo 2^64, which is harmless modulo 2^wl with wl <= 62)."""
+    Finishes the BLAS fast path: ``sums`` are exact integer sums of products,
+    as integral float64 (below 2^53) or int64 (wrapped modulo 2^64, harmless
+    modulo 2^wl with wl <= 62)."""
 
     @parallel_kernel
     def run(sums, out, shift_left, c_min, c_max):
         for i in prange(sums.size):
-            out[i] = apply_overflow(sums[i] << shift_left, c_min, c_max, overflow)
+            out[i] = apply_overflow(np.int64(sums[i]) << shift_left, c_min, c_max, overflow)
 
     return run
 
@@ -147,3 +141,108 @@ def narrow_gemm_kernel(overflow: int):
                 out[b, i, j] = acc[j]
 
     return run
+
+
+CHUNKS = 64  # parallel reductions: each chunk reduced serially, then the chunks
+
+
+ABS_MASK = np.int64(0x7FFFFFFFFFFFFFFF)
+EXP_ALL_ONES = np.int64(0x7FF0000000000000)  # |bits| at or above: Inf or NaN
+MANT_MASK = np.int64((1 << 52) - 1)
+IMPLICIT = np.int64(1 << 52)
+
+# The two scans below read float64 values through their int64 bit patterns:
+# integer max/shift/compare vectorize, while float max and trunc (under the
+# strict IEEE flags of hwsim.kernels.jit) do not (measured 30-90x slower).
+
+
+@parallel_kernel
+def abs_max_bits(bits):
+    """(bit pattern of the largest finite |x|, count of non-finite values), for
+    ``bits`` = float64 values viewed as int64 (|x| orders like its bits)."""
+    n = bits.size
+    tops = np.zeros(CHUNKS, dtype=np.int64)
+    bad = np.zeros(CHUNKS, dtype=np.int64)
+    step = (n + CHUNKS - 1) // CHUNKS
+    for c in prange(CHUNKS):
+        top, nb = np.int64(0), 0
+        for i in range(c * step, min(n, (c + 1) * step)):
+            a = bits[i] & ABS_MASK
+            finite = a < EXP_ALL_ONES
+            nb += 0 if finite else 1
+            top = max(top, a if finite else 0)
+        tops[c], bad[c] = top, nb
+    return tops.max(), bad.sum()
+
+
+@parallel_kernel
+def scale_to_grid(bits, out, fl):
+    """out = x * 2^fl as int64, exactly, from float64 bit patterns; the caller
+    ensures |x| 2^fl < 2^63. Returns (count of values not on the grid 2^-fl,
+    bitwise OR of all codes): the OR's trailing zeros say how much coarser the
+    grid may be."""
+    n = bits.size
+    offs = np.zeros(CHUNKS, dtype=np.int64)
+    ors = np.zeros(CHUNKS, dtype=np.int64)
+    step = (n + CHUNKS - 1) // CHUNKS
+    for c in prange(CHUNKS):
+        off, acc = 0, np.int64(0)
+        for i in range(c * step, min(n, (c + 1) * step)):
+            b = bits[i]
+            a = b & ABS_MASK
+            e = a >> 52
+            mant = a & MANT_MASK
+            m = mant | IMPLICIT if e > 0 else mant  # x = m 2^(max(e, 1) - 1075)
+            sh = max(e, np.int64(1)) - 1075 + fl
+            left = min(max(sh, np.int64(0)), np.int64(63))
+            right = min(max(-sh, np.int64(0)), np.int64(63))
+            code = (m << left) >> right
+            off += 1 if (code << right) != (m << left) else 0
+            code = -code if b < 0 else code
+            out[i] = code
+            acc |= code
+        offs[c], ors[c] = off, acc
+    total_or = np.int64(0)
+    for c in range(CHUNKS):
+        total_or |= ors[c]
+    return offs.sum(), total_or
+
+
+@parallel_kernel
+def shift_codes_stats(codes, shift):
+    """codes >>= shift in place (exact: all are multiples of 2^shift); returns
+    (max |code|, min code, max code)."""
+    n = codes.size
+    mags = np.zeros(CHUNKS, dtype=np.int64)
+    los = np.zeros(CHUNKS, dtype=np.int64)
+    his = np.zeros(CHUNKS, dtype=np.int64)
+    step = (n + CHUNKS - 1) // CHUNKS
+    for c in prange(CHUNKS):
+        mag, lo, hi = 0, 0, 0
+        for i in range(c * step, min(n, (c + 1) * step)):
+            code = codes[i] >> shift
+            codes[i] = code
+            mag = max(mag, abs(code))
+            lo = min(lo, code)
+            hi = max(hi, code)
+        mags[c], los[c], his[c] = mag, lo, hi
+    return mags.max(), los.min(), his.max()
+
+
+@parallel_kernel
+def code_stats(codes):
+    """(max |code|, min code, max code) of int64 ``codes`` (0s count)."""
+    n = codes.size
+    mags = np.zeros(CHUNKS, dtype=np.int64)
+    los = np.zeros(CHUNKS, dtype=np.int64)
+    his = np.zeros(CHUNKS, dtype=np.int64)
+    step = (n + CHUNKS - 1) // CHUNKS
+    for c in prange(CHUNKS):
+        mag, lo, hi = 0, 0, 0
+        for i in range(c * step, min(n, (c + 1) * step)):
+            code = codes[i]
+            mag = max(mag, abs(code))
+            lo = min(lo, code)
+            hi = max(hi, code)
+        mags[c], los[c], his[c] = mag, lo, hi
+    return mags.max(), los.min(), his.max()

@@ -14,6 +14,8 @@ Compilation is lazy (no signatures here), so importing hwsim compiles nothing.
 
 from __future__ import annotations
 
+import contextlib
+
 import numba
 
 JIT_FLAGS = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
@@ -34,3 +36,28 @@ def parallel_kernel(fn=None, **extra):
 
 
 prange = numba.prange
+
+
+# -- threads -----------------------------------------------------------------------
+
+SERIAL_BELOW = 1 << 22  # MACs: below this a GEMM-like kernel runs on one thread
+SERIAL_BELOW_ELEMENTWISE = 1 << 16  # elements: same for memory-bound elementwise kernels
+
+
+@contextlib.contextmanager
+def threads_for(work: int, serial_below: int = SERIAL_BELOW):
+    """Run Numba parallel kernels on one thread when ``work`` is small.
+
+    Waking the OpenMP pool costs more than small kernels do, and when torch's
+    own OpenMP threads are spinning after an op (training loops alternate
+    torch ops and these kernels) the two pools fight over the cores: a
+    64-100-10 MLP step ran 70x slower with both pools active on 2 cores."""
+    if work >= serial_below:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)

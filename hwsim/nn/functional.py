@@ -17,7 +17,12 @@ import torch.nn.functional as F
 
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops.matmul import batched_gemm_numpy, conv2d_on_codes
+from hwsim.ops.matmul import (
+    batched_gemm_numpy,
+    conv2d_on_codes,
+    grid_codes_numpy,
+    threads_for,
+)
 from hwsim.ops.quantize import quantize, to_codes
 from hwsim.torch_path import gemm as tg
 from hwsim.torch_path.core import apply_overflow, code_to_value
@@ -37,7 +42,8 @@ def quantize_tensor(x: torch.Tensor, fmt: FixedPoint | None, rounding: Rounding,
     if fmt is None:
         return x
     if backend == "numba":
-        out = quantize(x.detach().cpu().numpy(), fmt, rounding, overflow, seed=seed)
+        with threads_for(x.numel()):
+            out = quantize(x.detach().cpu().numpy(), fmt, rounding, overflow, seed=seed)
         return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
     return quantize(x.detach(), fmt, rounding, overflow, seed=seed)
 
@@ -80,6 +86,15 @@ class GemmConfig:
     backend: str
 
 
+def grid_codes(t: torch.Tensor, name: str, backend: str) -> tuple[torch.Tensor, int]:
+    """(int64 codes, fl) of a tensor on a grid: the Numba scan (codes on the
+    CPU) for the numba backend, torch ops on the tensor's device otherwise."""
+    if backend == "numba":
+        codes, fl = grid_codes_numpy(t.detach().cpu().numpy(), name)
+        return torch.from_numpy(codes), fl
+    return tg.grid_codes(t, name)
+
+
 def _run_gemm(ca, fa, cb, fb, cfg: GemmConfig) -> torch.Tensor:
     """MAC-array GEMM of int64 code tensors on cfg.backend; int64 codes on ca's device."""
     args = (cfg.accumulator, cfg.product, cfg.rounding, cfg.overflow, cfg.seed, "auto")
@@ -93,9 +108,9 @@ def gemm(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
     """a @ b through the MAC array (or in float), in a's dtype."""
     if cfg.accumulator is None:
         return a @ b
-    ca, fa = tg.grid_codes(a, "a")
-    cb, fb = tg.grid_codes(b, "b")
-    return code_to_value(_run_gemm(ca, fa, cb, fb, cfg), cfg.accumulator, a.dtype)
+    ca, fa = grid_codes(a, "a", cfg.backend)
+    cb, fb = grid_codes(b, "b", cfg.backend)
+    return code_to_value(_run_gemm(ca, fa, cb, fb, cfg), cfg.accumulator, a.dtype).to(a.device)
 
 
 def _add_bias_codes(codes, bias, cfg: GemmConfig, shape) -> torch.Tensor:
@@ -119,12 +134,12 @@ class MACLinearFunction(torch.autograd.Function):
         if forward.accumulator is None:
             y = F.linear(x2, w, b)
         else:
-            cx, fx = tg.grid_codes(x2, "the layer input")
-            cw, fw = tg.grid_codes(w.t(), "the weight")
+            cx, fx = grid_codes(x2, "the layer input", forward.backend)
+            cw, fw = grid_codes(w.t(), "the weight", forward.backend)
             codes = _run_gemm(cx, fx, cw, fw, forward)
             if b is not None:
                 codes = _add_bias_codes(codes, b, forward, (1, -1))
-            y = code_to_value(codes, forward.accumulator, x.dtype)
+            y = code_to_value(codes, forward.accumulator, x.dtype).to(x.device)
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     @staticmethod
@@ -168,13 +183,13 @@ class MACConv2dFunction(torch.autograd.Function):
         ctx.configs = (stride, padding, grad_input, grad_weight, b is not None)
         if forward.accumulator is None:
             return F.conv2d(x, w, b, stride, padding)
-        cx, fx = tg.grid_codes(x, "the layer input")
-        cw, fw = tg.grid_codes(w, "the weight")
+        cx, fx = grid_codes(x, "the layer input", forward.backend)
+        cw, fw = grid_codes(w, "the weight", forward.backend)
         ph, pw = padding
         codes = _conv_codes(cx, fx, cw, fw, stride, (ph, ph, pw, pw), forward)
         if b is not None:
             codes = _add_bias_codes(codes, b, forward, (1, -1, 1, 1))
-        return code_to_value(codes, forward.accumulator, x.dtype)
+        return code_to_value(codes, forward.accumulator, x.dtype).to(x.device)
 
     @staticmethod
     def backward(ctx, grad):
@@ -200,8 +215,8 @@ def _conv_grad_input(x_shape, w, grad, stride, padding, cfg: GemmConfig):
     _, c, kh, kw = w.shape
     sh, sw = stride
     ph, pw = padding
-    cg, fg = tg.grid_codes(grad, "the output gradient")
-    cw, fw = tg.grid_codes(w, "the weight")
+    cg, fg = grid_codes(grad, "the output gradient", cfg.backend)
+    cw, fw = grid_codes(w, "the weight", cfg.backend)
     dilated = torch.zeros((n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dtype=torch.int64,
                           device=cg.device)
     dilated[:, :, ::sh, ::sw] = cg
@@ -211,7 +226,7 @@ def _conv_grad_input(x_shape, w, grad, stride, padding, cfg: GemmConfig):
     extra_w = wd - ((wo - 1) * sw + kw - 2 * pw)
     pads = (kh - 1 - ph, kh - 1 - ph + extra_h, kw - 1 - pw, kw - 1 - pw + extra_w)
     codes = _conv_codes(dilated, fg, flipped, fw, (1, 1), pads, cfg)
-    return code_to_value(codes, cfg.accumulator, grad.dtype)
+    return code_to_value(codes, cfg.accumulator, grad.dtype).to(grad.device)
 
 
 def _conv_grad_weight(x, w_shape, grad, stride, padding, cfg: GemmConfig):
@@ -221,11 +236,11 @@ def _conv_grad_weight(x, w_shape, grad, stride, padding, cfg: GemmConfig):
     _, c, kh, kw = w_shape
     sh, sw = stride
     ph, pw = padding
-    cx, fx = tg.grid_codes(x, "the layer input")
-    cg, fg = tg.grid_codes(grad, "the output gradient")
+    cx, fx = grid_codes(x, "the layer input", cfg.backend)
+    cg, fg = grid_codes(grad, "the output gradient", cfg.backend)
     xp = F.pad(cx, (pw, pw, ph, ph))
     cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)[:, :, :ho, :wo]  # (N, C, Ho, Wo, kh, kw)
     cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
     gm = cg.permute(1, 0, 2, 3).reshape(o, n * ho * wo)
     codes = _run_gemm(gm.contiguous(), fg, cols.contiguous(), fx, cfg)
-    return code_to_value(codes, cfg.accumulator, grad.dtype).reshape(w_shape)
+    return code_to_value(codes, cfg.accumulator, grad.dtype).reshape(w_shape).to(grad.device)

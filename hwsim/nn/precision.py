@@ -32,8 +32,11 @@ class Precision:
     ``accumulator`` is the forward MAC array's accumulator,
     ``grad_activation_accumulator`` and ``grad_weight_accumulator`` those of
     the two backward GEMMs; ``product`` (optional) the format every product is
-    rounded to first, in all three GEMMs. A ``None`` accumulator means a float
-    GEMM.
+    rounded to first, in all three GEMMs (with that GEMM's accumulator
+    rounding). A ``None`` accumulator means a float GEMM. The bias is quantized
+    like the weight (``weight``/``grad_weight``) and, with an accumulator,
+    added into it as one more MAC step after the K products; its gradient is
+    the batch sum through the ``grad_weight_accumulator`` MAC array.
 
     ``rounding`` is the default of every tensor; ``<field>_rounding`` overrides
     it (``stochastic`` allowed anywhere). ``overflow`` applies to all. ``seed``

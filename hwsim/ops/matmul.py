@@ -14,10 +14,11 @@ import numpy as np
 
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FixedPoint
+from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import check_format, fresh_seed, is_torch, raise_non_finite_numpy
 
-STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # as hwsim.kernels.gemm
+STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # no grid change, exact left shift, rounding
 PATHS = ("auto", "sequential", "fast")
 EXACT_FLOAT = 1 << 53  # float64 holds every integer below this
 INT64_LIMIT = 1 << 63
@@ -111,26 +112,58 @@ def _stage(term_max: int, shift: int, fmt: FixedPoint, overflow: Overflow, what:
 
 def grid_codes_numpy(x, name: str) -> tuple[np.ndarray, int]:
     """(int64 codes, fl) with ``x == codes * 2^-fl`` exactly and the smallest such fl."""
+    codes, fl, _ = grid_codes_stats_numpy(x, name)
+    return codes, fl
+
+
+def grid_codes_stats_numpy(x, name: str):
+    """(codes, fl, (max |code|, min code, max code)); the stats come free with
+    the conversion kernel, and the planner needs them."""
+
     arr = np.asarray(x)
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
         raise ValueError(f"{name} must be a float or integer array, got dtype {arr.dtype}")
     if arr.dtype.kind in "iu":
         if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= INT64_LIMIT:
             raise CodeOverflowError(f"{name} holds integers past int64")
-        return np.ascontiguousarray(arr, dtype=np.int64), 0
+        codes = np.ascontiguousarray(arr, dtype=np.int64)
+        return codes, 0, None
     f = np.ascontiguousarray(arr, dtype=np.float64)
-    if not np.isfinite(f).all():
+    with threads_for(f.size):
+        return _grid_codes_float(f, name)
+
+
+def _grid_codes_float(f, name):
+    from hwsim.kernels import gemm as kg
+
+    bits = f.reshape(-1).view(np.int64)
+    top_bits, bad = kg.abs_max_bits(bits)
+    if bad:
         raise_non_finite_numpy(f)
+    if top_bits == 0:
+        return np.zeros(f.shape, dtype=np.int64), 0, (0, 0, 0)
+    # put the largest value just below 2^62, check every value lands on an
+    # integer, then coarsen the grid by the codes' common trailing zeros
+    top_exp = int(np.frexp(np.int64(top_bits).view(np.float64))[1])  # |x| < 2^top_exp
+    fl_fine = MAX_WL - top_exp
+    codes = np.empty(f.shape, dtype=np.int64)
+    off, ors = kg.scale_to_grid(bits, codes.reshape(-1), fl_fine)
+    if off:  # some value needs a finer grid than 62-bit codes allow
+        fl_need = _finest_fl(f)
+        _check_grid_span(max(top_exp + fl_need, MAX_WL + 1), fl_need, name)
+    tz = (int(ors) & -int(ors)).bit_length() - 1
+    stats = kg.shift_codes_stats(codes.reshape(-1), tz)
+    return codes, fl_fine - tz, tuple(int(v) for v in stats)
+
+
+def _finest_fl(f: np.ndarray) -> int:
+    """The smallest fl putting every value of float64 ``f`` on the grid 2^-fl
+    (slow; only used to word an error)."""
     nz = f[f != 0]
-    if nz.size == 0:
-        return np.zeros(f.shape, dtype=np.int64), 0
     m, e = np.frexp(nz)
     mant = np.ldexp(m, 53).astype(np.int64)
-    low = mant & -mant  # lowest set bit: a power of two
-    tz = np.frexp(low.astype(np.float64))[1] - 1
-    fl = int((53 - e - tz).max())
-    _check_grid_span(int(e.max()) + fl, fl, name)
-    return np.ldexp(f, fl).astype(np.int64), fl
+    tz = np.frexp((mant & -mant).astype(np.float64))[1] - 1
+    return int((53 - e - tz).max())
 
 
 def _check_grid_span(bits: int, fl: int, name: str) -> None:
@@ -144,18 +177,21 @@ def _check_grid_span(bits: int, fl: int, name: str) -> None:
 
 
 def operand_codes_numpy(x, fmt, name, rounding, overflow, seed):
+    """(codes, fl, stats or None) of an operand, quantized onto ``fmt`` if given."""
     if fmt is None:
-        return grid_codes_numpy(x, name)
+        return grid_codes_stats_numpy(x, name)
     from hwsim.ops.quantize import to_codes
 
-    return to_codes(np.asarray(x), fmt, rounding, overflow, seed=seed), fmt.fl
+    return to_codes(np.asarray(x), fmt, rounding, overflow, seed=seed), fmt.fl, None
 
 
 # -- the public functions ---------------------------------------------------------------
 
 
-def matmul(a, b, *, accumulator, product=None, rounding="nearest", overflow="saturate",
-           a_format=None, b_format=None, seed=None, path="auto"):
+def matmul(a, b, *, accumulator: FixedPoint | str, product: FixedPoint | str | None = None,
+           rounding: Rounding | str = "nearest", overflow: Overflow | str = "saturate",
+           a_format: FixedPoint | str | None = None, b_format: FixedPoint | str | None = None,
+           seed: int | None = None, path: str = "auto"):
     """``a @ b`` through a MAC array: exact products, each optionally quantized to
     ``product``, cast onto the ``accumulator`` grid and added one k at a time
     (k = 0 .. K-1) with the accumulator's overflow applied after every addition.
@@ -192,9 +228,11 @@ def matmul(a, b, *, accumulator, product=None, rounding="nearest", overflow="sat
     output.
 
     >>> import numpy as np, hwsim
-    >>> a = np.array([[1.0, 1.0, -1.0]]); b = np.array([[0.75], [0.75], [0.5]])
-    >>> hwsim.matmul(a, b, accumulator="fx4.2")   # 0.75, then 1.5 -> 1.75 (max), then 1.25
+    >>> a = np.array([[1.0, 1.0, 1.0, -1.0]]); b = np.array([[0.75], [0.75], [0.75], [0.5]])
+    >>> hwsim.matmul(a, b, accumulator="fx4.2")  # 0.75, 1.5, 2.25 -> 1.75 (max), 1.25
     array([[1.25]])
+    >>> hwsim.matmul(a, b, accumulator="fx8.2")  # wide: 1.75
+    array([[1.75]])
     """
     codes, acc = matmul_codes(a, b, accumulator=accumulator, product=product, rounding=rounding,
                               overflow=overflow, a_format=a_format, b_format=b_format, seed=seed,
@@ -217,13 +255,18 @@ def matmul_codes(a, b, *, accumulator, product=None, rounding="nearest", overflo
         ca, fa = tg.operand_codes(a, a_format, "a", rounding, overflow, _sub(seed, 1))
         cb, fb = tg.operand_codes(b, b_format, "b", rounding, overflow, _sub(seed, 2))
         return tg.batched_gemm(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path), acc
-    ca, fa = operand_codes_numpy(a, a_format, "a", rounding, overflow, _sub(seed, 1))
-    cb, fb = operand_codes_numpy(b, b_format, "b", rounding, overflow, _sub(seed, 2))
-    return batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path), acc
+    ca, fa, sa = operand_codes_numpy(a, a_format, "a", rounding, overflow, _sub(seed, 1))
+    cb, fb, sb = operand_codes_numpy(b, b_format, "b", rounding, overflow, _sub(seed, 2))
+    codes = batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path,
+                               stats=(sa, sb))
+    return codes, acc
 
 
-def conv2d(x, w, *, stride=1, padding=0, accumulator, product=None, rounding="nearest",
-           overflow="saturate", x_format=None, w_format=None, seed=None, path="auto"):
+def conv2d(x, w, *, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+           accumulator: FixedPoint | str, product: FixedPoint | str | None = None,
+           rounding: Rounding | str = "nearest", overflow: Overflow | str = "saturate",
+           x_format: FixedPoint | str | None = None, w_format: FixedPoint | str | None = None,
+           seed: int | None = None, path: str = "auto"):
     """2-D convolution (cross-correlation, NCHW, as ``torch.nn.functional.conv2d``)
     through the MAC array of :func:`matmul`.
 
@@ -262,8 +305,8 @@ def conv2d_codes(x, w, *, stride=1, padding=0, accumulator, product=None, roundi
         cx, fx = tg.operand_codes(x, x_format, "x", rounding, overflow, _sub(seed, 1))
         cw, fw = tg.operand_codes(w, w_format, "w", rounding, overflow, _sub(seed, 2))
     else:
-        cx, fx = operand_codes_numpy(x, x_format, "x", rounding, overflow, _sub(seed, 1))
-        cw, fw = operand_codes_numpy(w, w_format, "w", rounding, overflow, _sub(seed, 2))
+        cx, fx, _ = operand_codes_numpy(x, x_format, "x", rounding, overflow, _sub(seed, 1))
+        cw, fw, _ = operand_codes_numpy(w, w_format, "w", rounding, overflow, _sub(seed, 2))
     codes = conv2d_on_codes(cx, fx, cw, fw, (sh, sw), (ph, ph, pw, pw), acc, product, rounding,
                             overflow, seed, path)
     return codes, acc
@@ -318,27 +361,43 @@ def _pad_codes(cx, pads, torch_in):
 # -- the NumPy backend ----------------------------------------------------------------
 
 
-def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path):
+def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path,
+                       stats=(None, None)):
     """Codes of the MAC-array product of int64 code arrays ``ca`` (..., M, K) and
-    ``cb`` (..., K, N) with fractional lengths ``fa``, ``fb``."""
-    from hwsim.kernels import gemm as kg
-
+    ``cb`` (..., K, N) with fractional lengths ``fa``, ``fb``. ``stats``: the
+    operands' (max |code|, min, max) when already known."""
     ca, cb, squeeze, batch = _broadcast_operands(ca, cb, np)
     m, k = ca.shape[-2:]
     n = cb.shape[-1]
-    a3 = np.ascontiguousarray(np.broadcast_to(ca, batch + (m, k))).reshape(-1, m, k)
-    b3 = np.ascontiguousarray(np.broadcast_to(cb, batch + (k, n))).reshape(-1, k, n)
-    max_a = int(np.abs(a3).max()) if a3.size else 0
-    max_b = int(np.abs(b3).max()) if b3.size else 0
-    nonneg = _products_nonneg(a3, b3)
-    plan = plan_gemm(fa, fb, max_a, max_b, nonneg, acc, product, overflow)
+    bt = int(np.prod(batch, dtype=np.int64))
+    a3 = np.ascontiguousarray(np.broadcast_to(ca, batch + (m, k))).reshape(bt, m, k)
+    b3 = np.ascontiguousarray(np.broadcast_to(cb, batch + (k, n))).reshape(bt, k, n)
+    with threads_for(a3.shape[0] * m * n * max(k, 1)):
+        out = _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, stats)
+    return _squeeze(out.reshape(batch + (m, n)), squeeze)
+
+
+def _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, stats):
+    from hwsim.kernels import gemm as kg
+
+    m, k = a3.shape[1:]
+    n = b3.shape[2]
+    empty = a3.size == 0 or b3.size == 0
+    sa, sb = stats
+    sa = (0, 0, 0) if empty else sa or kg.code_stats(a3.reshape(-1))
+    sb = (0, 0, 0) if empty else sb or kg.code_stats(b3.reshape(-1))
+    nonneg = (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
+    plan = plan_gemm(fa, fb, int(sa[0]), int(sb[0]), nonneg, acc, product, overflow)
     out = np.empty((a3.shape[0], m, n), dtype=np.int64)
     if _use_fast(plan, path, k, overflow, lambda: _tight_bound_numpy(a3, b3)):
-        sums = np.zeros(out.shape, dtype=np.int64)
         fa3, fb3 = a3.astype(np.float64), b3.astype(np.float64)
-        for k0 in range(0, max(k, 1), plan.wrap_chunk if overflow == Overflow.WRAP else max(k, 1)):
-            k1 = min(k, k0 + plan.wrap_chunk) if overflow == Overflow.WRAP else k
-            sums += np.matmul(fa3[:, :, k0:k1], fb3[:, k0:k1, :]).astype(np.int64)
+        step = plan.wrap_chunk if overflow == Overflow.WRAP else max(k, 1)
+        if step >= k:
+            sums = np.matmul(fa3, fb3)  # integral float64, exact
+        else:
+            sums = np.zeros(out.shape, dtype=np.int64)
+            for k0 in range(0, k, step):
+                sums += np.matmul(fa3[:, :, k0:k0 + step], fb3[:, k0:k0 + step, :]).astype(np.int64)
         kg.reduce_codes_kernel(int(overflow))(sums.reshape(-1), out.reshape(-1), plan.left_shift,
                                               acc.min_code, acc.max_code)
     elif _narrow_ok(plan):
@@ -346,19 +405,19 @@ def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, p
         run(a3.astype(np.int32), (b3 << -plan.acc_shift).astype(np.int32), out, acc.min_code,
             acc.max_code)
     else:
-        run = kg.sequential_gemm_kernel(int(rounding), int(overflow), plan.product_stage,
-                                        plan.acc_stage)
+        run = kg.sequential_gemm_kernel(int(rounding), int(overflow), product is not None)
         p = product if product is not None else acc
         run(a3, b3, out, plan.product_shift, p.min_code, p.max_code, plan.acc_shift,
             acc.min_code, acc.max_code, np.uint64(_seed_bits(seed)))
-    out = out.reshape(batch + (m, n))
-    return _squeeze(out, squeeze)
+    return out
 
 
 def _narrow_ok(plan: GemmPlan) -> bool:
-    """True when the int32 kernel computes exactly what the int64 one does."""
+    """True when the int32 kernel computes exactly what the int64 one does: a
+    term and the accumulator each fit 31 bits, so their sum fits int32."""
     return (plan.product_stage == STAGE_NONE and plan.acc_stage == STAGE_LEFT
-            and plan.accumulator.wl <= 31 and (plan.max_product << -plan.acc_shift) < 1 << 31)
+            and plan.accumulator.wl <= (31 if plan.accumulator.signed else 30)
+            and (plan.max_product << -plan.acc_shift) < 1 << 31)
 
 
 def _tight_bound_numpy(a3, b3) -> float:
@@ -366,13 +425,6 @@ def _tight_bound_numpy(a3, b3) -> float:
     if a3.size == 0 or b3.size == 0:
         return 0.0
     return float(np.matmul(np.abs(a3).astype(np.float64), np.abs(b3).astype(np.float64)).max())
-
-
-def _products_nonneg(a3, b3) -> bool:
-    if a3.size == 0 or b3.size == 0:
-        return True
-    a_min, b_min = int(a3.min()), int(b3.min())
-    return (a_min >= 0 and b_min >= 0) or (int(a3.max()) <= 0 and int(b3.max()) <= 0)
 
 
 # -- shared helpers -------------------------------------------------------------------
@@ -470,4 +522,9 @@ def _codes_to_values(codes, acc: FixedPoint):
         from hwsim.torch_path.core import code_to_value
 
         return code_to_value(codes, acc)
-    return codes.astype(np.float64) * acc.lsb
+    from hwsim.kernels.quantize import codes_to_values
+
+    out = np.empty(codes.shape, dtype=np.float64)
+    with threads_for(codes.size):
+        codes_to_values(np.ascontiguousarray(codes).reshape(-1), out.reshape(-1), acc.lsb)
+    return out

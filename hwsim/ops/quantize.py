@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwsim.formats import FixedPoint
+from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import (
     check_format,
@@ -118,7 +119,8 @@ def from_codes(codes, fmt):
 
     flat = np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
     out = np.empty(flat.shape, dtype=np.float64)
-    codes_to_values(flat, out, fmt.lsb)
+    with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
+        codes_to_values(flat, out, fmt.lsb)
     return out.reshape(arr.shape)
 
 
@@ -156,8 +158,9 @@ def _run_numba(arr, out, fmt, rounding, overflow, seed, noise) -> None:
         noise_mode = kq.NOISE_SEED
     flat, out_flat = arr.reshape(-1), out.reshape(-1)
     run = kq.quantize_kernel(int(rounding), int(overflow), noise_mode, out.dtype == np.int64)
-    bad = run(flat, out_flat, 2.0**fmt.fl, fmt.lsb, 2.0 ** (fmt.wl - fmt.fl), fmt.min_code,
-              fmt.max_code, noise_flat, np.uint64(seed64))
+    with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
+        bad = run(flat, out_flat, 2.0**fmt.fl, fmt.lsb, 2.0 ** (fmt.wl - fmt.fl), fmt.min_code,
+                  fmt.max_code, noise_flat, np.uint64(seed64))
     if bad:
         raise_non_finite_numpy(arr)
 

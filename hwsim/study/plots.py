@@ -79,8 +79,16 @@ def register_overlay(plot: str) -> Callable[[OverlayFn], OverlayFn]:
     return deco
 
 
+# full labels of metrics whose name alone says too little
+LABELS = {
+    "weight_error_db": "weight error |w - w_opt|² / |w_opt|² (dB)",
+}
+
+
 def metric_label(metric: str) -> str:
     """Axis label with units: ``excess_mse_db`` -> ``excess MSE (dB)``."""
+    if metric in LABELS:
+        return LABELS[metric]
     unit = None
     for key, value in _UNITS.items():
         if metric.endswith(key) or metric == key:
@@ -111,20 +119,30 @@ class StudyData:
     spec: dict
     records: list[TrialRecord]
     plot: dict = field(init=False)
+    expected: int | None = field(init=False, default=None)  # trials in the spec
 
     def __post_init__(self) -> None:
         self.plot = dict(self.spec.get("plot", {}))
 
     @classmethod
-    def load(cls, folder: str | Path) -> StudyData:
+    def load(cls, folder: str | Path, *, all_trials: bool = False) -> StudyData:
+        """The results in ``folder``: the trials of the latest spec swept there
+        (trials of an earlier, different spec stay stored but are left out unless
+        ``all_trials``)."""
         with ResultsStore(folder, create=False) as store:
             spec = store.get_meta("spec")
+            hashes = store.get_meta("trial_hashes")
             records = store.records()
         if spec is None:
             raise ValueError(
                 f"{str(folder)!r} has no stored spec; was it written by `hwsim sweep`?"
             )
-        return cls(Path(folder), spec, records)
+        if hashes is not None and not all_trials:
+            wanted = set(hashes)
+            records = [r for r in records if r.hash in wanted]
+        data = cls(Path(folder), spec, records)
+        data.expected = len(hashes) if hashes is not None else None
+        return data
 
     # what the axes are
     @property
@@ -258,6 +276,41 @@ def series_label(series: tuple) -> str:
     return ", ".join(f"{k}={_fmt_value(v)}" for k, v in series) or "all trials"
 
 
+_LINESTYLES = ["-", "--", "-.", ":"]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+
+
+def series_sort_key(series: tuple) -> tuple:
+    """Sort key of series tuples (the legend order of the core plots)."""
+    return tuple((k, (str(type(v)), v if v is not None else 0)) for k, v in series)
+
+
+def series_style(data: StudyData, series: tuple) -> dict:
+    """Matplotlib style of a series' line: colour by the first series field, line
+    style and marker by the others (rounding x step reads as colour = rounding,
+    dashes = step). Plug-ins drawing per-series overlays use it to match colours:
+    ``ax.plot(x, y, color=series_style(data, series)["color"])``."""
+    fields = data.series_fields
+    grid = data.spec["grid"]
+    if not fields:
+        return {"color": plt.cm.tab10.colors[0], "marker": "o", "linestyle": "-"}
+    values = dict(series)
+    first = grid.get(fields[0], [values.get(fields[0])])
+    color = plt.cm.tab10.colors[_index(first, values.get(fields[0])) % 10]
+    rest = 0
+    for f in fields[1:]:
+        rest = rest * len(grid.get(f, [None])) + _index(grid.get(f, []), values.get(f))
+    return {"color": color, "linestyle": _LINESTYLES[rest % len(_LINESTYLES)],
+            "marker": _MARKERS[rest % len(_MARKERS)], "markersize": 5}  # fmt: skip
+
+
+def _index(values: list, value) -> int:
+    try:
+        return values.index(value)
+    except ValueError:
+        return 0
+
+
 def _overlays(name: str, ax, data: StudyData, panel: dict) -> None:
     for fn in OVERLAYS.get(name, []):
         fn(ax, data, panel)
@@ -282,46 +335,73 @@ def _metric_vs_bits(data: StudyData, metric: str, name: str, title: str):
     pts = data.points(metric)
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(7.0, 4.6))
-    colors = plt.cm.tab10.colors
-    for i, (series, by_bits) in enumerate(sorted(pts.items(), key=lambda kv: str(kv[0]))):
+    fig, ax = plt.subplots(figsize=(7.4, 4.8))
+    for series, by_bits in sorted(pts.items(), key=lambda kv: series_sort_key(kv[0])):
         xs = sorted(b for b in by_bits if b is not None)
         if not xs:
             continue
         mean = [by_bits[b].mean for b in xs]
         low = [by_bits[b].low for b in xs]
         high = [by_bits[b].high for b in xs]
-        color = colors[i % len(colors)]
+        style = series_style(data, series)
         nseeds = max(len(by_bits[b].values) for b in xs)
-        ax.plot(xs, mean, "o-", color=color, label=series_label(series))
+        ax.plot(xs, mean, label=series_label(series), **style)
         if nseeds > 1:
-            ax.fill_between(xs, low, high, color=color, alpha=0.18, linewidth=0)
+            ax.fill_between(xs, low, high, color=style["color"], alpha=0.15, linewidth=0)
         if None in by_bits:  # "float" was one of the grid's values: a per-series reference
-            ref = by_bits[None].mean
-            ax.axhline(
-                ref,
-                color=color,
-                linestyle=":",
-                linewidth=1.2,
-                label=f"{series_label(series)}, float",
-            )
-    base = data.points(metric, role="baseline")
-    base_vals = [v for by_bits in base.values() for p in by_bits.values() for v in p.values]
-    if base_vals:
-        ref = statistics.fmean(base_vals)
-        ax.axhline(
-            ref, color="black", linestyle="--", linewidth=1.2, label=f"float baseline ({ref:.4g})"
-        )
+            ax.axhline(by_bits[None].mean, color=style["color"], linestyle=":", linewidth=1.2,
+                       label=f"{series_label(series)}, float")  # fmt: skip
+    for label, style, ref in baselines(data, metric):
+        ax.axhline(ref, color="black", linewidth=1.2, label=f"{label} ({ref:.4g})", **style)
     ax.set_xlabel(data.bits_label())
     ax.set_ylabel(metric_label(metric))
-    lr_note = f"; best {data.lr_field} per point" if data.lr_field else ""
+    lr_note = (
+        f"; best {data.lr_field} per point"
+        if data.lr_field and data.lr_field not in data.series_fields
+        else ""
+    )
     ax.set_title(f"{title}\n(mean over seeds, band = min..max{lr_note})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
     _overlays(name, ax, data, {"metric": metric, "series": None})
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    fig.tight_layout()
+    _legend(fig, ax)
     return fig
+
+
+def _legend(fig, ax) -> None:
+    """Inside the axes when short; beside them (never over the data) when long."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) <= 5:
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+        fig.tight_layout()
+        return
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 3.2, height)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+
+
+def baselines(data: StudyData, metric: str) -> list[tuple[str, dict, float]]:
+    """Float reference lines: one per value of the series fields the baseline
+    keeps (e.g. one per step size when step is a series), else one in all."""
+    overridden = set(data.spec.get("baseline") or {})
+    kept = [f for f in data.series_fields if f not in overridden]
+    groups: dict[tuple, list[float]] = {}
+    for series, by_bits in data.points(metric, role="baseline").items():
+        key = tuple((k, v) for k, v in series if k in kept)
+        groups.setdefault(key, []).extend(v for p in by_bits.values() for v in p.values)
+    out = []
+    for key, values in sorted(groups.items(), key=lambda kv: series_sort_key(kv[0])):
+        if not values:
+            continue
+        label = "float baseline" + (f", {series_label(key)}" if key else "")
+        if len(groups) == 1:
+            style = {"linestyle": "--"}
+        else:  # the dash pattern of the measured lines with the same kept values
+            full = tuple((f, dict(key).get(f)) for f in data.series_fields)
+            style = {"linestyle": series_style(data, full)["linestyle"], "alpha": 0.75}
+        out.append((label, style, statistics.fmean(values)))
+    return out
 
 
 @register_plot("final_metric")
@@ -329,7 +409,7 @@ def final_metric(data: StudyData):
     """Final metric vs bit-width: one line per series, mean and min..max band over
     seeds, float baseline as a dashed reference line."""
     return _metric_vs_bits(
-        data, data.metric, "final_metric", f"{data.spec['name']}: final {data.metric}"
+        data, data.metric, "final_metric", f"{data.spec['name']}: final {metric_label(data.metric)}"
     )
 
 
@@ -353,9 +433,11 @@ def learning_curves(data: StudyData):
         return None
     pts = data.points()
     base = data.points(role="baseline")
+    kept = set(data.series_fields) - set(data.spec.get("baseline") or {})
     if not pts:
         return None
-    panels = sorted(pts.items(), key=lambda kv: str(kv[0]))
+    panels = sorted(pts.items(), key=lambda kv: series_sort_key(kv[0]))
+    unit = "FL {}" if data.plot.get("bits_of") == "fl" else "{} bits"
     fig, axes = _grid_axes(len(panels))
     all_bits = sorted({b for _, by_bits in panels for b in by_bits if b is not None})
     cmap = plt.cm.viridis
@@ -366,9 +448,16 @@ def learning_curves(data: StudyData):
                 continue
             k = all_bits.index(bits) if bits in all_bits else 0
             color = cmap(k / max(1, len(all_bits) - 1))
-            ax.plot(steps, mean, color=color, label=f"{bits} bits", linewidth=1.4)
+            label = "float" if bits is None else unit.format(bits)
+            ax.plot(steps, mean, color=color, label=label, linewidth=1.4)
+        # the float runs of this panel: same values of the fields the baseline keeps
+        wanted = {k: v for k, v in series if k in kept}
         base_recs = [
-            r for by_bits_b in base.values() for p in by_bits_b.values() for r in p.records
+            r
+            for base_series, by_bits_b in base.items()
+            if all(dict(base_series).get(k) == v for k, v in wanted.items())
+            for p in by_bits_b.values()
+            for r in p.records
         ]
         if base_recs:
             steps, mean = _mean_curve(base_recs, curve)
@@ -416,7 +505,7 @@ def heatmap(data: StudyData):
     if not cells:
         return None
     bits_all = sorted({b for c in cells.values() for b, _ in c})
-    panels = sorted(cells.items(), key=lambda kv: str(kv[0]))
+    panels = sorted(cells.items(), key=lambda kv: series_sort_key(kv[0]))
     fig, axes = _grid_axes(len(panels), width=5.0, height=0.45 * len(bits_all) + 2.2)
     import numpy as np
 
@@ -450,12 +539,14 @@ def heatmap(data: StudyData):
                     )
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], rotation=45, fontsize=8)
         ax.set_yticks(range(len(bits_all)), [str(b) for b in bits_all], fontsize=8)
-        ax.set_xlabel(f"learning rate {lr} (per step)")
+        ax.set_xlabel(f"{lr} (learning rate / step size)")
         ax.set_ylabel(data.bits_label())
         ax.set_title(series_label(series), fontsize=9)
         fig.colorbar(image, ax=ax, label=metric_label(data.metric))
     fig.suptitle(
-        f"{data.spec['name']}: final {data.metric} (blank = failed or diverged)", fontsize=10
+        f"{data.spec['name']}: final {metric_label(data.metric)}, mean over seeds "
+        "(blank = failed or diverged)",
+        fontsize=10,
     )
     fig.tight_layout()
     return fig

@@ -16,6 +16,7 @@ from pathlib import Path
 from hwsim.study.plots import (
     PLOTS,
     StudyData,
+    baselines,
     load_plugins,
     make_plots,
     metric_label,
@@ -50,7 +51,8 @@ def summary_table(data: StudyData, metric: str | None = None) -> list[str]:
     bits_all = sorted(
         {b for by_bits in pts.values() for b in by_bits}, key=lambda b: (b is None, b)
     )
-    head = ["series"] + [("float" if b is None else f"{b} bits") for b in bits_all]
+    unit = "FL {}" if data.plot.get("bits_of") == "fl" else "{} bits"
+    head = ["series"] + [("float" if b is None else unit.format(b)) for b in bits_all]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for series, by_bits in sorted(pts.items(), key=lambda kv: str(kv[0])):
         cells = [series_label(series)]
@@ -62,7 +64,7 @@ def summary_table(data: StudyData, metric: str | None = None) -> list[str]:
             text = _cell(p.mean)
             if len(p.values) > 1:
                 text += f" ± {_cell(p.spread, 2)}"
-            if p.lr is not None:
+            if p.lr is not None and data.lr_field and data.lr_field not in data.series_fields:
                 text += f" (lr {p.lr:g})"
             cells.append(text)
         rows.append("| " + " | ".join(cells) + " |")
@@ -95,22 +97,24 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
         f"## Final {metric_label(data.metric)}",
         "",
         "Mean ± std over seeds"
-        + (f", at the best `{data.lr_field}` per cell" if data.lr_field else "")
+        + (
+            f", at the best `{data.lr_field}` per cell"
+            if data.lr_field and data.lr_field not in data.series_fields
+            else ""
+        )
         + (f"; columns are {data.bits_label()}." if data.bits_field else "."),
         "",
     ]
     lines += summary_table(data)
-    base = [
-        v
-        for by_bits in data.points(role="baseline").values()
-        for p in by_bits.values()
-        for v in p.values
-    ]
-    if base:
-        lines += [
-            "",
-            f"Float baseline: {_cell(statistics.fmean(base))} (mean of {len(base)} trials).",
+    refs = baselines(data, data.metric)
+    if refs:
+        parts = [
+            f"{_cell(value)} ({label.removeprefix('float baseline, ')})"
+            if "," in label
+            else _cell(value)
+            for label, _, value in refs
         ]
+        lines += ["", "Float baseline: " + "; ".join(parts) + "."]
     if any("stall_fraction" in r.metrics for r in data.ok()) and data.metric != "stall_fraction":
         lines += ["", "## Stall fraction", "", "Fraction of weight updates lost to rounding.", ""]
         lines += summary_table(data, "stall_fraction")

@@ -134,13 +134,29 @@ def _init_worker(search_paths: tuple[str, ...], threads: int) -> None:
     _WORKER_THREADS = threads
 
 
+def _worker_threads() -> int:
+    value = os.environ.get("HWSIM_WORKER_THREADS", "1")
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"HWSIM_WORKER_THREADS must be an integer >= 1, got {value!r}")
+    return threads
+
+
 def _limit_threads() -> None:
-    # share the cores between the pool's workers instead of oversubscribing them;
-    # torch is only touched if the task imported it
-    if _WORKER_THREADS is not None and "torch" in sys.modules:
-        torch = sys.modules["torch"]
-        if torch.get_num_threads() != _WORKER_THREADS:
-            torch.set_num_threads(_WORKER_THREADS)
+    # share the cores between the pool's workers instead of oversubscribing them
+    # (N workers x all-core thread pools ran 2-3x slower in all); torch is only
+    # touched if the task imported it
+    if _WORKER_THREADS is None:
+        return
+    numba = sys.modules.get("numba")
+    if numba is not None and numba.get_num_threads() != _WORKER_THREADS:
+        numba.set_num_threads(min(_WORKER_THREADS, numba.config.NUMBA_NUM_THREADS))
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != _WORKER_THREADS:
+        torch.set_num_threads(_WORKER_THREADS)
 
 
 # -- executors: each yields (trial, result dict) as trials finish -------------------------
@@ -173,7 +189,10 @@ def _run_pool(spec: StudySpec, trials: list[Trial], workers: int) -> Iterator[tu
     ctx = mp.get_context("spawn")
     queue = list(reversed(trials))
     suspects: list[Trial] = []
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # one thread per worker unless asked: sweeps are parallel over trials, and the
+    # Numba/torch thread pools on small per-trial arrays mostly spin (lms_precision
+    # with 1 worker: 33 s at 1 thread, 191 s at 2 threads on a busy 2-core machine)
+    threads = _worker_threads()
     while queue or suspects:
         alone = bool(suspects)
         source = suspects if alone else queue
@@ -214,7 +233,9 @@ def _run_pool(spec: StudySpec, trials: list[Trial], workers: int) -> Iterator[tu
                 suspects.extend(pending.values())
             clean = not broken
         finally:
-            # after a crash or an interrupt (Ctrl-C) do not wait for running trials
+            if not clean:  # a crash or an interrupt (Ctrl-C): abandon the running trials
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
             pool.shutdown(wait=clean, cancel_futures=True)
 
 
@@ -275,6 +296,7 @@ def run_sweep(
             )
         store.set_meta("spec", spec.to_json())
         trials = spec.trials()
+        store.set_meta("trial_hashes", [t.hash for t in trials])
         if retry_failed:
             bad = [r.hash for r in store.records() if r.status != "ok"]
             store.delete(bad)

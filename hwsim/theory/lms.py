@@ -221,7 +221,9 @@ def lms_excess_mse(
 
     ``model="white"`` (Caraiscos & Liu 1984), LMS:
     ``mu M sigma_x^2 xi_min / 2 + M sigma_q^2 / (2 mu)``; sign-error LMS:
-    ``sqrt(pi xi_min / 2) M (mu sigma_x^2 + sigma_q^2 / mu) / 2``. Valid for
+    ``k sqrt(J)`` with ``k = sqrt(pi / 2) M (mu sigma_x^2 + sigma_q^2 / mu) / 2`` and
+    J = xi_min + excess, solved in closed form (about ``k sqrt(xi_min)`` while the
+    excess is small). Valid for
     ``lms_stall_step(...) <= mu`` and ``mu M sigma_x^2 <~ 0.2``.
     ``model="exact"`` integrates the rounding over the update distribution (see
     the module docstring); it also holds in the stall region. A step at which
@@ -244,7 +246,9 @@ def lms_excess_mse(
         if rule == "lms":
             out = mu * m * sx2 * jmin / 2.0 + m * sq2 / (2.0 * mu)
         else:
-            out = math.sqrt(math.pi * jmin / 2.0) * m * (mu * sx2 + sq2 / mu) / 2.0
+            # excess = k sqrt(J) with J = xi_min + excess (the sign throws away |e|)
+            k = math.sqrt(math.pi / 2.0) * m * (mu * sx2 + sq2 / mu) / 2.0
+            out = (k * k + np.sqrt(k**4 + 4.0 * k * k * jmin)) / 2.0
         return out if out.ndim else float(out)
 
     def one(mu_k: float) -> float:

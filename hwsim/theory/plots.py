@@ -46,6 +46,7 @@ from hwsim.theory.accumulator import (
 from hwsim.theory.lms import lms_excess_mse, lms_optimal_step, lms_stall_step, lms_time_constant
 
 _COLORS = plt.cm.tab10.colors
+GRAD_BITS = 8  # gradient word length assumed for a study whose gradients are float
 
 
 def _task_name(data: StudyData) -> str:
@@ -74,7 +75,8 @@ def _is_lms_study(data: StudyData) -> bool:
 
 def _lms_setting(record) -> dict | None:
     """Theory inputs of one LMS trial, or None when the theory does not cover it
-    (float weights, sign-data/sign-sign rules, other roundings, equalization)."""
+    (float weights, sign-data/sign-sign rules, other roundings, equalization,
+    a step schedule, a separate weight accumulator)."""
     c = record.config
     fmt = _fmt(c.get("weight"))
     if not isinstance(fmt, FixedPoint) or c.get("rule", "lms") not in ("lms", "sign_error"):
@@ -83,6 +85,8 @@ def _lms_setting(record) -> dict | None:
         return None
     if c.get("problem", "system_id") != "system_id" or c.get("schedule", "constant") != "constant":
         return None
+    if isinstance(_fmt(c.get("weight_accumulator")), FixedPoint):
+        return None  # updates land on a finer grid than the weights: not this model
     if "mmse_db" in record.metrics and math.isfinite(record.metrics["mmse_db"]):
         min_mse = 10.0 ** (record.metrics["mmse_db"] / 10.0)
     else:  # unit-power desired signal at snr_db (models.datasets.system_identification)
@@ -280,6 +284,7 @@ def _measured_statistics(dataset: str, model: str, hidden: int, seed: int, data_
     """Gradient statistics of the classify task's model at initialization, on a
     few training batches (needs the repository's ``models`` package)."""
     import torch
+
     from models.nets import build_classifier  # noqa: PLC0415 - optional, repository-level
     from models.tasks import load_split
 
@@ -313,11 +318,13 @@ def accumulator_prediction(data: StudyData, config: dict) -> tuple[float, str] |
         except Exception:  # noqa: BLE001 - no models package, or a task it cannot build
             return None
         rng = (2.0 ** (acc.int_bits - 1)) if isinstance(acc, FixedPoint) else None
-        per_tensor = accumulator_precision_from_statistics(stats, lr, weight_range=rng)
+        # Sakr & Shanbhag quantize the gradients too: an 8-bit per-tensor format
+        # scaled to the measured largest |gradient| stands in for the float ones
+        per_tensor = accumulator_precision_from_statistics(stats, lr, grad_bits=GRAD_BITS, weight_range=rng)
         if not per_tensor:
             return None
         p = max(per_tensor.values(), key=lambda q: q.fl)
-        how = "rule, LSB_G from measured gradients (10% quantile)"
+        how = f"rule, LSB_G of a {GRAD_BITS}-bit gradient format fit to measured gradients"
     if data.plot.get("bits_of", "wl") == "fl":
         return float(p.fl), how
     if isinstance(acc, FixedPoint):  # word length at the study's integer bits
@@ -384,10 +391,17 @@ def has_precision_config(config: dict) -> bool:
 
 @register_energy("lms")
 def _lms_energy(config: dict) -> float | None:
-    return cost.lms_step_energy(
-        int(config.get("taps", 16)), weight=_fmt(config.get("weight")), data=_fmt(config.get("data")),
-        accumulator=_fmt(config.get("accumulator")), error=_fmt(config.get("error")),
-        weight_accumulator=_fmt(config.get("weight_accumulator")), rule=config.get("rule", "lms"))
+    roles = {k: _fmt(config.get(k)) for k in ("weight", "data", "accumulator", "error", "weight_accumulator")}
+    if any(v is not None for v in roles.values()):
+        try:  # the formats the task's datapath fills in for roles left at None
+            from models.lms import resolve_formats
+
+            f = resolve_formats(data=roles["data"], weight=roles["weight"], accumulator=roles["accumulator"],
+                                error=roles["error"], weight_accumulator=roles["weight_accumulator"])
+            roles = {k: getattr(f, k) for k in roles}
+        except Exception:  # noqa: BLE001 - no models package: cost the None roles as fp32
+            pass
+    return cost.lms_step_energy(int(config.get("taps", 16)), rule=config.get("rule", "lms"), **roles)
 
 
 _IN_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
@@ -482,7 +496,7 @@ def _varying(data: StudyData) -> list[str]:
 
 
 def _short(config: dict, keys: list[str]) -> str:
-    return ", ".join(f"{k}={config.get(k)}" for k in keys)
+    return ", ".join(f"{k}={'float' if config.get(k) is None else config.get(k)}" for k in keys)
 
 
 @register_plot("pareto")
@@ -508,7 +522,9 @@ def pareto(data: StudyData):
     if base:
         ax.scatter([p["energy"] for p in base], [p["value"] for p in base], marker="s", color="black",
                    label="float baseline")
-    ax.set_xscale("log")
+    energies = [p["energy"] for p in points]
+    if max(energies) > 20 * min(energies):
+        ax.set_xscale("log")
     unit = "sample" if _task_name(data) == "lms" else "training step"
     ax.set_xlabel(f"energy per {unit} (pJ, 45 nm)")
     ax.set_ylabel(metric_label(data.metric))
@@ -523,6 +539,8 @@ def pareto(data: StudyData):
 
 
 def _num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "float"
     if isinstance(v, float):
         return "—" if not math.isfinite(v) else f"{v:.{digits}g}"
     return str(v)

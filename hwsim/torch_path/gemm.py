@@ -66,8 +66,11 @@ def batched_gemm(ca: torch.Tensor, fa: int, cb: torch.Tensor, fb: int, acc: Fixe
     ca, cb, squeeze, batch = _broadcast_operands(ca, cb, torch)
     m, k = ca.shape[-2:]
     n = cb.shape[-1]
-    a3 = ca.expand(batch + (m, k)).reshape(-1, m, k)
-    b3 = cb.expand(batch + (k, n)).reshape(-1, k, n)
+    bt = 1
+    for size in batch:
+        bt *= size
+    a3 = ca.expand(batch + (m, k)).reshape(bt, m, k)
+    b3 = cb.expand(batch + (k, n)).reshape(bt, k, n)
     max_a = int(a3.abs().max()) if a3.numel() else 0
     max_b = int(b3.abs().max()) if b3.numel() else 0
     nonneg = True
