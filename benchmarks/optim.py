@@ -1,6 +1,6 @@
 """Optimizer step time: hwsim.optim vs torch.optim and qtorch's OptimLP.
 
-    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5]
+    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5] [--rules sgd,adam]
 
 One ``nn.Linear`` with about ``--params`` parameters (float32), a fixed random
 gradient, and the time of ``optimizer.step()`` alone (best of ``--repeat``
@@ -88,7 +88,10 @@ def main() -> None:
     ap.add_argument("--params", type=int, default=1_000_000)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rules", default="sgd,sgd_momentum,signsgd,adam,adagrad,rmsprop",
+                    help="comma-separated subset of the rules to time")
     args = ap.parse_args()
+    wanted = set(args.rules.split(","))
     n, steps, repeat = args.params, args.steps, args.repeat
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{sum(p.numel() for p in make_params(n))} parameters, float32")
@@ -112,6 +115,8 @@ def main() -> None:
     ]
     rows, refs = [], []
     for key, cls_name, hyper in cases:
+        if key not in wanted:
+            continue
         cls = getattr(hopt, cls_name)
         state = ADAM_STATE if cls_name == "Adam" else ("ufx32.30" if cls_name in ("AdaGrad", "RMSProp") else "fx24.20")
         makers = {"torch": torch_makers[key]}

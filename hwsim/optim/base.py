@@ -99,7 +99,8 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             - ``stall_fraction``: of the nonzero updates the rule produced, the
               fraction that changed nothing — rounded to zero on the accumulator
               grid (or on the weight grid without an accumulator; for float
-              weights, too small to change the float);
+              weights, too small to change the float — estimated there on a
+              strided sample of at most 4096 elements per tensor);
             - ``saturation_fraction``: the fraction of weights whose accumulator
               or weight code sits at its format's min or max;
             - ``median_update_lsb``: the median |update| over the nonzero
@@ -215,10 +216,11 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             # float weights: torch.optim's own in-place ops, bit for bit
             if counts is None:
                 step_.apply_(p)
-            else:
-                old = p.clone()
+            else:  # float stalls are estimated on a strided sample (cheap to leave on)
+                stride = max(1, p.numel() // MEDIAN_SAMPLE)
+                old = p.detach().reshape(-1)[::stride].clone()
                 step_.apply_(p)
-                counts.add_float(step_.numerator, p == old)
+                counts.add_float(step_.numerator.reshape(-1)[::stride], p.detach().reshape(-1)[::stride] == old)
             return
         update = step_.value(weight)
         raw_update = update
@@ -356,15 +358,17 @@ class _Counts:
 
     def add_float(self, update: torch.Tensor, unchanged: torch.Tensor) -> None:
         nz = update != 0
-        self.counts.append(torch.stack([nz, nz & unchanged]).reshape(2, -1).sum(1))
+        self.counts.append(torch.stack([torch.count_nonzero(nz), torch.count_nonzero(unchanged.logical_and_(nz))]))
         self.numel += update.numel()
 
     def add_fixed(self, update, delta, acc, target, weight_codes, weight_fmt) -> None:
         nz = update != 0
-        sat = (acc == target.min_code) | (acc == target.max_code)
+        sat = (acc == target.min_code).logical_or_(acc == target.max_code)
         if weight_codes is not None:
-            sat |= (weight_codes == weight_fmt.min_code) | (weight_codes == weight_fmt.max_code)
-        self.counts.append(torch.stack([nz, nz & (delta == 0), sat]).reshape(3, -1).sum(1))
+            sat.logical_or_(weight_codes == weight_fmt.min_code).logical_or_(weight_codes == weight_fmt.max_code)
+        stalled = (delta == 0).logical_and_(nz)
+        self.counts.append(torch.stack([torch.count_nonzero(nz), torch.count_nonzero(stalled),
+                                        torch.count_nonzero(sat)]))
         self.numel += update.numel()
         flat = update.reshape(-1)
         stride = max(1, flat.numel() // MEDIAN_SAMPLE)
