@@ -323,6 +323,15 @@ def make_optimizer(p, parameters):
     return OPTIMIZERS[p.optimizer](parameters, **kwargs)
 
 
+def _shift_groups(optimizer, policy) -> None:
+    """One gear shift of every param group (the policy decided once, via ``due``,
+    that a shift is due: calling it per group would advance its plateau counter
+    once per group)."""
+    typical = _telemetry(optimizer, "median_update_lsb") if policy.floor == "precision" else None
+    for group in optimizer.param_groups:
+        group["lr"] = policy.shift(group["lr"], typical)
+
+
 def _telemetry(optimizer, key: str) -> float | None:
     values = [t.get(key) for t in getattr(optimizer, "telemetry", None) or [] if t]
     values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -425,10 +434,8 @@ def _classify(p: ClassifyParams) -> TrialResult:
                     v = _telemetry(optimizer, key)
                     if v is not None:
                         bucket.append(v)
-                if policy is not None and policy.every is not None:
-                    for group in optimizer.param_groups:
-                        group["lr"] = policy.next_lr(group["lr"], step, typical_update_lsb=_telemetry(
-                            optimizer, "median_update_lsb") if policy.floor == "precision" else None)
+                if policy is not None and policy.every is not None and policy.due(step):
+                    _shift_groups(optimizer, policy)
         except (Diverged, NonFiniteError) as err:  # blew up, or quantization met a NaN/Inf
             diverged, error = True, str(err)
             break
@@ -443,11 +450,8 @@ def _classify(p: ClassifyParams) -> TrialResult:
                    "stall_fraction": row["stall_fraction"],
                    "saturation_fraction": float(np.mean(saturations)) if saturations else 0.0,
                    "best_test_accuracy": best}
-        if policy is not None and policy.plateau is not None:
-            typical = _telemetry(optimizer, "median_update_lsb") if policy.floor == "precision" else None
-            for group in optimizer.param_groups:
-                group["lr"] = policy.next_lr(group["lr"], epoch + 1, metric=train_loss,
-                                             typical_update_lsb=typical)
+        if policy is not None and policy.plateau is not None and policy.due(epoch + 1, train_loss):
+            _shift_groups(optimizer, policy)
     if diverged:
         metrics = dict(metrics, train_loss=math.nan)
         metrics.setdefault("test_accuracy", evaluate() if history else math.nan)
