@@ -112,7 +112,7 @@ def test_bias_is_one_more_mac_step():
         layer.bias.fill_(-5.0)
     # fx5.0 holds [-16, 15]: 4*2 + 4*2 = 16 saturates at 15, then the bias -5 gives 10
     y = layer(torch.full((1, 2), 2.0))
-    assert float(y) == 10.0
+    assert float(y.detach()) == 10.0
 
 
 def test_quantizer_forward_and_backward_formats():
