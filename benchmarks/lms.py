@@ -2,8 +2,8 @@
 and against the torch version, in tap-updates per second (one tap-update = one
 tap's multiply-accumulate in the filter plus its weight update).
 
-    PYTHONPATH=. python benchmarks/lms.py            # the kernel table (~1 min)
-    PYTHONPATH=. python benchmarks/lms.py --study    # + lms_precision wall time, 1 and 2 workers
+    python benchmarks/lms.py            # the kernel table (~1 min)
+    python benchmarks/lms.py --study    # + lms_precision wall time, 1 and 2 workers
 
 The Numba kernel is serial (one sample after another, as the hardware does),
 so it runs on one core; target >= 50 M tap-updates/s. Every contender is
@@ -23,9 +23,13 @@ import time
 import numpy as np
 import torch
 
-from hwsim import FixedPoint
-from models.datasets import system_identification
-from models.lms import FixedLMS, FloatLMS, TorchLMS
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # models/
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import best_time  # noqa: E402
+
+from hwsim import FixedPoint  # noqa: E402
+from models.datasets import system_identification  # noqa: E402
+from models.lms import FixedLMS, FloatLMS, TorchLMS  # noqa: E402
 
 DATA, WEIGHT = FixedPoint(16, 12), FixedPoint(16, 14)
 
@@ -45,15 +49,6 @@ def numpy_per_sample(x: np.ndarray, d: np.ndarray, taps: int, mu: float) -> np.n
     return w
 
 
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def kernel_table(taps: int, repeat: int) -> list[tuple[str, float]]:
     big = system_identification(400_000, taps, snr_db=40.0, seed=0)
     mu = 0.005
@@ -69,18 +64,18 @@ def kernel_table(taps: int, repeat: int) -> list[tuple[str, float]]:
 
     n = big.x.size
     for rounding in ("nearest", "stochastic"):
-        rows.append((f"Numba kernel, fixed point, {rounding}", taps * n / best_of(repeat, fixed(rounding, n))))
+        rows.append((f"Numba kernel, fixed point, {rounding}", taps * n / best_time(warmup=0, repeat=repeat, fn=fixed(rounding, n))))
     flt = FloatLMS(taps)
     flt.run(big.x[:16], big.d[:16], mu)
     rows.append(("Numba kernel, float64 (reference)",
-                 taps * n / best_of(repeat, lambda: FloatLMS(taps).run(big.x, big.d, mu))))
+                 taps * n / best_time(warmup=0, repeat=repeat, fn=lambda: FloatLMS(taps).run(big.x, big.d, mu))))
     n_np = 20_000
     rows.append(("NumPy per-sample loop, float64 emulation, nearest",
-                 taps * n_np / best_of(1, lambda: numpy_per_sample(big.x[:n_np], big.d[:n_np], taps, mu))))
+                 taps * n_np / best_time(warmup=0, repeat=1, fn=lambda: numpy_per_sample(big.x[:n_np], big.d[:n_np], taps, mu))))
     n_t = 2_000
     for rounding in ("nearest", "stochastic"):
         rows.append((f"torch version (TorchLMS, CPU), {rounding}",
-                     taps * n_t / best_of(1, fixed(rounding, n_t, TorchLMS))))
+                     taps * n_t / best_time(warmup=0, repeat=1, fn=fixed(rounding, n_t, TorchLMS))))
     return rows
 
 

@@ -22,24 +22,16 @@ Operands are square int8-range integers (codes -128..127). Rows:
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
 
 import hwsim
 
-
-def best_time(fn, repeats: int = 5, budget_s: float = 5.0) -> float:
-    fn()  # warm up: JIT compile, BLAS threads
-    best = float("inf")
-    start = time.perf_counter()
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-        if time.perf_counter() - start > budget_s:
-            break
-    return best
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import best_time  # noqa: E402
 
 
 def gemm_table(sizes: list[int], apy_max: int) -> None:
@@ -52,9 +44,9 @@ def gemm_table(sizes: list[int], apy_max: int) -> None:
         a = rng.integers(-128, 128, size=(n, n)).astype(np.float64)
         b = rng.integers(-128, 128, size=(n, n)).astype(np.float64)
         rows = _contenders(a, b)
-        times = {name: best_time(fn) for name, fn in rows.items()}
+        times = {name: best_time(fn, repeat=5, budget_s=5.0) for name, fn in rows.items()}
         if n <= apy_max:
-            times["apytypes accumulator context"] = best_time(_apytypes(a, b), repeats=1,
+            times["apytypes accumulator context"] = best_time(_apytypes(a, b), repeat=1,
                                                               budget_s=0)
         apy = times.get("apytypes accumulator context")
         for name, t in times.items():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import best_time, print_table  # noqa: E402
+from _timing import best_time, interleaved_best, print_table  # noqa: E402
 
 import hwsim  # noqa: E402
 from hwsim.kernels.quantize import copy_kernel  # noqa: E402
@@ -49,36 +49,33 @@ def main() -> None:
     x = (np.random.default_rng(0).standard_normal(n) * 4).astype(np.float32)
     out = np.empty_like(x)
     xt = torch.from_numpy(x)
-    rows = []
-
-    def add(name, fn, elements=n, repeat=args.repeat):
-        t = best_time(fn, repeat=repeat)
-        rows.append([name, t * 1e3, elements / t / 1e6])
-
-    add("numba copy (bandwidth ceiling)", lambda: copy_kernel(x, out))
-    add("hwsim numba nearest (out=)", lambda: hwsim.quantize(x, FMT, "nearest", out=out))
-    add("hwsim numba nearest (allocating)", lambda: hwsim.quantize(x, FMT, "nearest"))
-    add("hwsim numba stochastic (out=)", lambda: hwsim.quantize(x, FMT, "stochastic", seed=1, out=out))
-    add("hwsim numba nearest, wrap (out=)", lambda: hwsim.quantize(x, FMT, "nearest", "wrap", out=out))
-    add("hwsim torch nearest", lambda: hwsim.quantize(xt, FMT, "nearest"), repeat=3)
-    add("hwsim torch stochastic", lambda: hwsim.quantize(xt, FMT, "stochastic", seed=1), repeat=3)
+    # the contenders over the full array, timed in interleaved rounds so that
+    # load on a shared machine hits them alike
+    full = {
+        "numba copy (bandwidth ceiling)": lambda: copy_kernel(x, out),
+        "hwsim numba nearest (out=)": lambda: hwsim.quantize(x, FMT, "nearest", out=out),
+        "hwsim numba nearest (allocating)": lambda: hwsim.quantize(x, FMT, "nearest"),
+        "hwsim numba stochastic (out=)": lambda: hwsim.quantize(x, FMT, "stochastic", seed=1, out=out),
+        "hwsim numba nearest, wrap (out=)": lambda: hwsim.quantize(x, FMT, "nearest", "wrap", out=out),
+        "hwsim torch nearest": lambda: hwsim.quantize(xt, FMT, "nearest"),
+        "hwsim torch stochastic": lambda: hwsim.quantize(xt, FMT, "stochastic", seed=1),
+    }
     try:
         from qtorch.quant import fixed_point_quantize
 
-        add("qtorch fixed_point_quantize nearest", lambda: fixed_point_quantize(xt, 16, 12, rounding="nearest"), repeat=3)
-        add("qtorch fixed_point_quantize stochastic", lambda: fixed_point_quantize(xt, 16, 12, rounding="stochastic"), repeat=3)
+        full["qtorch fixed_point_quantize nearest"] = lambda: fixed_point_quantize(xt, 16, 12, rounding="nearest")
+        full["qtorch fixed_point_quantize stochastic"] = lambda: fixed_point_quantize(xt, 16, 12, rounding="stochastic")
     except Exception as e:  # noqa: BLE001
         print(f"qtorch unavailable: {e}")
+    times = interleaved_best(full, rounds=args.repeat)
+    rows = [[name, t * 1e3, n / t / 1e6] for name, t in times.items()]
     try:
         import apytypes as apy
 
         m = min(n, 1 << 20)
         src = apy.APyFixedArray.from_float(x[:m].astype(np.float64), int_bits=8, frac_bits=24)
-        add(
-            f"APyTypes cast RND_CONV/SAT ({m} elements)",
-            lambda: src.cast(4, 12, apy.QuantizationMode.RND_CONV, apy.OverflowMode.SAT),
-            elements=m, repeat=3,
-        )
+        t = best_time(lambda: src.cast(4, 12, apy.QuantizationMode.RND_CONV, apy.OverflowMode.SAT), repeat=3)
+        rows.append([f"APyTypes cast RND_CONV/SAT ({m} elements)", t * 1e3, m / t / 1e6])
     except Exception as e:  # noqa: BLE001
         print(f"apytypes unavailable: {e}")
 
