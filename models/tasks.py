@@ -165,7 +165,8 @@ def lms(p: LMSParams) -> TrialResult:
     filter's output, i.e. the MSE above the minimum), ``misadjustment``
     (excess / minimum MSE), ``stall_fraction`` (nonzero tap updates rounded
     to zero, whole run), ``final_stall_fraction`` (steady state),
-    ``weight_error_db`` (||w - w_wiener||^2 / ||w_wiener||^2), ``final_step``.
+    ``weight_error_db`` (||w - w_wiener||^2 / ||w_wiener||^2), ``wiener_power_db``
+    (||w_wiener||^2), ``final_step``.
     """
     started = time.perf_counter()
     make = datasets.system_identification if p.problem == "system_id" else datasets.channel_equalization
@@ -236,6 +237,8 @@ def lms(p: LMSParams) -> TrialResult:
         "final_stall_fraction": steady_stalls / steady_nonzero if steady_nonzero else 0.0,
         "weight_error_db": _db(weight_error) if math.isfinite(weight_error) else math.inf,
         "mmse_db": _db(data.mmse),
+        # |w_opt|^2: turns a predicted excess MSE into the weight error (hwsim.theory.plots)
+        "wiener_power_db": _db(float(np.sum(data.wiener**2))),
         "final_step": mu,
         "saturated_updates": float(saturated),
     }

@@ -58,6 +58,11 @@ def test_lms_float_baseline_reaches_the_noise_floor():
     assert r.metrics["misadjustment"] == pytest.approx(0.01 * 8 / 2, rel=0.35)
     assert r.metrics["stall_fraction"] == 0.0
     assert [h["step"] for h in r.history] == list(range(160, 8001, 160))
+    # |w_opt|^2 (the system has unit norm); for white unit-power input the excess MSE
+    # is |w - w_opt|^2, which hwsim.theory.plots uses to predict weight_error_db
+    assert abs(r.metrics["wiener_power_db"]) < 0.5
+    predicted = r.metrics["excess_mse_db"] - r.metrics["wiener_power_db"]
+    assert abs(r.metrics["weight_error_db"] - predicted) < 3.0  # one snapshot vs a 10% mean
 
 
 def test_lms_fixed_point_stalls_and_is_deterministic():
