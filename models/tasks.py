@@ -260,7 +260,10 @@ class ClassifyParams:
 
     ``weight``, ``accumulator``, ``grad``, ``state``: the optimizer's formats;
     ``activation``, ``layer_accumulator``: the layers' activation and MAC
-    accumulator formats (both ``None``: float layers). ``schedule``: a
+    accumulator formats (both ``None``: float layers). ``rounding``: every
+    quantized tensor's rounding; ``grad_rounding`` overrides it for the gradient
+    (``None``: follow ``rounding``), e.g. stochastic gradients into a nearest
+    accumulator as in Sakr & Shanbhag's accumulator study. ``schedule``: a
     ``hwsim.schedules.GearShiftPolicy`` text; ``every=`` counts optimizer steps,
     a plateau policy watches the epoch's training loss.
     """
@@ -281,6 +284,7 @@ class ClassifyParams:
     layer_accumulator: FixedPoint | None = None
     backend: Literal["torch", "numba"] = "torch"
     rounding: RoundingName = "nearest"
+    grad_rounding: RoundingName | None = None
     epochs: int = 10
     batch_size: int = 32
     schedule: str = "constant"
@@ -299,6 +303,8 @@ class ClassifyParams:
         _require(self, "epochs", self.epochs >= 1, "an integer >= 1")
         _require(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
         _require(self, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
+        _require(self, "grad_rounding", self.grad_rounding in (None, *typing.get_args(RoundingName)),
+                 f"None (follow rounding) or one of {list(typing.get_args(RoundingName))}")
         _require(self, "data_path", self.dataset == "digits" or self.data_path is not None,
                  "a folder of IDX files or an .npz for mnist / fashion_mnist")
         _require(self, "layer_accumulator",
@@ -319,6 +325,8 @@ def make_optimizer(p, parameters):
 
     kwargs = dict(lr=p.lr, weight=p.weight, accumulator=p.accumulator, grad=p.grad,
                   state=getattr(p, "state", None), rounding=p.rounding, seed=p.seed)
+    if getattr(p, "grad_rounding", None) is not None:  # e.g. stochastic gradients, nearest accumulator
+        kwargs["grad_rounding"] = p.grad_rounding
     if getattr(p, "weight_decay", 0.0):
         kwargs["weight_decay"] = p.weight_decay
     if getattr(p, "momentum", 0.0):

@@ -237,3 +237,20 @@ def test_classify_reads_user_mnist_files(tmp_path):
     r = tasks.classify(tasks.ClassifyParams(dataset="fashion_mnist", data_path=str(tmp_path / "fashion.npz"),
                                             epochs=2, hidden=16, lr=0.05))
     assert r.info["n_train"] == 256 and r.metrics["test_accuracy"] > 0.9
+
+
+def test_classify_grad_rounding_overrides_rounding_for_the_gradient_only():
+    from hwsim.optim.precision import GroupPrecision
+
+    def group_precision(**kw):
+        p = tasks.ClassifyParams(weight="fx8.6", accumulator="fx12.10", grad="fx6.5", **kw)
+        opt = tasks.make_optimizer(p, [torch.nn.Parameter(torch.zeros(3))])
+        return GroupPrecision.of(opt.param_groups[0], opt.rule.state_names)
+
+    mixed = group_precision(rounding="nearest", grad_rounding="stochastic")
+    assert str(mixed.grad_rounding).lower().endswith("stochastic")
+    assert str(mixed.accumulator_rounding).lower().endswith("nearest")
+    follow = group_precision(rounding="nearest")  # None: the gradient follows `rounding`
+    assert str(follow.grad_rounding).lower().endswith("nearest")
+    with pytest.raises(ValueError, match="grad_rounding"):
+        tasks.ClassifyParams(grad_rounding="sthochastic")
