@@ -99,6 +99,10 @@ class LMSParams:
     accumulator, error, update, weight). ``step`` is held with 16 significant
     bits. ``schedule``: a ``hwsim.schedules.GearShiftPolicy``
     text; ``every=`` counts samples, the plateau metric is the block MSE.
+    ``drift`` > 0 (system identification only): the unknown system is a random
+    walk (``models.datasets.system_identification``), a tracking problem; the
+    excess MSE is then measured against its noise-free output and the weight
+    error against the system at the last sample.
     ``blocks``: how many blocks (history rows) the run is cut into.
     """
 
@@ -114,6 +118,7 @@ class LMSParams:
     snr_db: float = 40.0
     color: float = 0.0
     problem: Literal["system_id", "equalization"] = "system_id"
+    drift: float = 0.0
     schedule: str = "constant"
     seed: int = 0
     weight_accumulator: FixedPoint | None = None
@@ -125,6 +130,8 @@ class LMSParams:
         _require(self, "step", self.step > 0, "a number > 0")
         _require(self, "n_samples", self.n_samples >= max(self.taps, 10), "an integer >= max(taps, 10)")
         _require(self, "color", 0.0 <= self.color < 1.0, "in [0, 1)")
+        _require(self, "drift", self.drift >= 0 and (self.drift == 0 or self.problem == "system_id"),
+                 "a number >= 0 (0 unless problem is 'system_id')")
         _require(self, "blocks", 1 <= self.blocks <= self.n_samples, "an integer in [1, n_samples]")
         _parse_schedule(self)
         if not self.is_float:
@@ -169,8 +176,12 @@ def lms(p: LMSParams) -> TrialResult:
     (||w_wiener||^2), ``final_step``.
     """
     started = time.perf_counter()
-    make = datasets.system_identification if p.problem == "system_id" else datasets.channel_equalization
-    data = make(p.n_samples, p.taps, color=p.color, snr_db=p.snr_db, seed=p.seed)
+    if p.problem == "system_id":
+        data = datasets.system_identification(p.n_samples, p.taps, color=p.color, snr_db=p.snr_db,
+                                              seed=p.seed, drift=p.drift)
+    else:
+        data = datasets.channel_equalization(p.n_samples, p.taps, color=p.color, snr_db=p.snr_db,
+                                             seed=p.seed)
     if p.is_float:
         filt = FloatLMS(p.taps, p.rule)
     else:
@@ -221,7 +232,8 @@ def lms(p: LMSParams) -> TrialResult:
     # output): the a-priori excess error, orthogonal to the Wiener error, so
     # no noisy "MSE - MMSE" subtraction (that cannot resolve excess below ~5%
     # of the MMSE over a few thousand samples)
-    wiener_out = np.convolve(data.x, data.wiener)[: p.n_samples]
+    # (a drifting system: its own noise-free output, the best any tracker can do)
+    wiener_out = data.clean if data.clean is not None else np.convolve(data.x, data.wiener)[: p.n_samples]
     eps = y[steady_from:] - wiener_out[steady_from:]
     with np.errstate(over="ignore", invalid="ignore"):
         mse = float(np.mean(err * err)) if not diverged else math.inf

@@ -254,3 +254,35 @@ def test_classify_grad_rounding_overrides_rounding_for_the_gradient_only():
     assert str(follow.grad_rounding).lower().endswith("nearest")
     with pytest.raises(ValueError, match="grad_rounding"):
         tasks.ClassifyParams(grad_rounding="sthochastic")
+
+
+def test_lms_tracking_a_drifting_system_precision_floor_wins():
+    """With a drifting system (studies/gear_shifting.toml) unbounded halving stalls
+    and falls behind, a constant large step keeps its gradient noise, and the
+    precision floor settles at the smallest step that still adapts."""
+    def werr(schedule, weight="fx16.14"):
+        return np.mean([tasks.lms(tasks.LMSParams(
+            taps=16, n_samples=24000, step=0.04, weight=weight, drift=3e-5, schedule=schedule,
+            seed=s)).metrics["weight_error_db"] for s in range(2)])
+
+    constant = werr("constant")
+    halving = werr("gearshift:every=3000,factor=0.5")
+    floored = werr("gearshift:every=3000,factor=0.5,floor=precision")
+    assert floored < constant - 5 and floored < halving - 5, (constant, halving, floored)
+    with pytest.raises(ValueError, match="drift"):
+        tasks.LMSParams(drift=1e-4, problem="equalization")
+
+
+def test_system_identification_drift_is_a_random_walk_and_zero_changes_nothing():
+    from models.datasets import system_identification
+
+    still = system_identification(3000, taps=16, seed=5)
+    again = system_identification(3000, taps=16, seed=5, drift=0.0)
+    assert np.array_equal(still.d, again.d) and again.clean is None
+    moving = system_identification(3000, taps=16, seed=5, drift=1e-3)
+    assert np.array_equal(moving.x, still.x)
+    moved = float(np.sum((moving.system - still.system) ** 2))
+    assert 0.4 * 16 * 3000 * 1e-6 < moved < 2 * 16 * 3000 * 1e-6  # random-walk variance
+    # the first output sample comes from the (barely moved) initial system
+    assert moving.clean[0] == pytest.approx(still.system[0] * still.x[0], abs=1e-2)
+    assert float(np.mean((moving.d - moving.clean) ** 2)) == pytest.approx(moving.mmse, rel=0.2)

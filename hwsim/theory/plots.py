@@ -78,7 +78,7 @@ def _is_lms_study(data: StudyData) -> bool:
 def _lms_setting(record) -> dict | None:
     """Theory inputs of one LMS trial, or None when the theory does not cover it
     (float weights, sign-data/sign-sign rules, other roundings, equalization,
-    a step schedule, a separate weight accumulator)."""
+    a drifting system, a step schedule, a separate weight accumulator)."""
     c = record.config
     fmt = _fmt(c.get("weight"))
     if not isinstance(fmt, FixedPoint) or c.get("rule", "lms") not in ("lms", "sign_error"):
@@ -87,6 +87,8 @@ def _lms_setting(record) -> dict | None:
         return None
     if c.get("problem", "system_id") != "system_id" or c.get("schedule", "constant") != "constant":
         return None
+    if c.get("drift", 0.0):
+        return None  # a drifting (tracking) system: the steady-state theory has no lag term
     if isinstance(_fmt(c.get("weight_accumulator")), FixedPoint):
         return None  # updates land on a finer grid than the weights: not this model
     if "mmse_db" in record.metrics and math.isfinite(record.metrics["mmse_db"]):
