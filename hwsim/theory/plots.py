@@ -166,7 +166,8 @@ def lms_rows(data: StudyData) -> list[dict]:
         groups.setdefault(key, {}).setdefault(float(r.config["step"]), []).append(r)
     rows = []
     sign = 1.0 if data.goal == "max" else -1.0
-    for key, by_step in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    # by word length, not by the format's text (fx6.4 before fx10.8)
+    for key, by_step in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], settings[kv[0]]["weight"].wl)):
         s = settings[key]
         means = {}
         for st, recs in by_step.items():
