@@ -43,6 +43,9 @@ class AdaptiveFilterData:
     fitted on the whole signal; ``mmse``: its mean squared error, the minimum
     MSE ``xi_min`` the excess MSE is measured against; ``system``: the true
     unknown system (system identification) or the channel (equalization).
+    ``clean``: for a drifting system, its noise-free output sample by sample
+    (the excess MSE is measured against it); ``system`` and ``wiener`` are then
+    the system at the last sample and ``mmse`` the noise power.
     """
 
     x: np.ndarray
@@ -51,6 +54,7 @@ class AdaptiveFilterData:
     wiener: np.ndarray
     mmse: float
     noise_variance: float
+    clean: np.ndarray | None = None
 
 
 def _check(name: str, value, ok: bool, allowed: str) -> None:
@@ -92,11 +96,15 @@ def system_identification(
     color: float = 0.0,
     snr_db: float = 40.0,
     seed: int = 0,
+    drift: float = 0.0,
 ) -> AdaptiveFilterData:
     """Identify an unknown ``taps``-tap FIR system from its noisy output.
 
     The system has exponentially decaying random taps scaled to unit energy,
     so ``d`` has about unit power; noise is white Gaussian at ``snr_db``.
+    ``drift`` > 0 makes the system a random walk (a tracking problem): every
+    sample each tap moves by ``drift`` times a standard normal, so an adaptive
+    filter that stops adapting falls behind.
 
     >>> data = system_identification(5000, taps=4, snr_db=30.0, seed=1)
     >>> round(float(10 * np.log10(data.mmse)), 1)  # about -30 dB
@@ -108,11 +116,22 @@ def system_identification(
     system = rng.standard_normal(taps) * 0.7 ** np.arange(taps)
     system /= np.linalg.norm(system)
     x = colored_input(n_samples, color, rng)
-    clean = np.convolve(x, system)[:n_samples]
+    _check("drift", drift, isinstance(drift, int | float) and drift >= 0, "a number >= 0")
+    if drift == 0:
+        clean = np.convolve(x, system)[:n_samples]
+    else:  # its own stream: the data of drift=0 does not change
+        walk = system + np.cumsum(drift * np.random.default_rng([seed, 3]).standard_normal(
+            (n_samples, taps)), axis=0)
+        lagged = np.lib.stride_tricks.sliding_window_view(
+            np.concatenate([np.zeros(taps - 1), x]), taps)[:, ::-1]  # lagged[n, k] = x[n - k]
+        clean = np.einsum("nk,nk->n", walk, lagged)
     noise_variance = float(np.mean(clean**2)) * 10.0 ** (-snr_db / 10.0)
     d = clean + np.sqrt(noise_variance) * rng.standard_normal(n_samples)
-    wiener, mmse = wiener_filter(x, d, taps)
-    return AdaptiveFilterData(x, d, system, wiener, mmse, noise_variance)
+    if drift == 0:
+        wiener, mmse = wiener_filter(x, d, taps)
+        return AdaptiveFilterData(x, d, system, wiener, mmse, noise_variance)
+    final = walk[-1].copy()
+    return AdaptiveFilterData(x, d, final, final, noise_variance, noise_variance, clean)
 
 
 def channel_equalization(

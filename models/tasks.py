@@ -99,6 +99,10 @@ class LMSParams:
     accumulator, error, update, weight). ``step`` is held with 16 significant
     bits. ``schedule``: a ``hwsim.schedules.GearShiftPolicy``
     text; ``every=`` counts samples, the plateau metric is the block MSE.
+    ``drift`` > 0 (system identification only): the unknown system is a random
+    walk (``models.datasets.system_identification``), a tracking problem; the
+    excess MSE is then measured against its noise-free output and the weight
+    error against the system at the last sample.
     ``blocks``: how many blocks (history rows) the run is cut into.
     """
 
@@ -114,6 +118,7 @@ class LMSParams:
     snr_db: float = 40.0
     color: float = 0.0
     problem: Literal["system_id", "equalization"] = "system_id"
+    drift: float = 0.0
     schedule: str = "constant"
     seed: int = 0
     weight_accumulator: FixedPoint | None = None
@@ -125,6 +130,8 @@ class LMSParams:
         _require(self, "step", self.step > 0, "a number > 0")
         _require(self, "n_samples", self.n_samples >= max(self.taps, 10), "an integer >= max(taps, 10)")
         _require(self, "color", 0.0 <= self.color < 1.0, "in [0, 1)")
+        _require(self, "drift", self.drift >= 0 and (self.drift == 0 or self.problem == "system_id"),
+                 "a number >= 0 (0 unless problem is 'system_id')")
         _require(self, "blocks", 1 <= self.blocks <= self.n_samples, "an integer in [1, n_samples]")
         _parse_schedule(self)
         if not self.is_float:
@@ -165,11 +172,16 @@ def lms(p: LMSParams) -> TrialResult:
     filter's output, i.e. the MSE above the minimum), ``misadjustment``
     (excess / minimum MSE), ``stall_fraction`` (nonzero tap updates rounded
     to zero, whole run), ``final_stall_fraction`` (steady state),
-    ``weight_error_db`` (||w - w_wiener||^2 / ||w_wiener||^2), ``final_step``.
+    ``weight_error_db`` (||w - w_wiener||^2 / ||w_wiener||^2), ``wiener_power_db``
+    (||w_wiener||^2), ``final_step``.
     """
     started = time.perf_counter()
-    make = datasets.system_identification if p.problem == "system_id" else datasets.channel_equalization
-    data = make(p.n_samples, p.taps, color=p.color, snr_db=p.snr_db, seed=p.seed)
+    if p.problem == "system_id":
+        data = datasets.system_identification(p.n_samples, p.taps, color=p.color, snr_db=p.snr_db,
+                                              seed=p.seed, drift=p.drift)
+    else:
+        data = datasets.channel_equalization(p.n_samples, p.taps, color=p.color, snr_db=p.snr_db,
+                                             seed=p.seed)
     if p.is_float:
         filt = FloatLMS(p.taps, p.rule)
     else:
@@ -220,7 +232,8 @@ def lms(p: LMSParams) -> TrialResult:
     # output): the a-priori excess error, orthogonal to the Wiener error, so
     # no noisy "MSE - MMSE" subtraction (that cannot resolve excess below ~5%
     # of the MMSE over a few thousand samples)
-    wiener_out = np.convolve(data.x, data.wiener)[: p.n_samples]
+    # (a drifting system: its own noise-free output, the best any tracker can do)
+    wiener_out = data.clean if data.clean is not None else np.convolve(data.x, data.wiener)[: p.n_samples]
     eps = y[steady_from:] - wiener_out[steady_from:]
     with np.errstate(over="ignore", invalid="ignore"):
         mse = float(np.mean(err * err)) if not diverged else math.inf
@@ -236,6 +249,8 @@ def lms(p: LMSParams) -> TrialResult:
         "final_stall_fraction": steady_stalls / steady_nonzero if steady_nonzero else 0.0,
         "weight_error_db": _db(weight_error) if math.isfinite(weight_error) else math.inf,
         "mmse_db": _db(data.mmse),
+        # |w_opt|^2: turns a predicted excess MSE into the weight error (hwsim.theory.plots)
+        "wiener_power_db": _db(float(np.sum(data.wiener**2))),
         "final_step": mu,
         "saturated_updates": float(saturated),
     }
@@ -257,7 +272,10 @@ class ClassifyParams:
 
     ``weight``, ``accumulator``, ``grad``, ``state``: the optimizer's formats;
     ``activation``, ``layer_accumulator``: the layers' activation and MAC
-    accumulator formats (both ``None``: float layers). ``schedule``: a
+    accumulator formats (both ``None``: float layers). ``rounding``: every
+    quantized tensor's rounding; ``grad_rounding`` overrides it for the gradient
+    (``None``: follow ``rounding``), e.g. stochastic gradients into a nearest
+    accumulator as in Sakr & Shanbhag's accumulator study. ``schedule``: a
     ``hwsim.schedules.GearShiftPolicy`` text; ``every=`` counts optimizer steps,
     a plateau policy watches the epoch's training loss.
     """
@@ -278,6 +296,7 @@ class ClassifyParams:
     layer_accumulator: FixedPoint | None = None
     backend: Literal["torch", "numba"] = "torch"
     rounding: RoundingName = "nearest"
+    grad_rounding: RoundingName | None = None
     epochs: int = 10
     batch_size: int = 32
     schedule: str = "constant"
@@ -296,6 +315,8 @@ class ClassifyParams:
         _require(self, "epochs", self.epochs >= 1, "an integer >= 1")
         _require(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
         _require(self, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
+        _require(self, "grad_rounding", self.grad_rounding in (None, *typing.get_args(RoundingName)),
+                 f"None (follow rounding) or one of {list(typing.get_args(RoundingName))}")
         _require(self, "data_path", self.dataset == "digits" or self.data_path is not None,
                  "a folder of IDX files or an .npz for mnist / fashion_mnist")
         _require(self, "layer_accumulator",
@@ -316,6 +337,8 @@ def make_optimizer(p, parameters):
 
     kwargs = dict(lr=p.lr, weight=p.weight, accumulator=p.accumulator, grad=p.grad,
                   state=getattr(p, "state", None), rounding=p.rounding, seed=p.seed)
+    if getattr(p, "grad_rounding", None) is not None:  # e.g. stochastic gradients, nearest accumulator
+        kwargs["grad_rounding"] = p.grad_rounding
     if getattr(p, "weight_decay", 0.0):
         kwargs["weight_decay"] = p.weight_decay
     if getattr(p, "momentum", 0.0):

@@ -58,6 +58,11 @@ def test_lms_float_baseline_reaches_the_noise_floor():
     assert r.metrics["misadjustment"] == pytest.approx(0.01 * 8 / 2, rel=0.35)
     assert r.metrics["stall_fraction"] == 0.0
     assert [h["step"] for h in r.history] == list(range(160, 8001, 160))
+    # |w_opt|^2 (the system has unit norm); for white unit-power input the excess MSE
+    # is |w - w_opt|^2, which hwsim.theory.plots uses to predict weight_error_db
+    assert abs(r.metrics["wiener_power_db"]) < 0.5
+    predicted = r.metrics["excess_mse_db"] - r.metrics["wiener_power_db"]
+    assert abs(r.metrics["weight_error_db"] - predicted) < 3.0  # one snapshot vs a 10% mean
 
 
 def test_lms_fixed_point_stalls_and_is_deterministic():
@@ -232,3 +237,52 @@ def test_classify_reads_user_mnist_files(tmp_path):
     r = tasks.classify(tasks.ClassifyParams(dataset="fashion_mnist", data_path=str(tmp_path / "fashion.npz"),
                                             epochs=2, hidden=16, lr=0.05))
     assert r.info["n_train"] == 256 and r.metrics["test_accuracy"] > 0.9
+
+
+def test_classify_grad_rounding_overrides_rounding_for_the_gradient_only():
+    from hwsim.optim.precision import GroupPrecision
+
+    def group_precision(**kw):
+        p = tasks.ClassifyParams(weight="fx8.6", accumulator="fx12.10", grad="fx6.5", **kw)
+        opt = tasks.make_optimizer(p, [torch.nn.Parameter(torch.zeros(3))])
+        return GroupPrecision.of(opt.param_groups[0], opt.rule.state_names)
+
+    mixed = group_precision(rounding="nearest", grad_rounding="stochastic")
+    assert str(mixed.grad_rounding).lower().endswith("stochastic")
+    assert str(mixed.accumulator_rounding).lower().endswith("nearest")
+    follow = group_precision(rounding="nearest")  # None: the gradient follows `rounding`
+    assert str(follow.grad_rounding).lower().endswith("nearest")
+    with pytest.raises(ValueError, match="grad_rounding"):
+        tasks.ClassifyParams(grad_rounding="sthochastic")
+
+
+def test_lms_tracking_a_drifting_system_precision_floor_wins():
+    """With a drifting system (studies/gear_shifting.toml) unbounded halving stalls
+    and falls behind, a constant large step keeps its gradient noise, and the
+    precision floor settles at the smallest step that still adapts."""
+    def werr(schedule, weight="fx16.14"):
+        return np.mean([tasks.lms(tasks.LMSParams(
+            taps=16, n_samples=24000, step=0.04, weight=weight, drift=3e-5, schedule=schedule,
+            seed=s)).metrics["weight_error_db"] for s in range(2)])
+
+    constant = werr("constant")
+    halving = werr("gearshift:every=3000,factor=0.5")
+    floored = werr("gearshift:every=3000,factor=0.5,floor=precision")
+    assert floored < constant - 5 and floored < halving - 5, (constant, halving, floored)
+    with pytest.raises(ValueError, match="drift"):
+        tasks.LMSParams(drift=1e-4, problem="equalization")
+
+
+def test_system_identification_drift_is_a_random_walk_and_zero_changes_nothing():
+    from models.datasets import system_identification
+
+    still = system_identification(3000, taps=16, seed=5)
+    again = system_identification(3000, taps=16, seed=5, drift=0.0)
+    assert np.array_equal(still.d, again.d) and again.clean is None
+    moving = system_identification(3000, taps=16, seed=5, drift=1e-3)
+    assert np.array_equal(moving.x, still.x)
+    moved = float(np.sum((moving.system - still.system) ** 2))
+    assert 0.4 * 16 * 3000 * 1e-6 < moved < 2 * 16 * 3000 * 1e-6  # random-walk variance
+    # the first output sample comes from the (barely moved) initial system
+    assert moving.clean[0] == pytest.approx(still.system[0] * still.x[0], abs=1e-2)
+    assert float(np.mean((moving.d - moving.clean) ** 2)) == pytest.approx(moving.mmse, rel=0.2)

@@ -269,3 +269,31 @@ def test_series_style_colour_by_first_field_dashes_by_the_rest():
     assert styles["nearest", 0.1]["color"] != styles["stochastic", 0.1]["color"]
     assert styles["nearest", 0.1]["linestyle"] == styles["stochastic", 0.1]["linestyle"]
     assert styles["nearest", 0.1]["linestyle"] != styles["nearest", 0.01]["linestyle"]
+
+
+def test_heatmap_puts_a_series_lr_field_on_the_x_axis_not_in_the_panels():
+    import numpy as np
+
+    from hwsim.study.plots import heatmap
+    from hwsim.study.store import TrialRecord
+
+    grid = {"weight": ["fx6.4", "fx8.6"], "rounding": ["nearest", "stochastic"],
+            "step": [0.003, 0.01, 0.03]}  # fmt: skip
+    spec = {"name": "h", "grid": grid,
+            "plot": {"metric": "loss", "bits": "weight", "lr": "step",
+                     "series": ["rounding", "step"]}}  # fmt: skip
+    records = [
+        TrialRecord(
+            f"{w}{r}{s}", {"weight": w, "rounding": r, "step": s}, "ok", metrics={"loss": 1.0 + s}
+        )  # fmt: skip
+        for w in grid["weight"]
+        for r in grid["rounding"]
+        for s in grid["step"]
+    ]
+    fig = heatmap(StudyData(Path("."), spec, records))
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert sorted(ax.get_title() for ax in panels) == ["rounding=nearest", "rounding=stochastic"]
+    for ax in panels:
+        cells = np.asarray(ax.get_images()[0].get_array())
+        assert cells.shape == (2, 3) and not np.isnan(cells).any()  # bits x step, all filled
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.003", "0.01", "0.03"]

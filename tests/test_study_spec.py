@@ -241,6 +241,34 @@ def test_builtin_studies_validate_against_their_tasks(path):
     assert spec.plot.bits in spec.grid
 
 
+def test_builtin_accumulator_study_tests_the_rule_directly():
+    """studies/accumulator_precision.toml quantizes the gradients (stochastically,
+    into a nearest accumulator), so the prediction comes from LSB_G itself, moves
+    one bit per halving of lr, and the sweep brackets it with room for a cliff."""
+    pytest.importorskip("models.tasks")
+    from hwsim.study.plots import StudyData
+    from hwsim.theory import plots as tp
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "accumulator_precision.toml")
+    data = StudyData(Path("."), spec.to_json(), [])
+    trials = [t for t in spec.trials() if t.role == "grid"]
+    assert {t.config["grad_rounding"] for t in trials} == {"stochastic"}
+    assert {t.config["rounding"] for t in trials} == {"nearest"}
+    predicted = {}
+    for t in trials:
+        fl, how = tp.accumulator_prediction(data, t.config)
+        assert how.startswith("rule, LSB_G from grad")
+        predicted.setdefault(t.config["lr"], set()).add(fl)
+    assert all(len(v) == 1 for v in predicted.values())
+    fls = {lr: v.pop() for lr, v in predicted.items()}
+    lrs = sorted(fls)
+    for small, large in zip(lrs, lrs[1:], strict=False):
+        if large == 2 * small:
+            assert fls[small] == fls[large] + 1
+    swept = sorted({data.bits_of(t.config) for t in trials})
+    assert all(swept[0] <= fl - 2 and fl + 2 <= swept[-1] for fl in fls.values())
+
+
 formats = st.builds(
     lambda wl, fl, signed: {"wl": wl, "fl": fl, "signed": signed},
     st.integers(2, 40), st.integers(-4, 44), st.booleans(),

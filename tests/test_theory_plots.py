@@ -191,6 +191,59 @@ def test_lms_plots_and_report(lms_study):
     assert "![pareto](plots/pareto.png)" in text and "![lms_theory](plots/lms_theory.png)" in text
 
 
+def _with_weight_error(data, wiener_power_db):
+    """The study re-labelled as a weight-error study: weight_error_db = excess MSE
+    (unit input power) over |w_opt|^2, with |w_opt|^2 reported or not."""
+    import copy
+
+    from hwsim.study.plots import StudyData
+
+    records = []
+    for r in data.records:
+        r = copy.deepcopy(r)
+        if "excess_mse_db" in r.metrics:
+            r.metrics["weight_error_db"] = r.metrics["excess_mse_db"] - (wiener_power_db or 0.0)
+            if wiener_power_db is not None:
+                r.metrics["wiener_power_db"] = wiener_power_db
+        records.append(r)
+    spec = copy.deepcopy(data.spec)
+    spec["plot"]["metric"] = "weight_error_db"
+    spec["plot"]["series"] = ["rounding"]
+    return StudyData(data.folder, spec, records)
+
+
+def test_lms_overlay_predicts_weight_error_in_the_series_colours(lms_study):
+    from hwsim.study.plots import StudyData, plt, series_style
+    from hwsim.theory import plots as tp
+
+    data = StudyData.load(lms_study)
+    data.spec["plot"]["series"] = ["rounding"]
+    data.plot["series"] = ["rounding"]
+    fig, ax = plt.subplots()
+    tp.lms_final_overlay(ax, data, {"metric": "excess_mse_db", "series": None})
+    excess = {tuple(line.get_color()): list(line.get_ydata()) for line in ax.lines}
+    plt.close(fig)
+    colours = {tuple(series_style(data, (("rounding", r),))["color"]) for r in ("nearest", "stochastic")}
+    assert set(excess) == colours and len(colours) == 2  # theory lines in their series' colour
+    # weight error = excess / (sigma_x^2 |w_opt|^2): with |w_opt|^2 = 2 (3.01 dB) the
+    # prediction is the excess-MSE one shifted down by 3.01 dB
+    werr = _with_weight_error(data, 10 * math.log10(2.0))
+    fig, ax = plt.subplots()
+    tp.lms_final_overlay(ax, werr, {"metric": "weight_error_db", "series": None})
+    assert len(ax.lines) == 2 and ax.get_legend_handles_labels()[1][0].startswith("theory")
+    for line in ax.lines:
+        expect = excess[tuple(line.get_color())]
+        assert list(line.get_ydata()) == pytest.approx([y - 10 * math.log10(2.0) for y in expect])
+    plt.close(fig)
+    # |w_opt|^2 unknown, or a metric the theory does not predict: no line, no legend entry
+    for case, metric in [(_with_weight_error(data, None), "weight_error_db"), (data, "stall_fraction")]:
+        case.plot["metric"] = case.spec["plot"]["metric"] = metric
+        fig, ax = plt.subplots()
+        tp.lms_final_overlay(ax, case, {"metric": metric, "series": None})
+        assert len(ax.lines) == 0 and ax.get_legend_handles_labels() == ([], [])
+        plt.close(fig)
+
+
 def test_pareto_front_is_the_set_of_undominated_configs(lms_study):
     from hwsim.study.plots import StudyData
     from hwsim.theory import plots as tp
@@ -238,3 +291,4 @@ def test_accumulator_prediction_and_cliff_in_report(acc_study):
     cheapest_front = min((p for p in points if p["front"]), key=lambda p: p["energy"])
     assert cheapest_front["role"] == "grid"
     assert "## Accuracy vs energy: Pareto-optimal configs" in text
+

@@ -504,9 +504,10 @@ def heatmap(data: StudyData):
         value = r.metrics.get(data.metric)
         if bits is None or value is None or not math.isfinite(value):
             continue
-        cells.setdefault(data.series_of(r.config), {}).setdefault(
-            (bits, r.config.get(lr)), []
-        ).append(value)
+        # the lr field is the x axis: a panel per series *without* it, or each
+        # panel would get a single filled column
+        panel = tuple((k, v) for k, v in data.series_of(r.config) if k != lr)
+        cells.setdefault(panel, {}).setdefault((bits, r.config.get(lr)), []).append(value)
     if not cells:
         return None
     bits_all = sorted({b for c in cells.values() for b, _ in c})
