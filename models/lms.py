@@ -204,6 +204,15 @@ def config_array(formats: LMSFormats, rule: str, mu: float) -> np.ndarray:
         update_fl += f.error.fl
     if rule in ("lms", "sign_error"):
         update_fl += f.data.fl
+    excess = update_fl - f.weight_accumulator.fl - MAX_CODE_BITS
+    if excess > 0:
+        # a step so small that rounding the update onto the weight accumulator
+        # would drop more bits than int64 holds: keep fewer significant bits of
+        # the step (at least one), as a narrower step register would; the
+        # update then still rounds (stalls, or moves stochastically) correctly
+        mu_code = max(1, int(round(mu_code / 2.0**excess)))
+        step_fl -= excess
+        update_fl -= excess
     cfg = np.zeros(C_LEN, dtype=np.int64)
     cfg[C_P_SHIFT] = f.weight.fl + f.data.fl - f.product.fl
     cfg[C_P_MIN], cfg[C_P_MAX] = f.product.min_code, f.product.max_code

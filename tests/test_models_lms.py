@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from naive import overflow_code, round_fraction
 
 from hwsim import FixedPoint
+from models.datasets import system_identification
 from models.lms import RULES, FixedLMS, TorchLMS, lms_float, resolve_formats, step_code
 
 ROUNDINGS = ["nearest", "nearest_away", "floor", "zero", "stochastic"]
@@ -285,3 +286,16 @@ def test_set_weights_then_run_matches_the_reference_start():
     assert f.weight_codes.tolist() == [10, -22, 127]  # 154/16=9.625 -> 10, -358/16=-22.375 -> -22
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         f.set_weights([0.0, 1.0])
+
+
+@pytest.mark.parametrize("mu", [1e-9, 1e-30])
+def test_tiny_step_stalls_instead_of_raising(mu):
+    # the update's shift onto the weight accumulator would exceed int64: the step
+    # keeps fewer significant bits, and nearest rounding loses every update
+    sysid = system_identification(500, 8, snr_db=40.0, seed=0)
+    f = FixedLMS(8, "lms", weight=FixedPoint(8, 6), rounding="nearest")
+    f.run(sysid.x, sysid.d, mu)
+    assert np.all(f.weights == 0.0)
+    g = FixedLMS(8, "lms", weight=FixedPoint(8, 6), rounding="floor")
+    g.run(sysid.x, sysid.d, mu)
+    assert np.all(g.weights <= 0.0)  # floor keeps its downward drift on negative updates
