@@ -47,6 +47,9 @@ def _cmd_sweep(args) -> int:
             file=sys.stderr,
         )
         return 130
+    except RuntimeError as exc:  # e.g. --dask without the distributed package
+        print(f"hwsim sweep: {exc}", file=sys.stderr)
+        return 2
     print(summary, file=sys.stderr)
     if args.plot and summary.ok:
         from hwsim.study.plots import make_plots

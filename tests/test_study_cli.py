@@ -297,3 +297,22 @@ def test_heatmap_puts_a_series_lr_field_on_the_x_axis_not_in_the_panels():
         cells = np.asarray(ax.get_images()[0].get_array())
         assert cells.shape == (2, 3) and not np.isnan(cells).any()  # bits x step, all filled
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0.003", "0.01", "0.03"]
+
+
+def test_dask_without_distributed_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    from hwsim import cli
+
+    real_import = builtins.__import__
+
+    def no_distributed(name, *args, **kwargs):
+        if name == "distributed" or name.startswith("distributed."):
+            raise ImportError("No module named 'distributed'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_distributed)
+    spec = Path(__file__).parent.parent / "studies" / "quickstart.toml"
+    code = cli.main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--dask", "tcp://127.0.0.1:1"])
+    assert code == 2
+    assert "needs the 'distributed' package: pip install 'hwsim[dask]'" in capsys.readouterr().err

@@ -308,8 +308,13 @@ def run_sweep(
         client = dask_client
         own_client = False
         if todo and client is None and dask_address is not None:
-            from distributed import Client
-
+            try:
+                from distributed import Client
+            except ImportError:
+                raise RuntimeError(
+                    f"--dask {dask_address} needs the 'distributed' package: "
+                    "pip install 'hwsim[dask]' (or run without --dask for local processes)"
+                ) from None
             client = Client(dask_address)
             own_client = True
         if not todo:
