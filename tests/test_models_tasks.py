@@ -29,8 +29,8 @@ def test_tasks_are_registered():
     (tasks.LMSParams, {"taps": 2.5}, r"LMSParams.taps: must be an integer"),
     (tasks.LMSParams, {"color": 1.0}, r"LMSParams.color: 1.0 is not allowed; it must be in \[0, 1\)"),
     (tasks.LMSParams, {"weight": "fx40.30", "data": "fx40.30"}, r"LMSParams formats .*int64"),
-    (tasks.LMSParams, {"weight": "fx8.6", "data": "fx8.6", "error": "fx40.38", "step": 1e-12},
-     r"LMSParams formats .* and step: .*step 1e-12: rounding the update drops 93 bits"),
+    (tasks.LMSParams, {"weight": "fx8.-2", "weight_accumulator": "fx62.61"},
+     r"LMSParams formats .* and step: .*update mu\*e\*x shifted onto the weight accumulator fx62.61 can reach 2\^63"),
     (tasks.ClassifyParams, {"optimizer": "lbfgs"}, r"ClassifyParams.optimizer: 'lbfgs' is not allowed"),
     (tasks.ClassifyParams, {"dataset": "mnist"}, r"ClassifyParams.data_path: None is not allowed"),
     (tasks.ClassifyParams, {"layer_accumulator": "fx20.10"}, r"layer_accumulator.*unless weight and activation"),
@@ -42,6 +42,13 @@ def test_tasks_are_registered():
 def test_bad_params_name_field_value_and_allowed(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+def test_tiny_step_is_accepted_and_stalls():
+    # too small for a 16-bit step code: the step keeps fewer bits and nearest rounding stalls
+    p = tasks.LMSParams(weight="fx8.6", data="fx8.6", error="fx40.38", step=1e-12, n_samples=2000)
+    r = tasks.lms(p)
+    assert not r.diverged and r.metrics["stall_fraction"] == 1.0
 
 
 def test_format_strings_and_float_are_parsed():
