@@ -13,7 +13,7 @@ from naive_gemm import mac_gemm
 import hwsim
 from hwsim import FixedPoint
 from hwsim.errors import CodeOverflowError, NonFiniteError
-from hwsim.ops.matmul import grid_codes_numpy
+from hwsim.ops.matmul import grid_codes_numpy, matmul_codes
 
 ROUNDINGS = ["nearest", "nearest_away", "floor", "zero", "stochastic"]
 OVERFLOWS = ["saturate", "wrap"]
@@ -115,6 +115,27 @@ def test_wrap_fast_path_chunks_long_sums_exactly():
     seq = hwsim.matmul(a, b, accumulator=acc, overflow="wrap", path="sequential")
     assert np.array_equal(fast.astype(np.int64), want)
     assert np.array_equal(seq, fast)
+
+
+@pytest.mark.parametrize("fa, fb, acc_fl, outlier", [
+    (0, 0, 0, None), (3, -2, 5, None), (20, 30, 70, None), (-4, 7, 40, 2.0**30),
+    (0, 0, 0, 2.0**40), (5, 5, 16, 2.0**-9), (130, 120, 250, None), (-300, -200, -256, None),
+])
+def test_wrap_fast_path_on_float_values_matches_sequential(fa, fb, acc_fl, outlier):
+    # float operands: BLAS runs on the values themselves (codes times 2^-fa,
+    # 2^-fb); a one-pass grid scan guesses fl from a sample, so an outlier the
+    # sample misses takes its second pass
+    rng = np.random.default_rng(abs(fa * 7 + fb))
+    a = rng.integers(-128, 128, size=(3, 40, 33)) * 2.0**-fa
+    b = rng.integers(-128, 128, size=(33, 17)) * 2.0**-fb
+    if outlier is not None:
+        a[1, 17, 13] = outlier
+    acc = FixedPoint(32, acc_fl)
+    fast = hwsim.matmul(a, b, accumulator=acc, overflow="wrap", path="fast")
+    seq = hwsim.matmul(a, b, accumulator=acc, overflow="wrap", path="sequential")
+    assert np.array_equal(fast.view(np.int64), seq.view(np.int64))
+    codes, _ = matmul_codes(a, b, accumulator=acc, overflow="wrap")
+    assert codes.dtype == np.int64 and np.array_equal(codes * acc.lsb, seq)
 
 
 def test_saturating_fast_path_uses_tight_bound():

@@ -28,7 +28,7 @@ import functools
 
 import numpy as np
 
-from hwsim.kernels.jit import parallel_kernel, prange
+from hwsim.kernels.jit import kernel, parallel_kernel, prange
 from hwsim.kernels.scalar import (
     SATURATE,
     STOCHASTIC,
@@ -246,3 +246,113 @@ def code_stats(codes):
             hi = max(hi, code)
         mags[c], los[c], his[c] = mag, lo, hi
     return mags.max(), los.min(), his.max()
+
+
+# -- the float wrap fast path: BLAS straight on the operands' float64 values ------------
+
+
+@kernel
+def _scan_grid_range(bits, fl):
+    """``scan_grid`` on one chunk: (top over x >= 0, over x < 0, top |x|, OR of
+    dropped bits, OR of codes). A separate function looping over range(size):
+    the same loop over range(start, stop), in a prange body or not, ran 2.5x
+    slower (not vectorized)."""
+    tp, tn, ta, offb, acc = np.int64(0), np.int64(0), np.int64(0), np.int64(0), np.int64(0)
+    for i in range(bits.size):
+        b = bits[i]
+        a = b & ABS_MASK
+        sign = b >> 63  # -1 for x < 0, else 0
+        ta = max(ta, a)
+        tp = max(tp, a & ~sign)
+        tn = max(tn, a & sign)
+        e = a >> 52
+        mant = a & MANT_MASK
+        m = mant | IMPLICIT if e > 0 else mant  # x = m 2^(max(e, 1) - 1075)
+        sh = max(e, np.int64(1)) - 1075 + fl
+        left = min(max(sh, np.int64(0)), np.int64(63))
+        right = min(max(-sh, np.int64(0)), np.int64(63))
+        ml = m << left
+        code = ml >> right
+        offb |= ml ^ (code << right)
+        acc |= code
+    return tp, tn, ta, offb, acc
+
+
+@parallel_kernel
+def scan_grid(bits, fl):
+    """One pass over float64 values viewed as int64: (largest |x| bits over
+    x >= 0, over x < 0, non-finite count (0 or 1), off-grid flag (0 or 1), OR
+    of |codes| on the grid 2^-fl). The last two are meaningful only when every
+    |x| 2^fl < 2^63. Branch-free (sign masks, an OR of dropped bits) so the
+    loop vectorizes: measured 3.5x faster than with selects and counters."""
+    n = bits.size
+    pos = np.zeros(CHUNKS, dtype=np.int64)
+    neg = np.zeros(CHUNKS, dtype=np.int64)
+    top = np.zeros(CHUNKS, dtype=np.int64)
+    offs = np.zeros(CHUNKS, dtype=np.int64)
+    ors = np.zeros(CHUNKS, dtype=np.int64)
+    step = (n + CHUNKS - 1) // CHUNKS
+    for c in prange(CHUNKS):
+        pos[c], neg[c], top[c], offs[c], ors[c] = _scan_grid_range(
+            bits[min(n, c * step):min(n, (c + 1) * step)], fl)
+    total_or, total_off = np.int64(0), np.int64(0)
+    for c in range(CHUNKS):
+        total_or |= ors[c]
+        total_off |= offs[c]
+    bad = 1 if top.max() >= EXP_ALL_ONES else 0
+    return pos.max(), neg.max(), bad, 1 if total_off != 0 else 0, total_or
+
+
+@parallel_kernel
+def grid_or(bits, fl):
+    """``scale_to_grid`` without storing the codes: (count of values off the
+    grid 2^-fl, bitwise OR of all |codes|)."""
+    n = bits.size
+    offs = np.zeros(CHUNKS, dtype=np.int64)
+    ors = np.zeros(CHUNKS, dtype=np.int64)
+    step = (n + CHUNKS - 1) // CHUNKS
+    for c in prange(CHUNKS):
+        off, acc = 0, np.int64(0)
+        for i in range(c * step, min(n, (c + 1) * step)):
+            a = bits[i] & ABS_MASK
+            e = a >> 52
+            mant = a & MANT_MASK
+            m = mant | IMPLICIT if e > 0 else mant
+            sh = max(e, np.int64(1)) - 1075 + fl
+            left = min(max(sh, np.int64(0)), np.int64(63))
+            right = min(max(-sh, np.int64(0)), np.int64(63))
+            code = (m << left) >> right
+            off += 1 if (code << right) != (m << left) else 0
+            acc |= code
+        offs[c], ors[c] = off, acc
+    total_or = np.int64(0)
+    for c in range(CHUNKS):
+        total_or |= ors[c]
+    return offs.sum(), total_or
+
+
+@functools.cache
+def reduce_float_sums_kernel(overflow: int, scaled: bool, shifted: bool, values: bool):
+    """kernel(sums, out, scale, shift_left, c_min, c_max, lsb):
+    code = overflow_C(int64(sums * scale) << shift_left), out = code (int64) or
+    code * lsb (float64, ``values``). With ``scaled``, ``sums`` are float64 and
+    ``sums * scale`` must be an exact integer below 2^63 (scale a power of two);
+    without, ``sums`` are int64 and ``scale`` is ignored. Without ``shifted``
+    the shift is skipped (the caller folded it into ``scale``)."""
+
+    @parallel_kernel
+    def run(sums, out, scale, shift_left, c_min, c_max, lsb):
+        for i in prange(sums.size):
+            if scaled:
+                code = np.int64(sums[i] * scale)
+            else:
+                code = np.int64(sums[i])
+            if shifted:
+                code = code << shift_left
+            code = apply_overflow(code, c_min, c_max, overflow)
+            if values:
+                out[i] = code * lsb
+            else:
+                out[i] = code
+
+    return run

@@ -9,6 +9,7 @@ kernels) or torch tensors (torch ops, any device). Semantics: DESIGN.md,
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -234,15 +235,20 @@ def matmul(a, b, *, accumulator: FixedPoint | str, product: FixedPoint | str | N
     >>> hwsim.matmul(a, b, accumulator="fx8.2")  # wide: 1.75
     array([[1.75]])
     """
-    codes, acc = matmul_codes(a, b, accumulator=accumulator, product=product, rounding=rounding,
-                              overflow=overflow, a_format=a_format, b_format=b_format, seed=seed,
-                              path=path)
-    return _codes_to_values(codes, acc)
+    return _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path,
+                   values=True)
 
 
 def matmul_codes(a, b, *, accumulator, product=None, rounding="nearest", overflow="saturate",
                  a_format=None, b_format=None, seed=None, path="auto"):
     """Like :func:`matmul` but returns ``(int64 codes, accumulator format)``."""
+    return _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path,
+                   values=False)
+
+
+def _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path,
+            values):
+    """values: float64 values; else (int64 codes, accumulator format)."""
     acc, product, rounding, overflow, seed = _check_args(accumulator, product, rounding,
                                                          overflow, seed, path)
     a_format = None if a_format is None else check_format(a_format, "a_format")
@@ -254,12 +260,108 @@ def matmul_codes(a, b, *, accumulator, product=None, rounding="nearest", overflo
             raise ValueError("matmul takes two NumPy arrays or two torch tensors, not a mix")
         ca, fa = tg.operand_codes(a, a_format, "a", rounding, overflow, _sub(seed, 1))
         cb, fb = tg.operand_codes(b, b_format, "b", rounding, overflow, _sub(seed, 2))
-        return tg.batched_gemm(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path), acc
+        codes = tg.batched_gemm(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path)
+        return _codes_to_values(codes, acc) if values else (codes, acc)
+    if a_format is None and b_format is None and overflow == Overflow.WRAP:
+        out = _float_wrap_fast(a, b, acc, product, path, values)
+        if out is not None:
+            return out if values else (out, acc)
     ca, fa, sa = operand_codes_numpy(a, a_format, "a", rounding, overflow, _sub(seed, 1))
     cb, fb, sb = operand_codes_numpy(b, b_format, "b", rounding, overflow, _sub(seed, 2))
     codes = batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path,
                                stats=(sa, sb))
-    return codes, acc
+    return _codes_to_values(codes, acc) if values else (codes, acc)
+
+
+def _float_grid_stats(f):
+    """(fl, (max |code|, min code, max code)) of float64 ``f`` as
+    ``_grid_codes_float`` finds them, without writing the codes; None where that
+    function would take another branch (all zeros, non-finite, off the grid)."""
+    from hwsim.kernels import gemm as kg
+
+    bits = f.reshape(-1).view(np.int64)
+    # one pass on a grid guessed from a sample (its codes fit when the largest
+    # |x| is below 4 times the sample's), else a second pass on the right one
+    sample = np.abs(f.reshape(-1)[::max(1, f.size // 256)]).max()
+    fl_guess = None
+    if np.isfinite(sample) and sample > 0:
+        fl_guess = MAX_WL - 1 - math.frexp(float(sample))[1]
+    pos, neg, bad, off, ors = kg.scan_grid(bits, 0 if fl_guess is None else fl_guess)
+    top = max(int(pos), int(neg))
+    if bad or top == 0:
+        return None
+    as_float = lambda v: float(np.int64(v).view(np.float64))  # noqa: E731
+    top_exp = math.frexp(as_float(top))[1]  # |x| < 2^top_exp
+    fl_fine = MAX_WL - top_exp
+    if fl_guess is None or top_exp + fl_guess > 63 or (off and fl_guess < fl_fine):
+        fl_guess = fl_fine
+        off, ors = kg.grid_or(bits, fl_fine)
+    if off:
+        return None
+    fl = fl_guess - ((int(ors) & -int(ors)).bit_length() - 1)
+    if fl > fl_fine:  # off the grid 2^-fl_fine: the general path words the error
+        return None
+    code = lambda v: int(math.ldexp(as_float(v), fl))  # noqa: E731  exact: on the grid
+    return fl, (code(top), -code(neg), code(pos))
+
+
+def _float_wrap_fast(a, b, acc, product, path, values):
+    """The wrap fast path on float operands without integer codes: where BLAS on
+    the codes is exact, so is BLAS on the values (the codes times 2^-fa and
+    2^-fb: every product and partial sum is an integer below 2^53 times
+    2^-(fa + fb), kept away from float64's overflow and underflow here). Returns
+    the result, or None to take the general path (which also words any error)."""
+    from hwsim.kernels import gemm as kg
+
+    if path == "sequential":
+        return None
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind != "f" or b.dtype.kind != "f" or a.size == 0 or b.size == 0:
+        return None
+    fa_arr = np.ascontiguousarray(a, dtype=np.float64)
+    fb_arr = np.ascontiguousarray(b, dtype=np.float64)
+    with threads_for(fa_arr.size):
+        ga = _float_grid_stats(fa_arr)
+    if ga is None:
+        return None
+    with threads_for(fb_arr.size):
+        gb = _float_grid_stats(fb_arr)
+    if gb is None:
+        return None
+    (fa, sa), (fb, sb) = ga, gb
+    if not -900 <= fa + fb <= 900:
+        return None
+    fa_arr, fb_arr, squeeze, batch = _broadcast_operands(fa_arr, fb_arr, np)
+    m, k = fa_arr.shape[-2:]
+    n = fb_arr.shape[-1]
+    nonneg = (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
+    plan = plan_gemm(fa, fb, sa[0], sb[0], nonneg, acc, product, Overflow.WRAP)
+    if not use_fast_path(plan, path, k, Overflow.WRAP, None):
+        return None
+    bt = int(np.prod(batch, dtype=np.int64))
+    a3 = np.broadcast_to(fa_arr, batch + (m, k)).reshape(bt, m, k)
+    b3 = np.broadcast_to(fb_arr, batch + (k, n)).reshape(bt, k, n)
+    scale = 2.0 ** (fa + fb)  # sums * scale: the integer sums of code products
+    shift = plan.left_shift
+    if plan.wrap_chunk >= k:
+        sums = np.matmul(a3, b3)  # |sum| < 2^53 2^-(fa + fb), exact
+        if shift <= 9:  # |sum| 2^shift < 2^62: fold the shift into the exact scaling
+            scale, shift, shifted = scale * 2.0**shift, 0, False
+        else:
+            shifted = True
+        scaled = True
+    else:
+        sums = np.zeros((bt, m, n), dtype=np.int64)
+        step = plan.wrap_chunk
+        for k0 in range(0, k, step):
+            part = np.matmul(a3[:, :, k0:k0 + step], b3[:, k0:k0 + step, :])
+            sums += (part * scale).astype(np.int64)
+        scaled, shifted = False, True  # int64 sums, exact modulo 2^64
+    out = np.empty((bt, m, n), dtype=np.float64 if values else np.int64)
+    run = kg.reduce_float_sums_kernel(int(Overflow.WRAP), scaled, shifted, values)
+    with threads_for(out.size):
+        run(sums.reshape(-1), out.reshape(-1), scale, shift, acc.min_code, acc.max_code, acc.lsb)
+    return _squeeze(out.reshape(batch + (m, n)), squeeze)
 
 
 def conv2d(x, w, *, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
