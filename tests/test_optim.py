@@ -460,6 +460,21 @@ def test_non_finite_gradient_raises():
         opt.step()
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_non_finite_gradient_changes_nothing(fused):
+    # large enough for the fused Numba tail; a NaN must leave weights and accumulator as they were
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 1 << 15))
+    opt = hopt.SGD([p], lr=0.1, weight="fx8.4", accumulator="fx16.12", fused=fused)
+    p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    before_w, before_acc = p.detach().clone(), opt.accumulator_codes(p).clone()
+    p.grad = torch.full_like(p, 0.25)
+    p.grad[123] = float("nan")
+    with pytest.raises(NonFiniteError, match="1 non-finite"):
+        opt.step()
+    assert torch.equal(p.detach(), before_w) and torch.equal(opt.accumulator_codes(p), before_acc)
+
+
 def test_sparse_gradient_rejected():
     p = torch.nn.Parameter(torch.zeros(3))
     opt = hopt.SGD([p], lr=0.1)

@@ -43,6 +43,7 @@ from hwsim.optim.precision import (
 )
 from hwsim.optim.rules import Rule
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
+from hwsim.torch_path.quantize import all_finite
 
 MEDIAN_SAMPLE = 4096  # elements per param sampled for the median update size
 
@@ -172,7 +173,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             return uniforms(mix_seed(seed, step, index, stream), like)
 
         def quantize(x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
-            if not _all_finite(x):
+            if not all_finite(x):
                 _raise_non_finite(x, stream, p, index)
             u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
             return value_to_code_float(x, fmt, rounding, prec.overflow, u).mul_(fmt.lsb)
@@ -227,7 +228,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if prec.update is not None:
             update = quantize(update, prec.update, prec.update_rounding, STREAM["update"])
         if target is None:
-            if not _all_finite(update):
+            if not all_finite(update):
                 _raise_non_finite(update, STREAM["update"], p, index)
             new = p + update.to(p.dtype)
             if counts is not None:
@@ -238,7 +239,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if fusable:
             self._accumulate_fused(p, update, 1.0, state, prec, seed, step, index, counts)
             return
-        if not _all_finite(update):
+        if not all_finite(update):
             _raise_non_finite(update, STREAM["update"], p, index)
         rounding = prec.target_rounding
         u = noise(STREAM["accumulator"], update) if rounding == Rounding.STOCHASTIC else None
@@ -272,6 +273,8 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         ar, wr = prec.target_rounding, prec.weight_rounding
         kernel = accumulate_kernel(int(ar), int(wr), int(prec.overflow), has_weight,
                                    ar == Rounding.STOCHASTIC, has_weight and wr == Rounding.STOCHASTIC)
+        if not all_finite(update):  # before the kernel writes anything: no weight changes
+            _raise_non_finite(update, STREAM["update"], p, index)
         acc = state["accumulator"]
         nonzero, stalled, saturated, bad = kernel(
             update.detach().contiguous().reshape(-1).numpy(), float(scale), acc.reshape(-1).numpy(),
@@ -320,15 +323,9 @@ def _int64(seed: int) -> int:
     return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
-def _all_finite(x: torch.Tensor) -> bool:
-    """One read-only pass: a finite sum proves every element finite; only a
-    non-finite sum (NaN/Inf inside, or an overflowing sum) pays the exact check."""
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
-
-
 def _codes(x, fmt, rounding, overflow, noise, stream, p, index):
     x = x.to(torch.float64)
-    if not _all_finite(x):
+    if not all_finite(x):
         _raise_non_finite(x, stream, p, index)
     u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
     return value_to_code_float(x, fmt, rounding, overflow, u).add_(0.0)  # integer codes: no -0

@@ -47,10 +47,15 @@ def quantize_torch(x: torch.Tensor, fmt: FixedPoint, rounding: Rounding, overflo
     return code_to_value(value_to_code(x, fmt, rounding, overflow, u), fmt, out_dtype)
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """True when ``x`` holds no NaN or Inf. One read-only reduction: a finite
+    float64 sum proves every element finite; only a non-finite sum (NaN/Inf
+    inside, or an overflowing sum of huge values) pays the exact check."""
+    return (not x.numel() or bool(torch.isfinite(x.sum(dtype=torch.float64)))
+            or bool(torch.isfinite(x).all()))
+
+
 def check_finite(x: torch.Tensor) -> None:
-    """Raise NonFiniteError if ``x`` holds NaN or Inf. One reduction pass: a
-    non-finite float64 sum means NaN/Inf, or an overflowing sum of huge finite
-    values, which the exact check then clears."""
-    if x.numel() and not bool(torch.isfinite(x.sum(dtype=torch.float64))):
-        if not bool(torch.isfinite(x).all()):
-            raise_non_finite_torch(x)
+    """Raise NonFiniteError (count and first index) if ``x`` holds NaN or Inf."""
+    if not all_finite(x):
+        raise_non_finite_torch(x)
