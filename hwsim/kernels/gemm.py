@@ -156,6 +156,22 @@ IMPLICIT = np.int64(1 << 52)
 # strict IEEE flags of hwsim.kernels.jit) do not (measured 30-90x slower).
 
 
+@kernel
+def _on_grid(a, fl):
+    """|x| (its float64 bits ``a``, sign cleared) on the grid 2^-fl, exactly:
+    (m << left, code, right) with x = m 2^(max(e, 1) - 1075) and
+    code = (m << left) >> right; the value is on the grid iff
+    ``code << right == m << left``. Shared by every grid scan below."""
+    e = a >> 52
+    mant = a & MANT_MASK
+    m = mant | IMPLICIT if e > 0 else mant
+    sh = max(e, np.int64(1)) - 1075 + fl
+    left = min(max(sh, np.int64(0)), np.int64(63))
+    right = min(max(-sh, np.int64(0)), np.int64(63))
+    ml = m << left
+    return ml, ml >> right, right
+
+
 @parallel_kernel
 def abs_max_bits(bits):
     """(bit pattern of the largest finite |x|, count of non-finite values), for
@@ -189,15 +205,8 @@ def scale_to_grid(bits, out, fl):
         off, acc = 0, np.int64(0)
         for i in range(c * step, min(n, (c + 1) * step)):
             b = bits[i]
-            a = b & ABS_MASK
-            e = a >> 52
-            mant = a & MANT_MASK
-            m = mant | IMPLICIT if e > 0 else mant  # x = m 2^(max(e, 1) - 1075)
-            sh = max(e, np.int64(1)) - 1075 + fl
-            left = min(max(sh, np.int64(0)), np.int64(63))
-            right = min(max(-sh, np.int64(0)), np.int64(63))
-            code = (m << left) >> right
-            off += 1 if (code << right) != (m << left) else 0
+            ml, code, right = _on_grid(b & ABS_MASK, fl)
+            off += 1 if (code << right) != ml else 0
             code = -code if b < 0 else code
             out[i] = code
             acc |= code
@@ -209,42 +218,35 @@ def scale_to_grid(bits, out, fl):
 
 
 @parallel_kernel
-def shift_codes_stats(codes, shift):
-    """codes >>= shift in place (exact: all are multiples of 2^shift); returns
-    (max |code|, min code, max code)."""
-    n = codes.size
-    mags = np.zeros(CHUNKS, dtype=np.int64)
-    los = np.zeros(CHUNKS, dtype=np.int64)
-    his = np.zeros(CHUNKS, dtype=np.int64)
-    step = (n + CHUNKS - 1) // CHUNKS
-    for c in prange(CHUNKS):
-        mag, lo, hi = 0, 0, 0
-        for i in range(c * step, min(n, (c + 1) * step)):
-            code = codes[i] >> shift
-            codes[i] = code
-            mag = max(mag, abs(code))
-            lo = min(lo, code)
-            hi = max(hi, code)
-        mags[c], los[c], his[c] = mag, lo, hi
-    return mags.max(), los.min(), his.max()
+def shift_codes(codes, shift):
+    """codes >>= shift in place (exact: the caller knows all are multiples of 2^shift)."""
+    for i in prange(codes.size):
+        codes[i] >>= shift
+
+
+@kernel
+def _stats_slice(codes):
+    """One chunk of :func:`code_stats`; a separate function over range(size) so
+    the loop vectorizes."""
+    mag, lo, hi = np.int64(0), np.int64(0), np.int64(0)
+    for i in range(codes.size):
+        code = codes[i]
+        mag = max(mag, abs(code))
+        lo = min(lo, code)
+        hi = max(hi, code)
+    return mag, lo, hi
 
 
 @parallel_kernel
 def code_stats(codes):
-    """(max |code|, min code, max code) of int64 ``codes`` (0s count)."""
+    """(max |code|, min code, max code) of int64 ``codes`` (0s count; read only)."""
     n = codes.size
     mags = np.zeros(CHUNKS, dtype=np.int64)
     los = np.zeros(CHUNKS, dtype=np.int64)
     his = np.zeros(CHUNKS, dtype=np.int64)
     step = (n + CHUNKS - 1) // CHUNKS
     for c in prange(CHUNKS):
-        mag, lo, hi = 0, 0, 0
-        for i in range(c * step, min(n, (c + 1) * step)):
-            code = codes[i]
-            mag = max(mag, abs(code))
-            lo = min(lo, code)
-            hi = max(hi, code)
-        mags[c], los[c], his[c] = mag, lo, hi
+        mags[c], los[c], his[c] = _stats_slice(codes[min(n, c * step):min(n, (c + 1) * step)])
     return mags.max(), los.min(), his.max()
 
 
@@ -265,14 +267,7 @@ def _scan_grid_range(bits, fl):
         ta = max(ta, a)
         tp = max(tp, a & ~sign)
         tn = max(tn, a & sign)
-        e = a >> 52
-        mant = a & MANT_MASK
-        m = mant | IMPLICIT if e > 0 else mant  # x = m 2^(max(e, 1) - 1075)
-        sh = max(e, np.int64(1)) - 1075 + fl
-        left = min(max(sh, np.int64(0)), np.int64(63))
-        right = min(max(-sh, np.int64(0)), np.int64(63))
-        ml = m << left
-        code = ml >> right
+        ml, code, right = _on_grid(a, fl)
         offb |= ml ^ (code << right)
         acc |= code
     return tp, tn, ta, offb, acc
@@ -314,15 +309,8 @@ def grid_or(bits, fl):
     for c in prange(CHUNKS):
         off, acc = 0, np.int64(0)
         for i in range(c * step, min(n, (c + 1) * step)):
-            a = bits[i] & ABS_MASK
-            e = a >> 52
-            mant = a & MANT_MASK
-            m = mant | IMPLICIT if e > 0 else mant
-            sh = max(e, np.int64(1)) - 1075 + fl
-            left = min(max(sh, np.int64(0)), np.int64(63))
-            right = min(max(-sh, np.int64(0)), np.int64(63))
-            code = (m << left) >> right
-            off += 1 if (code << right) != (m << left) else 0
+            ml, code, right = _on_grid(bits[i] & ABS_MASK, fl)
+            off += 1 if (code << right) != ml else 0
             acc |= code
         offs[c], ors[c] = off, acc
     total_or = np.int64(0)

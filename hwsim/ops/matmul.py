@@ -153,7 +153,9 @@ def _grid_codes_float(f, name):
         fl_need = _finest_fl(f)
         _check_grid_span(max(top_exp + fl_need, MAX_WL + 1), fl_need, name)
     tz = (int(ors) & -int(ors)).bit_length() - 1
-    stats = kg.shift_codes_stats(codes.reshape(-1), tz)
+    if tz:
+        kg.shift_codes(codes.reshape(-1), tz)
+    stats = kg.code_stats(codes.reshape(-1))
     return codes, fl_fine - tz, tuple(int(v) for v in stats)
 
 
