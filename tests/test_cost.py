@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import hwsim
 from hwsim import cost
+from hwsim.nn.precision import TENSOR_FIELDS
 
 TABLE = tomllib.loads(cost.DEFAULT_TABLE_PATH.read_text())
 
@@ -123,19 +124,11 @@ def test_bad_tables_are_rejected(tmp_path, text, match):
 
 
 class _Precision:
-    """Duck-typed stand-in for hwsim.nn.Precision (same field names)."""
+    """Duck-typed stand-in for hwsim.nn.Precision (its field names; no
+    consistency checks, so any combination can be costed)."""
 
     def __init__(self, **kw):
-        for name in (
-            "weight",
-            "activation",
-            "output",
-            "grad_activation",
-            "grad_weight",
-            "accumulator",
-            "grad_activation_accumulator",
-            "grad_weight_accumulator",
-        ):
+        for name in TENSOR_FIELDS:
             setattr(self, name, kw.get(name))
 
 
