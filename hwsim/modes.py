@@ -63,6 +63,3 @@ def _parse(cls, value, what):
     valid = ", ".join(repr(m.name.lower()) for m in cls)
     raise ValueError(f"unknown {what} mode {value!r}; valid modes are {valid}")
 
-
-ROUNDING_NAMES = tuple(str(m) for m in Rounding)
-OVERFLOW_NAMES = tuple(str(m) for m in Overflow)

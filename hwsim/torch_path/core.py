@@ -52,11 +52,6 @@ def wrap_reduce(x: torch.Tensor, modulus: float) -> torch.Tensor:
     return torch.where(a < modulus, x, r)
 
 
-def round_scaled(s: torch.Tensor, rounding: Rounding, u: torch.Tensor | None = None) -> torch.Tensor:
-    """Round float64 ``s`` (LSB units) to integral float64 (a new tensor)."""
-    return round_scaled_(s.clone(), rounding, u)
-
-
 def round_scaled_(s: torch.Tensor, rounding: Rounding, u: torch.Tensor | None = None) -> torch.Tensor:
     """Round float64 ``s`` (LSB units) to integral float64, in place where it can."""
     if rounding == Rounding.NEAREST:
