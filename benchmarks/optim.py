@@ -29,6 +29,7 @@ from _timing import print_table  # noqa: E402
 
 import hwsim.optim as hopt  # noqa: E402
 
+WARMUP_STEPS = 3  # per optimizer and round, before its timed steps
 FIXED = dict(weight="fx16.12", accumulator="fx24.20", grad="fx16.12")
 ADAM_STATE = {"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"}
 
@@ -55,6 +56,8 @@ def interleaved_times(makers: dict, n: int, steps: int, repeat: int) -> dict[str
     best = dict.fromkeys(opts, math.inf)
     for _ in range(repeat):
         for name, opt in opts.items():
+            for _ in range(WARMUP_STEPS):  # untimed: caches and thread pools settle after the previous optimizer
+                opt.step()
             t0 = time.perf_counter()
             for _ in range(steps):
                 opt.step()

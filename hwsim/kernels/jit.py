@@ -15,6 +15,7 @@ Compilation is lazy (no signatures here), so importing hwsim compiles nothing.
 from __future__ import annotations
 
 import contextlib
+import types
 
 import numba
 
@@ -36,6 +37,17 @@ def parallel_kernel(fn=None, **extra):
 
 
 prange = numba.prange
+
+
+def serial_and_parallel(fn):
+    """``(kernel(fn), parallel_kernel(fn))``: callers run small inputs on the
+    serial one (waking the thread pool costs more than they do). Numba's disk
+    cache names a function by its qualified name, not by its flags, so the
+    parallel twin gets a name of its own; else whichever compiled first would
+    be loaded for both."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = f"{fn.__qualname__}_parallel"
+    return kernel(fn), parallel_kernel(twin)
 
 
 # -- threads -----------------------------------------------------------------------

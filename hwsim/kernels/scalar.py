@@ -101,24 +101,68 @@ def wrap_reduce(x, modulus):
 
 
 @kernel
-def value_to_code(x, scale, wrap_modulus, min_code, max_code, rounding, overflow, u):
-    """The code of finite float64 ``x`` in a format with LSB = 1/scale.
+def scale_value(x, scale, rounding):
+    """``x * scale`` (a value into LSB units, ``scale`` = 2^fl). Where it
+    underflows to 0 (only when fl < 0) the sign of the tiny product is kept for
+    the two modes it matters to (the others round +-tiny and +-0 alike)."""
+    s = x * scale
+    if (rounding == FLOOR or rounding == STOCHASTIC) and s == 0.0 and x != 0.0:
+        s = math.copysign(TINY, x)
+    return s
 
-    ``wrap_modulus`` = 2^(wl - fl) (the value span of the format), used by wrap.
-    """
+
+@kernel
+def round_value(x, scale, wrap_modulus, rounding, overflow, u):
+    """Finite float64 ``x`` in LSB units, rounded to an integral float64; under
+    wrap ``x`` is first reduced modulo the format's value span ``wrap_modulus``
+    = 2^(wl - fl) (rounding commutes with that), so huge values cannot overflow."""
     if overflow == WRAP:
         x = wrap_reduce(x, wrap_modulus)
-    s = x * scale
-    if s == 0.0 and x != 0.0:
-        # underflow (only when fl < 0): only the sign of a tiny s matters
-        s = math.copysign(TINY, x)
-    r = round_scaled(s, rounding, u)
+    return round_scaled(scale_value(x, scale, rounding), rounding, u)
+
+
+@kernel
+def value_to_code(x, scale, wrap_modulus, min_code, max_code, rounding, overflow, u):
+    """The int64 code of finite float64 ``x`` in a format with LSB = 1/scale
+    (any wl up to 62)."""
+    r = round_value(x, scale, wrap_modulus, rounding, overflow, u)
     # clamp in float first so the int64 conversion cannot overflow
     if r > TWO62:
         r = TWO62
     elif r < -TWO62:
         r = -TWO62
     return apply_overflow(np.int64(r), min_code, max_code, overflow)
+
+
+@kernel
+def value_to_code_float(x, scale, wrap_modulus, min_code, max_code, rounding, overflow, u):
+    """The same code as :func:`value_to_code`, as an integral float64, for
+    formats with wl <= 52 (every code, and ``code - min_code``, is exact in
+    float64); ``min_code``/``max_code`` as floats. No int64 round trip: the
+    optimizer kernels chain several of these per element. Mirrors
+    ``hwsim.torch_path.core.value_to_code_float``."""
+    return overflow_code_float(round_value(x, scale, wrap_modulus, rounding, overflow, u), min_code, max_code,
+                               overflow)
+
+
+@kernel
+def scaled_to_code_float(s, min_code, max_code, rounding, overflow, u):
+    """The code of finite ``s``, a value already in LSB units, as an integral
+    float64 (wl <= 52). Mirrors ``hwsim.torch_path.core.scaled_to_code_float``."""
+    if overflow == WRAP:
+        s = wrap_reduce(s, max_code - min_code + 1.0)
+    return overflow_code_float(round_scaled(s, rounding, u), min_code, max_code, overflow)
+
+
+@kernel
+def overflow_code_float(r, min_code, max_code, overflow):
+    """:func:`apply_overflow` on an integral float64 ``r`` (wl <= 52): clamp, or
+    wrap modulo 2^wl; every step is exact."""
+    if overflow == SATURATE:
+        return min(max(r, min_code), max_code)
+    span = max_code - min_code + 1.0  # 2^wl
+    m = r - min_code
+    return m - span * np.floor(m / span) + min_code
 
 
 @kernel

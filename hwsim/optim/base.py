@@ -27,11 +27,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from hwsim.errors import NonFiniteError
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import fresh_seed, raise_non_finite_torch
+from hwsim.optim.fused import fused_step, max_abs, sample_stride
 from hwsim.optim.precision import (
     ROUNDING_KEYS,
     STATE_STREAM_BASE,
@@ -41,11 +43,9 @@ from hwsim.optim.precision import (
     normalize_group,
     uniforms,
 )
-from hwsim.optim.rules import Rule
+from hwsim.optim.rules import Pointwise, Rule
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
 from hwsim.torch_path.quantize import all_finite
-
-MEDIAN_SAMPLE = 4096  # elements per param sampled for the median update size
 
 PRECISION_DEFAULTS: dict[str, Any] = {
     "weight": None,
@@ -84,12 +84,14 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             run resumed from a checkpoint continues bit-identically. ``None``
             draws a fresh seed (stored in the param groups, hence in
             ``state_dict()``).
-        telemetry: compute :attr:`telemetry` after each step.
-        fused: ``None`` or ``True``: for CPU tensors (of at least
-            ``fused_min_numel`` = 16384 elements), run the accumulate /
-            re-quantize / telemetry tail as one Numba pass
-            (:mod:`hwsim.optim.fused`); ``False``: torch ops only (any device).
-            The results are identical bit for bit.
+        telemetry: gather :attr:`telemetry` in each step.
+        fused: ``None`` or ``True``: for float32/float64 CPU tensors with an
+            accumulator or weight format, run the elementwise part of the step
+            as one Numba pass (:mod:`hwsim.optim.fused`): for SGD without
+            momentum or weight decay and for sign SGD all of it, from the raw
+            gradient; for the other rules everything after the rule.
+            ``False``: torch ops only (what runs on other devices). The
+            results are identical bit for bit.
 
     Every precision argument can also be set per param group.
 
@@ -100,23 +102,23 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             - ``stall_fraction``: of the nonzero updates the rule produced, the
               fraction that changed nothing — rounded to zero on the accumulator
               grid (or on the weight grid without an accumulator; for float
-              weights, too small to change the float — estimated there on a
-              strided sample of at most 4096 elements per tensor);
+              weights, too small to change the float);
             - ``saturation_fraction``: the fraction of weights whose accumulator
               or weight code sits at its format's min or max;
             - ``median_update_lsb``: the median |update| over the nonzero
               updates, in LSBs of the accumulator (else of the weight) format;
-              from a strided sample of at most 4096 elements per tensor; NaN for
-              float weights or when no update is nonzero.
+              NaN for float weights or when no update is nonzero.
 
-            Counts are exact; everything is gathered with one host sync per
-            group (inside the fused kernel on the CPU).
+            Each is measured on a strided sample of every tensor: the elements
+            ``0, s, 2s, ...`` with ``s = max(1, numel // 4096)``, so it is
+            exact for tensors of fewer than 8192 elements and, above, an
+            estimate from about 4096 elements (fractions weighted by tensor
+            size). Counting every element cost the fused step 60%; the sample
+            costs about 5%. The dicts are built when first read after a step,
+            with one host sync per group.
     """
 
     rule: Rule
-    # below this many elements the parallel kernel's thread start-up costs more
-    # than the torch ops it replaces
-    fused_min_numel: int = 1 << 14
 
     def __init__(self, params, defaults: dict[str, Any], precision: dict[str, Any], telemetry: bool = True,
                  fused: bool | None = None):
@@ -129,71 +131,102 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             merged["seed"] = fresh_seed() >> 1  # non-negative int64, fits any checkpoint format
         self.telemetry_enabled = bool(telemetry)
         self.fused = fused is None or bool(fused)
-        self.telemetry: list[dict[str, float]] = []
+        self._telemetry: list[dict[str, float]] | list[_Counts] = []
+        self._views: dict[torch.Tensor, tuple] = {}  # see _flat_views
+        self._precisions: dict[int, tuple] = {}  # see _precision
         super().__init__(params, {**defaults, **merged})
+
+    @property
+    def telemetry(self) -> list[dict[str, float]]:
+        """See the class docstring."""
+        if self._telemetry and isinstance(self._telemetry[0], _Counts):
+            self._telemetry = [counts.summary() for counts in self._telemetry]
+        return self._telemetry
 
     # -- param groups ---------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         normalize_group(self.param_groups[-1], self.rule.state_names)
 
+    def _precision(self, position: int, group: dict) -> GroupPrecision:
+        """The group's resolved precision, rebuilt only when one of its
+        precision entries changed (resolving it each step cost more than a
+        small tensor's whole fused step)."""
+        key = tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
+                    for v in (group[k] for k in PRECISION_DEFAULTS))
+        cached = self._precisions.get(position)
+        if cached is None or cached[0] != key:
+            cached = self._precisions[position] = (key, GroupPrecision.of(group, self.rule.state_names))
+        return cached[1]
+
     # -- the step -----------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
-        """One optimizer step; returns the closure's loss if one is given."""
+        """One optimizer step; returns the closure's loss if one is given.
+
+        In a group with any fixed-point format, a NaN or Inf gradient raises
+        :class:`~hwsim.NonFiniteError` before any parameter, accumulator or
+        state changes (float groups propagate it, as ``torch.optim`` does)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        telemetry = []
+        work = []
         index = 0
-        for group in self.param_groups:
-            prec = GroupPrecision.of(group, self.rule.state_names)
-            counts = _Counts() if self.telemetry_enabled else None
+        for position, group in enumerate(self.param_groups):
+            prec = self._precision(position, group)
+            items = []
             for p in group["params"]:
                 if p.grad is not None:
                     if p.grad.is_sparse:
                         raise ValueError("hwsim optimizers do not support sparse gradients")
-                    self._step_param(p, index, group, prec, counts)
+                    checked = _check_gradient(p, index) if prec.any_fixed else _UNCHECKED
+                    items.append((p, index, checked))
                 index += 1
+            work.append((group, prec, items))
+        telemetry = []
+        for group, prec, items in work:
+            counts = _Counts(prec.target) if self.telemetry_enabled else None
+            for p, index, checked in items:
+                self._step_param(p, index, group, prec, counts, checked)
             if counts is not None:
-                telemetry.append(counts.summary(prec.target))
-        self.telemetry = telemetry
+                telemetry.append(counts)
+        self._telemetry = telemetry
         return loss
 
-    def _step_param(self, p: torch.Tensor, index: int, group: dict, prec: GroupPrecision, counts) -> None:
+    def _step_param(self, p: torch.Tensor, index: int, group: dict, prec: GroupPrecision, counts,
+                    checked: tuple[np.ndarray | None, float | None]) -> None:
         state = self.state[p]
         step = state.get("step", 0) + 1
         state["step"] = step
-        fixed = prec.any_fixed
-        dtype = torch.float64 if fixed else p.dtype
         seed = prec.seed
 
         def noise(stream: int, like: torch.Tensor) -> torch.Tensor:
             return uniforms(mix_seed(seed, step, index, stream), like)
 
-        def quantize(x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
-            if not all_finite(x):
-                _raise_non_finite(x, stream, p, index)
-            u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
-            return value_to_code_float(x, fmt, rounding, prec.overflow, u).mul_(fmt.lsb)
-
-        fusable = (self.fused and p.device.type == "cpu" and p.numel() >= self.fused_min_numel
-                   and p.is_contiguous() and prec.target is not None and p.dtype in _FUSED_DTYPES)
-        direct = None
-        if (prec.grad is None and prec.update is None and fusable and self.rule.direct is not None
-                and p.grad.dtype in _FUSED_DTYPES):
-            # a stateless rule on the raw gradient: the fused kernel converts it to
-            # float64 and scales it element by element (same bits, two passes fewer)
-            direct = self.rule.direct(p.grad, group)
-        grad = p.grad.to(dtype) if direct is None else p.grad
-        if prec.grad is not None:
-            grad = quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"])
-
         target = prec.target
         if target is not None and "accumulator" not in state:
             # the master copy starts as the current weight, on the accumulator grid
             state["accumulator"] = _codes(p.detach(), target, prec.target_rounding, prec.overflow, noise, STREAM["init"], p, index)
+        fused = (self.fused and target is not None and p.device.type == "cpu" and p.dtype in _FUSED_DTYPES
+                 and p.is_contiguous())
+        grad_flat, grad_max = checked
+        if fused and grad_flat is not None and self.rule.pointwise is not None:
+            pointwise = self.rule.pointwise(group)
+            if pointwise is not None and self._step_fused(p, grad_flat, pointwise, grad_max, state, prec, step, index,
+                                                          counts):
+                return
+
+        def quantize(x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
+            if stream != STREAM["grad"] and not all_finite(x):  # gradients were checked in step()
+                _raise_non_finite(x, stream, p, index)
+            u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
+            return value_to_code_float(x, fmt, rounding, prec.overflow, u).mul_(fmt.lsb)
+
+        dtype = torch.float64 if prec.any_fixed else p.dtype
+        grad = p.grad.to(dtype)
+        if prec.grad is not None:
+            grad = quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"])
 
         def weight() -> torch.Tensor:
             if target is None:
@@ -209,21 +242,26 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             state[name] = value
             return value
 
-        if direct is not None:
-            self._accumulate_fused(p, direct.numerator, direct.scale, state, prec, seed, step, index, counts)
-            return
         step_ = self.rule.update(grad, weight, state, group, step, store)
         if target is None and prec.update is None and dtype == p.dtype:
             # float weights: torch.optim's own in-place ops, bit for bit
             if counts is None:
                 step_.apply_(p)
-            else:  # float stalls are estimated on a strided sample (cheap to leave on)
-                stride = max(1, p.numel() // MEDIAN_SAMPLE)
+            else:  # stalls on the telemetry sample (cheap to leave on)
+                stride = sample_stride(p.numel())
                 old = p.detach().reshape(-1)[::stride].clone()
                 step_.apply_(p)
-                counts.add_float(step_.numerator.reshape(-1)[::stride], p.detach().reshape(-1)[::stride] == old)
+                counts.add_float(step_.numerator.reshape(-1)[::stride], p.detach().reshape(-1)[::stride] == old,
+                                 p.numel())
             return
         update = step_.value(weight)
+        if fused and update.dtype == torch.float64 and update.device.type == "cpu":
+            update_flat = update.reshape(-1).numpy()
+            update_max = max_abs(update_flat)  # the gradient was checked in step(); the update is checked here
+            if not math.isfinite(update_max):
+                _raise_non_finite(update, STREAM["update"], p, index)
+            if self._step_fused(p, update_flat, _IDENTITY, update_max, state, prec, step, index, counts):
+                return
         raw_update = update
         if prec.update is not None:
             update = quantize(update, prec.update, prec.update_rounding, STREAM["update"])
@@ -232,18 +270,16 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                 _raise_non_finite(update, STREAM["update"], p, index)
             new = p + update.to(p.dtype)
             if counts is not None:
-                counts.add_float(raw_update, new == p)
+                stride = sample_stride(p.numel())
+                counts.add_float(raw_update.reshape(-1)[::stride], (new == p).reshape(-1)[::stride], p.numel())
             p.copy_(new)
             return
 
-        if fusable:
-            self._accumulate_fused(p, update, 1.0, state, prec, seed, step, index, counts)
-            return
         if not all_finite(update):
             _raise_non_finite(update, STREAM["update"], p, index)
         rounding = prec.target_rounding
         u = noise(STREAM["accumulator"], update) if rounding == Rounding.STOCHASTIC else None
-        delta = scaled_to_code_float(update * (2.0**target.fl), target, rounding, prec.overflow, u, inplace=True)
+        delta = value_to_code_float(update, target, rounding, prec.overflow, u)
         acc = state["accumulator"].add_(delta)
         if prec.overflow == Overflow.SATURATE:
             acc.clamp_(target.min_code, target.max_code)
@@ -262,32 +298,45 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if counts is not None:
             counts.add_fixed(raw_update, delta, acc, target, weight_codes, prec.weight)
 
-    def _accumulate_fused(self, p, update, scale, state, prec, seed, step, index, counts) -> None:
-        """The accumulate/re-quantize tail in one Numba pass (same bits); the
-        update is ``float64(update) * scale`` element by element."""
-        from hwsim.optim.fused import accumulate_kernel
-
-        target = prec.target
-        has_weight = prec.accumulator is not None and prec.weight is not None
-        w = prec.weight if has_weight else target
-        ar, wr = prec.target_rounding, prec.weight_rounding
-        kernel = accumulate_kernel(int(ar), int(wr), int(prec.overflow), has_weight,
-                                   ar == Rounding.STOCHASTIC, has_weight and wr == Rounding.STOCHASTIC)
-        if not all_finite(update):  # before the kernel writes anything: no weight changes
-            _raise_non_finite(update, STREAM["update"], p, index)
+    def _step_fused(self, p, source: np.ndarray, rule: Pointwise, source_max: float, state, prec: GroupPrecision,
+                    step: int, index: int, counts) -> bool:
+        """The elementwise pipeline from ``source`` (the flat raw gradient of a
+        pointwise rule, or a rule's float64 update; finite, at most
+        ``source_max`` in magnitude) to the weight, as one Numba pass over CPU
+        memory (:mod:`hwsim.optim.fused`; same bits as the torch ops). Returns
+        False, having changed nothing, where the torch ops must run instead."""
         acc = state["accumulator"]
-        nonzero, stalled, saturated, bad = kernel(
-            update.detach().contiguous().reshape(-1).numpy(), float(scale), acc.reshape(-1).numpy(),
-            p.data.reshape(-1).numpy(),
-            2.0**target.fl, target.lsb, 2.0 ** (target.wl - target.fl), target.min_code, target.max_code,
-            2.0**w.fl, w.lsb, 2.0 ** (w.wl - w.fl), w.min_code, w.max_code,
-            _int64(mix_seed(seed, step, index, STREAM["accumulator"])),
-            _int64(mix_seed(seed, step, index, STREAM["weight"])),
-        )
-        if bad:
-            _raise_non_finite(update.to(torch.float64) * scale, STREAM["update"], p, index)
+        if acc.dtype != torch.float64:  # a hand-made state: the torch ops take any dtype
+            return False
+        weight_fmt = prec.weight if prec.accumulator is not None else None
+        fused = prec.fused.get((rule.sign, rule is _IDENTITY))
+        if fused is None:
+            fused = prec.fused[rule.sign, rule is _IDENTITY] = fused_step(
+                rule.sign, prec.grad if rule is not _IDENTITY else None, prec.update, prec.target, weight_fmt,
+                int(prec.grad_rounding), int(prec.update_rounding), int(prec.target_rounding),
+                int(prec.weight_rounding), int(prec.overflow))
+        acc_flat, param_flat = self._flat_views(p, state)
+        result = fused(source, acc_flat, param_flat, float(rule.scale), source_max, prec.seed, step, index,
+                       counts is not None)
+        if result is None:
+            return False
         if counts is not None:
-            counts.add_counts(update, scale, nonzero, stalled, saturated)
+            counts.add_kernel(result, source.size)
+        return True
+
+    def _flat_views(self, p: torch.Tensor, state: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Flat NumPy views of the accumulator and of the parameter's storage,
+        kept between steps while both tensors stay the same (building them
+        costs more Python time than a small tensor's step)."""
+        acc = state["accumulator"]
+        key = (acc, p.data_ptr(), p.dtype)
+        cached = self._views.get(p)
+        if cached is None or cached[0][0] is not acc or cached[0][1:] != key[1:]:
+            if not acc.is_contiguous():
+                acc = state["accumulator"] = acc.contiguous()
+                key = (acc, *key[1:])
+            cached = self._views[p] = (key, acc.reshape(-1).numpy(), p.detach().reshape(-1).numpy())
+        return cached[1], cached[2]
 
     # -- checkpoints ----------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -316,11 +365,26 @@ class QuantizedOptimizer(torch.optim.Optimizer):
 
 
 _FUSED_DTYPES = (torch.float32, torch.float64)  # what the Numba kernel reads and writes
+_IDENTITY = Pointwise(False, 1.0)  # a rule's update, added as it is
 
 
-def _int64(seed: int) -> int:
-    """A 64-bit seed as the signed int Numba takes (same bits)."""
-    return seed - (1 << 64) if seed >= 1 << 63 else seed
+_UNCHECKED = (None, None)
+
+
+def _check_gradient(p: torch.Tensor, index: int) -> tuple[np.ndarray | None, float | None]:
+    """Raise NonFiniteError if ``p.grad`` holds NaN or Inf. Returns the flat
+    NumPy view of the gradient and max |grad| where the Numba check ran (CPU
+    float32/float64, contiguous), else ``(None, None)``."""
+    grad = p.grad
+    if grad.device.type == "cpu" and grad.dtype in _FUSED_DTYPES and grad.is_contiguous():
+        flat = grad.detach().reshape(-1).numpy()
+        top = max_abs(flat)
+        if not math.isfinite(top):
+            _raise_non_finite(grad, STREAM["grad"], p, index)
+        return flat, top
+    if not all_finite(grad):
+        _raise_non_finite(grad, STREAM["grad"], p, index)
+    return _UNCHECKED
 
 
 def _codes(x, fmt, rounding, overflow, noise, stream, p, index):
@@ -344,53 +408,65 @@ def _raise_non_finite(x, stream, p, index):
 
 
 class _Counts:
-    """Per-group telemetry kept as tensors: per param one stacked count vector
-    (nonzero updates, stalled updates, saturated weights) and a strided sample
-    of |update| for the median; one host sync per group, in :meth:`summary`."""
+    """Per-group telemetry, gathered in the step and summarized when read: per
+    param the counts over its strided sample (nonzero updates, stalled ones,
+    saturated weights: tensors on the torch path, ints from the kernel), the
+    sample's size and the param's, and the sampled updates."""
 
-    def __init__(self) -> None:
-        self.counts: list[torch.Tensor] = []
-        self.samples: list[torch.Tensor] = []
-        self.numel = 0
+    def __init__(self, target) -> None:
+        self.target = target  # the grid of median_update_lsb (None: float weights)
+        self.counts: list = []
+        self.sizes: list[tuple[int, int]] = []  # (sampled, numel)
+        self.samples: list = []
 
-    def add_float(self, update: torch.Tensor, unchanged: torch.Tensor) -> None:
+    def add_float(self, update: torch.Tensor, unchanged: torch.Tensor, numel: int) -> None:
+        """``update`` and ``unchanged``: the param's strided sample."""
         nz = update != 0
-        self.counts.append(torch.stack([torch.count_nonzero(nz), torch.count_nonzero(unchanged.logical_and_(nz))]))
-        self.numel += update.numel()
+        self.counts.append(torch.stack([torch.count_nonzero(nz), torch.count_nonzero(unchanged.logical_and_(nz)),
+                                        torch.zeros((), dtype=torch.int64, device=nz.device)]))
+        self.sizes.append((update.numel(), numel))
 
     def add_fixed(self, update, delta, acc, target, weight_codes, weight_fmt) -> None:
+        """Full tensors; counted on the strided sample, like the kernel."""
+        numel = update.numel()
+        stride = sample_stride(numel)
+        update, delta, acc = (t.reshape(-1)[::stride] for t in (update, delta, acc))
         nz = update != 0
         sat = (acc == target.min_code).logical_or_(acc == target.max_code)
         if weight_codes is not None:
-            sat.logical_or_(weight_codes == weight_fmt.min_code).logical_or_(weight_codes == weight_fmt.max_code)
+            w = weight_codes.reshape(-1)[::stride]
+            sat.logical_or_(w == weight_fmt.min_code).logical_or_(w == weight_fmt.max_code)
         stalled = (delta == 0).logical_and_(nz)
         self.counts.append(torch.stack([torch.count_nonzero(nz), torch.count_nonzero(stalled),
                                         torch.count_nonzero(sat)]))
-        self.numel += update.numel()
-        flat = update.reshape(-1)
-        stride = max(1, flat.numel() // MEDIAN_SAMPLE)
-        self.samples.append(flat[::stride])
+        self.sizes.append((update.numel(), numel))
+        self.samples.append(update)
 
-    def add_counts(self, update, scale: float, nonzero: int, stalled: int, saturated: int) -> None:
-        self.counts.append(torch.tensor([nonzero, stalled, saturated]))
-        self.numel += update.numel()
-        flat = update.reshape(-1)
-        stride = max(1, flat.numel() // MEDIAN_SAMPLE)
-        self.samples.append(flat[::stride].to(torch.float64) * scale)
+    def add_kernel(self, result: tuple[int, int, int, np.ndarray], numel: int) -> None:
+        nonzero, stalled, saturated, sample = result
+        self.counts.append((nonzero, stalled, saturated))
+        self.sizes.append((len(sample), numel))
+        self.samples.append(sample)
 
-    def summary(self, target) -> dict[str, float]:
+    def summary(self) -> dict[str, float]:
         result = {"stall_fraction": 0.0, "saturation_fraction": 0.0, "median_update_lsb": math.nan}
         if not self.counts:
             return result
-        if self.samples:
-            counts = torch.stack(self.counts).sum(0).to(torch.float64)
-            sample = torch.cat(self.samples).abs()
-            median = torch.nanmedian(torch.where(sample != 0, sample, math.nan)).reshape(1)
-            nonzero, stalled, saturated, median = torch.cat([counts, median.to(counts.dtype)]).tolist()
-            result["median_update_lsb"] = median / target.lsb
-        else:  # float weights
-            nonzero, stalled = torch.stack(self.counts).sum(0).tolist()
-            saturated = 0
+        tensors = [c for c in self.counts if torch.is_tensor(c)]
+        host = iter(torch.stack(tensors).tolist() if tensors else [])  # one sync for the torch path's counts
+        nonzero = stalled = saturated = 0.0
+        for c, (sampled, numel) in zip(self.counts, self.sizes, strict=True):
+            nz, st, sat = next(host) if torch.is_tensor(c) else c
+            weight = numel / sampled if sampled else 0.0  # the elements each sampled one stands for
+            nonzero += nz * weight
+            stalled += st * weight
+            saturated += sat * weight
         result["stall_fraction"] = stalled / nonzero if nonzero else 0.0
-        result["saturation_fraction"] = saturated / self.numel if self.numel else 0.0
+        result["saturation_fraction"] = saturated / sum(n for _, n in self.sizes)
+        if self.samples and self.target is not None:
+            sample = np.abs(np.concatenate([s.detach().cpu().numpy() if torch.is_tensor(s) else s
+                                            for s in self.samples]))
+            sample = sample[sample != 0]
+            if sample.size:
+                result["median_update_lsb"] = float(np.median(sample)) / self.target.lsb
         return result

@@ -57,27 +57,36 @@ class Step(NamedTuple):
             param.addcdiv_(self.numerator, self.denominator, value=self.scale)
 
 
+class Pointwise(NamedTuple):
+    """A stateless rule's update as one elementwise map of the (quantized)
+    gradient: ``scale * g``, or ``scale * sign(g)``. The fused kernel
+    (:mod:`hwsim.optim.fused`) runs it from the raw gradient in one pass."""
+
+    sign: bool
+    scale: float
+
+
 class Rule(NamedTuple):
     """An update rule, the names of the state tensors it keeps, and optionally
-    ``direct(raw_grad, group) -> Step | None``: the rule's :class:`Step` on the
-    unconverted gradient when it needs no state and no arithmetic beyond one
-    scale (the fused kernel then reads the gradient itself)."""
+    ``pointwise(group) -> Pointwise | None``: the same rule as an elementwise
+    map, where the group's hyperparameters make it one (no state, no weight
+    decay). The tests check both forms give the same bits."""
 
     update: Callable
     state_names: tuple[str, ...]
-    direct: Callable | None = None
+    pointwise: Callable | None = None
 
 
-def _sgd_direct(grad, group) -> Step | None:
+def _sgd_pointwise(group) -> Pointwise | None:
     if group["momentum"] != 0 or group["weight_decay"] != 0:
         return None
-    return Step(grad, group["lr"] if group["maximize"] else -group["lr"])
+    return Pointwise(False, group["lr"] if group["maximize"] else -group["lr"])
 
 
-def _sign_direct(grad, group) -> Step | None:
+def _sign_pointwise(group) -> Pointwise | None:
     if group["weight_decay"] != 0:
         return None
-    return Step(torch.sign(grad), group["lr"] if group["maximize"] else -group["lr"])
+    return Pointwise(True, group["lr"] if group["maximize"] else -group["lr"])
 
 
 def _coupled_decay(grad, weight, group):
@@ -174,8 +183,8 @@ def rmsprop(grad, weight, state, group, step, store: Store) -> Step:
     return Step(grad, -group["lr"], avg)
 
 
-SGD_RULE = Rule(sgd, ("momentum_buffer",), _sgd_direct)
-SIGN_SGD_RULE = Rule(sign_sgd, (), _sign_direct)
+SGD_RULE = Rule(sgd, ("momentum_buffer",), _sgd_pointwise)
+SIGN_SGD_RULE = Rule(sign_sgd, (), _sign_pointwise)
 ADAM_RULE = Rule(adam, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
 ADAGRAD_RULE = Rule(adagrad, ("sum",))
 RMSPROP_RULE = Rule(rmsprop, ("square_avg", "grad_avg", "momentum_buffer"))

@@ -1,0 +1,369 @@
+"""The fused Numba step (hwsim.optim.fused) against the slow integer reference
+and against the torch ops, bit for bit, on random formats, modes and values;
+the bounds that compile overflow steps out; max_abs; the telemetry sample;
+the cached NumPy views."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hwsim
+import hwsim.optim as hopt
+from hwsim.errors import NonFiniteError
+from hwsim.formats import FixedPoint
+from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE
+from hwsim.optim import fused
+from hwsim.optim.precision import STREAM, mix_seed, uniforms
+from tests.naive import overflow_code, ref_code
+
+ROUNDINGS = ["nearest", "nearest_away", "floor", "zero", "stochastic"]
+# CI compiles one kernel per mode combination (and per provable overflow step):
+# a fixed set of combinations keeps that bounded; formats and values are random
+MODES = [
+    # (grad, update, accumulator, weight) roundings
+    ("nearest", "nearest", "nearest", "nearest"),
+    ("stochastic", "stochastic", "stochastic", "stochastic"),
+    ("floor", "zero", "nearest_away", "floor"),
+    ("nearest", "nearest", "stochastic", "nearest"),
+]
+
+
+# ------------------------------------------------------------------ reference
+def reference_pointwise(p0: list[float], grads: list[list[float]], lr: float, sign: bool, formats: dict,
+                        roundings: dict, overflow: str, seed: int) -> tuple[list[float], list[int]]:
+    """SGD (or sign SGD) on Python integers and Fractions, following
+    DESIGN.md literally: gradient code, update ``-lr * g`` in float64 (``g`` or
+    its sign), update code, accumulator code added with overflow, weight code.
+    Returns the final weights and accumulator codes."""
+    grad_fmt, update_fmt, acc_fmt, weight_fmt = (formats[k] for k in ("grad", "update", "accumulator", "weight"))
+    target = acc_fmt if acc_fmt is not None else weight_fmt
+    target_rounding = roundings["accumulator"] if acc_fmt is not None else roundings["weight"]
+    n = len(p0)
+
+    def noise(step: int, stream: str) -> list[float]:
+        return uniforms(mix_seed(seed, step, 0, STREAM[stream]), torch.empty(n, dtype=torch.float64)).tolist()
+
+    def code(x: float, fmt: FixedPoint, rounding: str, u: float) -> int:
+        return ref_code(x, fmt.wl, fmt.fl, fmt.signed, rounding, overflow, u)
+
+    acc = [code(v, target, target_rounding, u) for v, u in zip(p0, noise(1, "init"), strict=True)]
+    weights = p0
+    for step, g in enumerate(grads, start=1):
+        ug, uu, ua, uw = (noise(step, s) for s in ("grad", "update", "accumulator", "weight"))
+        for j in range(n):
+            x = g[j]
+            if grad_fmt is not None:
+                x = code(x, grad_fmt, roundings["grad"], ug[j]) * grad_fmt.lsb
+            if sign:
+                x = float(np.sign(x))
+            v = x * -lr  # float64, as the rule computes it
+            if update_fmt is not None:
+                v = code(v, update_fmt, roundings["update"], uu[j]) * update_fmt.lsb
+            d = code(v, target, target_rounding, ua[j])
+            acc[j] = overflow_code(acc[j] + d, target.wl, target.signed, overflow)
+        if acc_fmt is not None and weight_fmt is not None:
+            weights = [code(math.ldexp(a, -acc_fmt.fl), weight_fmt, roundings["weight"], u) * weight_fmt.lsb
+                       for a, u in zip(acc, uw, strict=True)]
+        else:
+            weights = [a * target.lsb for a in acc]
+    return weights, acc
+
+
+@st.composite
+def formats_and_data(draw, max_n=40):
+    """Random formats (grad/update optional; accumulator and/or weight),
+    values spanning the formats' ranges (so overflow steps are sometimes
+    provably no-ops and sometimes not), a learning rate over 12 decades."""
+    signed = draw(st.booleans())
+    wl = draw(st.integers(3, 20))
+    fl = draw(st.integers(-2, 18))
+    weight = FixedPoint(wl, fl, signed)
+    extra = draw(st.integers(0, 10))
+    acc = FixedPoint(min(52, wl + extra + draw(st.integers(0, 3))), fl + extra, signed)
+    shape = draw(st.sampled_from(["both", "weight", "accumulator"]))
+    if shape == "weight":
+        acc = None
+    elif shape == "accumulator":
+        weight = None
+    grad = draw(st.sampled_from([None, FixedPoint(draw(st.integers(2, 16)), draw(st.integers(-2, 14)))]))
+    update = draw(st.sampled_from([None, None, FixedPoint(draw(st.integers(4, 24)), fl + draw(st.integers(0, 8)))]))
+    n = draw(st.integers(1, max_n))
+    target = acc if acc is not None else weight
+    span = 2.0 ** (target.wl - target.fl)
+    unit = st.floats(-1, 1, allow_nan=False)
+    p0 = [v * span / 2 for v in draw(st.lists(unit, min_size=n, max_size=n))]
+    g_scale = 2.0 ** draw(st.integers(-12, 8))
+    grads = [[v * g_scale for v in draw(st.lists(unit, min_size=n, max_size=n))]
+             for _ in range(draw(st.integers(1, 3)))]
+    lr = 10.0 ** draw(st.floats(-6, 1))
+    formats = {"grad": grad, "update": update, "accumulator": acc, "weight": weight}
+    return formats, p0, grads, lr
+
+
+def _optimizer(cls, p, lr, formats, roundings, overflow, seed, fused_flag, telemetry=True, **hyper):
+    return cls([p], lr=lr, **formats, grad_rounding=roundings["grad"], update_rounding=roundings["update"],
+               accumulator_rounding=roundings["accumulator"], weight_rounding=roundings["weight"],
+               overflow=overflow, seed=seed, fused=fused_flag, telemetry=telemetry, **hyper)
+
+
+# -------------------------------------------- fused == integer reference == torch
+@given(formats_and_data(), st.sampled_from(MODES), st.sampled_from(["saturate", "wrap"]), st.booleans(),
+       st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**40))
+@settings(max_examples=120)
+def test_fused_pointwise_step_matches_integer_reference_and_torch_ops(case, modes, overflow, sign, dtype, seed):
+    formats, p0, grads, lr = case
+    roundings = dict(zip(("grad", "update", "accumulator", "weight"), modes, strict=True))
+    cls = hopt.SignSGD if sign else hopt.SGD
+    runs = []
+    for fused_flag in (True, False):
+        p = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float64).to(dtype))
+        opt = _optimizer(cls, p, lr, formats, roundings, overflow, seed, fused_flag)
+        tel = []
+        for g in grads:
+            p.grad = torch.tensor(g, dtype=dtype)
+            opt.step()
+            tel.append(opt.telemetry)
+        runs.append((p.detach().clone(), opt.accumulator_codes(p), tel))
+    (w_fused, acc_fused, tel_fused), (w_torch, acc_torch, tel_torch) = runs
+    assert torch.equal(w_fused, w_torch) and torch.equal(torch.signbit(w_fused), torch.signbit(w_torch))
+    assert torch.equal(acc_fused, acc_torch)
+    assert tel_fused == tel_torch
+    if dtype == torch.float64:  # the reference computes on the float64 initial weights
+        want_w, want_acc = reference_pointwise(p0, grads, lr, sign, formats, roundings, overflow, seed)
+        assert acc_fused.tolist() == want_acc
+        assert w_fused.tolist() == want_w
+
+
+FUSED_TAIL_CASES = [
+    # rules with state: the rule in torch ops, the rest (update format, accumulator,
+    # weight) in the kernel; every rounding, both overflows, update formats
+    ("sgd", dict(lr=0.05, momentum=0.9), dict(weight="fx10.6", accumulator="fx20.14", update="fx16.14",
+                                              rounding="nearest")),
+    ("sgd", dict(lr=0.3, maximize=True, weight_decay=0.01), dict(weight="ufx6.3", accumulator="ufx12.8",
+                                                                 rounding="floor", overflow="wrap")),
+    ("adam", dict(lr=0.02), dict(weight="fx8.5", rounding="stochastic", seed=5, state="fx24.20", grad="fx10.8")),
+    ("adagrad", dict(lr=0.1), dict(weight="fx8.4", accumulator="fx16.12", rounding="stochastic",
+                                   weight_rounding="nearest", update="fx12.11", seed=9)),
+    ("rmsprop", dict(lr=0.01), dict(weight="fx6.3", accumulator="fx12.9", rounding="zero", overflow="wrap")),
+    ("signsgd", dict(lr=0.01, weight_decay=0.1), dict(accumulator="fx12.8", rounding="nearest_away")),
+    ("sgd", dict(lr=0.01), dict(weight="fx40.30", accumulator="fx52.44", grad="fx12.10")),  # codes beyond int32
+]
+
+
+def _train_small(name, hyper, prec, fused_flag, dtype, steps=12):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 8, generator=g, dtype=dtype), torch.randn(64, 3, generator=g, dtype=dtype)
+    opt = hopt.OPTIMIZERS[name](model.parameters(), **hyper, **prec, fused=fused_flag)
+    tel = []
+    for i in range(steps):
+        opt.zero_grad()
+        sl = slice((i * 16) % 64, (i * 16) % 64 + 16)
+        torch.nn.functional.mse_loss(model(x[sl]), y[sl]).backward()
+        opt.step()
+        tel.append(opt.telemetry)
+    params = list(model.parameters())
+    return torch.cat([p.detach().reshape(-1) for p in params]), [opt.accumulator_codes(p) for p in params], tel
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,hyper,prec", FUSED_TAIL_CASES)
+def test_fused_tail_of_every_rule_equals_torch_ops(name, hyper, prec, dtype):
+    w0, a0, t0 = _train_small(name, hyper, prec, True, dtype)
+    w1, a1, t1 = _train_small(name, hyper, prec, False, dtype)
+    assert torch.equal(w0, w1) and torch.equal(torch.signbit(w0), torch.signbit(w1))  # -0.0 too
+    assert all(torch.equal(a, b) for a, b in zip(a0, a1, strict=True))
+    assert t0 == t1
+
+
+def test_fused_path_runs_where_it_should(monkeypatch):
+    """CPU float32/float64 params with a fixed-point grid go through the
+    kernel; lr == 0 (where merging would be inexact) and bfloat16 do not."""
+    calls = []
+    original = fused.FusedStep.__call__
+
+    def spy(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(fused.FusedStep, "__call__", spy)
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 100))
+    opt = hopt.SGD([p], lr=0.1, weight="fx8.4", accumulator="fx16.12", grad="fx8.6")
+    p.grad = torch.full_like(p, 0.3)
+    opt.step()
+    assert calls == [True]
+    opt.param_groups[0]["lr"] = 0.0
+    before = p.detach().clone()
+    opt.step()
+    # declined for the raw gradient; the zero update then went through the kernel's tail
+    assert calls == [True, False, True] and torch.equal(p, before)
+    q = torch.nn.Parameter(torch.zeros(100, dtype=torch.bfloat16))
+    q.grad = torch.ones(100, dtype=torch.bfloat16)
+    hopt.SGD([q], lr=0.5, weight="fx8.4").step()
+    assert len(calls) == 3 and bool((q == -0.5).all())
+
+
+@pytest.mark.parametrize("lr", [1e-300, 5e-320, 1e300, 1.7e308])
+def test_extreme_learning_rates_give_the_reference_bits(lr):
+    """Where merged multiplications could round differently (subnormal or
+    overflowing products) the plan declines and the torch ops run: same bits."""
+    formats = {"grad": FixedPoint(12, 10), "update": None, "accumulator": FixedPoint(20, 12),
+               "weight": FixedPoint(10, 6)}
+    roundings = dict.fromkeys(("grad", "update", "accumulator", "weight"), "floor")
+    p0, grads = [0.5, -0.25, 0.0], [[0.3, -0.7, 1e-3]]
+    p = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float64))
+    opt = _optimizer(hopt.SGD, p, lr, formats, roundings, "saturate", 1, True)
+    p.grad = torch.tensor(grads[0], dtype=torch.float64)
+    opt.step()
+    want_w, want_acc = reference_pointwise(p0, grads, lr, False, formats, roundings, "saturate", 1)
+    assert p.tolist() == want_w and opt.accumulator_codes(p).tolist() == want_acc
+
+
+# ------------------------------------------------------- the provable overflow steps
+@given(st.integers(3, 24), st.integers(-4, 20), st.booleans(), st.integers(0, 12), st.integers(-8, 8),
+       st.floats(1e-8, 10.0), st.floats(0.0, 1e3), st.sampled_from([0, 1]))
+def test_plan_skips_an_overflow_step_only_where_it_is_a_no_op(wl, fl, signed, extra, shift, lr, source_max,
+                                                                overflow):
+    """For every overflow step the plan compiles out, no input within the
+    bound can reach the format's limits: checked at the bound itself, with
+    every rounding."""
+    weight = FixedPoint(wl, fl, signed)
+    acc = FixedPoint(min(52, wl + extra), fl + extra + max(0, shift) - max(0, -shift), signed)
+    grad = FixedPoint(max(2, wl - 2), fl + 2)
+    step = fused.FusedStep(False, grad, None, acc, weight, 0, 0, 0, 0, overflow)
+    planned = step.plan(-lr, source_max)
+    if planned is None:
+        return
+    (k_update, k_delta, k_weight), (grad_overflow, delta_overflow, weight_overflow) = planned
+    lo_g, hi_g = grad.min_code, grad.max_code
+    for r in (np.floor, np.ceil):
+        if not grad_overflow:  # the largest gradient, rounded either way, is a code
+            assert lo_g <= r(-source_max * 2.0**grad.fl) and r(source_max * 2.0**grad.fl) <= hi_g
+        if not delta_overflow and overflow == 0:  # the largest update too
+            top = max(-lo_g, hi_g)
+            assert acc.min_code <= r(-top * abs(k_delta)) and r(top * abs(k_delta)) <= acc.max_code
+    for a in (acc.min_code, acc.max_code):
+        w = a * k_weight
+        assert k_weight == 2.0 ** (weight.fl - acc.fl)
+        if weight_overflow == fused.WEIGHT_NONE:
+            assert weight.min_code <= math.floor(w) and math.ceil(w) <= weight.max_code
+        if weight_overflow == fused.WEIGHT_HIGH:
+            assert weight.min_code <= math.floor(w)
+        if weight_overflow == fused.WEIGHT_LOW:
+            assert math.ceil(w) <= weight.max_code
+    assert k_update == grad.lsb * -lr and k_delta == k_update * 2.0**acc.fl
+
+
+# -------------------------------------------------------------------- max_abs
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=70),
+       st.sampled_from([np.float32, np.float64]))
+def test_max_abs_is_the_max_magnitude_and_flags_nan_and_inf(values, dtype):
+    x = np.array(values, dtype=dtype)
+    got = fused.max_abs(x)
+    if not np.all(np.isfinite(x)):
+        assert not math.isfinite(got)
+    else:
+        assert got == (float(np.abs(x).max()) if x.size else 0.0)
+
+
+def test_max_abs_parallel_matches_numpy():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x = (rng.standard_normal(SERIAL_BELOW_ELEMENTWISE * 3 + 11) * 1e-3).astype(dtype)
+        x[12345] = -7.5
+        assert fused.max_abs(x) == 7.5
+        x[777] = np.nan
+        assert math.isnan(fused.max_abs(x))
+        x[777] = -np.inf
+        assert fused.max_abs(x) == math.inf
+
+
+# ------------------------------------------------- large tensors: parallel kernel
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parallel_kernel_and_telemetry_sample_equal_torch_ops(rounding, dtype):
+    """Above SERIAL_BELOW_ELEMENTWISE the parallel kernel runs: same bits and
+    telemetry as the torch ops, and the sampled fractions estimate the exact ones."""
+    n = SERIAL_BELOW_ELEMENTWISE * 2 + 13
+    g = torch.Generator().manual_seed(3)
+    p0 = torch.randn(n, generator=g, dtype=torch.float64).to(dtype) * 4
+    grads = [torch.randn(n, generator=g, dtype=torch.float64).to(dtype) * 10.0 ** -k for k in (1, 3, 2)]  # the last: updates near LSB/2
+    prec = dict(weight="fx8.4", accumulator="fx14.10", grad="fx12.10", rounding=rounding, seed=11)
+    runs = []
+    for fused_flag in (True, False):
+        p = torch.nn.Parameter(p0.clone())
+        opt = hopt.SGD([p], lr=0.05, **prec, fused=fused_flag)
+        tel = []
+        for grad in grads:
+            p.grad = grad.clone()
+            opt.step()
+            tel.append(opt.telemetry[0])
+        runs.append((p.detach().clone(), opt.accumulator_codes(p), tel))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert runs[0][2] == runs[1][2]
+    # the last step's exact stall fraction, from every element
+    grad_codes = _codes(grads[-1], "fx12.10", rounding, mix_seed(11, 3, 0, STREAM["grad"]))
+    update = grad_codes * 2.0**-10 * -0.05
+    delta = _codes(update, "fx14.10", rounding, mix_seed(11, 3, 0, STREAM["accumulator"]))
+    nonzero = update != 0
+    exact = float((nonzero & (delta == 0)).sum()) / float(nonzero.sum())
+    assert 0.2 < exact < 0.9  # a mix of stalled and moving weights
+    assert abs(runs[0][2][-1]["stall_fraction"] - exact) < 0.03  # a 4096-element sample
+
+
+def _codes(x: torch.Tensor, fmt: str, rounding: str, seed: int) -> torch.Tensor:
+    noise = uniforms(seed, x.to(torch.float64)) if rounding == "stochastic" else None
+    return hwsim.to_codes(x.to(torch.float64), fmt, rounding, noise=noise).to(torch.float64)
+
+
+# -------------------------------------------------------------- state and views
+def test_nan_in_a_later_parameter_changes_no_parameter():
+    a = torch.nn.Parameter(torch.linspace(-1, 1, 50))
+    b = torch.nn.Parameter(torch.linspace(-1, 1, 50))
+    opt = hopt.SGD([a, b], lr=0.1, weight="fx8.4", accumulator="fx16.12")
+    a.grad, b.grad = torch.full_like(a, 0.5), torch.full_like(b, 0.5)
+    opt.step()
+    before = [t.detach().clone() for t in (a, b, opt.accumulator_codes(a), opt.accumulator_codes(b))]
+    b.grad[7] = float("inf")
+    with pytest.raises(NonFiniteError, match="parameter 1"):
+        opt.step()
+    after = [a.detach(), b.detach(), opt.accumulator_codes(a), opt.accumulator_codes(b)]
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+
+
+def test_new_parameter_storage_and_loaded_state_are_picked_up():
+    """The kernel writes through cached NumPy views: replacing ``p.data`` or
+    loading a state dict between steps must not leave it writing stale memory."""
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 64))
+    ref = torch.nn.Parameter(p.detach().clone())
+    kwargs = dict(lr=0.1, weight="fx8.4", accumulator="fx16.12")
+    opt, ref_opt = hopt.SGD([p], **kwargs), hopt.SGD([ref], **kwargs, fused=False)
+    for q in (p, ref):
+        q.grad = torch.full_like(q, 0.25)
+    opt.step()
+    ref_opt.step()
+    p.data = p.data.clone()  # new storage
+    opt.load_state_dict(ref_opt.state_dict())  # new accumulator tensor
+    for _ in range(2):
+        opt.step()
+        ref_opt.step()
+    assert torch.equal(p, ref) and torch.equal(opt.accumulator_codes(p), ref_opt.accumulator_codes(ref))
+
+
+def test_non_contiguous_parameters_take_the_torch_ops():
+    base = torch.linspace(-1, 1, 64).reshape(8, 8)
+    p = torch.nn.Parameter(base.t())  # a transposed view: not contiguous
+    ref = torch.nn.Parameter(base.t().contiguous())
+    for q in (p, ref):
+        opt = hopt.SGD([q], lr=0.1, weight="fx8.4", accumulator="fx16.12")
+        q.grad = torch.full_like(q, 0.3)
+        opt.step()
+    assert not p.is_contiguous() and torch.equal(p, ref)
