@@ -367,3 +367,20 @@ def test_non_contiguous_parameters_take_the_torch_ops():
         q.grad = torch.full_like(q, 0.3)
         opt.step()
     assert not p.is_contiguous() and torch.equal(p, ref)
+
+
+def test_several_parallel_variants_in_one_process():
+    """Seen once, with a disk cache full of variants: a parallel closure that
+    returned its telemetry sample failed to box it ('descr is NULL') after
+    another variant had run in the process (Adam nearest, then stochastic).
+    The kernel now fills a sample the caller allocates; this runs the sequence."""
+    n = SERIAL_BELOW_ELEMENTWISE + 5
+    for rounding in ("nearest", "stochastic", "floor"):
+        for telemetry in (False, True):
+            p = torch.nn.Parameter(torch.linspace(-1, 1, n))
+            p.grad = torch.full_like(p, 1e-2)
+            opt = hopt.Adam([p], lr=1e-3, weight="fx16.12", accumulator="fx24.20", grad="fx16.12",
+                            state={"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"}, rounding=rounding, seed=0,
+                            telemetry=telemetry)
+            opt.step()
+            assert (opt.telemetry[0]["stall_fraction"] == 0.0) if telemetry else opt.telemetry == []

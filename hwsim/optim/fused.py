@@ -154,7 +154,7 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
     constants, so the mode branches fold away and the loop vectorizes):
 
     ``kernel(source, acc, out, k, grad_fmt, update_fmt, acc_fmt, weight_fmt,
-    seeds, sample_size, stride) -> (nonzero, stalled, saturated, sample)``
+    seeds, sample, stride) -> (nonzero, stalled, saturated)``
 
     - ``source``: flat float32/float64 gradient (or update);
     - ``acc``: flat float64 accumulator codes (updated in place); ``out``: the
@@ -177,10 +177,10 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
       LSB + 0.0)``, about 15% faster (the int32 and float32 vectors are half
       the width of the float64 ones);
     - returns the telemetry of the elements at flat indices ``0, stride,
-      2 stride, ...`` (``sample_size`` of them; 0 turns it off): how many
-      updates are nonzero, how many of those stalled (rounded to nothing on
-      the accumulator grid), how many weights sit at saturation, and the
-      updates themselves (before the update format). Counting every element
+      2 stride, ...`` (as many as ``sample`` holds; empty turns it off): how
+      many updates are nonzero, how many of those stalled (rounded to nothing
+      on the accumulator grid), how many weights sit at saturation; ``sample``
+      receives the updates themselves (before the update format). Counting every element
       would cost the step 60%: the counts are vector reductions that compete
       with the arithmetic for the same units.
     """
@@ -191,9 +191,9 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
     # The closure holds only ints and bools: Numba's disk cache keys a closure
     # by its pickled cell contents, and a dispatcher pickles with a random id.
 
-    def run(source, acc, out, k, grad_fmt, update_fmt, acc_fmt, weight_fmt, seeds, sample_size, stride):
+    def run(source, acc, out, k, grad_fmt, update_fmt, acc_fmt, weight_fmt, seeds, sample, stride):
         n = source.size
-        sample = np.empty(sample_size)
+        sample_size = sample.size
         flags = np.zeros(sample_size, np.int64)  # per sampled element: nonzero | stalled << 1 | saturated << 2
         for c in prange((n + CHUNK - 1) // CHUNK):
             lo = c * CHUNK
@@ -236,7 +236,7 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
             nonzero += flags[m] & 1
             stalled += (flags[m] >> 1) & 1
             saturated += flags[m] >> 2
-        return nonzero, stalled, saturated, sample
+        return nonzero, stalled, saturated
 
     return serial_and_parallel(run)
 
@@ -390,7 +390,10 @@ class FusedStep:
             seeds = tuple(_int64(mix_seed(seed, step, index, stream)) if st else 0
                           for st, stream in zip(self.stochastic, _SEED_STREAMS, strict=True))
         stride = sample_stride(n)
-        return run(source, acc, out, constants, *self.formats, seeds, -(-n // stride) if telemetry else 0, stride)
+        # the sample is allocated here: a cached parallel closure that returns an
+        # array fails to box it in a process that loaded several of its variants
+        sample = np.empty(-(-n // stride) if telemetry else 0)
+        return (*run(source, acc, out, constants, *self.formats, seeds, sample, stride), sample)
 
 
 @functools.cache
