@@ -217,16 +217,16 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                                                           counts):
                 return
 
-        def quantize(x: torch.Tensor, fmt, rounding: Rounding, stream: int, inplace: bool) -> torch.Tensor:
+        def quantize(x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
             if stream != STREAM["grad"] and not all_finite(x):  # gradients were checked in step()
                 _raise_non_finite(x, stream, p, index)
             u = noise(stream, x) if rounding == Rounding.STOCHASTIC else None
-            return value_to_code_float(x, fmt, rounding, prec.overflow, u, inplace=inplace).mul_(fmt.lsb)
+            return value_to_code_float(x, fmt, rounding, prec.overflow, u).mul_(fmt.lsb)
 
         dtype = torch.float64 if prec.any_fixed else p.dtype
         grad = p.grad.to(dtype)
         if prec.grad is not None:
-            grad = quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"], grad is not p.grad)
+            grad = quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"])
 
         def weight() -> torch.Tensor:
             if target is None:
@@ -238,9 +238,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         def store(name: str, value: torch.Tensor) -> torch.Tensor:
             fmt = state_fmts.get(name)
             if fmt is not None:
-                # the rules store fresh tensors: quantized in place
-                value = quantize(value, fmt, prec.state_rounding, STATE_STREAM_BASE + self.rule.state_names.index(name),
-                                 True)
+                value = quantize(value, fmt, prec.state_rounding, STATE_STREAM_BASE + self.rule.state_names.index(name))
             state[name] = value
             return value
 
@@ -266,7 +264,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                 return
         raw_update = update
         if prec.update is not None:
-            update = quantize(update, prec.update, prec.update_rounding, STREAM["update"], False)  # raw_update stays
+            update = quantize(update, prec.update, prec.update_rounding, STREAM["update"])
         if target is None:
             if not all_finite(update):
                 _raise_non_finite(update, STREAM["update"], p, index)

@@ -111,14 +111,10 @@ def value_to_code_float(
     rounding: Rounding,
     overflow: Overflow,
     u: torch.Tensor | None = None,
-    *,
-    inplace: bool = False,
 ) -> torch.Tensor:
     """``value_to_code(x, ...).to(torch.float64)`` for ``fmt.wl <= 52``, computed
-    without int64. ``inplace=True`` lets it overwrite a float64 ``x`` (the
-    optimizers' temporaries: an 8 MB allocation costs about a millisecond of
-    page faults on the CPU)."""
-    return scaled_to_code_float(_scaled(x, fmt, overflow, inplace), fmt, rounding, overflow, u, inplace=True)
+    without int64 (a new tensor)."""
+    return scaled_to_code_float(_scaled(x, fmt, overflow), fmt, rounding, overflow, u, inplace=True)
 
 
 def value_to_code(
@@ -136,16 +132,12 @@ def value_to_code(
     return apply_overflow(r.to(torch.int64), fmt, overflow)
 
 
-def _scaled(x: torch.Tensor, fmt: FixedPoint, overflow: Overflow, inplace: bool = False) -> torch.Tensor:
-    """x * 2^fl in float64, wrap-reduced and underflow-guarded like
-    ``hwsim.kernels.scalar.value_to_code``: a new tensor, unless ``inplace``
-    lets it overwrite a float64 ``x``."""
-    owned = inplace or x.dtype != torch.float64  # a conversion copies
+def _scaled(x: torch.Tensor, fmt: FixedPoint, overflow: Overflow) -> torch.Tensor:
+    """x * 2^fl in a new float64 tensor, wrap-reduced and underflow-guarded like
+    ``hwsim.kernels.scalar.value_to_code``."""
     x = x.to(torch.float64)
     if overflow == Overflow.WRAP:
-        x, owned = wrap_reduce(x, 2.0 ** (fmt.wl - fmt.fl)), True
-    if owned and fmt.fl >= 0:  # (the underflow guard below needs x)
-        return x.mul_(2.0**fmt.fl)
+        x = wrap_reduce(x, 2.0 ** (fmt.wl - fmt.fl))
     s = x * (2.0**fmt.fl)
     if fmt.fl < 0:
         s = torch.where((s == 0) & (x != 0), torch.copysign(torch.full_like(s, TINY), x), s)
