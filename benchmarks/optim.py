@@ -1,6 +1,6 @@
 """Optimizer step time: hwsim.optim vs torch.optim and qtorch's OptimLP.
 
-    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5] [--rules sgd,adam]
+    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5] [--rules sgd,adam] [--breakdown]
 
 One ``nn.Linear`` with about ``--params`` parameters (float32), a fixed random
 gradient, and the time of ``optimizer.step()`` alone (best of ``--repeat``
@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rules", default="sgd,sgd_momentum,signsgd,adam,adagrad,rmsprop",
                     help="comma-separated subset of the rules to time")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the parts of a fixed-point SGD step (gradient check, fused kernel)")
     args = ap.parse_args()
     wanted = set(args.rules.split(","))
     n, steps, repeat = args.params, args.steps, args.repeat
@@ -147,6 +149,42 @@ def main() -> None:
     print_table(["optimizer", "formats", "telemetry", "ms/step", "x torch", "x qtorch OptimLP"], rows)
     print()
     print_table(["reference", "ms/step"], refs)
+    if args.breakdown:
+        print()
+        breakdown(n)
+
+
+def breakdown(n: int) -> None:
+    """Where a fixed-point SGD step goes: the gradient check and the fused
+    kernel alone (with and without the telemetry sample), per element at
+    two sizes (the kernel is compute-bound if L2-resident data are no faster)."""
+    from _timing import interleaved_best
+
+    from hwsim.formats import FixedPoint
+    from hwsim.optim.fused import fused_step, max_abs
+
+    rows = []
+    for size in (1 << 16, n):
+        ps = make_params(size)
+        opt = hopt.SGD(ps, lr=0.01, **FIXED, telemetry=False)
+        opt.step()
+        weight = ps[0]
+        grad = weight.grad.reshape(-1).numpy()
+        acc = opt.state[weight]["accumulator"].reshape(-1).numpy()
+        out = weight.data.reshape(-1).numpy()
+        step = fused_step(False, FixedPoint.parse(FIXED["grad"]), None,
+                          FixedPoint.parse(FIXED["accumulator"]), FixedPoint.parse(FIXED["weight"]), 0, 0, 0, 0, 0)
+        top = max_abs(grad)
+        times = interleaved_best({
+            "whole step (weight and bias)": opt.step,
+            "gradient check (max_abs)": lambda g=grad: max_abs(g),
+            "fused kernel": lambda s=step, g=grad, a=acc, o=out, t=top: s(g, a, o, -0.01, t, 0, 1, 0, False),
+            "fused kernel, telemetry sample": lambda s=step, g=grad, a=acc, o=out, t=top: s(g, a, o, -0.01, t, 0,
+                                                                                           1, 0, True),
+        }, rounds=max(20, 2_000_000 // size), warmup=3)
+        for name, sec in times.items():
+            rows.append([grad.size, name, sec * 1e3, sec / grad.size * 1e9])
+    print_table(["weight elements", "part", "ms", "ns per weight element"], rows)
 
 
 if __name__ == "__main__":

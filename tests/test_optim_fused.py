@@ -369,18 +369,24 @@ def test_non_contiguous_parameters_take_the_torch_ops():
     assert not p.is_contiguous() and torch.equal(p, ref)
 
 
-def test_several_parallel_variants_in_one_process():
-    """Seen once, with a disk cache full of variants: a parallel closure that
-    returned its telemetry sample failed to box it ('descr is NULL') after
-    another variant had run in the process (Adam nearest, then stochastic).
-    The kernel now fills a sample the caller allocates; this runs the sequence."""
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_parallel_fused_tail_equals_torch_ops(rounding):
+    """A rule with state (Adam) above SERIAL_BELOW_ELEMENTWISE: the parallel
+    tail kernel gives the torch ops' parameters, accumulator and telemetry."""
     n = SERIAL_BELOW_ELEMENTWISE + 5
-    for rounding in ("nearest", "stochastic", "floor"):
-        for telemetry in (False, True):
-            p = torch.nn.Parameter(torch.linspace(-1, 1, n))
-            p.grad = torch.full_like(p, 1e-2)
-            opt = hopt.Adam([p], lr=1e-3, weight="fx16.12", accumulator="fx24.20", grad="fx16.12",
-                            state={"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"}, rounding=rounding, seed=0,
-                            telemetry=telemetry)
+    g = torch.Generator().manual_seed(5)
+    grads = [torch.randn(n, generator=g) * 1e-2 for _ in range(3)]
+    runs = []
+    for fused_flag in (True, False):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, n))
+        opt = hopt.Adam([p], lr=1e-3, weight="fx16.12", accumulator="fx24.20", grad="fx16.12",
+                        state={"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"}, update="fx24.22",
+                        rounding=rounding, seed=0, fused=fused_flag)
+        tel = []
+        for grad in grads:
+            p.grad = grad.clone()
             opt.step()
-            assert (opt.telemetry[0]["stall_fraction"] == 0.0) if telemetry else opt.telemetry == []
+            tel.append(opt.telemetry)
+        runs.append((p.detach().clone(), opt.accumulator_codes(p), tel))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert runs[0][2] == runs[1][2]

@@ -113,8 +113,11 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             ``0, s, 2s, ...`` with ``s = max(1, numel // 4096)``, so it is
             exact for tensors of fewer than 8192 elements and, above, an
             estimate from about 4096 elements (fractions weighted by tensor
-            size). Counting every element cost the fused step 60%; the sample
-            costs about 5%. The dicts are built when first read after a step,
+            size). Counting every element would put vector reductions into the
+            fused kernel's compute-bound loop; the sample is counted while each
+            chunk is in cache (``python benchmarks/optim.py --breakdown`` times
+            the kernel with and without it). The dicts are built when first read
+            after a step,
             with one host sync per group.
     """
 
@@ -309,12 +312,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if acc.dtype != torch.float64:  # a hand-made state: the torch ops take any dtype
             return False
         weight_fmt = prec.weight if prec.accumulator is not None else None
-        fused = prec.fused.get((rule.sign, rule is _IDENTITY))
-        if fused is None:
-            fused = prec.fused[rule.sign, rule is _IDENTITY] = fused_step(
-                rule.sign, prec.grad if rule is not _IDENTITY else None, prec.update, prec.target, weight_fmt,
-                int(prec.grad_rounding), int(prec.update_rounding), int(prec.target_rounding),
-                int(prec.weight_rounding), int(prec.overflow))
+        fused = fused_step(rule.sign, prec.grad if rule is not _IDENTITY else None, prec.update, prec.target,
+                           weight_fmt, int(prec.grad_rounding), int(prec.update_rounding), int(prec.target_rounding),
+                           int(prec.weight_rounding), int(prec.overflow))
         acc_flat, param_flat = self._flat_views(p, state)
         result = fused(source, acc_flat, param_flat, float(rule.scale), source_max, prec.seed, step, index,
                        counts is not None)
@@ -329,14 +329,13 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         kept between steps while both tensors stay the same (building them
         costs more Python time than a small tensor's step)."""
         acc = state["accumulator"]
-        key = (acc, p.data_ptr(), p.dtype)
+        if not acc.is_contiguous():
+            acc = state["accumulator"] = acc.contiguous()
+        storage = (p.data_ptr(), p.dtype)
         cached = self._views.get(p)
-        if cached is None or cached[0][0] is not acc or cached[0][1:] != key[1:]:
-            if not acc.is_contiguous():
-                acc = state["accumulator"] = acc.contiguous()
-                key = (acc, *key[1:])
-            cached = self._views[p] = (key, acc.reshape(-1).numpy(), p.detach().reshape(-1).numpy())
-        return cached[1], cached[2]
+        if cached is None or cached[0] is not acc or cached[1] != storage:
+            cached = self._views[p] = (acc, storage, acc.reshape(-1).numpy(), p.detach().reshape(-1).numpy())
+        return cached[2], cached[3]
 
     # -- checkpoints ----------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

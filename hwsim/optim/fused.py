@@ -18,7 +18,8 @@ accumulator, one write of the weight. Rules with state compute their update
 with torch ops first and pass it as ``source`` with ``scale`` = 1 and no
 gradient stage.
 
-The arithmetic is compute-bound (about 0.25 ns per element on two cores), so
+The arithmetic is compute-bound (``python benchmarks/optim.py --breakdown``:
+about 0.2 ns per element on two cores, no faster when the data sit in L2), so
 the kernel does as few operations as the semantics allow: the multiplications
 by powers of two merge with the learning rate where that is exact, and an
 overflow step (two min/max per stage) is compiled out wherever a bound proves
@@ -52,6 +53,7 @@ from hwsim.kernels.scalar import (
     value_to_code_float,
 )
 from hwsim.optim.precision import STREAM, mix_seed
+from hwsim.torch_path.core import signed64
 
 TELEMETRY_SAMPLE = 4096  # about this many elements per tensor are sampled for telemetry
 NO_FORMAT = -1  # the rounding argument of a stage that has no format
@@ -174,15 +176,14 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
       * float32(LSB)``, the weight code saturated in int32, which the caller
       has checked is exact (codes below 2^31 before saturation, the LSB and
       every weight normal in float32): the same value as ``float32(code *
-      LSB + 0.0)``, about 15% faster (the int32 and float32 vectors are half
-      the width of the float64 ones);
+      LSB + 0.0)``, with fewer full-width operations (the int32 and float32
+      vectors are half the width of the float64 ones);
     - returns the telemetry of the elements at flat indices ``0, stride,
       2 stride, ...`` (as many as ``sample`` holds; empty turns it off): how
       many updates are nonzero, how many of those stalled (rounded to nothing
       on the accumulator grid), how many weights sit at saturation; ``sample``
-      receives the updates themselves (before the update format). Counting every element
-      would cost the step 60%: the counts are vector reductions that compete
-      with the arithmetic for the same units.
+      receives the updates themselves (before the update format). Counting every
+      element would add vector reductions to the compute-bound loop.
     """
     has_weight = weight_rounding != NO_FORMAT
     grad_overflow, delta_overflow, weight_overflow = overflows
@@ -387,11 +388,11 @@ class FusedStep:
         run = kernels[n >= SERIAL_BELOW_ELEMENTWISE]  # small tensors: one thread
         seeds = _NO_SEEDS
         if any(self.stochastic):
-            seeds = tuple(_int64(mix_seed(seed, step, index, stream)) if st else 0
+            seeds = tuple(signed64(mix_seed(seed, step, index, stream)) if st else 0
                           for st, stream in zip(self.stochastic, _SEED_STREAMS, strict=True))
         stride = sample_stride(n)
-        # the sample is allocated here: a cached parallel closure that returns an
-        # array fails to box it in a process that loaded several of its variants
+        # the caller allocates the sample: once (not reproduced since), a cached
+        # parallel variant failed to box an array it returned ('descr is NULL')
         sample = np.empty(-(-n // stride) if telemetry else 0)
         return (*run(source, acc, out, constants, *self.formats, seeds, sample, stride), sample)
 
@@ -408,8 +409,3 @@ def sample_stride(numel: int) -> int:
     """The stride of a tensor's telemetry sample: elements ``0, s, 2s, ...``,
     about ``TELEMETRY_SAMPLE`` of them (all, below twice that)."""
     return max(1, numel // TELEMETRY_SAMPLE)
-
-
-def _int64(seed: int) -> int:
-    """A 64-bit seed as the signed int Numba takes (same bits)."""
-    return seed - (1 << 64) if seed >= 1 << 63 else seed

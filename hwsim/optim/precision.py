@@ -110,8 +110,6 @@ class GroupPrecision:
     state_rounding: Rounding
     overflow: Overflow
     seed: int
-    # the optimizer's fused steps for this precision, by (sign rule, rule update), built on first use
-    fused: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, group: dict, state_names: tuple[str, ...]) -> GroupPrecision:

@@ -16,14 +16,15 @@ TINY = 5e-324
 INV_2_53 = 1.0 / 9007199254740992.0
 
 
-def _signed64(v: int) -> int:
+def signed64(v: int) -> int:
+    """An integer's low 64 bits as a signed int64 (what torch and Numba take)."""
     v &= (1 << 64) - 1
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-_GOLDEN = _signed64(0x9E3779B97F4A7C15)
-_MIX1 = _signed64(0xBF58476D1CE4E5B9)
-_MIX2 = _signed64(0x94D049BB133111EB)
+_GOLDEN = signed64(0x9E3779B97F4A7C15)
+_MIX1 = signed64(0xBF58476D1CE4E5B9)
+_MIX2 = signed64(0x94D049BB133111EB)
 
 
 def _lsr(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -35,7 +36,7 @@ def counter_uniform(seed: int, numel: int, device=None, offset: int = 0) -> torc
     """Float64 uniforms in [0, 1) for flat indices offset .. offset+numel-1;
     equal bit for bit to ``hwsim.kernels.scalar.counter_uniform``."""
     i = torch.arange(offset, offset + numel, dtype=torch.int64, device=device)
-    z = (i + 1) * _GOLDEN + _signed64(int(seed))  # int64 arithmetic wraps mod 2^64
+    z = (i + 1) * _GOLDEN + signed64(int(seed))  # int64 arithmetic wraps mod 2^64
     z = (z ^ _lsr(z, 30)) * _MIX1
     z = (z ^ _lsr(z, 27)) * _MIX2
     z = z ^ _lsr(z, 31)
