@@ -242,22 +242,22 @@ def test_plan_skips_an_overflow_step_only_where_it_is_a_no_op(wl, fl, signed, ex
     planned = step.plan(-lr, source_max)
     if planned is None:
         return
-    (k_update, k_delta, k_weight), (grad_overflow, delta_overflow, weight_overflow) = planned
+    (k_update, k_delta, k_weight), (grad_overflow, delta_overflow, acc_overflow, weight_overflow), _ = planned
     lo_g, hi_g = grad.min_code, grad.max_code
     for r in (np.floor, np.ceil):
         if not grad_overflow:  # the largest gradient, rounded either way, is a code
             assert lo_g <= r(-source_max * 2.0**grad.fl) and r(source_max * 2.0**grad.fl) <= hi_g
         if not delta_overflow and overflow == 0:  # the largest update too
-            top = max(-lo_g, hi_g)
+            top = min(max(-lo_g, hi_g), math.ceil(max(source_max * 2.0**grad.fl, 1.0)))
             assert acc.min_code <= r(-top * abs(k_delta)) and r(top * abs(k_delta)) <= acc.max_code
     for a in (acc.min_code, acc.max_code):
         w = a * k_weight
         assert k_weight == 2.0 ** (weight.fl - acc.fl)
-        if weight_overflow == fused.WEIGHT_NONE:
+        if weight_overflow == fused.CLAMP_NONE:
             assert weight.min_code <= math.floor(w) and math.ceil(w) <= weight.max_code
-        if weight_overflow == fused.WEIGHT_HIGH:
+        if weight_overflow == fused.CLAMP_HIGH:
             assert weight.min_code <= math.floor(w)
-        if weight_overflow == fused.WEIGHT_LOW:
+        if weight_overflow == fused.CLAMP_LOW:
             assert math.ceil(w) <= weight.max_code
     assert k_update == grad.lsb * -lr and k_delta == k_update * 2.0**acc.fl
 
@@ -390,3 +390,83 @@ def test_parallel_fused_tail_equals_torch_ops(rounding):
         runs.append((p.detach().clone(), opt.accumulator_codes(p), tel))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert runs[0][2] == runs[1][2]
+
+
+# ------------------------------------------- the accumulator bound between steps
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+@pytest.mark.parametrize("acc_fmt,weight_fmt", [("fx12.8", "fx6.3"), ("ufx12.8", "ufx8.5"), ("fx10.8", None)])
+def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(monkeypatch, overflow, acc_fmt, weight_fmt):
+    """Weights driven into saturation and back over many steps: the fused step
+    (which leaves out the accumulator's and the weight's overflow steps while
+    its bound on |accumulator| allows, measures the accumulator when the bound
+    gets loose and backs off while codes sit at a limit) gives the torch ops'
+    bits at every step, and does leave the clamps out early on."""
+    keys = []
+    original = fused.FusedStep.__call__
+
+    def spy(self, source, acc, *args, **kwargs):
+        before = set(self._kernels)
+        result = original(self, source, acc, *args, **kwargs)
+        keys.append(next(iter(set(self._kernels) - before), None))
+        return result
+
+    monkeypatch.setattr(fused.FusedStep, "__call__", spy)
+    n = 300
+    g = torch.Generator().manual_seed(2)
+    p0 = torch.rand(n, generator=g, dtype=torch.float64) * 2 - (0.5 if acc_fmt.startswith("u") else 1)
+    direction = torch.randn(n, generator=g, dtype=torch.float64).sign()
+    # out to the limits, then back
+    grads = [direction * (1.0 if step < 40 else -1.0) * (0.5 + torch.rand(n, generator=g, dtype=torch.float64))
+             for step in range(80)]
+    runs = []
+    for fused_flag in (True, False):
+        p = torch.nn.Parameter(p0.clone())
+        opt = hopt.SGD([p], lr=0.05, weight=weight_fmt, accumulator=acc_fmt, grad="fx12.8", overflow=overflow,
+                       fused=fused_flag)
+        history = []
+        for grad in grads:
+            p.grad = grad
+            opt.step()
+            history.append((p.detach().clone(), opt.accumulator_codes(p)))
+        runs.append(history)
+    for (w0, a0), (w1, a1) in zip(*runs, strict=True):
+        assert torch.equal(w0, w1) and torch.equal(a0, a1)
+    compiled = [k for k in keys if k is not None]
+    assert any(acc_sides != fused.CLAMP_BOTH for (_, _, acc_sides, _), _ in compiled)
+
+
+def test_accumulator_changed_by_torch_between_steps_is_measured_again():
+    """The bound is dropped when torch's version counter shows another writer:
+    an accumulator set to its limits between steps still saturates."""
+    runs = []
+    for fused_flag in (True, False):
+        p = torch.nn.Parameter(torch.zeros(64, dtype=torch.float64))
+        opt = hopt.SGD([p], lr=0.01, weight="fx8.4", accumulator="fx12.8", fused=fused_flag)
+        p.grad = torch.full_like(p, 0.5)
+        opt.step()
+        opt.state[p]["accumulator"].fill_(-2048.0)  # the min code, in place
+        p.grad = torch.full_like(p, 5.0)
+        opt.step()
+        runs.append((p.detach().clone(), opt.accumulator_codes(p)))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert bool((runs[0][1] == -2048).all())
+
+
+def test_update_that_underflows_on_the_grid_keeps_its_sign():
+    """An update below the smallest subnormal in LSB units (fl < 0) keeps its
+    sign and floors to -1, which the unsigned format saturates to 0 before it
+    is added: the bounds that drop overflow steps allow for it (a bound that
+    underflowed to 0 dropped that step, and the sum 2 - 1 gave 1)."""
+    formats = {"grad": None, "update": None, "accumulator": FixedPoint(8, -2, False), "weight": None}
+    roundings = dict.fromkeys(("grad", "update", "accumulator", "weight"), "floor")
+    p0, grads = [0.0, 8.0], [[5e-324, 5e-324]]
+    runs = []
+    for fused_flag in (True, False):
+        p = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float64))
+        opt = _optimizer(hopt.SGD, p, 1.0, formats, roundings, "saturate", 1, fused_flag)
+        p.grad = torch.tensor(grads[0], dtype=torch.float64)
+        opt.step()
+        runs.append((p.tolist(), opt.accumulator_codes(p).tolist()))
+    want_w, want_acc = reference_pointwise(p0, grads, 1.0, False, formats, roundings, "saturate", 1)
+    assert runs[0] == runs[1] == (want_w, want_acc)
+    assert want_acc == [0, 2]

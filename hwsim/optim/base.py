@@ -24,6 +24,7 @@ format, and the rule continues from the stored value.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 from hwsim.errors import NonFiniteError
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import fresh_seed, raise_non_finite_torch
-from hwsim.optim.fused import fused_step, max_abs, sample_stride
+from hwsim.optim.fused import AccumulatorBound, fused_step, max_abs, sample_stride
 from hwsim.optim.precision import (
     ROUNDING_KEYS,
     STATE_STREAM_BASE,
@@ -135,7 +136,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         self.telemetry_enabled = bool(telemetry)
         self.fused = fused is None or bool(fused)
         self._telemetry: list[dict[str, float]] | list[_Counts] = []
-        self._views: dict[torch.Tensor, tuple] = {}  # see _flat_views
+        self._views: dict[torch.Tensor, _FlatViews] = {}  # see _flat_views
         self._precisions: dict[int, tuple] = {}  # see _precision
         super().__init__(params, {**defaults, **merged})
 
@@ -151,16 +152,16 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         normalize_group(self.param_groups[-1], self.rule.state_names)
 
-    def _precision(self, position: int, group: dict) -> GroupPrecision:
-        """The group's resolved precision, rebuilt only when one of its
-        precision entries changed (resolving it each step cost more than a
-        small tensor's whole fused step)."""
-        key = tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
-                    for v in (group[k] for k in PRECISION_DEFAULTS))
+    def _precision(self, position: int, group: dict) -> tuple[GroupPrecision, dict]:
+        """The group's resolved precision and its fused steps (by rule input),
+        rebuilt only when one of its precision entries changed (resolving
+        them each step cost more than a small tensor's whole fused step)."""
+        values = _PRECISION_VALUES(group)
         cached = self._precisions.get(position)
-        if cached is None or cached[0] != key:
-            cached = self._precisions[position] = (key, GroupPrecision.of(group, self.rule.state_names))
-        return cached[1]
+        if cached is None or cached[0] != values:  # identical objects compare without __eq__
+            key = tuple(dict(v) if isinstance(v, dict) else v for v in values)  # a copy: dicts can change in place
+            cached = self._precisions[position] = (key, GroupPrecision.of(group, self.rule.state_names), {})
+        return cached[1], cached[2]
 
     # -- the step -----------------------------------------------------------------
     @torch.no_grad()
@@ -177,28 +178,29 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         work = []
         index = 0
         for position, group in enumerate(self.param_groups):
-            prec = self._precision(position, group)
+            prec, fused_steps = self._precision(position, group)
+            fixed = prec.any_fixed
             items = []
             for p in group["params"]:
-                if p.grad is not None:
-                    if p.grad.is_sparse:
+                grad = p.grad
+                if grad is not None:
+                    if grad.is_sparse:
                         raise ValueError("hwsim optimizers do not support sparse gradients")
-                    checked = _check_gradient(p, index) if prec.any_fixed else _UNCHECKED
-                    items.append((p, index, checked))
+                    items.append((p, index, _check_gradient(p, grad, index) if fixed else _UNCHECKED))
                 index += 1
-            work.append((group, prec, items))
+            work.append((group, prec, fused_steps, items))
         telemetry = []
-        for group, prec, items in work:
+        for group, prec, fused_steps, items in work:
             counts = _Counts(prec.target) if self.telemetry_enabled else None
             for p, index, checked in items:
-                self._step_param(p, index, group, prec, counts, checked)
+                self._step_param(p, index, group, prec, fused_steps, counts, checked)
             if counts is not None:
                 telemetry.append(counts)
         self._telemetry = telemetry
         return loss
 
-    def _step_param(self, p: torch.Tensor, index: int, group: dict, prec: GroupPrecision, counts,
-                    checked: tuple[np.ndarray | None, float | None]) -> None:
+    def _step_param(self, p: torch.Tensor, index: int, group: dict, prec: GroupPrecision, fused_steps: dict,
+                    counts, checked: tuple[np.ndarray | None, float | None]) -> None:
         state = self.state[p]
         step = state.get("step", 0) + 1
         state["step"] = step
@@ -211,13 +213,12 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if target is not None and "accumulator" not in state:
             # the master copy starts as the current weight, on the accumulator grid
             state["accumulator"] = _codes(p.detach(), target, prec.target_rounding, prec.overflow, noise, STREAM["init"], p, index)
-        fused = (self.fused and target is not None and p.device.type == "cpu" and p.dtype in _FUSED_DTYPES
-                 and p.is_contiguous())
+        fused = self.fused and target is not None and p.is_cpu and p.dtype in _FUSED_DTYPES and p.is_contiguous()
         grad_flat, grad_max = checked
         if fused and grad_flat is not None and self.rule.pointwise is not None:
             pointwise = self.rule.pointwise(group)
-            if pointwise is not None and self._step_fused(p, grad_flat, pointwise, grad_max, state, prec, step, index,
-                                                          counts):
+            if pointwise is not None and self._step_fused(p, grad_flat, pointwise, grad_max, state, prec, fused_steps,
+                                                          step, index, counts):
                 return
 
         def quantize(x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
@@ -263,7 +264,8 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             update_max = max_abs(update_flat)  # the gradient was checked in step(); the update is checked here
             if not math.isfinite(update_max):
                 _raise_non_finite(update, STREAM["update"], p, index)
-            if self._step_fused(p, update_flat, _IDENTITY, update_max, state, prec, step, index, counts):
+            if self._step_fused(p, update_flat, _IDENTITY, update_max, state, prec, fused_steps, step, index,
+                                counts):
                 return
         raw_update = update
         if prec.update is not None:
@@ -302,40 +304,50 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             counts.add_fixed(raw_update, delta, acc, target, weight_codes, prec.weight)
 
     def _step_fused(self, p, source: np.ndarray, rule: Pointwise, source_max: float, state, prec: GroupPrecision,
-                    step: int, index: int, counts) -> bool:
+                    fused_steps: dict, step: int, index: int, counts) -> bool:
         """The elementwise pipeline from ``source`` (the flat raw gradient of a
         pointwise rule, or a rule's float64 update; finite, at most
         ``source_max`` in magnitude) to the weight, as one Numba pass over CPU
         memory (:mod:`hwsim.optim.fused`; same bits as the torch ops). Returns
         False, having changed nothing, where the torch ops must run instead."""
-        acc = state["accumulator"]
-        if acc.dtype != torch.float64:  # a hand-made state: the torch ops take any dtype
+        if state["accumulator"].dtype != torch.float64:  # a hand-made state: the torch ops take any dtype
             return False
-        weight_fmt = prec.weight if prec.accumulator is not None else None
-        fused = fused_step(rule.sign, prec.grad if rule is not _IDENTITY else None, prec.update, prec.target,
-                           weight_fmt, int(prec.grad_rounding), int(prec.update_rounding), int(prec.target_rounding),
-                           int(prec.weight_rounding), int(prec.overflow))
-        acc_flat, param_flat = self._flat_views(p, state)
-        result = fused(source, acc_flat, param_flat, float(rule.scale), source_max, prec.seed, step, index,
-                       counts is not None)
+        fused = fused_steps.get(rule.sign if rule is not _IDENTITY else None)
+        if fused is None:
+            weight_fmt = prec.weight if prec.accumulator is not None else None
+            fused = fused_steps[rule.sign if rule is not _IDENTITY else None] = fused_step(
+                rule.sign, prec.grad if rule is not _IDENTITY else None, prec.update, prec.target, weight_fmt,
+                int(prec.grad_rounding), int(prec.update_rounding), int(prec.target_rounding),
+                int(prec.weight_rounding), int(prec.overflow))
+        views = self._flat_views(p, state)
+        result = fused(source, views.acc_flat, views.param, float(rule.scale), source_max, prec.seed, step, index,
+                       counts is not None, views.bound)
         if result is None:
             return False
         if counts is not None:
             counts.add_kernel(result, source.size)
         return True
 
-    def _flat_views(self, p: torch.Tensor, state: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _flat_views(self, p: torch.Tensor, state: dict) -> _FlatViews:
         """Flat NumPy views of the accumulator and of the parameter's storage,
         kept between steps while both tensors stay the same (building them
-        costs more Python time than a small tensor's step)."""
+        costs more Python time than a small tensor's step), with the bound on
+        the accumulator's codes that the fused kernel keeps; the bound is
+        dropped when torch's version counter shows that something other than
+        the kernel (which writes through NumPy) changed the accumulator."""
         acc = state["accumulator"]
         if not acc.is_contiguous():
             acc = state["accumulator"] = acc.contiguous()
         storage = (p.data_ptr(), p.dtype)
-        cached = self._views.get(p)
-        if cached is None or cached[0] is not acc or cached[1] != storage:
-            cached = self._views[p] = (acc, storage, acc.reshape(-1).numpy(), p.detach().reshape(-1).numpy())
-        return cached[2], cached[3]
+        views = self._views.get(p)
+        if views is None or views.acc is not acc:
+            views = self._views[p] = _FlatViews(acc, storage, acc.reshape(-1).numpy(), p.detach().reshape(-1).numpy())
+        elif views.storage != storage:
+            views.storage, views.param = storage, p.detach().reshape(-1).numpy()
+        version = None if acc.is_inference() else acc._version  # inference tensors have no counter
+        if version is None or version != views.version:
+            views.bound.top, views.version = None, version
+        return views
 
     # -- checkpoints ----------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -364,19 +376,30 @@ class QuantizedOptimizer(torch.optim.Optimizer):
 
 
 _FUSED_DTYPES = (torch.float32, torch.float64)  # what the Numba kernel reads and writes
+_PRECISION_VALUES = operator.itemgetter(*PRECISION_DEFAULTS)  # a group's precision entries, as a tuple
 _IDENTITY = Pointwise(False, 1.0)  # a rule's update, added as it is
 
 
 _UNCHECKED = (None, None)
 
 
-def _check_gradient(p: torch.Tensor, index: int) -> tuple[np.ndarray | None, float | None]:
-    """Raise NonFiniteError if ``p.grad`` holds NaN or Inf. Returns the flat
-    NumPy view of the gradient and max |grad| where the Numba check ran (CPU
-    float32/float64, contiguous), else ``(None, None)``."""
-    grad = p.grad
-    if grad.device.type == "cpu" and grad.dtype in _FUSED_DTYPES and grad.is_contiguous():
-        flat = grad.detach().reshape(-1).numpy()
+class _FlatViews:
+    """A parameter's cached views (see ``QuantizedOptimizer._flat_views``)."""
+
+    __slots__ = ("acc", "storage", "acc_flat", "param", "bound", "version")
+
+    def __init__(self, acc: torch.Tensor, storage: tuple, acc_flat: np.ndarray, param: np.ndarray) -> None:
+        self.acc, self.storage, self.acc_flat, self.param = acc, storage, acc_flat, param
+        self.bound = AccumulatorBound()
+        self.version: int | None = None
+
+
+def _check_gradient(p: torch.Tensor, grad: torch.Tensor, index: int) -> tuple[np.ndarray | None, float | None]:
+    """Raise NonFiniteError if ``grad`` (``p.grad``) holds NaN or Inf. Returns
+    the flat NumPy view of the gradient and max |grad| where the Numba check
+    ran (CPU float32/float64, contiguous), else ``(None, None)``."""
+    if grad.is_cpu and grad.dtype in _FUSED_DTYPES and grad.is_contiguous():
+        flat = (grad.detach() if grad.requires_grad else grad).numpy().reshape(-1)
         top = max_abs(flat)
         if not math.isfinite(top):
             _raise_non_finite(grad, STREAM["grad"], p, index)

@@ -57,7 +57,7 @@ from hwsim.torch_path.core import signed64
 
 TELEMETRY_SAMPLE = 4096  # about this many elements per tensor are sampled for telemetry
 NO_FORMAT = -1  # the rounding argument of a stage that has no format
-WEIGHT_NONE, WEIGHT_LOW, WEIGHT_HIGH, WEIGHT_BOTH = 0, 1, 2, 3  # the weight code's reachable limits
+CLAMP_NONE, CLAMP_LOW, CLAMP_HIGH, CLAMP_BOTH = 0, 1, 2, 3  # which limits of a code can be reached
 CHUNK = 1 << 14  # elements per task of the parallel loop (fits L1/L2 per core)
 
 
@@ -130,19 +130,30 @@ def weight_code_unclamped(a, i, k, seeds, weight_rounding):
 
 @kernel
 def clamp_sides(code, min_code, max_code, sides):
-    """Saturate ``code`` on the reachable sides (``WEIGHT_*``); any numeric type."""
-    if sides == WEIGHT_LOW or sides == WEIGHT_BOTH:
+    """Saturate ``code`` on the reachable sides (``CLAMP_*``); any numeric type."""
+    if sides == CLAMP_LOW or sides == CLAMP_BOTH:
         code = max(code, min_code)
-    if sides == WEIGHT_HIGH or sides == WEIGHT_BOTH:
+    if sides == CLAMP_HIGH or sides == CLAMP_BOTH:
         code = min(code, max_code)
     return code
+
+
+@kernel
+def overflow_sides(code, min_code, max_code, overflow, sides):
+    """The overflow step of an integral float64 ``code`` that can reach only
+    the limits ``sides`` (``CLAMP_*``): none, a clamp on those sides, or a wrap."""
+    if sides == CLAMP_NONE:
+        return code
+    if overflow == SATURATE:
+        return clamp_sides(code, min_code, max_code, sides)
+    return overflow_code_float(code, min_code, max_code, overflow)
 
 
 @kernel
 def weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow):
     """The weight code of accumulator code ``a`` at flat index ``i`` (modes as
     in :func:`update_code`)."""
-    if weight_overflow == WEIGHT_BOTH and overflow != SATURATE:
+    if weight_overflow == CLAMP_BOTH and overflow != SATURATE:
         u = counter_uniform(seeds[3], i) if weight_rounding == STOCHASTIC else 0.0
         return scaled_to_code_float(a * k[2], weight_fmt[3], weight_fmt[4], weight_rounding, overflow, u)
     return clamp_sides(weight_code_unclamped(a, i, k, seeds, weight_rounding), weight_fmt[3], weight_fmt[4],
@@ -151,27 +162,29 @@ def weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_ov
 
 @functools.cache
 def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_rounding: int, weight_rounding: int,
-                overflow: int, overflows: tuple[bool, bool, int], int32_out: bool):
+                overflow: int, overflows: tuple[bool, bool, int, int], int32_out: bool):
     """The (serial, parallel) kernels for one combination of stages and modes (compile-time
     constants, so the mode branches fold away and the loop vectorizes):
 
-    ``kernel(source, acc, out, k, grad_fmt, update_fmt, acc_fmt, weight_fmt,
-    seeds, sample, stride) -> (nonzero, stalled, saturated)``
+    ``kernel(source, acc, out, constants, seeds, sample, stride) -> (nonzero, stalled, saturated)``
 
     - ``source``: flat float32/float64 gradient (or update);
     - ``acc``: flat float64 accumulator codes (updated in place); ``out``: the
       parameter's flat storage (float32/float64);
-    - ``k``: the constants ``(update, delta, weight)`` of :meth:`FusedStep.plan`
-      (which checks that the merged multiplications give the reference's bits);
-    - each ``*_fmt``: :func:`format_constants`, a 5-tuple of floats (ignored
-      for a stage whose rounding is ``NO_FORMAT``);
-    - ``seeds``: 4-tuple of int64 counter-noise seeds (grad, update,
+    - ``constants``: float64 array (one array, not tuples: Numba's dispatch
+      types each tuple element on every call), unpacked into tuples before the
+      loop: ``k``, the constants ``(update, delta, weight)`` of
+      :meth:`FusedStep.plan` (which checks that the merged multiplications
+      give the reference's bits), then the grad, update, accumulator and weight
+      formats, each :func:`format_constants` (5 floats; ignored for a stage
+      whose rounding is ``NO_FORMAT``);
+    - ``seeds``: int64 array of the 4 counter-noise seeds (grad, update,
       accumulator, weight);
     - ``overflows``: whether the overflow mode is applied to the gradient
       code and to the update in accumulator LSBs before it is added (bools),
-      and to the weight code (``WEIGHT_*``: under saturation the side that
-      can be reached); skipped only where a bound proves it a no-op (the
-      clamps are a large part of the arithmetic);
+      to the sum in the accumulator and to the weight code (``CLAMP_*``:
+      under saturation the sides that can be reached); skipped only where a
+      bound proves it a no-op (the clamps are a large part of the arithmetic);
     - ``int32_out``: the output (float32) is written as ``float32(int32(code))
       * float32(LSB)``, the weight code saturated in int32, which the caller
       has checked is exact (codes below 2^31 before saturation, the LSB and
@@ -186,24 +199,30 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
       element would add vector reductions to the compute-bound loop.
     """
     has_weight = weight_rounding != NO_FORMAT
-    grad_overflow, delta_overflow, weight_overflow = overflows
-    if overflow != SATURATE and weight_overflow != WEIGHT_NONE:
-        weight_overflow = WEIGHT_BOTH  # wrapping has no sides
+    grad_overflow, delta_overflow, acc_overflow, weight_overflow = overflows
+    if overflow != SATURATE:  # wrapping has no sides
+        acc_overflow = CLAMP_NONE if acc_overflow == CLAMP_NONE else CLAMP_BOTH
+        weight_overflow = CLAMP_NONE if weight_overflow == CLAMP_NONE else CLAMP_BOTH
     # The closure holds only ints and bools: Numba's disk cache keys a closure
     # by its pickled cell contents, and a dispatcher pickles with a random id.
 
-    def run(source, acc, out, k, grad_fmt, update_fmt, acc_fmt, weight_fmt, seeds, sample, stride):
+    def run(source, acc, out, constants, seed_array, sample, stride):
+        c = constants
+        k = (c[0], c[1], c[2])
+        grad_fmt, update_fmt = (c[3], c[4], c[5], c[6], c[7]), (c[8], c[9], c[10], c[11], c[12])
+        acc_fmt, weight_fmt = (c[13], c[14], c[15], c[16], c[17]), (c[18], c[19], c[20], c[21], c[22])
+        seeds = (seed_array[0], seed_array[1], seed_array[2], seed_array[3])
         n = source.size
         sample_size = sample.size
         flags = np.zeros(sample_size, np.int64)  # per sampled element: nonzero | stalled << 1 | saturated << 2
-        for c in prange((n + CHUNK - 1) // CHUNK):
-            lo = c * CHUNK
+        for chunk in prange((n + CHUNK - 1) // CHUNK):
+            lo = chunk * CHUNK
             src, chunk_acc, dst = source[lo:lo + CHUNK], acc[lo:lo + CHUNK], out[lo:lo + CHUNK]
             for j in range(src.size):
                 i = lo + j
                 d = update_code(np.float64(src[j]), i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_rounding,
                                 update_rounding, acc_rounding, overflow, grad_overflow, delta_overflow)[1]
-                a = overflow_code_float(chunk_acc[j] + d, acc_fmt[3], acc_fmt[4], overflow)  # the sum is exact
+                a = overflow_sides(chunk_acc[j] + d, acc_fmt[3], acc_fmt[4], overflow, acc_overflow)  # sum: exact
                 chunk_acc[j] = a
                 if int32_out and has_weight:  # saturated in int32: half-width vector ops
                     w = np.int32(weight_code_unclamped(a, i, k, seeds, weight_rounding))
@@ -253,20 +272,13 @@ def format_constants(fmt) -> tuple[float, float, float, float, float]:
 
 _MIN_NORMAL = sys.float_info.min
 _F32_MIN_NORMAL, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
-_NO_SEEDS = (0, 0, 0, 0)
+_NO_SEEDS = np.zeros(4, np.int64)
+_NO_SAMPLE = np.empty(0)  # telemetry off (the kernel writes nothing into it)
 _SEED_STREAMS = (STREAM["grad"], STREAM["update"], STREAM["accumulator"], STREAM["weight"])
 
 
 def _normal(x: float) -> bool:
     return math.isfinite(x) and abs(x) >= _MIN_NORMAL
-
-
-def _within(low: float, high: float, min_code: float, max_code: float) -> bool:
-    """Whether every rounding of a value in [low, high] (LSB units; bounds
-    computed with the kernel's own, monotone, float operations) is a code in
-    [min_code, max_code]: then saturating or wrapping it is a no-op. Every
-    rounding mode lands in [floor(low), ceil(high)]."""
-    return math.floor(low) >= min_code and math.ceil(high) <= max_code
 
 
 class FusedStep:
@@ -288,6 +300,7 @@ class FusedStep:
                           acc_rounding,
                           NO_FORMAT if weight is None else weight_rounding)
         self.stochastic = tuple(r == STOCHASTIC for r in self.roundings)
+        self.any_stochastic = any(self.stochastic)
         self.formats = tuple(format_constants(f) for f in (grad, update, accumulator, weight))
         self.merged_input = sign or grad is not None
         grad_c, update_c, acc_c, weight_c = self.formats
@@ -296,16 +309,17 @@ class FusedStep:
         self.input_top = 1.0 if sign else (max(-grad_c[3], grad_c[4]) if grad is not None else math.nan)
         self.input_lsb = grad.lsb if grad is not None and not sign else 1.0
         self.acc_scale = acc_c[0]
+        self.update_delta = self.update_bound = 0.0
         if update is not None:  # the update's code in accumulator LSBs: exact
             self.update_delta = 2.0 ** (accumulator.fl - update.fl)
             self.update_bound = max(-update_c[3], update_c[4]) * self.update_delta
-        if weight is not None:  # the accumulator's range on the weight grid decides the clamps
-            self.k_weight = 2.0 ** (weight.fl - accumulator.fl)
-            low = not _within(acc_c[3] * self.k_weight, 0.0, weight_c[3], math.inf)
-            high = not _within(0.0, acc_c[4] * self.k_weight, -math.inf, weight_c[4])
-            self.weight_overflow = WEIGHT_LOW * low + WEIGHT_HIGH * high
-        else:
-            self.k_weight, self.weight_overflow = 0.0, WEIGHT_NONE
+        self.acc_top = max(-acc_c[3], acc_c[4])  # the largest |code| of the accumulator
+        # |x| <= safe: every rounding of x (LSB units) is a code (no overflow step)
+        self.grad_safe = min(-grad_c[3], grad_c[4])
+        self.acc_safe = min(-acc_c[3], acc_c[4])
+        self._last_scale: tuple = (None, None, None)
+        self.k_weight = 2.0 ** (weight.fl - accumulator.fl) if weight is not None else 0.0
+        self.weight_overflow = self._weight_sides(acc_c[3], acc_c[4])  # for any accumulator
         # codes written to a float32 parameter through int32 (see step_kernel): the
         # codes, and the weight codes before saturation, fit in int32; every value
         # is normal in float32; a weight code's overflow step is a clamp
@@ -313,22 +327,104 @@ class FusedStep:
         before = (acc_c[3] * self.k_weight - 1, acc_c[4] * self.k_weight + 1) if weight is not None else out_c[3:]
         self.int32_out = (-(2.0**31) <= min(out_c[3], before[0]) and max(out_c[4], before[1]) < 2.0**31
                           and _F32_MIN_NORMAL <= out_c[1] and max(-out_c[3], out_c[4]) * out_c[1] < _F32_MAX
-                          and (overflow == SATURATE or self.weight_overflow == WEIGHT_NONE))
+                          and (overflow == SATURATE or self.weight_overflow == CLAMP_NONE))
         self._kernels: dict = {}
 
-    def plan(self, scale: float, source_max: float) -> tuple[tuple[float, float, float], tuple[bool, bool, int]] | None:
-        """The kernel's constants ``(update, delta, weight)`` and overflow
-        steps for one call, or ``None`` where merged multiplications could
-        round differently from the reference pipeline (a zero, subnormal or
-        overflowing product; e.g. ``lr == 0``) or the update could overflow:
-        the torch ops then run instead, with the same semantics.
+    def _weight_sides(self, low: float, high: float) -> int:
+        """The limits of the weight format (``CLAMP_*``) that re-quantizing an
+        accumulator code in [low, high] can reach (every rounding of ``a *
+        k_weight``, an exact scaling, lands in [floor, ceil] of it)."""
+        if not self.k_weight:
+            return CLAMP_NONE
+        w_low, w_high = self.formats[3][3:]
+        return (CLAMP_LOW * (math.floor(low * self.k_weight) < w_low)
+                + CLAMP_HIGH * (math.ceil(high * self.k_weight) > w_high))
 
-        The constants: the update is ``rule_input * update`` (``-lr``, times
-        the gradient LSB when the input is a gradient code); in accumulator
-        LSBs it is ``rule_input * delta`` (merged), ``update code * delta``
-        (with an update format: 2^(fa - fu)) or ``update * delta`` (a float
-        input: 2^fa); a weight code is an accumulator code times ``weight`` =
-        2^(fw - fa).
+    def _scale_constants(self, scale: float) -> tuple[float, float] | None:
+        """``(k_update, k_delta)`` of :meth:`plan` for one ``scale``, or ``None``
+        where merging is not exact or the update could overflow."""
+        if self.merged_input:
+            k_update = self.input_lsb * scale
+            if not (_normal(k_update) and math.isfinite(self.input_top * abs(k_update))):
+                return None
+            k_delta = self.update_delta if self.has_update else k_update * self.acc_scale
+            return (k_update, k_delta) if _normal(k_delta) else None
+        return (scale, self.update_delta if self.has_update else self.acc_scale)
+
+    def _constants(self, scale: float, source_max: float):
+        """``(kernel constants, grad_overflow, delta_overflow, delta_top)``:
+        the constants of :meth:`plan` packed with the formats as the kernel
+        takes them, ``delta_top`` bounding |update code| on the accumulator
+        grid; ``None`` where the plan declines. The scale's part is cached:
+        the learning rate seldom changes between steps."""
+        last = self._last_scale  # (scale, its constants): one read, so threads sharing this step see a pair
+        if last[0] != scale:
+            scaled = self._scale_constants(scale)
+            packed = None if scaled is None else np.array([*scaled, self.k_weight, *sum(self.formats, ())])
+            last = self._last_scale = (scale, scaled, packed)
+        if last[1] is None:
+            return None
+        k_update, k_delta = last[1]
+        grad_overflow = False
+        if self.merged_input:
+            top = self.input_top  # |rule input|: a sign, or a gradient code
+            if self.has_grad:
+                # every rounding of |g| 2^fg <= g_top is at most ceil(g_top) (at least 1:
+                # scale_value keeps the sign of a product that underflows, and floor or
+                # stochastic rounding can take it to -1 or 1); beyond the format's range
+                # the overflow step keeps the code within input_top
+                g_top = max(source_max * self.formats[0][0], 1.0)
+                grad_overflow = not g_top <= self.grad_safe
+                if not self.sign and g_top < top:
+                    top = float(math.ceil(g_top))
+        if self.has_update:  # the update format's range
+            bound = self.update_bound
+        elif self.merged_input:
+            bound = top * abs(k_delta)
+        else:
+            if not math.isfinite(source_max * abs(k_update)):
+                return None  # the update itself could overflow: the torch ops raise
+            bound = source_max * abs(k_update) * k_delta
+        if not math.isfinite(bound):
+            return None
+        bound = max(bound, 1.0)  # an update that underflows in LSB units can round to -1 or 1 (as above)
+        if self.overflow == SATURATE:
+            delta_overflow = not bound <= self.acc_safe
+        else:  # modular: wrapping the sum alone is the same while the sum is exact
+            delta_overflow = bound >= 2.0**51
+        delta_top = float(math.ceil(bound))  # every rounding of |s| <= bound (monotone float ops)
+        if delta_overflow:  # the update code is brought into the accumulator's range first
+            delta_top = min(delta_top, self.acc_top)
+        return last[2], grad_overflow, delta_overflow, delta_top
+
+    def _sides(self, acc_top: float, delta_top: float) -> tuple[int, int, float]:
+        """``(accumulator sides, weight sides, acc_top after)``: the limits
+        (``CLAMP_*``) the sum ``acc + delta`` and the weight code can reach when
+        |acc| <= ``acc_top`` and |delta| <= ``delta_top`` (integral floats),
+        and a bound on |acc| after the step."""
+        low_code, high_code = self.acc_codes
+        low = max(low_code, -acc_top) - delta_top
+        high = min(high_code, acc_top) + delta_top
+        acc_sides = CLAMP_LOW * (low < low_code) + CLAMP_HIGH * (high > high_code)
+        if acc_sides and self.overflow != SATURATE:
+            low, high = low_code, high_code  # a wrapped sum can land anywhere
+        else:
+            low, high = max(low, low_code), min(high, high_code)
+        return acc_sides, self._weight_sides(low, high), max(-low, high)
+
+    def plan(self, scale: float, source_max: float, acc_top: float | None = None):
+        """``(constants, overflows, acc_top after)`` for one call, or ``None``
+        where merged multiplications could round differently from the
+        reference pipeline (a zero, subnormal or overflowing product; e.g.
+        ``lr == 0``) or the update could overflow: the torch ops then run
+        instead, with the same semantics.
+
+        The constants ``(update, delta, weight)``: the update is ``rule_input
+        * update`` (``-lr``, times the gradient LSB when the input is a
+        gradient code); in accumulator LSBs it is ``rule_input * delta``
+        (merged), ``update code * delta`` (with an update format: 2^(fa -
+        fu)) or ``update * delta`` (a float input: 2^fa); a weight code is an
+        accumulator code times ``weight`` = 2^(fw - fa).
 
         Why merging is exact: a power-of-two multiple of a float is exact while
         it stays normal, and multiplying an integer ``x`` (a code or a sign,
@@ -336,65 +432,93 @@ class FusedStep:
         number once either way: ``x * (lsb * scale * 2^fa) == ((x * lsb) *
         scale) * 2^fa``.
 
-        ``source_max`` bounds |source| (:func:`max_abs`); with the
-        formats' ranges it decides which overflow steps cannot change anything."""
-        grad_overflow = False
-        if self.has_grad:
-            g_top = source_max * self.formats[0][0]
-            grad_overflow = not (math.isfinite(g_top) and _within(-g_top, g_top, *self.grad_codes))
-        if self.merged_input:
-            top = self.input_top
-            k_update = self.input_lsb * scale
-            if not _normal(k_update):
-                return None
-        else:
-            top, k_update = source_max, scale
-        if not math.isfinite(top * abs(k_update)):
-            return None  # the update itself could overflow: the torch ops raise
-        if self.has_update:
-            k_delta, bound = self.update_delta, self.update_bound
-        elif self.merged_input:
-            k_delta = k_update * self.acc_scale
-            if not _normal(k_delta):
-                return None
-            bound = top * abs(k_delta)
-        else:
-            k_delta = self.acc_scale
-            bound = top * abs(k_update) * k_delta
-        if not math.isfinite(bound):
+        The overflow steps (``step_kernel``'s ``overflows``): ``source_max``
+        bounds |source| (:func:`max_abs`), ``acc_top`` |accumulator code|
+        before the step (``None``: unknown); with the formats' ranges they
+        decide which overflow steps cannot change anything."""
+        base = self._constants(scale, source_max)
+        if base is None:
             return None
-        if self.overflow == SATURATE:
-            delta_overflow = not _within(-bound, bound, *self.acc_codes)
-        else:  # modular: wrapping the sum alone is the same while the sum is exact
-            delta_overflow = bound >= 2.0**51
-        return (k_update, k_delta, self.k_weight), (grad_overflow, delta_overflow, self.weight_overflow)
+        packed, grad_overflow, delta_overflow, delta_top = base
+        acc_sides, weight_sides, top_after = self._sides(self.acc_top if acc_top is None else acc_top, delta_top)
+        return tuple(packed[:3].tolist()), (grad_overflow, delta_overflow, acc_sides, weight_sides), top_after
 
     def __call__(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, source_max: float,
-                 seed: int, step: int, index: int, telemetry: bool):
+                 seed: int, step: int, index: int, telemetry: bool, bound: AccumulatorBound | None = None):
         """Run the step on flat arrays (``acc``: float64 codes, updated in place;
-        ``out``: the parameter's storage). Returns ``None`` having changed
+        ``out``: the parameter's storage). ``bound``: what is known of |acc|
+        (read, and updated for the next step). Returns ``None`` having changed
         nothing where :meth:`plan` declines; else ``(nonzero, stalled,
         saturated, sample)`` as the kernel returns them (see
         :func:`step_kernel`; zeros and empty without ``telemetry``)."""
-        planned = self.plan(scale, source_max)
-        if planned is None:
+        base = self._constants(scale, source_max)
+        if base is None:
             return None
-        constants, overflows = planned
+        constants, grad_overflow, delta_overflow, delta_top = base
+        known = bound is not None and bound.top is not None
+        acc_sides, weight_sides, top_after = self._sides(bound.top if known else self.acc_top, delta_top)
+        if bound is not None and (acc_sides or weight_sides):
+            acc_sides, weight_sides, top_after = bound.tighten(self, acc, delta_top, acc_sides, weight_sides,
+                                                               top_after)
         n = source.size
-        key = (overflows, out.dtype == np.float32 and self.int32_out)
+        key = ((grad_overflow, delta_overflow, acc_sides, weight_sides), self.int32_out and out.itemsize == 4)
         kernels = self._kernels.get(key)
         if kernels is None:
             kernels = self._kernels[key] = step_kernel(self.sign, *self.roundings, self.overflow, *key)
         run = kernels[n >= SERIAL_BELOW_ELEMENTWISE]  # small tensors: one thread
         seeds = _NO_SEEDS
-        if any(self.stochastic):
-            seeds = tuple(signed64(mix_seed(seed, step, index, stream)) if st else 0
-                          for st, stream in zip(self.stochastic, _SEED_STREAMS, strict=True))
-        stride = sample_stride(n)
-        # the caller allocates the sample: once (not reproduced since), a cached
-        # parallel variant failed to box an array it returned ('descr is NULL')
-        sample = np.empty(-(-n // stride) if telemetry else 0)
-        return (*run(source, acc, out, constants, *self.formats, seeds, sample, stride), sample)
+        if self.any_stochastic:
+            seeds = np.array([signed64(mix_seed(seed, step, index, stream)) if st else 0
+                              for st, stream in zip(self.stochastic, _SEED_STREAMS, strict=True)], np.int64)
+        if telemetry:
+            stride = sample_stride(n)
+            # the caller allocates the sample: once (not reproduced since), a cached
+            # parallel variant failed to box an array it returned ('descr is NULL')
+            sample = np.empty(-(-n // stride))
+        else:
+            stride, sample = 1, _NO_SAMPLE
+        result = run(source, acc, out, constants, seeds, sample, stride)
+        if bound is not None:
+            bound.top = top_after
+        return (*result, sample)
+
+
+class AccumulatorBound:
+    """What the fused step knows of one accumulator between steps: ``top``, an
+    upper bound on |code| (``None``: unknown), so the kernel can leave out the
+    overflow step of the sum (and weight clamps) where it provably cannot act.
+
+    After each step ``top`` grows by the largest possible update. The owner
+    resets it to ``None`` whenever anything else may have written the
+    accumulator. Where the bound is too loose to drop a clamp, the true
+    maximum is measured (one read of the accumulator); where even that cannot
+    drop it (codes near saturation), measuring backs off: after 1, 2, 4, ...,
+    ``MAX_WAIT`` steps."""
+
+    MAX_WAIT = 256
+    __slots__ = ("top", "wait", "backoff")
+
+    def __init__(self) -> None:
+        self.top: float | None = None
+        self.wait = 0  # steps before the next measurement is allowed
+        self.backoff = 1
+
+    def tighten(self, step: FusedStep, acc: np.ndarray, delta_top: float, acc_sides: int, weight_sides: int,
+                top_after: float) -> tuple[int, int, float]:
+        """The sides and bound of ``step``'s call, with |acc| measured where
+        that may drop a clamp the bound keeps."""
+        if self.wait:
+            self.wait -= 1
+            return acc_sides, weight_sides, top_after
+        best = step._sides(0.0, delta_top)
+        if (acc_sides, weight_sides) == best[:2]:
+            return acc_sides, weight_sides, top_after  # clamps any accumulator needs
+        measured = step._sides(max_abs(acc), delta_top)
+        if measured[:2] == best[:2]:
+            self.backoff = 1
+        else:
+            self.wait, self.backoff = self.backoff, min(2 * self.backoff, self.MAX_WAIT)
+        return measured
 
 
 @functools.cache

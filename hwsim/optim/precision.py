@@ -19,6 +19,7 @@ may be one format or a dict from state name (``"momentum_buffer"``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -130,16 +131,17 @@ class GroupPrecision:
             **{k: (group[k] if group[k] is not None else base) for k in ROUNDING_KEYS},
         )
 
-    @property
+    # cached: the step reads these per parameter (the instance is immutable)
+    @functools.cached_property
     def target(self) -> FixedPoint | None:
         """The grid updates are added on: the accumulator, else the weight."""
         return self.accumulator if self.accumulator is not None else self.weight
 
-    @property
+    @functools.cached_property
     def target_rounding(self) -> Rounding:
         return self.accumulator_rounding if self.accumulator is not None else self.weight_rounding
 
-    @property
+    @functools.cached_property
     def any_fixed(self) -> bool:
         return any(f is not None for f in (self.weight, self.accumulator, self.grad, self.update)) or any(
             f is not None for f in self.state.values()
