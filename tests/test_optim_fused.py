@@ -393,14 +393,27 @@ def test_parallel_fused_tail_equals_torch_ops(rounding):
 
 
 # ------------------------------------------- the accumulator bound between steps
-@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
-@pytest.mark.parametrize("acc_fmt,weight_fmt", [("fx12.8", "fx6.3"), ("ufx12.8", "ufx8.5"), ("fx10.8", None)])
-def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(monkeypatch, overflow, acc_fmt, weight_fmt):
+BOUND_CASES = [  # accumulator, weight, overflow, parameter dtype, rounding
+    ("fx12.8", "fx6.3", "saturate", torch.float32, "nearest"),  # int32 codes, float32 weight stage
+    ("fx12.8", "fx6.3", "wrap", torch.float64, "nearest"),
+    ("ufx12.8", "ufx8.5", "saturate", torch.float32, "stochastic"),
+    ("ufx12.8", "ufx8.5", "wrap", torch.float32, "floor"),
+    ("fx10.8", None, "saturate", torch.float32, "nearest_away"),
+    ("fx10.8", None, "wrap", torch.float64, "zero"),
+    ("fx28.20", "fx12.8", "saturate", torch.float32, "nearest"),  # int32 codes beyond float32's 2^24
+    ("fx40.30", "fx16.12", "saturate", torch.float32, "stochastic"),  # float64 codes
+]
+
+
+@pytest.mark.parametrize("acc_fmt,weight_fmt,overflow,dtype,rounding", BOUND_CASES)
+def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(monkeypatch, acc_fmt, weight_fmt, overflow, dtype,
+                                                                    rounding):
     """Weights driven into saturation and back over many steps: the fused step
     (which leaves out the accumulator's and the weight's overflow steps while
-    its bound on |accumulator| allows, measures the accumulator when the bound
-    gets loose and backs off while codes sit at a limit) gives the torch ops'
-    bits at every step, and does leave the clamps out early on."""
+    its bound on |accumulator| allows, adding int32 codes in int32 then,
+    measures the accumulator when the bound gets loose and backs off while
+    codes sit at a limit) gives the torch ops' bits at every step, and does
+    leave the clamps out early on."""
     keys = []
     original = fused.FusedStep.__call__
 
@@ -413,16 +426,18 @@ def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(monkeypatch, 
     monkeypatch.setattr(fused.FusedStep, "__call__", spy)
     n = 300
     g = torch.Generator().manual_seed(2)
-    p0 = torch.rand(n, generator=g, dtype=torch.float64) * 2 - (0.5 if acc_fmt.startswith("u") else 1)
+    span = 2.0 ** (FixedPoint.parse(acc_fmt).wl - FixedPoint.parse(acc_fmt).fl - 2)
+    p0 = ((torch.rand(n, generator=g, dtype=torch.float64) * 2 - (0.5 if acc_fmt.startswith("u") else 1)) * span
+          ).to(dtype)
     direction = torch.randn(n, generator=g, dtype=torch.float64).sign()
     # out to the limits, then back
-    grads = [direction * (1.0 if step < 40 else -1.0) * (0.5 + torch.rand(n, generator=g, dtype=torch.float64))
-             for step in range(80)]
+    grads = [(direction * (1.0 if step < 40 else -1.0) * (0.5 + torch.rand(n, generator=g, dtype=torch.float64))
+              * span).to(dtype) for step in range(80)]
     runs = []
     for fused_flag in (True, False):
         p = torch.nn.Parameter(p0.clone())
-        opt = hopt.SGD([p], lr=0.05, weight=weight_fmt, accumulator=acc_fmt, grad="fx12.8", overflow=overflow,
-                       fused=fused_flag)
+        opt = hopt.SGD([p], lr=0.05, weight=weight_fmt, accumulator=acc_fmt, grad="fx16.8", overflow=overflow,
+                       rounding=rounding, seed=4, fused=fused_flag)
         history = []
         for grad in grads:
             p.grad = grad
@@ -432,7 +447,11 @@ def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(monkeypatch, 
     for (w0, a0), (w1, a1) in zip(*runs, strict=True):
         assert torch.equal(w0, w1) and torch.equal(a0, a1)
     compiled = [k for k in keys if k is not None]
-    assert any(acc_sides != fused.CLAMP_BOTH for (_, _, acc_sides, _), _ in compiled)
+    # unsigned: an update can always take a code at 0 below it
+    best = fused.CLAMP_LOW if acc_fmt.startswith("u") else fused.CLAMP_NONE
+    assert any(acc_sides == best for (_, _, acc_sides, _), *_ in compiled)
+    int32_codes = FixedPoint.parse(acc_fmt).wl <= 32
+    assert all((int_acc != 0) == int32_codes for *_, int_acc in compiled)
 
 
 def test_accumulator_changed_by_torch_between_steps_is_measured_again():

@@ -8,7 +8,7 @@ Per element, in the order of the pipeline in :mod:`hwsim.optim.base`:
     v = x * scale                       the update (``scale`` = -lr for SGD)
     v = Q_update(v)                     (optional: the update format)
     d = code of v on the accumulator grid, overflow applied
-    a = overflow(acc + d)               acc holds float64 codes, updated in place
+    a = overflow(acc + d)               acc holds int32 or float64 codes, updated in place
     w = Q_weight(a * LSB_acc)           (optional: the weight format)
     param = w * LSB_w (or a * LSB_acc)  written into the parameter's storage
 
@@ -80,6 +80,24 @@ def _max_abs_of(float_type, int_type, abs_mask: int):
 _MAX_ABS = {4: _max_abs_of(np.float32, np.int32, 0x7FFFFFFF), 8: _max_abs_of(np.float64, np.int64, 0x7FFFFFFFFFFFFFFF)}
 
 
+def _code_max_abs(x):
+    top = 0
+    for i in prange(x.size):
+        top = max(top, abs(np.int64(x[i])))
+    return np.float64(top)
+
+
+_CODE_MAX_ABS = serial_and_parallel(_code_max_abs)
+
+
+def code_max_abs(codes: np.ndarray) -> float:
+    """max |code| of a flat accumulator (float64 or int32 codes; 0 when empty)."""
+    if codes.dtype.kind == "f":
+        return max_abs(codes)
+    serial, parallel = _CODE_MAX_ABS
+    return (parallel if codes.size >= SERIAL_BELOW_ELEMENTWISE else serial)(codes)
+
+
 def max_abs(x: np.ndarray) -> float:
     """max |x| of a flat float32/float64 array (0 when empty), in one read
     (parallel when large): Inf or NaN exactly when ``x`` holds one."""
@@ -121,11 +139,13 @@ def update_code(x, i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_roundi
 
 
 @kernel
-def weight_code_unclamped(a, i, k, seeds, weight_rounding):
+def weight_code_unclamped(a, i, k_weight, seeds, weight_rounding):
     """The weight code of accumulator code ``a`` at flat index ``i``, before
-    its overflow step (an integral float64)."""
+    its overflow step: ``a * k_weight`` (a power of two) rounded, an integral
+    float of ``a``'s type (float32 where the caller has checked that ``a``
+    and the product are exact in it)."""
     u = counter_uniform(seeds[3], i) if weight_rounding == STOCHASTIC else 0.0
-    return round_scaled(a * k[2], weight_rounding, u)
+    return round_scaled(a * k_weight, weight_rounding, u)
 
 
 @kernel
@@ -155,21 +175,45 @@ def weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_ov
     in :func:`update_code`)."""
     if weight_overflow == CLAMP_BOTH and overflow != SATURATE:
         u = counter_uniform(seeds[3], i) if weight_rounding == STOCHASTIC else 0.0
-        return scaled_to_code_float(a * k[2], weight_fmt[3], weight_fmt[4], weight_rounding, overflow, u)
-    return clamp_sides(weight_code_unclamped(a, i, k, seeds, weight_rounding), weight_fmt[3], weight_fmt[4],
-                       weight_overflow)
+        return scaled_to_code_float(np.float64(a) * k[2], weight_fmt[3], weight_fmt[4], weight_rounding, overflow, u)
+    return clamp_sides(weight_code_unclamped(np.float64(a), i, k[2], seeds, weight_rounding), weight_fmt[3],
+                       weight_fmt[4], weight_overflow)
+
+
+@kernel
+def parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow, weight_overflow, has_weight,
+                    int32_out, f32_weight):
+    """The new value of the parameter from accumulator code ``a`` (modes:
+    compile-time constants of the caller). ``int32_out``: a float32 parameter
+    written as ``float32(int32(code)) * float32(LSB)`` (see step_kernel);
+    ``f32_weight``: besides, ``a`` is an int32 code below 2^24, so the weight
+    code's scaling and rounding are exact in float32."""
+    if int32_out and has_weight:  # saturated in int32: half-width vector ops
+        if f32_weight:
+            w = np.int32(weight_code_unclamped(np.float32(a), i, np.float32(k[2]), seeds, weight_rounding))
+        else:
+            w = np.int32(weight_code_unclamped(np.float64(a), i, k[2], seeds, weight_rounding))
+        w = clamp_sides(w, np.int32(weight_fmt[3]), np.int32(weight_fmt[4]), weight_overflow)
+        return np.float32(w) * np.float32(weight_fmt[1])
+    if int32_out:
+        return np.float32(np.int32(a)) * np.float32(acc_fmt[1])
+    if has_weight:
+        w = weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow)
+        return w * weight_fmt[1] + 0.0  # codes have no -0: nor do weights
+    return a * acc_fmt[1] + 0.0
 
 
 @functools.cache
 def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_rounding: int, weight_rounding: int,
-                overflow: int, overflows: tuple[bool, bool, int, int], int32_out: bool):
+                overflow: int, overflows: tuple[bool, bool, int, int], int32_out: bool, int_acc: int):
     """The (serial, parallel) kernels for one combination of stages and modes (compile-time
     constants, so the mode branches fold away and the loop vectorizes):
 
     ``kernel(source, acc, out, constants, seeds, sample, stride) -> (nonzero, stalled, saturated)``
 
     - ``source``: flat float32/float64 gradient (or update);
-    - ``acc``: flat float64 accumulator codes (updated in place); ``out``: the
+    - ``acc``: flat accumulator codes, updated in place: float64, or int32
+      (``int_acc`` 1; 2 where every code is below 2^24); ``out``: the
       parameter's flat storage (float32/float64);
     - ``constants``: float64 array (one array, not tuples: Numba's dispatch
       types each tuple element on every call), unpacked into tuples before the
@@ -200,6 +244,11 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
     """
     has_weight = weight_rounding != NO_FORMAT
     grad_overflow, delta_overflow, acc_overflow, weight_overflow = overflows
+    # int32 codes: where the sum provably stays in the format's range, it is an
+    # int32 addition, and the weight code is computed in float32 where exact
+    # (converting the code to float64 and back costs more than the addition)
+    int_add = int_acc != 0 and acc_overflow == CLAMP_NONE
+    f32_weight = int_add and int_acc == 2 and int32_out and has_weight
     if overflow != SATURATE:  # wrapping has no sides
         acc_overflow = CLAMP_NONE if acc_overflow == CLAMP_NONE else CLAMP_BOTH
         weight_overflow = CLAMP_NONE if weight_overflow == CLAMP_NONE else CLAMP_BOTH
@@ -222,19 +271,16 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
                 i = lo + j
                 d = update_code(np.float64(src[j]), i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_rounding,
                                 update_rounding, acc_rounding, overflow, grad_overflow, delta_overflow)[1]
-                a = overflow_sides(chunk_acc[j] + d, acc_fmt[3], acc_fmt[4], overflow, acc_overflow)  # sum: exact
-                chunk_acc[j] = a
-                if int32_out and has_weight:  # saturated in int32: half-width vector ops
-                    w = np.int32(weight_code_unclamped(a, i, k, seeds, weight_rounding))
-                    w = clamp_sides(w, np.int32(weight_fmt[3]), np.int32(weight_fmt[4]), weight_overflow)
-                    dst[j] = np.float32(w) * np.float32(weight_fmt[1])
-                elif int32_out:
-                    dst[j] = np.float32(np.int32(a)) * np.float32(acc_fmt[1])
-                elif has_weight:
-                    w = weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow)
-                    dst[j] = w * weight_fmt[1] + 0.0  # codes have no -0: nor do weights
+                if int_add:  # |d| and the sum are within the accumulator's range
+                    a_code = np.int32(chunk_acc[j] + np.int32(d))
+                    chunk_acc[j] = a_code
+                    dst[j] = parameter_value(a_code, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow,
+                                             weight_overflow, has_weight, int32_out, f32_weight)
                 else:
-                    dst[j] = a * acc_fmt[1] + 0.0
+                    a = overflow_sides(chunk_acc[j] + d, acc_fmt[3], acc_fmt[4], overflow, acc_overflow)  # exact
+                    chunk_acc[j] = a  # an integral float64 (for int32 codes: in range, converted exactly)
+                    dst[j] = parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow,
+                                             weight_overflow, has_weight, int32_out, False)
             # the telemetry of this chunk's sampled elements, while they are in cache
             for m in range((lo + stride - 1) // stride, min(sample_size, (lo + src.size + stride - 1) // stride)):
                 i = m * stride
@@ -445,7 +491,7 @@ class FusedStep:
 
     def __call__(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, source_max: float,
                  seed: int, step: int, index: int, telemetry: bool, bound: AccumulatorBound | None = None):
-        """Run the step on flat arrays (``acc``: float64 codes, updated in place;
+        """Run the step on flat arrays (``acc``: int32 or float64 codes, updated in place;
         ``out``: the parameter's storage). ``bound``: what is known of |acc|
         (read, and updated for the next step). Returns ``None`` having changed
         nothing where :meth:`plan` declines; else ``(nonzero, stalled,
@@ -461,7 +507,8 @@ class FusedStep:
             acc_sides, weight_sides, top_after = bound.tighten(self, acc, delta_top, acc_sides, weight_sides,
                                                                top_after)
         n = source.size
-        key = ((grad_overflow, delta_overflow, acc_sides, weight_sides), self.int32_out and out.itemsize == 4)
+        int_acc = 0 if acc.dtype.kind == "f" else (2 if self.acc_top < 2.0**24 else 1)
+        key = ((grad_overflow, delta_overflow, acc_sides, weight_sides), self.int32_out and out.itemsize == 4, int_acc)
         kernels = self._kernels.get(key)
         if kernels is None:
             kernels = self._kernels[key] = step_kernel(self.sign, *self.roundings, self.overflow, *key)
@@ -513,7 +560,7 @@ class AccumulatorBound:
         best = step._sides(0.0, delta_top)
         if (acc_sides, weight_sides) == best[:2]:
             return acc_sides, weight_sides, top_after  # clamps any accumulator needs
-        measured = step._sides(max_abs(acc), delta_top)
+        measured = step._sides(code_max_abs(acc), delta_top)
         if measured[:2] == best[:2]:
             self.backoff = 1
         else:
