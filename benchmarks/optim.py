@@ -157,11 +157,11 @@ def main() -> None:
 def breakdown(n: int) -> None:
     """Where a fixed-point SGD step goes: the gradient check and the fused
     kernel alone (with and without the telemetry sample), per element at
-    two sizes (the kernel is compute-bound if L2-resident data are no faster)."""
+    two sizes: data that fit the cores' L2 (64K elements) and data that do not."""
     from _timing import interleaved_best
 
     from hwsim.formats import FixedPoint
-    from hwsim.optim.fused import fused_step, max_abs
+    from hwsim.optim.fused import AccumulatorBound, fused_step, max_abs
 
     rows = []
     for size in (1 << 16, n):
@@ -170,17 +170,22 @@ def breakdown(n: int) -> None:
         opt.step()
         weight = ps[0]
         grad = weight.grad.reshape(-1).numpy()
-        acc = opt.state[weight]["accumulator"].reshape(-1).numpy()
-        out = weight.data.reshape(-1).numpy()
+        # copies: a second writer would invalidate the bound the optimizer keeps on its accumulator
+        acc = opt.state[weight]["accumulator"].reshape(-1).numpy().copy()
+        out = weight.data.reshape(-1).numpy().copy()
         step = fused_step(False, FixedPoint.parse(FIXED["grad"]), None,
                           FixedPoint.parse(FIXED["accumulator"]), FixedPoint.parse(FIXED["weight"]), 0, 0, 0, 0, 0)
         top = max_abs(grad)
+        bound = AccumulatorBound()  # as the optimizer keeps it: the accumulator's clamp is provably not needed
+
+        def kernel(telemetry, s=step, g=grad, a=acc, o=out, t=top, b=bound):
+            s(g, a, o, -0.01, t, 0, 1, 0, telemetry, b)
+
         times = interleaved_best({
             "whole step (weight and bias)": opt.step,
             "gradient check (max_abs)": lambda g=grad: max_abs(g),
-            "fused kernel": lambda s=step, g=grad, a=acc, o=out, t=top: s(g, a, o, -0.01, t, 0, 1, 0, False),
-            "fused kernel, telemetry sample": lambda s=step, g=grad, a=acc, o=out, t=top: s(g, a, o, -0.01, t, 0,
-                                                                                           1, 0, True),
+            "fused kernel": lambda: kernel(False),
+            "fused kernel, telemetry sample": lambda: kernel(True),
         }, rounds=max(20, 2_000_000 // size), warmup=3)
         for name, sec in times.items():
             rows.append([grad.size, name, sec * 1e3, sec / grad.size * 1e9])

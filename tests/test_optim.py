@@ -276,6 +276,37 @@ def test_low_precision_dtypes_take_the_torch_path():
         assert bool((p == -0.5).all()) and opt.telemetry[0]["stall_fraction"] == 0.0
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_float_weight_stalls_are_counted_on_the_sample(momentum, contiguous):
+    """Float weights: the stall fraction counted in Numba (contiguous CPU
+    tensors) or with torch ops (else) is the one over the telemetry sample
+    (runs of 16 elements; the tensor is larger than the sample), and the step
+    stays torch.optim's."""
+    from hwsim.optim.base import _sample
+
+    g = torch.Generator().manual_seed(4)
+    p0 = torch.randn(300, 200, generator=g)
+    grads = [torch.randn(300, 200, generator=g) * 10.0**-k for k in (7, 8, 3)]  # some updates below the ulp
+    p = torch.nn.Parameter(p0.clone() if contiguous else p0.t().contiguous().t())
+    ref = torch.nn.Parameter(p0.clone())
+    opt, ref_opt = hopt.SGD([p], lr=1.0, momentum=momentum), torch.optim.SGD([ref], lr=1.0, momentum=momentum)
+    assert p.is_contiguous() == contiguous
+    fractions = []
+    for grad in grads:
+        p.grad, ref.grad = grad.clone(), grad.clone()
+        before = _sample(ref.detach()).clone()
+        opt.step()
+        ref_opt.step()
+        numerator = ref.grad if momentum == 0 else ref_opt.state[ref]["momentum_buffer"]
+        nonzero = _sample(numerator) != 0
+        want = float((nonzero & (_sample(ref.detach()) == before)).sum()) / float(nonzero.sum())
+        assert opt.telemetry[0]["stall_fraction"] == want
+        assert torch.equal(p, ref)
+        fractions.append(want)
+    assert 0.0 < fractions[0] < 1.0 and 0.0 < fractions[1] < 1.0 and fractions[2] < 0.01
+
+
 def test_telemetry_off():
     p = torch.nn.Parameter(torch.zeros(3))
     opt = hopt.SGD([p], lr=0.1, weight="fx8.4", telemetry=False)

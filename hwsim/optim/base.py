@@ -35,7 +35,16 @@ import torch
 from hwsim.errors import NonFiniteError
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import fresh_seed, raise_non_finite_torch
-from hwsim.optim.fused import AccumulatorBound, fused_step, max_abs, sample_stride
+from hwsim.optim.fused import (
+    AccumulatorBound,
+    count_float_stalls,
+    fused_step,
+    gather_sample,
+    max_abs,
+    sample_index,
+    sample_size,
+    sample_stride,
+)
 from hwsim.optim.precision import (
     ROUNDING_KEYS,
     STATE_STREAM_BASE,
@@ -97,6 +106,13 @@ class QuantizedOptimizer(torch.optim.Optimizer):
 
     Every precision argument can also be set per param group.
 
+    The accumulator (``state[p]["accumulator"]``: integer codes, int32 where
+    they fit, else float64) is the master copy. Change it, if at all, with
+    torch ops on that tensor or by assigning a new one: the fused step keeps a
+    bound on its codes to leave out overflow steps that cannot act, and
+    torch's version counter tells it when something else wrote them; writes
+    through ``.data`` or a NumPy view bypass that counter.
+
     Attributes:
         telemetry: after each ``step()``, a list with one dict per param group
             (empty with ``telemetry=False``):
@@ -111,16 +127,17 @@ class QuantizedOptimizer(torch.optim.Optimizer):
               updates, in LSBs of the accumulator (else of the weight) format;
               NaN for float weights or when no update is nonzero.
 
-            Each is measured on a strided sample of every tensor: the elements
-            ``0, s, 2s, ...`` with ``s = max(1, numel // 4096)``, so it is
-            exact for tensors of fewer than 8192 elements and, above, an
-            estimate from about 4096 elements (fractions weighted by tensor
-            size). Counting every element would put vector reductions into the
-            fused kernel's compute-bound loop; the sample is counted while each
-            chunk is in cache (``python benchmarks/optim.py --breakdown`` times
-            the kernel with and without it). The dicts are built when first read
-            after a step,
-            with one host sync per group.
+            Each is measured on a sample of every tensor: 256 runs of 16
+            consecutive elements, evenly spaced (``hwsim.optim.fused.
+            sample_stride``), so it is exact for tensors of fewer than 8192
+            elements and, above, an estimate from about 4096 elements
+            (fractions weighted by tensor size). Counting every element would
+            put vector reductions into the fused kernel's loop; the sample is
+            counted while each chunk is in cache (``python
+            benchmarks/optim.py --breakdown`` times the kernel with and
+            without it), and runs keep the gathers of the torch path to a few
+            hundred cache lines. The dicts are built when first read after a
+            step, with one host sync per group.
     """
 
     rule: Rule
@@ -251,14 +268,23 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         step_ = self.rule.update(grad, weight, state, group, step, store)
         if target is None and prec.update is None and dtype == p.dtype:
             # float weights: torch.optim's own in-place ops, bit for bit
+            weight_flat = None if counts is None else _numpy_view(p)
+            numerator_flat = None if weight_flat is None else _numpy_view(step_.numerator)
             if counts is None:
                 step_.apply_(p)
-            else:  # stalls on the telemetry sample (cheap to leave on)
-                stride = sample_stride(p.numel())
-                old = p.detach().reshape(-1)[::stride].clone()
+            elif numerator_flat is not None:
+                # stalls on the telemetry sample, in Numba (torch ops on a 4096-element
+                # sample cost more than a float SGD step)
+                stride = sample_stride(weight_flat.size)
+                before = np.empty(sample_size(weight_flat.size), weight_flat.dtype)
+                gather_sample(weight_flat, stride, before)
                 step_.apply_(p)
-                counts.add_float(step_.numerator.reshape(-1)[::stride], p.detach().reshape(-1)[::stride] == old,
-                                 p.numel())
+                nonzero, stalled = count_float_stalls(numerator_flat, before, weight_flat, stride)
+                counts.add_kernel((nonzero, stalled, 0, None), p.numel(), before.size)
+            else:  # stalls on the telemetry sample, torch ops (other devices and dtypes)
+                old = _sample(p.detach())
+                step_.apply_(p)
+                counts.add_float(_sample(step_.numerator), _sample(p.detach()) == old, p.numel())
             return
         update = step_.value(weight)
         if fused and update.dtype == torch.float64 and update.device.type == "cpu":
@@ -277,8 +303,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                 _raise_non_finite(update, STREAM["update"], p, index)
             new = p + update.to(p.dtype)
             if counts is not None:
-                stride = sample_stride(p.numel())
-                counts.add_float(raw_update.reshape(-1)[::stride], (new == p).reshape(-1)[::stride], p.numel())
+                counts.add_float(_sample(raw_update), _sample(new) == _sample(p.detach()), p.numel())
             p.copy_(new)
             return
 
@@ -329,7 +354,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if result is None:
             return False
         if counts is not None:
-            counts.add_kernel(result, source.size)
+            counts.add_kernel(result, source.size, len(result[3]))
         return True
 
     def _flat_views(self, p: torch.Tensor, state: dict) -> _FlatViews:
@@ -423,6 +448,18 @@ def accumulator_dtype(fmt) -> torch.dtype:
     return torch.int32 if -(2**31) <= fmt.min_code and fmt.max_code < 2**31 else torch.float64
 
 
+def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
+    """The flat NumPy view of a contiguous float32/float64 CPU tensor, else None."""
+    if t.is_cpu and t.dtype in _FUSED_DTYPES and t.is_contiguous():
+        return t.detach().numpy().reshape(-1)
+    return None
+
+
+def _sample(t: torch.Tensor) -> torch.Tensor:
+    """The telemetry sample of ``t`` (:func:`hwsim.optim.fused.sample_stride`), gathered."""
+    return t.reshape(-1)[sample_index(t.numel(), t.device)]
+
+
 def _codes(x, fmt, rounding, overflow, noise, stream, p, index):
     x = x.to(torch.float64)
     if not all_finite(x):
@@ -445,7 +482,7 @@ def _raise_non_finite(x, stream, p, index):
 
 class _Counts:
     """Per-group telemetry, gathered in the step and summarized when read: per
-    param the counts over its strided sample (nonzero updates, stalled ones,
+    param the counts over its telemetry sample (nonzero updates, stalled ones,
     saturated weights: tensors on the torch path, ints from the kernel), the
     sample's size and the param's, and the sampled updates."""
 
@@ -456,21 +493,20 @@ class _Counts:
         self.samples: list = []
 
     def add_float(self, update: torch.Tensor, unchanged: torch.Tensor, numel: int) -> None:
-        """``update`` and ``unchanged``: the param's strided sample."""
+        """``update`` and ``unchanged``: the param's telemetry sample."""
         nz = update != 0
         self.counts.append(torch.stack([torch.count_nonzero(nz), torch.count_nonzero(unchanged.logical_and_(nz)),
                                         torch.zeros((), dtype=torch.int64, device=nz.device)]))
         self.sizes.append((update.numel(), numel))
 
     def add_fixed(self, update, delta, acc, target, weight_codes, weight_fmt) -> None:
-        """Full tensors; counted on the strided sample, like the kernel."""
+        """Full tensors; counted on the telemetry sample, like the kernel."""
         numel = update.numel()
-        stride = sample_stride(numel)
-        update, delta, acc = (t.reshape(-1)[::stride] for t in (update, delta, acc))
+        update, delta, acc = _sample(update), _sample(delta), _sample(acc)
         nz = update != 0
         sat = (acc == target.min_code).logical_or_(acc == target.max_code)
         if weight_codes is not None:
-            w = weight_codes.reshape(-1)[::stride]
+            w = _sample(weight_codes)
             sat.logical_or_(w == weight_fmt.min_code).logical_or_(w == weight_fmt.max_code)
         stalled = (delta == 0).logical_and_(nz)
         self.counts.append(torch.stack([torch.count_nonzero(nz), torch.count_nonzero(stalled),
@@ -478,11 +514,14 @@ class _Counts:
         self.sizes.append((update.numel(), numel))
         self.samples.append(update)
 
-    def add_kernel(self, result: tuple[int, int, int, np.ndarray], numel: int) -> None:
+    def add_kernel(self, result: tuple[int, int, int, np.ndarray | None], numel: int, sampled: int) -> None:
+        """Counts from the fused kernel, or from NumPy on a float weight (no
+        update sample: ``None``)."""
         nonzero, stalled, saturated, sample = result
         self.counts.append((nonzero, stalled, saturated))
-        self.sizes.append((len(sample), numel))
-        self.samples.append(sample)
+        self.sizes.append((sampled, numel))
+        if sample is not None:
+            self.samples.append(sample)
 
     def summary(self) -> dict[str, float]:
         result = {"stall_fraction": 0.0, "saturation_fraction": 0.0, "median_update_lsb": math.nan}

@@ -40,6 +40,7 @@ import math
 import sys
 
 import numpy as np
+import torch
 
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, kernel, prange, serial_and_parallel
 from hwsim.kernels.scalar import (
@@ -56,6 +57,7 @@ from hwsim.optim.precision import STREAM, mix_seed
 from hwsim.torch_path.core import signed64
 
 TELEMETRY_SAMPLE = 4096  # about this many elements per tensor are sampled for telemetry
+SAMPLE_RUN = 16  # in runs of this many consecutive elements (sample_stride)
 NO_FORMAT = -1  # the rounding argument of a stage that has no format
 CLAMP_NONE, CLAMP_LOW, CLAMP_HIGH, CLAMP_BOTH = 0, 1, 2, 3  # which limits of a code can be reached
 CHUNK = 1 << 14  # elements per task of the parallel loop (fits L1/L2 per core)
@@ -235,8 +237,8 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
       every weight normal in float32): the same value as ``float32(code *
       LSB + 0.0)``, with fewer full-width operations (the int32 and float32
       vectors are half the width of the float64 ones);
-    - returns the telemetry of the elements at flat indices ``0, stride,
-      2 stride, ...`` (as many as ``sample`` holds; empty turns it off): how
+    - returns the telemetry of the sampled elements (:func:`sample_stride`;
+      as many as ``sample`` holds; empty turns it off): how
       many updates are nonzero, how many of those stalled (rounded to nothing
       on the accumulator grid), how many weights sit at saturation; ``sample``
       receives the updates themselves (before the update format). Counting every
@@ -282,8 +284,8 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
                     dst[j] = parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow,
                                              weight_overflow, has_weight, int32_out, False)
             # the telemetry of this chunk's sampled elements, while they are in cache
-            for m in range((lo + stride - 1) // stride, min(sample_size, (lo + src.size + stride - 1) // stride)):
-                i = m * stride
+            for m in range(sample_position(lo, stride), min(sample_size, sample_position(lo + src.size, stride))):
+                i = sampled_index(m, stride)
                 # the update's code with its overflow step: under wrap the main loop may
                 # leave it out (the sum wraps alike), but a wrapped-away update stalled
                 v, d = update_code(np.float64(source[i]), i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign,
@@ -521,7 +523,7 @@ class FusedStep:
             stride = sample_stride(n)
             # the caller allocates the sample: once (not reproduced since), a cached
             # parallel variant failed to box an array it returned ('descr is NULL')
-            sample = np.empty(-(-n // stride))
+            sample = np.empty(sample_size(n))
         else:
             stride, sample = 1, _NO_SAMPLE
         result = run(source, acc, out, constants, seeds, sample, stride)
@@ -577,6 +579,66 @@ def fused_step(sign: bool, grad, update, accumulator, weight, grad_rounding: int
 
 
 def sample_stride(numel: int) -> int:
-    """The stride of a tensor's telemetry sample: elements ``0, s, 2s, ...``,
-    about ``TELEMETRY_SAMPLE`` of them (all, below twice that)."""
-    return max(1, numel // TELEMETRY_SAMPLE)
+    """The run stride ``s`` of a tensor's telemetry sample: the runs of
+    ``SAMPLE_RUN`` consecutive elements starting at ``0, s, 2s, ...``, about
+    ``TELEMETRY_SAMPLE`` elements in all (every element, ``s = SAMPLE_RUN``,
+    below twice that). Runs rather than single elements: a gather of 4096
+    scattered elements touches 4096 cache lines, which cost more than a whole
+    float SGD step; ``s`` is a multiple of the run, so float32 runs fill lines."""
+    if numel < 2 * TELEMETRY_SAMPLE:
+        return SAMPLE_RUN
+    return numel // (TELEMETRY_SAMPLE // SAMPLE_RUN) // SAMPLE_RUN * SAMPLE_RUN
+
+
+@kernel
+def sample_position(i, stride):
+    """The position in the telemetry sample of the first sampled element at
+    flat index ``i`` or after it (``sample_stride`` ``stride``); at ``numel``:
+    the sample's size."""
+    run = i // stride
+    offset = i - run * stride
+    return run * SAMPLE_RUN + min(offset, SAMPLE_RUN)
+
+
+@kernel
+def sampled_index(m, stride):
+    """The flat index of the ``m``-th sampled element."""
+    return (m // SAMPLE_RUN) * stride + m % SAMPLE_RUN
+
+
+@kernel
+def gather_sample(x, stride, out):
+    """``out[m] = x[sampled_index(m, stride)]``: a flat array's telemetry sample."""
+    for m in range(out.size):
+        out[m] = x[sampled_index(m, stride)]
+
+
+@kernel
+def count_float_stalls(update, before, after, stride):
+    """(nonzero, stalled) over the telemetry sample of a float weight:
+    ``update`` and ``after`` are the flat update and weight, ``before`` the
+    weight's sample gathered before the step; an update stalled when it is
+    nonzero and left the weight unchanged."""
+    nonzero = 0
+    stalled = 0
+    for m in range(before.size):
+        i = sampled_index(m, stride)
+        if update[i] != 0:
+            nonzero += 1
+            if after[i] == before[m]:
+                stalled += 1
+    return nonzero, stalled
+
+
+def sample_size(numel: int) -> int:
+    """How many elements a tensor's telemetry sample holds."""
+    return int(sample_position(numel, sample_stride(numel)))
+
+
+@functools.lru_cache(maxsize=256)
+def sample_index(numel: int, device) -> torch.Tensor:
+    """The flat indices of a tensor's telemetry sample (what the kernel
+    counts), for gathering it with torch."""
+    stride = sample_stride(numel)
+    m = torch.arange(sample_size(numel), device=device)
+    return torch.div(m, SAMPLE_RUN, rounding_mode="floor") * stride + m % SAMPLE_RUN
