@@ -265,8 +265,9 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
         seeds = (seed_array[0], seed_array[1], seed_array[2], seed_array[3])
         n = source.size
         sample_size = sample.size
-        flags = np.zeros(sample_size, np.int64)  # per sampled element: nonzero | stalled << 1 | saturated << 2
-        for chunk in prange((n + CHUNK - 1) // CHUNK):
+        chunks = (n + CHUNK - 1) // CHUNK
+        counts = np.zeros((chunks, 3), np.int64)  # per chunk, over its sampled elements: nonzero, stalled, saturated
+        for chunk in prange(chunks):
             lo = chunk * CHUNK
             src, chunk_acc, dst = source[lo:lo + CHUNK], acc[lo:lo + CHUNK], out[lo:lo + CHUNK]
             for j in range(src.size):
@@ -283,28 +284,30 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
                     chunk_acc[j] = a  # an integral float64 (for int32 codes: in range, converted exactly)
                     dst[j] = parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow,
                                              weight_overflow, has_weight, int32_out, False)
-            # the telemetry of this chunk's sampled elements, while they are in cache
-            for m in range(sample_position(lo, stride), min(sample_size, sample_position(lo + src.size, stride))):
-                i = sampled_index(m, stride)
-                # the update's code with its overflow step: under wrap the main loop may
-                # leave it out (the sum wraps alike), but a wrapped-away update stalled
-                v, d = update_code(np.float64(source[i]), i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign,
-                                   grad_rounding, update_rounding, acc_rounding, overflow, grad_overflow, True)
-                a = acc[i]  # after the step
-                saturated = a == acc_fmt[3] or a == acc_fmt[4]
-                if has_weight:
-                    w = weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow)
-                    saturated = saturated or w == weight_fmt[3] or w == weight_fmt[4]
-                sample[m] = v
-                flags[m] = (v != 0.0) | ((v != 0.0 and d == 0.0) << 1) | (saturated << 2)
-        nonzero = 0
-        stalled = 0
-        saturated = 0
-        for m in range(sample_size):
-            nonzero += flags[m] & 1
-            stalled += (flags[m] >> 1) & 1
-            saturated += flags[m] >> 2
-        return nonzero, stalled, saturated
+            # the telemetry of this chunk's sampled elements, while they are in cache: runs
+            # of SAMPLE_RUN consecutive elements (a run never straddles two chunks)
+            m0 = sample_position(lo, stride)
+            m1 = min(sample_size, sample_position(lo + src.size, stride))
+            nonzero = stalled = saturated = 0
+            for run in range(m0 // SAMPLE_RUN, (m1 + SAMPLE_RUN - 1) // SAMPLE_RUN):
+                first_m, first_i = run * SAMPLE_RUN, run * stride
+                for j in range(max(m0 - first_m, 0), min(m1 - first_m, SAMPLE_RUN)):
+                    i = first_i + j
+                    # the update's code with its overflow step: under wrap the main loop may
+                    # leave it out (the sum wraps alike), but a wrapped-away update stalled
+                    v, d = update_code(np.float64(source[i]), i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign,
+                                       grad_rounding, update_rounding, acc_rounding, overflow, grad_overflow, True)
+                    a = acc[i]  # after the step
+                    at_limit = (a == acc_fmt[3]) | (a == acc_fmt[4])
+                    if has_weight:
+                        w = weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow)
+                        at_limit = at_limit | (w == weight_fmt[3]) | (w == weight_fmt[4])
+                    sample[first_m + j] = v
+                    nonzero += v != 0.0
+                    stalled += (v != 0.0) & (d == 0.0)
+                    saturated += at_limit
+            counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = nonzero, stalled, saturated
+        return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum()
 
     return serial_and_parallel(run)
 
@@ -630,6 +633,7 @@ def count_float_stalls(update, before, after, stride):
     return nonzero, stalled
 
 
+@functools.lru_cache(maxsize=1024)
 def sample_size(numel: int) -> int:
     """How many elements a tensor's telemetry sample holds."""
     return int(sample_position(numel, sample_stride(numel)))
