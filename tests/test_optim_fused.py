@@ -489,3 +489,24 @@ def test_update_that_underflows_on_the_grid_keeps_its_sign():
     want_w, want_acc = reference_pointwise(p0, grads, 1.0, False, formats, roundings, "saturate", 1)
     assert runs[0] == runs[1] == (want_w, want_acc)
     assert want_acc == [0, 2]
+
+
+@pytest.mark.parametrize("numel", [1, 15, 16, 17, 8191, 8192, 65536 * 3 + 5, 1_000_003])
+def test_telemetry_sample_is_runs_that_never_straddle_a_chunk(numel):
+    """Every element below 8192; above, about 4096 in runs of 16 spread over
+    the tensor. The kernel counts each chunk's runs whole, starting at a run
+    boundary, so the chunks together count the sample exactly once."""
+    idx = fused.sample_index(numel, torch.device("cpu"))
+    stride = fused.sample_stride(numel)
+    assert idx.numel() == fused.sample_size(numel) and int(idx.max()) < numel
+    assert torch.equal(idx, torch.unique(idx))  # increasing, no repeats
+    if numel < 2 * fused.TELEMETRY_SAMPLE:
+        assert torch.equal(idx, torch.arange(numel))
+    else:
+        assert fused.TELEMETRY_SAMPLE <= idx.numel() <= fused.TELEMETRY_SAMPLE * 1.1
+        assert int(idx.max()) > numel - stride - 1  # reaches the end of the tensor
+        runs = idx[: idx.numel() // fused.SAMPLE_RUN * fused.SAMPLE_RUN].reshape(-1, fused.SAMPLE_RUN)
+        assert bool((runs[:, 1:] - runs[:, :-1] == 1).all())
+    chunk_starts = [fused.sample_position(c * fused.CHUNK, stride) for c in range(-(-numel // fused.CHUNK))]
+    assert all(m % fused.SAMPLE_RUN == 0 for m in chunk_starts)
+    assert [fused.sampled_index(m, stride) for m in range(idx.numel())] == idx.tolist()

@@ -289,9 +289,9 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
             m0 = sample_position(lo, stride)
             m1 = min(sample_size, sample_position(lo + src.size, stride))
             nonzero = stalled = saturated = 0
-            for run in range(m0 // SAMPLE_RUN, (m1 + SAMPLE_RUN - 1) // SAMPLE_RUN):
+            for run in range(m0 // SAMPLE_RUN, (m1 + SAMPLE_RUN - 1) // SAMPLE_RUN):  # m0: a run's start
                 first_m, first_i = run * SAMPLE_RUN, run * stride
-                for j in range(max(m0 - first_m, 0), min(m1 - first_m, SAMPLE_RUN)):
+                for j in range(min(m1 - first_m, SAMPLE_RUN)):  # contiguous: vectorizes
                     i = first_i + j
                     # the update's code with its overflow step: under wrap the main loop may
                     # leave it out (the sum wraps alike), but a wrapped-away update stalled
