@@ -18,12 +18,15 @@ accumulator, one write of the weight. Rules with state compute their update
 with torch ops first and pass it as ``source`` with ``scale`` = 1 and no
 gradient stage.
 
-The arithmetic is compute-bound (``python benchmarks/optim.py --breakdown``:
-about 0.2 ns per element on two cores, no faster when the data sit in L2), so
-the kernel does as few operations as the semantics allow: the multiplications
-by powers of two merge with the learning rate where that is exact, and an
-overflow step (two min/max per stage) is compiled out wherever a bound proves
-it a no-op (:meth:`FusedStep.plan`). Every rounding goes through
+On two cores the kernel is bound by conversions and roundings and by memory
+traffic about equally (``python benchmarks/optim.py --breakdown``: about 0.16
+ns per element), so it does as few operations and moves as few bytes as the
+semantics allow: the multiplications by powers of two merge with the learning
+rate where that is exact; an overflow step (two min/max per stage) is compiled
+out wherever a bound proves it a no-op (:meth:`FusedStep.plan`), the
+accumulator's by a bound on its codes kept between steps
+(:class:`AccumulatorBound`); int32 accumulator codes are added in int32 there,
+and re-quantized to the weight in float32 where that is exact. Every rounding goes through
 ``hwsim.kernels.scalar`` (``round_scaled``, ``value_to_code_float``, ...), which
 ``hwsim.torch_path.core`` mirrors op for op: the torch ops and this kernel give
 the same bits, and the tests run every case both ways. Like ``torch.optim``'s
