@@ -396,6 +396,7 @@ def test_parallel_fused_tail_equals_torch_ops(rounding):
 BOUND_CASES = [  # accumulator, weight, overflow, parameter dtype, rounding
     ("fx12.8", "fx6.3", "saturate", torch.float32, "nearest"),  # int32 codes, float32 weight stage
     ("fx12.8", "fx6.3", "wrap", torch.float64, "nearest"),
+    ("fx14.10", "fx8.5", "saturate", torch.float32, "stochastic"),  # float32 weight stage, stochastic
     ("ufx12.8", "ufx8.5", "saturate", torch.float32, "stochastic"),
     ("ufx12.8", "ufx8.5", "wrap", torch.float32, "floor"),
     ("fx10.8", None, "saturate", torch.float32, "nearest_away"),

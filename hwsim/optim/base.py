@@ -428,8 +428,8 @@ def _check_gradient(p: torch.Tensor, grad: torch.Tensor, index: int) -> tuple[np
     """Raise NonFiniteError if ``grad`` (``p.grad``) holds NaN or Inf. Returns
     the flat NumPy view of the gradient and max |grad| where the Numba check
     ran (CPU float32/float64, contiguous), else ``(None, None)``."""
-    if grad.is_cpu and grad.dtype in _FUSED_DTYPES and grad.is_contiguous():
-        flat = (grad.detach() if grad.requires_grad else grad).numpy().reshape(-1)
+    flat = _numpy_view(grad)
+    if flat is not None:
         top = max_abs(flat)
         if not math.isfinite(top):
             _raise_non_finite(grad, STREAM["grad"], p, index)
@@ -451,7 +451,7 @@ def accumulator_dtype(fmt) -> torch.dtype:
 def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
     """The flat NumPy view of a contiguous float32/float64 CPU tensor, else None."""
     if t.is_cpu and t.dtype in _FUSED_DTYPES and t.is_contiguous():
-        return t.detach().numpy().reshape(-1)
+        return (t.detach() if t.requires_grad else t).numpy().reshape(-1)
     return None
 
 
