@@ -511,3 +511,21 @@ def test_telemetry_sample_is_runs_that_never_straddle_a_chunk(numel):
     chunk_starts = [fused.sample_position(c * fused.CHUNK, stride) for c in range(-(-numel // fused.CHUNK))]
     assert all(m % fused.SAMPLE_RUN == 0 for m in chunk_starts)
     assert [fused.sampled_index(m, stride) for m in range(idx.numel())] == idx.tolist()
+
+
+def test_steps_under_inference_mode_keep_no_bound_and_match_torch_ops():
+    """Under torch.inference_mode the accumulator is an inference tensor, which
+    has no version counter: the fused step measures it each time instead of
+    trusting a bound, and still gives the torch ops' bits into saturation."""
+    runs = []
+    for fused_flag in (True, False):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 100))
+        opt = hopt.SGD([p], lr=2.0, weight="fx8.4", accumulator="fx12.8", fused=fused_flag)
+        with torch.inference_mode():
+            for k in range(30):
+                p.grad = torch.full_like(p, 0.3 if k < 20 else -0.3)
+                opt.step()
+        assert opt.state[p]["accumulator"].is_inference()
+        assert bool((p == -2.0).all())  # every weight saturated at -8 on the way out, then 10 steps of 0.6 back
+        runs.append((p.detach().clone(), opt.accumulator_codes(p)))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])

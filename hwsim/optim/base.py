@@ -223,11 +223,11 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         step = state.get("step", 0) + 1
         state["step"] = step
         seed = prec.seed
+        target = prec.target
 
         def noise(stream: int, like: torch.Tensor) -> torch.Tensor:
             return uniforms(mix_seed(seed, step, index, stream), like)
 
-        target = prec.target
         if target is not None and "accumulator" not in state:
             # the master copy starts as the current weight, on the accumulator grid
             codes = _codes(p.detach(), target, prec.target_rounding, prec.overflow, noise, STREAM["init"], p, index)
@@ -373,7 +373,10 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             views = self._views[p] = _FlatViews(acc, storage, acc.reshape(-1).numpy(), p.detach().reshape(-1).numpy())
         elif views.storage != storage:
             views.storage, views.param = storage, p.detach().reshape(-1).numpy()
-        version = None if acc.is_inference() else acc._version  # inference tensors have no counter
+        try:
+            version = acc._version
+        except RuntimeError:  # an inference tensor has no version counter: never trust the bound
+            version = None
         if version is None or version != views.version:
             views.bound.top, views.version = None, version
         return views
