@@ -21,6 +21,8 @@ import os
 import sys
 import time
 
+import numba
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -187,9 +189,28 @@ def breakdown(n: int) -> None:
             "fused kernel": lambda: kernel(False),
             "fused kernel, telemetry sample": lambda: kernel(True),
         }, rounds=max(20, 2_000_000 // size), warmup=3)
+        # references, timed apart (their arrays would double the working set): a kernel
+        # with the fused kernel's memory traffic and one addition per element, and a
+        # step with no gradient (the torch.optim step wrapper and the loop around it)
+        acc_copy, out_copy = views.acc_flat.copy(), views.param.copy()
+        idle = hopt.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01, **FIXED, telemetry=False)
+        times.update(interleaved_best({
+            "same traffic, one addition (floor)": lambda g=grad, a=acc_copy, o=out_copy: _traffic_floor(g, a, o),
+            "step with no gradient (optimizer wrapper)": idle.step,
+        }, rounds=max(20, 2_000_000 // size), warmup=3))
         for name, sec in times.items():
             rows.append([grad.size, name, sec * 1e3, sec / grad.size * 1e9])
     print_table(["weight elements", "part", "ms", "ns per weight element"], rows)
+
+
+@numba.njit(parallel=True)
+def _traffic_floor(grad, acc, out):
+    """The fused kernel's memory traffic (float32 gradient in, int32
+    accumulator in and out, float32 weight out) with one addition per element."""
+    for i in numba.prange(grad.size):
+        a = acc[i] + np.int32(grad[i])
+        acc[i] = a
+        out[i] = np.float32(a)
 
 
 if __name__ == "__main__":

@@ -229,35 +229,53 @@ def test_extreme_learning_rates_give_the_reference_bits(lr):
 
 # ------------------------------------------------------- the provable overflow steps
 @given(st.integers(3, 24), st.integers(-4, 20), st.booleans(), st.integers(0, 12), st.integers(-8, 8),
-       st.floats(1e-8, 10.0), st.floats(0.0, 1e3), st.sampled_from([0, 1]))
+       st.floats(1e-8, 10.0), st.floats(0.0, 1e3), st.sampled_from([0, 1]),
+       st.one_of(st.none(), st.floats(0.0, 1.2)))
 def test_plan_skips_an_overflow_step_only_where_it_is_a_no_op(wl, fl, signed, extra, shift, lr, source_max,
-                                                                overflow):
+                                                                overflow, acc_fraction):
     """For every overflow step the plan compiles out, no input within the
-    bound can reach the format's limits: checked at the bound itself, with
-    every rounding."""
+    bounds (|gradient| <= source_max, |accumulator code| <= acc_top) can reach
+    the format's limits: checked at the bounds themselves, with every
+    rounding; and the bound it returns for the next step holds."""
     weight = FixedPoint(wl, fl, signed)
     acc = FixedPoint(min(52, wl + extra), fl + extra + max(0, shift) - max(0, -shift), signed)
     grad = FixedPoint(max(2, wl - 2), fl + 2)
     step = fused.FusedStep(False, grad, None, acc, weight, 0, 0, 0, 0, overflow)
-    planned = step.plan(-lr, source_max)
+    acc_range = max(-acc.min_code, acc.max_code)
+    acc_top = None if acc_fraction is None else float(math.floor(acc_fraction * acc_range))
+    planned = step.plan(-lr, source_max, acc_top)
     if planned is None:
         return
-    (k_update, k_delta, k_weight), (grad_overflow, delta_overflow, acc_overflow, weight_overflow), _ = planned
+    (k_update, k_delta, k_weight), (grad_overflow, delta_overflow, acc_overflow, weight_overflow), top_after = planned
     lo_g, hi_g = grad.min_code, grad.max_code
+    # the largest |update code| (at least 1: an underflowed update keeps its sign)
+    top = min(max(-lo_g, hi_g), math.ceil(max(source_max * 2.0**grad.fl, 1.0)))
+    largest = max(1, math.ceil(top * abs(k_delta)))
+    if delta_overflow:
+        largest = min(largest, acc_range)
     for r in (np.floor, np.ceil):
         if not grad_overflow:  # the largest gradient, rounded either way, is a code
             assert lo_g <= r(-source_max * 2.0**grad.fl) and r(source_max * 2.0**grad.fl) <= hi_g
         if not delta_overflow and overflow == 0:  # the largest update too
-            top = min(max(-lo_g, hi_g), math.ceil(max(source_max * 2.0**grad.fl, 1.0)))
             assert acc.min_code <= r(-top * abs(k_delta)) and r(top * abs(k_delta)) <= acc.max_code
-    for a in (acc.min_code, acc.max_code):
+    # the sum of the extreme accumulator codes and updates
+    a_top = acc_range if acc_top is None else acc_top
+    low = max(acc.min_code, -a_top) - largest
+    high = min(acc.max_code, a_top) + largest
+    if acc_overflow in (fused.CLAMP_NONE, fused.CLAMP_HIGH):
+        assert low >= acc.min_code
+    if acc_overflow in (fused.CLAMP_NONE, fused.CLAMP_LOW):
+        assert high <= acc.max_code
+    if acc_overflow != fused.CLAMP_NONE and overflow == 1:
+        low, high = acc.min_code, acc.max_code  # a wrapped sum can be any code
+    low, high = max(low, acc.min_code), min(high, acc.max_code)
+    assert top_after >= max(-low, high)
+    for a in (low, high):  # the weight code of every reachable accumulator code
         w = a * k_weight
         assert k_weight == 2.0 ** (weight.fl - acc.fl)
-        if weight_overflow == fused.CLAMP_NONE:
-            assert weight.min_code <= math.floor(w) and math.ceil(w) <= weight.max_code
-        if weight_overflow == fused.CLAMP_HIGH:
+        if weight_overflow in (fused.CLAMP_NONE, fused.CLAMP_HIGH):
             assert weight.min_code <= math.floor(w)
-        if weight_overflow == fused.CLAMP_LOW:
+        if weight_overflow in (fused.CLAMP_NONE, fused.CLAMP_LOW):
             assert math.ceil(w) <= weight.max_code
     assert k_update == grad.lsb * -lr and k_delta == k_update * 2.0**acc.fl
 

@@ -358,7 +358,6 @@ class FusedStep:
         self.formats = tuple(format_constants(f) for f in (grad, update, accumulator, weight))
         self.merged_input = sign or grad is not None
         grad_c, update_c, acc_c, weight_c = self.formats
-        self.grad_codes = grad_c[3:]
         self.acc_codes = acc_c[3:]
         self.input_top = 1.0 if sign else (max(-grad_c[3], grad_c[4]) if grad is not None else math.nan)
         self.input_lsb = grad.lsb if grad is not None and not sign else 1.0
