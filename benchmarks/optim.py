@@ -158,8 +158,10 @@ def main() -> None:
 
 def breakdown(n: int) -> None:
     """Where a fixed-point SGD step goes: the gradient check and the fused
-    kernel alone (with and without the telemetry sample), per element at
-    two sizes: data that fit the cores' L2 (64K elements) and data that do not."""
+    kernel alone (with and without the telemetry sample; checking the
+    gradient in the same pass, as the step does from its second call), per
+    element at two sizes: data that fit the cores' L2 (64K elements) and data
+    that do not."""
     from _timing import interleaved_best
 
     from hwsim.formats import FixedPoint
@@ -183,11 +185,15 @@ def breakdown(n: int) -> None:
         def kernel(telemetry, s=step, g=grad, v=views, t=top):
             s(g, v.acc_flat, v.param, -0.01, t, 0, 1, 0, telemetry, v.bound)
 
+        def checking(s=step, g=grad, v=views, t=top):
+            assert s.speculate(g, v.acc_flat, v.param, -0.01, 2 * t, 0, 1, 0, False, v.bound)
+
         times = interleaved_best({
             "whole step (weight and bias)": opt.step,
             "gradient check (max_abs)": lambda g=grad: max_abs(g),
             "fused kernel": lambda: kernel(False),
             "fused kernel, telemetry sample": lambda: kernel(True),
+            "fused kernel checking the gradient (the step's path)": checking,
         }, rounds=max(20, 2_000_000 // size), warmup=3)
         # references, timed apart (their arrays would double the working set): a kernel
         # with the fused kernel's memory traffic and one addition per element, and a

@@ -434,15 +434,15 @@ def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(monkeypatch, 
     codes sit at a limit) gives the torch ops' bits at every step, and does
     leave the clamps out early on."""
     keys = []
-    original = fused.FusedStep.__call__
+    original = fused.FusedStep._prepare
 
-    def spy(self, source, acc, *args, **kwargs):
+    def spy(self, *args, **kwargs):
         before = set(self._kernels)
-        result = original(self, source, acc, *args, **kwargs)
+        result = original(self, *args, **kwargs)
         keys.append(next(iter(set(self._kernels) - before), None))
         return result
 
-    monkeypatch.setattr(fused.FusedStep, "__call__", spy)
+    monkeypatch.setattr(fused.FusedStep, "_prepare", spy)
     n = 300
     g = torch.Generator().manual_seed(2)
     span = 2.0 ** (FixedPoint.parse(acc_fmt).wl - FixedPoint.parse(acc_fmt).fl - 2)
@@ -547,3 +547,123 @@ def test_steps_under_inference_mode_keep_no_bound_and_match_torch_ops():
         assert bool((p == -2.0).all())  # every weight saturated at -8 on the way out, then 10 steps of 0.6 back
         runs.append((p.detach().clone(), opt.accumulator_codes(p)))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+# --------------------------------------- the gradient check inside the kernel
+def test_int32_wrapped_is_the_int32_of_a_code_and_defined_beyond():
+    from hwsim.kernels.scalar import int32_wrapped
+
+    rng = np.random.default_rng(0)
+    codes = np.concatenate([rng.integers(-(2**51) + 1, 2**51, 2000), [0, -1, 1, 2**31 - 1, -(2**31), 2**31, 2**32]])
+    for c in codes.tolist():
+        want = (c + 2**31) % 2**32 - 2**31  # c modulo 2^32, as an int32
+        assert int32_wrapped(float(c)) == want
+    odd = [math.nan, -math.nan, math.inf, -math.inf, 1e300, -3e51, 2.0**60 + 2.0**9]
+    acc = np.int32(123456)
+    for d in odd:
+        w = int32_wrapped(d)
+        assert w == int32_wrapped(d)  # deterministic
+        assert np.int32(np.int64(np.int32(np.int64(acc) + w)) - w) == acc  # an int32 sum taken back exactly
+
+
+def _speculation_spy(monkeypatch):
+    """Records what each FusedStep.speculate call returned: 'ran', 'refused' or 'declined'."""
+    outcomes = []
+    original = fused.FusedStep.speculate
+
+    def spy(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        outcomes.append("declined" if result is None else "refused" if result is False else "ran")
+        return result
+
+    monkeypatch.setattr(fused.FusedStep, "speculate", spy)
+    return outcomes
+
+
+SPECULATION_CASES = [  # accumulator, weight, grad, rounding, dtype
+    ("fx24.20", "fx16.12", "fx16.12", "nearest", torch.float32),
+    ("fx20.16", "fx10.6", None, "stochastic", torch.float64),  # stochastic update codes; weight: nearest
+    ("fx16.12", "fx8.4", "fx12.10", "floor", torch.float32),
+    ("fx14.12", None, "fx10.8", "nearest_away", torch.float32),
+]
+
+
+@pytest.mark.parametrize("acc_fmt,weight_fmt,grad_fmt,rounding,dtype", SPECULATION_CASES)
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "larger"])
+def test_gradient_checked_in_the_kernel_is_undone_exactly(monkeypatch, acc_fmt, weight_fmt, grad_fmt, rounding,
+                                                          dtype, bad):
+    """From the second step the fused step checks the gradient inside the
+    kernel. A NaN or Inf in any parameter's gradient (the first, the last, in
+    a large tensor's last chunk) raises with every parameter, accumulator,
+    step count and bound as before, and training continues; a finite gradient
+    beyond the plan's limit is undone and stepped the usual way. Every step
+    equals the torch ops' bits."""
+    outcomes = _speculation_spy(monkeypatch)
+    sizes = [SERIAL_BELOW_ELEMENTWISE + 3 * fused.CHUNK + 5, 300, 1]  # parallel, serial, one element
+    g = torch.Generator().manual_seed(3)
+    p0 = [(torch.rand(n, generator=g, dtype=torch.float64) - 0.5).to(dtype) for n in sizes]
+    grads = [[(torch.randn(n, generator=g, dtype=torch.float64) * 0.5).to(dtype) for n in sizes] for _ in range(8)]
+    bad_step, bad_param = 4, [0, 1, 2, 0][["nan", "inf", "-inf", "larger"].index(bad)]
+    where = sizes[bad_param] - 1 if bad_param != 1 else 17
+    value = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "larger": 40.0}[bad]
+    grads[bad_step][bad_param][where] = value
+    if bad == "nan":  # and in the first chunk of the large tensor too
+        grads[bad_step][0][5] = math.nan
+    runs = []
+    for fused_flag in (True, False):
+        params = [torch.nn.Parameter(p.clone()) for p in p0]
+        opt = hopt.SGD(params, lr=0.01, weight=weight_fmt, accumulator=acc_fmt, grad=grad_fmt, rounding=rounding,
+                       weight_rounding="nearest", seed=7, fused=fused_flag)
+        history = []
+        for step, grad in enumerate(grads):
+            for p, gr in zip(params, grad, strict=True):
+                p.grad = gr.clone()
+            before = [(p.detach().clone(), opt.accumulator_codes(p), opt.state[p].get("step")) for p in params]
+            bounds = [v.bound.top for v in opt._views.values()]
+            if step == bad_step and bad != "larger":
+                with pytest.raises(NonFiniteError):
+                    opt.step()
+                for p, (w, acc, count) in zip(params, before, strict=True):
+                    assert torch.equal(p.detach(), w) and torch.equal(opt.accumulator_codes(p), acc)
+                    assert opt.state[p].get("step") == count
+                assert [v.bound.top for v in opt._views.values()] == bounds
+                continue
+            opt.step()
+            history.append([(p.detach().clone(), opt.accumulator_codes(p), opt.telemetry) for p in params])
+        runs.append(history)
+    for fused_steps, torch_steps in zip(*runs, strict=True):
+        for (w0, a0, t0), (w1, a1, t1) in zip(fused_steps, torch_steps, strict=True):
+            assert torch.equal(w0, w1) and torch.equal(a0, a1) and t0 == t1
+    # the path under test did run: checked in the kernel from the second step, and
+    # refused (then undone) at the bad step, in the parameter that held the bad value
+    assert outcomes.count("ran") >= 3 * 5
+    assert "refused" in outcomes
+
+
+def test_gradient_is_checked_apart_where_the_step_could_not_be_undone(monkeypatch):
+    """The kernel checks the gradient only where its step can be taken back:
+    not on the first step, nor after torch wrote the parameter in place, nor
+    with float64 codes, stochastic weight rounding or an unsigned accumulator
+    (|code| bounds the sum from one side only)."""
+    outcomes = _speculation_spy(monkeypatch)
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 100))
+    opt = hopt.SGD([p], lr=0.01, weight="fx8.4", accumulator="fx16.12")
+    for _ in range(3):
+        p.grad = torch.full_like(p, 0.25)
+        opt.step()
+    assert outcomes == ["ran", "ran"]
+    with torch.no_grad():
+        p.mul_(0.5)  # torch's version counter: the parameter no longer holds the accumulator's weight
+    p.grad = torch.full_like(p, 0.25)
+    opt.step()
+    assert outcomes == ["ran", "ran"]
+    opt.step()
+    assert outcomes == ["ran", "ran", "ran"]
+    for prec in (dict(weight="fx16.8", accumulator="fx40.30"), dict(weight="ufx8.4", accumulator="ufx16.12"),
+                 dict(weight="fx8.4", weight_rounding="stochastic", accumulator="fx16.12", seed=1)):
+        q = torch.nn.Parameter(torch.linspace(0, 1, 100))
+        opt = hopt.SGD([q], lr=0.01, **prec)
+        for _ in range(3):
+            q.grad = torch.full_like(q, 0.25)
+            opt.step()
+    assert outcomes == ["ran", "ran", "ran"] + ["declined"] * 6

@@ -20,6 +20,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from llvmlite import ir as llvm_ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from hwsim.kernels.jit import kernel
 
@@ -194,3 +197,30 @@ def shift_round_code(code, shift, rounding, u):
         if u < rem / float(np.int64(1) << shift):
             return q + 1
         return q
+
+
+@intrinsic
+def float64_bits(typingctx, x):
+    """The IEEE bit pattern of a float64 as an int64 (a bit cast: defined for
+    every input, NaN and Inf included)."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+_WRAP_MAGIC = 6755399441055744.0  # 1.5 * 2^52
+
+
+@kernel
+def int32_wrapped(d):
+    """The int32 of an integral float64 ``d`` modulo 2^32 (``np.int32(d)``
+    where ``|d| < 2^31``), defined for every input: the low 32 bits of the
+    mantissa of ``1.5 * 2^52 + d``, exact for ``|d| < 2^51``. For NaN, Inf or
+    larger values it is some deterministic int32 (``np.int32(d)`` converts
+    them to LLVM's poison), so adding and then subtracting it in int32
+    restores the original exactly."""
+    return np.int32(float64_bits(d + _WRAP_MAGIC))

@@ -44,6 +44,7 @@ from hwsim.optim.fused import (
     sample_index,
     sample_size,
     sample_stride,
+    undo_step,
 )
 from hwsim.optim.precision import (
     ROUNDING_KEYS,
@@ -111,7 +112,14 @@ class QuantizedOptimizer(torch.optim.Optimizer):
     torch ops on that tensor or by assigning a new one: the fused step keeps a
     bound on its codes to leave out overflow steps that cannot act, and
     torch's version counter tells it when something else wrote them; writes
-    through ``.data`` or a NumPy view bypass that counter.
+    through ``.data`` or a NumPy view bypass that counter. The same holds for
+    the parameter: where the fused step wrote it last and torch's counter
+    shows no other write, the kernel checks the gradient as it steps and, on a
+    NaN or Inf anywhere in the ``step()``, takes the step back by writing the
+    weight of the restored accumulator, which is what the parameter held. A
+    value written into the parameter through ``.data`` or NumPy after the
+    last step (the next step would replace it with the accumulator's weight
+    anyway) is then replaced by that weight rather than kept.
 
     Attributes:
         telemetry: after each ``step()``, a list with one dict per param group
@@ -194,6 +202,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = []
+        speculative = []  # fused steps that check their gradient in the kernel (_speculation)
         index = 0
         for position, group in enumerate(self.param_groups):
             prec, fused_steps = self._precision(position, group)
@@ -204,21 +213,95 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                 if grad is not None:
                     if grad.is_sparse:
                         raise ValueError("hwsim optimizers do not support sparse gradients")
-                    items.append((p, index, _check_gradient(p, grad, index) if fixed else _UNCHECKED))
+                    if not fixed:
+                        items.append((p, index, _UNCHECKED))
+                    else:
+                        plan = self._speculation(p, grad, group, fused_steps)
+                        if plan is None:
+                            items.append((p, index, _check_gradient(p, grad, index)))
+                        else:
+                            speculative.append((p, index, position, plan))
                 index += 1
             work.append((group, prec, fused_steps, items))
-        telemetry = []
-        for group, prec, fused_steps, items in work:
-            counts = _Counts(prec.target) if self.telemetry_enabled else None
+        counts = [_Counts(prec.target) if self.telemetry_enabled else None for _, prec, _, _ in work]
+        if speculative:
+            self._step_speculative(speculative, work, counts)
+        for (group, prec, fused_steps, items), group_counts in zip(work, counts, strict=True):
             for p, index, checked in items:
-                self._step_param(p, index, group, prec, fused_steps, counts, checked)
-            if counts is not None:
-                telemetry.append(counts)
-        self._telemetry = telemetry
+                self._step_param(p, index, group, prec, fused_steps, group_counts, checked)
+        self._telemetry = [c for c in counts if c is not None]
         return loss
+
+    def _speculation(self, p: torch.Tensor, grad: torch.Tensor, group: dict, fused_steps: dict):
+        """``(fused step, scale, views, flat gradient, limit)`` where ``p``'s
+        step can check its gradient inside the fused kernel
+        (:meth:`FusedStep.speculate`, which saves a read of the gradient),
+        else ``None``. It can where the step could be exactly undone should
+        any gradient of this ``step()`` hold a NaN or an Inf: the previous
+        step of ``p`` was the same fused step, and neither the parameter nor
+        the accumulator changed since (torch's version counters; a write
+        through ``.data`` or NumPy bypasses them: see the class docstring), so
+        the parameter holds the weight of the accumulator. The plan assumes
+        |grad| is at most twice its previous max; a larger one is caught in
+        the kernel, undone, and stepped the usual way."""
+        views = self._views.get(p)
+        if views is None or views.written is None:
+            return None
+        fused, version, top = views.written
+        acc = views.acc
+        if (version != _version(p) or views.version is None or views.version != _version(acc)
+                or self.state[p].get("accumulator") is not acc or views.storage != (p.data_ptr(), p.dtype)
+                or not p.is_contiguous()):
+            return None
+        pointwise = self.rule.pointwise(group)
+        if pointwise is None or fused_steps.get(pointwise.sign) is not fused:
+            return None
+        flat = _numpy_view(grad)
+        limit = 2.0 * top
+        if flat is None or not 0.0 < limit < math.inf:
+            return None
+        return fused, float(pointwise.scale), views, flat, limit
+
+    def _step_speculative(self, speculative: list, work: list, counts: list) -> None:
+        """Run the steps :meth:`_speculation` planned, all or none: where a
+        gradient holds a NaN, an Inf or a magnitude the plan did not allow,
+        every one of them is undone and they join their groups' usual steps,
+        after the usual check (which raises, the parameters unchanged, on a
+        NaN or an Inf)."""
+        done, deferred = [], []
+        for p, index, position, (fused, scale, views, flat, limit) in speculative:
+            prec = work[position][1]
+            result = fused.speculate(flat, views.acc_flat, views.param, scale, limit, prec.seed,
+                                     self.state[p]["step"] + 1, index, counts[position] is not None, views.bound)
+            if result is False:
+                for *_, taken in reversed(done):
+                    undo_step(taken[5])
+                deferred = [(p, index, position, plan[3]) for p, index, position, plan in speculative]
+                done = []
+                break
+            if result is None:  # not run: checked and stepped the usual way
+                deferred.append((p, index, position, flat))
+            else:
+                done.append((p, views, position, result))
+        try:
+            for p, index, position, flat in deferred:
+                work[position][3].append((p, index, _check_gradient(p, p.grad, index)))
+        except NonFiniteError:
+            for *_, taken in reversed(done):
+                undo_step(taken[5])
+            raise
+        for p, views, position, result in done:
+            self.state[p]["step"] += 1
+            fused, version, _ = views.written
+            views.written = (fused, version, result[4])
+            if counts[position] is not None:
+                counts[position].add_kernel(result[:4], views.acc_flat.size, len(result[3]))
 
     def _step_param(self, p: torch.Tensor, index: int, group: dict, prec: GroupPrecision, fused_steps: dict,
                     counts, checked: tuple[np.ndarray | None, float | None]) -> None:
+        views = self._views.get(p)
+        if views is not None:
+            views.written = None  # until the fused step writes the parameter again
         state = self.state[p]
         step = state.get("step", 0) + 1
         state["step"] = step
@@ -353,6 +436,8 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                        counts is not None, views.bound)
         if result is None:
             return False
+        if rule is not _IDENTITY:  # the parameter holds the weight of the accumulator (_speculation)
+            views.written = (fused, _version(p), source_max)
         if counts is not None:
             counts.add_kernel(result, source.size, len(result[3]))
         return True
@@ -373,11 +458,8 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             views = self._views[p] = _FlatViews(acc, storage, acc.reshape(-1).numpy(), p.detach().reshape(-1).numpy())
         elif views.storage != storage:
             views.storage, views.param = storage, p.detach().reshape(-1).numpy()
-        try:
-            version = acc._version
-        except RuntimeError:  # an inference tensor has no version counter: never trust the bound
-            version = None
-        if version is None or version != views.version:
+        version = _version(acc)
+        if version is None or version != views.version:  # an inference tensor: never trust the bound
             views.bound.top, views.version = None, version
         return views
 
@@ -419,12 +501,23 @@ _UNCHECKED = (None, None)
 class _FlatViews:
     """A parameter's cached views (see ``QuantizedOptimizer._flat_views``)."""
 
-    __slots__ = ("acc", "storage", "acc_flat", "param", "bound", "version")
+    __slots__ = ("acc", "storage", "acc_flat", "param", "bound", "version", "written")
 
     def __init__(self, acc: torch.Tensor, storage: tuple, acc_flat: np.ndarray, param: np.ndarray) -> None:
         self.acc, self.storage, self.acc_flat, self.param = acc, storage, acc_flat, param
         self.bound = AccumulatorBound()
-        self.version: int | None = None
+        self.version: int | None = None  # the accumulator's, when the bound was last true
+        # (fused step, the parameter's version, max |gradient|) of the last step, where
+        # the fused step wrote the parameter; else None (see _speculation)
+        self.written: tuple | None = None
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """torch's version counter of ``t`` (None for an inference tensor, which has none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _check_gradient(p: torch.Tensor, grad: torch.Tensor, index: int) -> tuple[np.ndarray | None, float | None]:

@@ -32,8 +32,12 @@ and re-quantized to the weight in float32 where that is exact. Every rounding go
 the same bits, and the tests run every case both ways. Like ``torch.optim``'s
 ``fused=``, it is an implementation choice, never a different result.
 
-The caller guarantees a finite source, checked with :func:`max_abs` first, so
-the kernel never has to undo a write.
+The source must be finite: the caller checks it with :func:`max_abs` first,
+or, where the step can be taken back exactly (:meth:`FusedStep.speculate`:
+int32 codes added without an overflow step, a parameter that holds the weight
+of its accumulator), the kernel checks it in the same pass and undoes its
+step when it finds a NaN, an Inf or a value its plan did not allow. That
+saves the separate read of the gradient, about an eighth of the step.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from hwsim.kernels.scalar import (
     SATURATE,
     STOCHASTIC,
     counter_uniform,
+    int32_wrapped,
     overflow_code_float,
     round_scaled,
     scale_value,
@@ -64,6 +69,8 @@ SAMPLE_RUN = 16  # in runs of this many consecutive elements (sample_stride)
 NO_FORMAT = -1  # the rounding argument of a stage that has no format
 CLAMP_NONE, CLAMP_LOW, CLAMP_HIGH, CLAMP_BOTH = 0, 1, 2, 3  # which limits of a code can be reached
 CHUNK = 1 << 14  # elements per task of the parallel loop (fits L1/L2 per core)
+APPLY, CHECK, UNDO = 0, 1, 2  # step_kernel's modes
+CHECK_BLOCK = 4096  # elements CHECK checks before it writes them (in L1)
 
 
 def _max_abs_of(float_type, int_type, abs_mask: int):
@@ -208,13 +215,40 @@ def parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overfl
     return a * acc_fmt[1] + 0.0
 
 
+@kernel
+def add_update(x, i, acc, j, out, k, grad_fmt, update_fmt, acc_fmt, weight_fmt, seeds, sign, grad_rounding,
+               update_rounding, acc_rounding, weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
+               weight_overflow, has_weight, int32_out, int_add, f32_weight, subtract, wrapped):
+    """One element of :func:`step_kernel`'s loop: source element ``x`` at flat
+    index ``i`` added into ``acc[j]``, and the parameter's value written to
+    ``out[j]`` (modes: compile-time constants of the caller, as in
+    :func:`update_code`). ``wrapped``: int32 update codes converted with
+    :func:`int32_wrapped` (the same where the source is in the plan's range,
+    and defined beyond it); ``subtract``: subtracted instead, with them."""
+    d = update_code(x, i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
+                    overflow, grad_overflow, delta_overflow)[1]
+    if int_add:  # |d| and the sum are within the accumulator's range
+        d_code = int32_wrapped(d) if wrapped else np.int32(d)
+        a_code = np.int32(acc[j] - d_code) if subtract else np.int32(acc[j] + d_code)
+        acc[j] = a_code
+        out[j] = parameter_value(a_code, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow,
+                                 weight_overflow, has_weight, int32_out, f32_weight)
+    else:
+        a = overflow_sides(acc[j] - d if subtract else acc[j] + d, acc_fmt[3], acc_fmt[4], overflow,
+                           acc_overflow)  # exact
+        acc[j] = a  # an integral float64 (for int32 codes: in range, converted exactly)
+        out[j] = parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow, weight_overflow,
+                                 has_weight, int32_out, False)
+
+
 @functools.cache
 def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_rounding: int, weight_rounding: int,
                 overflow: int, overflows: tuple[bool, bool, int, int], int32_out: bool, int_acc: int):
     """The (serial, parallel) kernels for one combination of stages and modes (compile-time
     constants, so the mode branches fold away and the loop vectorizes):
 
-    ``kernel(source, acc, out, constants, seeds, sample, stride) -> (nonzero, stalled, saturated)``
+    ``kernel(source, acc, out, constants, seeds, sample, stride, source_bits, limits, mode)
+    -> (nonzero, stalled, saturated, refused, top)``
 
     - ``source``: flat float32/float64 gradient (or update);
     - ``acc``: flat accumulator codes, updated in place: float64, or int32
@@ -245,7 +279,22 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
       many updates are nonzero, how many of those stalled (rounded to nothing
       on the accumulator grid), how many weights sit at saturation; ``sample``
       receives the updates themselves (before the update format). Counting every
-      element would add vector reductions to the compute-bound loop.
+      element would add vector reductions to the compute-bound loop;
+    - ``mode``: ``APPLY`` runs the step on a source the caller has checked
+      (``source_bits`` and ``limits`` unused). ``CHECK`` checks it in the
+      same pass, for int32 codes added in int32 (``int_add``):
+      ``source_bits`` is the source's integer view and ``limits`` (of that
+      type) holds the mask of the sign bit's complement, the bits of a limit
+      and a zero; ``top`` is the bits of max |source| and ``refused`` counts
+      the chunks holding a value above the limit (a NaN, an Inf or a larger
+      magnitude), which the step does not guard against: the update codes go
+      through :func:`~hwsim.kernels.scalar.int32_wrapped`, defined for any
+      input, so the step can be taken back. ``UNDO``, with the same
+      arguments, does: it subtracts the same update codes (the int32 sums
+      wrap alike) and writes the weights of the restored codes (the sides
+      cover them: :meth:`FusedStep._sides`), so the accumulator and, where
+      the parameter held the weight of the accumulator, the parameter are as
+      before the ``CHECK``.
     """
     has_weight = weight_rounding != NO_FORMAT
     grad_overflow, delta_overflow, acc_overflow, weight_overflow = overflows
@@ -260,7 +309,7 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
     # The closure holds only ints and bools: Numba's disk cache keys a closure
     # by its pickled cell contents, and a dispatcher pickles with a random id.
 
-    def run(source, acc, out, constants, seed_array, sample, stride):
+    def run(source, acc, out, constants, seed_array, sample, stride, source_bits, limits, mode):
         c = constants
         k = (c[0], c[1], c[2])
         grad_fmt, update_fmt = (c[3], c[4], c[5], c[6], c[7]), (c[8], c[9], c[10], c[11], c[12])
@@ -269,48 +318,69 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
         n = source.size
         sample_size = sample.size
         chunks = (n + CHUNK - 1) // CHUNK
-        counts = np.zeros((chunks, 3), np.int64)  # per chunk, over its sampled elements: nonzero, stalled, saturated
+        # per chunk: nonzero, stalled, saturated (over its sampled elements), refused, max |source| bits
+        counts = np.zeros((chunks, 5), np.int64)
         for chunk in prange(chunks):
             lo = chunk * CHUNK
             src, chunk_acc, dst = source[lo:lo + CHUNK], acc[lo:lo + CHUNK], out[lo:lo + CHUNK]
-            for j in range(src.size):
-                i = lo + j
-                d = update_code(np.float64(src[j]), i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_rounding,
-                                update_rounding, acc_rounding, overflow, grad_overflow, delta_overflow)[1]
-                if int_add:  # |d| and the sum are within the accumulator's range
-                    a_code = np.int32(chunk_acc[j] + np.int32(d))
-                    chunk_acc[j] = a_code
-                    dst[j] = parameter_value(a_code, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow,
-                                             weight_overflow, has_weight, int32_out, f32_weight)
+            if mode == APPLY or not int_add:  # (CHECK needs int_add: compiled out without it)
+                for j in range(src.size):
+                    add_update(np.float64(src[j]), lo + j, chunk_acc, j, dst, k, grad_fmt, update_fmt, acc_fmt,
+                               weight_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
+                               weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
+                               weight_overflow, has_weight, int32_out, int_add, f32_weight, False, False)
+            else:
+                # the check in the same pass: max |source| over the bits (as max_abs; the
+                # ufuncs keep int32, Numba's operators widen it); an element above the limit
+                # (a NaN, an Inf or a larger magnitude) is stepped as it is, its update code
+                # converted with int32_wrapped (defined for any input), so UNDO subtracts
+                # exactly what CHECK added: the int32 sums wrap alike
+                bits = source_bits[lo:lo + CHUNK]
+                mask, top = limits[0], limits[2]  # top: a zero of the bits' type
+                if mode == CHECK:
+                    for j in range(src.size):
+                        top = np.maximum(top, np.bitwise_and(bits[j], mask))
+                        add_update(np.float64(src[j]), lo + j, chunk_acc, j, dst, k, grad_fmt, update_fmt, acc_fmt,
+                                   weight_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
+                                   weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
+                                   weight_overflow, has_weight, int32_out, int_add, f32_weight, False, True)
                 else:
-                    a = overflow_sides(chunk_acc[j] + d, acc_fmt[3], acc_fmt[4], overflow, acc_overflow)  # exact
-                    chunk_acc[j] = a  # an integral float64 (for int32 codes: in range, converted exactly)
-                    dst[j] = parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow,
-                                             weight_overflow, has_weight, int32_out, False)
-            # the telemetry of this chunk's sampled elements, while they are in cache: runs
-            # of SAMPLE_RUN consecutive elements (a run never straddles two chunks)
-            m0 = sample_position(lo, stride)
-            m1 = min(sample_size, sample_position(lo + src.size, stride))
-            nonzero = stalled = saturated = 0
-            for run in range(m0 // SAMPLE_RUN, (m1 + SAMPLE_RUN - 1) // SAMPLE_RUN):  # m0: a run's start
-                first_m, first_i = run * SAMPLE_RUN, run * stride
-                for j in range(min(m1 - first_m, SAMPLE_RUN)):  # contiguous: vectorizes
-                    i = first_i + j
-                    # the update's code with its overflow step: under wrap the main loop may
-                    # leave it out (the sum wraps alike), but a wrapped-away update stalled
-                    v, d = update_code(np.float64(source[i]), i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign,
-                                       grad_rounding, update_rounding, acc_rounding, overflow, grad_overflow, True)
-                    a = acc[i]  # after the step
-                    at_limit = (a == acc_fmt[3]) | (a == acc_fmt[4])
-                    if has_weight:
-                        w = weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow)
-                        at_limit = at_limit | (w == weight_fmt[3]) | (w == weight_fmt[4])
-                    sample[first_m + j] = v
-                    nonzero += v != 0.0
-                    stalled += (v != 0.0) & (d == 0.0)
-                    saturated += at_limit
-            counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = nonzero, stalled, saturated
-        return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum()
+                    for j in range(src.size):
+                        add_update(np.float64(src[j]), lo + j, chunk_acc, j, dst, k, grad_fmt, update_fmt, acc_fmt,
+                                   weight_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
+                                   weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
+                                   weight_overflow, has_weight, int32_out, int_add, f32_weight, True, True)
+                counts[chunk, 3] = top > limits[1]
+                counts[chunk, 4] = top
+            if mode != UNDO:
+                # the telemetry of this chunk's sampled elements, while they are in cache: runs
+                # of SAMPLE_RUN consecutive elements (a run never straddles two chunks)
+                m0 = sample_position(lo, stride)
+                m1 = min(sample_size, sample_position(lo + src.size, stride))
+                nonzero = stalled = saturated = 0
+                for run in range(m0 // SAMPLE_RUN, (m1 + SAMPLE_RUN - 1) // SAMPLE_RUN):  # m0: a run's start
+                    first_m, first_i = run * SAMPLE_RUN, run * stride
+                    for j in range(min(m1 - first_m, SAMPLE_RUN)):  # contiguous: vectorizes
+                        i = first_i + j
+                        # the update's code with its overflow step: under wrap the main loop may
+                        # leave it out (the sum wraps alike), but a wrapped-away update stalled
+                        v, d = update_code(np.float64(source[i]), i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign,
+                                           grad_rounding, update_rounding, acc_rounding, overflow, grad_overflow,
+                                           True)
+                        a = acc[i]  # after the step
+                        at_limit = (a == acc_fmt[3]) | (a == acc_fmt[4])
+                        if has_weight:
+                            w = weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow)
+                            at_limit = at_limit | (w == weight_fmt[3]) | (w == weight_fmt[4])
+                        sample[first_m + j] = v
+                        nonzero += v != 0.0
+                        stalled += (v != 0.0) & (d == 0.0)
+                        saturated += at_limit
+                counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = nonzero, stalled, saturated
+        top = 0
+        for chunk in range(chunks):
+            top = max(top, counts[chunk, 4])
+        return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum(), counts[:, 3].sum(), top
 
     return serial_and_parallel(run)
 
@@ -328,6 +398,9 @@ _MIN_NORMAL = sys.float_info.min
 _F32_MIN_NORMAL, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 _NO_SEEDS = np.zeros(4, np.int64)
 _NO_SAMPLE = np.empty(0)  # telemetry off (the kernel writes nothing into it)
+# the integer view of a float32/float64 source, and the mask that clears its sign bit
+_BITS = {4: (np.int32, np.iinfo(np.int32).max), 8: (np.int64, np.iinfo(np.int64).max)}
+_NO_CHECK = {size: (np.empty(0, t), np.zeros(3, t)) for size, (t, _) in _BITS.items()}  # APPLY's unused arguments
 _SEED_STREAMS = (STREAM["grad"], STREAM["update"], STREAM["accumulator"], STREAM["weight"])
 
 
@@ -504,6 +577,56 @@ class FusedStep:
         nothing where :meth:`plan` declines; else ``(nonzero, stalled,
         saturated, sample)`` as the kernel returns them (see
         :func:`step_kernel`; zeros and empty without ``telemetry``)."""
+        prepared = self._prepare(source, acc, out, scale, source_max, seed, step, index, telemetry, bound)
+        if prepared is None:
+            return None
+        run, args, _, top_after = prepared
+        no_bits, no_limits = _NO_CHECK[source.itemsize]
+        result = run(*args, no_bits, no_limits, APPLY)
+        if bound is not None:
+            bound.top = top_after
+        return (*result[:3], args[5])
+
+    def speculate(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, limit: float,
+                  seed: int, step: int, index: int, telemetry: bool, bound: AccumulatorBound):
+        """The step on a source nobody has checked yet, planned for |source| <=
+        ``limit`` (a value of the source's dtype) and checked in the same pass
+        (``CHECK``): the separate read of :func:`max_abs` saved.
+
+        Returns ``None``, having changed nothing, where it cannot run so: the
+        plan declines, the codes are float64 or the sum may need its overflow
+        step (``CHECK`` needs an int32 addition), or the weight rounding is
+        stochastic (the weights of the codes before the step could not be
+        recomputed); the caller then checks the source and calls the step.
+        Returns ``False``, having changed nothing (the kernel's step is
+        undone), where the source holds a NaN, an Inf or a magnitude above
+        ``limit``. Else ``(nonzero, stalled, saturated, sample, top, undo)``:
+        the step's telemetry as :meth:`__call__`'s, max |source|, and the
+        token :func:`undo_step` takes to take the step back."""
+        if self.stochastic[3] or acc.dtype.kind == "f":
+            return None
+        bits_type, mask = _BITS[source.itemsize]
+        typed = source.dtype.type(limit)
+        if not (math.isfinite(limit) and float(typed) == limit):
+            return None
+        prepared = self._prepare(source, acc, out, scale, limit, seed, step, index, telemetry, bound)
+        if prepared is None or prepared[2][2] != CLAMP_NONE:
+            return None
+        run, args, _, top_after = prepared
+        bits = source.view(bits_type)
+        limits = np.array([mask, typed.view(bits_type), 0], bits_type)
+        result = run(*args, bits, limits, CHECK)
+        if result[3]:
+            run(*args, bits, limits, UNDO)
+            return False
+        before, bound.top = bound.top, top_after
+        top = float(np.array(result[4], bits_type).view(source.dtype))
+        return (*result[:3], args[5], top, (run, args, bits, limits, bound, before))
+
+    def _prepare(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, source_max: float,
+                 seed: int, step: int, index: int, telemetry: bool, bound: AccumulatorBound | None):
+        """``(kernel, its first arguments, overflows, bound after)`` of one call, or ``None``
+        where :meth:`plan` declines."""
         base = self._constants(scale, source_max)
         if base is None:
             return None
@@ -515,7 +638,8 @@ class FusedStep:
                                                                top_after)
         n = source.size
         int_acc = 0 if acc.dtype.kind == "f" else (2 if self.acc_top < 2.0**24 else 1)
-        key = ((grad_overflow, delta_overflow, acc_sides, weight_sides), self.int32_out and out.itemsize == 4, int_acc)
+        overflows = (grad_overflow, delta_overflow, acc_sides, weight_sides)
+        key = (overflows, self.int32_out and out.itemsize == 4, int_acc)
         kernels = self._kernels.get(key)
         if kernels is None:
             kernels = self._kernels[key] = step_kernel(self.sign, *self.roundings, self.overflow, *key)
@@ -531,10 +655,17 @@ class FusedStep:
             sample = np.empty(sample_size(n))
         else:
             stride, sample = 1, _NO_SAMPLE
-        result = run(source, acc, out, constants, seeds, sample, stride)
-        if bound is not None:
-            bound.top = top_after
-        return (*result, sample)
+        return run, (source, acc, out, constants, seeds, sample, stride), overflows, top_after
+
+
+def undo_step(token) -> None:
+    """Take back a step :meth:`FusedStep.speculate` ran (``token``, its last
+    result), before anything else has written its arrays: the accumulator and
+    the bound as before it; the parameter holds the weight of the accumulator
+    (what it held before, where the previous step was the kernel's)."""
+    run, args, bits, limits, bound, before = token
+    run(*args, bits, limits, UNDO)
+    bound.top = before
 
 
 class AccumulatorBound:
