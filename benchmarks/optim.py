@@ -186,7 +186,7 @@ def breakdown(n: int) -> None:
             s(g, v.acc_flat, v.param, -0.01, t, 0, 1, 0, telemetry, v.bound)
 
         def checking(s=step, g=grad, v=views, t=top):
-            assert s.speculate(g, v.acc_flat, v.param, -0.01, 2 * t, 0, 1, 0, False, v.bound)
+            assert s.speculate(g, v.acc_flat, v.param, -0.01, math.frexp(t)[1], 0, 1, 0, False, v.bound)
 
         times = interleaved_best({
             "whole step (weight and bias)": opt.step,

@@ -667,3 +667,24 @@ def test_gradient_is_checked_apart_where_the_step_could_not_be_undone(monkeypatc
             q.grad = torch.full_like(q, 0.25)
             opt.step()
     assert outcomes == ["ran", "ran", "ran"] + ["declined"] * 6
+
+
+@given(st.data(), st.sampled_from([np.float32, np.float64]))
+def test_the_kernels_limit_allows_twice_the_previous_max(data, dtype):
+    """top_exponent (from the max's bits in the kernel) and the frexp exponent
+    (from max_abs) bound the max; the next step's limit, from
+    check_limits, is a power of two at least twice it, or None beyond the dtype."""
+    width = 32 if dtype == np.float32 else 64
+    x = data.draw(st.floats(0, allow_nan=False, allow_infinity=False, width=width))
+    bits_type = np.int32 if dtype == np.float32 else np.int64
+    itemsize = np.dtype(dtype).itemsize
+    for k in (fused.top_exponent(int(np.array(x, dtype).view(bits_type)), itemsize), math.frexp(x)[1]):
+        if k < 1024:  # 2^1024 is beyond float64
+            assert x < math.ldexp(1.0, k)
+        checked = fused.check_limits(itemsize, k)
+        if checked is None:
+            assert k + 1 >= np.finfo(dtype).maxexp
+            continue
+        limit, limits = checked
+        assert limit >= 2 * x and math.frexp(limit)[0] == 0.5
+        assert limits.dtype == bits_type and limits[1] == np.array(limit, dtype).view(bits_type)

@@ -233,7 +233,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         return loss
 
     def _speculation(self, p: torch.Tensor, grad: torch.Tensor, group: dict, fused_steps: dict):
-        """``(fused step, scale, views, flat gradient, limit)`` where ``p``'s
+        """``(fused step, scale, views, flat gradient, exponent)`` where ``p``'s
         step can check its gradient inside the fused kernel
         (:meth:`FusedStep.speculate`, which saves a read of the gradient),
         else ``None``. It can where the step could be exactly undone should
@@ -242,12 +242,13 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         the accumulator changed since (torch's version counters; a write
         through ``.data`` or NumPy bypasses them: see the class docstring), so
         the parameter holds the weight of the accumulator. The plan assumes
-        |grad| is at most twice its previous max; a larger one is caught in
-        the kernel, undone, and stepped the usual way."""
+        |grad| is at most twice the power of two above its previous max
+        (``exponent``: :func:`~hwsim.optim.fused.top_exponent`); a larger one
+        is caught in the kernel, undone, and stepped the usual way."""
         views = self._views.get(p)
         if views is None or views.written is None:
             return None
-        fused, version, top = views.written
+        fused, version, exponent = views.written
         acc = views.acc
         if (version != _version(p) or views.version is None or views.version != _version(acc)
                 or self.state[p].get("accumulator") is not acc or views.storage != (p.data_ptr(), p.dtype)
@@ -257,10 +258,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if pointwise is None or fused_steps.get(pointwise.sign) is not fused:
             return None
         flat = _numpy_view(grad)
-        limit = 2.0 * top
-        if flat is None or not 0.0 < limit < math.inf:
+        if flat is None:
             return None
-        return fused, float(pointwise.scale), views, flat, limit
+        return fused, float(pointwise.scale), views, flat, exponent
 
     def _step_speculative(self, speculative: list, work: list, counts: list) -> None:
         """Run the steps :meth:`_speculation` planned, all or none: where a
@@ -269,9 +269,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         after the usual check (which raises, the parameters unchanged, on a
         NaN or an Inf)."""
         done, deferred = [], []
-        for p, index, position, (fused, scale, views, flat, limit) in speculative:
+        for p, index, position, (fused, scale, views, flat, exponent) in speculative:
             prec = work[position][1]
-            result = fused.speculate(flat, views.acc_flat, views.param, scale, limit, prec.seed,
+            result = fused.speculate(flat, views.acc_flat, views.param, scale, exponent, prec.seed,
                                      self.state[p]["step"] + 1, index, counts[position] is not None, views.bound)
             if result is False:
                 for *_, taken in reversed(done):
@@ -437,7 +437,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if result is None:
             return False
         if rule is not _IDENTITY:  # the parameter holds the weight of the accumulator (_speculation)
-            views.written = (fused, _version(p), source_max)
+            views.written = (fused, _version(p), math.frexp(source_max)[1])  # |source| < 2^exponent
         if counts is not None:
             counts.add_kernel(result, source.size, len(result[3]))
         return True

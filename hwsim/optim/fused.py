@@ -587,11 +587,12 @@ class FusedStep:
             bound.top = top_after
         return (*result[:3], args[5])
 
-    def speculate(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, limit: float,
+    def speculate(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, exponent: int,
                   seed: int, step: int, index: int, telemetry: bool, bound: AccumulatorBound):
         """The step on a source nobody has checked yet, planned for |source| <=
-        ``limit`` (a value of the source's dtype) and checked in the same pass
-        (``CHECK``): the separate read of :func:`max_abs` saved.
+        2^(``exponent`` + 1) (``exponent``: as :func:`top_exponent`'s, from the
+        previous step, so the plan allows for twice its max) and checked in
+        the same pass (``CHECK``): the separate read of :func:`max_abs` saved.
 
         Returns ``None``, having changed nothing, where it cannot run so: the
         plan declines, the codes are float64 or the sum may need its overflow
@@ -599,29 +600,28 @@ class FusedStep:
         stochastic (the weights of the codes before the step could not be
         recomputed); the caller then checks the source and calls the step.
         Returns ``False``, having changed nothing (the kernel's step is
-        undone), where the source holds a NaN, an Inf or a magnitude above
-        ``limit``. Else ``(nonzero, stalled, saturated, sample, top, undo)``:
-        the step's telemetry as :meth:`__call__`'s, max |source|, and the
-        token :func:`undo_step` takes to take the step back."""
+        undone), where the source holds a NaN, an Inf or a magnitude above the
+        limit. Else ``(nonzero, stalled, saturated, sample, exponent, undo)``:
+        the step's telemetry as :meth:`__call__`'s, the exponent of its max
+        |source|, and the token :func:`undo_step` takes to take the step back."""
         if self.stochastic[3] or acc.dtype.kind == "f":
             return None
-        bits_type, mask = _BITS[source.itemsize]
-        typed = source.dtype.type(limit)
-        if not (math.isfinite(limit) and float(typed) == limit):
+        itemsize = source.itemsize
+        checked = check_limits(itemsize, exponent)
+        if checked is None:
             return None
+        limit, limits = checked
         prepared = self._prepare(source, acc, out, scale, limit, seed, step, index, telemetry, bound)
         if prepared is None or prepared[2][2] != CLAMP_NONE:
             return None
         run, args, _, top_after = prepared
-        bits = source.view(bits_type)
-        limits = np.array([mask, typed.view(bits_type), 0], bits_type)
+        bits = source.view(limits.dtype)
         result = run(*args, bits, limits, CHECK)
         if result[3]:
             run(*args, bits, limits, UNDO)
             return False
         before, bound.top = bound.top, top_after
-        top = float(np.array(result[4], bits_type).view(source.dtype))
-        return (*result[:3], args[5], top, (run, args, bits, limits, bound, before))
+        return (*result[:3], args[5], top_exponent(result[4], itemsize), (run, args, bits, limits, bound, before))
 
     def _prepare(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, source_max: float,
                  seed: int, step: int, index: int, telemetry: bool, bound: AccumulatorBound | None):
@@ -656,6 +656,30 @@ class FusedStep:
         else:
             stride, sample = 1, _NO_SAMPLE
         return run, (source, acc, out, constants, seeds, sample, stride), overflows, top_after
+
+
+@functools.lru_cache(maxsize=1024)
+def check_limits(itemsize: int, exponent: int) -> tuple[float, np.ndarray] | None:
+    """``(limit, limits)`` of :meth:`FusedStep.speculate` for a source of
+    ``itemsize`` bytes: the limit 2^(``exponent`` + 1) (a power of two, so it
+    seldom changes between steps and this cache holds it) and the kernel's
+    ``limits`` array; ``None`` where the source's dtype cannot hold it."""
+    bits_type, mask = _BITS[itemsize]
+    float_type = np.float32 if itemsize == 4 else np.float64
+    if exponent + 1 > np.finfo(float_type).maxexp - 1:
+        return None
+    limit = math.ldexp(1.0, exponent + 1)
+    typed = float_type(limit)
+    if float(typed) != limit:  # below the dtype's smallest subnormal
+        return None
+    return limit, np.array([mask, typed.view(bits_type), 0], bits_type)
+
+
+def top_exponent(bits: int, itemsize: int) -> int:
+    """An exponent ``k`` with |x| < 2^k, from the bits of a finite magnitude
+    ``|x|`` of a float32 (``itemsize`` 4) or float64 (the biased exponent
+    field, less the bias, plus one; subnormals and 0 give the smallest)."""
+    return (bits >> 23) - 126 if itemsize == 4 else (bits >> 52) - 1022
 
 
 def undo_step(token) -> None:
