@@ -599,24 +599,30 @@ def test_gradient_checked_in_the_kernel_is_undone_exactly(monkeypatch, acc_fmt, 
     beyond the plan's limit is undone and stepped the usual way. Every step
     equals the torch ops' bits."""
     outcomes = _speculation_spy(monkeypatch)
-    sizes = [SERIAL_BELOW_ELEMENTWISE + 3 * fused.CHUNK + 5, 300, 1]  # parallel, serial, one element
+    # checked in the kernel: the two large ones; apart: the small ones
+    sizes = [SERIAL_BELOW_ELEMENTWISE + 3 * fused.CHUNK + 5, fused.CHECK_IN_KERNEL_FROM, 300, 1]
     g = torch.Generator().manual_seed(3)
     p0 = [(torch.rand(n, generator=g, dtype=torch.float64) - 0.5).to(dtype) for n in sizes]
     grads = [[(torch.randn(n, generator=g, dtype=torch.float64) * 0.5).to(dtype) for n in sizes] for _ in range(8)]
-    bad_step, bad_param = 4, [0, 1, 2, 0][["nan", "inf", "-inf", "larger"].index(bad)]
-    where = sizes[bad_param] - 1 if bad_param != 1 else 17
+    # nan: in the first (both ends); inf: in the second, after the first ran; -inf: in
+    # one checked apart (before any kernel); larger: finite, beyond the plan's limit
+    bad_step, bad_param = 4, [0, 1, 3, 0][["nan", "inf", "-inf", "larger"].index(bad)]
+    where = sizes[bad_param] - 1
     value = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "larger": 40.0}[bad]
-    grads[bad_step][bad_param][where] = value
+    grads[bad_step][bad_param][where] = value  # (param 0 of grads: the optimizer's second)
     if bad == "nan":  # and in the first chunk of the large tensor too
         grads[bad_step][0][5] = math.nan
     runs = []
     for fused_flag in (True, False):
         params = [torch.nn.Parameter(p.clone()) for p in p0]
+        # a non-contiguous parameter first, stepped by the torch ops: its telemetry
+        # stays ahead of the kernel's in the group's (float) sums, as without the kernel
+        params.insert(0, torch.nn.Parameter(p0[0][:3500].clone().reshape(50, 70).t()))
         opt = hopt.SGD(params, lr=0.01, weight=weight_fmt, accumulator=acc_fmt, grad=grad_fmt, rounding=rounding,
                        weight_rounding="nearest", seed=7, fused=fused_flag)
         history = []
         for step, grad in enumerate(grads):
-            for p, gr in zip(params, grad, strict=True):
+            for p, gr in zip(params, [grad[0][1000:4500].reshape(70, 50)] + grad, strict=True):
                 p.grad = gr.clone()
             before = [(p.detach().clone(), opt.accumulator_codes(p), opt.state[p].get("step")) for p in params]
             bounds = [v.bound.top for v in opt._views.values()]
@@ -635,33 +641,35 @@ def test_gradient_checked_in_the_kernel_is_undone_exactly(monkeypatch, acc_fmt, 
         for (w0, a0, t0), (w1, a1, t1) in zip(fused_steps, torch_steps, strict=True):
             assert torch.equal(w0, w1) and torch.equal(a0, a1) and t0 == t1
     # the path under test did run: checked in the kernel from the second step, and
-    # refused (then undone) at the bad step, in the parameter that held the bad value
-    assert outcomes.count("ran") >= 3 * 5
-    assert "refused" in outcomes
+    # refused (then undone) at the bad step, but for -inf (caught before the kernels)
+    assert outcomes.count("ran") >= 2 * 6
+    assert ("refused" in outcomes) == (bad != "-inf")
 
 
 def test_gradient_is_checked_apart_where_the_step_could_not_be_undone(monkeypatch):
-    """The kernel checks the gradient only where its step can be taken back:
-    not on the first step, nor after torch wrote the parameter in place, nor
-    with float64 codes, stochastic weight rounding or an unsigned accumulator
-    (|code| bounds the sum from one side only)."""
+    """The kernel checks the gradient only where its step can be taken back,
+    and only in large tensors: not on the first step, nor after torch wrote
+    the parameter in place, nor with float64 codes, stochastic weight
+    rounding or an unsigned accumulator (|code| bounds the sum from one side
+    only)."""
     outcomes = _speculation_spy(monkeypatch)
-    p = torch.nn.Parameter(torch.linspace(-1, 1, 100))
-    opt = hopt.SGD([p], lr=0.01, weight="fx8.4", accumulator="fx16.12")
+    n = fused.CHECK_IN_KERNEL_FROM
+    p = torch.nn.Parameter(torch.linspace(-1, 1, n))
+    small = torch.nn.Parameter(torch.linspace(-1, 1, n - 1))
+    opt = hopt.SGD([p, small], lr=0.01, weight="fx8.4", accumulator="fx16.12")
     for _ in range(3):
-        p.grad = torch.full_like(p, 0.25)
+        p.grad, small.grad = torch.full_like(p, 0.25), torch.full_like(small, 0.25)
         opt.step()
     assert outcomes == ["ran", "ran"]
     with torch.no_grad():
         p.mul_(0.5)  # torch's version counter: the parameter no longer holds the accumulator's weight
-    p.grad = torch.full_like(p, 0.25)
     opt.step()
     assert outcomes == ["ran", "ran"]
     opt.step()
     assert outcomes == ["ran", "ran", "ran"]
     for prec in (dict(weight="fx16.8", accumulator="fx40.30"), dict(weight="ufx8.4", accumulator="ufx16.12"),
                  dict(weight="fx8.4", weight_rounding="stochastic", accumulator="fx16.12", seed=1)):
-        q = torch.nn.Parameter(torch.linspace(0, 1, 100))
+        q = torch.nn.Parameter(torch.linspace(0, 1, n))
         opt = hopt.SGD([q], lr=0.01, **prec)
         for _ in range(3):
             q.grad = torch.full_like(q, 0.25)
@@ -688,3 +696,25 @@ def test_the_kernels_limit_allows_twice_the_previous_max(data, dtype):
         limit, limits = checked
         assert limit >= 2 * x and math.frexp(limit)[0] == 0.5
         assert limits.dtype == bits_type and limits[1] == np.array(limit, dtype).view(bits_type)
+
+
+def test_nan_in_a_gradient_checked_apart_undoes_the_kernels_steps(monkeypatch):
+    """A parameter whose step declines the in-kernel check (here: stochastic
+    weight rounding in its group) is checked after the kernels ran: its NaN
+    takes their steps back before the error."""
+    outcomes = _speculation_spy(monkeypatch)
+    n = fused.CHECK_IN_KERNEL_FROM
+    a, b = torch.nn.Parameter(torch.linspace(-1, 1, n)), torch.nn.Parameter(torch.linspace(-1, 1, n))
+    opt = hopt.SGD([{"params": [a]}, {"params": [b], "weight_rounding": "stochastic"}], lr=0.01, weight="fx8.4",
+                   accumulator="fx16.12", seed=3)
+    for _ in range(2):
+        a.grad, b.grad = torch.full_like(a, 0.25), torch.full_like(b, 0.25)
+        opt.step()
+    before = [t.detach().clone() for t in (a, b, opt.accumulator_codes(a), opt.accumulator_codes(b))]
+    b.grad[n // 2] = math.nan
+    with pytest.raises(NonFiniteError, match="parameter 1"):
+        opt.step()
+    assert outcomes == ["ran", "declined", "ran", "declined"]  # a's step ran, then was undone
+    after = [a.detach(), b.detach(), opt.accumulator_codes(a), opt.accumulator_codes(b)]
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+    assert opt.state[a]["step"] == opt.state[b]["step"] == 2

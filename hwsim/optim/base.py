@@ -36,6 +36,7 @@ from hwsim.errors import NonFiniteError
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import fresh_seed, raise_non_finite_torch
 from hwsim.optim.fused import (
+    CHECK_IN_KERNEL_FROM,
     AccumulatorBound,
     count_float_stalls,
     fused_step,
@@ -220,16 +221,26 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                         if plan is None:
                             items.append((p, index, _check_gradient(p, grad, index)))
                         else:
-                            speculative.append((p, index, position, plan))
+                            speculative.append((p, index, prec, plan))
+                            items.append((p, index, _SPECULATIVE))
                 index += 1
             work.append((group, prec, fused_steps, items))
-        counts = [_Counts(prec.target) if self.telemetry_enabled else None for _, prec, _, _ in work]
-        if speculative:
-            self._step_speculative(speculative, work, counts)
-        for (group, prec, fused_steps, items), group_counts in zip(work, counts, strict=True):
-            for p, index, checked in items:
-                self._step_param(p, index, group, prec, fused_steps, group_counts, checked)
-        self._telemetry = [c for c in counts if c is not None]
+        stepped, checked_now = self._step_speculative(speculative) if speculative else ({}, {})
+        telemetry = []
+        for group, prec, fused_steps, items in work:
+            counts = _Counts(prec.target) if self.telemetry_enabled else None
+            for p, index, checked in items:  # in order: the telemetry sums are float sums
+                if checked is _SPECULATIVE:
+                    result = stepped.get(index)
+                    if result is not None:
+                        if counts is not None:
+                            counts.add_kernel(result[:4], p.numel(), len(result[3]))
+                        continue
+                    checked = checked_now[index]
+                self._step_param(p, index, group, prec, fused_steps, counts, checked)
+            if counts is not None:
+                telemetry.append(counts)
+        self._telemetry = telemetry
         return loss
 
     def _speculation(self, p: torch.Tensor, grad: torch.Tensor, group: dict, fused_steps: dict):
@@ -241,12 +252,15 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         step of ``p`` was the same fused step, and neither the parameter nor
         the accumulator changed since (torch's version counters; a write
         through ``.data`` or NumPy bypasses them: see the class docstring), so
-        the parameter holds the weight of the accumulator. The plan assumes
+        the parameter holds the weight of the accumulator; and ``p`` is large
+        (``CHECK_IN_KERNEL_FROM``: for a small tensor the separate check
+        costs little, and the max |grad| of a few elements often more than
+        doubles between steps, which would undo every other step). The plan assumes
         |grad| is at most twice the power of two above its previous max
         (``exponent``: :func:`~hwsim.optim.fused.top_exponent`); a larger one
         is caught in the kernel, undone, and stepped the usual way."""
         views = self._views.get(p)
-        if views is None or views.written is None:
+        if views is None or views.written is None or views.acc_flat.size < CHECK_IN_KERNEL_FROM:
             return None
         fused, version, exponent = views.written
         acc = views.acc
@@ -262,40 +276,39 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             return None
         return fused, float(pointwise.scale), views, flat, exponent
 
-    def _step_speculative(self, speculative: list, work: list, counts: list) -> None:
+    def _step_speculative(self, speculative: list) -> tuple[dict, dict]:
         """Run the steps :meth:`_speculation` planned, all or none: where a
         gradient holds a NaN, an Inf or a magnitude the plan did not allow,
-        every one of them is undone and they join their groups' usual steps,
-        after the usual check (which raises, the parameters unchanged, on a
-        NaN or an Inf)."""
+        every one of them is undone and they take the usual path, after the
+        usual check (which raises, the parameters unchanged, on a NaN or an
+        Inf). Returns the kernel's results of the steps that ran and the
+        check's of those left to the usual path, by parameter index."""
         done, deferred = [], []
-        for p, index, position, (fused, scale, views, flat, exponent) in speculative:
-            prec = work[position][1]
+        telemetry = self.telemetry_enabled
+        for p, index, prec, (fused, scale, views, flat, exponent) in speculative:
             result = fused.speculate(flat, views.acc_flat, views.param, scale, exponent, prec.seed,
-                                     self.state[p]["step"] + 1, index, counts[position] is not None, views.bound)
+                                     self.state[p]["step"] + 1, index, telemetry, views.bound)
             if result is False:
                 for *_, taken in reversed(done):
                     undo_step(taken[5])
-                deferred = [(p, index, position, plan[3]) for p, index, position, plan in speculative]
+                deferred = [(p, index) for p, index, *_ in speculative]
                 done = []
                 break
             if result is None:  # not run: checked and stepped the usual way
-                deferred.append((p, index, position, flat))
+                deferred.append((p, index))
             else:
-                done.append((p, views, position, result))
+                done.append((p, index, views, result))
         try:
-            for p, index, position, flat in deferred:
-                work[position][3].append((p, index, _check_gradient(p, p.grad, index)))
+            checked = {index: _check_gradient(p, p.grad, index) for p, index in deferred}
         except NonFiniteError:
             for *_, taken in reversed(done):
                 undo_step(taken[5])
             raise
-        for p, views, position, result in done:
+        for p, _, views, result in done:
             self.state[p]["step"] += 1
             fused, version, _ = views.written
             views.written = (fused, version, result[4])
-            if counts[position] is not None:
-                counts[position].add_kernel(result[:4], views.acc_flat.size, len(result[3]))
+        return {index: result for _, index, _, result in done}, checked
 
     def _step_param(self, p: torch.Tensor, index: int, group: dict, prec: GroupPrecision, fused_steps: dict,
                     counts, checked: tuple[np.ndarray | None, float | None]) -> None:
@@ -496,6 +509,7 @@ _IDENTITY = Pointwise(False, 1.0)  # a rule's update, added as it is
 
 
 _UNCHECKED = (None, None)
+_SPECULATIVE = object()  # in place of a check: the kernel checks the gradient (_speculation)
 
 
 class _FlatViews:

@@ -70,6 +70,7 @@ NO_FORMAT = -1  # the rounding argument of a stage that has no format
 CLAMP_NONE, CLAMP_LOW, CLAMP_HIGH, CLAMP_BOTH = 0, 1, 2, 3  # which limits of a code can be reached
 CHUNK = 1 << 14  # elements per task of the parallel loop (fits L1/L2 per core)
 APPLY, CHECK, UNDO = 0, 1, 2  # step_kernel's modes
+CHECK_IN_KERNEL_FROM = SERIAL_BELOW_ELEMENTWISE  # elements: smaller tensors are checked apart (QuantizedOptimizer)
 CHECK_BLOCK = 4096  # elements CHECK checks before it writes them (in L1)
 
 
