@@ -521,8 +521,8 @@ class _FlatViews:
         self.acc, self.storage, self.acc_flat, self.param = acc, storage, acc_flat, param
         self.bound = AccumulatorBound()
         self.version: int | None = None  # the accumulator's, when the bound was last true
-        # (fused step, the parameter's version, max |gradient|) of the last step, where
-        # the fused step wrote the parameter; else None (see _speculation)
+        # (fused step, the parameter's version, k with max |gradient| < 2^k) of the last
+        # step, where the fused step wrote the parameter; else None (see _speculation)
         self.written: tuple | None = None
 
 
