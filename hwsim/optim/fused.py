@@ -69,9 +69,7 @@ SAMPLE_RUN = 16  # in runs of this many consecutive elements (sample_stride)
 NO_FORMAT = -1  # the rounding argument of a stage that has no format
 CLAMP_NONE, CLAMP_LOW, CLAMP_HIGH, CLAMP_BOTH = 0, 1, 2, 3  # which limits of a code can be reached
 CHUNK = 1 << 14  # elements per task of the parallel loop (fits L1/L2 per core)
-APPLY, CHECK, UNDO = 0, 1, 2  # step_kernel's modes
 CHECK_IN_KERNEL_FROM = SERIAL_BELOW_ELEMENTWISE  # elements: smaller tensors are checked apart (QuantizedOptimizer)
-CHECK_BLOCK = 4096  # elements CHECK checks before it writes them (in L1)
 
 
 def _max_abs_of(float_type, int_type, abs_mask: int):
@@ -219,17 +217,17 @@ def parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overfl
 @kernel
 def add_update(x, i, acc, j, out, k, grad_fmt, update_fmt, acc_fmt, weight_fmt, seeds, sign, grad_rounding,
                update_rounding, acc_rounding, weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
-               weight_overflow, has_weight, int32_out, int_add, f32_weight, subtract, wrapped):
+               weight_overflow, has_weight, int32_out, int_add, f32_weight, subtract):
     """One element of :func:`step_kernel`'s loop: source element ``x`` at flat
-    index ``i`` added into ``acc[j]``, and the parameter's value written to
-    ``out[j]`` (modes: compile-time constants of the caller, as in
-    :func:`update_code`). ``wrapped``: int32 update codes converted with
-    :func:`int32_wrapped` (the same where the source is in the plan's range,
-    and defined beyond it); ``subtract``: subtracted instead, with them."""
+    index ``i`` added into ``acc[j]`` (``subtract``: subtracted), and the
+    parameter's value written to ``out[j]`` (modes: compile-time constants of
+    the caller, as in :func:`update_code`). int32 update codes are converted
+    with :func:`int32_wrapped`: ``np.int32`` where the source is in the plan's
+    range, and defined beyond it, so a step on a bad source can be undone."""
     d = update_code(x, i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
                     overflow, grad_overflow, delta_overflow)[1]
     if int_add:  # |d| and the sum are within the accumulator's range
-        d_code = int32_wrapped(d) if wrapped else np.int32(d)
+        d_code = int32_wrapped(d)
         a_code = np.int32(acc[j] - d_code) if subtract else np.int32(acc[j] + d_code)
         acc[j] = a_code
         out[j] = parameter_value(a_code, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow,
@@ -281,21 +279,20 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
       on the accumulator grid), how many weights sit at saturation; ``sample``
       receives the updates themselves (before the update format). Counting every
       element would add vector reductions to the compute-bound loop;
-    - ``mode``: ``APPLY`` runs the step on a source the caller has checked
-      (``source_bits`` and ``limits`` unused). ``CHECK`` checks it in the
-      same pass, for int32 codes added in int32 (``int_add``):
-      ``source_bits`` is the source's integer view and ``limits`` (of that
-      type) holds the mask of the sign bit's complement, the bits of a limit
-      and a zero; ``top`` is the bits of max |source| and ``refused`` counts
-      the chunks holding a value above the limit (a NaN, an Inf or a larger
-      magnitude), which the step does not guard against: the update codes go
-      through :func:`~hwsim.kernels.scalar.int32_wrapped`, defined for any
-      input, so the step can be taken back. ``UNDO``, with the same
-      arguments, does: it subtracts the same update codes (the int32 sums
-      wrap alike) and writes the weights of the restored codes (the sides
-      cover them: :meth:`FusedStep._sides`), so the accumulator and, where
-      the parameter held the weight of the accumulator, the parameter are as
-      before the ``CHECK``.
+    - the check, in the same pass: ``source_bits`` is the source's integer
+      view and ``limits`` (of that type) holds the mask of the sign bit's
+      complement, the bits of a limit and a zero; ``top`` is the bits of max
+      |source| (as :func:`max_abs`'s) and ``refused`` counts the chunks
+      holding a value above the limit (a NaN, an Inf or a larger magnitude).
+      The step does not guard against those: int32 update codes go through
+      :func:`~hwsim.kernels.scalar.int32_wrapped`, defined for any input
+      (and equal to ``np.int32`` on codes), so the step can be taken back;
+    - ``undo``: with the arguments of a step whose sum needed no overflow
+      step (``int_add``), take it back: subtract the same update codes (the
+      int32 sums wrap alike) and write the weights of the restored codes
+      (the sides cover them: :meth:`FusedStep._sides`), so the accumulator
+      and, where the parameter held the weight of the accumulator, the
+      parameter are as before the step.
     """
     has_weight = weight_rounding != NO_FORMAT
     grad_overflow, delta_overflow, acc_overflow, weight_overflow = overflows
@@ -310,7 +307,7 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
     # The closure holds only ints and bools: Numba's disk cache keys a closure
     # by its pickled cell contents, and a dispatcher pickles with a random id.
 
-    def run(source, acc, out, constants, seed_array, sample, stride, source_bits, limits, mode):
+    def run(source, acc, out, constants, seed_array, sample, stride, source_bits, limits, undo):
         c = constants
         k = (c[0], c[1], c[2])
         grad_fmt, update_fmt = (c[3], c[4], c[5], c[6], c[7]), (c[8], c[9], c[10], c[11], c[12])
@@ -321,39 +318,28 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
         chunks = (n + CHUNK - 1) // CHUNK
         # per chunk: nonzero, stalled, saturated (over its sampled elements), refused, max |source| bits
         counts = np.zeros((chunks, 5), np.int64)
+        mask, limit = limits[0], limits[1]
         for chunk in prange(chunks):
             lo = chunk * CHUNK
             src, chunk_acc, dst = source[lo:lo + CHUNK], acc[lo:lo + CHUNK], out[lo:lo + CHUNK]
-            if mode == APPLY or not int_add:  # (CHECK needs int_add: compiled out without it)
+            if not undo:
+                bits = source_bits[lo:lo + CHUNK]
+                top = limits[2]  # a zero of the bits' type: the ufuncs keep it (Numba's operators widen it)
+                for j in range(src.size):
+                    top = np.maximum(top, np.bitwise_and(bits[j], mask))
+                    add_update(np.float64(src[j]), lo + j, chunk_acc, j, dst, k, grad_fmt, update_fmt, acc_fmt,
+                               weight_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
+                               weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
+                               weight_overflow, has_weight, int32_out, int_add, f32_weight, False)
+                counts[chunk, 3] = top > limit
+                counts[chunk, 4] = top
+            elif int_add:  # (compiled out where it cannot be used)
                 for j in range(src.size):
                     add_update(np.float64(src[j]), lo + j, chunk_acc, j, dst, k, grad_fmt, update_fmt, acc_fmt,
                                weight_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
                                weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
-                               weight_overflow, has_weight, int32_out, int_add, f32_weight, False, False)
-            else:
-                # the check in the same pass: max |source| over the bits (as max_abs; the
-                # ufuncs keep int32, Numba's operators widen it); an element above the limit
-                # (a NaN, an Inf or a larger magnitude) is stepped as it is, its update code
-                # converted with int32_wrapped (defined for any input), so UNDO subtracts
-                # exactly what CHECK added: the int32 sums wrap alike
-                bits = source_bits[lo:lo + CHUNK]
-                mask, top = limits[0], limits[2]  # top: a zero of the bits' type
-                if mode == CHECK:
-                    for j in range(src.size):
-                        top = np.maximum(top, np.bitwise_and(bits[j], mask))
-                        add_update(np.float64(src[j]), lo + j, chunk_acc, j, dst, k, grad_fmt, update_fmt, acc_fmt,
-                                   weight_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
-                                   weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
-                                   weight_overflow, has_weight, int32_out, int_add, f32_weight, False, True)
-                else:
-                    for j in range(src.size):
-                        add_update(np.float64(src[j]), lo + j, chunk_acc, j, dst, k, grad_fmt, update_fmt, acc_fmt,
-                                   weight_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
-                                   weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
-                                   weight_overflow, has_weight, int32_out, int_add, f32_weight, True, True)
-                counts[chunk, 3] = top > limits[1]
-                counts[chunk, 4] = top
-            if mode != UNDO:
+                               weight_overflow, has_weight, int32_out, int_add, f32_weight, True)
+            if not undo:
                 # the telemetry of this chunk's sampled elements, while they are in cache: runs
                 # of SAMPLE_RUN consecutive elements (a run never straddles two chunks)
                 m0 = sample_position(lo, stride)
@@ -401,7 +387,7 @@ _NO_SEEDS = np.zeros(4, np.int64)
 _NO_SAMPLE = np.empty(0)  # telemetry off (the kernel writes nothing into it)
 # the integer view of a float32/float64 source, and the mask that clears its sign bit
 _BITS = {4: (np.int32, np.iinfo(np.int32).max), 8: (np.int64, np.iinfo(np.int64).max)}
-_NO_CHECK = {size: (np.empty(0, t), np.zeros(3, t)) for size, (t, _) in _BITS.items()}  # APPLY's unused arguments
+_ANY_FINITE = {size: np.array([mask, mask, 0], t) for size, (t, mask) in _BITS.items()}  # limits of a checked source
 _SEED_STREAMS = (STREAM["grad"], STREAM["update"], STREAM["accumulator"], STREAM["weight"])
 
 
@@ -582,8 +568,8 @@ class FusedStep:
         if prepared is None:
             return None
         run, args, _, top_after = prepared
-        no_bits, no_limits = _NO_CHECK[source.itemsize]
-        result = run(*args, no_bits, no_limits, APPLY)
+        limits = _ANY_FINITE[source.itemsize]  # the caller checked the source
+        result = run(*args, source.view(limits.dtype), limits, False)
         if bound is not None:
             bound.top = top_after
         return (*result[:3], args[5])
@@ -593,11 +579,11 @@ class FusedStep:
         """The step on a source nobody has checked yet, planned for |source| <=
         2^(``exponent`` + 1) (``exponent``: as :func:`top_exponent`'s, from the
         previous step, so the plan allows for twice its max) and checked in
-        the same pass (``CHECK``): the separate read of :func:`max_abs` saved.
+        the same pass: the separate read of :func:`max_abs` saved.
 
         Returns ``None``, having changed nothing, where it cannot run so: the
         plan declines, the codes are float64 or the sum may need its overflow
-        step (``CHECK`` needs an int32 addition), or the weight rounding is
+        step (the undo needs an int32 addition), or the weight rounding is
         stochastic (the weights of the codes before the step could not be
         recomputed); the caller then checks the source and calls the step.
         Returns ``False``, having changed nothing (the kernel's step is
@@ -617,9 +603,9 @@ class FusedStep:
             return None
         run, args, _, top_after = prepared
         bits = source.view(limits.dtype)
-        result = run(*args, bits, limits, CHECK)
+        result = run(*args, bits, limits, False)
         if result[3]:
-            run(*args, bits, limits, UNDO)
+            run(*args, bits, limits, True)
             return False
         before, bound.top = bound.top, top_after
         return (*result[:3], args[5], top_exponent(result[4], itemsize), (run, args, bits, limits, bound, before))
@@ -689,7 +675,7 @@ def undo_step(token) -> None:
     the bound as before it; the parameter holds the weight of the accumulator
     (what it held before, where the previous step was the kernel's)."""
     run, args, bits, limits, bound, before = token
-    run(*args, bits, limits, UNDO)
+    run(*args, bits, limits, True)
     bound.top = before
 
 
