@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 
 
-def best_time(fn: Callable[[], object], repeat: int = 7, warmup: int = 1,
-              budget_s: float | None = None) -> float:
+def best_time(
+    fn: Callable[[], object], repeat: int = 7, warmup: int = 1, budget_s: float | None = None
+) -> float:
     """Best wall time of ``fn()`` in seconds over up to ``repeat`` runs after
     ``warmup`` calls (JIT compile, thread pools); stops early once ``budget_s``
     seconds have been spent on the timed runs."""
@@ -24,8 +25,9 @@ def best_time(fn: Callable[[], object], repeat: int = 7, warmup: int = 1,
     return best
 
 
-def interleaved_best(fns: dict[str, Callable[[], object]], rounds: int = 7,
-                     warmup: int = 1) -> dict[str, float]:
+def interleaved_best(
+    fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 1
+) -> dict[str, float]:
     """Best wall time of each function over ``rounds`` rounds that alternate
     between them, so load on a shared machine hits them alike and the ratios
     between them stay meaningful."""

@@ -43,7 +43,7 @@ def numpy_per_sample(x: np.ndarray, d: np.ndarray, taps: int, mu: float) -> np.n
     w = np.zeros(taps)
     xp = np.concatenate([np.zeros(taps - 1), x])
     for n in range(x.size):
-        xs = xp[n:n + taps][::-1]
+        xs = xp[n : n + taps][::-1]
         e = d[n] - w @ xs
         w = np.clip(np.rint((w + mu * e * xs) * scale), lo, hi) / scale
     return w
@@ -59,23 +59,49 @@ def kernel_table(taps: int, repeat: int) -> list[tuple[str, float]]:
         xc = filt.data_codes(big.x[:n], 1, 0)
         dc = filt.data_codes(big.d[:n], 2, 0)
         filt.run_codes(xc[:16], dc[:16], mu)  # warm-up / JIT
-        return lambda: cls(taps, "lms", data=DATA, weight=WEIGHT, rounding=rounding,
-                           seed=1).run_codes(xc, dc, mu)
+        return lambda: cls(
+            taps, "lms", data=DATA, weight=WEIGHT, rounding=rounding, seed=1
+        ).run_codes(xc, dc, mu)
 
     n = big.x.size
     for rounding in ("nearest", "stochastic"):
-        rows.append((f"Numba kernel, fixed point, {rounding}", taps * n / best_time(warmup=0, repeat=repeat, fn=fixed(rounding, n))))
+        rows.append(
+            (
+                f"Numba kernel, fixed point, {rounding}",
+                taps * n / best_time(warmup=0, repeat=repeat, fn=fixed(rounding, n)),
+            )
+        )
     flt = FloatLMS(taps)
     flt.run(big.x[:16], big.d[:16], mu)
-    rows.append(("Numba kernel, float64 (reference)",
-                 taps * n / best_time(warmup=0, repeat=repeat, fn=lambda: FloatLMS(taps).run(big.x, big.d, mu))))
+    rows.append(
+        (
+            "Numba kernel, float64 (reference)",
+            taps
+            * n
+            / best_time(warmup=0, repeat=repeat, fn=lambda: FloatLMS(taps).run(big.x, big.d, mu)),
+        )
+    )
     n_np = 20_000
-    rows.append(("NumPy per-sample loop, float64 emulation, nearest",
-                 taps * n_np / best_time(warmup=0, repeat=1, fn=lambda: numpy_per_sample(big.x[:n_np], big.d[:n_np], taps, mu))))
+    rows.append(
+        (
+            "NumPy per-sample loop, float64 emulation, nearest",
+            taps
+            * n_np
+            / best_time(
+                warmup=0,
+                repeat=1,
+                fn=lambda: numpy_per_sample(big.x[:n_np], big.d[:n_np], taps, mu),
+            ),
+        )
+    )
     n_t = 2_000
     for rounding in ("nearest", "stochastic"):
-        rows.append((f"torch version (TorchLMS, CPU), {rounding}",
-                     taps * n_t / best_time(warmup=0, repeat=1, fn=fixed(rounding, n_t, TorchLMS))))
+        rows.append(
+            (
+                f"torch version (TorchLMS, CPU), {rounding}",
+                taps * n_t / best_time(warmup=0, repeat=1, fn=fixed(rounding, n_t, TorchLMS)),
+            )
+        )
     return rows
 
 
@@ -85,9 +111,21 @@ def study_times() -> list[tuple[str, float]]:
         out = tempfile.mkdtemp(prefix="lms_precision_")
         try:
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "hwsim.cli", "sweep", "studies/lms_precision.toml",
-                            "--out", out, "--workers", str(workers)], check=True,
-                           env=dict(os.environ, PYTHONPATH="."))
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hwsim.cli",
+                    "sweep",
+                    "studies/lms_precision.toml",
+                    "--out",
+                    out,
+                    "--workers",
+                    str(workers),
+                ],
+                check=True,
+                env=dict(os.environ, PYTHONPATH="."),
+            )
             rows.append((f"lms_precision study, {workers} worker(s)", time.perf_counter() - t))
         finally:
             shutil.rmtree(out, ignore_errors=True)

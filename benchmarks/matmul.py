@@ -46,24 +46,27 @@ def gemm_table(sizes: list[int], apy_max: int) -> None:
         rows = _contenders(a, b)
         times = {name: best_time(fn, repeat=5, budget_s=5.0) for name, fn in rows.items()}
         if n <= apy_max:
-            times["apytypes accumulator context"] = best_time(_apytypes(a, b), repeat=1,
-                                                              budget_s=0)
+            times["apytypes accumulator context"] = best_time(_apytypes(a, b), repeat=1, budget_s=0)
         apy = times.get("apytypes accumulator context")
         for name, t in times.items():
             gmacs = n**3 / t / 1e9
             vs_apy = f"{apy / t:11.1f}" if apy else f"{'-':>11}"
-            print(f"{n:>5}  {name:<32} {t * 1e3:10.2f} {gmacs:8.2f} {vs_apy} "
-                  f"{times['float64 BLAS'] / t:10.3f}")
+            print(
+                f"{n:>5}  {name:<32} {t * 1e3:10.2f} {gmacs:8.2f} {vs_apy} "
+                f"{times['float64 BLAS'] / t:10.3f}"
+            )
     print()
 
 
 def _contenders(a, b):
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     return {
-        "hwsim saturate fx24.0, MAC loop": lambda: hwsim.matmul(a, b, accumulator="fx24.0",
-                                                                path="sequential"),
-        "hwsim saturate fx32.0, MAC loop": lambda: hwsim.matmul(a, b, accumulator="fx32.0",
-                                                                path="sequential"),
+        "hwsim saturate fx24.0, MAC loop": lambda: hwsim.matmul(
+            a, b, accumulator="fx24.0", path="sequential"
+        ),
+        "hwsim saturate fx32.0, MAC loop": lambda: hwsim.matmul(
+            a, b, accumulator="fx32.0", path="sequential"
+        ),
         "hwsim saturate fx16.0, auto": lambda: hwsim.matmul(a, b, accumulator="fx16.0"),
         "hwsim saturate fx32.0, auto": lambda: hwsim.matmul(a, b, accumulator="fx32.0"),
         "hwsim wrap fx32.0": lambda: hwsim.matmul(a, b, accumulator="fx32.0", overflow="wrap"),
@@ -79,9 +82,12 @@ def _apytypes(a, b):
     y = apy.APyFixedArray.from_float(b, int_bits=8, frac_bits=0)
 
     def run():
-        with apy.APyFixedAccumulatorContext(int_bits=32, frac_bits=0,
-                                            quantization=apy.QuantizationMode.TO_NEG,
-                                            overflow=apy.OverflowMode.SAT):
+        with apy.APyFixedAccumulatorContext(
+            int_bits=32,
+            frac_bits=0,
+            quantization=apy.QuantizationMode.TO_NEG,
+            overflow=apy.OverflowMode.SAT,
+        ):
             return x @ y
 
     return run
@@ -98,10 +104,18 @@ def mlp_epoch() -> None:
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
     y = torch.tensor(digits.target)
     precision = hnn.Precision(
-        weight="fx16.12", activation="fx16.12", output="fx16.10", grad_activation="fx16.14",
-        grad_weight="fx16.14", accumulator="fx32.20", grad_activation_accumulator="fx32.24",
-        grad_weight_accumulator="fx32.24", rounding="nearest", grad_weight_rounding="stochastic",
-        grad_activation_rounding="stochastic", seed=0,
+        weight="fx16.12",
+        activation="fx16.12",
+        output="fx16.10",
+        grad_activation="fx16.14",
+        grad_weight="fx16.14",
+        accumulator="fx32.20",
+        grad_activation_accumulator="fx32.24",
+        grad_weight_accumulator="fx32.24",
+        rounding="nearest",
+        grad_weight_rounding="stochastic",
+        grad_activation_rounding="stochastic",
+        seed=0,
     )
 
     def epoch(model) -> float:
@@ -109,7 +123,7 @@ def mlp_epoch() -> None:
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
         start = time.perf_counter()
         for i in range(0, len(x), 32):
-            idx = perm[i:i + 32]
+            idx = perm[i : i + 32]
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
@@ -122,10 +136,14 @@ def mlp_epoch() -> None:
     results = {}
     for name, build in (
         ("float torch", make),
-        ("hwsim numba backend, all quantized", lambda: hnn.quantize_model(make(), precision,
-                                                                           backend="numba")),
-        ("hwsim torch backend, all quantized", lambda: hnn.quantize_model(make(), precision,
-                                                                           backend="torch")),
+        (
+            "hwsim numba backend, all quantized",
+            lambda: hnn.quantize_model(make(), precision, backend="numba"),
+        ),
+        (
+            "hwsim torch backend, all quantized",
+            lambda: hnn.quantize_model(make(), precision, backend="torch"),
+        ),
     ):
         epoch(build())  # warm up (JIT compile)
         results[name] = min(epoch(build()) for _ in range(2))
@@ -138,8 +156,12 @@ def mlp_epoch() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--apy-max", type=int, default=512,
-                        help="largest n timed with APyTypes (about 13 s at 1024)")
+    parser.add_argument(
+        "--apy-max",
+        type=int,
+        default=512,
+        help="largest n timed with APyTypes (about 13 s at 1024)",
+    )
     args = parser.parse_args()
     import numba
 

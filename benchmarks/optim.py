@@ -58,7 +58,9 @@ def interleaved_times(makers: dict, n: int, steps: int, repeat: int) -> dict[str
     best = dict.fromkeys(opts, math.inf)
     for _ in range(repeat):
         for name, opt in opts.items():
-            for _ in range(WARMUP_STEPS):  # untimed: caches and thread pools settle after the previous optimizer
+            for _ in range(
+                WARMUP_STEPS
+            ):  # untimed: caches and thread pools settle after the previous optimizer
                 opt.step()
             t0 = time.perf_counter()
             for _ in range(steps):
@@ -80,11 +82,23 @@ def qtorch_optims():
     g = quantizer(forward_number=FixedPoint(16, 12), forward_rounding="nearest")
     m = quantizer(forward_number=FixedPoint(24, 20), forward_rounding="nearest")
     return {
-        "sgd": lambda ps: OptimLP(torch.optim.SGD(ps, lr=0.01), weight_quant=w, grad_quant=g, acc_quant=a),
-        "sgd_momentum": lambda ps: OptimLP(torch.optim.SGD(ps, lr=0.01, momentum=0.9), weight_quant=w,
-                                           grad_quant=g, acc_quant=a, momentum_quant=m),
-        "adam": lambda ps: OptimLP(torch.optim.Adam(ps, lr=1e-3), weight_quant=w, grad_quant=g, acc_quant=a,
-                                   momentum_quant=m),
+        "sgd": lambda ps: OptimLP(
+            torch.optim.SGD(ps, lr=0.01), weight_quant=w, grad_quant=g, acc_quant=a
+        ),
+        "sgd_momentum": lambda ps: OptimLP(
+            torch.optim.SGD(ps, lr=0.01, momentum=0.9),
+            weight_quant=w,
+            grad_quant=g,
+            acc_quant=a,
+            momentum_quant=m,
+        ),
+        "adam": lambda ps: OptimLP(
+            torch.optim.Adam(ps, lr=1e-3),
+            weight_quant=w,
+            grad_quant=g,
+            acc_quant=a,
+            momentum_quant=m,
+        ),
     }
 
 
@@ -93,15 +107,23 @@ def main() -> None:
     ap.add_argument("--params", type=int, default=1_000_000)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--rules", default="sgd,sgd_momentum,signsgd,adam,adagrad,rmsprop",
-                    help="comma-separated subset of the rules to time")
-    ap.add_argument("--breakdown", action="store_true",
-                    help="also time the parts of a fixed-point SGD step (gradient check, fused kernel)")
+    ap.add_argument(
+        "--rules",
+        default="sgd,sgd_momentum,signsgd,adam,adagrad,rmsprop",
+        help="comma-separated subset of the rules to time",
+    )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the parts of a fixed-point SGD step (gradient check, fused kernel)",
+    )
     args = ap.parse_args()
     wanted = set(args.rules.split(","))
     n, steps, repeat = args.params, args.steps, args.repeat
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{sum(p.numel() for p in make_params(n))} parameters, float32")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{sum(p.numel() for p in make_params(n))} parameters, float32"
+    )
 
     torch_makers = {
         "sgd": lambda ps: torch.optim.SGD(ps, lr=0.01),
@@ -125,18 +147,27 @@ def main() -> None:
         if key not in wanted:
             continue
         cls = getattr(hopt, cls_name)
-        state = ADAM_STATE if cls_name == "Adam" else ("ufx32.30" if cls_name in ("AdaGrad", "RMSProp") else "fx24.20")
+        state = (
+            ADAM_STATE
+            if cls_name == "Adam"
+            else ("ufx32.30" if cls_name in ("AdaGrad", "RMSProp") else "fx24.20")
+        )
         makers = {"torch": torch_makers[key]}
         if key in qt:
             makers["qtorch"] = qt[key]
         variants = [("float", {}), ("fixed", dict(FIXED, state=state))]
         if key in ("sgd", "adam"):
-            variants += [("fixed, stochastic", dict(FIXED, state=state, rounding="stochastic", seed=0)),
-                         ("fixed, torch ops", dict(FIXED, state=state, fused=False))]
+            variants += [
+                ("fixed, stochastic", dict(FIXED, state=state, rounding="stochastic", seed=0)),
+                ("fixed, torch ops", dict(FIXED, state=state, fused=False)),
+            ]
         for label, prec in variants:
             for telemetry in (False, True):
-                makers[(label, telemetry)] = (lambda ps, cls=cls, hyper=hyper, prec=prec, tel=telemetry:
-                                              cls(ps, **hyper, **prec, telemetry=tel))
+                makers[(label, telemetry)] = (
+                    lambda ps, cls=cls, hyper=hyper, prec=prec, tel=telemetry: cls(
+                        ps, **hyper, **prec, telemetry=tel
+                    )
+                )
         times = interleaved_times(makers, n, steps, repeat)
         name = f"{cls_name}{' momentum' if key == 'sgd_momentum' else ''}"
         refs.append([f"torch {name}", times["torch"] * 1e3])
@@ -146,9 +177,19 @@ def main() -> None:
             for telemetry in (False, True):
                 sec = times[(label, telemetry)]
                 q = times.get("qtorch")
-                rows.append([name, label, "on" if telemetry else "off", sec * 1e3, sec / times["torch"],
-                             (sec / q) if (q is not None and label.startswith("fixed")) else ""])
-    print_table(["optimizer", "formats", "telemetry", "ms/step", "x torch", "x qtorch OptimLP"], rows)
+                rows.append(
+                    [
+                        name,
+                        label,
+                        "on" if telemetry else "off",
+                        sec * 1e3,
+                        sec / times["torch"],
+                        (sec / q) if (q is not None and label.startswith("fixed")) else "",
+                    ]
+                )
+    print_table(
+        ["optimizer", "formats", "telemetry", "ms/step", "x torch", "x qtorch OptimLP"], rows
+    )
     print()
     print_table(["reference", "ms/step"], refs)
     if args.breakdown:
@@ -178,32 +219,56 @@ def breakdown(n: int) -> None:
         # kernel calls keep the bound true for the optimizer's steps in between, and
         # the working set is the step's
         views = opt._views[weight]
-        step = fused_step(False, FixedPoint.parse(FIXED["grad"]), None,
-                          FixedPoint.parse(FIXED["accumulator"]), FixedPoint.parse(FIXED["weight"]), 0, 0, 0, 0, 0)
+        step = fused_step(
+            False,
+            FixedPoint.parse(FIXED["grad"]),
+            None,
+            FixedPoint.parse(FIXED["accumulator"]),
+            FixedPoint.parse(FIXED["weight"]),
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
         top = max_abs(grad)
 
         def kernel(telemetry, s=step, g=grad, v=views, t=top):
             s(g, v.acc_flat, v.param, -0.01, t, 0, 1, 0, telemetry, v.bound)
 
         def checking(s=step, g=grad, v=views, t=top):
-            assert s.speculate(g, v.acc_flat, v.param, -0.01, math.frexp(t)[1], 0, 1, 0, False, v.bound)
+            assert s.speculate(
+                g, v.acc_flat, v.param, -0.01, math.frexp(t)[1], 0, 1, 0, False, v.bound
+            )
 
-        times = interleaved_best({
-            "whole step (weight and bias)": opt.step,
-            "gradient check (max_abs)": lambda g=grad: max_abs(g),
-            "fused kernel": lambda: kernel(False),
-            "fused kernel, telemetry sample": lambda: kernel(True),
-            "fused kernel checking the gradient (the step's path)": checking,
-        }, rounds=max(20, 2_000_000 // size), warmup=3)
+        times = interleaved_best(
+            {
+                "whole step (weight and bias)": opt.step,
+                "gradient check (max_abs)": lambda g=grad: max_abs(g),
+                "fused kernel": lambda: kernel(False),
+                "fused kernel, telemetry sample": lambda: kernel(True),
+                "fused kernel checking the gradient (the step's path)": checking,
+            },
+            rounds=max(20, 2_000_000 // size),
+            warmup=3,
+        )
         # references, timed apart (their arrays would double the working set): a kernel
         # with the fused kernel's memory traffic and one addition per element, and a
         # step with no gradient (the torch.optim step wrapper and the loop around it)
         acc_copy, out_copy = views.acc_flat.copy(), views.param.copy()
         idle = hopt.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01, **FIXED, telemetry=False)
-        times.update(interleaved_best({
-            "same traffic, one addition (floor)": lambda g=grad, a=acc_copy, o=out_copy: _traffic_floor(g, a, o),
-            "step with no gradient (optimizer wrapper)": idle.step,
-        }, rounds=max(20, 2_000_000 // size), warmup=3))
+        times.update(
+            interleaved_best(
+                {
+                    "same traffic, one addition (floor)": lambda g=grad, a=acc_copy, o=out_copy: (
+                        _traffic_floor(g, a, o)
+                    ),
+                    "step with no gradient (optimizer wrapper)": idle.step,
+                },
+                rounds=max(20, 2_000_000 // size),
+                warmup=3,
+            )
+        )
         for name, sec in times.items():
             rows.append([grad.size, name, sec * 1e3, sec / grad.size * 1e9])
     print_table(["weight elements", "part", "ms", "ns per weight element"], rows)

@@ -35,8 +35,16 @@ def jit_cost() -> tuple[float, float]:
     )
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        cold = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
-        warm = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+        cold = float(
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )
+        warm = float(
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )
     return cold, warm
 
 
@@ -55,16 +63,24 @@ def main() -> None:
         "numba copy (bandwidth ceiling)": lambda: copy_kernel(x, out),
         "hwsim numba nearest (out=)": lambda: hwsim.quantize(x, FMT, "nearest", out=out),
         "hwsim numba nearest (allocating)": lambda: hwsim.quantize(x, FMT, "nearest"),
-        "hwsim numba stochastic (out=)": lambda: hwsim.quantize(x, FMT, "stochastic", seed=1, out=out),
-        "hwsim numba nearest, wrap (out=)": lambda: hwsim.quantize(x, FMT, "nearest", "wrap", out=out),
+        "hwsim numba stochastic (out=)": lambda: hwsim.quantize(
+            x, FMT, "stochastic", seed=1, out=out
+        ),
+        "hwsim numba nearest, wrap (out=)": lambda: hwsim.quantize(
+            x, FMT, "nearest", "wrap", out=out
+        ),
         "hwsim torch nearest": lambda: hwsim.quantize(xt, FMT, "nearest"),
         "hwsim torch stochastic": lambda: hwsim.quantize(xt, FMT, "stochastic", seed=1),
     }
     try:
         from qtorch.quant import fixed_point_quantize
 
-        full["qtorch fixed_point_quantize nearest"] = lambda: fixed_point_quantize(xt, 16, 12, rounding="nearest")
-        full["qtorch fixed_point_quantize stochastic"] = lambda: fixed_point_quantize(xt, 16, 12, rounding="stochastic")
+        full["qtorch fixed_point_quantize nearest"] = lambda: fixed_point_quantize(
+            xt, 16, 12, rounding="nearest"
+        )
+        full["qtorch fixed_point_quantize stochastic"] = lambda: fixed_point_quantize(
+            xt, 16, 12, rounding="stochastic"
+        )
     except Exception as e:  # noqa: BLE001
         print(f"qtorch unavailable: {e}")
     times = interleaved_best(full, rounds=args.repeat)
@@ -74,22 +90,32 @@ def main() -> None:
 
         m = min(n, 1 << 20)
         src = apy.APyFixedArray.from_float(x[:m].astype(np.float64), int_bits=8, frac_bits=24)
-        t = best_time(lambda: src.cast(4, 12, apy.QuantizationMode.RND_CONV, apy.OverflowMode.SAT), repeat=3)
+        t = best_time(
+            lambda: src.cast(4, 12, apy.QuantizationMode.RND_CONV, apy.OverflowMode.SAT), repeat=3
+        )
         rows.append([f"APyTypes cast RND_CONV/SAT ({m} elements)", t * 1e3, m / t / 1e6])
     except Exception as e:  # noqa: BLE001
         print(f"apytypes unavailable: {e}")
 
     copy_rate = rows[0][2]
-    qtorch_rate = next((r[2] for r in rows if r[0].startswith("qtorch fixed_point_quantize nearest")), None)
+    qtorch_rate = next(
+        (r[2] for r in rows if r[0].startswith("qtorch fixed_point_quantize nearest")), None
+    )
     table = []
     for name, ms, rate in rows:
-        table.append([name, ms, rate, rate / copy_rate, (rate / qtorch_rate) if qtorch_rate else "-"])
-    print(f"\nquantize to {FMT}, {n} float32 elements, {torch.get_num_threads()} torch threads, "
-          f"numba threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}\n")
+        table.append(
+            [name, ms, rate, rate / copy_rate, (rate / qtorch_rate) if qtorch_rate else "-"]
+        )
+    print(
+        f"\nquantize to {FMT}, {n} float32 elements, {torch.get_num_threads()} torch threads, "
+        f"numba threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}\n"
+    )
     print_table(["method", "ms", "Melem/s", "x copy", "x qtorch nearest"], table)
     cold, warm = jit_cost()
-    print(f"\nfirst call of hwsim.quantize in a fresh process: {cold:.2f} s with a cold Numba cache "
-          f"(JIT compile), {warm:.2f} s with the cache written")
+    print(
+        f"\nfirst call of hwsim.quantize in a fresh process: {cold:.2f} s with a cold Numba cache "
+        f"(JIT compile), {warm:.2f} s with the cache written"
+    )
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ class CostTable:
                     f"{where}: [[memory]] entry {i} needs name, access_bits, energy_pj; got {row!r}"
                 ) from err
             if bits < 1 or energy <= 0:
-                raise ValueError(f"{where}: [[memory]] {name!r}: access_bits and energy_pj must be > 0")
+                raise ValueError(
+                    f"{where}: [[memory]] {name!r}: access_bits and energy_pj must be > 0"
+                )
             memory[name], memory_bits[name] = energy, bits
         return cls(points, memory, memory_bits, exponent, str(data.get("source", "")))
 
@@ -164,7 +166,9 @@ def default_table() -> CostTable:
     return _DEFAULT
 
 
-def energy(operation: str, bits: float, number: str = "int", table: CostTable | None = None) -> float:
+def energy(
+    operation: str, bits: float, number: str = "int", table: CostTable | None = None
+) -> float:
     """Energy in pJ of one ``add`` or ``mult`` on ``bits``-bit ``int`` or ``fp`` operands
     (Horowitz 2014, 45 nm, unless ``table`` is given).
 
@@ -201,7 +205,11 @@ def dot_product_full_adders(length: int, activation_bits: int, weight_bits: int)
     >>> dot_product_full_adders(1, 8, 8), dot_product_full_adders(2, 4, 4)
     (64, 40)
     """
-    for name, v in (("length", length), ("activation_bits", activation_bits), ("weight_bits", weight_bits)):
+    for name, v in (
+        ("length", length),
+        ("activation_bits", activation_bits),
+        ("weight_bits", weight_bits),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     d = length

@@ -54,7 +54,9 @@ class FixedPoint:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "wl", _check_int("wl (word length)", self.wl, 1, MAX_WL))
-        object.__setattr__(self, "fl", _check_int("fl (fractional length)", self.fl, MIN_FL, MAX_FL))
+        object.__setattr__(
+            self, "fl", _check_int("fl (fractional length)", self.fl, MIN_FL, MAX_FL)
+        )
         if not isinstance(self.signed, bool):
             raise ValueError(f"signed must be True or False, got {self.signed!r}")
 

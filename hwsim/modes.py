@@ -62,4 +62,3 @@ def _parse(cls, value, what):
                 return member
     valid = ", ".join(repr(m.name.lower()) for m in cls)
     raise ValueError(f"unknown {what} mode {value!r}; valid modes are {valid}")
-

@@ -73,11 +73,17 @@ class GearShiftPolicy:
         if not (isinstance(self.factor, (int, float)) and 0.0 < self.factor < 1.0):
             raise ValueError(f"factor must be a number in (0, 1), got {self.factor!r}")
         if isinstance(self.floor, str) and self.floor != "precision":
-            raise ValueError(f"floor must be None, a learning rate >= 0 or 'precision', got {self.floor!r}")
-        if self.floor is not None and not isinstance(self.floor, str) and not (
-            isinstance(self.floor, (int, float)) and self.floor >= 0
+            raise ValueError(
+                f"floor must be None, a learning rate >= 0 or 'precision', got {self.floor!r}"
+            )
+        if (
+            self.floor is not None
+            and not isinstance(self.floor, str)
+            and not (isinstance(self.floor, (int, float)) and self.floor >= 0)
         ):
-            raise ValueError(f"floor must be None, a learning rate >= 0 or 'precision', got {self.floor!r}")
+            raise ValueError(
+                f"floor must be None, a learning rate >= 0 or 'precision', got {self.floor!r}"
+            )
         if not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
             raise ValueError(f"threshold must be a number >= 0, got {self.threshold!r}")
 
@@ -101,8 +107,14 @@ class GearShiftPolicy:
         kwargs: dict = {}
         for item in body.split(","):
             key, eq, value = (s.strip() for s in item.partition("="))
-            if not eq or key not in ("every", "plateau", "factor", "floor", "threshold") or key in kwargs:
-                raise ValueError(f"bad item {item!r} in schedule {text!r}; allowed forms: {ALLOWED_FORMS}")
+            if (
+                not eq
+                or key not in ("every", "plateau", "factor", "floor", "threshold")
+                or key in kwargs
+            ):
+                raise ValueError(
+                    f"bad item {item!r} in schedule {text!r}; allowed forms: {ALLOWED_FORMS}"
+                )
             try:
                 if key in ("every", "plateau"):
                     kwargs[key] = int(value)
@@ -111,9 +123,13 @@ class GearShiftPolicy:
                 else:
                     kwargs[key] = float(value)
             except ValueError:
-                raise ValueError(f"bad value {value!r} for {key} in schedule {text!r}; allowed forms: {ALLOWED_FORMS}") from None
+                raise ValueError(
+                    f"bad value {value!r} for {key} in schedule {text!r}; allowed forms: {ALLOWED_FORMS}"
+                ) from None
         if "every" not in kwargs and "plateau" not in kwargs:
-            raise ValueError(f"schedule {text!r} needs every= or plateau=; allowed forms: {ALLOWED_FORMS}")
+            raise ValueError(
+                f"schedule {text!r} needs every= or plateau=; allowed forms: {ALLOWED_FORMS}"
+            )
         return cls(**kwargs)
 
     def due(self, step: int, metric: float | None = None) -> bool:
@@ -141,7 +157,9 @@ class GearShiftPolicy:
             pass
         elif self.floor == "precision":
             if typical_update_lsb is None:
-                raise ValueError("floor='precision' needs typical_update_lsb (the median |update| in accumulator LSBs)")
+                raise ValueError(
+                    "floor='precision' needs typical_update_lsb (the median |update| in accumulator LSBs)"
+                )
             # NaN (no nonzero update seen) or a shifted update below LSB/2: hold
             if not typical_update_lsb * self.factor >= 0.5:
                 return lr
@@ -153,8 +171,13 @@ class GearShiftPolicy:
             self.shifts += 1
         return new
 
-    def next_lr(self, lr: float, step: int, metric: float | None = None,
-                typical_update_lsb: float | None = None) -> float:
+    def next_lr(
+        self,
+        lr: float,
+        step: int,
+        metric: float | None = None,
+        typical_update_lsb: float | None = None,
+    ) -> float:
         """The learning rate to use after ``step`` steps (see :meth:`due` and
         :meth:`shift`)."""
         if self.constant or not self.due(step, metric):
@@ -183,11 +206,22 @@ class GearShift(torch.optim.lr_scheduler.LRScheduler):
     0.05
     """
 
-    def __init__(self, optimizer, every: int | None = None, plateau: int | None = None, factor: float = 0.5,
-                 floor: float | str | None = None, threshold: float = 1e-4, *,
-                 policy: GearShiftPolicy | str | None = None, last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer,
+        every: int | None = None,
+        plateau: int | None = None,
+        factor: float = 0.5,
+        floor: float | str | None = None,
+        threshold: float = 1e-4,
+        *,
+        policy: GearShiftPolicy | str | None = None,
+        last_epoch: int = -1,
+    ):
         if policy is None:
-            policy = GearShiftPolicy(every=every, plateau=plateau, factor=factor, floor=floor, threshold=threshold)
+            policy = GearShiftPolicy(
+                every=every, plateau=plateau, factor=factor, floor=floor, threshold=threshold
+            )
         elif isinstance(policy, str):
             policy = GearShiftPolicy.parse(policy)
         self.policy = policy
@@ -217,7 +251,11 @@ class GearShift(torch.optim.lr_scheduler.LRScheduler):
             for seen, t in zip(self._seen, telemetry, strict=True):
                 if not math.isnan(t["median_update_lsb"]):
                     seen.append(t["median_update_lsb"])
-        if self.last_epoch > 0 and not self.policy.constant and self.policy.due(self.last_epoch, metric):
+        if (
+            self.last_epoch > 0
+            and not self.policy.constant
+            and self.policy.due(self.last_epoch, metric)
+        ):
             for i, group in enumerate(groups):
                 typical = None
                 if precision:

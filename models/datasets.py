@@ -120,10 +120,12 @@ def system_identification(
     if drift == 0:
         clean = np.convolve(x, system)[:n_samples]
     else:  # its own stream: the data of drift=0 does not change
-        walk = system + np.cumsum(drift * np.random.default_rng([seed, 3]).standard_normal(
-            (n_samples, taps)), axis=0)
+        walk = system + np.cumsum(
+            drift * np.random.default_rng([seed, 3]).standard_normal((n_samples, taps)), axis=0
+        )
         lagged = np.lib.stride_tricks.sliding_window_view(
-            np.concatenate([np.zeros(taps - 1), x]), taps)[:, ::-1]  # lagged[n, k] = x[n - k]
+            np.concatenate([np.zeros(taps - 1), x]), taps
+        )[:, ::-1]  # lagged[n, k] = x[n - k]
         clean = np.einsum("nk,nk->n", walk, lagged)
     noise_variance = float(np.mean(clean**2)) * 10.0 ** (-snr_db / 10.0)
     d = clean + np.sqrt(noise_variance) * rng.standard_normal(n_samples)
@@ -216,8 +218,10 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path}: not an IDX file (must start with two zero bytes)")
     if raw[2] not in IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX dtype byte 0x{raw[2]:02x}; "
-                         f"known: {', '.join(f'0x{k:02x}' for k in IDX_DTYPES)}")
+        raise ValueError(
+            f"{path}: unknown IDX dtype byte 0x{raw[2]:02x}; "
+            f"known: {', '.join(f'0x{k:02x}' for k in IDX_DTYPES)}"
+        )
     dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -225,8 +229,10 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     count = int(np.prod(shape)) if ndim else 1
     if len(raw) - header != count * dtype.itemsize:
-        raise ValueError(f"{path}: IDX header says shape {shape} ({count * dtype.itemsize} bytes) "
-                         f"but the file holds {len(raw) - header} bytes of data")
+        raise ValueError(
+            f"{path}: IDX header says shape {shape} ({count * dtype.itemsize} bytes) "
+            f"but the file holds {len(raw) - header} bytes of data"
+        )
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="))
 
@@ -242,8 +248,10 @@ _IDX_PARTS = {
 def _find_idx(folder: Path, stem: str) -> Path:
     hits = sorted(p for p in folder.iterdir() if p.name.startswith(stem) and "idx" in p.name)
     if not hits:
-        raise ValueError(f"{folder}: no IDX file named {stem}-idx*-ubyte[.gz]; an MNIST folder holds "
-                         f"{', '.join(s + '-idx?-ubyte' for s in _IDX_PARTS.values())}")
+        raise ValueError(
+            f"{folder}: no IDX file named {stem}-idx*-ubyte[.gz]; an MNIST folder holds "
+            f"{', '.join(s + '-idx?-ubyte' for s in _IDX_PARTS.values())}"
+        )
     return hits[0]
 
 
@@ -261,15 +269,19 @@ def load_mnist(path: str | os.PathLike) -> Split:
         raise ValueError("MNIST and Fashion-MNIST need data_path: a folder of IDX files or an .npz")
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"data_path {str(path)!r} does not exist; give a folder of IDX files or an .npz")
+        raise ValueError(
+            f"data_path {str(path)!r} does not exist; give a folder of IDX files or an .npz"
+        )
     if path.is_dir():
         arrays = {key: load_idx(_find_idx(path, stem)) for key, stem in _IDX_PARTS.items()}
     elif path.suffix == ".npz":
         with np.load(path) as npz:
             missing = [k for k in _IDX_PARTS if k not in npz.files]
             if missing:
-                raise ValueError(f"{path}: missing arrays {missing}; an MNIST .npz holds "
-                                 f"{list(_IDX_PARTS)}, found {npz.files}")
+                raise ValueError(
+                    f"{path}: missing arrays {missing}; an MNIST .npz holds "
+                    f"{list(_IDX_PARTS)}, found {npz.files}"
+                )
             arrays = {k: npz[k] for k in _IDX_PARTS}
     else:
         raise ValueError(f"data_path {str(path)!r}: expected a folder of IDX files or an .npz file")
@@ -295,8 +307,9 @@ def batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[np.ndarr
     ...     [b.tolist() for b in batches(5, 2, seed=0, epoch=0)]
     True
     """
-    _check("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1,
-           "an integer >= 1")
+    _check(
+        "batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an integer >= 1"
+    )
     order = np.random.default_rng([seed, 4, epoch]).permutation(n)
     for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]

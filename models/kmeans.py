@@ -37,7 +37,11 @@ class KMeansSGD(nn.Module):
         chosen = [int(rng.integers(len(x)))]
         d2 = ((x - x[chosen[0]]) ** 2).sum(1)
         for _ in range(k - 1):
-            i = int(rng.choice(len(x), p=d2 / d2.sum())) if d2.sum() > 0 else int(rng.integers(len(x)))
+            i = (
+                int(rng.choice(len(x), p=d2 / d2.sum()))
+                if d2.sum() > 0
+                else int(rng.integers(len(x)))
+            )
             chosen.append(i)
             d2 = np.minimum(d2, ((x - x[i]) ** 2).sum(1))
         return cls(torch.tensor(x[chosen], dtype=torch.float32))

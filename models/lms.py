@@ -71,14 +71,26 @@ N_ROLES = 4
 
 # the cfg array the kernel receives (int64), by index
 (
-    C_P_SHIFT, C_P_MIN, C_P_MAX,        # product: exact w*x -> product grid
-    C_A_SHIFT, C_A_MIN, C_A_MAX,        # product grid -> accumulator grid, accumulator range
-    C_D_SHIFT, C_Y_SHIFT,               # d and y aligned onto F = max(fl_data, fl_acc)
-    C_E_SHIFT, C_E_MIN, C_E_MAX,        # exact error (at F) -> error grid
-    C_MU,                               # step code
-    C_U_SHIFT, C_WA_MIN, C_WA_MAX,      # exact update -> weight-accumulator grid, its range
-    C_W_SHIFT, C_W_MIN, C_W_MAX,        # weight accumulator -> weight grid, weight range
-    C_P_EXACT, C_A_EXACT,               # 1 when the product / cast to the accumulator is exact
+    C_P_SHIFT,
+    C_P_MIN,
+    C_P_MAX,  # product: exact w*x -> product grid
+    C_A_SHIFT,
+    C_A_MIN,
+    C_A_MAX,  # product grid -> accumulator grid, accumulator range
+    C_D_SHIFT,
+    C_Y_SHIFT,  # d and y aligned onto F = max(fl_data, fl_acc)
+    C_E_SHIFT,
+    C_E_MIN,
+    C_E_MAX,  # exact error (at F) -> error grid
+    C_MU,  # step code
+    C_U_SHIFT,
+    C_WA_MIN,
+    C_WA_MAX,  # exact update -> weight-accumulator grid, its range
+    C_W_SHIFT,
+    C_W_MIN,
+    C_W_MAX,  # weight accumulator -> weight grid, weight range
+    C_P_EXACT,
+    C_A_EXACT,  # 1 when the product / cast to the accumulator is exact
     C_LEN,
 ) = range(21)
 
@@ -122,9 +134,14 @@ def resolve_formats(
     """
     data = data if data is not None else FixedPoint(20, 16)
     weight = weight if weight is not None else FixedPoint(32, 28)
-    for name, fmt in (("data", data), ("weight", weight), ("product", product),
-                      ("accumulator", accumulator), ("error", error),
-                      ("weight_accumulator", weight_accumulator)):
+    for name, fmt in (
+        ("data", data),
+        ("weight", weight),
+        ("product", product),
+        ("accumulator", accumulator),
+        ("error", error),
+        ("weight_accumulator", weight_accumulator),
+    ):
         if fmt is not None and (not isinstance(fmt, FixedPoint) or not fmt.signed):
             raise ValueError(f"LMS {name} format must be a signed FixedPoint or None, got {fmt!r}")
     if weight.wl + data.wl > MAX_CODE_BITS:
@@ -134,14 +151,18 @@ def resolve_formats(
         )
     # exact defaults: a product of two signed codes needs wl_w + wl_data bits;
     # the accumulator gets 8 guard bits (256 taps cannot overflow it)
-    product = product if product is not None else FixedPoint(weight.wl + data.wl, weight.fl + data.fl)
+    product = (
+        product if product is not None else FixedPoint(weight.wl + data.wl, weight.fl + data.fl)
+    )
     if accumulator is None:
         accumulator = FixedPoint(min(MAX_CODE_BITS, product.wl + 8), product.fl)
     if error is None:
         wl = min(48 - data.wl, data.wl + 12)
         if wl < 2:
-            raise ValueError(f"data format {data} is too wide for the default error format; "
-                             "give an explicit error format")
+            raise ValueError(
+                f"data format {data} is too wide for the default error format; "
+                "give an explicit error format"
+            )
         error = FixedPoint(wl, wl - (data.int_bits + 2))
     weight_accumulator = weight_accumulator if weight_accumulator is not None else weight
     f = LMSFormats(data, weight, product, accumulator, error, weight_accumulator)
@@ -165,8 +186,10 @@ def _check_bits(f: LMSFormats) -> None:
             )
 
     need("the product w*x", f.weight.wl - 1 + f.data.wl - 1)
-    need("the product aligned to the accumulator",
-         f.product.wl - 1 + max(0, f.accumulator.fl - f.product.fl))
+    need(
+        "the product aligned to the accumulator",
+        f.product.wl - 1 + max(0, f.accumulator.fl - f.product.fl),
+    )
     need("d aligned for the error", f.data.wl - 1 + fine - f.data.fl + 1)
     need("y aligned for the error", f.accumulator.wl - 1 + fine - f.accumulator.fl + 1)
     need("the update mu*e*x", STEP_BITS + f.error.wl - 1 + f.data.wl - 1)
@@ -232,16 +255,24 @@ def config_array(formats: LMSFormats, rule: str, mu: float) -> np.ndarray:
     cfg[C_P_EXACT] = int(cfg[C_P_SHIFT] == 0 and f.product.wl >= f.weight.wl + f.data.wl)
     cfg[C_A_EXACT] = int(cfg[C_A_SHIFT] == 0 and f.accumulator.wl >= f.product.wl)
     # a left shift of the update onto a finer accumulator must stay in int64
-    upd_bits = STEP_BITS + (f.error.wl - 1 if rule in ("lms", "sign_data") else 0) + (
-        f.data.wl - 1 if rule in ("lms", "sign_error") else 0)
+    upd_bits = (
+        STEP_BITS
+        + (f.error.wl - 1 if rule in ("lms", "sign_data") else 0)
+        + (f.data.wl - 1 if rule in ("lms", "sign_error") else 0)
+    )
     if upd_bits + max(0, -int(cfg[C_U_SHIFT])) > MAX_CODE_BITS:
         raise ValueError(
             f"step {mu!r}: the update mu*e*x shifted onto the weight accumulator "
             f"{f.weight_accumulator} can reach 2^{upd_bits - int(cfg[C_U_SHIFT])}, beyond "
             f"2^{MAX_CODE_BITS}; use a larger step or fewer fractional bits"
         )
-    for index, what in ((C_P_SHIFT, "product"), (C_A_SHIFT, "accumulator"), (C_E_SHIFT, "error"),
-                        (C_U_SHIFT, "update"), (C_W_SHIFT, "weight")):
+    for index, what in (
+        (C_P_SHIFT, "product"),
+        (C_A_SHIFT, "accumulator"),
+        (C_E_SHIFT, "error"),
+        (C_U_SHIFT, "update"),
+        (C_W_SHIFT, "weight"),
+    ):
         if cfg[index] > MAX_CODE_BITS:
             raise ValueError(
                 f"LMS formats {_describe(f)} with step {mu!r}: rounding the {what} drops "
@@ -252,8 +283,15 @@ def config_array(formats: LMSFormats, rule: str, mu: float) -> np.ndarray:
 
 
 @functools.cache
-def lms_kernel(rule: int, product_rounding: int, accumulator_rounding: int, error_rounding: int,
-               update_rounding: int, weight_rounding: int, overflow: int):
+def lms_kernel(
+    rule: int,
+    product_rounding: int,
+    accumulator_rounding: int,
+    error_rounding: int,
+    update_rounding: int,
+    weight_rounding: int,
+    overflow: int,
+):
     """The sample loop, specialized on the rule and modes (compile-time constants).
 
     ``run(xp, d, start, w, wacc, cfg, seed, y_out, e_out, counts)``: ``xp`` holds
@@ -264,8 +302,13 @@ def lms_kernel(rule: int, product_rounding: int, accumulator_rounding: int, erro
     ``counts`` accumulates [nonzero exact updates, stalled ones, saturated
     weight-accumulator adds].
     """
-    stochastic = (product_rounding == 4, accumulator_rounding == 4, error_rounding == 4,
-                  update_rounding == 4, weight_rounding == 4)
+    stochastic = (
+        product_rounding == 4,
+        accumulator_rounding == 4,
+        error_rounding == 4,
+        update_rounding == 4,
+        weight_rounding == 4,
+    )
     sp, sa, se, su, sw = stochastic
     uses_e = rule == 0 or rule == 2  # lms, sign_data
     uses_x = rule == 0 or rule == 1  # lms, sign_error
@@ -292,18 +335,24 @@ def lms_kernel(rule: int, product_rounding: int, accumulator_rounding: int, erro
                 p = w[i] * xi
                 if not p_exact:
                     u = counter_uniform(seed, base + i * 4) if sp else 0.0
-                    p = apply_overflow(shift_round_code(p, p_shift, product_rounding, u),
-                                       p_min, p_max, overflow)
+                    p = apply_overflow(
+                        shift_round_code(p, p_shift, product_rounding, u), p_min, p_max, overflow
+                    )
                 if not a_exact:
                     u = counter_uniform(seed, base + i * 4 + 1) if sa else 0.0
-                    p = apply_overflow(shift_round_code(p, a_shift, accumulator_rounding, u),
-                                       a_min, a_max, overflow)
+                    p = apply_overflow(
+                        shift_round_code(p, a_shift, accumulator_rounding, u),
+                        a_min,
+                        a_max,
+                        overflow,
+                    )
                 acc = apply_overflow(acc + p, a_min, a_max, overflow)
             y_out[j] = acc
             exact_e = (d[j] << d_shift) - (acc << y_shift)
             u = counter_uniform(seed, base + taps * 4) if se else 0.0
-            e = apply_overflow(shift_round_code(exact_e, e_shift, error_rounding, u),
-                               e_min, e_max, overflow)
+            e = apply_overflow(
+                shift_round_code(exact_e, e_shift, error_rounding, u), e_min, e_max, overflow
+            )
             e_out[j] = e
             if uses_e:
                 a = mu * e
@@ -332,8 +381,9 @@ def lms_kernel(rule: int, product_rounding: int, accumulator_rounding: int, erro
                     saturated += 1
                 wacc[i] = t
                 u = counter_uniform(seed, base + i * 4 + 3) if sw else 0.0
-                w[i] = apply_overflow(shift_round_code(t, w_shift, weight_rounding, u),
-                                      w_min, w_max, overflow)
+                w[i] = apply_overflow(
+                    shift_round_code(t, w_shift, weight_rounding, u), w_min, w_max, overflow
+                )
         counts[0] += nonzero
         counts[1] += stalls
         counts[2] += saturated
@@ -444,7 +494,11 @@ class FixedLMS:
         self.rule = rule
         self._rule = _rule_index(rule)
         self.formats = resolve_formats(
-            data, weight, product=product, accumulator=accumulator, error=error,
+            data,
+            weight,
+            product=product,
+            accumulator=accumulator,
+            error=error,
             weight_accumulator=weight_accumulator,
         )
         base = Rounding.parse(rounding)
@@ -470,8 +524,13 @@ class FixedLMS:
         self.samples_seen = 0
         r = self.roundings
         self._kernel = lms_kernel(
-            self._rule, int(r["product"]), int(r["accumulator"]), int(r["error"]),
-            int(r["update"]), int(r["weight"]), int(self.overflow),
+            self._rule,
+            int(r["product"]),
+            int(r["accumulator"]),
+            int(r["error"]),
+            int(r["update"]),
+            int(r["weight"]),
+            int(self.overflow),
         )
 
     @property
@@ -490,9 +549,17 @@ class FixedLMS:
         self.accumulator_codes = np.asarray(hwsim.to_codes(values, f.weight_accumulator), np.int64)
         shift = f.weight_accumulator.fl - f.weight.fl
         self.weight_codes = np.array(
-            [apply_overflow(shift_round_code(c, shift, int(Rounding.NEAREST), 0.0),
-                            f.weight.min_code, f.weight.max_code, int(self.overflow))
-             for c in self.accumulator_codes], dtype=np.int64)
+            [
+                apply_overflow(
+                    shift_round_code(c, shift, int(Rounding.NEAREST), 0.0),
+                    f.weight.min_code,
+                    f.weight.max_code,
+                    int(self.overflow),
+                )
+                for c in self.accumulator_codes
+            ],
+            dtype=np.int64,
+        )
 
     def data_codes(self, values, stream: int, offset: int) -> np.ndarray:
         """Codes of samples ``offset, offset+1, ...`` of input (``stream`` 1) or
@@ -534,18 +601,33 @@ class FixedLMS:
         y = np.empty(xc.size, dtype=np.int64)
         e = np.empty(xc.size, dtype=np.int64)
         counts = np.zeros(3, dtype=np.int64)
-        self._kernel(xp, dc, np.int64(self.samples_seen), self.weight_codes,
-                     self.accumulator_codes, cfg, np.uint64(self.seed), y, e, counts)
+        self._kernel(
+            xp,
+            dc,
+            np.int64(self.samples_seen),
+            self.weight_codes,
+            self.accumulator_codes,
+            cfg,
+            np.uint64(self.seed),
+            y,
+            e,
+            counts,
+        )
         if self.taps > 1:
-            self.history = xp[xp.size - (self.taps - 1):].copy()
+            self.history = xp[xp.size - (self.taps - 1) :].copy()
         self.samples_seen += xc.size
         return BlockResult(
-            y=y * f.accumulator.lsb, error=e * f.error.lsb, nonzero_updates=int(counts[0]),
-            stalls=int(counts[1]), saturated=int(counts[2]),
+            y=y * f.accumulator.lsb,
+            error=e * f.error.lsb,
+            nonzero_updates=int(counts[0]),
+            stalls=int(counts[1]),
+            saturated=int(counts[2]),
         )
 
 
-def lms_float(x, d, taps: int, mu: float, rule: str = "lms", w0=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def lms_float(
+    x, d, taps: int, mu: float, rule: str = "lms", w0=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Float64 LMS over the whole signal: returns ``(y, e, w)``.
 
     >>> import numpy as np
@@ -596,8 +678,10 @@ class TorchLMS(FixedLMS):
         K = self.taps
         uses_e = self.rule in ("lms", "sign_data")
         uses_x = self.rule in ("lms", "sign_error")
-        stochastic = any(r[k] == Rounding.STOCHASTIC
-                         for k in ("product", "accumulator", "error", "update", "weight"))
+        stochastic = any(
+            r[k] == Rounding.STOCHASTIC
+            for k in ("product", "accumulator", "error", "update", "weight")
+        )
         xp = torch.as_tensor(np.concatenate([self.history, xc]), device=dev)
         d = dc.tolist()
         w = torch.as_tensor(self.weight_codes, device=dev).clone()
@@ -609,13 +693,21 @@ class TorchLMS(FixedLMS):
         zeros = torch.zeros(K + 1, N_ROLES, dtype=torch.float64, device=dev)
         for j in range(xc.size):
             n = self.samples_seen + j
-            u = (torch_core.counter_uniform(self.seed, (K + 1) * N_ROLES, dev,
-                                            offset=n * (K + 1) * N_ROLES).view(K + 1, N_ROLES)
-                 if stochastic else zeros)
-            xs = xp[j:j + K].flip(0)  # x(n - i), i = 0 .. K-1
-            p = torch_core.shift_round_code(w * xs, cfg[C_P_SHIFT], r["product"], u[:K, ROLE_PRODUCT])
+            u = (
+                torch_core.counter_uniform(
+                    self.seed, (K + 1) * N_ROLES, dev, offset=n * (K + 1) * N_ROLES
+                ).view(K + 1, N_ROLES)
+                if stochastic
+                else zeros
+            )
+            xs = xp[j : j + K].flip(0)  # x(n - i), i = 0 .. K-1
+            p = torch_core.shift_round_code(
+                w * xs, cfg[C_P_SHIFT], r["product"], u[:K, ROLE_PRODUCT]
+            )
             p = torch_core.apply_overflow(p, f.product, ov)
-            p = torch_core.shift_round_code(p, cfg[C_A_SHIFT], r["accumulator"], u[:K, ROLE_ACCUMULATE])
+            p = torch_core.shift_round_code(
+                p, cfg[C_A_SHIFT], r["accumulator"], u[:K, ROLE_ACCUMULATE]
+            )
             p = torch_core.apply_overflow(p, f.accumulator, ov)
             acc = self._accumulate(p, acc_limit)
             y_out[j] = acc
@@ -641,11 +733,14 @@ class TorchLMS(FixedLMS):
         self.weight_codes = w.cpu().numpy().copy()
         self.accumulator_codes = wacc.cpu().numpy().copy()
         if K > 1:
-            self.history = xp[xp.numel() - (K - 1):].cpu().numpy().copy()
+            self.history = xp[xp.numel() - (K - 1) :].cpu().numpy().copy()
         self.samples_seen += xc.size
         return BlockResult(
-            y=y_out * f.accumulator.lsb, error=e_out * f.error.lsb, nonzero_updates=nonzero,
-            stalls=stalls, saturated=saturated,
+            y=y_out * f.accumulator.lsb,
+            error=e_out * f.error.lsb,
+            nonzero_updates=nonzero,
+            stalls=stalls,
+            saturated=saturated,
         )
 
     def _accumulate(self, p: torch.Tensor, limit: int) -> int:
@@ -685,7 +780,7 @@ class FloatLMS:
         y, e = np.empty_like(x), np.empty_like(x)
         lms_float_kernel(xp, d, self.weights, float(mu), self._rule, y, e)
         if self.taps > 1:
-            self.history = xp[xp.size - (self.taps - 1):].copy()
+            self.history = xp[xp.size - (self.taps - 1) :].copy()
         self.samples_seen += x.size
         nonzero = int(np.count_nonzero(e)) * self.taps
         return BlockResult(y=y, error=e, nonzero_updates=nonzero, stalls=0, saturated=0)

@@ -50,11 +50,20 @@ class Classifier(nn.Module):
 class MLP(Classifier):
     """``in -> [Linear -> (BatchNorm) -> ReLU -> (Dropout)] x depth -> Linear``."""
 
-    def __init__(self, in_features: int, n_classes: int, hidden: int = 100, depth: int = 1,
-                 batch_norm: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        n_classes: int,
+        hidden: int = 100,
+        depth: int = 1,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if hidden < 1 or depth < 1:
-            raise ValueError(f"hidden and depth must be >= 1, got hidden={hidden!r}, depth={depth!r}")
+            raise ValueError(
+                f"hidden and depth must be >= 1, got hidden={hidden!r}, depth={depth!r}"
+            )
         _check_dropout(dropout)
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
@@ -79,8 +88,14 @@ class LeNet(Classifier):
     -> fc(hidden * 0.7) -> fc(classes), ReLU, 'same' padding so 8x8 digits
     and 28x28 MNIST both fit."""
 
-    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, hidden: int = 120,
-                 batch_norm: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        n_classes: int,
+        hidden: int = 120,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         _check_dropout(dropout)
         channels, height, width = in_shape
@@ -109,9 +124,18 @@ class LeNet(Classifier):
         return self.body(x)
 
 
-def build_classifier(model: str, in_shape: tuple[int, int, int], n_classes: int, *,
-                     hidden: int = 100, batch_norm: bool = False, dropout: float = 0.0,
-                     precision=None, backend: str = "torch", seed: int = 0) -> nn.Module:
+def build_classifier(
+    model: str,
+    in_shape: tuple[int, int, int],
+    n_classes: int,
+    *,
+    hidden: int = 100,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    precision=None,
+    backend: str = "torch",
+    seed: int = 0,
+) -> nn.Module:
     """One of :data:`MODELS`, initialized from ``seed``; with a
     ``hwsim.nn.Precision`` its Linear/Conv2d layers become quantized layers."""
     if model not in MODELS:
@@ -120,7 +144,9 @@ def build_classifier(model: str, in_shape: tuple[int, int, int], n_classes: int,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if model == "mlp":
-            net: nn.Module = MLP(in_features, n_classes, hidden, batch_norm=batch_norm, dropout=dropout)
+            net: nn.Module = MLP(
+                in_features, n_classes, hidden, batch_norm=batch_norm, dropout=dropout
+            )
         elif model == "cnn":
             net = LeNet(in_shape, n_classes, hidden, batch_norm=batch_norm, dropout=dropout)
         elif model == "softmax":

@@ -45,12 +45,16 @@ def _validate(params) -> None:
         where = f"{type(params).__name__}.{f.name}"
         if typing.get_origin(hint) is Literal:
             if value not in typing.get_args(hint):
-                raise ValueError(f"{where}: {value!r} is not allowed; choose one of {list(typing.get_args(hint))}")
+                raise ValueError(
+                    f"{where}: {value!r} is not allowed; choose one of {list(typing.get_args(hint))}"
+                )
         elif FixedPoint in typing.get_args(hint):
             try:
                 object.__setattr__(params, f.name, parse_format(value))
             except (ValueError, TypeError) as err:
-                raise ValueError(f"{where}: bad format {value!r} ({err}); use e.g. 'fx16.12' or 'float'") from None
+                raise ValueError(
+                    f"{where}: bad format {value!r} ({err}); use e.g. 'fx16.12' or 'float'"
+                ) from None
         elif hint is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"{where}: must be true or false, got {value!r}")
@@ -58,15 +62,21 @@ def _validate(params) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"{where}: must be an integer, got {value!r}")
         elif hint is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
                 raise ValueError(f"{where}: must be a finite number, got {value!r}")
             object.__setattr__(params, f.name, float(value))
 
 
 def _require(params, name: str, ok: bool, allowed: str) -> None:
     if not ok:
-        raise ValueError(f"{type(params).__name__}.{name}: {getattr(params, name)!r} is not allowed; "
-                         f"it must be {allowed}")
+        raise ValueError(
+            f"{type(params).__name__}.{name}: {getattr(params, name)!r} is not allowed; "
+            f"it must be {allowed}"
+        )
 
 
 def _parse_schedule(params):
@@ -128,26 +138,42 @@ class LMSParams:
         _validate(self)
         _require(self, "taps", 1 <= self.taps <= 1024, "an integer in [1, 1024]")
         _require(self, "step", self.step > 0, "a number > 0")
-        _require(self, "n_samples", self.n_samples >= max(self.taps, 10), "an integer >= max(taps, 10)")
+        _require(
+            self, "n_samples", self.n_samples >= max(self.taps, 10), "an integer >= max(taps, 10)"
+        )
         _require(self, "color", 0.0 <= self.color < 1.0, "in [0, 1)")
-        _require(self, "drift", self.drift >= 0 and (self.drift == 0 or self.problem == "system_id"),
-                 "a number >= 0 (0 unless problem is 'system_id')")
+        _require(
+            self,
+            "drift",
+            self.drift >= 0 and (self.drift == 0 or self.problem == "system_id"),
+            "a number >= 0 (0 unless problem is 'system_id')",
+        )
         _require(self, "blocks", 1 <= self.blocks <= self.n_samples, "an integer in [1, n_samples]")
         _parse_schedule(self)
         if not self.is_float:
             try:
-                filt = FixedLMS(self.taps, self.rule, data=self.data, weight=self.weight,
-                                accumulator=self.accumulator, error=self.error,
-                                weight_accumulator=self.weight_accumulator)  # checks the formats
+                filt = FixedLMS(
+                    self.taps,
+                    self.rule,
+                    data=self.data,
+                    weight=self.weight,
+                    accumulator=self.accumulator,
+                    error=self.error,
+                    weight_accumulator=self.weight_accumulator,
+                )  # checks the formats
                 config_array(filt.formats, self.rule, self.step)  # ... and the step with them
             except ValueError as err:
-                raise ValueError(f"LMSParams formats (weight, accumulator, error, data, "
-                                 f"weight_accumulator) and step: {err}") from None
+                raise ValueError(
+                    f"LMSParams formats (weight, accumulator, error, data, "
+                    f"weight_accumulator) and step: {err}"
+                ) from None
 
     @property
     def is_float(self) -> bool:
-        return all(f is None for f in (self.weight, self.accumulator, self.error, self.data,
-                                       self.weight_accumulator))
+        return all(
+            f is None
+            for f in (self.weight, self.accumulator, self.error, self.data, self.weight_accumulator)
+        )
 
 
 def _typical_update_lsb(p: LMSParams, filt, mu: float, e: np.ndarray, x: np.ndarray) -> float:
@@ -177,17 +203,27 @@ def lms(p: LMSParams) -> TrialResult:
     """
     started = time.perf_counter()
     if p.problem == "system_id":
-        data = datasets.system_identification(p.n_samples, p.taps, color=p.color, snr_db=p.snr_db,
-                                              seed=p.seed, drift=p.drift)
+        data = datasets.system_identification(
+            p.n_samples, p.taps, color=p.color, snr_db=p.snr_db, seed=p.seed, drift=p.drift
+        )
     else:
-        data = datasets.channel_equalization(p.n_samples, p.taps, color=p.color, snr_db=p.snr_db,
-                                             seed=p.seed)
+        data = datasets.channel_equalization(
+            p.n_samples, p.taps, color=p.color, snr_db=p.snr_db, seed=p.seed
+        )
     if p.is_float:
         filt = FloatLMS(p.taps, p.rule)
     else:
-        filt = FixedLMS(p.taps, p.rule, data=p.data, weight=p.weight, accumulator=p.accumulator,
-                        error=p.error, weight_accumulator=p.weight_accumulator,
-                        rounding=p.rounding, seed=p.seed)
+        filt = FixedLMS(
+            p.taps,
+            p.rule,
+            data=p.data,
+            weight=p.weight,
+            accumulator=p.accumulator,
+            error=p.error,
+            weight_accumulator=p.weight_accumulator,
+            rounding=p.rounding,
+            seed=p.seed,
+        )
         # the data quantized once (one kernel call; the noise is per sample
         # index, so this equals quantizing block by block)
         x_codes = filt.data_codes(data.x, 1, 0)
@@ -219,21 +255,35 @@ def lms(p: LMSParams) -> TrialResult:
                 steady_stalls += r.stalls
             err = data.d[start:stop] - r.y
             mse = float(np.mean(err * err))
-            history.append({"step": stop, "mse_db": _db(mse), "stall_fraction": r.stall_fraction,
-                            "step_size": mu})
+            history.append(
+                {
+                    "step": stop,
+                    "mse_db": _db(mse),
+                    "stall_fraction": r.stall_fraction,
+                    "step_size": mu,
+                }
+            )
             if not math.isfinite(mse):
                 diverged = True
                 break
             if policy is not None:
-                mu = policy.next_lr(mu, stop, metric=mse, typical_update_lsb=_typical_update_lsb(
-                    p, filt, mu, r.error, data.x[start:stop]))
+                mu = policy.next_lr(
+                    mu,
+                    stop,
+                    metric=mse,
+                    typical_update_lsb=_typical_update_lsb(
+                        p, filt, mu, r.error, data.x[start:stop]
+                    ),
+                )
     err = data.d[steady_from:] - y[steady_from:]
     # excess MSE measured directly as the power of (filter output - Wiener
     # output): the a-priori excess error, orthogonal to the Wiener error, so
     # no noisy "MSE - MMSE" subtraction (that cannot resolve excess below ~5%
     # of the MMSE over a few thousand samples)
     # (a drifting system: its own noise-free output, the best any tracker can do)
-    wiener_out = data.clean if data.clean is not None else np.convolve(data.x, data.wiener)[: p.n_samples]
+    wiener_out = (
+        data.clean if data.clean is not None else np.convolve(data.x, data.wiener)[: p.n_samples]
+    )
     eps = y[steady_from:] - wiener_out[steady_from:]
     with np.errstate(over="ignore", invalid="ignore"):
         mse = float(np.mean(err * err)) if not diverged else math.inf
@@ -254,9 +304,13 @@ def lms(p: LMSParams) -> TrialResult:
         "final_step": mu,
         "saturated_updates": float(saturated),
     }
-    info = {"seconds": time.perf_counter() - started, "tap_updates": p.taps * p.n_samples,
-            "formats": None if p.is_float else {k: str(v) for k, v in
-                                                 dataclasses.asdict(filt.formats).items()}}
+    info = {
+        "seconds": time.perf_counter() - started,
+        "tap_updates": p.taps * p.n_samples,
+        "formats": None
+        if p.is_float
+        else {k: str(v) for k, v in dataclasses.asdict(filt.formats).items()},
+    }
     if diverged:
         info["error"] = "the float filter's MSE went non-finite (step too large)"
     return TrialResult(metrics=metrics, history=history, diverged=diverged, info=info)
@@ -309,19 +363,35 @@ class ClassifyParams:
         _require(self, "hidden", self.hidden >= 1, "an integer >= 1")
         _require(self, "lr", self.lr > 0, "a number > 0")
         _require(self, "momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)")
-        _require(self, "momentum", self.momentum == 0.0 or self.optimizer in ("sgd", "rmsprop"),
-                 "0 unless optimizer is 'sgd' or 'rmsprop'")
+        _require(
+            self,
+            "momentum",
+            self.momentum == 0.0 or self.optimizer in ("sgd", "rmsprop"),
+            "0 unless optimizer is 'sgd' or 'rmsprop'",
+        )
         _require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
         _require(self, "epochs", self.epochs >= 1, "an integer >= 1")
         _require(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
         _require(self, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
-        _require(self, "grad_rounding", self.grad_rounding in (None, *typing.get_args(RoundingName)),
-                 f"None (follow rounding) or one of {list(typing.get_args(RoundingName))}")
-        _require(self, "data_path", self.dataset == "digits" or self.data_path is not None,
-                 "a folder of IDX files or an .npz for mnist / fashion_mnist")
-        _require(self, "layer_accumulator",
-                 self.layer_accumulator is None or (self.weight is not None and self.activation is not None),
-                 "None unless weight and activation are fixed point too (a MAC array multiplies codes)")
+        _require(
+            self,
+            "grad_rounding",
+            self.grad_rounding in (None, *typing.get_args(RoundingName)),
+            f"None (follow rounding) or one of {list(typing.get_args(RoundingName))}",
+        )
+        _require(
+            self,
+            "data_path",
+            self.dataset == "digits" or self.data_path is not None,
+            "a folder of IDX files or an .npz for mnist / fashion_mnist",
+        )
+        _require(
+            self,
+            "layer_accumulator",
+            self.layer_accumulator is None
+            or (self.weight is not None and self.activation is not None),
+            "None unless weight and activation are fixed point too (a MAC array multiplies codes)",
+        )
         _parse_schedule(self)
 
 
@@ -335,9 +405,18 @@ def make_optimizer(p, parameters):
     """The hwsim optimizer ``p.optimizer`` with ``p``'s formats and rounding."""
     from hwsim.optim import OPTIMIZERS
 
-    kwargs = dict(lr=p.lr, weight=p.weight, accumulator=p.accumulator, grad=p.grad,
-                  state=getattr(p, "state", None), rounding=p.rounding, seed=p.seed)
-    if getattr(p, "grad_rounding", None) is not None:  # e.g. stochastic gradients, nearest accumulator
+    kwargs = dict(
+        lr=p.lr,
+        weight=p.weight,
+        accumulator=p.accumulator,
+        grad=p.grad,
+        state=getattr(p, "state", None),
+        rounding=p.rounding,
+        seed=p.seed,
+    )
+    if (
+        getattr(p, "grad_rounding", None) is not None
+    ):  # e.g. stochastic gradients, nearest accumulator
         kwargs["grad_rounding"] = p.grad_rounding
     if getattr(p, "weight_decay", 0.0):
         kwargs["weight_decay"] = p.weight_decay
@@ -415,12 +494,24 @@ def _classify(p: ClassifyParams) -> TrialResult:
 
         # the layer sees the optimizer's weight grid; its MAC array needs both
         # operands on a grid (checked in ClassifyParams)
-        precision = hwsim.nn.Precision(weight=p.weight, activation=p.activation,
-                                       accumulator=p.layer_accumulator, rounding=p.rounding,
-                                       seed=p.seed)
-    model = build_classifier(p.model, tuple(split.x_train.shape[1:]), split.n_classes,
-                             hidden=p.hidden, batch_norm=p.batch_norm, dropout=p.dropout,
-                             precision=precision, backend=p.backend, seed=p.seed)
+        precision = hwsim.nn.Precision(
+            weight=p.weight,
+            activation=p.activation,
+            accumulator=p.layer_accumulator,
+            rounding=p.rounding,
+            seed=p.seed,
+        )
+    model = build_classifier(
+        p.model,
+        tuple(split.x_train.shape[1:]),
+        split.n_classes,
+        hidden=p.hidden,
+        batch_norm=p.batch_norm,
+        dropout=p.dropout,
+        precision=precision,
+        backend=p.backend,
+        seed=p.seed,
+    )
     optimizer = make_optimizer(p, model.parameters())
     policy = _parse_schedule(p)
     first_loss = None
@@ -446,14 +537,19 @@ def _classify(p: ClassifyParams) -> TrialResult:
                 if first_loss is None:
                     first_loss = loss.item()
                 if not torch.isfinite(loss) or loss.item() > BLOW_UP * max(first_loss, 1.0):
-                    raise Diverged(f"training loss became {loss.item():.4g} at step {step} "
-                                         f"(first mini-batch: {first_loss:.4g})")
+                    raise Diverged(
+                        f"training loss became {loss.item():.4g} at step {step} "
+                        f"(first mini-batch: {first_loss:.4g})"
+                    )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 step += 1
                 losses.append(loss.item())
-                for key, bucket in (("stall_fraction", stalls), ("saturation_fraction", saturations)):
+                for key, bucket in (
+                    ("stall_fraction", stalls),
+                    ("saturation_fraction", saturations),
+                ):
                     v = _telemetry(optimizer, key)
                     if v is not None:
                         bucket.append(v)
@@ -465,21 +561,33 @@ def _classify(p: ClassifyParams) -> TrialResult:
         train_loss = float(np.mean(losses))
         accuracy = evaluate()
         best = max(best, accuracy)
-        row = {"step": epoch + 1, "train_loss": train_loss, "test_accuracy": accuracy,
-               "stall_fraction": float(np.mean(stalls)) if stalls else 0.0,
-               "lr": optimizer.param_groups[0]["lr"]}
+        row = {
+            "step": epoch + 1,
+            "train_loss": train_loss,
+            "test_accuracy": accuracy,
+            "stall_fraction": float(np.mean(stalls)) if stalls else 0.0,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
         history.append(row)
-        metrics = {"test_accuracy": accuracy, "train_loss": train_loss,
-                   "stall_fraction": row["stall_fraction"],
-                   "saturation_fraction": float(np.mean(saturations)) if saturations else 0.0,
-                   "best_test_accuracy": best}
+        metrics = {
+            "test_accuracy": accuracy,
+            "train_loss": train_loss,
+            "stall_fraction": row["stall_fraction"],
+            "saturation_fraction": float(np.mean(saturations)) if saturations else 0.0,
+            "best_test_accuracy": best,
+        }
         if policy is not None and policy.plateau is not None and policy.due(epoch + 1, train_loss):
             _shift_groups(optimizer, policy)
     if diverged:
         metrics = dict(metrics, train_loss=math.nan)
         metrics.setdefault("test_accuracy", evaluate() if history else math.nan)
-    info = {"seconds": time.perf_counter() - started, "steps": step, "error": error,
-            "n_train": len(y_train), "n_test": len(y_test)}
+    info = {
+        "seconds": time.perf_counter() - started,
+        "steps": step,
+        "error": error,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+    }
     return TrialResult(metrics=metrics, history=history, diverged=diverged, info=info)
 
 
@@ -531,8 +639,9 @@ def _kmeans(p: KMeansParams) -> TrialResult:
     else:
         from sklearn.datasets import make_blobs
 
-        x, labels = make_blobs(2000, n_features=8, centers=p.k, cluster_std=1.0,
-                               random_state=p.seed % (2**32))
+        x, labels = make_blobs(
+            2000, n_features=8, centers=p.k, cluster_std=1.0, random_state=p.seed % (2**32)
+        )
         x = (x / np.abs(x).max()).astype(np.float32)
     model = KMeansSGD.kmeans_plus_plus(x, p.k, p.seed)
     optimizer = make_optimizer(p, model.parameters())
@@ -555,12 +664,20 @@ def _kmeans(p: KMeansParams) -> TrialResult:
             if v is not None:
                 stalls.append(v)
         value = inertia()
-        history.append({"step": epoch + 1, "inertia": value,
-                        "stall_fraction": float(np.mean(stalls)) if stalls else 0.0})
+        history.append(
+            {
+                "step": epoch + 1,
+                "inertia": value,
+                "stall_fraction": float(np.mean(stalls)) if stalls else 0.0,
+            }
+        )
         if not math.isfinite(value):
             return TrialResult(metrics={"inertia": value}, history=history, diverged=True)
-    metrics = {"inertia": inertia(), "purity": float(purity(model.assign(xt).numpy(), labels)),
-               "stall_fraction": history[-1]["stall_fraction"]}
+    metrics = {
+        "inertia": inertia(),
+        "purity": float(purity(model.assign(xt).numpy(), labels)),
+        "stall_fraction": history[-1]["stall_fraction"],
+    }
     return TrialResult(metrics=metrics, history=history)
 
 
@@ -597,11 +714,26 @@ def two_layer(p: TwoLayerParams) -> TrialResult:
     from models.two_layer import teacher_data, train_fixed
 
     x, t = teacher_data(p.n_samples, p.seed)
-    r = train_fixed(x, t, lr=p.lr, steps=p.steps, batch_size=p.batch_size, weight=p.weight,
-                    accumulator=p.accumulator, activation=p.activation, grad=p.grad,
-                    rounding=p.rounding, seed=p.seed, log_every=max(1, p.steps // 50))
+    r = train_fixed(
+        x,
+        t,
+        lr=p.lr,
+        steps=p.steps,
+        batch_size=p.batch_size,
+        weight=p.weight,
+        accumulator=p.accumulator,
+        activation=p.activation,
+        grad=p.grad,
+        rounding=p.rounding,
+        seed=p.seed,
+        log_every=max(1, p.steps // 50),
+    )
     loss = r.history[-1]["loss"] if r.history else math.nan
-    metrics = {"loss": loss, "loss_db": _db(loss) if math.isfinite(loss) else math.nan,
-               "stall_fraction": r.stall_fraction}
-    return TrialResult(metrics=metrics, history=r.history, diverged=r.diverged,
-                       info={"params": r.params})
+    metrics = {
+        "loss": loss,
+        "loss_db": _db(loss) if math.isfinite(loss) else math.nan,
+        "stall_fraction": r.stall_fraction,
+    }
+    return TrialResult(
+        metrics=metrics, history=r.history, diverged=r.diverged, info={"params": r.params}
+    )

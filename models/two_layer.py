@@ -51,7 +51,9 @@ def _quantize_small(x, out, scale, wrap_modulus, min_code, max_code, rounding, o
             out[i] = v
             continue
         u = counter_uniform(seed, i) if rounding == STOCHASTIC else 0.0
-        out[i] = value_to_code(v, scale, wrap_modulus, min_code, max_code, rounding, overflow, u) / scale
+        out[i] = (
+            value_to_code(v, scale, wrap_modulus, min_code, max_code, rounding, overflow, u) / scale
+        )
     return bad
 
 
@@ -60,9 +62,17 @@ def quantize_small(a: np.ndarray, fmt: FixedPoint, rounding: Rounding, seed: int
     pass through, so the caller sees the loss go non-finite and stops."""
     a = np.ascontiguousarray(a, dtype=np.float64)
     out = np.empty_like(a)
-    _quantize_small(a.reshape(-1), out.reshape(-1), 2.0**fmt.fl, 2.0 ** (fmt.wl - fmt.fl),
-                    fmt.min_code, fmt.max_code, int(rounding), int(Overflow.SATURATE),
-                    np.uint64(seed & ((1 << 64) - 1)))
+    _quantize_small(
+        a.reshape(-1),
+        out.reshape(-1),
+        2.0**fmt.fl,
+        2.0 ** (fmt.wl - fmt.fl),
+        fmt.min_code,
+        fmt.max_code,
+        int(rounding),
+        int(Overflow.SATURATE),
+        np.uint64(seed & ((1 << 64) - 1)),
+    )
     return out
 
 
@@ -74,7 +84,9 @@ def _identity(a: np.ndarray, kind: str) -> np.ndarray:
     return a
 
 
-def forward(params: dict[str, float], x: np.ndarray, q: Quantizer = _identity) -> dict[str, np.ndarray]:
+def forward(
+    params: dict[str, float], x: np.ndarray, q: Quantizer = _identity
+) -> dict[str, np.ndarray]:
     """The forward pass; ``q(array, "activation")`` rounds each intermediate."""
     u = q(params["w1"] * x + params["b1"], "activation")
     z = q(sigmoid(u), "activation")
@@ -83,8 +95,9 @@ def forward(params: dict[str, float], x: np.ndarray, q: Quantizer = _identity) -
     return {"x": x, "u": u, "z": z, "v": v, "y": y}
 
 
-def hand_gradients(params: dict[str, float], x: np.ndarray, t: np.ndarray,
-                   q: Quantizer = _identity) -> tuple[dict[str, float], float]:
+def hand_gradients(
+    params: dict[str, float], x: np.ndarray, t: np.ndarray, q: Quantizer = _identity
+) -> tuple[dict[str, float], float]:
     """Mean-over-batch gradients of ``(y - t)^2 / 2`` by the hand-derived rules,
     and the mean loss. ``q(array, "grad")`` rounds each backward quantity.
 
@@ -127,7 +140,9 @@ class TwoLayerNet(torch.nn.Module):
 TEACHER = {"w1": 2.0, "b1": -0.5, "w2": 4.0, "b2": -2.0}
 
 
-def teacher_data(n: int, seed: int, teacher: dict[str, float] = TEACHER) -> tuple[np.ndarray, np.ndarray]:
+def teacher_data(
+    n: int, seed: int, teacher: dict[str, float] = TEACHER
+) -> tuple[np.ndarray, np.ndarray]:
     """Inputs uniform in [-2, 2] and the teacher network's outputs as targets."""
     x = np.random.default_rng([seed, 5]).uniform(-2.0, 2.0, n)
     return x, forward(teacher, x)["y"]
@@ -214,8 +229,9 @@ def train_fixed(
             step += 1
             if step % log_every == 0 or step == 1 or step == steps:
                 full_loss = float(np.mean(0.5 * (forward(as_dict(w), x)["y"] - t) ** 2))
-                history.append({"step": step, "loss": full_loss,
-                                "stall_fraction": stalls / max(nonzero, 1)})
+                history.append(
+                    {"step": step, "loss": full_loss, "stall_fraction": stalls / max(nonzero, 1)}
+                )
             if step >= steps:
                 break
         epoch += 1

@@ -8,7 +8,10 @@ settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150
 )
 settings.register_profile(
-    "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100,
+    "ci",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    max_examples=100,
     derandomize=True,
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")

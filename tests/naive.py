@@ -45,8 +45,9 @@ def overflow_code(code: int, wl: int, signed: bool, overflow: str) -> int:
     return (code - lo) % (1 << wl) + lo
 
 
-def ref_code(x: float, wl: int, fl: int, signed: bool, rounding: str, overflow: str,
-             u: float = 0.0) -> int:
+def ref_code(
+    x: float, wl: int, fl: int, signed: bool, rounding: str, overflow: str, u: float = 0.0
+) -> int:
     """The code of float ``x`` in FixedPoint(wl, fl, signed)."""
     s = Fraction(x) * Fraction(2) ** fl
     return overflow_code(round_fraction(s, rounding, u), wl, signed, overflow)

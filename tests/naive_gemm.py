@@ -20,8 +20,7 @@ def cast(value: Fraction, fmt, rounding: str, overflow: str, u: float) -> Fracti
     return Fraction(code) / Fraction(2) ** fmt.fl
 
 
-def mac_gemm(a, b, accumulator, product=None, rounding="nearest", overflow="saturate",
-             seed=0):
+def mac_gemm(a, b, accumulator, product=None, rounding="nearest", overflow="saturate", seed=0):
     """``a`` (Bt, M, K), ``b`` (Bt, K, N) nested lists or arrays of floats on some
     grid; returns a (Bt, M, N) nested list of accumulator codes. Stochastic
     uniforms: counter_uniform(seed, (2 k + stage) E + e) as documented."""
@@ -39,9 +38,17 @@ def mac_gemm(a, b, accumulator, product=None, rounding="nearest", overflow="satu
                 for kk in range(k):
                     t = Fraction(float(a[bi][i][kk])) * Fraction(float(b[bi][kk][j]))
                     if product is not None:
-                        u = counter_uniform(seed, 2 * kk * total + e) if rounding == "stochastic" else 0.0
+                        u = (
+                            counter_uniform(seed, 2 * kk * total + e)
+                            if rounding == "stochastic"
+                            else 0.0
+                        )
                         t = cast(t, product, rounding, overflow, u)
-                    u = counter_uniform(seed, (2 * kk + 1) * total + e) if rounding == "stochastic" else 0.0
+                    u = (
+                        counter_uniform(seed, (2 * kk + 1) * total + e)
+                        if rounding == "stochastic"
+                        else 0.0
+                    )
                     t = cast(t, accumulator, rounding, overflow, u)
                     # the sum is on the accumulator grid already: only overflow applies
                     acc = cast(acc + t, accumulator, "floor", overflow, 0.0)

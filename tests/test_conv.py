@@ -32,8 +32,12 @@ def reference_conv(x, w, stride, padding, acc, product, rounding, overflow, seed
     a = [w.reshape(o, -1).tolist()] * n
     b = []
     for i in range(n):
-        cols = [[xp[i, ci, y * sh + di, z * sw + dj] for y in range(ho) for z in range(wo)]
-                for ci in range(c) for di in range(kh) for dj in range(kw)]
+        cols = [
+            [xp[i, ci, y * sh + di, z * sw + dj] for y in range(ho) for z in range(wo)]
+            for ci in range(c)
+            for di in range(kh)
+            for dj in range(kw)
+        ]
         b.append(cols)
     codes = np.array(mac_gemm(a, b, acc, product, rounding, overflow, seed), dtype=np.int64)
     out[:] = codes.reshape(n, o, ho, wo)
@@ -41,21 +45,38 @@ def reference_conv(x, w, stride, padding, acc, product, rounding, overflow, seed
 
 
 @settings(max_examples=15)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 2), st.integers(1, 3), st.integers(1, 3),
-       st.integers(1, 3), st.integers(0, 2), st.integers(1, 2),
-       st.sampled_from(["nearest", "floor", "stochastic", "nearest_away", "zero"]),
-       st.sampled_from(["saturate", "wrap"]), st.booleans())
-def test_conv_matches_direct_reference(seed, n, c, o, k, pad, stride, rounding, overflow,
-                                       with_product):
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 2),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(0, 2),
+    st.integers(1, 2),
+    st.sampled_from(["nearest", "floor", "stochastic", "nearest_away", "zero"]),
+    st.sampled_from(["saturate", "wrap"]),
+    st.booleans(),
+)
+def test_conv_matches_direct_reference(
+    seed, n, c, o, k, pad, stride, rounding, overflow, with_product
+):
     rng = np.random.default_rng(seed)
     x = on_grid(rng, (n, c, 5, 4), 7, 4)
     w = on_grid(rng, (o, c, k, k), 6, 5)
     acc = FixedPoint(10, 6)
     product = FixedPoint(9, 7) if with_product else None
-    want = reference_conv(x, w, (stride, stride), (pad, pad), acc, product, rounding, overflow,
-                          seed)
-    kw = dict(stride=stride, padding=pad, accumulator=acc, product=product, rounding=rounding,
-              overflow=overflow, seed=seed)
+    want = reference_conv(
+        x, w, (stride, stride), (pad, pad), acc, product, rounding, overflow, seed
+    )
+    kw = dict(
+        stride=stride,
+        padding=pad,
+        accumulator=acc,
+        product=product,
+        rounding=rounding,
+        overflow=overflow,
+        seed=seed,
+    )
     got = hwsim.conv2d(x, w, **kw)
     assert np.array_equal((got * 2**acc.fl).astype(np.int64), want)
     got_t = hwsim.conv2d(torch.from_numpy(x), torch.from_numpy(w), **kw)
@@ -76,16 +97,16 @@ def test_conv_formats_quantize_first_and_errors():
     rng = np.random.default_rng(2)
     x, w = rng.normal(size=(1, 2, 5, 5)), rng.normal(size=(3, 2, 3, 3))
     got = hwsim.conv2d(x, w, accumulator="fx20.8", x_format="fx8.4", w_format="fx8.5")
-    want = hwsim.conv2d(hwsim.quantize(x, "fx8.4"), hwsim.quantize(w, "fx8.5"),
-                        accumulator="fx20.8")
+    want = hwsim.conv2d(
+        hwsim.quantize(x, "fx8.4"), hwsim.quantize(w, "fx8.5"), accumulator="fx20.8"
+    )
     assert np.array_equal(got, want)
     with pytest.raises(ValueError, match="channels"):
         hwsim.conv2d(x, np.ones((3, 4, 3, 3)), accumulator="fx20.8", x_format="fx8.4")
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         hwsim.conv2d(np.ones((2, 5, 5)), np.ones((3, 2, 3, 3)), accumulator="fx20.8")
     with pytest.raises(ValueError, match="stride"):
-        hwsim.conv2d(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), stride=0,
-                     accumulator="fx20.8")
+        hwsim.conv2d(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), stride=0, accumulator="fx20.8")
     with pytest.raises(ValueError, match="smaller than the kernel"):
         hwsim.conv2d(np.ones((1, 2, 2, 2)), np.ones((3, 2, 3, 3)), accumulator="fx20.8")
 
@@ -102,13 +123,26 @@ def test_conv_torch_path_on_cuda_equals_numba():
 
 @pytest.mark.slow
 @settings(max_examples=150)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 3), st.integers(1, 3),
-       st.sampled_from(["nearest", "floor", "stochastic"]), st.sampled_from(["saturate", "wrap"]))
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.sampled_from(["nearest", "floor", "stochastic"]),
+    st.sampled_from(["saturate", "wrap"]),
+)
 def test_conv_matches_direct_reference_many(seed, k, stride, rounding, overflow):
     rng = np.random.default_rng(seed)
     x, w = on_grid(rng, (2, 2, 6, 5), 7, 4), on_grid(rng, (3, 2, k, k), 6, 5)
     acc = FixedPoint(9, 5)
     want = reference_conv(x, w, (stride, stride), (1, 1), acc, None, rounding, overflow, seed)
-    got = hwsim.conv2d(x, w, stride=stride, padding=1, accumulator=acc, rounding=rounding,
-                       overflow=overflow, seed=seed)
+    got = hwsim.conv2d(
+        x,
+        w,
+        stride=stride,
+        padding=1,
+        accumulator=acc,
+        rounding=rounding,
+        overflow=overflow,
+        seed=seed,
+    )
     assert np.array_equal((got * 2**acc.fl).astype(np.int64), want)

@@ -16,7 +16,9 @@ from hwsim.nn.precision import TENSOR_FIELDS
 TABLE = tomllib.loads(cost.DEFAULT_TABLE_PATH.read_text())
 
 
-@pytest.mark.parametrize("row", TABLE["op"], ids=lambda r: f"{r['number']}{r['bits']}{r['operation']}")
+@pytest.mark.parametrize(
+    "row", TABLE["op"], ids=lambda r: f"{r['number']}{r['bits']}{r['operation']}"
+)
 def test_table_points_reproduced_exactly(row):
     assert cost.energy(row["operation"], row["bits"], row["number"]) == row["energy_pj"]
     assert cost.area(row["operation"], row["bits"], row["number"]) == row["area_um2"]
@@ -31,7 +33,9 @@ def test_horowitz_values_from_the_paper():
     assert cost.memory_energy_per_bit("dram") == 1300 / 64
 
 
-@pytest.mark.parametrize("operation,number", [("add", "int"), ("mult", "int"), ("add", "fp"), ("mult", "fp")])
+@pytest.mark.parametrize(
+    "operation,number", [("add", "int"), ("mult", "int"), ("add", "fp"), ("mult", "fp")]
+)
 def test_monotone_in_bits(operation, number):
     bits = [b / 4 for b in range(4, 4 * 64 + 1)]  # 1 to 64 bits, fractional too
     for metric in (cost.energy, cost.area):
@@ -107,7 +111,10 @@ def test_user_table_replaces_the_default(tmp_path):
     "text,match",
     [
         ('[[op]]\noperation="add"\nnumber="int"\nbits=8\nenergy_pj=1.0\n', "needs operation"),
-        ('[[op]]\noperation="sub"\nnumber="int"\nbits=8\nenergy_pj=1.0\narea_um2=1\n', "operation must be"),
+        (
+            '[[op]]\noperation="sub"\nnumber="int"\nbits=8\nenergy_pj=1.0\narea_um2=1\n',
+            "operation must be",
+        ),
         (
             '[[op]]\noperation="add"\nnumber="int"\nbits=8\nenergy_pj=2.0\narea_um2=1\n'
             '[[op]]\noperation="add"\nnumber="int"\nbits=16\nenergy_pj=1.0\narea_um2=2\n',
@@ -138,11 +145,26 @@ def _mlp():
 
 def test_training_step_energy_counts_every_gemm_and_update():
     fx8, acc = hwsim.FixedPoint(8, 6), hwsim.FixedPoint(24, 12)
-    p = _Precision(weight=fx8, activation=fx8, grad_activation=fx8, accumulator=acc,
-                   grad_activation_accumulator=acc, grad_weight_accumulator=acc)
-    e = cost.training_step_energy(_mlp(), p, input_shape=(64,), batch_size=32, optimizer="sgd",
-                                  momentum=0.9, weight_accumulator=hwsim.FixedPoint(16, 14),
-                                  grad=fx8, state=fx8, memory="sram_8kb")
+    p = _Precision(
+        weight=fx8,
+        activation=fx8,
+        grad_activation=fx8,
+        accumulator=acc,
+        grad_activation_accumulator=acc,
+        grad_weight_accumulator=acc,
+    )
+    e = cost.training_step_energy(
+        _mlp(),
+        p,
+        input_shape=(64,),
+        batch_size=32,
+        optimizer="sgd",
+        momentum=0.9,
+        weight_accumulator=hwsim.FixedPoint(16, 14),
+        grad=fx8,
+        state=fx8,
+        memory="sram_8kb",
+    )
     macs1, macs2 = 64 * 100 * 32, 100 * 10 * 32
     mac = cost.energy("mult", 8) + cost.energy("add", 24)
     assert e.macs == macs1 + macs2 and e.parameters == 64 * 100 + 100 + 100 * 10 + 10
@@ -154,21 +176,35 @@ def test_training_step_energy_counts_every_gemm_and_update():
     traffic_bits = 8 + 2 * 16 + 8 + 2 * 8  # grad, accumulator r/w, weight, momentum r/w
     assert e.optimizer_traffic == pytest.approx(e.parameters * traffic_bits * 10 / 64)
     parts = e.as_dict()
-    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k not in ("total", "macs", "parameters")))
+    assert parts["total"] == pytest.approx(
+        sum(v for k, v in parts.items() if k not in ("total", "macs", "parameters"))
+    )
 
 
 def test_training_step_energy_conv_and_float_defaults():
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10)
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 10),
     )
     e_float = cost.training_step_energy(model, None, input_shape=(1, 8, 8), batch_size=2)
     assert e_float.macs == 2 * (4 * 8 * 8 * 9 + 256 * 10)
     fx = hwsim.FixedPoint(8, 4)
     e_fixed = cost.training_step_energy(
-        model, _Precision(weight=fx, activation=fx, grad_activation=fx, accumulator=hwsim.FixedPoint(20, 8),
-                          grad_activation_accumulator=hwsim.FixedPoint(20, 8),
-                          grad_weight_accumulator=hwsim.FixedPoint(20, 8)),
-        input_shape=(1, 8, 8), batch_size=2, grad=fx, weight_accumulator=hwsim.FixedPoint(16, 12),
+        model,
+        _Precision(
+            weight=fx,
+            activation=fx,
+            grad_activation=fx,
+            accumulator=hwsim.FixedPoint(20, 8),
+            grad_activation_accumulator=hwsim.FixedPoint(20, 8),
+            grad_weight_accumulator=hwsim.FixedPoint(20, 8),
+        ),
+        input_shape=(1, 8, 8),
+        batch_size=2,
+        grad=fx,
+        weight_accumulator=hwsim.FixedPoint(16, 12),
     )
     compute = ("forward_mac", "grad_activation_mac", "grad_weight_mac", "accumulator_update")
     for part in compute:  # an 8-bit int MAC is far cheaper than an fp32 one
@@ -176,9 +212,14 @@ def test_training_step_energy_conv_and_float_defaults():
     assert e_fixed.optimizer_traffic < e_float.optimizer_traffic and e_fixed.total < e_float.total
     # more bits never cost less
     wider = cost.training_step_energy(
-        model, _Precision(weight=hwsim.FixedPoint(12, 8), activation=fx), input_shape=(1, 8, 8), batch_size=2
+        model,
+        _Precision(weight=hwsim.FixedPoint(12, 8), activation=fx),
+        input_shape=(1, 8, 8),
+        batch_size=2,
     )
-    narrower = cost.training_step_energy(model, _Precision(weight=fx, activation=fx), input_shape=(1, 8, 8), batch_size=2)
+    narrower = cost.training_step_energy(
+        model, _Precision(weight=fx, activation=fx), input_shape=(1, 8, 8), batch_size=2
+    )
     assert wider.forward_mac > narrower.forward_mac
 
 

@@ -6,9 +6,7 @@ from hypothesis import strategies as st
 
 from hwsim import FixedPoint, Overflow, Rounding, parse_format
 
-formats = st.builds(
-    FixedPoint, st.integers(1, 62), st.integers(-256, 256), st.booleans()
-)
+formats = st.builds(FixedPoint, st.integers(1, 62), st.integers(-256, 256), st.booleans())
 
 
 def test_properties_signed():
@@ -88,19 +86,25 @@ def test_representable_in():
     assert not FixedPoint(16, 12).representable_in("float16")
     assert FixedPoint(8, 4).representable_in("bfloat16")
     assert FixedPoint(53, 30).representable_in("float64")
-    assert not FixedPoint(8, 1100 // 10).representable_in("float16")  # LSB below float16's subnormals
+    assert not FixedPoint(8, 1100 // 10).representable_in(
+        "float16"
+    )  # LSB below float16's subnormals
     with pytest.raises(ValueError, match="unknown float dtype"):
         FixedPoint(8, 4).representable_in("int8")
 
 
-@pytest.mark.parametrize("name", ["nearest", "NEAREST", "nearest_away", "floor", "zero", "stochastic"])
+@pytest.mark.parametrize(
+    "name", ["nearest", "NEAREST", "nearest_away", "floor", "zero", "stochastic"]
+)
 def test_rounding_parse(name):
     assert str(Rounding.parse(name)) == name.lower()
     assert Rounding.parse(Rounding.parse(name)) is Rounding.parse(name)
 
 
 def test_mode_errors_list_valid_names():
-    with pytest.raises(ValueError, match="'nearest', 'nearest_away', 'floor', 'zero', 'stochastic'"):
+    with pytest.raises(
+        ValueError, match="'nearest', 'nearest_away', 'floor', 'zero', 'stochastic'"
+    ):
         Rounding.parse("round_half_up")
     with pytest.raises(ValueError, match="'saturate', 'wrap'"):
         Overflow.parse("clip")

@@ -109,7 +109,7 @@ def test_wrap_fast_path_chunks_long_sums_exactly():
     a = rng.integers(-(2**20), 2**20, size=(2, 9000)).astype(np.float64)
     b = rng.integers(-(2**20), 2**20, size=(9000, 3)).astype(np.float64)
     acc = FixedPoint(48, 0)
-    want = (a.astype(object) @ b.astype(object))
+    want = a.astype(object) @ b.astype(object)
     want = np.array([[(int(v) + 2**47) % 2**48 - 2**47 for v in row] for row in want])
     fast = hwsim.matmul(a, b, accumulator=acc, overflow="wrap", path="fast")
     seq = hwsim.matmul(a, b, accumulator=acc, overflow="wrap", path="sequential")
@@ -117,10 +117,19 @@ def test_wrap_fast_path_chunks_long_sums_exactly():
     assert np.array_equal(seq, fast)
 
 
-@pytest.mark.parametrize("fa, fb, acc_fl, outlier", [
-    (0, 0, 0, None), (3, -2, 5, None), (20, 30, 70, None), (-4, 7, 40, 2.0**30),
-    (0, 0, 0, 2.0**40), (5, 5, 16, 2.0**-9), (130, 120, 250, None), (-300, -200, -256, None),
-])
+@pytest.mark.parametrize(
+    "fa, fb, acc_fl, outlier",
+    [
+        (0, 0, 0, None),
+        (3, -2, 5, None),
+        (20, 30, 70, None),
+        (-4, 7, 40, 2.0**30),
+        (0, 0, 0, 2.0**40),
+        (5, 5, 16, 2.0**-9),
+        (130, 120, 250, None),
+        (-300, -200, -256, None),
+    ],
+)
 def test_wrap_fast_path_on_float_values_matches_sequential(fa, fb, acc_fl, outlier):
     # float operands: BLAS runs on the values themselves (codes times 2^-fa,
     # 2^-fb); a one-pass grid scan guesses fl from a sample, so an outlier the
@@ -180,19 +189,31 @@ def test_int32_kernel_equals_int64_kernel():
     rng = np.random.default_rng(4)
     a = rng.integers(-128, 128, size=(2, 33, 70)).astype(np.float64)
     b = rng.integers(-128, 128, size=(2, 70, 41)).astype(np.float64) / 4
-    for acc in (FixedPoint(16, 2), FixedPoint(31, 5), FixedPoint(13, 2, False),
-                FixedPoint(30, 2, False), FixedPoint(31, 2, False)):
+    for acc in (
+        FixedPoint(16, 2),
+        FixedPoint(31, 5),
+        FixedPoint(13, 2, False),
+        FixedPoint(30, 2, False),
+        FixedPoint(31, 2, False),
+    ):
         for overflow in OVERFLOWS:
             narrow = hwsim.matmul(a, b, accumulator=acc, overflow=overflow, path="sequential")
             # an exact product format forces the int64 kernel, same arithmetic
-            wide = hwsim.matmul(a, b, accumulator=acc, overflow=overflow, path="sequential",
-                                product=FixedPoint(62, 2))
+            wide = hwsim.matmul(
+                a,
+                b,
+                accumulator=acc,
+                overflow=overflow,
+                path="sequential",
+                product=FixedPoint(62, 2),
+            )
             assert np.array_equal(narrow, wide)
     # edge of the int32 kernel: 2^30 + 2^30 must saturate, not wrap in int32
     for acc in ("ufx31.0", "fx31.0", "ufx30.0"):
         fmt = FixedPoint.parse(acc)
-        got = hwsim.matmul(np.full((1, 3), 2.0**15), np.full((3, 1), 2.0**15), accumulator=acc,
-                           path="sequential")
+        got = hwsim.matmul(
+            np.full((1, 3), 2.0**15), np.full((3, 1), 2.0**15), accumulator=acc, path="sequential"
+        )
         assert got[0, 0] == fmt.max
 
 
@@ -220,8 +241,9 @@ def test_stochastic_is_deterministic_given_seed_and_backend_independent():
     one = hwsim.matmul(a, b, seed=11, **kw)
     assert np.array_equal(one, hwsim.matmul(a, b, seed=11, **kw))
     assert not np.array_equal(one, hwsim.matmul(a, b, seed=12, **kw))
-    assert np.array_equal(one, hwsim.matmul(torch.from_numpy(a), torch.from_numpy(b), seed=11,
-                                            **kw).numpy())
+    assert np.array_equal(
+        one, hwsim.matmul(torch.from_numpy(a), torch.from_numpy(b), seed=11, **kw).numpy()
+    )
 
 
 def test_operand_formats_quantize_first():
@@ -231,8 +253,9 @@ def test_operand_formats_quantize_first():
     got = hwsim.matmul(a, b, a_format="fx8.4", b_format="fx8.5", **kw)
     want = hwsim.matmul(hwsim.quantize(a, "fx8.4"), hwsim.quantize(b, "fx8.5"), **kw)
     assert np.array_equal(got, want)
-    got_t = hwsim.matmul(torch.from_numpy(a), torch.from_numpy(b), a_format="fx8.4",
-                         b_format="fx8.5", **kw)
+    got_t = hwsim.matmul(
+        torch.from_numpy(a), torch.from_numpy(b), a_format="fx8.4", b_format="fx8.5", **kw
+    )
     assert np.array_equal(got_t.numpy(), want)
 
 
@@ -287,8 +310,12 @@ def test_shift_left_past_int64_is_reported():
 
 # -- peers -----------------------------------------------------------------------------
 
-APY_ROUNDING = {"nearest": "TIES_EVEN", "nearest_away": "TIES_AWAY", "floor": "TO_NEG",
-                "zero": "TO_ZERO"}
+APY_ROUNDING = {
+    "nearest": "TIES_EVEN",
+    "nearest_away": "TIES_AWAY",
+    "floor": "TO_NEG",
+    "zero": "TO_ZERO",
+}
 
 
 def apytypes_matmul(a, b, fa, fb, wa, wb, acc, rounding, overflow):
@@ -297,8 +324,9 @@ def apytypes_matmul(a, b, fa, fb, wa, wb, acc, rounding, overflow):
     y = apy.APyFixedArray.from_float(b, int_bits=wb - fb, frac_bits=fb)
     mode = getattr(apy.QuantizationMode, APY_ROUNDING[rounding])
     ovf = apy.OverflowMode.WRAP if overflow == "wrap" else apy.OverflowMode.SAT
-    with apy.APyFixedAccumulatorContext(int_bits=acc.int_bits, frac_bits=acc.fl,
-                                        quantization=mode, overflow=ovf):
+    with apy.APyFixedAccumulatorContext(
+        int_bits=acc.int_bits, frac_bits=acc.fl, quantization=mode, overflow=ovf
+    ):
         c = x @ y
     bits = np.array(c.to_bits(), dtype=object).astype(np.int64)
     return np.where(bits >= 2 ** (acc.wl - 1), bits - 2**acc.wl, bits)
@@ -306,11 +334,20 @@ def apytypes_matmul(a, b, fa, fb, wa, wb, acc, rounding, overflow):
 
 @pytest.mark.peers
 @settings(max_examples=40)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 300), st.sampled_from(list(APY_ROUNDING)),
-       st.integers(2, 12), st.integers(0, 8), st.integers(2, 12), st.integers(0, 8),
-       st.integers(4, 30), st.integers(-2, 14))
-def test_wrap_equals_apytypes_accumulator_context(seed, k, rounding, wa, fa, wb, fb, acc_wl,
-                                                  acc_fl):
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 300),
+    st.sampled_from(list(APY_ROUNDING)),
+    st.integers(2, 12),
+    st.integers(0, 8),
+    st.integers(2, 12),
+    st.integers(0, 8),
+    st.integers(4, 30),
+    st.integers(-2, 14),
+)
+def test_wrap_equals_apytypes_accumulator_context(
+    seed, k, rounding, wa, fa, wb, fb, acc_wl, acc_fl
+):
     rng = np.random.default_rng(seed)
     a, b = on_grid(rng, (3, k), wa, fa), on_grid(rng, (k, 2), wb, fb)
     acc = FixedPoint(acc_wl, acc_fl)
@@ -321,11 +358,19 @@ def test_wrap_equals_apytypes_accumulator_context(seed, k, rounding, wa, fa, wb,
 
 @pytest.mark.peers
 @settings(max_examples=30)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 200), st.sampled_from(list(APY_ROUNDING)),
-       st.integers(2, 10), st.integers(0, 8), st.integers(2, 10), st.integers(0, 8),
-       st.integers(-2, 12))
-def test_saturate_equals_apytypes_where_nothing_saturates(seed, k, rounding, wa, fa, wb, fb,
-                                                          acc_fl):
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 200),
+    st.sampled_from(list(APY_ROUNDING)),
+    st.integers(2, 10),
+    st.integers(0, 8),
+    st.integers(2, 10),
+    st.integers(0, 8),
+    st.integers(-2, 12),
+)
+def test_saturate_equals_apytypes_where_nothing_saturates(
+    seed, k, rounding, wa, fa, wb, fb, acc_fl
+):
     rng = np.random.default_rng(seed)
     a, b = on_grid(rng, (3, k), wa, fa), on_grid(rng, (k, 2), wb, fb)
     # wide enough that no partial sum reaches the range: sum |a b| < 2^(wa+wb-2) k, and each
@@ -346,10 +391,15 @@ def test_saturate_equals_apytypes_where_nothing_saturates(seed, k, rounding, wa,
 def test_torch_path_on_cuda_equals_numba(rounding, overflow):
     rng = np.random.default_rng(8)
     a, b = on_grid(rng, (2, 17, 150), 8, 5), on_grid(rng, (2, 150, 23), 8, 6)
-    for product, path in ((None, "auto"), (FixedPoint(12, 8), "sequential"),
-                          (None, "sequential")):
-        kw = dict(accumulator=FixedPoint(14, 7), product=product, rounding=rounding,
-                  overflow=overflow, seed=3, path=path)
+    for product, path in ((None, "auto"), (FixedPoint(12, 8), "sequential"), (None, "sequential")):
+        kw = dict(
+            accumulator=FixedPoint(14, 7),
+            product=product,
+            rounding=rounding,
+            overflow=overflow,
+            seed=3,
+            path=path,
+        )
         want = hwsim.matmul(a, b, **kw)
         got = hwsim.matmul(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), **kw)
         assert got.is_cuda and np.array_equal(got.cpu().numpy(), want)

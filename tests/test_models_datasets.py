@@ -55,8 +55,10 @@ def test_idx_folder_roundtrip(tmp_path, compress):
     np.testing.assert_array_equal(s.y_test, yte.astype(np.int64))
 
 
-@pytest.mark.parametrize("dtype_byte,dtype", [(0x09, np.int8), (0x0B, np.int16), (0x0C, np.int32),
-                                              (0x0D, np.float32), (0x0E, np.float64)])
+@pytest.mark.parametrize(
+    "dtype_byte,dtype",
+    [(0x09, np.int8), (0x0B, np.int16), (0x0C, np.int32), (0x0D, np.float32), (0x0E, np.float64)],
+)
 def test_idx_dtypes_are_read_big_endian(tmp_path, dtype_byte, dtype):
     a = (np.arange(24).reshape(2, 3, 4) - 7).astype(dtype)
     write_idx(tmp_path / "a.idx", a, dtype_byte)

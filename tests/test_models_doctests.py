@@ -7,8 +7,15 @@ import importlib
 
 import pytest
 
-MODULES = ["models.lms", "models.datasets", "models.two_layer", "models.linear",
-           "models.kmeans", "models.nets", "models.tasks"]
+MODULES = [
+    "models.lms",
+    "models.datasets",
+    "models.two_layer",
+    "models.linear",
+    "models.kmeans",
+    "models.nets",
+    "models.tasks",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -57,12 +57,21 @@ def reference_lms(x_codes, d_codes, taps, rule, fmts, roundings, overflow, mu, s
         xs = [x_codes[n - i] if n - i >= 0 else 0 for i in range(taps)]
         acc = 0
         for i in range(taps):
-            p = cast(val(w[i], f.weight) * val(xs[i], f.data), f.product, roundings["product"], noise(n, i, 0))
+            p = cast(
+                val(w[i], f.weight) * val(xs[i], f.data),
+                f.product,
+                roundings["product"],
+                noise(n, i, 0),
+            )
             p = cast(val(p, f.product), f.accumulator, roundings["accumulator"], noise(n, i, 1))
             acc = overflow_code(acc + p, f.accumulator.wl, True, overflow)
         ys.append(acc)
-        e = cast(val(d_codes[n], f.data) - val(acc, f.accumulator), f.error, roundings["error"],
-                 noise(n, taps, 0))
+        e = cast(
+            val(d_codes[n], f.data) - val(acc, f.accumulator),
+            f.error,
+            roundings["error"],
+            noise(n, taps, 0),
+        )
         es.append(e)
         for i in range(taps):
             ev = val(e, f.error) if rule in ("lms", "sign_data") else sign(e)
@@ -86,7 +95,8 @@ def reference_lms(x_codes, d_codes, taps, rule, fmts, roundings, overflow, mu, s
 def fmt_strategy(wl_lo=3, wl_hi=16):
     return st.builds(
         lambda wl, k: FixedPoint(wl, wl - k),
-        st.integers(wl_lo, wl_hi), st.integers(-2, 6),
+        st.integers(wl_lo, wl_hi),
+        st.integers(-2, 6),
     )
 
 
@@ -114,16 +124,34 @@ def lms_case(draw, mixed_rounding: bool):
     d = draw(st.lists(codes, min_size=n, max_size=n))
     seed = draw(st.integers(0, M64))
     split = draw(st.integers(0, n))
-    return dict(data=data, weight=weight, product=product, accumulator=accumulator, error=error,
-                weight_accumulator=weight_accumulator, rule=rule, roundings=roundings,
-                overflow=overflow, mu=mu, taps=taps, x=x, d=d, seed=seed, split=split)
+    return dict(
+        data=data,
+        weight=weight,
+        product=product,
+        accumulator=accumulator,
+        error=error,
+        weight_accumulator=weight_accumulator,
+        rule=rule,
+        roundings=roundings,
+        overflow=overflow,
+        mu=mu,
+        taps=taps,
+        x=x,
+        d=d,
+        seed=seed,
+        split=split,
+    )
 
 
 def _check_against_reference(c, cls=FixedLMS):
-    kw = {k: c[k] for k in ("data", "weight", "product", "accumulator", "error", "weight_accumulator")}
+    kw = {
+        k: c[k] for k in ("data", "weight", "product", "accumulator", "error", "weight_accumulator")
+    }
     rounding_kw = {f"{s}_rounding": r for s, r in c["roundings"].items()}
     try:
-        filt = cls(c["taps"], c["rule"], **kw, **rounding_kw, overflow=c["overflow"], seed=c["seed"])
+        filt = cls(
+            c["taps"], c["rule"], **kw, **rounding_kw, overflow=c["overflow"], seed=c["seed"]
+        )
         filt.run_codes(np.zeros(0, np.int64), np.zeros(0, np.int64), c["mu"])
     except ValueError as err:  # formats whose intermediates would not fit an int64
         assert "int64" in str(err) or "2^62" in str(err) or "weight's" in str(err), err
@@ -133,16 +161,23 @@ def _check_against_reference(c, cls=FixedLMS):
     r1 = filt.run_codes(x[:s], d[:s], c["mu"])
     r2 = filt.run_codes(x[s:], d[s:], c["mu"])
     f = filt.formats
-    ys, es, w, wacc, counts = reference_lms(c["x"], c["d"], c["taps"], c["rule"], f, c["roundings"],
-                                            c["overflow"], c["mu"], c["seed"])
+    ys, es, w, wacc, counts = reference_lms(
+        c["x"], c["d"], c["taps"], c["rule"], f, c["roundings"], c["overflow"], c["mu"], c["seed"]
+    )
     y_codes = np.concatenate([r1.y, r2.y]) / f.accumulator.lsb
     e_codes = np.concatenate([r1.error, r2.error]) / f.error.lsb
     assert y_codes.tolist() == ys
     assert e_codes.tolist() == es
     assert filt.weight_codes.tolist() == w
     assert filt.accumulator_codes.tolist() == wacc
-    got = tuple(a + b for a, b in zip((r1.nonzero_updates, r1.stalls, r1.saturated),
-                                      (r2.nonzero_updates, r2.stalls, r2.saturated), strict=True))
+    got = tuple(
+        a + b
+        for a, b in zip(
+            (r1.nonzero_updates, r1.stalls, r1.saturated),
+            (r2.nonzero_updates, r2.stalls, r2.saturated),
+            strict=True,
+        )
+    )
     assert got == counts
 
 
@@ -162,14 +197,28 @@ def test_kernel_equals_python_reference_mixed_roundings(case):
 def test_kernel_mixed_roundings_fixed_examples():
     # a fast check that each stage takes its own rounding (the slow test covers more)
     rng = np.random.default_rng(3)
-    fmts = dict(data=FixedPoint(10, 7), weight=FixedPoint(10, 8), product=FixedPoint(14, 12),
-                accumulator=FixedPoint(12, 8), error=FixedPoint(8, 5),
-                weight_accumulator=FixedPoint(14, 12))
+    fmts = dict(
+        data=FixedPoint(10, 7),
+        weight=FixedPoint(10, 8),
+        product=FixedPoint(14, 12),
+        accumulator=FixedPoint(12, 8),
+        error=FixedPoint(8, 5),
+        weight_accumulator=FixedPoint(14, 12),
+    )
     for k in range(3):
         roundings = {s: ROUNDINGS[(i + k) % 5] for i, s in enumerate(STAGES)}
-        case = dict(fmts, rule=RULES[k], roundings=roundings, overflow="saturate", mu=0.05, taps=3,
-                    x=rng.integers(-512, 512, 30).tolist(), d=rng.integers(-512, 512, 30).tolist(),
-                    seed=k, split=11)
+        case = dict(
+            fmts,
+            rule=RULES[k],
+            roundings=roundings,
+            overflow="saturate",
+            mu=0.05,
+            taps=3,
+            x=rng.integers(-512, 512, 30).tolist(),
+            d=rng.integers(-512, 512, 30).tolist(),
+            seed=k,
+            split=11,
+        )
         _check_against_reference(case)
 
 
@@ -184,8 +233,14 @@ def test_torch_equals_kernel_on_a_real_signal():
     rng = np.random.default_rng(0)
     x = rng.standard_normal(400)
     d = np.convolve(x, [0.4, -0.2, 0.1, 0.05])[:400] + 0.01 * rng.standard_normal(400)
-    kw = dict(data=FixedPoint(12, 9), weight=FixedPoint(12, 10), accumulator=FixedPoint(16, 11),
-              error=FixedPoint(10, 8), rounding="stochastic", seed=5)
+    kw = dict(
+        data=FixedPoint(12, 9),
+        weight=FixedPoint(12, 10),
+        accumulator=FixedPoint(16, 11),
+        error=FixedPoint(10, 8),
+        rounding="stochastic",
+        seed=5,
+    )
     a, b = FixedLMS(4, "lms", **kw), TorchLMS(4, "lms", **kw)
     for mu in (0.05, 0.02):  # a gear shift between blocks
         ra, rb = a.run(x[:200], d[:200], mu), b.run(x[:200], d[:200], mu)
@@ -222,7 +277,7 @@ def test_float_lms_matches_numpy_loop():
         wr = np.zeros(3)
         xp = np.concatenate([np.zeros(2), x])
         for n in range(300):
-            xs = xp[n:n + 3][::-1]
+            xs = xp[n : n + 3][::-1]
             yn = 0.0
             for i in range(3):
                 yn += wr[i] * xs[i]
@@ -242,7 +297,9 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="int64"):
         resolve_formats(FixedPoint(40, 30), FixedPoint(40, 30))
     with pytest.raises(ValueError, match="at least the weight's"):
-        resolve_formats(FixedPoint(16, 12), FixedPoint(16, 14), weight_accumulator=FixedPoint(16, 10))
+        resolve_formats(
+            FixedPoint(16, 12), FixedPoint(16, 14), weight_accumulator=FixedPoint(16, 10)
+        )
     with pytest.raises(ValueError, match="signed FixedPoint"):
         resolve_formats(FixedPoint(16, 12, signed=False), None)
     with pytest.raises(ValueError, match="positive finite"):
@@ -270,8 +327,14 @@ def test_torch_lms_on_cuda_equals_kernel():
     rng = np.random.default_rng(6)
     x = rng.standard_normal(150)
     d = np.convolve(x, [0.3, -0.6, 0.2])[:150]
-    kw = dict(data=FixedPoint(12, 9), weight=FixedPoint(12, 10), accumulator=FixedPoint(16, 11),
-              error=FixedPoint(10, 8), rounding="stochastic", seed=2)
+    kw = dict(
+        data=FixedPoint(12, 9),
+        weight=FixedPoint(12, 10),
+        accumulator=FixedPoint(16, 11),
+        error=FixedPoint(10, 8),
+        rounding="stochastic",
+        seed=2,
+    )
     a, b = FixedLMS(3, "sign_data", **kw), TorchLMS(3, "sign_data", device="cuda", **kw)
     ra, rb = a.run(x, d, 0.02), b.run(x, d, 0.02)
     assert (ra.y == rb.y).all() and (ra.error == rb.error).all()
@@ -279,8 +342,13 @@ def test_torch_lms_on_cuda_equals_kernel():
 
 
 def test_set_weights_then_run_matches_the_reference_start():
-    f = FixedLMS(3, data=FixedPoint(10, 7), weight=FixedPoint(8, 5),
-                 weight_accumulator=FixedPoint(12, 9), rounding="stochastic")
+    f = FixedLMS(
+        3,
+        data=FixedPoint(10, 7),
+        weight=FixedPoint(8, 5),
+        weight_accumulator=FixedPoint(12, 9),
+        rounding="stochastic",
+    )
     f.set_weights([0.3, -0.7, 9.0])
     assert f.accumulator_codes.tolist() == [154, -358, 2047]  # 0.3*512=153.6, saturated at 2047
     assert f.weight_codes.tolist() == [10, -22, 127]  # 154/16=9.625 -> 10, -358/16=-22.375 -> -22

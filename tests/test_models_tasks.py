@@ -22,23 +22,57 @@ def test_tasks_are_registered():
     assert TASKS["classify"].fn is tasks.classify
 
 
-@pytest.mark.parametrize("cls,kwargs,match", [
-    (tasks.LMSParams, {"rule": "nlms"}, r"LMSParams.rule: 'nlms' is not allowed; choose one of \['lms'"),
-    (tasks.LMSParams, {"weight": "fx16"}, r"LMSParams.weight: bad format 'fx16'"),
-    (tasks.LMSParams, {"step": -0.1}, r"LMSParams.step: -0.1 is not allowed; it must be a number > 0"),
-    (tasks.LMSParams, {"taps": 2.5}, r"LMSParams.taps: must be an integer"),
-    (tasks.LMSParams, {"color": 1.0}, r"LMSParams.color: 1.0 is not allowed; it must be in \[0, 1\)"),
-    (tasks.LMSParams, {"weight": "fx40.30", "data": "fx40.30"}, r"LMSParams formats .*int64"),
-    (tasks.LMSParams, {"weight": "fx8.-2", "weight_accumulator": "fx62.61"},
-     r"LMSParams formats .* and step: .*update mu\*e\*x shifted onto the weight accumulator fx62.61 can reach 2\^63"),
-    (tasks.ClassifyParams, {"optimizer": "lbfgs"}, r"ClassifyParams.optimizer: 'lbfgs' is not allowed"),
-    (tasks.ClassifyParams, {"dataset": "mnist"}, r"ClassifyParams.data_path: None is not allowed"),
-    (tasks.ClassifyParams, {"layer_accumulator": "fx20.10"}, r"layer_accumulator.*unless weight and activation"),
-    (tasks.ClassifyParams, {"momentum": 0.9, "optimizer": "adam"}, r"momentum.*'sgd' or 'rmsprop'"),
-    (tasks.ClassifyParams, {"batch_norm": 1}, r"batch_norm: must be true or false"),
-    (tasks.KMeansParams, {"k": 0}, r"KMeansParams.k: 0 is not allowed"),
-    (tasks.TwoLayerParams, {"rounding": "up"}, r"TwoLayerParams.rounding: 'up' is not allowed"),
-])
+@pytest.mark.parametrize(
+    "cls,kwargs,match",
+    [
+        (
+            tasks.LMSParams,
+            {"rule": "nlms"},
+            r"LMSParams.rule: 'nlms' is not allowed; choose one of \['lms'",
+        ),
+        (tasks.LMSParams, {"weight": "fx16"}, r"LMSParams.weight: bad format 'fx16'"),
+        (
+            tasks.LMSParams,
+            {"step": -0.1},
+            r"LMSParams.step: -0.1 is not allowed; it must be a number > 0",
+        ),
+        (tasks.LMSParams, {"taps": 2.5}, r"LMSParams.taps: must be an integer"),
+        (
+            tasks.LMSParams,
+            {"color": 1.0},
+            r"LMSParams.color: 1.0 is not allowed; it must be in \[0, 1\)",
+        ),
+        (tasks.LMSParams, {"weight": "fx40.30", "data": "fx40.30"}, r"LMSParams formats .*int64"),
+        (
+            tasks.LMSParams,
+            {"weight": "fx8.-2", "weight_accumulator": "fx62.61"},
+            r"LMSParams formats .* and step: .*update mu\*e\*x shifted onto the weight accumulator fx62.61 can reach 2\^63",
+        ),
+        (
+            tasks.ClassifyParams,
+            {"optimizer": "lbfgs"},
+            r"ClassifyParams.optimizer: 'lbfgs' is not allowed",
+        ),
+        (
+            tasks.ClassifyParams,
+            {"dataset": "mnist"},
+            r"ClassifyParams.data_path: None is not allowed",
+        ),
+        (
+            tasks.ClassifyParams,
+            {"layer_accumulator": "fx20.10"},
+            r"layer_accumulator.*unless weight and activation",
+        ),
+        (
+            tasks.ClassifyParams,
+            {"momentum": 0.9, "optimizer": "adam"},
+            r"momentum.*'sgd' or 'rmsprop'",
+        ),
+        (tasks.ClassifyParams, {"batch_norm": 1}, r"batch_norm: must be true or false"),
+        (tasks.KMeansParams, {"k": 0}, r"KMeansParams.k: 0 is not allowed"),
+        (tasks.TwoLayerParams, {"rounding": "up"}, r"TwoLayerParams.rounding: 'up' is not allowed"),
+    ],
+)
 def test_bad_params_name_field_value_and_allowed(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
@@ -82,8 +116,16 @@ def test_lms_fixed_point_stalls_and_is_deterministic():
 
 
 def test_lms_equalization_with_sign_error_lms():
-    r = tasks.lms(tasks.LMSParams(taps=11, n_samples=4000, step=0.002, rule="sign_error",
-                                  problem="equalization", weight="fx14.12"))
+    r = tasks.lms(
+        tasks.LMSParams(
+            taps=11,
+            n_samples=4000,
+            step=0.002,
+            rule="sign_error",
+            problem="equalization",
+            weight="fx14.12",
+        )
+    )
     assert not r.diverged and r.metrics["mse_db"] < -5, r.metrics
 
 
@@ -94,8 +136,13 @@ def test_lms_too_large_a_step_diverges_in_float():
 
 def test_lms_gear_shifting_halves_the_step():
     pytest.importorskip("hwsim.schedules")
-    p = tasks.LMSParams(taps=8, n_samples=8000, step=0.04, weight="fx16.14",
-                        schedule="gearshift:every=2000,factor=0.5")
+    p = tasks.LMSParams(
+        taps=8,
+        n_samples=8000,
+        step=0.04,
+        weight="fx16.14",
+        schedule="gearshift:every=2000,factor=0.5",
+    )
     r = tasks.lms(p)
     assert r.metrics["final_step"] == pytest.approx(0.04 / 16)
     steps = [h["step_size"] for h in r.history]
@@ -124,8 +171,16 @@ def test_classify_other_models(model, lr):
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("numba", marks=pytest.mark.slow)])
 def test_classify_with_quantized_layers(backend):
-    r = tasks.classify(tasks.ClassifyParams(epochs=1, hidden=32, weight="fx12.8", backend=backend,
-                                            activation="fx12.8", layer_accumulator="fx24.16"))
+    r = tasks.classify(
+        tasks.ClassifyParams(
+            epochs=1,
+            hidden=32,
+            weight="fx12.8",
+            backend=backend,
+            activation="fx12.8",
+            layer_accumulator="fx24.16",
+        )
+    )
     assert not r.diverged and r.metrics["test_accuracy"] > 0.5
 
 
@@ -169,8 +224,13 @@ def test_networks_shapes_init_and_quantization():
         assert torch.equal(pa, pb)
     import hwsim.nn
 
-    q = build_classifier("cnn", (1, 8, 8), 10, hidden=16,
-                         precision=hwsim.nn.Precision(weight="fx8.6", activation="fx8.4"))
+    q = build_classifier(
+        "cnn",
+        (1, 8, 8),
+        10,
+        hidden=16,
+        precision=hwsim.nn.Precision(weight="fx8.6", activation="fx8.4"),
+    )
     assert {type(m).__name__ for m in q.modules()} >= {"QLinear", "QConv2d"}
     with pytest.raises(ValueError, match="model must be one of"):
         build_classifier("resnet", (1, 8, 8), 10)
@@ -192,7 +252,10 @@ def test_every_model_trains_with_every_hwsim_optimizer(name):
         "softmax": (SoftmaxRegression(64, 10), lambda m: m.loss(m(x), y)),
         "svm": (LinearSVM(64, 10), lambda m: m.loss(m(x), y)),
         "kmeans": (KMeansSGD(torch.rand(3, 64)), lambda m: m(x)),
-        "two_layer": (TwoLayerNet(), lambda m: m.loss(x[:, 0, 0, 0].double(), x[:, 0, 0, 1].double())),
+        "two_layer": (
+            TwoLayerNet(),
+            lambda m: m.loss(x[:, 0, 0, 0].double(), x[:, 0, 0, 1].double()),
+        ),
     }
     lsb = 2.0**-12
     for label, (model, loss_fn) in models.items():
@@ -214,14 +277,18 @@ def test_classify_gear_shifting_every_steps_and_on_plateau():
     r = tasks.classify(tasks.ClassifyParams(epochs=2, schedule="gearshift:every=45,factor=0.5"))
     # digits: 1438 training images, 45 mini-batches of 32 per epoch
     assert [h["lr"] for h in r.history] == [0.05, 0.025]
-    r = tasks.classify(tasks.ClassifyParams(epochs=3, lr=1e-9, schedule="gearshift:plateau=1,factor=0.5"))
+    r = tasks.classify(
+        tasks.ClassifyParams(epochs=3, lr=1e-9, schedule="gearshift:plateau=1,factor=0.5")
+    )
     assert r.history[-1]["lr"] < 1e-9  # no progress at a tiny lr: the plateau rule shifts
 
 
 def test_lms_precision_floor_holds_the_step():
     p = dict(taps=8, n_samples=8000, step=0.04, weight="fx10.8")
     free = tasks.lms(tasks.LMSParams(schedule="gearshift:every=1000,factor=0.5", **p))
-    floored = tasks.lms(tasks.LMSParams(schedule="gearshift:every=1000,factor=0.5,floor=precision", **p))
+    floored = tasks.lms(
+        tasks.LMSParams(schedule="gearshift:every=1000,factor=0.5,floor=precision", **p)
+    )
     assert free.metrics["final_step"] == pytest.approx(0.04 / 2**8)
     assert floored.metrics["final_step"] > free.metrics["final_step"]
     assert floored.metrics["final_stall_fraction"] < free.metrics["final_stall_fraction"]
@@ -229,20 +296,28 @@ def test_lms_precision_floor_holds_the_step():
 
 def test_classify_reads_user_mnist_files(tmp_path):
     rng = np.random.default_rng(0)
+
     # a learnable toy: the label is which quarter of the image is bright
     def make(n):
         y = rng.integers(0, 4, n)
         x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
         for i, label in enumerate(y):
             r, c = divmod(int(label), 2)
-            x[i, r * 14:(r + 1) * 14, c * 14:(c + 1) * 14] += 200
+            x[i, r * 14 : (r + 1) * 14, c * 14 : (c + 1) * 14] += 200
         return x, y.astype(np.uint8)
 
     xtr, ytr = make(256)
     xte, yte = make(64)
     np.savez(tmp_path / "fashion.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-    r = tasks.classify(tasks.ClassifyParams(dataset="fashion_mnist", data_path=str(tmp_path / "fashion.npz"),
-                                            epochs=2, hidden=16, lr=0.05))
+    r = tasks.classify(
+        tasks.ClassifyParams(
+            dataset="fashion_mnist",
+            data_path=str(tmp_path / "fashion.npz"),
+            epochs=2,
+            hidden=16,
+            lr=0.05,
+        )
+    )
     assert r.info["n_train"] == 256 and r.metrics["test_accuracy"] > 0.9
 
 
@@ -267,10 +342,24 @@ def test_lms_tracking_a_drifting_system_precision_floor_wins():
     """With a drifting system (studies/gear_shifting.toml) unbounded halving stalls
     and falls behind, a constant large step keeps its gradient noise, and the
     precision floor settles at the smallest step that still adapts."""
+
     def werr(schedule, weight="fx16.14"):
-        return np.mean([tasks.lms(tasks.LMSParams(
-            taps=16, n_samples=24000, step=0.04, weight=weight, drift=3e-5, schedule=schedule,
-            seed=s)).metrics["weight_error_db"] for s in range(2)])
+        return np.mean(
+            [
+                tasks.lms(
+                    tasks.LMSParams(
+                        taps=16,
+                        n_samples=24000,
+                        step=0.04,
+                        weight=weight,
+                        drift=3e-5,
+                        schedule=schedule,
+                        seed=s,
+                    )
+                ).metrics["weight_error_db"]
+                for s in range(2)
+            ]
+        )
 
     constant = werr("constant")
     halving = werr("gearshift:every=3000,factor=0.5")

@@ -16,8 +16,10 @@ finite = st.floats(-3.0, 3.0, allow_nan=False)
 
 
 @settings(max_examples=100)
-@given(st.tuples(finite, finite, finite, finite),
-       st.lists(st.tuples(finite, st.floats(0.0, 1.0)), min_size=1, max_size=8))
+@given(
+    st.tuples(finite, finite, finite, finite),
+    st.lists(st.tuples(finite, st.floats(0.0, 1.0)), min_size=1, max_size=8),
+)
 def test_hand_gradients_equal_autograd(params, samples):
     p = dict(zip(PARAMS, params, strict=True))
     x = np.array([s[0] for s in samples])

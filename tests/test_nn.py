@@ -13,15 +13,29 @@ import hwsim.nn as hnn
 from hwsim import FixedPoint
 
 WIDE = hnn.Precision(
-    weight="fx31.26", activation="fx31.26", output="fx48.30", grad_activation="fx31.26",
-    grad_weight="fx48.30", accumulator="fx62.40", grad_activation_accumulator="fx62.40",
+    weight="fx31.26",
+    activation="fx31.26",
+    output="fx48.30",
+    grad_activation="fx31.26",
+    grad_weight="fx48.30",
+    accumulator="fx62.40",
+    grad_activation_accumulator="fx62.40",
     grad_weight_accumulator="fx62.40",
 )
 NARROW = hnn.Precision(
-    weight="fx8.6", activation="fx8.4", output="fx10.4", grad_activation="fx10.8",
-    grad_weight="fx12.10", accumulator="fx14.6", grad_activation_accumulator="fx14.9",
-    grad_weight_accumulator="fx16.10", product="fx12.8", rounding="stochastic",
-    output_rounding="nearest", overflow="saturate", seed=1234,
+    weight="fx8.6",
+    activation="fx8.4",
+    output="fx10.4",
+    grad_activation="fx10.8",
+    grad_weight="fx12.10",
+    accumulator="fx14.6",
+    grad_activation_accumulator="fx14.9",
+    grad_weight_accumulator="fx16.10",
+    product="fx12.8",
+    rounding="stochastic",
+    output_rounding="nearest",
+    overflow="saturate",
+    seed=1234,
 )
 
 
@@ -32,9 +46,13 @@ def mlp():
 
 def cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Conv2d(3, 4, (2, 3), stride=(1, 2), padding=(1, 0)), nn.Flatten(),
-                         nn.Linear(4 * 5 * 1, 3)).double()
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, (2, 3), stride=(1, 2), padding=(1, 0)),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 1, 3),
+    ).double()
 
 
 def run(model, x):
@@ -46,8 +64,11 @@ def run(model, x):
 
 def inputs(make):
     torch.manual_seed(1)
-    return torch.randn(5, 12, dtype=torch.float64) if make is mlp else \
-        torch.randn(3, 2, 8, 7, dtype=torch.float64)
+    return (
+        torch.randn(5, 12, dtype=torch.float64)
+        if make is mlp
+        else torch.randn(3, 2, 8, 7, dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
@@ -87,9 +108,14 @@ def test_gradcheck_straight_through():
 
 def test_backward_gemms_run_through_their_accumulators():
     torch.manual_seed(3)
-    p = hnn.Precision(weight="fx8.4", activation="fx8.4", grad_activation="fx8.4",
-                      accumulator="fx30.8", grad_activation_accumulator="fx6.2",
-                      grad_weight_accumulator="fx7.3")
+    p = hnn.Precision(
+        weight="fx8.4",
+        activation="fx8.4",
+        grad_activation="fx8.4",
+        accumulator="fx30.8",
+        grad_activation_accumulator="fx6.2",
+        grad_weight_accumulator="fx7.3",
+    )
     layer = hnn.QLinear(40, 3, bias=False, precision=p)
     x = hwsim.quantize(torch.rand(6, 40) * 4, "fx8.4")
     g = hwsim.quantize(torch.rand(6, 3) * 4, "fx8.4")
@@ -135,8 +161,9 @@ def test_quantizer_forward_and_backward_formats():
 
 
 def test_precision_validation():
-    p = hnn.Precision(weight="fx8.4", activation="float", rounding="floor",
-                      weight_rounding="stochastic")
+    p = hnn.Precision(
+        weight="fx8.4", activation="float", rounding="floor", weight_rounding="stochastic"
+    )
     assert p.weight == FixedPoint(8, 4) and p.activation is None
     assert p.rounding_of("weight") == hwsim.Rounding.STOCHASTIC
     assert p.rounding_of("output") == hwsim.Rounding.FLOOR

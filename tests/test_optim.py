@@ -25,7 +25,9 @@ ROUNDINGS = ["nearest", "nearest_away", "floor", "zero", "stochastic"]
 
 def small_model(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(
+        dtype
+    )
     return model
 
 
@@ -61,7 +63,11 @@ FLOAT_CASES = [
     ("adam", torch.optim.Adam, dict(lr=1e-2, weight_decay=1e-2, amsgrad=True)),
     ("adam", torch.optim.Adam, dict(lr=1e-2, weight_decay=1e-1, decoupled_weight_decay=True)),
     ("adagrad", torch.optim.Adagrad, dict(lr=0.05)),
-    ("adagrad", torch.optim.Adagrad, dict(lr=0.05, lr_decay=1e-3, weight_decay=1e-2, initial_accumulator_value=0.1)),
+    (
+        "adagrad",
+        torch.optim.Adagrad,
+        dict(lr=0.05, lr_decay=1e-3, weight_decay=1e-2, initial_accumulator_value=0.1),
+    ),
     ("rmsprop", torch.optim.RMSprop, dict(lr=1e-3)),
     ("rmsprop", torch.optim.RMSprop, dict(lr=1e-3, momentum=0.5, centered=True, weight_decay=1e-2)),
 ]
@@ -82,8 +88,13 @@ def test_float_is_torch_bit_for_bit_after_200_steps(name, torch_cls, kwargs):
 def test_same_defaults_as_torch(name):
     import inspect
 
-    torch_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad,
-                 "rmsprop": torch.optim.RMSprop, "signsgd": torch.optim.SGD}[name]
+    torch_cls = {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adagrad": torch.optim.Adagrad,
+        "rmsprop": torch.optim.RMSprop,
+        "signsgd": torch.optim.SGD,
+    }[name]
     ours = inspect.signature(hopt.OPTIMIZERS[name].__init__).parameters
     theirs = inspect.signature(torch_cls.__init__).parameters
     shared = [k for k in ours if k in theirs and k not in ("self", "params")]
@@ -115,21 +126,37 @@ def _reference_sgd_step(p0, grads, lr, wfmt, afmt, rounding, overflow, seed):
     shape = p0.shape
 
     def noise(step, stream):
-        return uniforms(mix_seed(seed, step, 0, stream), torch.empty(shape, dtype=torch.float64)).reshape(-1).tolist()
+        return (
+            uniforms(mix_seed(seed, step, 0, stream), torch.empty(shape, dtype=torch.float64))
+            .reshape(-1)
+            .tolist()
+        )
 
     r = rounding
     u0 = noise(1, STREAM["init"])
-    acc = [ref_code(v, target.wl, target.fl, target.signed, r, overflow, u) for v, u in zip(p0.reshape(-1).tolist(), u0, strict=True)]
+    acc = [
+        ref_code(v, target.wl, target.fl, target.signed, r, overflow, u)
+        for v, u in zip(p0.reshape(-1).tolist(), u0, strict=True)
+    ]
     out = None
     for step, g in enumerate(grads, start=1):
         upd = [(-lr) * v for v in g.reshape(-1).tolist()]
         ua = noise(step, STREAM["accumulator"])
-        delta = [ref_code(v, target.wl, target.fl, target.signed, r, overflow, u) for v, u in zip(upd, ua, strict=True)]
-        acc = [overflow_code(a + d, target.wl, target.signed, overflow) for a, d in zip(acc, delta, strict=True)]
+        delta = [
+            ref_code(v, target.wl, target.fl, target.signed, r, overflow, u)
+            for v, u in zip(upd, ua, strict=True)
+        ]
+        acc = [
+            overflow_code(a + d, target.wl, target.signed, overflow)
+            for a, d in zip(acc, delta, strict=True)
+        ]
         if afmt is not None and wfmt is not None:
             uw = noise(step, STREAM["weight"])
-            out = [ref_code(math.ldexp(a, -afmt.fl), wfmt.wl, wfmt.fl, wfmt.signed, r, overflow, u) * wfmt.lsb
-                   for a, u in zip(acc, uw, strict=True)]
+            out = [
+                ref_code(math.ldexp(a, -afmt.fl), wfmt.wl, wfmt.fl, wfmt.signed, r, overflow, u)
+                * wfmt.lsb
+                for a, u in zip(acc, uw, strict=True)
+            ]
         else:
             out = [a * target.lsb for a in acc]
     return out, acc
@@ -142,17 +169,36 @@ def pipeline_case(draw):
     signed = draw(st.booleans())
     wfmt = FixedPoint(wl, fl, signed)
     extra = draw(st.integers(0, 12))
-    afmt = draw(st.sampled_from([None, FixedPoint(min(53, wl + extra + draw(st.integers(0, 4))), fl + extra, signed)]))
+    afmt = draw(
+        st.sampled_from(
+            [None, FixedPoint(min(53, wl + extra + draw(st.integers(0, 4))), fl + extra, signed)]
+        )
+    )
     if afmt is None and draw(st.booleans()):
         wfmt, afmt = None, FixedPoint(wl, fl, signed)  # accumulator only: the model sees its value
     n = draw(st.integers(1, 12))
     scale = 2.0 ** (draw(st.integers(-4, 4)) - fl)
     vals = st.floats(-1, 1, allow_nan=False)
-    p0 = torch.tensor(draw(st.lists(vals, min_size=n, max_size=n)), dtype=torch.float64) * scale * 2**wl / 4
-    grads = [torch.tensor(draw(st.lists(vals, min_size=n, max_size=n)), dtype=torch.float64) * scale * 50
-             for _ in range(draw(st.integers(1, 3)))]
+    p0 = (
+        torch.tensor(draw(st.lists(vals, min_size=n, max_size=n)), dtype=torch.float64)
+        * scale
+        * 2**wl
+        / 4
+    )
+    grads = [
+        torch.tensor(draw(st.lists(vals, min_size=n, max_size=n)), dtype=torch.float64) * scale * 50
+        for _ in range(draw(st.integers(1, 3)))
+    ]
     lr = draw(st.sampled_from([0.5, 0.1, 0.013, 1e-3]))
-    return wfmt, afmt, p0, grads, lr, draw(st.sampled_from(ROUNDINGS)), draw(st.sampled_from(["saturate", "wrap"]))
+    return (
+        wfmt,
+        afmt,
+        p0,
+        grads,
+        lr,
+        draw(st.sampled_from(ROUNDINGS)),
+        draw(st.sampled_from(["saturate", "wrap"])),
+    )
 
 
 @given(pipeline_case(), st.integers(0, 2**40), st.booleans())
@@ -162,8 +208,16 @@ def test_sgd_pipeline_matches_integer_reference(case, seed, fused):
     # the fused Numba tail compiles one kernel per mode combination: keep CI's set small
     fused = fused and rounding in ("nearest", "stochastic")
     p = torch.nn.Parameter(p0.clone())
-    opt = hopt.SGD([p], lr=lr, weight=wfmt, accumulator=afmt, rounding=rounding, overflow=overflow, seed=seed,
-                   fused=fused)
+    opt = hopt.SGD(
+        [p],
+        lr=lr,
+        weight=wfmt,
+        accumulator=afmt,
+        rounding=rounding,
+        overflow=overflow,
+        seed=seed,
+        fused=fused,
+    )
     for g in grads:
         p.grad = g.clone()
         opt.step()
@@ -172,23 +226,36 @@ def test_sgd_pipeline_matches_integer_reference(case, seed, fused):
     assert opt.accumulator_codes(p).tolist() == acc
 
 
-@given(st.integers(1, 52), st.integers(-8, 60), st.booleans(), st.sampled_from(ROUNDINGS),
-       st.sampled_from(["saturate", "wrap"]), st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=20),
-       st.integers(0, 2**32))
+@given(
+    st.integers(1, 52),
+    st.integers(-8, 60),
+    st.booleans(),
+    st.sampled_from(ROUNDINGS),
+    st.sampled_from(["saturate", "wrap"]),
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=20),
+    st.integers(0, 2**32),
+)
 @settings(max_examples=100)
-def test_value_to_code_float_matches_fraction_reference(wl, fl, signed, rounding, overflow, values, seed):
+def test_value_to_code_float_matches_fraction_reference(
+    wl, fl, signed, rounding, overflow, values, seed
+):
     """The float64 code path the optimizers use, against tests/naive.py."""
     fmt = FixedPoint(wl, fl, signed)
     x = torch.tensor(values, dtype=torch.float64) * 2.0 ** (wl - fl - 10)
     u = uniforms(seed, x)
     got = value_to_code_float(x, fmt, Rounding.parse(rounding), Overflow.parse(overflow), u)
-    want = [ref_code(v, wl, fl, signed, rounding, overflow, uu) for v, uu in zip(x.tolist(), u.tolist(), strict=True)]
+    want = [
+        ref_code(v, wl, fl, signed, rounding, overflow, uu)
+        for v, uu in zip(x.tolist(), u.tolist(), strict=True)
+    ]
     assert got.tolist() == want
 
 
 def test_grad_state_update_formats_are_applied():
     p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
-    opt = hopt.SGD([p], lr=1.0, momentum=0.5, grad="fx8.2", state="fx8.3", update="fx8.1", weight="fx12.6")
+    opt = hopt.SGD(
+        [p], lr=1.0, momentum=0.5, grad="fx8.2", state="fx8.3", update="fx8.1", weight="fx12.6"
+    )
     p.grad = torch.tensor([0.3, 0.2, -0.6, 1.1], dtype=torch.float64)
     opt.step()
     # grad on the 0.25 grid: [0.25, 0.25, -0.5, 1.0]; momentum buffer = grad (fits fx8.3);
@@ -217,7 +284,9 @@ def test_per_group_precision_leaves_biases_float():
     model = small_model()
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    opt = hopt.SGD([{"params": weights}, {"params": biases, "weight": None}], lr=0.01, weight="fx16.8")
+    opt = hopt.SGD(
+        [{"params": weights}, {"params": biases, "weight": None}], lr=0.01, weight="fx16.8"
+    )
     x, y = data()
     train(model, opt, 3, x, y)
     for p in weights:
@@ -287,10 +356,15 @@ def test_float_weight_stalls_are_counted_on_the_sample(momentum, contiguous):
 
     g = torch.Generator().manual_seed(4)
     p0 = torch.randn(300, 200, generator=g)
-    grads = [torch.randn(300, 200, generator=g) * 10.0**-k for k in (7, 8, 3)]  # some updates below the ulp
+    grads = [
+        torch.randn(300, 200, generator=g) * 10.0**-k for k in (7, 8, 3)
+    ]  # some updates below the ulp
     p = torch.nn.Parameter(p0.clone() if contiguous else p0.t().contiguous().t())
     ref = torch.nn.Parameter(p0.clone())
-    opt, ref_opt = hopt.SGD([p], lr=1.0, momentum=momentum), torch.optim.SGD([ref], lr=1.0, momentum=momentum)
+    opt, ref_opt = (
+        hopt.SGD([p], lr=1.0, momentum=momentum),
+        torch.optim.SGD([ref], lr=1.0, momentum=momentum),
+    )
     assert p.is_contiguous() == contiguous
     fractions = []
     for grad in grads:
@@ -319,8 +393,11 @@ def test_telemetry_off():
 CHECKPOINT_CASES = [
     ("sgd", dict(lr=0.05, momentum=0.9, weight_decay=1e-3), dict(state="fx24.18")),
     ("signsgd", dict(lr=2e-3), {}),
-    ("adam", dict(lr=1e-2, amsgrad=True), dict(state={"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30",
-                                                        "max_exp_avg_sq": "ufx32.30"})),
+    (
+        "adam",
+        dict(lr=1e-2, amsgrad=True),
+        dict(state={"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30", "max_exp_avg_sq": "ufx32.30"}),
+    ),
     ("adagrad", dict(lr=0.05), dict(state="ufx32.24")),
     ("rmsprop", dict(lr=1e-3, momentum=0.5, centered=True), dict(state="fx32.26")),
 ]
@@ -329,7 +406,14 @@ CHECKPOINT_CASES = [
 @pytest.mark.parametrize("name,kwargs,extra", CHECKPOINT_CASES)
 def test_checkpoint_resume_is_bit_identical(name, kwargs, extra):
     x, y = data()
-    prec = dict(weight="fx12.8", accumulator="fx40.32", grad="fx16.10", rounding="stochastic", seed=7, **extra)
+    prec = dict(
+        weight="fx12.8",
+        accumulator="fx40.32",
+        grad="fx16.10",
+        rounding="stochastic",
+        seed=7,
+        **extra,
+    )
     cls = hopt.OPTIMIZERS[name]
 
     straight = small_model()
@@ -346,7 +430,9 @@ def test_checkpoint_resume_is_bit_identical(name, kwargs, extra):
 
     resumed = small_model(seed=99)
     resumed.load_state_dict(ckpt["model"])
-    opt2 = cls(resumed.parameters(), **kwargs, **{**prec, "seed": 12345})  # the checkpoint's seed wins
+    opt2 = cls(
+        resumed.parameters(), **kwargs, **{**prec, "seed": 12345}
+    )  # the checkpoint's seed wins
     opt2.load_state_dict(ckpt["opt"])
     acc = opt2.state[next(resumed.parameters())]["accumulator"]
     assert acc.dtype == torch.float64  # not cast to the parameter's float32
@@ -360,7 +446,9 @@ def test_checkpoint_resume_is_bit_identical(name, kwargs, extra):
 
 def test_state_dict_round_trip_keeps_precision_groups():
     p = torch.nn.Parameter(torch.zeros(2))
-    opt = hopt.Adam([p], weight="fx8.4", rounding="stochastic", accumulator_rounding="nearest", seed=3)
+    opt = hopt.Adam(
+        [p], weight="fx8.4", rounding="stochastic", accumulator_rounding="nearest", seed=3
+    )
     sd = copy.deepcopy(opt.state_dict())
     opt2 = hopt.Adam([p])
     opt2.load_state_dict(sd)
@@ -374,8 +462,13 @@ def test_closure_zero_grad_none_grads_and_lr_schedulers():
     x, y = data()
     model = small_model()
     frozen = torch.nn.Parameter(torch.ones(3))
-    opt = hopt.SGD(list(model.parameters()) + [frozen], lr=0.1, momentum=0.9, weight="fx16.10",
-                   accumulator="fx24.18")
+    opt = hopt.SGD(
+        list(model.parameters()) + [frozen],
+        lr=0.1,
+        momentum=0.9,
+        weight="fx16.10",
+        accumulator="fx24.18",
+    )
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
 
     def closure():
@@ -419,17 +512,20 @@ def test_wrap_overflow_of_the_accumulator():
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(lr=-1.0), "learning rate"),
-    (dict(momentum=-0.1), "momentum"),
-    (dict(nesterov=True), "Nesterov"),
-    (dict(weight="fx16"), "fx<wl>.<fl>"),
-    (dict(accumulator="fx60.50"), "at most 52"),
-    (dict(rounding="up"), "valid modes"),
-    (dict(grad_rounding="round"), "valid modes"),
-    (dict(overflow="clip"), "valid modes"),
-    (dict(seed=1.5), "seed must be an int"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=-1.0), "learning rate"),
+        (dict(momentum=-0.1), "momentum"),
+        (dict(nesterov=True), "Nesterov"),
+        (dict(weight="fx16"), "fx<wl>.<fl>"),
+        (dict(accumulator="fx60.50"), "at most 52"),
+        (dict(rounding="up"), "valid modes"),
+        (dict(grad_rounding="round"), "valid modes"),
+        (dict(overflow="clip"), "valid modes"),
+        (dict(seed=1.5), "seed must be an int"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     p = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(ValueError, match=match):
@@ -498,10 +594,16 @@ def test_sign_error_lms_is_sgd_on_the_l1_loss():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cls,kwargs", [
-    (hopt.Adam, dict(lr=1e-2, weight="fx12.8", accumulator="fx24.18", state="fx24.20")),
-    (hopt.SGD, dict(lr=0.05, weight="fx12.8", accumulator="fx24.18", grad="fx12.10")),  # all of it fused on the CPU
-])
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (hopt.Adam, dict(lr=1e-2, weight="fx12.8", accumulator="fx24.18", state="fx24.20")),
+        (
+            hopt.SGD,
+            dict(lr=0.05, weight="fx12.8", accumulator="fx24.18", grad="fx12.10"),
+        ),  # all of it fused on the CPU
+    ],
+)
 def test_cuda_torch_path_equals_cpu_fused_path(cls, kwargs):
     """Same gradients in, same bits out: the torch ops on CUDA (counter noise
     included) against the fused Numba kernel on the CPU."""

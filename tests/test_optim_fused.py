@@ -35,19 +35,31 @@ MODES = [
 
 
 # ------------------------------------------------------------------ reference
-def reference_pointwise(p0: list[float], grads: list[list[float]], lr: float, sign: bool, formats: dict,
-                        roundings: dict, overflow: str, seed: int) -> tuple[list[float], list[int]]:
+def reference_pointwise(
+    p0: list[float],
+    grads: list[list[float]],
+    lr: float,
+    sign: bool,
+    formats: dict,
+    roundings: dict,
+    overflow: str,
+    seed: int,
+) -> tuple[list[float], list[int]]:
     """SGD (or sign SGD) on Python integers and Fractions, following
     DESIGN.md literally: gradient code, update ``-lr * g`` in float64 (``g`` or
     its sign), update code, accumulator code added with overflow, weight code.
     Returns the final weights and accumulator codes."""
-    grad_fmt, update_fmt, acc_fmt, weight_fmt = (formats[k] for k in ("grad", "update", "accumulator", "weight"))
+    grad_fmt, update_fmt, acc_fmt, weight_fmt = (
+        formats[k] for k in ("grad", "update", "accumulator", "weight")
+    )
     target = acc_fmt if acc_fmt is not None else weight_fmt
     target_rounding = roundings["accumulator"] if acc_fmt is not None else roundings["weight"]
     n = len(p0)
 
     def noise(step: int, stream: str) -> list[float]:
-        return uniforms(mix_seed(seed, step, 0, STREAM[stream]), torch.empty(n, dtype=torch.float64)).tolist()
+        return uniforms(
+            mix_seed(seed, step, 0, STREAM[stream]), torch.empty(n, dtype=torch.float64)
+        ).tolist()
 
     def code(x: float, fmt: FixedPoint, rounding: str, u: float) -> int:
         return ref_code(x, fmt.wl, fmt.fl, fmt.signed, rounding, overflow, u)
@@ -68,8 +80,11 @@ def reference_pointwise(p0: list[float], grads: list[list[float]], lr: float, si
             d = code(v, target, target_rounding, ua[j])
             acc[j] = overflow_code(acc[j] + d, target.wl, target.signed, overflow)
         if acc_fmt is not None and weight_fmt is not None:
-            weights = [code(math.ldexp(a, -acc_fmt.fl), weight_fmt, roundings["weight"], u) * weight_fmt.lsb
-                       for a, u in zip(acc, uw, strict=True)]
+            weights = [
+                code(math.ldexp(a, -acc_fmt.fl), weight_fmt, roundings["weight"], u)
+                * weight_fmt.lsb
+                for a, u in zip(acc, uw, strict=True)
+            ]
         else:
             weights = [a * target.lsb for a in acc]
     return weights, acc
@@ -91,32 +106,59 @@ def formats_and_data(draw, max_n=40):
         acc = None
     elif shape == "accumulator":
         weight = None
-    grad = draw(st.sampled_from([None, FixedPoint(draw(st.integers(2, 16)), draw(st.integers(-2, 14)))]))
-    update = draw(st.sampled_from([None, None, FixedPoint(draw(st.integers(4, 24)), fl + draw(st.integers(0, 8)))]))
+    grad = draw(
+        st.sampled_from([None, FixedPoint(draw(st.integers(2, 16)), draw(st.integers(-2, 14)))])
+    )
+    update = draw(
+        st.sampled_from(
+            [None, None, FixedPoint(draw(st.integers(4, 24)), fl + draw(st.integers(0, 8)))]
+        )
+    )
     n = draw(st.integers(1, max_n))
     target = acc if acc is not None else weight
     span = 2.0 ** (target.wl - target.fl)
     unit = st.floats(-1, 1, allow_nan=False)
     p0 = [v * span / 2 for v in draw(st.lists(unit, min_size=n, max_size=n))]
     g_scale = 2.0 ** draw(st.integers(-12, 8))
-    grads = [[v * g_scale for v in draw(st.lists(unit, min_size=n, max_size=n))]
-             for _ in range(draw(st.integers(1, 3)))]
+    grads = [
+        [v * g_scale for v in draw(st.lists(unit, min_size=n, max_size=n))]
+        for _ in range(draw(st.integers(1, 3)))
+    ]
     lr = 10.0 ** draw(st.floats(-6, 1))
     formats = {"grad": grad, "update": update, "accumulator": acc, "weight": weight}
     return formats, p0, grads, lr
 
 
 def _optimizer(cls, p, lr, formats, roundings, overflow, seed, fused_flag, telemetry=True, **hyper):
-    return cls([p], lr=lr, **formats, grad_rounding=roundings["grad"], update_rounding=roundings["update"],
-               accumulator_rounding=roundings["accumulator"], weight_rounding=roundings["weight"],
-               overflow=overflow, seed=seed, fused=fused_flag, telemetry=telemetry, **hyper)
+    return cls(
+        [p],
+        lr=lr,
+        **formats,
+        grad_rounding=roundings["grad"],
+        update_rounding=roundings["update"],
+        accumulator_rounding=roundings["accumulator"],
+        weight_rounding=roundings["weight"],
+        overflow=overflow,
+        seed=seed,
+        fused=fused_flag,
+        telemetry=telemetry,
+        **hyper,
+    )
 
 
 # -------------------------------------------- fused == integer reference == torch
-@given(formats_and_data(), st.sampled_from(MODES), st.sampled_from(["saturate", "wrap"]), st.booleans(),
-       st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**40))
+@given(
+    formats_and_data(),
+    st.sampled_from(MODES),
+    st.sampled_from(["saturate", "wrap"]),
+    st.booleans(),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 2**40),
+)
 @settings(max_examples=120)
-def test_fused_pointwise_step_matches_integer_reference_and_torch_ops(case, modes, overflow, sign, dtype, seed):
+def test_fused_pointwise_step_matches_integer_reference_and_torch_ops(
+    case, modes, overflow, sign, dtype, seed
+):
     formats, p0, grads, lr = case
     roundings = dict(zip(("grad", "update", "accumulator", "weight"), modes, strict=True))
     cls = hopt.SignSGD if sign else hopt.SGD
@@ -131,11 +173,15 @@ def test_fused_pointwise_step_matches_integer_reference_and_torch_ops(case, mode
             tel.append(opt.telemetry)
         runs.append((p.detach().clone(), opt.accumulator_codes(p), tel))
     (w_fused, acc_fused, tel_fused), (w_torch, acc_torch, tel_torch) = runs
-    assert torch.equal(w_fused, w_torch) and torch.equal(torch.signbit(w_fused), torch.signbit(w_torch))
+    assert torch.equal(w_fused, w_torch) and torch.equal(
+        torch.signbit(w_fused), torch.signbit(w_torch)
+    )
     assert torch.equal(acc_fused, acc_torch)
     assert tel_fused == tel_torch
     if dtype == torch.float64:  # the reference computes on the float64 initial weights
-        want_w, want_acc = reference_pointwise(p0, grads, lr, sign, formats, roundings, overflow, seed)
+        want_w, want_acc = reference_pointwise(
+            p0, grads, lr, sign, formats, roundings, overflow, seed
+        )
         assert acc_fused.tolist() == want_acc
         assert w_fused.tolist() == want_w
 
@@ -143,24 +189,61 @@ def test_fused_pointwise_step_matches_integer_reference_and_torch_ops(case, mode
 FUSED_TAIL_CASES = [
     # rules with state: the rule in torch ops, the rest (update format, accumulator,
     # weight) in the kernel; every rounding, both overflows, update formats
-    ("sgd", dict(lr=0.05, momentum=0.9), dict(weight="fx10.6", accumulator="fx20.14", update="fx16.14",
-                                              rounding="nearest")),
-    ("sgd", dict(lr=0.3, maximize=True, weight_decay=0.01), dict(weight="ufx6.3", accumulator="ufx12.8",
-                                                                 rounding="floor", overflow="wrap")),
-    ("adam", dict(lr=0.02), dict(weight="fx8.5", rounding="stochastic", seed=5, state="fx24.20", grad="fx10.8")),
-    ("adagrad", dict(lr=0.1), dict(weight="fx8.4", accumulator="fx16.12", rounding="stochastic",
-                                   weight_rounding="nearest", update="fx12.11", seed=9)),
-    ("rmsprop", dict(lr=0.01), dict(weight="fx6.3", accumulator="fx12.9", rounding="zero", overflow="wrap")),
-    ("signsgd", dict(lr=0.01, weight_decay=0.1), dict(accumulator="fx12.8", rounding="nearest_away")),
-    ("sgd", dict(lr=0.01), dict(weight="fx40.30", accumulator="fx52.44", grad="fx12.10")),  # codes beyond int32
+    (
+        "sgd",
+        dict(lr=0.05, momentum=0.9),
+        dict(weight="fx10.6", accumulator="fx20.14", update="fx16.14", rounding="nearest"),
+    ),
+    (
+        "sgd",
+        dict(lr=0.3, maximize=True, weight_decay=0.01),
+        dict(weight="ufx6.3", accumulator="ufx12.8", rounding="floor", overflow="wrap"),
+    ),
+    (
+        "adam",
+        dict(lr=0.02),
+        dict(weight="fx8.5", rounding="stochastic", seed=5, state="fx24.20", grad="fx10.8"),
+    ),
+    (
+        "adagrad",
+        dict(lr=0.1),
+        dict(
+            weight="fx8.4",
+            accumulator="fx16.12",
+            rounding="stochastic",
+            weight_rounding="nearest",
+            update="fx12.11",
+            seed=9,
+        ),
+    ),
+    (
+        "rmsprop",
+        dict(lr=0.01),
+        dict(weight="fx6.3", accumulator="fx12.9", rounding="zero", overflow="wrap"),
+    ),
+    (
+        "signsgd",
+        dict(lr=0.01, weight_decay=0.1),
+        dict(accumulator="fx12.8", rounding="nearest_away"),
+    ),
+    (
+        "sgd",
+        dict(lr=0.01),
+        dict(weight="fx40.30", accumulator="fx52.44", grad="fx12.10"),
+    ),  # codes beyond int32
 ]
 
 
 def _train_small(name, hyper, prec, fused_flag, dtype, steps=12):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(
+        dtype
+    )
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(64, 8, generator=g, dtype=dtype), torch.randn(64, 3, generator=g, dtype=dtype)
+    x, y = (
+        torch.randn(64, 8, generator=g, dtype=dtype),
+        torch.randn(64, 3, generator=g, dtype=dtype),
+    )
     opt = hopt.OPTIMIZERS[name](model.parameters(), **hyper, **prec, fused=fused_flag)
     tel = []
     for i in range(steps):
@@ -170,7 +253,11 @@ def _train_small(name, hyper, prec, fused_flag, dtype, steps=12):
         opt.step()
         tel.append(opt.telemetry)
     params = list(model.parameters())
-    return torch.cat([p.detach().reshape(-1) for p in params]), [opt.accumulator_codes(p) for p in params], tel
+    return (
+        torch.cat([p.detach().reshape(-1) for p in params]),
+        [opt.accumulator_codes(p) for p in params],
+        tel,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -215,8 +302,12 @@ def test_fused_path_runs_where_it_should(monkeypatch):
 def test_extreme_learning_rates_give_the_reference_bits(lr):
     """Where merged multiplications could round differently (subnormal or
     overflowing products) the plan declines and the torch ops run: same bits."""
-    formats = {"grad": FixedPoint(12, 10), "update": None, "accumulator": FixedPoint(20, 12),
-               "weight": FixedPoint(10, 6)}
+    formats = {
+        "grad": FixedPoint(12, 10),
+        "update": None,
+        "accumulator": FixedPoint(20, 12),
+        "weight": FixedPoint(10, 6),
+    }
     roundings = dict.fromkeys(("grad", "update", "accumulator", "weight"), "floor")
     p0, grads = [0.5, -0.25, 0.0], [[0.3, -0.7, 1e-3]]
     p = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float64))
@@ -228,11 +319,20 @@ def test_extreme_learning_rates_give_the_reference_bits(lr):
 
 
 # ------------------------------------------------------- the provable overflow steps
-@given(st.integers(3, 24), st.integers(-4, 20), st.booleans(), st.integers(0, 12), st.integers(-8, 8),
-       st.floats(1e-8, 10.0), st.floats(0.0, 1e3), st.sampled_from([0, 1]),
-       st.one_of(st.none(), st.floats(0.0, 1.2)))
-def test_plan_skips_an_overflow_step_only_where_it_is_a_no_op(wl, fl, signed, extra, shift, lr, source_max,
-                                                                overflow, acc_fraction):
+@given(
+    st.integers(3, 24),
+    st.integers(-4, 20),
+    st.booleans(),
+    st.integers(0, 12),
+    st.integers(-8, 8),
+    st.floats(1e-8, 10.0),
+    st.floats(0.0, 1e3),
+    st.sampled_from([0, 1]),
+    st.one_of(st.none(), st.floats(0.0, 1.2)),
+)
+def test_plan_skips_an_overflow_step_only_where_it_is_a_no_op(
+    wl, fl, signed, extra, shift, lr, source_max, overflow, acc_fraction
+):
     """For every overflow step the plan compiles out, no input within the
     bounds (|gradient| <= source_max, |accumulator code| <= acc_top) can reach
     the format's limits: checked at the bounds themselves, with every
@@ -246,7 +346,11 @@ def test_plan_skips_an_overflow_step_only_where_it_is_a_no_op(wl, fl, signed, ex
     planned = step.plan(-lr, source_max, acc_top)
     if planned is None:
         return
-    (k_update, k_delta, k_weight), (grad_overflow, delta_overflow, acc_overflow, weight_overflow), top_after = planned
+    (
+        (k_update, k_delta, k_weight),
+        (grad_overflow, delta_overflow, acc_overflow, weight_overflow),
+        top_after,
+    ) = planned
     lo_g, hi_g = grad.min_code, grad.max_code
     # the largest |update code| (at least 1: an underflowed update keeps its sign)
     top = min(max(-lo_g, hi_g), math.ceil(max(source_max * 2.0**grad.fl, 1.0)))
@@ -281,8 +385,10 @@ def test_plan_skips_an_overflow_step_only_where_it_is_a_no_op(wl, fl, signed, ex
 
 
 # -------------------------------------------------------------------- max_abs
-@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=70),
-       st.sampled_from([np.float32, np.float64]))
+@given(
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=70),
+    st.sampled_from([np.float32, np.float64]),
+)
 def test_max_abs_is_the_max_magnitude_and_flags_nan_and_inf(values, dtype):
     x = np.array(values, dtype=dtype)
     got = fused.max_abs(x)
@@ -313,7 +419,9 @@ def test_parallel_kernel_and_telemetry_sample_equal_torch_ops(rounding, dtype):
     n = SERIAL_BELOW_ELEMENTWISE * 2 + 13
     g = torch.Generator().manual_seed(3)
     p0 = torch.randn(n, generator=g, dtype=torch.float64).to(dtype) * 4
-    grads = [torch.randn(n, generator=g, dtype=torch.float64).to(dtype) * 10.0 ** -k for k in (1, 3, 2)]  # the last: updates near LSB/2
+    grads = [
+        torch.randn(n, generator=g, dtype=torch.float64).to(dtype) * 10.0**-k for k in (1, 3, 2)
+    ]  # the last: updates near LSB/2
     prec = dict(weight="fx8.4", accumulator="fx14.10", grad="fx12.10", rounding=rounding, seed=11)
     runs = []
     for fused_flag in (True, False):
@@ -349,7 +457,9 @@ def test_nan_in_a_later_parameter_changes_no_parameter():
     opt = hopt.SGD([a, b], lr=0.1, weight="fx8.4", accumulator="fx16.12")
     a.grad, b.grad = torch.full_like(a, 0.5), torch.full_like(b, 0.5)
     opt.step()
-    before = [t.detach().clone() for t in (a, b, opt.accumulator_codes(a), opt.accumulator_codes(b))]
+    before = [
+        t.detach().clone() for t in (a, b, opt.accumulator_codes(a), opt.accumulator_codes(b))
+    ]
     b.grad[7] = float("inf")
     with pytest.raises(NonFiniteError, match="parameter 1"):
         opt.step()
@@ -373,7 +483,9 @@ def test_new_parameter_storage_and_loaded_state_are_picked_up():
     for _ in range(2):
         opt.step()
         ref_opt.step()
-    assert torch.equal(p, ref) and torch.equal(opt.accumulator_codes(p), ref_opt.accumulator_codes(ref))
+    assert torch.equal(p, ref) and torch.equal(
+        opt.accumulator_codes(p), ref_opt.accumulator_codes(ref)
+    )
 
 
 def test_non_contiguous_parameters_take_the_torch_ops():
@@ -397,9 +509,18 @@ def test_parallel_fused_tail_equals_torch_ops(rounding):
     runs = []
     for fused_flag in (True, False):
         p = torch.nn.Parameter(torch.linspace(-1, 1, n))
-        opt = hopt.Adam([p], lr=1e-3, weight="fx16.12", accumulator="fx24.20", grad="fx16.12",
-                        state={"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"}, update="fx24.22",
-                        rounding=rounding, seed=0, fused=fused_flag)
+        opt = hopt.Adam(
+            [p],
+            lr=1e-3,
+            weight="fx16.12",
+            accumulator="fx24.20",
+            grad="fx16.12",
+            state={"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"},
+            update="fx24.22",
+            rounding=rounding,
+            seed=0,
+            fused=fused_flag,
+        )
         tel = []
         for grad in grads:
             p.grad = grad.clone()
@@ -414,19 +535,32 @@ def test_parallel_fused_tail_equals_torch_ops(rounding):
 BOUND_CASES = [  # accumulator, weight, overflow, parameter dtype, rounding
     ("fx12.8", "fx6.3", "saturate", torch.float32, "nearest"),  # int32 codes, float32 weight stage
     ("fx12.8", "fx6.3", "wrap", torch.float64, "nearest"),
-    ("fx14.10", "fx8.5", "saturate", torch.float32, "stochastic"),  # float32 weight stage, stochastic
+    (
+        "fx14.10",
+        "fx8.5",
+        "saturate",
+        torch.float32,
+        "stochastic",
+    ),  # float32 weight stage, stochastic
     ("ufx12.8", "ufx8.5", "saturate", torch.float32, "stochastic"),
     ("ufx12.8", "ufx8.5", "wrap", torch.float32, "floor"),
     ("fx10.8", None, "saturate", torch.float32, "nearest_away"),
     ("fx10.8", None, "wrap", torch.float64, "zero"),
-    ("fx28.20", "fx12.8", "saturate", torch.float32, "nearest"),  # int32 codes beyond float32's 2^24
+    (
+        "fx28.20",
+        "fx12.8",
+        "saturate",
+        torch.float32,
+        "nearest",
+    ),  # int32 codes beyond float32's 2^24
     ("fx40.30", "fx16.12", "saturate", torch.float32, "stochastic"),  # float64 codes
 ]
 
 
 @pytest.mark.parametrize("acc_fmt,weight_fmt,overflow,dtype,rounding", BOUND_CASES)
-def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(monkeypatch, acc_fmt, weight_fmt, overflow, dtype,
-                                                                    rounding):
+def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(
+    monkeypatch, acc_fmt, weight_fmt, overflow, dtype, rounding
+):
     """Weights driven into saturation and back over many steps: the fused step
     (which leaves out the accumulator's and the weight's overflow steps while
     its bound on |accumulator| allows, adding int32 codes in int32 then,
@@ -446,17 +580,38 @@ def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(monkeypatch, 
     n = 300
     g = torch.Generator().manual_seed(2)
     span = 2.0 ** (FixedPoint.parse(acc_fmt).wl - FixedPoint.parse(acc_fmt).fl - 2)
-    p0 = ((torch.rand(n, generator=g, dtype=torch.float64) * 2 - (0.5 if acc_fmt.startswith("u") else 1)) * span
-          ).to(dtype)
+    p0 = (
+        (
+            torch.rand(n, generator=g, dtype=torch.float64) * 2
+            - (0.5 if acc_fmt.startswith("u") else 1)
+        )
+        * span
+    ).to(dtype)
     direction = torch.randn(n, generator=g, dtype=torch.float64).sign()
     # out to the limits, then back
-    grads = [(direction * (1.0 if step < 40 else -1.0) * (0.5 + torch.rand(n, generator=g, dtype=torch.float64))
-              * span).to(dtype) for step in range(80)]
+    grads = [
+        (
+            direction
+            * (1.0 if step < 40 else -1.0)
+            * (0.5 + torch.rand(n, generator=g, dtype=torch.float64))
+            * span
+        ).to(dtype)
+        for step in range(80)
+    ]
     runs = []
     for fused_flag in (True, False):
         p = torch.nn.Parameter(p0.clone())
-        opt = hopt.SGD([p], lr=0.05, weight=weight_fmt, accumulator=acc_fmt, grad="fx16.8", overflow=overflow,
-                       rounding=rounding, seed=4, fused=fused_flag)
+        opt = hopt.SGD(
+            [p],
+            lr=0.05,
+            weight=weight_fmt,
+            accumulator=acc_fmt,
+            grad="fx16.8",
+            overflow=overflow,
+            rounding=rounding,
+            seed=4,
+            fused=fused_flag,
+        )
         history = []
         for grad in grads:
             p.grad = grad
@@ -495,7 +650,12 @@ def test_update_that_underflows_on_the_grid_keeps_its_sign():
     sign and floors to -1, which the unsigned format saturates to 0 before it
     is added: the bounds that drop overflow steps allow for it (a bound that
     underflowed to 0 dropped that step, and the sum 2 - 1 gave 1)."""
-    formats = {"grad": None, "update": None, "accumulator": FixedPoint(8, -2, False), "weight": None}
+    formats = {
+        "grad": None,
+        "update": None,
+        "accumulator": FixedPoint(8, -2, False),
+        "weight": None,
+    }
     roundings = dict.fromkeys(("grad", "update", "accumulator", "weight"), "floor")
     p0, grads = [0.0, 8.0], [[5e-324, 5e-324]]
     runs = []
@@ -524,9 +684,13 @@ def test_telemetry_sample_is_runs_that_never_straddle_a_chunk(numel):
     else:
         assert fused.TELEMETRY_SAMPLE <= idx.numel() <= fused.TELEMETRY_SAMPLE * 1.1
         assert int(idx.max()) > numel - stride - 1  # reaches the end of the tensor
-        runs = idx[: idx.numel() // fused.SAMPLE_RUN * fused.SAMPLE_RUN].reshape(-1, fused.SAMPLE_RUN)
+        runs = idx[: idx.numel() // fused.SAMPLE_RUN * fused.SAMPLE_RUN].reshape(
+            -1, fused.SAMPLE_RUN
+        )
         assert bool((runs[:, 1:] - runs[:, :-1] == 1).all())
-    chunk_starts = [fused.sample_position(c * fused.CHUNK, stride) for c in range(-(-numel // fused.CHUNK))]
+    chunk_starts = [
+        fused.sample_position(c * fused.CHUNK, stride) for c in range(-(-numel // fused.CHUNK))
+    ]
     assert all(m % fused.SAMPLE_RUN == 0 for m in chunk_starts)
     assert [fused.sampled_index(m, stride) for m in range(idx.numel())] == idx.tolist()
 
@@ -544,7 +708,9 @@ def test_steps_under_inference_mode_keep_no_bound_and_match_torch_ops():
                 p.grad = torch.full_like(p, 0.3 if k < 20 else -0.3)
                 opt.step()
         assert opt.state[p]["accumulator"].is_inference()
-        assert bool((p == -2.0).all())  # every weight saturated at -8 on the way out, then 10 steps of 0.6 back
+        assert bool(
+            (p == -2.0).all()
+        )  # every weight saturated at -8 on the way out, then 10 steps of 0.6 back
         runs.append((p.detach().clone(), opt.accumulator_codes(p)))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
@@ -554,7 +720,9 @@ def test_int32_wrapped_is_the_int32_of_a_code_and_defined_beyond():
     from hwsim.kernels.scalar import int32_wrapped
 
     rng = np.random.default_rng(0)
-    codes = np.concatenate([rng.integers(-(2**51) + 1, 2**51, 2000), [0, -1, 1, 2**31 - 1, -(2**31), 2**31, 2**32]])
+    codes = np.concatenate(
+        [rng.integers(-(2**51) + 1, 2**51, 2000), [0, -1, 1, 2**31 - 1, -(2**31), 2**31, 2**32]]
+    )
     for c in codes.tolist():
         want = (c + 2**31) % 2**32 - 2**31  # c modulo 2^32, as an int32
         assert int32_wrapped(float(c)) == want
@@ -563,7 +731,9 @@ def test_int32_wrapped_is_the_int32_of_a_code_and_defined_beyond():
     for d in odd:
         w = int32_wrapped(d)
         assert w == int32_wrapped(d)  # deterministic
-        assert np.int32(np.int64(np.int32(np.int64(acc) + w)) - w) == acc  # an int32 sum taken back exactly
+        assert (
+            np.int32(np.int64(np.int32(np.int64(acc) + w)) - w) == acc
+        )  # an int32 sum taken back exactly
 
 
 def _speculation_spy(monkeypatch):
@@ -582,7 +752,13 @@ def _speculation_spy(monkeypatch):
 
 SPECULATION_CASES = [  # accumulator, weight, grad, rounding, dtype
     ("fx24.20", "fx16.12", "fx16.12", "nearest", torch.float32),
-    ("fx20.16", "fx10.6", None, "stochastic", torch.float64),  # stochastic update codes; weight: nearest
+    (
+        "fx20.16",
+        "fx10.6",
+        None,
+        "stochastic",
+        torch.float64,
+    ),  # stochastic update codes; weight: nearest
     ("fx16.12", "fx8.4", "fx12.10", "floor", torch.float32),
     ("fx14.12", None, "fx10.8", "nearest_away", torch.float32),
 ]
@@ -590,8 +766,9 @@ SPECULATION_CASES = [  # accumulator, weight, grad, rounding, dtype
 
 @pytest.mark.parametrize("acc_fmt,weight_fmt,grad_fmt,rounding,dtype", SPECULATION_CASES)
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "larger"])
-def test_gradient_checked_in_the_kernel_is_undone_exactly(monkeypatch, acc_fmt, weight_fmt, grad_fmt, rounding,
-                                                          dtype, bad):
+def test_gradient_checked_in_the_kernel_is_undone_exactly(
+    monkeypatch, acc_fmt, weight_fmt, grad_fmt, rounding, dtype, bad
+):
     """From the second step the fused step checks the gradient inside the
     kernel. A NaN or Inf in any parameter's gradient (the first, the last, in
     a large tensor's last chunk) raises with every parameter, accumulator,
@@ -603,7 +780,10 @@ def test_gradient_checked_in_the_kernel_is_undone_exactly(monkeypatch, acc_fmt, 
     sizes = [SERIAL_BELOW_ELEMENTWISE + 3 * fused.CHUNK + 5, fused.CHECK_IN_KERNEL_FROM, 300, 1]
     g = torch.Generator().manual_seed(3)
     p0 = [(torch.rand(n, generator=g, dtype=torch.float64) - 0.5).to(dtype) for n in sizes]
-    grads = [[(torch.randn(n, generator=g, dtype=torch.float64) * 0.5).to(dtype) for n in sizes] for _ in range(8)]
+    grads = [
+        [(torch.randn(n, generator=g, dtype=torch.float64) * 0.5).to(dtype) for n in sizes]
+        for _ in range(8)
+    ]
     # nan: in the first (both ends); inf: in the second, after the first ran; -inf: in
     # one checked apart (before any kernel); larger: finite, beyond the plan's limit
     bad_step, bad_param = 4, [0, 1, 3, 0][["nan", "inf", "-inf", "larger"].index(bad)]
@@ -618,13 +798,25 @@ def test_gradient_checked_in_the_kernel_is_undone_exactly(monkeypatch, acc_fmt, 
         # a non-contiguous parameter first, stepped by the torch ops: its telemetry
         # stays ahead of the kernel's in the group's (float) sums, as without the kernel
         params.insert(0, torch.nn.Parameter(p0[0][:3500].clone().reshape(50, 70).t()))
-        opt = hopt.SGD(params, lr=0.01, weight=weight_fmt, accumulator=acc_fmt, grad=grad_fmt, rounding=rounding,
-                       weight_rounding="nearest", seed=7, fused=fused_flag)
+        opt = hopt.SGD(
+            params,
+            lr=0.01,
+            weight=weight_fmt,
+            accumulator=acc_fmt,
+            grad=grad_fmt,
+            rounding=rounding,
+            weight_rounding="nearest",
+            seed=7,
+            fused=fused_flag,
+        )
         history = []
         for step, grad in enumerate(grads):
             for p, gr in zip(params, [grad[0][1000:4500].reshape(70, 50)] + grad, strict=True):
                 p.grad = gr.clone()
-            before = [(p.detach().clone(), opt.accumulator_codes(p), opt.state[p].get("step")) for p in params]
+            before = [
+                (p.detach().clone(), opt.accumulator_codes(p), opt.state[p].get("step"))
+                for p in params
+            ]
             bounds = [v.bound.top for v in opt._views.values()]
             if step == bad_step and bad != "larger":
                 with pytest.raises(NonFiniteError):
@@ -635,7 +827,9 @@ def test_gradient_checked_in_the_kernel_is_undone_exactly(monkeypatch, acc_fmt, 
                 assert [v.bound.top for v in opt._views.values()] == bounds
                 continue
             opt.step()
-            history.append([(p.detach().clone(), opt.accumulator_codes(p), opt.telemetry) for p in params])
+            history.append(
+                [(p.detach().clone(), opt.accumulator_codes(p), opt.telemetry) for p in params]
+            )
         runs.append(history)
     for fused_steps, torch_steps in zip(*runs, strict=True):
         for (w0, a0, t0), (w1, a1, t1) in zip(fused_steps, torch_steps, strict=True):
@@ -662,13 +856,18 @@ def test_gradient_is_checked_apart_where_the_step_could_not_be_undone(monkeypatc
         opt.step()
     assert outcomes == ["ran", "ran"]
     with torch.no_grad():
-        p.mul_(0.5)  # torch's version counter: the parameter no longer holds the accumulator's weight
+        p.mul_(
+            0.5
+        )  # torch's version counter: the parameter no longer holds the accumulator's weight
     opt.step()
     assert outcomes == ["ran", "ran"]
     opt.step()
     assert outcomes == ["ran", "ran", "ran"]
-    for prec in (dict(weight="fx16.8", accumulator="fx40.30"), dict(weight="ufx8.4", accumulator="ufx16.12"),
-                 dict(weight="fx8.4", weight_rounding="stochastic", accumulator="fx16.12", seed=1)):
+    for prec in (
+        dict(weight="fx16.8", accumulator="fx40.30"),
+        dict(weight="ufx8.4", accumulator="ufx16.12"),
+        dict(weight="fx8.4", weight_rounding="stochastic", accumulator="fx16.12", seed=1),
+    ):
         q = torch.nn.Parameter(torch.linspace(0, 1, n))
         opt = hopt.SGD([q], lr=0.01, **prec)
         for _ in range(3):
@@ -686,7 +885,10 @@ def test_the_kernels_limit_allows_twice_the_previous_max(data, dtype):
     x = data.draw(st.floats(0, allow_nan=False, allow_infinity=False, width=width))
     bits_type = np.int32 if dtype == np.float32 else np.int64
     itemsize = np.dtype(dtype).itemsize
-    for k in (fused.top_exponent(int(np.array(x, dtype).view(bits_type)), itemsize), math.frexp(x)[1]):
+    for k in (
+        fused.top_exponent(int(np.array(x, dtype).view(bits_type)), itemsize),
+        math.frexp(x)[1],
+    ):
         if k < 1024:  # 2^1024 is beyond float64
             assert x < math.ldexp(1.0, k)
         checked = fused.check_limits(itemsize, k)
@@ -704,13 +906,23 @@ def test_nan_in_a_gradient_checked_apart_undoes_the_kernels_steps(monkeypatch):
     takes their steps back before the error."""
     outcomes = _speculation_spy(monkeypatch)
     n = fused.CHECK_IN_KERNEL_FROM
-    a, b = torch.nn.Parameter(torch.linspace(-1, 1, n)), torch.nn.Parameter(torch.linspace(-1, 1, n))
-    opt = hopt.SGD([{"params": [a]}, {"params": [b], "weight_rounding": "stochastic"}], lr=0.01, weight="fx8.4",
-                   accumulator="fx16.12", seed=3)
+    a, b = (
+        torch.nn.Parameter(torch.linspace(-1, 1, n)),
+        torch.nn.Parameter(torch.linspace(-1, 1, n)),
+    )
+    opt = hopt.SGD(
+        [{"params": [a]}, {"params": [b], "weight_rounding": "stochastic"}],
+        lr=0.01,
+        weight="fx8.4",
+        accumulator="fx16.12",
+        seed=3,
+    )
     for _ in range(2):
         a.grad, b.grad = torch.full_like(a, 0.25), torch.full_like(b, 0.25)
         opt.step()
-    before = [t.detach().clone() for t in (a, b, opt.accumulator_codes(a), opt.accumulator_codes(b))]
+    before = [
+        t.detach().clone() for t in (a, b, opt.accumulator_codes(a), opt.accumulator_codes(b))
+    ]
     b.grad[n // 2] = math.nan
     with pytest.raises(NonFiniteError, match="parameter 1"):
         opt.step()

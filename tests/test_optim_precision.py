@@ -156,7 +156,9 @@ def _adam_transition(x, d, w_true, loss_scale):
     any weight moves in the run, and the mean stall fraction there."""
     for k in range(-4, 3):
         lr = LSB * 2 ** (k / 2)
-        _, stalls, w = lms_train(x, d, w_true, lr, optimizer="adam", loss_scale=loss_scale, weight=WEIGHT)
+        _, stalls, w = lms_train(
+            x, d, w_true, lr, optimizer="adam", loss_scale=loss_scale, weight=WEIGHT
+        )
         if w.abs().sum() > 0:
             return lr, sum(stalls) / len(stalls)
         assert all(s == 1.0 for s in stalls)

@@ -30,11 +30,18 @@ def test_qtorch_fixed_point_nearest_clamp(case):
     wl, fl, x = case
     x32 = torch.tensor(x, dtype=torch.float32)
     ours = hwsim.quantize(x32, FixedPoint(wl, fl), "nearest", "saturate")
-    theirs = qtorch_quant.fixed_point_quantize(x32, wl, fl, clamp=True, symmetric=False, rounding="nearest")
+    theirs = qtorch_quant.fixed_point_quantize(
+        x32, wl, fl, clamp=True, symmetric=False, rounding="nearest"
+    )
     assert torch.equal(ours, theirs)
 
 
-APY_ROUNDING = {"floor": "TRN", "zero": "TRN_ZERO", "nearest": "RND_CONV", "nearest_away": "RND_INF"}
+APY_ROUNDING = {
+    "floor": "TRN",
+    "zero": "TRN_ZERO",
+    "nearest": "RND_CONV",
+    "nearest_away": "RND_INF",
+}
 
 
 @st.composite
@@ -44,8 +51,14 @@ def fmt_and_exact_values(draw):
     n = draw(st.integers(1, 40))
     extra = 8
     span = 1 << (wl + extra + 4)
-    m = draw(st.lists(st.integers(-span, span) | st.integers(-span >> extra, span >> extra).map(lambda k: (2 * k + 1) << (extra - 1)),
-                      min_size=n, max_size=n))
+    m = draw(
+        st.lists(
+            st.integers(-span, span)
+            | st.integers(-span >> extra, span >> extra).map(lambda k: (2 * k + 1) << (extra - 1)),
+            min_size=n,
+            max_size=n,
+        )
+    )
     return wl, fl, extra, np.array(m, dtype=np.float64) * 2.0 ** -(fl + extra)
 
 
@@ -62,7 +75,9 @@ def test_apytypes_cast(rounding, overflow, case):
         quantization=getattr(apy.QuantizationMode, APY_ROUNDING[rounding]),
         overflow=apy.OverflowMode.SAT if overflow == "saturate" else apy.OverflowMode.WRAP,
     )
-    bits = np.array(cast.to_bits(), dtype=object).astype(np.int64)  # read through to_bits (to_numpy is wrong after WRAP in 0.5.1)
+    bits = np.array(cast.to_bits(), dtype=object).astype(
+        np.int64
+    )  # read through to_bits (to_numpy is wrong after WRAP in 0.5.1)
     theirs = np.where(bits >= (1 << (wl - 1)), bits - (1 << wl), bits)
     ours = hwsim.to_codes(x, FixedPoint(wl, fl), rounding, overflow)
     np.testing.assert_array_equal(ours, theirs)

@@ -31,24 +31,38 @@ def format_and_values(draw, max_size=40):
         if kind == 0:  # any magnitude, both signs
             vals.append(draw(st.floats(allow_nan=False, allow_infinity=False, width=64)))
         elif kind == 1:  # near the format's range
-            vals.append(draw(st.floats(-4 * max(abs(fmt.min), fmt.max, lsb), 4 * max(abs(fmt.min), fmt.max, lsb))))
+            vals.append(
+                draw(
+                    st.floats(
+                        -4 * max(abs(fmt.min), fmt.max, lsb), 4 * max(abs(fmt.min), fmt.max, lsb)
+                    )
+                )
+            )
         elif kind == 2:  # exact ties between grid points (float64 holds them)
             k = draw(st.integers(max(fmt.min_code - 4, -(1 << 51)), min(fmt.max_code + 4, 1 << 51)))
             vals.append((k + 0.5) * lsb)
         elif kind == 3:  # grid points, including the edges and beyond
-            k = draw(st.sampled_from([fmt.min_code, fmt.max_code, fmt.min_code - 1, fmt.max_code + 1, 0]) | code_span)
+            k = draw(
+                st.sampled_from([fmt.min_code, fmt.max_code, fmt.min_code - 1, fmt.max_code + 1, 0])
+                | code_span
+            )
             vals.append(float(k) * lsb)
         elif kind == 4:  # tiny and zero
             vals.append(draw(st.sampled_from([0.0, -0.0, 5e-324, -5e-324, 2.2e-308, -1e-300])))
         else:  # far out of range
-            vals.append(draw(st.sampled_from([1e300, -1e300, 1.7e308, -1.7e308])) * draw(st.floats(0.01, 1)))
+            vals.append(
+                draw(st.sampled_from([1e300, -1e300, 1.7e308, -1.7e308])) * draw(st.floats(0.01, 1))
+            )
     noise = draw(st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=n, max_size=n))
     return fmt, np.array(vals, dtype=np.float64), np.array(noise, dtype=np.float64)
 
 
 def reference(x, fmt, rounding, overflow, noise):
     return np.array(
-        [ref_code(float(v), fmt.wl, fmt.fl, fmt.signed, rounding, overflow, float(u)) for v, u in zip(x, noise, strict=True)],
+        [
+            ref_code(float(v), fmt.wl, fmt.fl, fmt.signed, rounding, overflow, float(u))
+            for v, u in zip(x, noise, strict=True)
+        ],
         dtype=np.int64,
     )
 
@@ -74,8 +88,10 @@ def test_codes_equal_reference_both_backends(rounding, overflow, case):
 
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)
-@given(fmt=st.builds(FixedPoint, st.integers(1, 24), st.integers(-8, 30), st.booleans()),
-       data=st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=30))
+@given(
+    fmt=st.builds(FixedPoint, st.integers(1, 24), st.integers(-8, 30), st.booleans()),
+    data=st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=30),
+)
 def test_float32_input_keeps_dtype_and_matches_reference(rounding, fmt, data):
     x = np.array(data, dtype=np.float32)
     noise = np.linspace(0, 1, len(data), endpoint=False)
@@ -85,8 +101,13 @@ def test_float32_input_keeps_dtype_and_matches_reference(rounding, fmt, data):
     expected = reference(x.astype(np.float64), fmt, rounding, "saturate", noise)
     if fmt.representable_in("float32"):
         np.testing.assert_array_equal(out, (expected * fmt.lsb).astype(np.float32))
-    out_t = hwsim.quantize(torch.from_numpy(x), fmt, rounding, "saturate",
-                           **({"noise": torch.from_numpy(noise)} if kw else {}))
+    out_t = hwsim.quantize(
+        torch.from_numpy(x),
+        fmt,
+        rounding,
+        "saturate",
+        **({"noise": torch.from_numpy(noise)} if kw else {}),
+    )
     assert out_t.dtype == torch.float32
     np.testing.assert_array_equal(out_t.numpy(), out)
 
@@ -133,15 +154,21 @@ def test_nearest_rounding_is_biased_where_stochastic_is_not():
     fmt = FixedPoint(8, 4)
     x = np.full(200_000, 0.3 * fmt.lsb + 1.0)
     assert hwsim.quantize(x, fmt).mean() == 1.0
-    assert abs(hwsim.quantize(x, fmt, "stochastic", seed=3).mean() - x[0]) < 4 * fmt.lsb * 0.46 / math.sqrt(x.size)
+    assert abs(
+        hwsim.quantize(x, fmt, "stochastic", seed=3).mean() - x[0]
+    ) < 4 * fmt.lsb * 0.46 / math.sqrt(x.size)
 
 
 def test_saturate_and_wrap_known_values():
     x = np.array([7.99, 8.0, -8.0, -8.07, 100.0, -100.0])
-    np.testing.assert_array_equal(hwsim.quantize(x, "fx8.4"), [8 - 1 / 16, 8 - 1 / 16, -8, -8, 8 - 1 / 16, -8])
+    np.testing.assert_array_equal(
+        hwsim.quantize(x, "fx8.4"), [8 - 1 / 16, 8 - 1 / 16, -8, -8, 8 - 1 / 16, -8]
+    )
     # wrap: 7.99 -> code round(127.84) = 128 -> -128; -8.07 -> -129 -> 127;
     # 100 -> 1600 = 6*256 + 64 -> 4.0; -100 -> -1600 -> -64 -> -4.0
-    np.testing.assert_array_equal(hwsim.quantize(x, "fx8.4", overflow="wrap"), [-8, -8, -8, 8 - 1 / 16, 4.0, -4.0])
+    np.testing.assert_array_equal(
+        hwsim.quantize(x, "fx8.4", overflow="wrap"), [-8, -8, -8, 8 - 1 / 16, 4.0, -4.0]
+    )
     u = hwsim.quantize(np.array([-1.0, 300.0, 256.0]), "ufx8.0", overflow="wrap")
     np.testing.assert_array_equal(u, [255, 44, 0])
 
@@ -168,7 +195,9 @@ def test_shapes_scalars_noncontiguous_empty_integers():
     assert hwsim.quantize(a, "fx8.4").shape == (2, 3, 4)
     t = a.transpose(2, 0, 1)
     np.testing.assert_array_equal(hwsim.quantize(t, "fx8.4"), hwsim.quantize(t.copy(), "fx8.4"))
-    assert hwsim.quantize(0.3, "fx8.4") == 0.3125 and isinstance(hwsim.quantize(0.3, "fx8.4"), float)
+    assert hwsim.quantize(0.3, "fx8.4") == 0.3125 and isinstance(
+        hwsim.quantize(0.3, "fx8.4"), float
+    )
     assert hwsim.quantize(np.zeros(0), "fx8.4").shape == (0,)
     assert hwsim.quantize(np.array([1, 2, 300]), "fx8.0").tolist() == [1.0, 2.0, 127.0]
     tt = torch.arange(12.0).reshape(3, 4).t()
@@ -181,7 +210,9 @@ def test_codes_round_trip_for_wide_formats():
     back = hwsim.to_codes(codes.astype(np.float64), fmt)
     # float64 cannot hold 2^61-1: to_codes of its float is the nearest in-range code
     assert back[0] == fmt.min_code and back[1] == fmt.max_code
-    np.testing.assert_array_equal(hwsim.from_codes(codes, FixedPoint(62, 3)), codes.astype(np.float64) / 8)
+    np.testing.assert_array_equal(
+        hwsim.from_codes(codes, FixedPoint(62, 3)), codes.astype(np.float64) / 8
+    )
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
@@ -221,7 +252,9 @@ def test_argument_errors():
         hwsim.quantize(np.zeros(2), (8, 4))
     with pytest.raises(ValueError, match="dtype"):
         hwsim.quantize(np.array(["a"]), "fx8.4")
-    with pytest.raises(ValueError, match=r"outside the range of fx8.4: codes must be integers in \[-128, 127\]"):
+    with pytest.raises(
+        ValueError, match=r"outside the range of fx8.4: codes must be integers in \[-128, 127\]"
+    ):
         hwsim.from_codes(np.array([0, 128]), "fx8.4")
     with pytest.raises(ValueError, match="integer"):
         hwsim.from_codes(np.array([0.5]), "fx8.4")

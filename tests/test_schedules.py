@@ -14,24 +14,47 @@ from hwsim.schedules import GearShift, GearShiftPolicy
 from tests.test_optim_precision import lms_problem, lms_train
 
 
-@pytest.mark.parametrize("text,want", [
-    ("constant", GearShiftPolicy()),
-    ("gearshift:every=2000", GearShiftPolicy(every=2000)),
-    ("gearshift:every=2000,factor=0.5,floor=precision", GearShiftPolicy(every=2000, factor=0.5, floor="precision")),
-    ("gearshift:plateau=3,factor=0.5,floor=1e-4", GearShiftPolicy(plateau=3, factor=0.5, floor=1e-4)),
-    (" GearShift:every=10, factor=0.25 ", GearShiftPolicy(every=10, factor=0.25)),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("constant", GearShiftPolicy()),
+        ("gearshift:every=2000", GearShiftPolicy(every=2000)),
+        (
+            "gearshift:every=2000,factor=0.5,floor=precision",
+            GearShiftPolicy(every=2000, factor=0.5, floor="precision"),
+        ),
+        (
+            "gearshift:plateau=3,factor=0.5,floor=1e-4",
+            GearShiftPolicy(plateau=3, factor=0.5, floor=1e-4),
+        ),
+        (" GearShift:every=10, factor=0.25 ", GearShiftPolicy(every=10, factor=0.25)),
+    ],
+)
 def test_parse(text, want):
     assert GearShiftPolicy.parse(text) == want
 
 
-@pytest.mark.parametrize("text", [
-    "cosine", "gearshift", "gearshift:", "gearshift:every", "gearshift:every=0", "gearshift:every=1.5",
-    "gearshift:factor=0.5", "gearshift:every=10,factor=2", "gearshift:every=10,floor=lsb",
-    "gearshift:every=10,plateau=3", "gearshift:every=10,every=20", "gearshift:every=10,speed=1",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cosine",
+        "gearshift",
+        "gearshift:",
+        "gearshift:every",
+        "gearshift:every=0",
+        "gearshift:every=1.5",
+        "gearshift:factor=0.5",
+        "gearshift:every=10,factor=2",
+        "gearshift:every=10,floor=lsb",
+        "gearshift:every=10,plateau=3",
+        "gearshift:every=10,every=20",
+        "gearshift:every=10,speed=1",
+    ],
+)
 def test_parse_rejects_bad_text_listing_the_forms(text):
-    with pytest.raises(ValueError, match="gearshift:every=|every= or plateau=|positive integer|factor|floor"):
+    with pytest.raises(
+        ValueError, match="gearshift:every=|every= or plateau=|positive integer|factor|floor"
+    ):
         GearShiftPolicy.parse(text)
     with pytest.raises(ValueError, match="allowed forms"):
         GearShiftPolicy.parse("cosine")
@@ -78,8 +101,14 @@ def test_precision_floor_holds_below_half_an_lsb():
 
 
 def test_bad_policy_arguments():
-    for kwargs in (dict(every=0), dict(every=2, plateau=2), dict(factor=1.0), dict(floor="lsb"),
-                   dict(floor=-1.0), dict(threshold=-1)):
+    for kwargs in (
+        dict(every=0),
+        dict(every=2, plateau=2),
+        dict(factor=1.0),
+        dict(floor="lsb"),
+        dict(floor=-1.0),
+        dict(threshold=-1),
+    ):
         with pytest.raises(ValueError):
             GearShiftPolicy(**kwargs)
 
@@ -116,7 +145,10 @@ def test_gearshift_scheduler_plateau_and_text_policy():
 
 def test_precision_floor_needs_telemetry():
     w = torch.nn.Parameter(torch.zeros(1))
-    for opt in (torch.optim.SGD([w], lr=1.0), hopt.SGD([w], lr=1.0, weight="fx8.4", telemetry=False)):
+    for opt in (
+        torch.optim.SGD([w], lr=1.0),
+        hopt.SGD([w], lr=1.0, weight="fx8.4", telemetry=False),
+    ):
         sched = GearShift(opt, every=1, floor="precision")
         w.grad = torch.ones(1)
         opt.step()
@@ -149,11 +181,20 @@ def test_precision_floor_beats_fixed_lr_and_unbounded_halving_on_fixed_point_lms
     x, d, w_true = lms_problem(2000, noise=0.03)
     lr0, every = 0.1, 25
     fixed, _, _ = lms_train(x, d, w_true, lr0, weight="fx16.10")
-    halving, halving_stalls, _ = lms_train(x, d, w_true, lr0, weight="fx16.10",
-                                           scheduler=lambda o: GearShift(o, every=every))
-    floored, _, _ = lms_train(x, d, w_true, lr0, weight="fx16.10",
-                              scheduler=lambda o: GearShift(o, every=every, floor="precision"))
-    print(f"misalignment dB: fixed {fixed:.1f}, unbounded halving {halving:.1f}, precision floor {floored:.1f}")
+    halving, halving_stalls, _ = lms_train(
+        x, d, w_true, lr0, weight="fx16.10", scheduler=lambda o: GearShift(o, every=every)
+    )
+    floored, _, _ = lms_train(
+        x,
+        d,
+        w_true,
+        lr0,
+        weight="fx16.10",
+        scheduler=lambda o: GearShift(o, every=every, floor="precision"),
+    )
+    print(
+        f"misalignment dB: fixed {fixed:.1f}, unbounded halving {halving:.1f}, precision floor {floored:.1f}"
+    )
     assert sum(halving_stalls[-500:]) / 500 == 1.0  # unbounded halving ends frozen
     assert floored < fixed - 6.0
     assert floored < halving - 6.0

@@ -313,6 +313,8 @@ def test_dask_without_distributed_is_a_clear_error(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(builtins, "__import__", no_distributed)
     spec = Path(__file__).parent.parent / "studies" / "quickstart.toml"
-    code = cli.main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--dask", "tcp://127.0.0.1:1"])
+    code = cli.main(
+        ["sweep", str(spec), "--out", str(tmp_path / "out"), "--dask", "tcp://127.0.0.1:1"]
+    )
     assert code == 2
     assert "needs the 'distributed' package: pip install 'hwsim[dask]'" in capsys.readouterr().err

@@ -67,8 +67,19 @@ def _lms_run(x, d, v, mu, q, taps, sign_error, rounding, seed, skip):
     return acc / count, stalled / (count * taps)
 
 
-def simulate_lms(step, q, *, taps=8, input_power=1.0, min_mse=1e-3, rule="lms",
-                 rounding="nearest", samples=200_000, seed=0, skip=None):
+def simulate_lms(
+    step,
+    q,
+    *,
+    taps=8,
+    input_power=1.0,
+    min_mse=1e-3,
+    rule="lms",
+    rounding="nearest",
+    samples=200_000,
+    seed=0,
+    skip=None,
+):
     rng = np.random.default_rng(seed)
     w_o = rng.standard_normal(taps)
     w_o *= 0.7 / np.linalg.norm(w_o)
@@ -117,10 +128,16 @@ def _models_lms_excess(mu, q, *, rounding, samples, min_mse=1e-3, taps=8):
     """Excess MSE of models.lms.FixedLMS (a-priori error, second half)."""
     lms_mod = pytest.importorskip("models.lms")
     datasets = pytest.importorskip("models.datasets")
-    data = datasets.system_identification(samples, taps=taps, snr_db=-10 * math.log10(min_mse), seed=3)
+    data = datasets.system_identification(
+        samples, taps=taps, snr_db=-10 * math.log10(min_mse), seed=3
+    )
     clean = np.convolve(data.x, data.system)[:samples]
     fmt = hwsim.FixedPoint(24, int(round(-math.log2(q))))
-    y = lms_mod.FixedLMS(taps, "lms", weight=fmt, rounding=rounding, seed=1).run(data.x, data.d, mu).y
+    y = (
+        lms_mod.FixedLMS(taps, "lms", weight=fmt, rounding=rounding, seed=1)
+        .run(data.x, data.d, mu)
+        .y
+    )
     return float(np.mean((clean[samples // 2 :] - y[samples // 2 :]) ** 2)), data.mmse
 
 
@@ -172,7 +189,9 @@ def test_time_constant_tells_when_a_cold_start_freezes():
         else:
             assert measured > 2 * predicted, f  # frozen on the way
     # stochastic rounding keeps the full drift
-    assert lms_time_constant(0.01, q, input_power=1.0, mse=jmin, rounding="stochastic") == pytest.approx(100)
+    assert lms_time_constant(
+        0.01, q, input_power=1.0, mse=jmin, rounding="stochastic"
+    ) == pytest.approx(100)
     assert lms_time_constant(1e-6, q, input_power=1.0, mse=jmin) == math.inf
 
 
@@ -190,7 +209,9 @@ def test_lms_nearest_rounding_has_no_interior_optimum_in_steady_state():
 @pytest.mark.parametrize("rule", ["lms", "sign_error"])
 def test_stall_fraction_matches_simulation(rule):
     q = 2.0**-10
-    for mu in (lms_stall_step(q, input_power=1.0, min_mse=1e-3, rule=rule) * f for f in (0.5, 1.0, 4.0)):
+    for mu in (
+        lms_stall_step(q, input_power=1.0, min_mse=1e-3, rule=rule) * f for f in (0.5, 1.0, 4.0)
+    ):
         measured_mse, stalls = simulate_lms(mu, q, rule=rule, samples=100_000)
         predicted = lms_stall_fraction(mu, q, input_power=1.0, mse=1e-3 + measured_mse, rule=rule)
         assert stalls == pytest.approx(predicted, abs=0.03), f"{rule} mu={mu:.3g}"
@@ -231,15 +252,24 @@ def test_lms_formulas_from_the_references():
     sign = lms_excess_mse(mu, q, taps=m, input_power=sx2, min_mse=jmin, rule="sign_error")
     k = math.sqrt(math.pi / 2) * m * (mu * sx2 + q * q / 12 / mu) / 2
     assert sign == pytest.approx(k * math.sqrt(jmin + sign), rel=1e-12)
-    assert lms_optimal_step(q, input_power=sx2, min_mse=jmin) == pytest.approx(q / math.sqrt(12 * sx2 * jmin))
-    assert lms_stall_step(q, input_power=sx2, min_mse=jmin) == pytest.approx(q / (2 * math.sqrt(sx2 * jmin)))
-    assert lms_stall_step(q, input_power=sx2, rule="sign_error") == pytest.approx(q / (2 * math.sqrt(sx2)))
+    assert lms_optimal_step(q, input_power=sx2, min_mse=jmin) == pytest.approx(
+        q / math.sqrt(12 * sx2 * jmin)
+    )
+    assert lms_stall_step(q, input_power=sx2, min_mse=jmin) == pytest.approx(
+        q / (2 * math.sqrt(sx2 * jmin))
+    )
+    assert lms_stall_step(q, input_power=sx2, rule="sign_error") == pytest.approx(
+        q / (2 * math.sqrt(sx2))
+    )
     assert rounding_noise_variance(hwsim.FixedPoint(16, 8)) == q * q / 12
     # weight given as a format or its string is the same as its LSB
     assert lms_excess_mse(mu, "fx16.8", taps=m, input_power=sx2, min_mse=jmin) == white
     # more weight bits never hurt (white and exact)
     for model in ("white", "exact"):
-        e = [lms_excess_mse(0.01, 2.0**-fl, taps=8, input_power=1.0, min_mse=1e-3, model=model) for fl in (8, 10, 12)]
+        e = [
+            lms_excess_mse(0.01, 2.0**-fl, taps=8, input_power=1.0, min_mse=1e-3, model=model)
+            for fl in (8, 10, 12)
+        ]
         assert e[0] > e[1] > e[2]
 
 
@@ -250,9 +280,18 @@ def test_lms_formulas_from_the_references():
         (lambda: lms_excess_mse(0.1, 0.0, taps=4, input_power=1.0, min_mse=1e-3), "weight"),
         (lambda: lms_excess_mse(0.1, 2**-8, taps=0, input_power=1.0, min_mse=1e-3), "taps"),
         (lambda: lms_excess_mse(0.1, 2**-8, taps=4, input_power=-1.0, min_mse=1e-3), "input_power"),
-        (lambda: lms_excess_mse(0.1, 2**-8, taps=4, input_power=1.0, min_mse=1e-3, rule="nlms"), "rule"),
-        (lambda: lms_excess_mse(0.1, 2**-8, taps=4, input_power=1.0, min_mse=1e-3, model="x"), "model"),
-        (lambda: lms_optimal_step(2**-8, input_power=1.0, min_mse=1e-3, rounding="floor"), "rounding"),
+        (
+            lambda: lms_excess_mse(0.1, 2**-8, taps=4, input_power=1.0, min_mse=1e-3, rule="nlms"),
+            "rule",
+        ),
+        (
+            lambda: lms_excess_mse(0.1, 2**-8, taps=4, input_power=1.0, min_mse=1e-3, model="x"),
+            "model",
+        ),
+        (
+            lambda: lms_optimal_step(2**-8, input_power=1.0, min_mse=1e-3, rounding="floor"),
+            "rounding",
+        ),
         (lambda: lms_stall_step(2**-8, input_power=1.0, rule="lms"), "min_mse"),
     ],
 )
@@ -311,7 +350,9 @@ def test_accumulator_from_measured_statistics():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     batches = [(torch.randn(32, 8), torch.randint(0, 3, (32,))) for _ in range(3)]
     before = [p.detach().clone() for p in model.parameters()]
-    stats = measure_gradient_statistics(model, torch.nn.functional.cross_entropy, batches, quantile=0.1)
+    stats = measure_gradient_statistics(
+        model, torch.nn.functional.cross_entropy, batches, quantile=0.1
+    )
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
     # the statistics are the ones autograd gives, batch by batch
@@ -323,23 +364,30 @@ def test_accumulator_from_measured_statistics():
     model.zero_grad(set_to_none=True)
     g = np.concatenate(grads)
     s = stats["0.weight"]
-    assert s.max_grad == pytest.approx(g.max()) and s.small_grad == pytest.approx(np.quantile(g[g > 0], 0.1))
+    assert s.max_grad == pytest.approx(g.max()) and s.small_grad == pytest.approx(
+        np.quantile(g[g > 0], 0.1)
+    )
     assert s.max_weight == pytest.approx(float(model[0].weight.detach().abs().max()))
     # per-tensor rule with an 8-bit gradient format scaled to the measured range
     rec = accumulator_precision_from_statistics(stats, 1e-3, grad_bits=8)
     for name, st_ in stats.items():
         lsb_g = 2.0 ** math.ceil(math.log2(st_.max_grad)) * 2.0**-7
-        assert rec[name] == accumulator_precision(lsb_g, 1e-3, 2.0 ** math.ceil(math.log2(2 * st_.max_weight)))
+        assert rec[name] == accumulator_precision(
+            lsb_g, 1e-3, 2.0 ** math.ceil(math.log2(2 * st_.max_weight))
+        )
     # the small-gradient estimate needs at least as many bits as ... a coarse 4-bit format
     assert all(
-        accumulator_precision_from_statistics(stats, 1e-3)[n].fl >= accumulator_precision_from_statistics(stats, 1e-3, grad_bits=4)[n].fl
+        accumulator_precision_from_statistics(stats, 1e-3)[n].fl
+        >= accumulator_precision_from_statistics(stats, 1e-3, grad_bits=4)[n].fl
         for n in stats
     )
     with pytest.raises(ValueError, match="grad_bits"):
         accumulator_precision_from_statistics(stats, 1e-3, grad_bits=1)
     with pytest.raises(ValueError, match="empty"):
         measure_gradient_statistics(model, torch.nn.functional.cross_entropy, [])
-    assert accumulator_precision_from_statistics({"w": GradientStatistics(0.0, 0.0, 1.0)}, 1e-3) == {}
+    assert (
+        accumulator_precision_from_statistics({"w": GradientStatistics(0.0, 0.0, 1.0)}, 1e-3) == {}
+    )
 
 
 # -- the accumulator cliff in training ------------------------------------------------
@@ -358,7 +406,9 @@ def _digits():
 GRAD_FX6_5, WEIGHT_FX8_5 = hwsim.FixedPoint(6, 5), hwsim.FixedPoint(8, 5)
 
 
-def train_softmax(acc_wl, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5, epochs=10, batch=64, data=None):
+def train_softmax(
+    acc_wl, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5, epochs=10, batch=64, data=None
+):
     """Softmax regression on digits: gradients rounded stochastically onto
     ``grad``, updates rounded to nearest onto a weight accumulator of ``acc_wl``
     bits covering the weight range (or the accumulator format itself), weights
@@ -407,7 +457,10 @@ def test_accumulator_cliff_near_prediction_fast():
     data = _digits()
     lr, grad, weight = 2.0**-6, hwsim.FixedPoint(6, 5), hwsim.FixedPoint(8, 5)
     predicted = accumulator_precision(grad, lr, weight).wl
-    acc = {b: train_softmax(b, lr, data=data) for b in (predicted - 3, predicted - 1, predicted, predicted + 1)}
+    acc = {
+        b: train_softmax(b, lr, data=data)
+        for b in (predicted - 3, predicted - 1, predicted, predicted + 1)
+    }
     assert acc[predicted - 3] < acc[predicted + 1] - 0.1  # there is a cliff below
     assert abs(_cliff(acc) - predicted) <= 2
 
@@ -424,7 +477,10 @@ def test_accumulator_cliff_moves_one_bit_when_lr_halves(lr):
     for lr_min in (lr, lr / 2):
         epochs = max(10, round(10 * 2.0**-6 / lr_min))
         predicted = accumulator_precision(grad, lr_min, weight).wl
-        acc = {b: train_softmax(b, lr_min, data=data, epochs=epochs) for b in range(predicted - 5, predicted + 3)}
+        acc = {
+            b: train_softmax(b, lr_min, data=data, epochs=epochs)
+            for b in range(predicted - 5, predicted + 3)
+        }
         cliff = _cliff(acc)
         assert abs(cliff - predicted) <= 2, (lr_min, predicted, acc)
         cliffs.append(cliff)
@@ -443,7 +499,9 @@ def test_accumulator_cliff_near_prediction_for_a_non_power_of_two_rate():
 # -- against the models' bit-true LMS kernel ---------------------------------------------
 
 
-@pytest.mark.parametrize("rule,rounding", [("lms", "nearest"), ("lms", "stochastic"), ("sign_error", "nearest")])
+@pytest.mark.parametrize(
+    "rule,rounding", [("lms", "nearest"), ("lms", "stochastic"), ("sign_error", "nearest")]
+)
 def test_prediction_matches_models_fixed_lms(rule, rounding):
     """models.lms.FixedLMS (bit-true: data fx20.16, exact products, 16-bit step
     code) on models.datasets.system_identification. The excess MSE is measured
@@ -454,15 +512,23 @@ def test_prediction_matches_models_fixed_lms(rule, rounding):
     data = datasets.system_identification(n, taps=taps, snr_db=40.0, seed=3)
     clean = np.convolve(data.x, data.system)[:n]
     weight = hwsim.FixedPoint(16, 12)
-    setting = dict(taps=taps, input_power=float(np.mean(data.x**2)), min_mse=data.mmse, rule=rule,
-                   rounding=rounding)
-    mu_opt = lms_optimal_step(weight, input_power=1.0, min_mse=data.mmse, rule=rule, rounding=rounding)
+    setting = dict(
+        taps=taps,
+        input_power=float(np.mean(data.x**2)),
+        min_mse=data.mmse,
+        rule=rule,
+        rounding=rounding,
+    )
+    mu_opt = lms_optimal_step(
+        weight, input_power=1.0, min_mse=data.mmse, rule=rule, rounding=rounding
+    )
     checked = 0
     for f in (0.5, 1.0, 2.0, 4.0, 8.0):
         mu = f * mu_opt if rule == "lms" else f * 2**-10
         predicted = lms_excess_mse(mu, weight, model="exact", **setting)
-        tau = lms_time_constant(mu, weight, input_power=1.0, mse=data.mmse + predicted, rule=rule,
-                                rounding=rounding)
+        tau = lms_time_constant(
+            mu, weight, input_power=1.0, mse=data.mmse + predicted, rule=rule, rounding=rounding
+        )
         if 5 * tau > n // 2 or mu * taps > 0.2:
             continue
         filt = lms_mod.FixedLMS(taps, rule, weight=weight, rounding=rounding, seed=1)
@@ -473,8 +539,9 @@ def test_prediction_matches_models_fixed_lms(rule, rounding):
     assert checked >= 3
 
 
-def train_softmax_optim(accumulator, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5, epochs=10, batch=64,
-                        data=None):
+def train_softmax_optim(
+    accumulator, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5, epochs=10, batch=64, data=None
+):
     """The same softmax regression in torch, trained by hwsim.optim.SGD with a
     weight accumulator (gradients rounded stochastically, updates to nearest)."""
     from hwsim.optim import SGD
@@ -485,8 +552,15 @@ def train_softmax_optim(accumulator, lr, *, grad=GRAD_FX6_5, weight=WEIGHT_FX8_5
     with torch.no_grad():
         model.weight.zero_()
         model.bias.zero_()
-    opt = SGD(model.parameters(), lr=lr, weight=weight, accumulator=accumulator, grad=grad,
-              grad_rounding="stochastic", seed=0)
+    opt = SGD(
+        model.parameters(),
+        lr=lr,
+        weight=weight,
+        accumulator=accumulator,
+        grad=grad,
+        grad_rounding="stochastic",
+        seed=0,
+    )
     rng = np.random.default_rng(1)
     for _ in range(epochs):
         order = torch.tensor(rng.permutation(len(xtr)))
@@ -510,7 +584,11 @@ def test_accumulator_cliff_with_hwsim_optim(lr):
     grad, weight = hwsim.FixedPoint(6, 5), hwsim.FixedPoint(8, 5)
     predicted = accumulator_precision(grad, lr, weight).wl
     epochs = max(10, round(10 * 2.0**-6 / lr))
-    acc = {b: train_softmax_optim(hwsim.FixedPoint(b, b - weight.int_bits), lr, data=data, epochs=epochs)
-           for b in (predicted - 3, predicted - 1, predicted, predicted + 1)}
+    acc = {
+        b: train_softmax_optim(
+            hwsim.FixedPoint(b, b - weight.int_bits), lr, data=data, epochs=epochs
+        )
+        for b in (predicted - 3, predicted - 1, predicted, predicted + 1)
+    }
     assert acc[predicted - 3] < acc[predicted + 1] - 0.1
     assert abs(_cliff(acc) - predicted) <= 2, acc

@@ -22,7 +22,11 @@ def _one_torch_thread():
 def _mlp(seed=0):
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)
+        torch.nn.Linear(6, 12),
+        torch.nn.ReLU(),
+        torch.nn.Linear(12, 8),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 4),
     ).double()
 
 
@@ -33,7 +37,9 @@ def _brute_force(model, x, include_input=True):
     for n in range(x.shape[0]):
         xn = x[n : n + 1].clone().requires_grad_(True)
         acts = []
-        hooks = [m.register_forward_pre_hook(lambda m, a, acts=acts: acts.append(a[0])) for m in layers]
+        hooks = [
+            m.register_forward_pre_hook(lambda m, a, acts=acts: acts.append(a[0])) for m in layers
+        ]
         z = model(xn)[0]
         for h in hooks:
             h.remove()
@@ -83,7 +89,9 @@ def _quantized_forward(model, x, a_fmt, w_fmt):
     for m in model:
         if isinstance(m, torch.nn.Linear):
             h = torch.nn.functional.linear(
-                hwsim.quantize(h, a_fmt), hwsim.quantize(m.weight, w_fmt), hwsim.quantize(m.bias, w_fmt)
+                hwsim.quantize(h, a_fmt),
+                hwsim.quantize(m.weight, w_fmt),
+                hwsim.quantize(m.bias, w_fmt),
             )
         else:
             h = m(h)
@@ -97,7 +105,9 @@ def test_mismatch_bound_holds_on_a_trained_classifier():
     x = torch.tensor(xs / 16.0)
     y = torch.tensor(ys)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    ).double()
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     for _ in range(60):
         opt.zero_grad()
@@ -114,9 +124,15 @@ def test_mismatch_bound_holds_on_a_trained_classifier():
             assert gains.lsb(b, "activation") == a_fmt.lsb and gains.lsb(b, "weight") == w_fmt.lsb
             bound = mismatch_bound(gains, b, b)
             assert bound == mismatch_bound(gains, a_fmt, w_fmt)
-            measured = float((_quantized_forward(model, test, a_fmt, w_fmt).argmax(1) != ref).double().mean())
+            measured = float(
+                (_quantized_forward(model, test, a_fmt, w_fmt).argmax(1) != ref).double().mean()
+            )
             # the bound holds (sampling slack: 797 test digits) and is not vacuous at 8 bits
-            assert measured <= bound + 2 * np.sqrt(max(bound, 1e-3) / len(test)), (b, measured, bound)
+            assert measured <= bound + 2 * np.sqrt(max(bound, 1e-3) / len(test)), (
+                b,
+                measured,
+                bound,
+            )
         assert mismatch_bound(gains, 8, 8) < 0.5
     b_a, b_w = min_precision(gains, 0.05)
     assert mismatch_bound(gains, b_a, b_w) <= 0.05
@@ -124,8 +140,14 @@ def test_mismatch_bound_holds_on_a_trained_classifier():
 
 
 def test_min_precision_is_minimal_and_errors():
-    g = NoiseGains(activation=3.0, weight=50.0, activation_range=4.0, weight_range=0.5,
-                   activation_signed=True, samples=1)
+    g = NoiseGains(
+        activation=3.0,
+        weight=50.0,
+        activation_range=4.0,
+        weight_range=0.5,
+        activation_signed=True,
+        samples=1,
+    )
     for target in (0.3, 1e-2, 1e-4, 1e-6):
         b_a, b_w = min_precision(g, target)
         assert mismatch_bound(g, b_a, b_w) <= target

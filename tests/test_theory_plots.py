@@ -37,11 +37,24 @@ def lms(p: LMSParams) -> TrialResult:
     min_mse = 10.0 ** (-p.snr_db / 10)
     q = p.weight.lsb if p.weight is not None else 2.0**-40
     # steady state = the last 10% of the samples, as models.tasks:lms measures it
-    excess, stalls = simulate_lms(p.step, q, taps=p.taps, min_mse=min_mse, rule=p.rule,
-                                  rounding=p.rounding, samples=p.n_samples, seed=p.seed,
-                                  skip=p.n_samples - p.n_samples // 10)
-    return TrialResult(metrics={"excess_mse_db": 10 * math.log10(excess),
-                                "mmse_db": 10 * math.log10(min_mse), "stall_fraction": stalls})
+    excess, stalls = simulate_lms(
+        p.step,
+        q,
+        taps=p.taps,
+        min_mse=min_mse,
+        rule=p.rule,
+        rounding=p.rounding,
+        samples=p.n_samples,
+        seed=p.seed,
+        skip=p.n_samples - p.n_samples // 10,
+    )
+    return TrialResult(
+        metrics={
+            "excess_mse_db": 10 * math.log10(excess),
+            "mmse_db": 10 * math.log10(min_mse),
+            "stall_fraction": stalls,
+        }
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +77,15 @@ _DATA = []
 def classify(p: ClassifyParams) -> TrialResult:
     if not _DATA:
         _DATA.append(_digits())
-    accuracy = train_softmax(p.accumulator, p.lr, grad=p.grad, weight=p.weight, epochs=p.epochs,
-                             batch=p.batch_size, data=_DATA[0])
+    accuracy = train_softmax(
+        p.accumulator,
+        p.lr,
+        grad=p.grad,
+        weight=p.weight,
+        epochs=p.epochs,
+        batch=p.batch_size,
+        data=_DATA[0],
+    )
     return TrialResult(metrics={"test_accuracy": accuracy})
 
 
@@ -132,8 +152,21 @@ def _sweep(tmp_path_factory, name, text):
     folder = tmp_path_factory.mktemp(name)
     (folder / "spec.toml").write_text(text)
     out = folder / "out"
-    assert main(["sweep", str(folder / "spec.toml"), "--out", str(out), "--workers", "0",
-                 "--no-progress", "--no-plot"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                str(folder / "spec.toml"),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--no-progress",
+                "--no-plot",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -154,7 +187,8 @@ def test_lms_theory_rows_agree_with_the_sweep(lms_study):
     data = StudyData.load(lms_study)
     rows = tp.lms_rows(data)
     assert {(r["rounding"], r["weight"]) for r in rows} == {
-        (rd, w) for rd in ("nearest", "stochastic") for w in ("fx10.8", "fx12.10", "fx14.12")}
+        (rd, w) for rd in ("nearest", "stochastic") for w in ("fx10.8", "fx12.10", "fx14.12")
+    }
     reached = 0
     for r in rows:
         assert r["setting"]["min_mse"] == pytest.approx(1e-3)
@@ -164,9 +198,17 @@ def test_lms_theory_rows_agree_with_the_sweep(lms_study):
             reached += 1
             predicted = tp._predict_metric(
                 "excess_mse_db",
-                hwsim.theory.lms_excess_mse(step, r["setting"]["weight"], taps=8, input_power=1.0,
-                                            min_mse=1e-3, rounding=r["rounding"], model="exact"),
-                1e-3)
+                hwsim.theory.lms_excess_mse(
+                    step,
+                    r["setting"]["weight"],
+                    taps=8,
+                    input_power=1.0,
+                    min_mse=1e-3,
+                    rounding=r["rounding"],
+                    model="exact",
+                ),
+                1e-3,
+            )
             assert abs(measured - predicted) < 1.5, (r["rounding"], r["weight"], step)
     assert reached >= 12
 
@@ -223,7 +265,9 @@ def test_lms_overlay_predicts_weight_error_in_the_series_colours(lms_study):
     tp.lms_final_overlay(ax, data, {"metric": "excess_mse_db", "series": None})
     excess = {tuple(line.get_color()): list(line.get_ydata()) for line in ax.lines}
     plt.close(fig)
-    colours = {tuple(series_style(data, (("rounding", r),))["color"]) for r in ("nearest", "stochastic")}
+    colours = {
+        tuple(series_style(data, (("rounding", r),))["color"]) for r in ("nearest", "stochastic")
+    }
     assert set(excess) == colours and len(colours) == 2  # theory lines in their series' colour
     # weight error = excess / (sigma_x^2 |w_opt|^2): with |w_opt|^2 = 2 (3.01 dB) the
     # prediction is the excess-MSE one shifted down by 3.01 dB
@@ -236,7 +280,10 @@ def test_lms_overlay_predicts_weight_error_in_the_series_colours(lms_study):
         assert list(line.get_ydata()) == pytest.approx([y - 10 * math.log10(2.0) for y in expect])
     plt.close(fig)
     # |w_opt|^2 unknown, or a metric the theory does not predict: no line, no legend entry
-    for case, metric in [(_with_weight_error(data, None), "weight_error_db"), (data, "stall_fraction")]:
+    for case, metric in [
+        (_with_weight_error(data, None), "weight_error_db"),
+        (data, "stall_fraction"),
+    ]:
         case.plot["metric"] = case.spec["plot"]["metric"] = metric
         fig, ax = plt.subplots()
         tp.lms_final_overlay(ax, case, {"metric": metric, "series": None})
@@ -252,14 +299,23 @@ def test_pareto_front_is_the_set_of_undominated_configs(lms_study):
     points = tp.pareto_points(data)
     assert len(points) == 2 * 3 * 3 + 3  # grid configs + float baselines (one per step)
     for p in points:
-        dominated = any(q["energy"] <= p["energy"] and q["value"] <= p["value"]
-                        and (q["energy"] < p["energy"] or q["value"] < p["value"]) for q in points)
+        dominated = any(
+            q["energy"] <= p["energy"]
+            and q["value"] <= p["value"]
+            and (q["energy"] < p["energy"] or q["value"] < p["value"])
+            for q in points
+        )
         assert p["front"] == (not dominated)
     # more weight bits cost more energy at the same step
-    e = {p["config"]["weight"]: p["energy"] for p in points
-         if p["config"]["step"] == 0.004 and p["config"]["rounding"] == "nearest"}
+    e = {
+        p["config"]["weight"]: p["energy"]
+        for p in points
+        if p["config"]["step"] == 0.004 and p["config"]["rounding"] == "nearest"
+    }
     assert e["fx10.8"] < e["fx12.10"] < e["fx14.12"]
-    assert tp.has_precision_config({"weight": "fx8.4"}) and not tp.has_precision_config({"weight": None})
+    assert tp.has_precision_config({"weight": "fx8.4"}) and not tp.has_precision_config(
+        {"weight": None}
+    )
 
 
 def test_accumulator_prediction_and_cliff_in_report(acc_study):
@@ -271,7 +327,9 @@ def test_accumulator_prediction_and_cliff_in_report(acc_study):
     pts = data.points()
     for series, by_bits in pts.items():
         lr = dict(series)["lr"]
-        predicted, how = tp.accumulator_prediction(data, next(iter(by_bits.values())).records[0].config)
+        predicted, how = tp.accumulator_prediction(
+            data, next(iter(by_bits.values())).records[0].config
+        )
         assert predicted == hwsim.theory.accumulator_precision("fx6.5", lr, "fx8.5").fl
         assert "grad fx6.5" in how
         cliff = tp.measured_cliff(by_bits, "max")
@@ -287,8 +345,9 @@ def test_accumulator_prediction_and_cliff_in_report(acc_study):
     # the float baseline costs the most; the cheapest Pareto config is fixed point
     points = tp.pareto_points(data)
     base = [p for p in points if p["role"] == "baseline"]
-    assert base and all(b["energy"] > max(p["energy"] for p in points if p["role"] == "grid") for b in base)
+    assert base and all(
+        b["energy"] > max(p["energy"] for p in points if p["role"] == "grid") for b in base
+    )
     cheapest_front = min((p for p in points if p["front"]), key=lambda p: p["energy"])
     assert cheapest_front["role"] == "grid"
     assert "## Accuracy vs energy: Pareto-optimal configs" in text
-

@@ -71,13 +71,15 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
                         u = 0.0
                         if stochastic:
                             u = counter_uniform(seed, 2 * k * total + base + j)
-                        t = apply_overflow(shift_round_code(t, p_shift, rounding, u),
-                                           p_min, p_max, overflow)
+                        t = apply_overflow(
+                            shift_round_code(t, p_shift, rounding, u), p_min, p_max, overflow
+                        )
                     u = 0.0
                     if stochastic:
                         u = counter_uniform(seed, (2 * k + 1) * total + base + j)
-                    t = apply_overflow(shift_round_code(t, c_shift, rounding, u),
-                                       c_min, c_max, overflow)
+                    t = apply_overflow(
+                        shift_round_code(t, c_shift, rounding, u), c_min, c_max, overflow
+                    )
                     acc[j] = apply_overflow(acc[j] + t, c_min, c_max, overflow)
 
     return run
@@ -97,7 +99,6 @@ def reduce_codes_kernel(overflow: int):
             out[i] = apply_overflow(np.int64(sums[i]) << shift_left, c_min, c_max, overflow)
 
     return run
-
 
 
 @functools.cache
@@ -246,7 +247,7 @@ def code_stats(codes):
     his = np.zeros(CHUNKS, dtype=np.int64)
     step = (n + CHUNKS - 1) // CHUNKS
     for c in prange(CHUNKS):
-        mags[c], los[c], his[c] = _stats_slice(codes[min(n, c * step):min(n, (c + 1) * step)])
+        mags[c], los[c], his[c] = _stats_slice(codes[min(n, c * step) : min(n, (c + 1) * step)])
     return mags.max(), los.min(), his.max()
 
 
@@ -289,7 +290,8 @@ def scan_grid(bits, fl):
     step = (n + CHUNKS - 1) // CHUNKS
     for c in prange(CHUNKS):
         pos[c], neg[c], top[c], offs[c], ors[c] = _scan_grid_range(
-            bits[min(n, c * step):min(n, (c + 1) * step)], fl)
+            bits[min(n, c * step) : min(n, (c + 1) * step)], fl
+        )
     total_or, total_off = np.int64(0), np.int64(0)
     for c in range(CHUNKS):
         total_or |= ors[c]

@@ -45,7 +45,9 @@ def serial_and_parallel(fn):
     cache names a function by its qualified name, not by its flags, so the
     parallel twin gets a name of its own; else whichever compiled first would
     be loaded for both."""
-    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    twin = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
     twin.__qualname__ = f"{fn.__qualname__}_parallel"
     return kernel(fn), parallel_kernel(twin)
 

@@ -144,8 +144,9 @@ def value_to_code_float(x, scale, wrap_modulus, min_code, max_code, rounding, ov
     float64); ``min_code``/``max_code`` as floats. No int64 round trip: the
     optimizer kernels chain several of these per element. Mirrors
     ``hwsim.torch_path.core.value_to_code_float``."""
-    return overflow_code_float(round_value(x, scale, wrap_modulus, rounding, overflow, u), min_code, max_code,
-                               overflow)
+    return overflow_code_float(
+        round_value(x, scale, wrap_modulus, rounding, overflow, u), min_code, max_code, overflow
+    )
 
 
 @kernel

@@ -36,8 +36,14 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def quantize_tensor(x: torch.Tensor, fmt: FixedPoint | None, rounding: Rounding,
-                    overflow: Overflow, seed, backend: str) -> torch.Tensor:
+def quantize_tensor(
+    x: torch.Tensor,
+    fmt: FixedPoint | None,
+    rounding: Rounding,
+    overflow: Overflow,
+    seed,
+    backend: str,
+) -> torch.Tensor:
     """``hwsim.quantize`` of a tensor on the chosen backend (same dtype and device)."""
     if fmt is None:
         return x
@@ -56,8 +62,19 @@ class QuantizeFunction(torch.autograd.Function):
     lay outside the forward format's range."""
 
     @staticmethod
-    def forward(ctx, x, forward_fmt, forward_rounding, backward_fmt, backward_rounding, overflow,
-                forward_seed, backward_seed, backend, straight_through):
+    def forward(
+        ctx,
+        x,
+        forward_fmt,
+        forward_rounding,
+        backward_fmt,
+        backward_rounding,
+        overflow,
+        forward_seed,
+        backward_seed,
+        backend,
+        straight_through,
+    ):
         ctx.backward_args = (backward_fmt, backward_rounding, overflow, backward_seed, backend)
         if forward_fmt is not None and not straight_through:
             ctx.save_for_backward((x >= forward_fmt.min) & (x <= forward_fmt.max))
@@ -118,16 +135,16 @@ def _add_bias_codes(codes, bias, cfg: GemmConfig, shape) -> torch.Tensor:
     added with the accumulator's overflow, after the K products."""
     seed = None if cfg.seed is None else (cfg.seed + 7) & ((1 << 64) - 1)
     b_codes = to_codes(bias.detach(), cfg.accumulator, cfg.rounding, cfg.overflow, seed=seed)
-    return apply_overflow(codes + b_codes.reshape(shape).to(codes.device), cfg.accumulator,
-                          cfg.overflow)
+    return apply_overflow(
+        codes + b_codes.reshape(shape).to(codes.device), cfg.accumulator, cfg.overflow
+    )
 
 
 class MACLinearFunction(torch.autograd.Function):
     """y = x @ w.T + b with bit-true GEMMs forward and backward."""
 
     @staticmethod
-    def forward(ctx, x, w, b, forward: GemmConfig, grad_input: GemmConfig,
-                grad_weight: GemmConfig):
+    def forward(ctx, x, w, b, forward: GemmConfig, grad_input: GemmConfig, grad_weight: GemmConfig):
         ctx.save_for_backward(x, w)
         ctx.configs = (grad_input, grad_weight, b is not None)
         x2 = x.reshape(-1, x.shape[-1])
@@ -177,8 +194,17 @@ class MACConv2dFunction(torch.autograd.Function):
     positions in the order (n, y, x)."""
 
     @staticmethod
-    def forward(ctx, x, w, b, stride, padding, forward: GemmConfig, grad_input: GemmConfig,
-                grad_weight: GemmConfig):
+    def forward(
+        ctx,
+        x,
+        w,
+        b,
+        stride,
+        padding,
+        forward: GemmConfig,
+        grad_input: GemmConfig,
+        grad_weight: GemmConfig,
+    ):
         ctx.save_for_backward(x, w)
         ctx.configs = (stride, padding, grad_input, grad_weight, b is not None)
         if forward.accumulator is None:
@@ -217,8 +243,9 @@ def _conv_grad_input(x_shape, w, grad, stride, padding, cfg: GemmConfig):
     ph, pw = padding
     cg, fg = grid_codes(grad, "the output gradient", cfg.backend)
     cw, fw = grid_codes(w, "the weight", cfg.backend)
-    dilated = torch.zeros((n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dtype=torch.int64,
-                          device=cg.device)
+    dilated = torch.zeros(
+        (n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dtype=torch.int64, device=cg.device
+    )
     dilated[:, :, ::sh, ::sw] = cg
     flipped = cw.flip(2, 3).transpose(0, 1).contiguous()  # (C, O, kh, kw)
     h, wd = x_shape[2], x_shape[3]

@@ -44,9 +44,19 @@ def _mix(*parts: int) -> int:
     return z
 
 
-def quantizer(x: torch.Tensor, forward=None, backward=None, *, forward_rounding="nearest",
-              backward_rounding="nearest", overflow="saturate", forward_seed=None,
-              backward_seed=None, backend="torch", straight_through=True) -> torch.Tensor:
+def quantizer(
+    x: torch.Tensor,
+    forward=None,
+    backward=None,
+    *,
+    forward_rounding="nearest",
+    backward_rounding="nearest",
+    overflow="saturate",
+    forward_seed=None,
+    backward_seed=None,
+    backend="torch",
+    straight_through=True,
+) -> torch.Tensor:
     """Quantize ``x`` to ``forward`` in the forward pass and its gradient to
     ``backward`` in the backward pass (QPyTorch's two-format quantizer;
     Gupta et al. 2015 for stochastic rounding of both).
@@ -58,9 +68,16 @@ def quantizer(x: torch.Tensor, forward=None, backward=None, *, forward_rounding=
     (tensor([0.3125, 1.6875]), tensor([1., 1.]))
     """
     return QuantizeFunction.apply(
-        x, parse_format(forward), Rounding.parse(forward_rounding), parse_format(backward),
-        Rounding.parse(backward_rounding), Overflow.parse(overflow), forward_seed, backward_seed,
-        check_backend(backend), straight_through,
+        x,
+        parse_format(forward),
+        Rounding.parse(forward_rounding),
+        parse_format(backward),
+        Rounding.parse(backward_rounding),
+        Overflow.parse(overflow),
+        forward_seed,
+        backward_seed,
+        check_backend(backend),
+        straight_through,
     )
 
 
@@ -68,9 +85,18 @@ class Quantizer(nn.Module):
     """Module form of :func:`quantizer`; with an int ``seed``, each call draws
     fresh but reproducible stochastic noise (seed, call count)."""
 
-    def __init__(self, forward=None, backward=None, *, forward_rounding="nearest",
-                 backward_rounding="nearest", overflow="saturate", seed=None, backend="torch",
-                 straight_through=True):
+    def __init__(
+        self,
+        forward=None,
+        backward=None,
+        *,
+        forward_rounding="nearest",
+        backward_rounding="nearest",
+        overflow="saturate",
+        seed=None,
+        backend="torch",
+        straight_through=True,
+    ):
         super().__init__()
         self.forward_format = parse_format(forward)
         self.backward_format = parse_format(backward)
@@ -87,15 +113,24 @@ class Quantizer(nn.Module):
         fs = bs = None
         if self.seed is not None:
             fs, bs = _mix(self.seed, self.calls, 1), _mix(self.seed, self.calls, 2)
-        return quantizer(x, self.forward_format, self.backward_format,
-                         forward_rounding=self.forward_rounding,
-                         backward_rounding=self.backward_rounding, overflow=self.overflow,
-                         forward_seed=fs, backward_seed=bs, backend=self.backend,
-                         straight_through=self.straight_through)
+        return quantizer(
+            x,
+            self.forward_format,
+            self.backward_format,
+            forward_rounding=self.forward_rounding,
+            backward_rounding=self.backward_rounding,
+            overflow=self.overflow,
+            forward_seed=fs,
+            backward_seed=bs,
+            backend=self.backend,
+            straight_through=self.straight_through,
+        )
 
     def extra_repr(self) -> str:
-        return (f"forward={self.forward_format}, backward={self.backward_format}, "
-                f"rounding={self.forward_rounding}/{self.backward_rounding}")
+        return (
+            f"forward={self.forward_format}, backward={self.backward_format}, "
+            f"rounding={self.forward_rounding}/{self.backward_rounding}"
+        )
 
 
 class _QuantizedLayer:
@@ -122,19 +157,36 @@ class _QuantizedLayer:
         f, b = getattr(p, forward), getattr(p, backward)
         if x is None or (f is None and b is None):
             return x
-        return quantizer(x, f, b, forward_rounding=p.rounding_of(forward),
-                         backward_rounding=p.rounding_of(backward), overflow=p.overflow,
-                         forward_seed=self._seed(role), backward_seed=self._seed(role + 1),
-                         backend=self.backend, straight_through=p.straight_through)
+        return quantizer(
+            x,
+            f,
+            b,
+            forward_rounding=p.rounding_of(forward),
+            backward_rounding=p.rounding_of(backward),
+            overflow=p.overflow,
+            forward_seed=self._seed(role),
+            backward_seed=self._seed(role + 1),
+            backend=self.backend,
+            straight_through=p.straight_through,
+        )
 
     def _gemm_configs(self) -> tuple[GemmConfig, GemmConfig, GemmConfig]:
         p = self.precision
         overflow = p.overflow_mode
         return tuple(
-            GemmConfig(getattr(p, acc), p.product, p.rounding_of(acc), overflow, self._seed(role),
-                       self.backend)
-            for acc, role in (("accumulator", 10), ("grad_activation_accumulator", 11),
-                              ("grad_weight_accumulator", 12))
+            GemmConfig(
+                getattr(p, acc),
+                p.product,
+                p.rounding_of(acc),
+                overflow,
+                self._seed(role),
+                self.backend,
+            )
+            for acc, role in (
+                ("accumulator", 10),
+                ("grad_activation_accumulator", 11),
+                ("grad_weight_accumulator", 12),
+            )
         )
 
     def _quantized_operands(self, x):
@@ -159,18 +211,35 @@ class QLinear(nn.Linear, _QuantizedLayer):
     torch.Size([3, 2])
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 precision: Precision = FLOAT, backend: str = "torch", salt: int = 0,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        precision: Precision = FLOAT,
+        backend: str = "torch",
+        salt: int = 0,
+        device=None,
+        dtype=None,
+    ):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._setup(precision, backend, salt)
 
     @classmethod
-    def from_float(cls, layer: nn.Linear, precision: Precision, backend: str = "torch",
-                   salt: int = 0) -> QLinear:
-        q = cls(layer.in_features, layer.out_features, layer.bias is not None,
-                precision=precision, backend=backend, salt=salt, device=layer.weight.device,
-                dtype=layer.weight.dtype)
+    def from_float(
+        cls, layer: nn.Linear, precision: Precision, backend: str = "torch", salt: int = 0
+    ) -> QLinear:
+        q = cls(
+            layer.in_features,
+            layer.out_features,
+            layer.bias is not None,
+            precision=precision,
+            backend=backend,
+            salt=salt,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+        )
         q.weight, q.bias = layer.weight, layer.bias  # the same Parameters: optimizers keep working
         return q
 
@@ -194,18 +263,39 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
     torch.Size([1, 2, 5, 5])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, *, precision: Precision = FLOAT,
-                 backend: str = "torch", salt: int = 0, device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        bias: bool = True,
+        *,
+        precision: Precision = FLOAT,
+        backend: str = "torch",
+        salt: int = 0,
+        device=None,
+        dtype=None,
+    ):
         if isinstance(padding, str):
             raise ValueError(f"QConv2d takes integer padding, got {padding!r}")
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias,
-                         device=device, dtype=dtype)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            bias=bias,
+            device=device,
+            dtype=dtype,
+        )
         self._setup(precision, backend, salt)
 
     @classmethod
-    def from_float(cls, layer: nn.Conv2d, precision: Precision, backend: str = "torch",
-                   salt: int = 0) -> QConv2d:
+    def from_float(
+        cls, layer: nn.Conv2d, precision: Precision, backend: str = "torch", salt: int = 0
+    ) -> QConv2d:
         unsupported = []
         if layer.groups != 1:
             unsupported.append(f"groups={layer.groups}")
@@ -216,26 +306,43 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
         if isinstance(layer.padding, str):
             unsupported.append(f"padding={layer.padding!r}")
         if unsupported:
-            raise ValueError(f"QConv2d supports groups=1, dilation=1 and integer zero padding; "
-                             f"this layer has {', '.join(unsupported)}")
-        q = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                layer.padding, layer.bias is not None, precision=precision, backend=backend,
-                salt=salt, device=layer.weight.device, dtype=layer.weight.dtype)
+            raise ValueError(
+                f"QConv2d supports groups=1, dilation=1 and integer zero padding; "
+                f"this layer has {', '.join(unsupported)}"
+            )
+        q = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.bias is not None,
+            precision=precision,
+            backend=backend,
+            salt=salt,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+        )
         q.weight, q.bias = layer.weight, layer.bias  # the same Parameters: optimizers keep working
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq, bq = self._quantized_operands(x)
-        y = MACConv2dFunction.apply(xq, wq, bq, tuple(self.stride), tuple(self.padding),
-                                    *self._gemm_configs())
+        y = MACConv2dFunction.apply(
+            xq, wq, bq, tuple(self.stride), tuple(self.padding), *self._gemm_configs()
+        )
         return self._finish(y)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend}, precision={self.precision}"
 
 
-def quantize_model(model: nn.Module, precision: Precision | None, backend: str = "torch",
-                   per_layer: dict[str, Precision | None] | None = None) -> nn.Module:
+def quantize_model(
+    model: nn.Module,
+    precision: Precision | None,
+    backend: str = "torch",
+    per_layer: dict[str, Precision | None] | None = None,
+) -> nn.Module:
     """Swap every ``nn.Linear``/``nn.Conv2d`` of ``model`` (in place) for a
     QLinear/QConv2d with the same parameters, and return the model.
 
@@ -254,13 +361,14 @@ def quantize_model(model: nn.Module, precision: Precision | None, backend: str =
     if precision is not None and not isinstance(precision, Precision):
         raise ValueError(f"precision must be a hwsim.nn.Precision or None, got {precision!r}")
     per_layer = dict(per_layer or {})
-    targets = [(name, m) for name, m in model.named_modules()
-               if type(m) in (nn.Linear, nn.Conv2d)]
+    targets = [(name, m) for name, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
     names = [name for name, _ in targets]
     for pattern in per_layer:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise ValueError(f"per_layer names {pattern!r}, which matches no Linear/Conv2d layer; "
-                             f"the layers are {names}")
+            raise ValueError(
+                f"per_layer names {pattern!r}, which matches no Linear/Conv2d layer; "
+                f"the layers are {names}"
+            )
     for salt, (name, module) in enumerate(targets):
         chosen = precision
         for pattern, p in per_layer.items():

@@ -89,17 +89,23 @@ class Precision:
             if value is not None:
                 object.__setattr__(self, f"{name}_rounding", str(Rounding.parse(value)))
         object.__setattr__(self, "overflow", str(Overflow.parse(self.overflow)))
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
             raise ValueError(f"Precision.seed must be an int or None, got {self.seed!r}")
         if not isinstance(self.straight_through, bool):
-            raise ValueError(f"Precision.straight_through must be a bool, got {self.straight_through!r}")
+            raise ValueError(
+                f"Precision.straight_through must be a bool, got {self.straight_through!r}"
+            )
         needs = {
             "accumulator": ("weight", "activation"),
             "grad_activation_accumulator": ("grad_activation", "weight"),
             "grad_weight_accumulator": ("grad_activation", "activation"),
         }
         for acc, operands in needs.items():
-            missing = [f for f in operands if getattr(self, acc) is not None and getattr(self, f) is None]
+            missing = [
+                f for f in operands if getattr(self, acc) is not None and getattr(self, f) is None
+            ]
             if missing:
                 raise ValueError(
                     f"Precision.{acc} is set but {', '.join(missing)} is float: the MAC array "

@@ -19,7 +19,9 @@ def check_format(fmt, what: str = "fmt") -> FixedPoint:
     if isinstance(fmt, str):
         return FixedPoint.parse(fmt)
     if not isinstance(fmt, FixedPoint):
-        raise ValueError(f"{what} must be a hwsim.FixedPoint or a string like 'fx16.12', got {fmt!r}")
+        raise ValueError(
+            f"{what} must be a hwsim.FixedPoint or a string like 'fx16.12', got {fmt!r}"
+        )
     return fmt
 
 

@@ -48,9 +48,16 @@ class GemmPlan:
     wrap_chunk: int  # K-chunk for wrap (each chunk's |sum| < 2^53)
 
 
-def plan_gemm(fa: int, fb: int, max_a: int, max_b: int, products_nonneg: bool,
-              accumulator: FixedPoint, product: FixedPoint | None,
-              overflow: Overflow) -> GemmPlan:
+def plan_gemm(
+    fa: int,
+    fb: int,
+    max_a: int,
+    max_b: int,
+    products_nonneg: bool,
+    accumulator: FixedPoint,
+    product: FixedPoint | None,
+    overflow: Overflow,
+) -> GemmPlan:
     """Work out the datapath; raise CodeOverflowError where an exact integer
     step would not fit in int64."""
     max_product = max_a * max_b
@@ -65,30 +72,50 @@ def plan_gemm(fa: int, fb: int, max_a: int, max_b: int, products_nonneg: bool,
     product_fits = True
     if max_product == 0:
         # every product is 0 and stays 0 through every stage: sums are 0
-        return GemmPlan(accumulator, product, STAGE_NONE, 0, STAGE_LEFT, 0, 0, 0, True,
-                        EXACT_FLOAT - 1, 1 << 62)
+        return GemmPlan(
+            accumulator, product, STAGE_NONE, 0, STAGE_LEFT, 0, 0, 0, True, EXACT_FLOAT - 1, 1 << 62
+        )
     if product is not None:
-        term_max, product_shift, product_stage = _stage(term_max, cur_fl - product.fl, product,
-                                                        overflow, "product")
-        product_fits = (product_stage == STAGE_LEFT
-                        and (max_product << -product_shift) <= product.max_code
-                        and (product.signed or products_nonneg))
+        term_max, product_shift, product_stage = _stage(
+            term_max, cur_fl - product.fl, product, overflow, "product"
+        )
+        product_fits = (
+            product_stage == STAGE_LEFT
+            and (max_product << -product_shift) <= product.max_code
+            and (product.signed or products_nonneg)
+        )
         term_max = min(term_max, max(-product.min_code, product.max_code))
         cur_fl = product.fl
-    _, acc_shift, acc_stage = _stage(term_max, cur_fl - accumulator.fl, accumulator, overflow,
-                                     "accumulator")
+    _, acc_shift, acc_stage = _stage(
+        term_max, cur_fl - accumulator.fl, accumulator, overflow, "accumulator"
+    )
     left = -product_shift - acc_shift if product_fits and acc_stage == STAGE_LEFT else 0
     if overflow == Overflow.WRAP:
         left = min(left, 63)
     exact_terms = product_fits and product_stage != STAGE_ROUND and acc_stage == STAGE_LEFT
     fast_wrap = exact_terms and overflow == Overflow.WRAP and max_product < EXACT_FLOAT
     limit = -1
-    if (exact_terms and overflow == Overflow.SATURATE and left < 62
-            and (accumulator.signed or products_nonneg)):
+    if (
+        exact_terms
+        and overflow == Overflow.SATURATE
+        and left < 62
+        and (accumulator.signed or products_nonneg)
+    ):
         limit = min(accumulator.max_code >> left, EXACT_FLOAT - 1)
     chunk = (EXACT_FLOAT - 1) // max_product if max_product else 1 << 62
-    return GemmPlan(accumulator, product, product_stage, product_shift, acc_stage, acc_shift,
-                    max_product, left, fast_wrap, limit, chunk)
+    return GemmPlan(
+        accumulator,
+        product,
+        product_stage,
+        product_shift,
+        acc_stage,
+        acc_shift,
+        max_product,
+        left,
+        fast_wrap,
+        limit,
+        chunk,
+    )
 
 
 def _stage(term_max: int, shift: int, fmt: FixedPoint, overflow: Overflow, what: str):
@@ -191,10 +218,19 @@ def operand_codes_numpy(x, fmt, name, rounding, overflow, seed):
 # -- the public functions ---------------------------------------------------------------
 
 
-def matmul(a, b, *, accumulator: FixedPoint | str, product: FixedPoint | str | None = None,
-           rounding: Rounding | str = "nearest", overflow: Overflow | str = "saturate",
-           a_format: FixedPoint | str | None = None, b_format: FixedPoint | str | None = None,
-           seed: int | None = None, path: str = "auto"):
+def matmul(
+    a,
+    b,
+    *,
+    accumulator: FixedPoint | str,
+    product: FixedPoint | str | None = None,
+    rounding: Rounding | str = "nearest",
+    overflow: Overflow | str = "saturate",
+    a_format: FixedPoint | str | None = None,
+    b_format: FixedPoint | str | None = None,
+    seed: int | None = None,
+    path: str = "auto",
+):
     """``a @ b`` through a MAC array: exact products, each optionally quantized to
     ``product``, cast onto the ``accumulator`` grid and added one k at a time
     (k = 0 .. K-1) with the accumulator's overflow applied after every addition.
@@ -237,22 +273,35 @@ def matmul(a, b, *, accumulator: FixedPoint | str, product: FixedPoint | str | N
     >>> hwsim.matmul(a, b, accumulator="fx8.2")  # wide: 1.75
     array([[1.75]])
     """
-    return _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path,
-                   values=True)
+    return _matmul(
+        a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, values=True
+    )
 
 
-def matmul_codes(a, b, *, accumulator, product=None, rounding="nearest", overflow="saturate",
-                 a_format=None, b_format=None, seed=None, path="auto"):
+def matmul_codes(
+    a,
+    b,
+    *,
+    accumulator,
+    product=None,
+    rounding="nearest",
+    overflow="saturate",
+    a_format=None,
+    b_format=None,
+    seed=None,
+    path="auto",
+):
     """Like :func:`matmul` but returns ``(int64 codes, accumulator format)``."""
-    return _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path,
-                   values=False)
+    return _matmul(
+        a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, values=False
+    )
 
 
-def _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path,
-            values):
+def _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, values):
     """values: float64 values; else (int64 codes, accumulator format)."""
-    acc, product, rounding, overflow, seed = _check_args(accumulator, product, rounding,
-                                                         overflow, seed, path)
+    acc, product, rounding, overflow, seed = _check_args(
+        accumulator, product, rounding, overflow, seed, path
+    )
     a_format = None if a_format is None else check_format(a_format, "a_format")
     b_format = None if b_format is None else check_format(b_format, "b_format")
     if is_torch(a) or is_torch(b):
@@ -270,8 +319,9 @@ def _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, 
             return out if values else (out, acc)
     ca, fa, sa = operand_codes_numpy(a, a_format, "a", rounding, overflow, _sub(seed, 1))
     cb, fb, sb = operand_codes_numpy(b, b_format, "b", rounding, overflow, _sub(seed, 2))
-    codes = batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path,
-                               stats=(sa, sb))
+    codes = batched_gemm_numpy(
+        ca, fa, cb, fb, acc, product, rounding, overflow, seed, path, stats=(sa, sb)
+    )
     return _codes_to_values(codes, acc) if values else (codes, acc)
 
 
@@ -284,7 +334,7 @@ def _float_grid_stats(f):
     bits = f.reshape(-1).view(np.int64)
     # one pass on a grid guessed from a sample (its codes fit when the largest
     # |x| is below 4 times the sample's), else a second pass on the right one
-    sample = np.abs(f.reshape(-1)[::max(1, f.size // 256)]).max()
+    sample = np.abs(f.reshape(-1)[:: max(1, f.size // 256)]).max()
     fl_guess = None
     if np.isfinite(sample) and sample > 0:
         fl_guess = MAX_WL - 1 - math.frexp(float(sample))[1]
@@ -356,7 +406,7 @@ def _float_wrap_fast(a, b, acc, product, path, values):
         sums = np.zeros((bt, m, n), dtype=np.int64)
         step = plan.wrap_chunk
         for k0 in range(0, k, step):
-            part = np.matmul(a3[:, :, k0:k0 + step], b3[:, k0:k0 + step, :])
+            part = np.matmul(a3[:, :, k0 : k0 + step], b3[:, k0 : k0 + step, :])
             sums += (part * scale).astype(np.int64)
         scaled, shifted = False, True  # int64 sums, exact modulo 2^64
     out = np.empty((bt, m, n), dtype=np.float64 if values else np.int64)
@@ -366,11 +416,21 @@ def _float_wrap_fast(a, b, acc, product, path, values):
     return _squeeze(out.reshape(batch + (m, n)), squeeze)
 
 
-def conv2d(x, w, *, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-           accumulator: FixedPoint | str, product: FixedPoint | str | None = None,
-           rounding: Rounding | str = "nearest", overflow: Overflow | str = "saturate",
-           x_format: FixedPoint | str | None = None, w_format: FixedPoint | str | None = None,
-           seed: int | None = None, path: str = "auto"):
+def conv2d(
+    x,
+    w,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    accumulator: FixedPoint | str,
+    product: FixedPoint | str | None = None,
+    rounding: Rounding | str = "nearest",
+    overflow: Overflow | str = "saturate",
+    x_format: FixedPoint | str | None = None,
+    w_format: FixedPoint | str | None = None,
+    seed: int | None = None,
+    path: str = "auto",
+):
     """2-D convolution (cross-correlation, NCHW, as ``torch.nn.functional.conv2d``)
     through the MAC array of :func:`matmul`.
 
@@ -385,17 +445,42 @@ def conv2d(x, w, *, stride: int | tuple[int, int] = 1, padding: int | tuple[int,
     array([[2., 2.],
            [2., 2.]])
     """
-    codes, acc = conv2d_codes(x, w, stride=stride, padding=padding, accumulator=accumulator,
-                              product=product, rounding=rounding, overflow=overflow,
-                              x_format=x_format, w_format=w_format, seed=seed, path=path)
+    codes, acc = conv2d_codes(
+        x,
+        w,
+        stride=stride,
+        padding=padding,
+        accumulator=accumulator,
+        product=product,
+        rounding=rounding,
+        overflow=overflow,
+        x_format=x_format,
+        w_format=w_format,
+        seed=seed,
+        path=path,
+    )
     return _codes_to_values(codes, acc)
 
 
-def conv2d_codes(x, w, *, stride=1, padding=0, accumulator, product=None, rounding="nearest",
-                 overflow="saturate", x_format=None, w_format=None, seed=None, path="auto"):
+def conv2d_codes(
+    x,
+    w,
+    *,
+    stride=1,
+    padding=0,
+    accumulator,
+    product=None,
+    rounding="nearest",
+    overflow="saturate",
+    x_format=None,
+    w_format=None,
+    seed=None,
+    path="auto",
+):
     """Like :func:`conv2d` but returns ``(int64 codes, accumulator format)``."""
-    acc, product, rounding, overflow, seed = _check_args(accumulator, product, rounding,
-                                                         overflow, seed, path)
+    acc, product, rounding, overflow, seed = _check_args(
+        accumulator, product, rounding, overflow, seed, path
+    )
     sh, sw = _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
     x_format = None if x_format is None else check_format(x_format, "x_format")
@@ -411,8 +496,9 @@ def conv2d_codes(x, w, *, stride=1, padding=0, accumulator, product=None, roundi
     else:
         cx, fx, _ = operand_codes_numpy(x, x_format, "x", rounding, overflow, _sub(seed, 1))
         cw, fw, _ = operand_codes_numpy(w, w_format, "w", rounding, overflow, _sub(seed, 2))
-    codes = conv2d_on_codes(cx, fx, cw, fw, (sh, sw), (ph, ph, pw, pw), acc, product, rounding,
-                            overflow, seed, path)
+    codes = conv2d_on_codes(
+        cx, fx, cw, fw, (sh, sw), (ph, ph, pw, pw), acc, product, rounding, overflow, seed, path
+    )
     return codes, acc
 
 
@@ -420,8 +506,10 @@ def conv2d_on_codes(cx, fx, cw, fw, stride, pads, acc, product, rounding, overfl
     """Convolution of integer codes; ``pads`` = (top, bottom, left, right), a
     negative pad crops (used by the input-gradient convolution)."""
     if cx.ndim != 4 or cw.ndim != 4:
-        raise ValueError(f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
-                         f"got {tuple(cx.shape)} and {tuple(cw.shape)}")
+        raise ValueError(
+            f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
+            f"got {tuple(cx.shape)} and {tuple(cw.shape)}"
+        )
     n, c, _, _ = cx.shape
     o, cw_in, kh, kw = cw.shape
     if c != cw_in:
@@ -457,7 +545,7 @@ def _pad_codes(cx, pads, torch_in):
 
         return F.pad(cx, (left, right, top, bottom)) if any(pads) else cx
     h, w = cx.shape[2], cx.shape[3]
-    crop = cx[:, :, max(0, -top):h - max(0, -bottom), max(0, -left):w - max(0, -right)]
+    crop = cx[:, :, max(0, -top) : h - max(0, -bottom), max(0, -left) : w - max(0, -right)]
     pos = ((0, 0), (0, 0), (max(0, top), max(0, bottom)), (max(0, left), max(0, right)))
     return np.pad(crop, pos) if any(p for pair in pos for p in pair) else crop
 
@@ -465,8 +553,9 @@ def _pad_codes(cx, pads, torch_in):
 # -- the NumPy backend ----------------------------------------------------------------
 
 
-def batched_gemm_numpy(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path,
-                       stats=(None, None)):
+def batched_gemm_numpy(
+    ca, fa, cb, fb, acc, product, rounding, overflow, seed, path, stats=(None, None)
+):
     """Codes of the MAC-array product of int64 code arrays ``ca`` (..., M, K) and
     ``cb`` (..., K, N) with fractional lengths ``fa``, ``fb``. ``stats``: the
     operands' (max |code|, min, max) when already known."""
@@ -501,27 +590,48 @@ def _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, st
         else:
             sums = np.zeros(out.shape, dtype=np.int64)
             for k0 in range(0, k, step):
-                sums += np.matmul(fa3[:, :, k0:k0 + step], fb3[:, k0:k0 + step, :]).astype(np.int64)
-        kg.reduce_codes_kernel(int(overflow))(sums.reshape(-1), out.reshape(-1), plan.left_shift,
-                                              acc.min_code, acc.max_code)
+                sums += np.matmul(fa3[:, :, k0 : k0 + step], fb3[:, k0 : k0 + step, :]).astype(
+                    np.int64
+                )
+        kg.reduce_codes_kernel(int(overflow))(
+            sums.reshape(-1), out.reshape(-1), plan.left_shift, acc.min_code, acc.max_code
+        )
     elif _narrow_ok(plan):
         run = kg.narrow_gemm_kernel(int(overflow))
-        run(a3.astype(np.int32), (b3 << -plan.acc_shift).astype(np.int32), out, acc.min_code,
-            acc.max_code)
+        run(
+            a3.astype(np.int32),
+            (b3 << -plan.acc_shift).astype(np.int32),
+            out,
+            acc.min_code,
+            acc.max_code,
+        )
     else:
         run = kg.sequential_gemm_kernel(int(rounding), int(overflow), product is not None)
         p = product if product is not None else acc
-        run(a3, b3, out, plan.product_shift, p.min_code, p.max_code, plan.acc_shift,
-            acc.min_code, acc.max_code, np.uint64(_seed_bits(seed)))
+        run(
+            a3,
+            b3,
+            out,
+            plan.product_shift,
+            p.min_code,
+            p.max_code,
+            plan.acc_shift,
+            acc.min_code,
+            acc.max_code,
+            np.uint64(_seed_bits(seed)),
+        )
     return out
 
 
 def _narrow_ok(plan: GemmPlan) -> bool:
     """True when the int32 kernel computes exactly what the int64 one does: a
     term and the accumulator each fit 31 bits, so their sum fits int32."""
-    return (plan.product_stage == STAGE_NONE and plan.acc_stage == STAGE_LEFT
-            and plan.accumulator.wl <= (31 if plan.accumulator.signed else 30)
-            and (plan.max_product << -plan.acc_shift) < 1 << 31)
+    return (
+        plan.product_stage == STAGE_NONE
+        and plan.acc_stage == STAGE_LEFT
+        and plan.accumulator.wl <= (31 if plan.accumulator.signed else 30)
+        and (plan.max_product << -plan.acc_shift) < 1 << 31
+    )
 
 
 def _tight_bound_numpy(a3, b3) -> float:
@@ -570,13 +680,17 @@ def _broadcast_operands(ca, cb, xp):
     if cb.ndim == 1:
         cb = cb.reshape(-1, 1)
     if ca.shape[-1] != cb.shape[-2]:
-        raise ValueError(f"matmul shapes do not match: a is {tuple(ca.shape)} (K = "
-                         f"{ca.shape[-1]}) and b is {tuple(cb.shape)} (K = {cb.shape[-2]})")
+        raise ValueError(
+            f"matmul shapes do not match: a is {tuple(ca.shape)} (K = "
+            f"{ca.shape[-1]}) and b is {tuple(cb.shape)} (K = {cb.shape[-2]})"
+        )
     try:
         batch = tuple(np.broadcast_shapes(tuple(ca.shape[:-2]), tuple(cb.shape[:-2])))
     except ValueError:
-        raise ValueError(f"matmul leading dims do not broadcast: {tuple(ca.shape[:-2])} and "
-                         f"{tuple(cb.shape[:-2])}") from None
+        raise ValueError(
+            f"matmul leading dims do not broadcast: {tuple(ca.shape[:-2])} and "
+            f"{tuple(cb.shape[:-2])}"
+        ) from None
     return ca, cb, squeeze, batch
 
 

@@ -64,8 +64,13 @@ def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
     scalar = np.isscalar(x)
     arr, out_dtype = _as_float_array(x)
     if out is not None:
-        if not (isinstance(out, np.ndarray) and out.shape == arr.shape and out.dtype == arr.dtype
-                and out.dtype == out_dtype and out.flags.c_contiguous):
+        if not (
+            isinstance(out, np.ndarray)
+            and out.shape == arr.shape
+            and out.dtype == arr.dtype
+            and out.dtype == out_dtype
+            and out.flags.c_contiguous
+        ):
             raise ValueError(
                 f"out must be a C-contiguous NumPy array of shape {arr.shape} and dtype "
                 f"{out_dtype} (float32 or float64 input only)"
@@ -159,8 +164,17 @@ def _run_numba(arr, out, fmt, rounding, overflow, seed, noise) -> None:
     flat, out_flat = arr.reshape(-1), out.reshape(-1)
     run = kq.quantize_kernel(int(rounding), int(overflow), noise_mode, out.dtype == np.int64)
     with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
-        bad = run(flat, out_flat, 2.0**fmt.fl, fmt.lsb, 2.0 ** (fmt.wl - fmt.fl), fmt.min_code,
-                  fmt.max_code, noise_flat, np.uint64(seed64))
+        bad = run(
+            flat,
+            out_flat,
+            2.0**fmt.fl,
+            fmt.lsb,
+            2.0 ** (fmt.wl - fmt.fl),
+            fmt.min_code,
+            fmt.max_code,
+            noise_flat,
+            np.uint64(seed64),
+        )
     if bad:
         raise_non_finite_numpy(arr)
 

@@ -11,4 +11,13 @@ from hwsim.optim.base import QuantizedOptimizer
 from hwsim.optim.optimizers import OPTIMIZERS, SGD, AdaGrad, Adam, RMSProp, SignSGD
 from hwsim.optim.rules import Rule
 
-__all__ = ["SGD", "SignSGD", "Adam", "AdaGrad", "RMSProp", "OPTIMIZERS", "QuantizedOptimizer", "Rule"]
+__all__ = [
+    "SGD",
+    "SignSGD",
+    "Adam",
+    "AdaGrad",
+    "RMSProp",
+    "OPTIMIZERS",
+    "QuantizedOptimizer",
+    "Rule",
+]

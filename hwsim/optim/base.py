@@ -151,11 +151,19 @@ class QuantizedOptimizer(torch.optim.Optimizer):
 
     rule: Rule
 
-    def __init__(self, params, defaults: dict[str, Any], precision: dict[str, Any], telemetry: bool = True,
-                 fused: bool | None = None):
+    def __init__(
+        self,
+        params,
+        defaults: dict[str, Any],
+        precision: dict[str, Any],
+        telemetry: bool = True,
+        fused: bool | None = None,
+    ):
         unknown = set(precision) - set(PRECISION_DEFAULTS)
         if unknown:
-            raise ValueError(f"unknown precision argument(s) {sorted(unknown)}; allowed: {sorted(PRECISION_DEFAULTS)}")
+            raise ValueError(
+                f"unknown precision argument(s) {sorted(unknown)}; allowed: {sorted(PRECISION_DEFAULTS)}"
+            )
         merged = dict(PRECISION_DEFAULTS)
         merged.update(precision)
         if merged["seed"] is None:
@@ -186,8 +194,14 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         values = _PRECISION_VALUES(group)
         cached = self._precisions.get(position)
         if cached is None or cached[0] != values:  # identical objects compare without __eq__
-            key = tuple(dict(v) if isinstance(v, dict) else v for v in values)  # a copy: dicts can change in place
-            cached = self._precisions[position] = (key, GroupPrecision.of(group, self.rule.state_names), {})
+            key = tuple(
+                dict(v) if isinstance(v, dict) else v for v in values
+            )  # a copy: dicts can change in place
+            cached = self._precisions[position] = (
+                key,
+                GroupPrecision.of(group, self.rule.state_names),
+                {},
+            )
         return cached[1], cached[2]
 
     # -- the step -----------------------------------------------------------------
@@ -264,9 +278,14 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             return None
         fused, version, exponent = views.written
         acc = views.acc
-        if (version != _version(p) or views.version is None or views.version != _version(acc)
-                or self.state[p].get("accumulator") is not acc or views.storage != (p.data_ptr(), p.dtype)
-                or not p.is_contiguous()):
+        if (
+            version != _version(p)
+            or views.version is None
+            or views.version != _version(acc)
+            or self.state[p].get("accumulator") is not acc
+            or views.storage != (p.data_ptr(), p.dtype)
+            or not p.is_contiguous()
+        ):
             return None
         pointwise = self.rule.pointwise(group)
         if pointwise is None or fused_steps.get(pointwise.sign) is not fused:
@@ -286,8 +305,18 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         done, deferred = [], []
         telemetry = self.telemetry_enabled
         for p, index, prec, (fused, scale, views, flat, exponent) in speculative:
-            result = fused.speculate(flat, views.acc_flat, views.param, scale, exponent, prec.seed,
-                                     self.state[p]["step"] + 1, index, telemetry, views.bound)
+            result = fused.speculate(
+                flat,
+                views.acc_flat,
+                views.param,
+                scale,
+                exponent,
+                prec.seed,
+                self.state[p]["step"] + 1,
+                index,
+                telemetry,
+                views.bound,
+            )
             if result is False:
                 for *_, taken in reversed(done):
                     undo_step(taken[5])
@@ -310,8 +339,16 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             views.written = (fused, version, result[4])
         return {index: result for _, index, _, result in done}, checked
 
-    def _step_param(self, p: torch.Tensor, index: int, group: dict, prec: GroupPrecision, fused_steps: dict,
-                    counts, checked: tuple[np.ndarray | None, float | None]) -> None:
+    def _step_param(
+        self,
+        p: torch.Tensor,
+        index: int,
+        group: dict,
+        prec: GroupPrecision,
+        fused_steps: dict,
+        counts,
+        checked: tuple[np.ndarray | None, float | None],
+    ) -> None:
         views = self._views.get(p)
         if views is not None:
             views.written = None  # until the fused step writes the parameter again
@@ -326,14 +363,30 @@ class QuantizedOptimizer(torch.optim.Optimizer):
 
         if target is not None and "accumulator" not in state:
             # the master copy starts as the current weight, on the accumulator grid
-            codes = _codes(p.detach(), target, prec.target_rounding, prec.overflow, noise, STREAM["init"], p, index)
+            codes = _codes(
+                p.detach(),
+                target,
+                prec.target_rounding,
+                prec.overflow,
+                noise,
+                STREAM["init"],
+                p,
+                index,
+            )
             state["accumulator"] = codes.to(accumulator_dtype(target))
-        fused = self.fused and target is not None and p.is_cpu and p.dtype in _FUSED_DTYPES and p.is_contiguous()
+        fused = (
+            self.fused
+            and target is not None
+            and p.is_cpu
+            and p.dtype in _FUSED_DTYPES
+            and p.is_contiguous()
+        )
         grad_flat, grad_max = checked
         if fused and grad_flat is not None and self.rule.pointwise is not None:
             pointwise = self.rule.pointwise(group)
-            if pointwise is not None and self._step_fused(p, grad_flat, pointwise, grad_max, state, prec, fused_steps,
-                                                          step, index, counts):
+            if pointwise is not None and self._step_fused(
+                p, grad_flat, pointwise, grad_max, state, prec, fused_steps, step, index, counts
+            ):
                 return
 
         def quantize(x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
@@ -357,7 +410,12 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         def store(name: str, value: torch.Tensor) -> torch.Tensor:
             fmt = state_fmts.get(name)
             if fmt is not None:
-                value = quantize(value, fmt, prec.state_rounding, STATE_STREAM_BASE + self.rule.state_names.index(name))
+                value = quantize(
+                    value,
+                    fmt,
+                    prec.state_rounding,
+                    STATE_STREAM_BASE + self.rule.state_names.index(name),
+                )
             state[name] = value
             return value
 
@@ -385,11 +443,14 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         update = step_.value(weight)
         if fused and update.dtype == torch.float64 and update.device.type == "cpu":
             update_flat = update.reshape(-1).numpy()
-            update_max = max_abs(update_flat)  # the gradient was checked in step(); the update is checked here
+            update_max = max_abs(
+                update_flat
+            )  # the gradient was checked in step(); the update is checked here
             if not math.isfinite(update_max):
                 _raise_non_finite(update, STREAM["update"], p, index)
-            if self._step_fused(p, update_flat, _IDENTITY, update_max, state, prec, fused_steps, step, index,
-                                counts):
+            if self._step_fused(
+                p, update_flat, _IDENTITY, update_max, state, prec, fused_steps, step, index, counts
+            ):
                 return
         raw_update = update
         if prec.update is not None:
@@ -399,7 +460,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                 _raise_non_finite(update, STREAM["update"], p, index)
             new = p + update.to(p.dtype)
             if counts is not None:
-                counts.add_float(_sample(raw_update), _sample(new) == _sample(p.detach()), p.numel())
+                counts.add_float(
+                    _sample(raw_update), _sample(new) == _sample(p.detach()), p.numel()
+                )
             p.copy_(new)
             return
 
@@ -415,41 +478,78 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         else:  # wrap the integer sum (rounding an integer is the identity)
             acc = scaled_to_code_float(acc, target, Rounding.NEAREST, Overflow.WRAP)
         if acc is not stored:
-            stored.copy_(acc)  # in place: the fused path's cached views, and its bound, see the change
+            stored.copy_(
+                acc
+            )  # in place: the fused path's cached views, and its bound, see the change
         weight_codes = None
         if prec.accumulator is not None and prec.weight is not None:
             w = prec.weight
             wr = prec.weight_rounding
             uw = noise(STREAM["weight"], acc) if wr == Rounding.STOCHASTIC else None
-            weight_codes = scaled_to_code_float(acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True)
+            weight_codes = scaled_to_code_float(
+                acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True
+            )
             torch.mul(weight_codes, w.lsb, out=p.data).add_(0.0)  # codes have no -0: nor do weights
         else:
             torch.mul(acc, target.lsb, out=p.data).add_(0.0)
         if counts is not None:
             counts.add_fixed(raw_update, delta, acc, target, weight_codes, prec.weight)
 
-    def _step_fused(self, p, source: np.ndarray, rule: Pointwise, source_max: float, state, prec: GroupPrecision,
-                    fused_steps: dict, step: int, index: int, counts) -> bool:
+    def _step_fused(
+        self,
+        p,
+        source: np.ndarray,
+        rule: Pointwise,
+        source_max: float,
+        state,
+        prec: GroupPrecision,
+        fused_steps: dict,
+        step: int,
+        index: int,
+        counts,
+    ) -> bool:
         """The elementwise pipeline from ``source`` (the flat raw gradient of a
         pointwise rule, or a rule's float64 update; finite, at most
         ``source_max`` in magnitude) to the weight, as one Numba pass over CPU
         memory (:mod:`hwsim.optim.fused`; same bits as the torch ops). Returns
         False, having changed nothing, where the torch ops must run instead."""
-        if state["accumulator"].dtype not in _CODE_DTYPES:  # a hand-made state: the torch ops take any dtype
+        if (
+            state["accumulator"].dtype not in _CODE_DTYPES
+        ):  # a hand-made state: the torch ops take any dtype
             return False
         fused = fused_steps.get(rule.sign if rule is not _IDENTITY else None)
         if fused is None:
             weight_fmt = prec.weight if prec.accumulator is not None else None
             fused = fused_steps[rule.sign if rule is not _IDENTITY else None] = fused_step(
-                rule.sign, prec.grad if rule is not _IDENTITY else None, prec.update, prec.target, weight_fmt,
-                int(prec.grad_rounding), int(prec.update_rounding), int(prec.target_rounding),
-                int(prec.weight_rounding), int(prec.overflow))
+                rule.sign,
+                prec.grad if rule is not _IDENTITY else None,
+                prec.update,
+                prec.target,
+                weight_fmt,
+                int(prec.grad_rounding),
+                int(prec.update_rounding),
+                int(prec.target_rounding),
+                int(prec.weight_rounding),
+                int(prec.overflow),
+            )
         views = self._flat_views(p, state)
-        result = fused(source, views.acc_flat, views.param, float(rule.scale), source_max, prec.seed, step, index,
-                       counts is not None, views.bound)
+        result = fused(
+            source,
+            views.acc_flat,
+            views.param,
+            float(rule.scale),
+            source_max,
+            prec.seed,
+            step,
+            index,
+            counts is not None,
+            views.bound,
+        )
         if result is None:
             return False
-        if rule is not _IDENTITY:  # the parameter holds the weight of the accumulator (_speculation)
+        if (
+            rule is not _IDENTITY
+        ):  # the parameter holds the weight of the accumulator (_speculation)
             views.written = (fused, _version(p), math.frexp(source_max)[1])  # |source| < 2^exponent
         if counts is not None:
             counts.add_kernel(result, source.size, len(result[3]))
@@ -468,11 +568,15 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         storage = (p.data_ptr(), p.dtype)
         views = self._views.get(p)
         if views is None or views.acc is not acc:
-            views = self._views[p] = _FlatViews(acc, storage, acc.reshape(-1).numpy(), p.detach().reshape(-1).numpy())
+            views = self._views[p] = _FlatViews(
+                acc, storage, acc.reshape(-1).numpy(), p.detach().reshape(-1).numpy()
+            )
         elif views.storage != storage:
             views.storage, views.param = storage, p.detach().reshape(-1).numpy()
         version = _version(acc)
-        if version is None or version != views.version:  # an inference tensor: never trust the bound
+        if (
+            version is None or version != views.version
+        ):  # an inference tensor: never trust the bound
             views.bound.top, views.version = None, version
         return views
 
@@ -504,7 +608,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
 
 _FUSED_DTYPES = (torch.float32, torch.float64)  # what the Numba kernel reads and writes
 _CODE_DTYPES = (torch.int32, torch.float64)  # the accumulator's storage (accumulator_dtype)
-_PRECISION_VALUES = operator.itemgetter(*PRECISION_DEFAULTS)  # a group's precision entries, as a tuple
+_PRECISION_VALUES = operator.itemgetter(
+    *PRECISION_DEFAULTS
+)  # a group's precision entries, as a tuple
 _IDENTITY = Pointwise(False, 1.0)  # a rule's update, added as it is
 
 
@@ -517,7 +623,9 @@ class _FlatViews:
 
     __slots__ = ("acc", "storage", "acc_flat", "param", "bound", "version", "written")
 
-    def __init__(self, acc: torch.Tensor, storage: tuple, acc_flat: np.ndarray, param: np.ndarray) -> None:
+    def __init__(
+        self, acc: torch.Tensor, storage: tuple, acc_flat: np.ndarray, param: np.ndarray
+    ) -> None:
         self.acc, self.storage, self.acc_flat, self.param = acc, storage, acc_flat, param
         self.bound = AccumulatorBound()
         self.version: int | None = None  # the accumulator's, when the bound was last true
@@ -534,7 +642,9 @@ def _version(t: torch.Tensor) -> int | None:
         return None
 
 
-def _check_gradient(p: torch.Tensor, grad: torch.Tensor, index: int) -> tuple[np.ndarray | None, float | None]:
+def _check_gradient(
+    p: torch.Tensor, grad: torch.Tensor, index: int
+) -> tuple[np.ndarray | None, float | None]:
     """Raise NonFiniteError if ``grad`` (``p.grad``) holds NaN or Inf. Returns
     the flat NumPy view of the gradient and max |grad| where the Numba check
     ran (CPU float32/float64, contiguous), else ``(None, None)``."""
@@ -586,7 +696,9 @@ def _raise_non_finite(x, stream, p, index):
     try:
         raise_non_finite_torch(x)
     except NonFiniteError as err:
-        err.add_note(f"hwsim.optim: the {what} of parameter {index} (shape {tuple(p.shape)}) is not finite")
+        err.add_note(
+            f"hwsim.optim: the {what} of parameter {index} (shape {tuple(p.shape)}) is not finite"
+        )
         raise
 
 
@@ -605,8 +717,15 @@ class _Counts:
     def add_float(self, update: torch.Tensor, unchanged: torch.Tensor, numel: int) -> None:
         """``update`` and ``unchanged``: the param's telemetry sample."""
         nz = update != 0
-        self.counts.append(torch.stack([torch.count_nonzero(nz), torch.count_nonzero(unchanged.logical_and_(nz)),
-                                        torch.zeros((), dtype=torch.int64, device=nz.device)]))
+        self.counts.append(
+            torch.stack(
+                [
+                    torch.count_nonzero(nz),
+                    torch.count_nonzero(unchanged.logical_and_(nz)),
+                    torch.zeros((), dtype=torch.int64, device=nz.device),
+                ]
+            )
+        )
         self.sizes.append((update.numel(), numel))
 
     def add_fixed(self, update, delta, acc, target, weight_codes, weight_fmt) -> None:
@@ -619,12 +738,17 @@ class _Counts:
             w = _sample(weight_codes)
             sat.logical_or_(w == weight_fmt.min_code).logical_or_(w == weight_fmt.max_code)
         stalled = (delta == 0).logical_and_(nz)
-        self.counts.append(torch.stack([torch.count_nonzero(nz), torch.count_nonzero(stalled),
-                                        torch.count_nonzero(sat)]))
+        self.counts.append(
+            torch.stack(
+                [torch.count_nonzero(nz), torch.count_nonzero(stalled), torch.count_nonzero(sat)]
+            )
+        )
         self.sizes.append((update.numel(), numel))
         self.samples.append(update)
 
-    def add_kernel(self, result: tuple[int, int, int, np.ndarray | None], numel: int, sampled: int) -> None:
+    def add_kernel(
+        self, result: tuple[int, int, int, np.ndarray | None], numel: int, sampled: int
+    ) -> None:
         """Counts from the fused kernel, or from NumPy on a float weight (no
         update sample: ``None``)."""
         nonzero, stalled, saturated, sample = result
@@ -638,7 +762,9 @@ class _Counts:
         if not self.counts:
             return result
         tensors = [c for c in self.counts if torch.is_tensor(c)]
-        host = iter(torch.stack(tensors).tolist() if tensors else [])  # one sync for the torch path's counts
+        host = iter(
+            torch.stack(tensors).tolist() if tensors else []
+        )  # one sync for the torch path's counts
         nonzero = stalled = saturated = 0.0
         for c, (sampled, numel) in zip(self.counts, self.sizes, strict=True):
             nz, st, sat = next(host) if torch.is_tensor(c) else c
@@ -649,8 +775,11 @@ class _Counts:
         result["stall_fraction"] = stalled / nonzero if nonzero else 0.0
         result["saturation_fraction"] = saturated / sum(n for _, n in self.sizes)
         if self.samples and self.target is not None:
-            sample = np.abs(np.concatenate([s.detach().cpu().numpy() if torch.is_tensor(s) else s
-                                            for s in self.samples]))
+            sample = np.abs(
+                np.concatenate(
+                    [s.detach().cpu().numpy() if torch.is_tensor(s) else s for s in self.samples]
+                )
+            )
             sample = sample[sample != 0]
             if sample.size:
                 result["median_update_lsb"] = float(np.median(sample)) / self.target.lsb

@@ -69,7 +69,9 @@ SAMPLE_RUN = 16  # in runs of this many consecutive elements (sample_stride)
 NO_FORMAT = -1  # the rounding argument of a stage that has no format
 CLAMP_NONE, CLAMP_LOW, CLAMP_HIGH, CLAMP_BOTH = 0, 1, 2, 3  # which limits of a code can be reached
 CHUNK = 1 << 14  # elements per task of the parallel loop (fits L1/L2 per core)
-CHECK_IN_KERNEL_FROM = SERIAL_BELOW_ELEMENTWISE  # elements: smaller tensors are checked apart (QuantizedOptimizer)
+CHECK_IN_KERNEL_FROM = (
+    SERIAL_BELOW_ELEMENTWISE  # elements: smaller tensors are checked apart (QuantizedOptimizer)
+)
 
 
 def _max_abs_of(float_type, int_type, abs_mask: int):
@@ -88,7 +90,10 @@ def _max_abs_of(float_type, int_type, abs_mask: int):
     return serial_and_parallel(run)
 
 
-_MAX_ABS = {4: _max_abs_of(np.float32, np.int32, 0x7FFFFFFF), 8: _max_abs_of(np.float64, np.int64, 0x7FFFFFFFFFFFFFFF)}
+_MAX_ABS = {
+    4: _max_abs_of(np.float32, np.int32, 0x7FFFFFFF),
+    8: _max_abs_of(np.float64, np.int64, 0x7FFFFFFFFFFFFFFF),
+}
 
 
 def _code_max_abs(x):
@@ -117,8 +122,22 @@ def max_abs(x: np.ndarray) -> float:
 
 
 @kernel
-def update_code(x, i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
-                overflow, grad_overflow, delta_overflow):
+def update_code(
+    x,
+    i,
+    k,
+    grad_fmt,
+    update_fmt,
+    acc_fmt,
+    seeds,
+    sign,
+    grad_rounding,
+    update_rounding,
+    acc_rounding,
+    overflow,
+    grad_overflow,
+    delta_overflow,
+):
     """(the update, its code on the accumulator grid) of source element ``x``
     at flat index ``i``. The mode arguments are compile-time constants of the
     caller: once inlined, their branches fold away."""
@@ -127,7 +146,9 @@ def update_code(x, i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_roundi
     if has_grad:
         u = counter_uniform(seeds[0], i) if grad_rounding == STOCHASTIC else 0.0
         if grad_overflow:
-            x = value_to_code_float(x, grad_fmt[0], grad_fmt[2], grad_fmt[3], grad_fmt[4], grad_rounding, overflow, u)
+            x = value_to_code_float(
+                x, grad_fmt[0], grad_fmt[2], grad_fmt[3], grad_fmt[4], grad_rounding, overflow, u
+            )
         else:
             x = round_scaled(scale_value(x, grad_fmt[0], grad_rounding), grad_rounding, u)
     if sign:
@@ -135,8 +156,19 @@ def update_code(x, i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_roundi
     v = x * k[0]  # the update (unused, and compiled out, where merged and not sampled)
     if has_update:
         u = counter_uniform(seeds[1], i) if update_rounding == STOCHASTIC else 0.0
-        s = value_to_code_float(v, update_fmt[0], update_fmt[2], update_fmt[3], update_fmt[4], update_rounding,
-                                overflow, u) * k[1]
+        s = (
+            value_to_code_float(
+                v,
+                update_fmt[0],
+                update_fmt[2],
+                update_fmt[3],
+                update_fmt[4],
+                update_rounding,
+                overflow,
+                u,
+            )
+            * k[1]
+        )
     elif has_grad or sign:
         # the input is an integer (a code, or a sign): the update's scalings merge
         # into one multiplication (exact: see FusedStep.plan)
@@ -186,14 +218,32 @@ def weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_ov
     in :func:`update_code`)."""
     if weight_overflow == CLAMP_BOTH and overflow != SATURATE:
         u = counter_uniform(seeds[3], i) if weight_rounding == STOCHASTIC else 0.0
-        return scaled_to_code_float(np.float64(a) * k[2], weight_fmt[3], weight_fmt[4], weight_rounding, overflow, u)
-    return clamp_sides(weight_code_unclamped(np.float64(a), i, k[2], seeds, weight_rounding), weight_fmt[3],
-                       weight_fmt[4], weight_overflow)
+        return scaled_to_code_float(
+            np.float64(a) * k[2], weight_fmt[3], weight_fmt[4], weight_rounding, overflow, u
+        )
+    return clamp_sides(
+        weight_code_unclamped(np.float64(a), i, k[2], seeds, weight_rounding),
+        weight_fmt[3],
+        weight_fmt[4],
+        weight_overflow,
+    )
 
 
 @kernel
-def parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow, weight_overflow, has_weight,
-                    int32_out, f32_weight):
+def parameter_value(
+    a,
+    i,
+    k,
+    acc_fmt,
+    weight_fmt,
+    seeds,
+    weight_rounding,
+    overflow,
+    weight_overflow,
+    has_weight,
+    int32_out,
+    f32_weight,
+):
     """The new value of the parameter from accumulator code ``a`` (modes:
     compile-time constants of the caller). ``int32_out``: a float32 parameter
     written as ``float32(int32(code)) * float32(LSB)`` (see step_kernel);
@@ -201,7 +251,9 @@ def parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overfl
     code's scaling and rounding are exact in float32."""
     if int32_out and has_weight:  # saturated in int32: half-width vector ops
         if f32_weight:
-            w = np.int32(weight_code_unclamped(np.float32(a), i, np.float32(k[2]), seeds, weight_rounding))
+            w = np.int32(
+                weight_code_unclamped(np.float32(a), i, np.float32(k[2]), seeds, weight_rounding)
+            )
         else:
             w = np.int32(weight_code_unclamped(np.float64(a), i, k[2], seeds, weight_rounding))
         w = clamp_sides(w, np.int32(weight_fmt[3]), np.int32(weight_fmt[4]), weight_overflow)
@@ -215,34 +267,107 @@ def parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overfl
 
 
 @kernel
-def add_update(x, i, acc, j, out, k, grad_fmt, update_fmt, acc_fmt, weight_fmt, seeds, sign, grad_rounding,
-               update_rounding, acc_rounding, weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
-               weight_overflow, has_weight, int32_out, int_add, f32_weight, subtract):
+def add_update(
+    x,
+    i,
+    acc,
+    j,
+    out,
+    k,
+    grad_fmt,
+    update_fmt,
+    acc_fmt,
+    weight_fmt,
+    seeds,
+    sign,
+    grad_rounding,
+    update_rounding,
+    acc_rounding,
+    weight_rounding,
+    overflow,
+    grad_overflow,
+    delta_overflow,
+    acc_overflow,
+    weight_overflow,
+    has_weight,
+    int32_out,
+    int_add,
+    f32_weight,
+    subtract,
+):
     """One element of :func:`step_kernel`'s loop: source element ``x`` at flat
     index ``i`` added into ``acc[j]`` (``subtract``: subtracted), and the
     parameter's value written to ``out[j]`` (modes: compile-time constants of
     the caller, as in :func:`update_code`). int32 update codes are converted
     with :func:`int32_wrapped`: ``np.int32`` where the source is in the plan's
     range, and defined beyond it, so a step on a bad source can be undone."""
-    d = update_code(x, i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
-                    overflow, grad_overflow, delta_overflow)[1]
+    d = update_code(
+        x,
+        i,
+        k,
+        grad_fmt,
+        update_fmt,
+        acc_fmt,
+        seeds,
+        sign,
+        grad_rounding,
+        update_rounding,
+        acc_rounding,
+        overflow,
+        grad_overflow,
+        delta_overflow,
+    )[1]
     if int_add:  # |d| and the sum are within the accumulator's range
         d_code = int32_wrapped(d)
         a_code = np.int32(acc[j] - d_code) if subtract else np.int32(acc[j] + d_code)
         acc[j] = a_code
-        out[j] = parameter_value(a_code, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow,
-                                 weight_overflow, has_weight, int32_out, f32_weight)
+        out[j] = parameter_value(
+            a_code,
+            i,
+            k,
+            acc_fmt,
+            weight_fmt,
+            seeds,
+            weight_rounding,
+            overflow,
+            weight_overflow,
+            has_weight,
+            int32_out,
+            f32_weight,
+        )
     else:
-        a = overflow_sides(acc[j] - d if subtract else acc[j] + d, acc_fmt[3], acc_fmt[4], overflow,
-                           acc_overflow)  # exact
+        a = overflow_sides(
+            acc[j] - d if subtract else acc[j] + d, acc_fmt[3], acc_fmt[4], overflow, acc_overflow
+        )  # exact
         acc[j] = a  # an integral float64 (for int32 codes: in range, converted exactly)
-        out[j] = parameter_value(a, i, k, acc_fmt, weight_fmt, seeds, weight_rounding, overflow, weight_overflow,
-                                 has_weight, int32_out, False)
+        out[j] = parameter_value(
+            a,
+            i,
+            k,
+            acc_fmt,
+            weight_fmt,
+            seeds,
+            weight_rounding,
+            overflow,
+            weight_overflow,
+            has_weight,
+            int32_out,
+            False,
+        )
 
 
 @functools.cache
-def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_rounding: int, weight_rounding: int,
-                overflow: int, overflows: tuple[bool, bool, int, int], int32_out: bool, int_acc: int):
+def step_kernel(
+    sign: bool,
+    grad_rounding: int,
+    update_rounding: int,
+    acc_rounding: int,
+    weight_rounding: int,
+    overflow: int,
+    overflows: tuple[bool, bool, int, int],
+    int32_out: bool,
+    int_acc: int,
+):
     """The (serial, parallel) kernels for one combination of stages and modes (compile-time
     constants, so the mode branches fold away and the loop vectorizes):
 
@@ -311,7 +436,10 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
         c = constants
         k = (c[0], c[1], c[2])
         grad_fmt, update_fmt = (c[3], c[4], c[5], c[6], c[7]), (c[8], c[9], c[10], c[11], c[12])
-        acc_fmt, weight_fmt = (c[13], c[14], c[15], c[16], c[17]), (c[18], c[19], c[20], c[21], c[22])
+        acc_fmt, weight_fmt = (
+            (c[13], c[14], c[15], c[16], c[17]),
+            (c[18], c[19], c[20], c[21], c[22]),
+        )
         seeds = (seed_array[0], seed_array[1], seed_array[2], seed_array[3])
         n = source.size
         sample_size = sample.size
@@ -321,43 +449,121 @@ def step_kernel(sign: bool, grad_rounding: int, update_rounding: int, acc_roundi
         mask, limit = limits[0], limits[1]
         for chunk in prange(chunks):
             lo = chunk * CHUNK
-            src, chunk_acc, dst = source[lo:lo + CHUNK], acc[lo:lo + CHUNK], out[lo:lo + CHUNK]
+            src, chunk_acc, dst = (
+                source[lo : lo + CHUNK],
+                acc[lo : lo + CHUNK],
+                out[lo : lo + CHUNK],
+            )
             if not undo:
-                bits = source_bits[lo:lo + CHUNK]
-                top = limits[2]  # a zero of the bits' type: the ufuncs keep it (Numba's operators widen it)
+                bits = source_bits[lo : lo + CHUNK]
+                top = limits[
+                    2
+                ]  # a zero of the bits' type: the ufuncs keep it (Numba's operators widen it)
                 for j in range(src.size):
                     top = np.maximum(top, np.bitwise_and(bits[j], mask))
-                    add_update(np.float64(src[j]), lo + j, chunk_acc, j, dst, k, grad_fmt, update_fmt, acc_fmt,
-                               weight_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
-                               weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
-                               weight_overflow, has_weight, int32_out, int_add, f32_weight, False)
+                    add_update(
+                        np.float64(src[j]),
+                        lo + j,
+                        chunk_acc,
+                        j,
+                        dst,
+                        k,
+                        grad_fmt,
+                        update_fmt,
+                        acc_fmt,
+                        weight_fmt,
+                        seeds,
+                        sign,
+                        grad_rounding,
+                        update_rounding,
+                        acc_rounding,
+                        weight_rounding,
+                        overflow,
+                        grad_overflow,
+                        delta_overflow,
+                        acc_overflow,
+                        weight_overflow,
+                        has_weight,
+                        int32_out,
+                        int_add,
+                        f32_weight,
+                        False,
+                    )
                 counts[chunk, 3] = top > limit
                 counts[chunk, 4] = top
             elif int_add:  # (compiled out where it cannot be used)
                 for j in range(src.size):
-                    add_update(np.float64(src[j]), lo + j, chunk_acc, j, dst, k, grad_fmt, update_fmt, acc_fmt,
-                               weight_fmt, seeds, sign, grad_rounding, update_rounding, acc_rounding,
-                               weight_rounding, overflow, grad_overflow, delta_overflow, acc_overflow,
-                               weight_overflow, has_weight, int32_out, int_add, f32_weight, True)
+                    add_update(
+                        np.float64(src[j]),
+                        lo + j,
+                        chunk_acc,
+                        j,
+                        dst,
+                        k,
+                        grad_fmt,
+                        update_fmt,
+                        acc_fmt,
+                        weight_fmt,
+                        seeds,
+                        sign,
+                        grad_rounding,
+                        update_rounding,
+                        acc_rounding,
+                        weight_rounding,
+                        overflow,
+                        grad_overflow,
+                        delta_overflow,
+                        acc_overflow,
+                        weight_overflow,
+                        has_weight,
+                        int32_out,
+                        int_add,
+                        f32_weight,
+                        True,
+                    )
             if not undo:
                 # the telemetry of this chunk's sampled elements, while they are in cache: runs
                 # of SAMPLE_RUN consecutive elements (a run never straddles two chunks)
                 m0 = sample_position(lo, stride)
                 m1 = min(sample_size, sample_position(lo + src.size, stride))
                 nonzero = stalled = saturated = 0
-                for run in range(m0 // SAMPLE_RUN, (m1 + SAMPLE_RUN - 1) // SAMPLE_RUN):  # m0: a run's start
+                for run in range(
+                    m0 // SAMPLE_RUN, (m1 + SAMPLE_RUN - 1) // SAMPLE_RUN
+                ):  # m0: a run's start
                     first_m, first_i = run * SAMPLE_RUN, run * stride
                     for j in range(min(m1 - first_m, SAMPLE_RUN)):  # contiguous: vectorizes
                         i = first_i + j
                         # the update's code with its overflow step: under wrap the main loop may
                         # leave it out (the sum wraps alike), but a wrapped-away update stalled
-                        v, d = update_code(np.float64(source[i]), i, k, grad_fmt, update_fmt, acc_fmt, seeds, sign,
-                                           grad_rounding, update_rounding, acc_rounding, overflow, grad_overflow,
-                                           True)
+                        v, d = update_code(
+                            np.float64(source[i]),
+                            i,
+                            k,
+                            grad_fmt,
+                            update_fmt,
+                            acc_fmt,
+                            seeds,
+                            sign,
+                            grad_rounding,
+                            update_rounding,
+                            acc_rounding,
+                            overflow,
+                            grad_overflow,
+                            True,
+                        )
                         a = acc[i]  # after the step
                         at_limit = (a == acc_fmt[3]) | (a == acc_fmt[4])
                         if has_weight:
-                            w = weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow)
+                            w = weight_code(
+                                a,
+                                i,
+                                k,
+                                weight_fmt,
+                                seeds,
+                                weight_rounding,
+                                overflow,
+                                weight_overflow,
+                            )
                             at_limit = at_limit | (w == weight_fmt[3]) | (w == weight_fmt[4])
                         sample[first_m + j] = v
                         nonzero += v != 0.0
@@ -378,7 +584,13 @@ def format_constants(fmt) -> tuple[float, float, float, float, float]:
     (what the kernel's stages take); zeros for ``None``."""
     if fmt is None:
         return (0.0, 0.0, 0.0, 0.0, 0.0)
-    return (2.0**fmt.fl, fmt.lsb, 2.0 ** (fmt.wl - fmt.fl), float(fmt.min_code), float(fmt.max_code))
+    return (
+        2.0**fmt.fl,
+        fmt.lsb,
+        2.0 ** (fmt.wl - fmt.fl),
+        float(fmt.min_code),
+        float(fmt.max_code),
+    )
 
 
 _MIN_NORMAL = sys.float_info.min
@@ -387,7 +599,9 @@ _NO_SEEDS = np.zeros(4, np.int64)
 _NO_SAMPLE = np.empty(0)  # telemetry off (the kernel writes nothing into it)
 # the integer view of a float32/float64 source, and the mask that clears its sign bit
 _BITS = {4: (np.int32, np.iinfo(np.int32).max), 8: (np.int64, np.iinfo(np.int64).max)}
-_ANY_FINITE = {size: np.array([mask, mask, 0], t) for size, (t, mask) in _BITS.items()}  # limits of a checked source
+_ANY_FINITE = {
+    size: np.array([mask, mask, 0], t) for size, (t, mask) in _BITS.items()
+}  # limits of a checked source
 _SEED_STREAMS = (STREAM["grad"], STREAM["update"], STREAM["accumulator"], STREAM["weight"])
 
 
@@ -405,21 +619,36 @@ class FusedStep:
     ``accumulator`` is the grid updates are added on (the accumulator, else the
     weight) and ``weight`` the weight format re-quantized from it, if any."""
 
-    def __init__(self, sign: bool, grad, update, accumulator, weight, grad_rounding: int, update_rounding: int,
-                 acc_rounding: int, weight_rounding: int, overflow: int):
+    def __init__(
+        self,
+        sign: bool,
+        grad,
+        update,
+        accumulator,
+        weight,
+        grad_rounding: int,
+        update_rounding: int,
+        acc_rounding: int,
+        weight_rounding: int,
+        overflow: int,
+    ):
         self.sign, self.overflow = sign, overflow
         self.has_grad, self.has_update = grad is not None, update is not None
-        self.roundings = (NO_FORMAT if grad is None else grad_rounding,
-                          NO_FORMAT if update is None else update_rounding,
-                          acc_rounding,
-                          NO_FORMAT if weight is None else weight_rounding)
+        self.roundings = (
+            NO_FORMAT if grad is None else grad_rounding,
+            NO_FORMAT if update is None else update_rounding,
+            acc_rounding,
+            NO_FORMAT if weight is None else weight_rounding,
+        )
         self.stochastic = tuple(r == STOCHASTIC for r in self.roundings)
         self.any_stochastic = any(self.stochastic)
         self.formats = tuple(format_constants(f) for f in (grad, update, accumulator, weight))
         self.merged_input = sign or grad is not None
         grad_c, update_c, acc_c, weight_c = self.formats
         self.acc_codes = acc_c[3:]
-        self.input_top = 1.0 if sign else (max(-grad_c[3], grad_c[4]) if grad is not None else math.nan)
+        self.input_top = (
+            1.0 if sign else (max(-grad_c[3], grad_c[4]) if grad is not None else math.nan)
+        )
         self.input_lsb = grad.lsb if grad is not None and not sign else 1.0
         self.acc_scale = acc_c[0]
         self.update_delta = self.update_bound = 0.0
@@ -437,10 +666,18 @@ class FusedStep:
         # codes, and the weight codes before saturation, fit in int32; every value
         # is normal in float32; a weight code's overflow step is a clamp
         out_c = weight_c if weight is not None else acc_c
-        before = (acc_c[3] * self.k_weight - 1, acc_c[4] * self.k_weight + 1) if weight is not None else out_c[3:]
-        self.int32_out = (-(2.0**31) <= min(out_c[3], before[0]) and max(out_c[4], before[1]) < 2.0**31
-                          and _F32_MIN_NORMAL <= out_c[1] and max(-out_c[3], out_c[4]) * out_c[1] < _F32_MAX
-                          and (overflow == SATURATE or self.weight_overflow == CLAMP_NONE))
+        before = (
+            (acc_c[3] * self.k_weight - 1, acc_c[4] * self.k_weight + 1)
+            if weight is not None
+            else out_c[3:]
+        )
+        self.int32_out = (
+            -(2.0**31) <= min(out_c[3], before[0])
+            and max(out_c[4], before[1]) < 2.0**31
+            and _F32_MIN_NORMAL <= out_c[1]
+            and max(-out_c[3], out_c[4]) * out_c[1] < _F32_MAX
+            and (overflow == SATURATE or self.weight_overflow == CLAMP_NONE)
+        )
         self._kernels: dict = {}
 
     def _weight_sides(self, low: float, high: float) -> int:
@@ -450,8 +687,9 @@ class FusedStep:
         if not self.k_weight:
             return CLAMP_NONE
         w_low, w_high = self.formats[3][3:]
-        return (CLAMP_LOW * (math.floor(low * self.k_weight) < w_low)
-                + CLAMP_HIGH * (math.ceil(high * self.k_weight) > w_high))
+        return CLAMP_LOW * (math.floor(low * self.k_weight) < w_low) + CLAMP_HIGH * (
+            math.ceil(high * self.k_weight) > w_high
+        )
 
     def _scale_constants(self, scale: float) -> tuple[float, float] | None:
         """``(k_update, k_delta)`` of :meth:`plan` for one ``scale``, or ``None``
@@ -470,10 +708,16 @@ class FusedStep:
         takes them, ``delta_top`` bounding |update code| on the accumulator
         grid; ``None`` where the plan declines. The scale's part is cached:
         the learning rate seldom changes between steps."""
-        last = self._last_scale  # (scale, its constants): one read, so threads sharing this step see a pair
+        last = (
+            self._last_scale
+        )  # (scale, its constants): one read, so threads sharing this step see a pair
         if last[0] != scale:
             scaled = self._scale_constants(scale)
-            packed = None if scaled is None else np.array([*scaled, self.k_weight, *sum(self.formats, ())])
+            packed = (
+                None
+                if scaled is None
+                else np.array([*scaled, self.k_weight, *sum(self.formats, ())])
+            )
             last = self._last_scale = (scale, scaled, packed)
         if last[1] is None:
             return None
@@ -500,7 +744,9 @@ class FusedStep:
             bound = source_max * abs(k_update) * k_delta
         if not math.isfinite(bound):
             return None
-        bound = max(bound, 1.0)  # an update that underflows in LSB units can round to -1 or 1 (as above)
+        bound = max(
+            bound, 1.0
+        )  # an update that underflows in LSB units can round to -1 or 1 (as above)
         if self.overflow == SATURATE:
             delta_overflow = not bound <= self.acc_safe
         else:  # modular: wrapping the sum alone is the same while the sum is exact
@@ -553,18 +799,37 @@ class FusedStep:
         if base is None:
             return None
         packed, grad_overflow, delta_overflow, delta_top = base
-        acc_sides, weight_sides, top_after = self._sides(self.acc_top if acc_top is None else acc_top, delta_top)
-        return tuple(packed[:3].tolist()), (grad_overflow, delta_overflow, acc_sides, weight_sides), top_after
+        acc_sides, weight_sides, top_after = self._sides(
+            self.acc_top if acc_top is None else acc_top, delta_top
+        )
+        return (
+            tuple(packed[:3].tolist()),
+            (grad_overflow, delta_overflow, acc_sides, weight_sides),
+            top_after,
+        )
 
-    def __call__(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, source_max: float,
-                 seed: int, step: int, index: int, telemetry: bool, bound: AccumulatorBound | None = None):
+    def __call__(
+        self,
+        source: np.ndarray,
+        acc: np.ndarray,
+        out: np.ndarray,
+        scale: float,
+        source_max: float,
+        seed: int,
+        step: int,
+        index: int,
+        telemetry: bool,
+        bound: AccumulatorBound | None = None,
+    ):
         """Run the step on flat arrays (``acc``: int32 or float64 codes, updated in place;
         ``out``: the parameter's storage). ``bound``: what is known of |acc|
         (read, and updated for the next step). Returns ``None`` having changed
         nothing where :meth:`plan` declines; else ``(nonzero, stalled,
         saturated, sample)`` as the kernel returns them (see
         :func:`step_kernel`; zeros and empty without ``telemetry``)."""
-        prepared = self._prepare(source, acc, out, scale, source_max, seed, step, index, telemetry, bound)
+        prepared = self._prepare(
+            source, acc, out, scale, source_max, seed, step, index, telemetry, bound
+        )
         if prepared is None:
             return None
         run, args, _, top_after = prepared
@@ -574,8 +839,19 @@ class FusedStep:
             bound.top = top_after
         return (*result[:3], args[5])
 
-    def speculate(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, exponent: int,
-                  seed: int, step: int, index: int, telemetry: bool, bound: AccumulatorBound):
+    def speculate(
+        self,
+        source: np.ndarray,
+        acc: np.ndarray,
+        out: np.ndarray,
+        scale: float,
+        exponent: int,
+        seed: int,
+        step: int,
+        index: int,
+        telemetry: bool,
+        bound: AccumulatorBound,
+    ):
         """The step on a source nobody has checked yet, planned for |source| <=
         2^(``exponent`` + 1) (``exponent``: as :func:`top_exponent`'s, from the
         previous step, so the plan allows for twice its max) and checked in
@@ -598,7 +874,9 @@ class FusedStep:
         if checked is None:
             return None
         limit, limits = checked
-        prepared = self._prepare(source, acc, out, scale, limit, seed, step, index, telemetry, bound)
+        prepared = self._prepare(
+            source, acc, out, scale, limit, seed, step, index, telemetry, bound
+        )
         if prepared is None or prepared[2][2] != CLAMP_NONE:
             return None
         run, args, _, top_after = prepared
@@ -608,10 +886,26 @@ class FusedStep:
             run(*args, bits, limits, True)
             return False
         before, bound.top = bound.top, top_after
-        return (*result[:3], args[5], top_exponent(result[4], itemsize), (run, args, bits, limits, bound, before))
+        return (
+            *result[:3],
+            args[5],
+            top_exponent(result[4], itemsize),
+            (run, args, bits, limits, bound, before),
+        )
 
-    def _prepare(self, source: np.ndarray, acc: np.ndarray, out: np.ndarray, scale: float, source_max: float,
-                 seed: int, step: int, index: int, telemetry: bool, bound: AccumulatorBound | None):
+    def _prepare(
+        self,
+        source: np.ndarray,
+        acc: np.ndarray,
+        out: np.ndarray,
+        scale: float,
+        source_max: float,
+        seed: int,
+        step: int,
+        index: int,
+        telemetry: bool,
+        bound: AccumulatorBound | None,
+    ):
         """``(kernel, its first arguments, overflows, bound after)`` of one call, or ``None``
         where :meth:`plan` declines."""
         base = self._constants(scale, source_max)
@@ -619,22 +913,32 @@ class FusedStep:
             return None
         constants, grad_overflow, delta_overflow, delta_top = base
         known = bound is not None and bound.top is not None
-        acc_sides, weight_sides, top_after = self._sides(bound.top if known else self.acc_top, delta_top)
+        acc_sides, weight_sides, top_after = self._sides(
+            bound.top if known else self.acc_top, delta_top
+        )
         if bound is not None and (acc_sides or weight_sides):
-            acc_sides, weight_sides, top_after = bound.tighten(self, acc, delta_top, acc_sides, weight_sides,
-                                                               top_after)
+            acc_sides, weight_sides, top_after = bound.tighten(
+                self, acc, delta_top, acc_sides, weight_sides, top_after
+            )
         n = source.size
         int_acc = 0 if acc.dtype.kind == "f" else (2 if self.acc_top < 2.0**24 else 1)
         overflows = (grad_overflow, delta_overflow, acc_sides, weight_sides)
         key = (overflows, self.int32_out and out.itemsize == 4, int_acc)
         kernels = self._kernels.get(key)
         if kernels is None:
-            kernels = self._kernels[key] = step_kernel(self.sign, *self.roundings, self.overflow, *key)
+            kernels = self._kernels[key] = step_kernel(
+                self.sign, *self.roundings, self.overflow, *key
+            )
         run = kernels[n >= SERIAL_BELOW_ELEMENTWISE]  # small tensors: one thread
         seeds = _NO_SEEDS
         if self.any_stochastic:
-            seeds = np.array([signed64(mix_seed(seed, step, index, stream)) if st else 0
-                              for st, stream in zip(self.stochastic, _SEED_STREAMS, strict=True)], np.int64)
+            seeds = np.array(
+                [
+                    signed64(mix_seed(seed, step, index, stream)) if st else 0
+                    for st, stream in zip(self.stochastic, _SEED_STREAMS, strict=True)
+                ],
+                np.int64,
+            )
         if telemetry:
             stride = sample_stride(n)
             # the caller allocates the sample: once (not reproduced since), a cached
@@ -699,8 +1003,15 @@ class AccumulatorBound:
         self.wait = 0  # steps before the next measurement is allowed
         self.backoff = 1
 
-    def tighten(self, step: FusedStep, acc: np.ndarray, delta_top: float, acc_sides: int, weight_sides: int,
-                top_after: float) -> tuple[int, int, float]:
+    def tighten(
+        self,
+        step: FusedStep,
+        acc: np.ndarray,
+        delta_top: float,
+        acc_sides: int,
+        weight_sides: int,
+        top_after: float,
+    ) -> tuple[int, int, float]:
         """The sides and bound of ``step``'s call, with |acc| measured where
         that may drop a clamp the bound keeps."""
         if self.wait:
@@ -718,11 +1029,31 @@ class AccumulatorBound:
 
 
 @functools.cache
-def fused_step(sign: bool, grad, update, accumulator, weight, grad_rounding: int, update_rounding: int,
-               acc_rounding: int, weight_rounding: int, overflow: int) -> FusedStep:
+def fused_step(
+    sign: bool,
+    grad,
+    update,
+    accumulator,
+    weight,
+    grad_rounding: int,
+    update_rounding: int,
+    acc_rounding: int,
+    weight_rounding: int,
+    overflow: int,
+) -> FusedStep:
     """The (cached) :class:`FusedStep` of a configuration."""
-    return FusedStep(sign, grad, update, accumulator, weight, grad_rounding, update_rounding, acc_rounding,
-                     weight_rounding, overflow)
+    return FusedStep(
+        sign,
+        grad,
+        update,
+        accumulator,
+        weight,
+        grad_rounding,
+        update_rounding,
+        acc_rounding,
+        weight_rounding,
+        overflow,
+    )
 
 
 def sample_stride(numel: int) -> int:

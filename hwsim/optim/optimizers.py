@@ -27,13 +27,17 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _check_lr(lr) -> None:
-    _check(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0.0,
-           f"Invalid learning rate: {lr!r} (a float >= 0 is needed)")
+    _check(
+        isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0.0,
+        f"Invalid learning rate: {lr!r} (a float >= 0 is needed)",
+    )
 
 
 def _check_nonneg(name: str, value) -> None:
-    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.0,
-           f"Invalid {name} value: {value!r} (a float >= 0 is needed)")
+    _check(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.0,
+        f"Invalid {name} value: {value!r} (a float >= 0 is needed)",
+    )
 
 
 class SGD(QuantizedOptimizer):
@@ -56,21 +60,47 @@ class SGD(QuantizedOptimizer):
 
     rule = rules.SGD_RULE
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
-                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
-                 weight: Format = None, accumulator: Format = None, grad: Format = None,
-                 state: Format | dict[str, Format] = None, update: Format = None, rounding: str = "nearest",
-                 weight_rounding: str | None = None, accumulator_rounding: str | None = None,
-                 grad_rounding: str | None = None, state_rounding: str | None = None,
-                 update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True, fused: bool | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        weight: Format = None,
+        accumulator: Format = None,
+        grad: Format = None,
+        state: Format | dict[str, Format] = None,
+        update: Format = None,
+        rounding: str = "nearest",
+        weight_rounding: str | None = None,
+        accumulator_rounding: str | None = None,
+        grad_rounding: str | None = None,
+        state_rounding: str | None = None,
+        update_rounding: str | None = None,
+        overflow: str = "saturate",
+        seed: int | None = None,
+        telemetry: bool = True,
+        fused: bool | None = None,
+    ):
         _check_lr(lr)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight_decay", weight_decay)
-        _check(not nesterov or (momentum > 0 and dampening == 0),
-               "Nesterov momentum requires a momentum and zero dampening")
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, maximize=maximize)
+        _check(
+            not nesterov or (momentum > 0 and dampening == 0),
+            "Nesterov momentum requires a momentum and zero dampening",
+        )
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+        )
         super().__init__(params, defaults, _precision(locals()), telemetry, fused)
 
 
@@ -91,13 +121,29 @@ class SignSGD(QuantizedOptimizer):
 
     rule = rules.SIGN_SGD_RULE
 
-    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0, *, maximize: bool = False,
-                 weight: Format = None, accumulator: Format = None, grad: Format = None,
-                 state: Format | dict[str, Format] = None, update: Format = None, rounding: str = "nearest",
-                 weight_rounding: str | None = None, accumulator_rounding: str | None = None,
-                 grad_rounding: str | None = None, state_rounding: str | None = None,
-                 update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True, fused: bool | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+        weight: Format = None,
+        accumulator: Format = None,
+        grad: Format = None,
+        state: Format | dict[str, Format] = None,
+        update: Format = None,
+        rounding: str = "nearest",
+        weight_rounding: str | None = None,
+        accumulator_rounding: str | None = None,
+        grad_rounding: str | None = None,
+        state_rounding: str | None = None,
+        update_rounding: str | None = None,
+        overflow: str = "saturate",
+        seed: int | None = None,
+        telemetry: bool = True,
+        fused: bool | None = None,
+    ):
         _check_lr(lr)
         _check_nonneg("weight_decay", weight_decay)
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
@@ -123,22 +169,50 @@ class Adam(QuantizedOptimizer):
 
     rule = rules.ADAM_RULE
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0, amsgrad: bool = False, *, maximize: bool = False,
-                 decoupled_weight_decay: bool = False,
-                 weight: Format = None, accumulator: Format = None, grad: Format = None,
-                 state: Format | dict[str, Format] = None, update: Format = None, rounding: str = "nearest",
-                 weight_rounding: str | None = None, accumulator_rounding: str | None = None,
-                 grad_rounding: str | None = None, state_rounding: str | None = None,
-                 update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True, fused: bool | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+        weight: Format = None,
+        accumulator: Format = None,
+        grad: Format = None,
+        state: Format | dict[str, Format] = None,
+        update: Format = None,
+        rounding: str = "nearest",
+        weight_rounding: str | None = None,
+        accumulator_rounding: str | None = None,
+        grad_rounding: str | None = None,
+        state_rounding: str | None = None,
+        update_rounding: str | None = None,
+        overflow: str = "saturate",
+        seed: int | None = None,
+        telemetry: bool = True,
+        fused: bool | None = None,
+    ):
         _check_lr(lr)
         _check_nonneg("epsilon", eps)
         _check_nonneg("weight_decay", weight_decay)
-        _check(len(betas) == 2 and 0.0 <= betas[0] < 1.0, f"Invalid beta parameter at index 0: {betas[0]!r}")
+        _check(
+            len(betas) == 2 and 0.0 <= betas[0] < 1.0,
+            f"Invalid beta parameter at index 0: {betas[0]!r}",
+        )
         _check(0.0 <= betas[1] < 1.0, f"Invalid beta parameter at index 1: {betas[1]!r}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
         super().__init__(params, defaults, _precision(locals()), telemetry, fused)
 
 
@@ -156,21 +230,45 @@ class AdaGrad(QuantizedOptimizer):
 
     rule = rules.ADAGRAD_RULE
 
-    def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
-                 initial_accumulator_value: float = 0, eps: float = 1e-10, *, maximize: bool = False,
-                 weight: Format = None, accumulator: Format = None, grad: Format = None,
-                 state: Format | dict[str, Format] = None, update: Format = None, rounding: str = "nearest",
-                 weight_rounding: str | None = None, accumulator_rounding: str | None = None,
-                 grad_rounding: str | None = None, state_rounding: str | None = None,
-                 update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True, fused: bool | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        *,
+        maximize: bool = False,
+        weight: Format = None,
+        accumulator: Format = None,
+        grad: Format = None,
+        state: Format | dict[str, Format] = None,
+        update: Format = None,
+        rounding: str = "nearest",
+        weight_rounding: str | None = None,
+        accumulator_rounding: str | None = None,
+        grad_rounding: str | None = None,
+        state_rounding: str | None = None,
+        update_rounding: str | None = None,
+        overflow: str = "saturate",
+        seed: int | None = None,
+        telemetry: bool = True,
+        fused: bool | None = None,
+    ):
         _check_lr(lr)
         _check_nonneg("lr_decay", lr_decay)
         _check_nonneg("weight_decay", weight_decay)
         _check_nonneg("initial_accumulator_value", initial_accumulator_value)
         _check_nonneg("epsilon", eps)
-        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                        initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize)
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+            maximize=maximize,
+        )
         super().__init__(params, defaults, _precision(locals()), telemetry, fused)
 
 
@@ -190,28 +288,68 @@ class RMSProp(QuantizedOptimizer):
 
     rule = rules.RMSPROP_RULE
 
-    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0, momentum: float = 0, centered: bool = False, *,
-                 maximize: bool = False,
-                 weight: Format = None, accumulator: Format = None, grad: Format = None,
-                 state: Format | dict[str, Format] = None, update: Format = None, rounding: str = "nearest",
-                 weight_rounding: str | None = None, accumulator_rounding: str | None = None,
-                 grad_rounding: str | None = None, state_rounding: str | None = None,
-                 update_rounding: str | None = None, overflow: str = "saturate", seed: int | None = None,
-                 telemetry: bool = True, fused: bool | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+        weight: Format = None,
+        accumulator: Format = None,
+        grad: Format = None,
+        state: Format | dict[str, Format] = None,
+        update: Format = None,
+        rounding: str = "nearest",
+        weight_rounding: str | None = None,
+        accumulator_rounding: str | None = None,
+        grad_rounding: str | None = None,
+        state_rounding: str | None = None,
+        update_rounding: str | None = None,
+        overflow: str = "saturate",
+        seed: int | None = None,
+        telemetry: bool = True,
+        fused: bool | None = None,
+    ):
         _check_lr(lr)
         _check_nonneg("epsilon", eps)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight_decay", weight_decay)
-        _check(0.0 <= alpha <= 1.0 if isinstance(alpha, (int, float)) else False, f"Invalid alpha value: {alpha!r}")
-        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                        centered=centered, maximize=maximize)
+        _check(
+            0.0 <= alpha <= 1.0 if isinstance(alpha, (int, float)) else False,
+            f"Invalid alpha value: {alpha!r}",
+        )
+        defaults = dict(
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+            maximize=maximize,
+        )
         super().__init__(params, defaults, _precision(locals()), telemetry, fused)
 
 
-_PRECISION_ARGS = ("weight", "accumulator", "grad", "state", "update", "rounding", "weight_rounding",
-                   "accumulator_rounding", "grad_rounding", "state_rounding", "update_rounding",
-                   "overflow", "seed")
+_PRECISION_ARGS = (
+    "weight",
+    "accumulator",
+    "grad",
+    "state",
+    "update",
+    "rounding",
+    "weight_rounding",
+    "accumulator_rounding",
+    "grad_rounding",
+    "state_rounding",
+    "update_rounding",
+    "overflow",
+    "seed",
+)
 
 
 def _precision(args: dict[str, Any]) -> dict[str, Any]:

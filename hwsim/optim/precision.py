@@ -143,6 +143,6 @@ class GroupPrecision:
 
     @functools.cached_property
     def any_fixed(self) -> bool:
-        return any(f is not None for f in (self.weight, self.accumulator, self.grad, self.update)) or any(
-            f is not None for f in self.state.values()
-        )
+        return any(
+            f is not None for f in (self.weight, self.accumulator, self.grad, self.update)
+        ) or any(f is not None for f in self.state.values())

@@ -107,7 +107,9 @@ def sgd(grad, weight, state, group, step, store: Store) -> Step:
         if buf is None:
             buf = store("momentum_buffer", d_p.clone())
         else:
-            buf = store("momentum_buffer", buf.mul(momentum).add_(d_p, alpha=1 - group["dampening"]))
+            buf = store(
+                "momentum_buffer", buf.mul(momentum).add_(d_p, alpha=1 - group["dampening"])
+            )
         d_p = d_p.add(buf, alpha=momentum) if group["nesterov"] else buf
     return Step(d_p, -group["lr"])
 
@@ -135,12 +137,16 @@ def adam(grad, weight, state, group, step, store: Store) -> Step:
         state["exp_avg"] = torch.zeros_like(grad)
         state["exp_avg_sq"] = torch.zeros_like(grad)
     exp_avg = store("exp_avg", state["exp_avg"].lerp(grad, 1 - beta1))
-    exp_avg_sq = store("exp_avg_sq", state["exp_avg_sq"].mul(beta2).addcmul_(grad, grad, value=1 - beta2))
+    exp_avg_sq = store(
+        "exp_avg_sq", state["exp_avg_sq"].mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+    )
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = math.sqrt(1 - beta2**step)
     if group["amsgrad"]:
         old = state.get("max_exp_avg_sq")
-        second = store("max_exp_avg_sq", exp_avg_sq.clone() if old is None else torch.maximum(old, exp_avg_sq))
+        second = store(
+            "max_exp_avg_sq", exp_avg_sq.clone() if old is None else torch.maximum(old, exp_avg_sq)
+        )
     else:
         second = exp_avg_sq
     denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
@@ -165,10 +171,15 @@ def rmsprop(grad, weight, state, group, step, store: Store) -> Step:
     alpha = group["alpha"]
     if "square_avg" not in state:
         state["square_avg"] = torch.zeros_like(grad)
-    square_avg = store("square_avg", state["square_avg"].mul(alpha).addcmul_(grad, grad, value=1 - alpha))
+    square_avg = store(
+        "square_avg", state["square_avg"].mul(alpha).addcmul_(grad, grad, value=1 - alpha)
+    )
     if group["centered"]:
         grad_avg = state.get("grad_avg")
-        grad_avg = store("grad_avg", (torch.zeros_like(grad) if grad_avg is None else grad_avg).lerp(grad, 1 - alpha))
+        grad_avg = store(
+            "grad_avg",
+            (torch.zeros_like(grad) if grad_avg is None else grad_avg).lerp(grad, 1 - alpha),
+        )
         # quantized states can make the variance estimate slightly negative: clamp
         # (torch would return NaN there; elsewhere the clamp changes nothing)
         avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).clamp_(min=0).sqrt_()

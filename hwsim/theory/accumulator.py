@@ -54,8 +54,10 @@ def _grad_lsb(grad) -> float:
         grad = parse_format(grad)
     if isinstance(grad, FixedPoint):
         return grad.lsb
-    if isinstance(grad, bool) or not isinstance(grad, int | float) or not (
-        math.isfinite(grad) and grad > 0
+    if (
+        isinstance(grad, bool)
+        or not isinstance(grad, int | float)
+        or not (math.isfinite(grad) and grad > 0)
     ):
         raise ValueError(
             f"grad must be the gradient's FixedPoint format, its string or a positive LSB; got {grad!r}"
@@ -69,8 +71,10 @@ def _weight_range(weight) -> float:
     if isinstance(weight, FixedPoint):
         # the magnitude the format spans: 2^(int_bits - 1) signed, 2^int_bits unsigned
         return 2.0 ** (weight.int_bits - (1 if weight.signed else 0))
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
-        math.isfinite(weight) and weight > 0
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not (math.isfinite(weight) and weight > 0)
     ):
         raise ValueError(
             f"weight must be the weight's FixedPoint format, its string or a positive range "
@@ -97,8 +101,10 @@ def accumulator_precision(grad, lr_min: float, weight) -> AccumulatorPrecision:
     20
     """
     lsb_g = _grad_lsb(grad)
-    if isinstance(lr_min, bool) or not isinstance(lr_min, int | float) or not (
-        math.isfinite(lr_min) and lr_min > 0
+    if (
+        isinstance(lr_min, bool)
+        or not isinstance(lr_min, int | float)
+        or not (math.isfinite(lr_min) and lr_min > 0)
     ):
         raise ValueError(f"lr_min must be a positive learning rate, got {lr_min!r}")
     rng = _weight_range(weight)
@@ -148,7 +154,9 @@ def measure_gradient_statistics(
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
     grads: dict[str, list[np.ndarray]] = {}
-    saved = {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}
+    saved = {
+        n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()
+    }
     seen = 0
     try:
         for inputs, targets in batches:
@@ -202,7 +210,9 @@ def accumulator_precision_from_statistics(
     >>> accumulator_precision_from_statistics(s, 1e-2, grad_bits=8)["w"].wl
     17
     """
-    if grad_bits is not None and (isinstance(grad_bits, bool) or not isinstance(grad_bits, int) or grad_bits < 2):
+    if grad_bits is not None and (
+        isinstance(grad_bits, bool) or not isinstance(grad_bits, int) or grad_bits < 2
+    ):
         raise ValueError(f"grad_bits must be an integer >= 2 or None, got {grad_bits!r}")
     out = {}
     for name, s in stats.items():
@@ -214,6 +224,10 @@ def accumulator_precision_from_statistics(
             if s.small_grad <= 0:
                 continue
             lsb_g = 2.0 ** math.floor(math.log2(s.small_grad))
-        rng = weight_range if weight_range is not None else _pow2_ceil(max(2.0 * s.max_weight, 2.0**-30))
+        rng = (
+            weight_range
+            if weight_range is not None
+            else _pow2_ceil(max(2.0 * s.max_weight, 2.0**-30))
+        )
         out[name] = accumulator_precision(lsb_g, lr_min, rng)
     return out

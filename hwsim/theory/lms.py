@@ -54,8 +54,10 @@ def _lsb(weight) -> float:
         weight = parse_format(weight)
     if isinstance(weight, FixedPoint):
         return weight.lsb
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
-        math.isfinite(weight) and weight > 0
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not (math.isfinite(weight) and weight > 0)
     ):
         raise ValueError(
             f"weight must be a FixedPoint format, its string or a positive LSB, got {weight!r}"
@@ -64,8 +66,10 @@ def _lsb(weight) -> float:
 
 
 def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
     ):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
@@ -121,7 +125,9 @@ def lms_optimal_step(
     return math.sqrt(sq2 / sx2)
 
 
-def lms_stall_step(weight, *, input_power: float, min_mse: float | None = None, rule: Rule = "lms") -> float:
+def lms_stall_step(
+    weight, *, input_power: float, min_mse: float | None = None, rule: Rule = "lms"
+) -> float:
     """Stall threshold under nearest rounding: the step below which a typical
     (r.m.s.) update is smaller than half an LSB and rounds to zero.
 
@@ -348,5 +354,6 @@ def lms_theory_curve(
             weight, input_power=input_power, min_mse=min_mse, rule=rule, rounding=rounding
         ),
         "stall_step": stall,
-        "valid": (mu >= (stall if rounding == "nearest" else 0.0)) & (mu * taps * input_power <= 0.2),
+        "valid": (mu >= (stall if rounding == "nearest" else 0.0))
+        & (mu * taps * input_power <= 0.2),
     }

@@ -54,7 +54,9 @@ class NoiseGains:
             return bits_or_format.lsb
         b = bits_or_format
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ValueError(f"{which} precision must be a positive bit count or a FixedPoint, got {b!r}")
+            raise ValueError(
+                f"{which} precision must be a positive bit count or a FixedPoint, got {b!r}"
+            )
         if which == "activation":
             return self.activation_range * 2.0 ** -(b - (1 if self.activation_signed else 0))
         return self.weight_range * 2.0 ** -(b - 1)
@@ -119,7 +121,9 @@ def noise_gains(
         def logits_of(p, x):
             return functional_call(model, (p, buffers), (x.unsqueeze(0),)).squeeze(0)
 
-        jac_fn = vmap(jacrev(lambda sel, rest, x: logits_of({**rest, **sel}, x)), in_dims=(None, None, 0))
+        jac_fn = vmap(
+            jacrev(lambda sel, rest, x: logits_of({**rest, **sel}, x)), in_dims=(None, None, 0)
+        )
         selected = {n: params[n] for n in names}
         rest = {n: p for n, p in params.items() if n not in selected}
 
@@ -142,7 +146,9 @@ def noise_gains(
                 for h in handles:
                     h.remove()
             if z.ndim != 2:
-                raise ValueError(f"the model must return logits of shape (samples, classes), got {tuple(z.shape)}")
+                raise ValueError(
+                    f"the model must return logits of shape (samples, classes), got {tuple(z.shape)}"
+                )
             n_cls = z.shape[1]
             y = z.detach().argmax(1)
             zy = z.gather(1, y[:, None])

@@ -104,17 +104,36 @@ def _lms_setting(record) -> dict | None:
         "min_mse": min_mse,
         # |w_opt|^2 when the task reports it (models.tasks:lms does), for weight_error_db
         "wiener_power": 10.0 ** (wiener_db / 10.0)
-        if wiener_db is not None and math.isfinite(wiener_db) else None,
+        if wiener_db is not None and math.isfinite(wiener_db)
+        else None,
         "rule": c.get("rule", "lms"),
         "rounding": c.get("rounding", "nearest"),
     }
 
 
 @functools.lru_cache(maxsize=4096)
-def _lms_predict(step: float, weight: FixedPoint, taps: int, input_power: float, min_mse: float,
-                 rule: str, rounding: str, model: str) -> float:
-    return float(lms_excess_mse(step, weight, taps=taps, input_power=input_power,
-                                min_mse=min_mse, rule=rule, rounding=rounding, model=model))
+def _lms_predict(
+    step: float,
+    weight: FixedPoint,
+    taps: int,
+    input_power: float,
+    min_mse: float,
+    rule: str,
+    rounding: str,
+    model: str,
+) -> float:
+    return float(
+        lms_excess_mse(
+            step,
+            weight,
+            taps=taps,
+            input_power=input_power,
+            min_mse=min_mse,
+            rule=rule,
+            rounding=rounding,
+            model=model,
+        )
+    )
 
 
 def steady_state_reached(setting: dict, step: float, n_samples: int) -> bool:
@@ -122,19 +141,32 @@ def steady_state_reached(setting: dict, step: float, n_samples: int) -> bool:
     before its last 10% (the measurement window of ``models.tasks:lms``): five
     time constants at the steady-state MSE (:func:`lms_time_constant`)."""
     s = setting
-    excess = _lms_predict(float(step), s["weight"], s["taps"], 1.0, s["min_mse"], s["rule"], s["rounding"], "exact")
+    excess = _lms_predict(
+        float(step), s["weight"], s["taps"], 1.0, s["min_mse"], s["rule"], s["rounding"], "exact"
+    )
     if not math.isfinite(excess):
         return False
-    tau = lms_time_constant(float(step), s["weight"], input_power=1.0, mse=s["min_mse"] + excess,
-                            rule=s["rule"], rounding=s["rounding"])
+    tau = lms_time_constant(
+        float(step),
+        s["weight"],
+        input_power=1.0,
+        mse=s["min_mse"] + excess,
+        rule=s["rule"],
+        rounding=s["rounding"],
+    )
     return 5.0 * tau <= 0.9 * n_samples
 
 
 PREDICTED_METRICS = ("excess_mse_db", "misadjustment", "mse_db", "weight_error_db")
 
 
-def _predict_metric(metric: str, excess: float, min_mse: float,
-                    wiener_power: float | None = None, input_power: float = 1.0) -> float:
+def _predict_metric(
+    metric: str,
+    excess: float,
+    min_mse: float,
+    wiener_power: float | None = None,
+    input_power: float = 1.0,
+) -> float:
     """The study metric predicted from the excess MSE; NaN when it cannot be.
     ``weight_error_db`` (|w - w_opt|^2 / |w_opt|^2): for white input the excess MSE
     is input_power * |w - w_opt|^2, so it needs |w_opt|^2 (``wiener_power``)."""
@@ -167,7 +199,9 @@ def lms_rows(data: StudyData) -> list[dict]:
     rows = []
     sign = 1.0 if data.goal == "max" else -1.0
     # by word length, not by the format's text (fx6.4 before fx10.8)
-    for key, by_step in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], settings[kv[0]]["weight"].wl)):
+    for key, by_step in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], settings[kv[0]]["weight"].wl)
+    ):
         s = settings[key]
         means = {}
         for st, recs in by_step.items():
@@ -183,17 +217,34 @@ def lms_rows(data: StudyData) -> list[dict]:
         powers = [_lms_setting(r)["wiener_power"] for recs in by_step.values() for r in recs]
         wiener = statistics.fmean(powers) if powers and None not in powers else None
         args = (s["weight"], s["taps"], 1.0, min_mse, s["rule"], s["rounding"])
-        rows.append({
-            "rule": s["rule"], "rounding": s["rounding"], "weight": str(s["weight"]),
-            "best_step": best, "measured": means[best],
-            "exact": _predict_metric(metric, _lms_predict(best, *args, "exact"), min_mse, wiener),
-            "white": _predict_metric(metric, _lms_predict(best, *args, "white"), min_mse, wiener),
-            "optimal_step": lms_optimal_step(s["weight"], input_power=1.0, min_mse=min_mse,
-                                             rule=s["rule"], rounding=s["rounding"]),
-            "stall_step": lms_stall_step(s["weight"], input_power=1.0, min_mse=min_mse, rule=s["rule"]),
-            "means": means, "setting": {**s, "min_mse": min_mse, "wiener_power": wiener},
-            "reached": steady_state_reached({**s, "min_mse": min_mse}, best, s["n_samples"]),
-        })
+        rows.append(
+            {
+                "rule": s["rule"],
+                "rounding": s["rounding"],
+                "weight": str(s["weight"]),
+                "best_step": best,
+                "measured": means[best],
+                "exact": _predict_metric(
+                    metric, _lms_predict(best, *args, "exact"), min_mse, wiener
+                ),
+                "white": _predict_metric(
+                    metric, _lms_predict(best, *args, "white"), min_mse, wiener
+                ),
+                "optimal_step": lms_optimal_step(
+                    s["weight"],
+                    input_power=1.0,
+                    min_mse=min_mse,
+                    rule=s["rule"],
+                    rounding=s["rounding"],
+                ),
+                "stall_step": lms_stall_step(
+                    s["weight"], input_power=1.0, min_mse=min_mse, rule=s["rule"]
+                ),
+                "means": means,
+                "setting": {**s, "min_mse": min_mse, "wiener_power": wiener},
+                "reached": steady_state_reached({**s, "min_mse": min_mse}, best, s["n_samples"]),
+            }
+        )
     return rows
 
 
@@ -215,7 +266,7 @@ def lms_theory(data: StudyData):
     ncols = min(len(panels), 2)
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.4 * nrows), squeeze=False)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     all_steps = sorted({st for row in rows for st in row["means"]})
     lo, hi = min(all_steps) / 2, max(all_steps) * 2
@@ -226,9 +277,13 @@ def lms_theory(data: StudyData):
             color = plt.cm.viridis(i / max(1, len(prows) - 1))
             s = row["setting"]
             steps = sorted(row["means"])
-            ax.plot(steps, [row["means"][st] for st in steps], "o", color=color, label=row["weight"])
+            ax.plot(
+                steps, [row["means"][st] for st in steps], "o", color=color, label=row["weight"]
+            )
             args = (s["weight"], s["taps"], 1.0, s["min_mse"], rule, rounding)
-            pm = functools.partial(_predict_metric, data.metric, min_mse=s["min_mse"], wiener_power=s["wiener_power"])
+            pm = functools.partial(
+                _predict_metric, data.metric, min_mse=s["min_mse"], wiener_power=s["wiener_power"]
+            )
             exact = np.array([pm(_lms_predict(float(m), *args, "exact")) for m in grid])
             white = [pm(_lms_predict(float(m), *args, "white")) for m in grid]
             # solid where a run of n_samples reaches the steady state, dotted where it freezes first
@@ -238,8 +293,14 @@ def lms_theory(data: StudyData):
             ax.plot(grid, white, "--", color=color, linewidth=0.9, alpha=0.8)
             mu = row["optimal_step"]
             if lo <= mu <= hi:
-                ax.plot([mu], [pm(_lms_predict(mu, *args, "white"))],
-                        "v", color=color, markersize=7, markeredgecolor="black")
+                ax.plot(
+                    [mu],
+                    [pm(_lms_predict(mu, *args, "white"))],
+                    "v",
+                    color=color,
+                    markersize=7,
+                    markeredgecolor="black",
+                )
             if rounding == "nearest" and lo <= row["stall_step"] <= hi:
                 ax.axvline(row["stall_step"], color=color, linestyle=":", linewidth=0.9)
         ax.set_xscale("log")
@@ -254,7 +315,9 @@ def lms_theory(data: StudyData):
         ax.legend(fontsize=7, title="weight", title_fontsize=7, loc="best", framealpha=0.85)
     fig.suptitle(
         f"{data.spec['name']}: measured (points) vs predicted (solid: integrated model, "
-        "dashed: white noise, v: optimal step)", fontsize=10)
+        "dashed: white noise, v: optimal step)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -281,24 +344,47 @@ def lms_final_overlay(ax, data: StudyData, panel: dict) -> None:
             s = _lms_setting(rec)
             if s is None or not all(sd.get(k, s[k]) == s[k] for k in ("rule", "rounding")):
                 continue
-            match = [r for r in rows if r["rule"] == s["rule"] and r["rounding"] == s["rounding"]
-                     and r["weight"] == str(s["weight"])]
+            match = [
+                r
+                for r in rows
+                if r["rule"] == s["rule"]
+                and r["rounding"] == s["rounding"]
+                and r["weight"] == str(s["weight"])
+            ]
             if not match:
                 continue
             m = match[0]["setting"]
             step = float(point.lr if point.lr is not None else rec.config["step"])
             y = _predict_metric(
                 data.metric,
-                _lms_predict(step, s["weight"], s["taps"], 1.0, m["min_mse"], s["rule"], s["rounding"], "exact"),
-                m["min_mse"], m["wiener_power"])
+                _lms_predict(
+                    step,
+                    s["weight"],
+                    s["taps"],
+                    1.0,
+                    m["min_mse"],
+                    s["rule"],
+                    s["rounding"],
+                    "exact",
+                ),
+                m["min_mse"],
+                m["wiener_power"],
+            )
             # a cold-start run that freezes first (nearest rounding, small step, short
             # word) never reaches the predicted steady state: no point there
             if math.isfinite(y) and steady_state_reached(m, step, s["n_samples"]):
                 xs.append(bits)
                 ys.append(y)
         if xs:
-            ax.plot(xs, ys, "x--", color=series_style(data, series)["color"], linewidth=1.0,
-                    alpha=0.9, label="theory, same step (where steady state is reached)" if not drawn else None)
+            ax.plot(
+                xs,
+                ys,
+                "x--",
+                color=series_style(data, series)["color"],
+                linewidth=1.0,
+                alpha=0.9,
+                label="theory, same step (where steady state is reached)" if not drawn else None,
+            )
             drawn = True
 
 
@@ -322,7 +408,9 @@ def _measured_statistics(dataset: str, model: str, hidden: int, seed: int, data_
     from models.tasks import load_split
 
     split = load_split(dataset, data_path, seed)
-    net = build_classifier(model, tuple(split.x_train.shape[1:]), split.n_classes, hidden=hidden, seed=seed)
+    net = build_classifier(
+        model, tuple(split.x_train.shape[1:]), split.n_classes, hidden=hidden, seed=seed
+    )
     x = torch.from_numpy(split.x_train[:512]).float()
     y = torch.from_numpy(split.y_train[:512]).long()
     batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
@@ -345,15 +433,21 @@ def accumulator_prediction(data: StudyData, config: dict) -> tuple[float, str] |
         how = f"rule, LSB_G from grad {grad}"
     else:
         try:
-            stats = _measured_statistics(config.get("dataset", "digits"), config.get("model", "mlp"),
-                                         int(config.get("hidden", 100)), int(config.get("seed", 0)),
-                                         config.get("data_path"))
+            stats = _measured_statistics(
+                config.get("dataset", "digits"),
+                config.get("model", "mlp"),
+                int(config.get("hidden", 100)),
+                int(config.get("seed", 0)),
+                config.get("data_path"),
+            )
         except Exception:  # noqa: BLE001 - no models package, or a task it cannot build
             return None
         rng = (2.0 ** (acc.int_bits - 1)) if isinstance(acc, FixedPoint) else None
         # Sakr & Shanbhag quantize the gradients too: an 8-bit per-tensor format
         # scaled to the measured largest |gradient| stands in for the float ones
-        per_tensor = accumulator_precision_from_statistics(stats, lr, grad_bits=GRAD_BITS, weight_range=rng)
+        per_tensor = accumulator_precision_from_statistics(
+            stats, lr, grad_bits=GRAD_BITS, weight_range=rng
+        )
         if not per_tensor:
             return None
         p = max(per_tensor.values(), key=lambda q: q.fl)
@@ -379,8 +473,13 @@ def accumulator_overlay(ax, data: StudyData, panel: dict) -> None:
         pred = accumulator_prediction(data, recs[0].config)
         if pred is None:
             continue
-        ax.axvline(pred[0], color=series_style(data, series)["color"], linestyle="--", linewidth=1.1,
-                   label="predicted B_acc (Sakr & Shanbhag)" if first else None)
+        ax.axvline(
+            pred[0],
+            color=series_style(data, series)["color"],
+            linestyle="--",
+            linewidth=1.1,
+            label="predicted B_acc (Sakr & Shanbhag)" if first else None,
+        )
         first = False
 
 
@@ -400,8 +499,19 @@ def measured_cliff(by_bits: dict, goal: str, tolerance: float = 0.02) -> float |
 
 # -- energy and the Pareto front --------------------------------------------------------------
 
-_FORMAT_FIELDS = ("weight", "activation", "accumulator", "layer_accumulator", "grad", "state",
-                  "error", "data", "weight_accumulator", "product", "update")
+_FORMAT_FIELDS = (
+    "weight",
+    "activation",
+    "accumulator",
+    "layer_accumulator",
+    "grad",
+    "state",
+    "error",
+    "data",
+    "weight_accumulator",
+    "product",
+    "update",
+)
 EnergyFn = Callable[[dict], float | None]
 ENERGY: dict[str, EnergyFn] = {}
 
@@ -419,22 +529,36 @@ def register_energy(task: str) -> Callable[[EnergyFn], EnergyFn]:
 
 def has_precision_config(config: dict) -> bool:
     """True when any format field of the trial is fixed point."""
-    return any(isinstance(_fmt(config.get(k)), FixedPoint) for k in _FORMAT_FIELDS if isinstance(config.get(k), str))
+    return any(
+        isinstance(_fmt(config.get(k)), FixedPoint)
+        for k in _FORMAT_FIELDS
+        if isinstance(config.get(k), str)
+    )
 
 
 @register_energy("lms")
 def _lms_energy(config: dict) -> float | None:
-    roles = {k: _fmt(config.get(k)) for k in ("weight", "data", "accumulator", "error", "weight_accumulator")}
+    roles = {
+        k: _fmt(config.get(k))
+        for k in ("weight", "data", "accumulator", "error", "weight_accumulator")
+    }
     if any(v is not None for v in roles.values()):
         try:  # the formats the task's datapath fills in for roles left at None
             from models.lms import resolve_formats
 
-            f = resolve_formats(data=roles["data"], weight=roles["weight"], accumulator=roles["accumulator"],
-                                error=roles["error"], weight_accumulator=roles["weight_accumulator"])
+            f = resolve_formats(
+                data=roles["data"],
+                weight=roles["weight"],
+                accumulator=roles["accumulator"],
+                error=roles["error"],
+                weight_accumulator=roles["weight_accumulator"],
+            )
             roles = {k: getattr(f, k) for k in roles}
         except Exception:  # noqa: BLE001 - no models package: cost the None roles as fp32
             pass
-    return cost.lms_step_energy(int(config.get("taps", 16)), rule=config.get("rule", "lms"), **roles)
+    return cost.lms_step_energy(
+        int(config.get("taps", 16)), rule=config.get("rule", "lms"), **roles
+    )
 
 
 _IN_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
@@ -454,8 +578,12 @@ def _classifier(model: str, dataset: str, hidden: int):
     except Exception:  # noqa: BLE001 - fall back to the MLP / linear models the task documents
         n_in = shape[0] * shape[1] * shape[2]
         if model == "mlp":
-            net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n_in, hidden), torch.nn.ReLU(),
-                                      torch.nn.Linear(hidden, 10))
+            net = torch.nn.Sequential(
+                torch.nn.Flatten(),
+                torch.nn.Linear(n_in, hidden),
+                torch.nn.ReLU(),
+                torch.nn.Linear(hidden, 10),
+            )
         elif model in ("softmax", "svm"):
             net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n_in, 10))
         else:
@@ -465,20 +593,31 @@ def _classifier(model: str, dataset: str, hidden: int):
 
 @register_energy("classify")
 def _classify_energy(config: dict) -> float | None:
-    built = _classifier(config.get("model", "mlp"), config.get("dataset", "digits"), int(config.get("hidden", 100)))
+    built = _classifier(
+        config.get("model", "mlp"), config.get("dataset", "digits"), int(config.get("hidden", 100))
+    )
     if built is None:
         return None
     net, shape = built
     precision = SimpleNamespace(
-        weight=_fmt(config.get("weight")), activation=_fmt(config.get("activation")),
+        weight=_fmt(config.get("weight")),
+        activation=_fmt(config.get("activation")),
         accumulator=_fmt(config.get("layer_accumulator")),
-        grad_activation=None, grad_activation_accumulator=None, grad_weight_accumulator=None,
+        grad_activation=None,
+        grad_activation_accumulator=None,
+        grad_weight_accumulator=None,
     )
     e = cost.training_step_energy(
-        net, precision, input_shape=shape, batch_size=int(config.get("batch_size", 32)),
-        optimizer=config.get("optimizer", "sgd"), momentum=float(config.get("momentum", 0.0)),
-        weight_accumulator=_fmt(config.get("accumulator")), grad=_fmt(config.get("grad")),
-        state=_fmt(config.get("state")))
+        net,
+        precision,
+        input_shape=shape,
+        batch_size=int(config.get("batch_size", 32)),
+        optimizer=config.get("optimizer", "sgd"),
+        momentum=float(config.get("momentum", 0.0)),
+        weight_accumulator=_fmt(config.get("accumulator")),
+        grad=_fmt(config.get("grad")),
+        state=_fmt(config.get("state")),
+    )
     return e.total
 
 
@@ -510,8 +649,15 @@ def pareto_points(data: StudyData) -> list[dict]:
         energy = trial_energy(data, config)
         if energy is None:
             continue
-        out.append({"config": config, "energy": energy, "role": recs[0].role,
-                    "value": statistics.fmean(r.metrics[metric] for r in recs), "seeds": len(recs)})
+        out.append(
+            {
+                "config": config,
+                "energy": energy,
+                "role": recs[0].role,
+                "value": statistics.fmean(r.metrics[metric] for r in recs),
+                "seeds": len(recs),
+            }
+        )
     if sum(1 for p in out if p["role"] == "grid") < 2:
         return []
     better = (lambda a, b: a > b) if data.goal == "max" else (lambda a, b: a < b)
@@ -519,7 +665,8 @@ def pareto_points(data: StudyData) -> list[dict]:
         p["front"] = not any(
             (q["energy"] <= p["energy"] and not better(p["value"], q["value"]))
             and (q["energy"] < p["energy"] or better(q["value"], p["value"]))
-            for q in out if q is not p
+            for q in out
+            if q is not p
         )
     return sorted(out, key=lambda p: p["energy"])
 
@@ -543,18 +690,41 @@ def pareto(data: StudyData):
     keys = _varying(data)
     fig, ax = plt.subplots(figsize=(7.4, 4.8))
     grid = [p for p in points if p["role"] == "grid"]
-    ax.scatter([p["energy"] for p in grid], [p["value"] for p in grid], s=16, color="tab:blue",
-               alpha=0.55, label="configs")
+    ax.scatter(
+        [p["energy"] for p in grid],
+        [p["value"] for p in grid],
+        s=16,
+        color="tab:blue",
+        alpha=0.55,
+        label="configs",
+    )
     front = [p for p in points if p["front"]]
-    ax.plot([p["energy"] for p in front], [p["value"] for p in front], "o-", color="tab:red",
-            markerfacecolor="none", markersize=9, label="Pareto-optimal")
+    ax.plot(
+        [p["energy"] for p in front],
+        [p["value"] for p in front],
+        "o-",
+        color="tab:red",
+        markerfacecolor="none",
+        markersize=9,
+        label="Pareto-optimal",
+    )
     for p in front[:12]:
-        ax.annotate(_short(p["config"], keys), (p["energy"], p["value"]), fontsize=6,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            _short(p["config"], keys),
+            (p["energy"], p["value"]),
+            fontsize=6,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     base = [p for p in points if p["role"] == "baseline"]
     if base:
-        ax.scatter([p["energy"] for p in base], [p["value"] for p in base], marker="s", color="black",
-                   label="float baseline")
+        ax.scatter(
+            [p["energy"] for p in base],
+            [p["value"] for p in base],
+            marker="s",
+            color="black",
+            label="float baseline",
+        )
     energies = [p["energy"] for p in points]
     if max(energies) > 20 * min(energies):
         ax.set_xscale("log")
@@ -586,16 +756,27 @@ def pareto_section(data: StudyData) -> list[str]:
         return []
     keys = _varying(data)
     unit = "sample" if _task_name(data) == "lms" else "step"
-    lines = ["", "## Accuracy vs energy: Pareto-optimal configs", "",
-             f"Energy of one training {unit} from the Horowitz 45 nm table (`hwsim.cost`; float "
-             f"tensors costed as fp32). No other config is both cheaper and at least as good in "
-             f"`{data.metric}` (mean over seeds).", "",
-             "| " + " | ".join(keys + [f"energy (pJ/{unit})", data.metric, "seeds"]) + " |",
-             "|" + "---|" * (len(keys) + 3)]
+    lines = [
+        "",
+        "## Accuracy vs energy: Pareto-optimal configs",
+        "",
+        f"Energy of one training {unit} from the Horowitz 45 nm table (`hwsim.cost`; float "
+        f"tensors costed as fp32). No other config is both cheaper and at least as good in "
+        f"`{data.metric}` (mean over seeds).",
+        "",
+        "| " + " | ".join(keys + [f"energy (pJ/{unit})", data.metric, "seeds"]) + " |",
+        "|" + "---|" * (len(keys) + 3),
+    ]
     for p in points:
         if p["front"]:
-            lines.append("| " + " | ".join([_num(p["config"].get(k)) for k in keys]
-                                           + [_num(p["energy"]), _num(p["value"]), str(p["seeds"])]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [_num(p["config"].get(k)) for k in keys]
+                    + [_num(p["energy"]), _num(p["value"]), str(p["seeds"])]
+                )
+                + " |"
+            )
     base = [p for p in points if p["role"] == "baseline"]
     if base:
         b = min(base, key=lambda p: p["energy"])
@@ -609,21 +790,28 @@ def theory_section(data: StudyData) -> list[str]:
     if _is_lms_study(data):
         rows = lms_rows(data)
         if rows:
-            lines += ["", "## Theory vs measurement: finite-precision LMS", "",
-                      f"`{data.metric}` at the best measured step (mean over seeds) vs the "
-                      "prediction at that step: *integrated* = rounding integrated over the update "
-                      "distribution (holds through the stall region), *white* = white rounding noise "
-                      "(Caraiscos & Liu 1984; valid above the stall step). mu_opt is the white "
-                      "model's optimal step, mu_stall the nearest-rounding stall threshold; *steady state "
-                      "reached*: five time constants fit before the measurement window "
-                      "(`hwsim.theory.lms_time_constant`).", "",
-                      "| rule | rounding | weight | best step | measured | integrated | white | mu_opt | mu_stall | steady state reached |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "## Theory vs measurement: finite-precision LMS",
+                "",
+                f"`{data.metric}` at the best measured step (mean over seeds) vs the "
+                "prediction at that step: *integrated* = rounding integrated over the update "
+                "distribution (holds through the stall region), *white* = white rounding noise "
+                "(Caraiscos & Liu 1984; valid above the stall step). mu_opt is the white "
+                "model's optimal step, mu_stall the nearest-rounding stall threshold; *steady state "
+                "reached*: five time constants fit before the measurement window "
+                "(`hwsim.theory.lms_time_constant`).",
+                "",
+                "| rule | rounding | weight | best step | measured | integrated | white | mu_opt | mu_stall | steady state reached |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in rows:
-                lines.append(f"| {r['rule']} | {r['rounding']} | {r['weight']} | {r['best_step']:g} | "
-                             f"{_num(r['measured'])} | {_num(r['exact'])} | {_num(r['white'])} | "
-                             f"{r['optimal_step']:.3g} | {r['stall_step']:.3g} | "
-                             f"{'yes' if r['reached'] else 'no (frozen early)'} |")
+                lines.append(
+                    f"| {r['rule']} | {r['rounding']} | {r['weight']} | {r['best_step']:g} | "
+                    f"{_num(r['measured'])} | {_num(r['exact'])} | {_num(r['white'])} | "
+                    f"{r['optimal_step']:.3g} | {r['stall_step']:.3g} | "
+                    f"{'yes' if r['reached'] else 'no (frozen early)'} |"
+                )
     if data.bits_field == "accumulator":
         pts = data.points(data.metric)
         rows = []
@@ -633,14 +821,24 @@ def theory_section(data: StudyData) -> list[str]:
             cliff = measured_cliff(by_bits, data.goal)
             rows.append((series_label(series), pred, cliff))
         if rows:
-            lines += ["", "## Theory vs measurement: weight-accumulator precision", "",
-                      f"Predicted {data.bits_label()} (Sakr & Shanbhag 2019: LSB_acc = "
-                      "2^floor(log2(lr_min LSB_G))) vs the measured cliff: the fewest bits from "
-                      f"which `{data.metric}` stays within 0.02 of the widest accumulator's.", "",
-                      "| series | predicted | how | measured cliff | difference |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                "## Theory vs measurement: weight-accumulator precision",
+                "",
+                f"Predicted {data.bits_label()} (Sakr & Shanbhag 2019: LSB_acc = "
+                "2^floor(log2(lr_min LSB_G))) vs the measured cliff: the fewest bits from "
+                f"which `{data.metric}` stays within 0.02 of the widest accumulator's.",
+                "",
+                "| series | predicted | how | measured cliff | difference |",
+                "|---|---|---|---|---|",
+            ]
             for label, pred, cliff in rows:
                 p = "—" if pred is None else f"{pred[0]:g}"
-                how = "cannot predict (no grad format, no models package)" if pred is None else pred[1]
+                how = (
+                    "cannot predict (no grad format, no models package)"
+                    if pred is None
+                    else pred[1]
+                )
                 c = "—" if cliff is None else f"{cliff:g}"
                 d = "—" if pred is None or cliff is None else f"{cliff - pred[0]:+g}"
                 lines.append(f"| {label} | {p} | {how} | {c} | {d} |")

@@ -53,7 +53,9 @@ def wrap_reduce(x: torch.Tensor, modulus: float) -> torch.Tensor:
     return torch.where(a < modulus, x, r)
 
 
-def round_scaled_(s: torch.Tensor, rounding: Rounding, u: torch.Tensor | None = None) -> torch.Tensor:
+def round_scaled_(
+    s: torch.Tensor, rounding: Rounding, u: torch.Tensor | None = None
+) -> torch.Tensor:
     """Round float64 ``s`` (LSB units) to integral float64, in place where it can."""
     if rounding == Rounding.NEAREST:
         return s.round_()  # half to even
@@ -151,8 +153,9 @@ def code_to_value(code: torch.Tensor, fmt: FixedPoint, dtype=torch.float64) -> t
     return v.mul_(fmt.lsb).to(dtype)
 
 
-def shift_round_code(code: torch.Tensor, shift: int, rounding: Rounding,
-                     u: torch.Tensor | None = None) -> torch.Tensor:
+def shift_round_code(
+    code: torch.Tensor, shift: int, rounding: Rounding, u: torch.Tensor | None = None
+) -> torch.Tensor:
     """Round int64 ``code`` to a grid 2^shift times coarser (shift >= 0), exactly
     in integers; a shift < 0 is an exact left shift. Mirrors
     ``hwsim.kernels.scalar.shift_round_code`` (no overflow applied)."""

@@ -57,9 +57,18 @@ def operand_codes(x, fmt: FixedPoint | None, name, rounding, overflow, seed):
     return quantize_torch(x.detach(), fmt, rounding, overflow, seed=seed, codes=True), fmt.fl
 
 
-def batched_gemm(ca: torch.Tensor, fa: int, cb: torch.Tensor, fb: int, acc: FixedPoint,
-                 product: FixedPoint | None, rounding: Rounding, overflow: Overflow, seed,
-                 path: str) -> torch.Tensor:
+def batched_gemm(
+    ca: torch.Tensor,
+    fa: int,
+    cb: torch.Tensor,
+    fb: int,
+    acc: FixedPoint,
+    product: FixedPoint | None,
+    rounding: Rounding,
+    overflow: Overflow,
+    seed,
+    path: str,
+) -> torch.Tensor:
     """Codes of the MAC-array product of int64 codes ``ca`` (..., M, K), ``cb`` (..., K, N)."""
     if ca.device != cb.device:
         raise ValueError(f"operands are on different devices: {ca.device} and {cb.device}")
@@ -88,7 +97,9 @@ def batched_gemm(ca: torch.Tensor, fa: int, cb: torch.Tensor, fb: int, acc: Fixe
         fa3, fb3 = a3.to(torch.float64), b3.to(torch.float64)
         step = plan.wrap_chunk if overflow == Overflow.WRAP else max(k, 1)
         for k0 in range(0, k, step):
-            out += torch.matmul(fa3[:, :, k0:k0 + step], fb3[:, k0:k0 + step, :]).to(torch.int64)
+            out += torch.matmul(fa3[:, :, k0 : k0 + step], fb3[:, k0 : k0 + step, :]).to(
+                torch.int64
+            )
         out = apply_overflow(out << plan.left_shift, acc, overflow)
     else:
         out = _sequential(a3, b3, plan, rounding, overflow, seed)
@@ -109,16 +120,22 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
         return u.reshape(acc.shape)
 
     for kk in range(k):
-        t = a3[:, :, kk:kk + 1] * b3[:, kk:kk + 1, :]
+        t = a3[:, :, kk : kk + 1] * b3[:, kk : kk + 1, :]
         if plan.product_stage == STAGE_LEFT:
             t = apply_overflow(t << -plan.product_shift, plan.product, overflow)
         elif plan.product_stage == STAGE_ROUND:
-            t = apply_overflow(shift_round_code(t, plan.product_shift, rounding, noise(kk, 0)),
-                               plan.product, overflow)
+            t = apply_overflow(
+                shift_round_code(t, plan.product_shift, rounding, noise(kk, 0)),
+                plan.product,
+                overflow,
+            )
         if plan.acc_stage == STAGE_LEFT:
             t = apply_overflow(t << -plan.acc_shift, plan.accumulator, overflow)
         else:
-            t = apply_overflow(shift_round_code(t, plan.acc_shift, rounding, noise(kk, 1)),
-                               plan.accumulator, overflow)
+            t = apply_overflow(
+                shift_round_code(t, plan.acc_shift, rounding, noise(kk, 1)),
+                plan.accumulator,
+                overflow,
+            )
         acc = apply_overflow(acc + t, plan.accumulator, overflow)
     return acc

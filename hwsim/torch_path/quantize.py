@@ -17,7 +17,9 @@ def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
     if noise is not None:
         u = torch.as_tensor(noise, dtype=torch.float64, device=x.device)
         if tuple(u.shape) != tuple(x.shape):
-            raise ValueError(f"noise must have the input's shape {tuple(x.shape)}, got {tuple(u.shape)}")
+            raise ValueError(
+                f"noise must have the input's shape {tuple(x.shape)}, got {tuple(u.shape)}"
+            )
         if u.numel() and not bool(((u >= 0) & (u < 1)).all()):
             raise ValueError("noise must hold uniforms in [0, 1); found values outside (or NaN)")
         return u
@@ -29,8 +31,16 @@ def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
     return counter_uniform(seed, x.numel(), device=x.device).reshape(x.shape)
 
 
-def quantize_torch(x: torch.Tensor, fmt: FixedPoint, rounding: Rounding, overflow: Overflow,
-                   *, seed=None, noise=None, codes: bool = False) -> torch.Tensor:
+def quantize_torch(
+    x: torch.Tensor,
+    fmt: FixedPoint,
+    rounding: Rounding,
+    overflow: Overflow,
+    *,
+    seed=None,
+    noise=None,
+    codes: bool = False,
+) -> torch.Tensor:
     if x.is_complex():
         raise ValueError(f"quantize takes real tensors, got dtype {x.dtype}")
     if noise is not None and rounding != Rounding.STOCHASTIC:
@@ -51,8 +61,11 @@ def all_finite(x: torch.Tensor) -> bool:
     """True when ``x`` holds no NaN or Inf. One read-only reduction: a finite
     float64 sum proves every element finite; only a non-finite sum (NaN/Inf
     inside, or an overflowing sum of huge values) pays the exact check."""
-    return (not x.numel() or bool(torch.isfinite(x.sum(dtype=torch.float64)))
-            or bool(torch.isfinite(x).all()))
+    return (
+        not x.numel()
+        or bool(torch.isfinite(x.sum(dtype=torch.float64)))
+        or bool(torch.isfinite(x).all())
+    )
 
 
 def check_finite(x: torch.Tensor) -> None:
