@@ -8,12 +8,14 @@ import numpy as np
 from hwsim.formats import FixedPoint
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops._common import (
+from hwsim.plan.checks import (
     check_format,
     check_noise_numpy,
     fresh_seed,
     is_torch,
+    kernel_constants,
     raise_non_finite_numpy,
+    seed64,
 )
 
 
@@ -153,38 +155,31 @@ def _as_float_array(x) -> tuple[np.ndarray, np.dtype]:
 def _run_numba(arr, out, fmt, rounding, overflow, seed, noise) -> None:
     from hwsim.kernels import quantize as kq
 
-    noise_mode, noise_flat, seed64 = kq.NOISE_NONE, _EMPTY, 0
+    noise_mode, noise_flat, seed_bits = kq.NOISE_NONE, _EMPTY, 0
     if noise is not None:
         if rounding != Rounding.STOCHASTIC:
             raise ValueError(f"noise is only used by rounding='stochastic', not {str(rounding)!r}")
         noise_mode, noise_flat = kq.NOISE_ARRAY, check_noise_numpy(noise, arr.shape)
     elif rounding == Rounding.STOCHASTIC:
-        seed64 = _seed64(fresh_seed() if seed is None else seed)
+        seed_bits = seed64(fresh_seed() if seed is None else seed)
         noise_mode = kq.NOISE_SEED
     flat, out_flat = arr.reshape(-1), out.reshape(-1)
     run = kq.quantize_kernel(int(rounding), int(overflow), noise_mode, out.dtype == np.int64)
+    c = kernel_constants(fmt)
     with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
         bad = run(
             flat,
             out_flat,
-            2.0**fmt.fl,
-            fmt.lsb,
-            2.0 ** (fmt.wl - fmt.fl),
-            fmt.min_code,
-            fmt.max_code,
+            c.scale,
+            c.lsb,
+            c.wrap_modulus,
+            c.min_code,
+            c.max_code,
             noise_flat,
-            np.uint64(seed64),
+            np.uint64(seed_bits),
         )
     if bad:
         raise_non_finite_numpy(arr)
-
-
-def _seed64(seed) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(
-            f"seed must be an int (or, for torch tensors, a torch.Generator), got {seed!r}"
-        )
-    return int(seed) & ((1 << 64) - 1)
 
 
 _EMPTY = np.zeros(0, dtype=np.float64)

@@ -1,6 +1,6 @@
 """The MAC-array GEMM with torch ops, on any device: the reference path.
 
-Same plan (``hwsim.ops.matmul.plan_gemm``) and the same integer steps as
+Same plan (``hwsim.plan.gemm.plan_gemm``) and the same integer steps as
 ``hwsim.kernels.gemm``; the sequential path is a loop over k of elementwise
 int64 ops on the whole (batch, M, N) tile of accumulators, and the fast path is
 float64 ``torch.matmul`` on the codes (exact below 2^53, cuBLAS included).
@@ -12,14 +12,14 @@ import torch
 
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops._common import raise_non_finite_torch
-from hwsim.ops.matmul import (
+from hwsim.plan.checks import raise_non_finite_torch
+from hwsim.plan.gemm import (
     STAGE_LEFT,
     STAGE_ROUND,
-    _broadcast_operands,
-    _check_grid_span,
-    _squeeze,
+    broadcast_operands,
+    check_grid_span,
     plan_gemm,
+    squeeze_result,
     use_fast_path,
 )
 from hwsim.torch_path.core import apply_overflow, counter_uniform, shift_round_code
@@ -44,7 +44,7 @@ def grid_codes(x: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
     low = mant & -mant
     tz = torch.frexp(low.to(torch.float64)).exponent - 1
     fl = int((53 - e - tz).max())
-    _check_grid_span(int(e.max()) + fl, fl, name)
+    check_grid_span(int(e.max()) + fl, fl, name)
     scale = torch.tensor(float(fl), dtype=torch.float64, device=f.device)
     return torch.ldexp(f, scale).to(torch.int64), fl
 
@@ -72,7 +72,7 @@ def batched_gemm(
     """Codes of the MAC-array product of int64 codes ``ca`` (..., M, K), ``cb`` (..., K, N)."""
     if ca.device != cb.device:
         raise ValueError(f"operands are on different devices: {ca.device} and {cb.device}")
-    ca, cb, squeeze, batch = _broadcast_operands(ca, cb, torch)
+    ca, cb, squeeze, batch = broadcast_operands(ca, cb, torch)
     m, k = ca.shape[-2:]
     n = cb.shape[-1]
     bt = 1
@@ -103,7 +103,7 @@ def batched_gemm(
         out = apply_overflow(out << plan.left_shift, acc, overflow)
     else:
         out = _sequential(a3, b3, plan, rounding, overflow, seed)
-    return _squeeze(out.reshape(batch + (m, n)), squeeze)
+    return squeeze_result(out.reshape(batch + (m, n)), squeeze)
 
 
 def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:

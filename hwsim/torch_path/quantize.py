@@ -6,7 +6,7 @@ import torch
 
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops._common import fresh_seed, raise_non_finite_torch
+from hwsim.plan.checks import fresh_seed, raise_non_finite_torch, seed64
 from hwsim.torch_path.core import code_to_value, counter_uniform, value_to_code, value_to_code_float
 
 
@@ -25,9 +25,7 @@ def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
         return u
     if isinstance(seed, torch.Generator):
         return torch.rand(x.shape, generator=seed, dtype=torch.float64, device=x.device)
-    from hwsim.ops.quantize import _seed64
-
-    seed = fresh_seed() if seed is None else _seed64(seed)
+    seed = fresh_seed() if seed is None else seed64(seed)
     return counter_uniform(seed, x.numel(), device=x.device).reshape(x.shape)
 
 

@@ -1,0 +1,92 @@
+"""Argument checks, seeds and error wording shared by every backend and the
+public ops: the bottom of the datapath, below the kernels and the torch path."""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from typing import NamedTuple
+
+import numpy as np
+
+from hwsim.errors import NonFiniteError
+from hwsim.formats import FixedPoint
+
+
+def is_torch(x) -> bool:
+    """True for a torch.Tensor, without importing torch when it is not loaded."""
+    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "device")
+
+
+def check_format(fmt, what: str = "fmt") -> FixedPoint:
+    if isinstance(fmt, str):
+        return FixedPoint.parse(fmt)
+    if not isinstance(fmt, FixedPoint):
+        raise ValueError(
+            f"{what} must be a hwsim.FixedPoint or a string like 'fx16.12', got {fmt!r}"
+        )
+    return fmt
+
+
+def fresh_seed() -> int:
+    """A random 64-bit seed, for stochastic rounding when the caller gives none."""
+    return secrets.randbits(64)
+
+
+def seed64(seed) -> int:
+    """An int seed as the unsigned 64-bit counter-noise key both backends use."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(
+            f"seed must be an int (or, for torch tensors, a torch.Generator), got {seed!r}"
+        )
+    return int(seed) & ((1 << 64) - 1)
+
+
+class KernelConstants(NamedTuple):
+    """What the scalar quantizer (``hwsim.kernels.scalar.value_to_code`` and its
+    torch twin) takes for a :class:`FixedPoint`: ``code = round(x * scale)``,
+    wrap reduces ``x`` modulo ``wrap_modulus`` first, saturation clamps the code."""
+
+    scale: float  # 2^fl
+    lsb: float  # 2^-fl
+    wrap_modulus: float  # 2^(wl - fl), the range's span in values
+    min_code: int
+    max_code: int
+
+
+@functools.cache
+def kernel_constants(fmt: FixedPoint) -> KernelConstants:
+    """The one place a format becomes its quantizer constants.
+
+    >>> kernel_constants(FixedPoint(8, 4))
+    KernelConstants(scale=16.0, lsb=0.0625, wrap_modulus=16.0, min_code=-128, max_code=127)
+    """
+    return KernelConstants(
+        2.0**fmt.fl, fmt.lsb, 2.0 ** (fmt.wl - fmt.fl), fmt.min_code, fmt.max_code
+    )
+
+
+def raise_non_finite_numpy(x: np.ndarray) -> None:
+    bad = ~np.isfinite(x)
+    count = int(np.count_nonzero(bad))
+    first = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), x.shape) if x.ndim else ()
+    raise NonFiniteError(count, first, x.shape)
+
+
+def raise_non_finite_torch(x) -> None:
+    import torch
+
+    bad = ~torch.isfinite(x)
+    count = int(bad.sum())
+    flat = int(torch.nonzero(bad.reshape(-1))[0, 0])
+    first = np.unravel_index(flat, tuple(x.shape)) if x.dim() else ()
+    raise NonFiniteError(count, first, tuple(x.shape))
+
+
+def check_noise_numpy(noise, shape) -> np.ndarray:
+    noise = np.ascontiguousarray(np.asarray(noise, dtype=np.float64))
+    if noise.shape != tuple(shape):
+        raise ValueError(f"noise must have the input's shape {tuple(shape)}, got {noise.shape}")
+    if noise.size and not (np.all(noise >= 0.0) and np.all(noise < 1.0)):
+        raise ValueError("noise must hold uniforms in [0, 1); found values outside (or NaN)")
+    return noise.reshape(-1)
