@@ -15,7 +15,9 @@ with ``e(n) = d(n) - y(n)``. Finite-precision LMS (Caraiscos & Liu 1984;
 Gitlin, Mazo & Taylor 1973) stalls under round-to-nearest once
 ``|mu e x_i| < LSB_w / 2``; see ../shared/REFERENCES.md.
 
-The sample-by-sample loop is one Numba kernel on int64 codes. Every quantity
+The sample-by-sample loop is one Numba kernel on int64 codes
+(``hwsim.kernels.lms``; its torch twin is ``hwsim.torch_path.lms``, and the
+formats, step code and kernel configuration are planned in ``hwsim.plan.lms``). Every quantity
 has its own :class:`~hwsim.FixedPoint` format and rounding:
 
 - ``data``: the input ``x`` and the desired signal ``d``;
@@ -46,378 +48,42 @@ on how the samples are split into blocks, and :class:`TorchLMS` reproduces them.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 
 import numpy as np
 import torch
 
 import hwsim
 from hwsim.formats import FixedPoint
-from hwsim.kernels.jit import kernel
-from hwsim.kernels.scalar import apply_overflow, counter_uniform, shift_round_code
+from hwsim.kernels.lms import lms_float_kernel, lms_kernel
+from hwsim.kernels.scalar import apply_overflow, shift_round_code
 from hwsim.modes import Overflow, Rounding
+from hwsim.plan.lms import (
+    MAX_CODE_BITS,
+    RULES,
+    STEP_BITS,
+    LMSFormats,
+    config_array,
+    resolve_formats,
+    rule_index,
+    step_code,
+)
 from hwsim.torch_path import core as torch_core
+from hwsim.torch_path.lms import lms_run_torch
 
-RULES = ("lms", "sign_error", "sign_data", "sign_sign")
-STEP_BITS = 16
-"""Significant bits of the step size code: mu_code in [2^15, 2^16]."""
-
-MAX_CODE_BITS = 62
-# noise roles (per tap; the error uses slot K with role ROLE_ERROR)
-ROLE_PRODUCT, ROLE_ACCUMULATE, ROLE_UPDATE, ROLE_WEIGHT = 0, 1, 2, 3
-ROLE_ERROR = 0
-N_ROLES = 4
-
-# the cfg array the kernel receives (int64), by index
-(
-    C_P_SHIFT,
-    C_P_MIN,
-    C_P_MAX,  # product: exact w*x -> product grid
-    C_A_SHIFT,
-    C_A_MIN,
-    C_A_MAX,  # product grid -> accumulator grid, accumulator range
-    C_D_SHIFT,
-    C_Y_SHIFT,  # d and y aligned onto F = max(fl_data, fl_acc)
-    C_E_SHIFT,
-    C_E_MIN,
-    C_E_MAX,  # exact error (at F) -> error grid
-    C_MU,  # step code
-    C_U_SHIFT,
-    C_WA_MIN,
-    C_WA_MAX,  # exact update -> weight-accumulator grid, its range
-    C_W_SHIFT,
-    C_W_MIN,
-    C_W_MAX,  # weight accumulator -> weight grid, weight range
-    C_P_EXACT,
-    C_A_EXACT,  # 1 when the product / cast to the accumulator is exact
-    C_LEN,
-) = range(21)
-
-# counts the kernel accumulates, by index
-N_NONZERO, N_STALLS, N_SATURATED = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class LMSFormats:
-    """The format of every quantity of a fixed-point LMS filter (all resolved)."""
-
-    data: FixedPoint
-    weight: FixedPoint
-    product: FixedPoint
-    accumulator: FixedPoint
-    error: FixedPoint
-    weight_accumulator: FixedPoint
-
-
-def resolve_formats(
-    data: FixedPoint | None = None,
-    weight: FixedPoint | None = None,
-    *,
-    product: FixedPoint | None = None,
-    accumulator: FixedPoint | None = None,
-    error: FixedPoint | None = None,
-    weight_accumulator: FixedPoint | None = None,
-) -> LMSFormats:
-    """Fill in the roles left at ``None`` and check that no intermediate can
-    overflow int64.
-
-    Defaults: ``data`` fx20.16, ``weight`` fx32.28; ``product`` exact
-    (fl = fl_w + fl_data, wl = wl_w + wl_data); ``accumulator`` the product
-    grid with 8 guard bits (exact for up to 256 taps); ``error`` 12 bits more than the data (at most ``48 - data.wl``, which
-    keeps ``mu_code * e * x`` inside int64) with two more integer bits;
-    ``weight_accumulator`` the weight itself.
-
-    >>> f = resolve_formats(FixedPoint(16, 12), FixedPoint(16, 14))
-    >>> str(f.product), str(f.error), str(f.weight_accumulator)
-    ('fx32.26', 'fx28.22', 'fx16.14')
-    """
-    data = data if data is not None else FixedPoint(20, 16)
-    weight = weight if weight is not None else FixedPoint(32, 28)
-    for name, fmt in (
-        ("data", data),
-        ("weight", weight),
-        ("product", product),
-        ("accumulator", accumulator),
-        ("error", error),
-        ("weight_accumulator", weight_accumulator),
-    ):
-        if fmt is not None and (not isinstance(fmt, FixedPoint) or not fmt.signed):
-            raise ValueError(f"LMS {name} format must be a signed FixedPoint or None, got {fmt!r}")
-    if weight.wl + data.wl > MAX_CODE_BITS:
-        raise ValueError(
-            f"LMS weight {weight} times data {data} needs {weight.wl + data.wl} bits, beyond the "
-            f"{MAX_CODE_BITS} an int64 code allows here; narrow the formats"
-        )
-    # exact defaults: a product of two signed codes needs wl_w + wl_data bits;
-    # the accumulator gets 8 guard bits (256 taps cannot overflow it)
-    product = (
-        product if product is not None else FixedPoint(weight.wl + data.wl, weight.fl + data.fl)
-    )
-    if accumulator is None:
-        accumulator = FixedPoint(min(MAX_CODE_BITS, product.wl + 8), product.fl)
-    if error is None:
-        wl = min(48 - data.wl, data.wl + 12)
-        if wl < 2:
-            raise ValueError(
-                f"data format {data} is too wide for the default error format; "
-                "give an explicit error format"
-            )
-        error = FixedPoint(wl, wl - (data.int_bits + 2))
-    weight_accumulator = weight_accumulator if weight_accumulator is not None else weight
-    f = LMSFormats(data, weight, product, accumulator, error, weight_accumulator)
-    _check_bits(f)
-    return f
-
-
-def _check_bits(f: LMSFormats) -> None:
-    """Every intermediate is an int64; refuse formats that could overflow one.
-
-    Each check bounds a magnitude by 2^bits (a signed code of ``wl`` bits is
-    below 2^(wl-1)); 2^62 leaves room for the one addition that follows.
-    """
-    fine = max(f.data.fl, f.accumulator.fl)
-
-    def need(what: str, bits: int) -> None:
-        if bits > MAX_CODE_BITS:
-            raise ValueError(
-                f"LMS formats {_describe(f)}: {what} can reach 2^{bits}, beyond the "
-                f"2^{MAX_CODE_BITS} an int64 code allows here; narrow the formats involved"
-            )
-
-    need("the product w*x", f.weight.wl - 1 + f.data.wl - 1)
-    need(
-        "the product aligned to the accumulator",
-        f.product.wl - 1 + max(0, f.accumulator.fl - f.product.fl),
-    )
-    need("d aligned for the error", f.data.wl - 1 + fine - f.data.fl + 1)
-    need("y aligned for the error", f.accumulator.wl - 1 + fine - f.accumulator.fl + 1)
-    need("the update mu*e*x", STEP_BITS + f.error.wl - 1 + f.data.wl - 1)
-    if f.weight_accumulator.fl < f.weight.fl:
-        raise ValueError(
-            f"weight_accumulator {f.weight_accumulator} must have at least the weight's "
-            f"fractional bits ({f.weight}): it holds the bits below the weight LSB"
-        )
-
-
-def _describe(f: LMSFormats) -> str:
-    return ", ".join(f"{fld.name}={getattr(f, fld.name)}" for fld in dataclasses.fields(f))
-
-
-def step_code(mu: float) -> tuple[int, int]:
-    """``(mu_code, step_fl)`` with ``mu ~= mu_code * 2^-step_fl`` and
-    ``mu_code`` in [2^15, 2^16] (round to nearest).
-
-    >>> step_code(0.5)
-    (32768, 16)
-    """
-    if not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu > 0):
-        raise ValueError(f"step size mu must be a positive finite number, got {mu!r}")
-    fl = STEP_BITS - 1 - math.floor(math.log2(mu))
-    return int(round(mu * 2.0**fl)), fl
-
-
-def config_array(formats: LMSFormats, rule: str, mu: float) -> np.ndarray:
-    """The int64 configuration vector the kernel reads (shifts, ranges, step)."""
-    f = formats
-    mu_code, step_fl = step_code(mu)
-    fine = max(f.data.fl, f.accumulator.fl)
-    update_fl = step_fl
-    if rule in ("lms", "sign_data"):
-        update_fl += f.error.fl
-    if rule in ("lms", "sign_error"):
-        update_fl += f.data.fl
-    excess = update_fl - f.weight_accumulator.fl - MAX_CODE_BITS
-    if excess > 0:
-        # a step so small that rounding the update onto the weight accumulator
-        # would drop more bits than int64 holds: keep fewer significant bits of
-        # the step (at least one), as a narrower step register would; the
-        # update then still rounds (stalls, or moves stochastically) correctly
-        mu_code = max(1, int(round(mu_code / 2.0**excess)))
-        step_fl -= excess
-        update_fl -= excess
-    cfg = np.zeros(C_LEN, dtype=np.int64)
-    cfg[C_P_SHIFT] = f.weight.fl + f.data.fl - f.product.fl
-    cfg[C_P_MIN], cfg[C_P_MAX] = f.product.min_code, f.product.max_code
-    cfg[C_A_SHIFT] = f.product.fl - f.accumulator.fl
-    cfg[C_A_MIN], cfg[C_A_MAX] = f.accumulator.min_code, f.accumulator.max_code
-    cfg[C_D_SHIFT] = fine - f.data.fl
-    cfg[C_Y_SHIFT] = fine - f.accumulator.fl
-    cfg[C_E_SHIFT] = fine - f.error.fl
-    cfg[C_E_MIN], cfg[C_E_MAX] = f.error.min_code, f.error.max_code
-    cfg[C_MU] = mu_code
-    cfg[C_U_SHIFT] = update_fl - f.weight_accumulator.fl
-    cfg[C_WA_MIN], cfg[C_WA_MAX] = f.weight_accumulator.min_code, f.weight_accumulator.max_code
-    cfg[C_W_SHIFT] = f.weight_accumulator.fl - f.weight.fl
-    cfg[C_W_MIN], cfg[C_W_MAX] = f.weight.min_code, f.weight.max_code
-    # stages that can neither round nor overflow are skipped in the kernel (the
-    # default exact product and accumulator): |w x| <= 2^(wl_w + wl_data - 2)
-    cfg[C_P_EXACT] = int(cfg[C_P_SHIFT] == 0 and f.product.wl >= f.weight.wl + f.data.wl)
-    cfg[C_A_EXACT] = int(cfg[C_A_SHIFT] == 0 and f.accumulator.wl >= f.product.wl)
-    # a left shift of the update onto a finer accumulator must stay in int64
-    upd_bits = (
-        STEP_BITS
-        + (f.error.wl - 1 if rule in ("lms", "sign_data") else 0)
-        + (f.data.wl - 1 if rule in ("lms", "sign_error") else 0)
-    )
-    if upd_bits + max(0, -int(cfg[C_U_SHIFT])) > MAX_CODE_BITS:
-        raise ValueError(
-            f"step {mu!r}: the update mu*e*x shifted onto the weight accumulator "
-            f"{f.weight_accumulator} can reach 2^{upd_bits - int(cfg[C_U_SHIFT])}, beyond "
-            f"2^{MAX_CODE_BITS}; use a larger step or fewer fractional bits"
-        )
-    for index, what in (
-        (C_P_SHIFT, "product"),
-        (C_A_SHIFT, "accumulator"),
-        (C_E_SHIFT, "error"),
-        (C_U_SHIFT, "update"),
-        (C_W_SHIFT, "weight"),
-    ):
-        if cfg[index] > MAX_CODE_BITS:
-            raise ValueError(
-                f"LMS formats {_describe(f)} with step {mu!r}: rounding the {what} drops "
-                f"{int(cfg[index])} bits, more than the {MAX_CODE_BITS} an int64 code holds; "
-                "the formats are too far apart"
-            )
-    return cfg
-
-
-@functools.cache
-def lms_kernel(
-    rule: int,
-    product_rounding: int,
-    accumulator_rounding: int,
-    error_rounding: int,
-    update_rounding: int,
-    weight_rounding: int,
-    overflow: int,
-):
-    """The sample loop, specialized on the rule and modes (compile-time constants).
-
-    ``run(xp, d, start, w, wacc, cfg, seed, y_out, e_out, counts)``: ``xp`` holds
-    the K-1 previous input codes followed by this block's; ``d`` the desired
-    codes; ``start`` the global index of the first sample (for the noise
-    counter); ``w`` / ``wacc`` are updated in place; ``y_out`` / ``e_out``
-    receive the output (accumulator codes) and error (error codes);
-    ``counts`` accumulates [nonzero exact updates, stalled ones, saturated
-    weight-accumulator adds].
-    """
-    stochastic = (
-        product_rounding == 4,
-        accumulator_rounding == 4,
-        error_rounding == 4,
-        update_rounding == 4,
-        weight_rounding == 4,
-    )
-    sp, sa, se, su, sw = stochastic
-    uses_e = rule == 0 or rule == 2  # lms, sign_data
-    uses_x = rule == 0 or rule == 1  # lms, sign_error
-
-    @kernel
-    def run(xp, d, start, w, wacc, cfg, seed, y_out, e_out, counts):
-        taps = w.size
-        p_shift, p_min, p_max = cfg[0], cfg[1], cfg[2]
-        a_shift, a_min, a_max = cfg[3], cfg[4], cfg[5]
-        d_shift, y_shift = cfg[6], cfg[7]
-        e_shift, e_min, e_max = cfg[8], cfg[9], cfg[10]
-        mu = cfg[11]
-        u_shift, wa_min, wa_max = cfg[12], cfg[13], cfg[14]
-        w_shift, w_min, w_max = cfg[15], cfg[16], cfg[17]
-        p_exact, a_exact = cfg[18] != 0, cfg[19] != 0
-        nonzero = 0
-        stalls = 0
-        saturated = 0
-        for j in range(d.size):
-            base = (start + j) * (taps + 1) * 4
-            acc = np.int64(0)
-            for i in range(taps):
-                xi = xp[j + taps - 1 - i]
-                p = w[i] * xi
-                if not p_exact:
-                    u = counter_uniform(seed, base + i * 4) if sp else 0.0
-                    p = apply_overflow(
-                        shift_round_code(p, p_shift, product_rounding, u), p_min, p_max, overflow
-                    )
-                if not a_exact:
-                    u = counter_uniform(seed, base + i * 4 + 1) if sa else 0.0
-                    p = apply_overflow(
-                        shift_round_code(p, a_shift, accumulator_rounding, u),
-                        a_min,
-                        a_max,
-                        overflow,
-                    )
-                acc = apply_overflow(acc + p, a_min, a_max, overflow)
-            y_out[j] = acc
-            exact_e = (d[j] << d_shift) - (acc << y_shift)
-            u = counter_uniform(seed, base + taps * 4) if se else 0.0
-            e = apply_overflow(
-                shift_round_code(exact_e, e_shift, error_rounding, u), e_min, e_max, overflow
-            )
-            e_out[j] = e
-            if uses_e:
-                a = mu * e
-            else:
-                a = mu * ((e > 0) - (e < 0))
-            if a == 0:
-                continue
-            for i in range(taps):
-                xi = xp[j + taps - 1 - i]
-                if uses_x:
-                    g = a * xi
-                else:
-                    g = a * ((xi > 0) - (xi < 0))
-                if g == 0:
-                    continue
-                nonzero += 1
-                u = counter_uniform(seed, base + i * 4 + 2) if su else 0.0
-                du = shift_round_code(g, u_shift, update_rounding, u)
-                if du == 0:
-                    stalls += 1
-                    continue
-                du = apply_overflow(du, wa_min, wa_max, overflow)
-                s = wacc[i] + du
-                t = apply_overflow(s, wa_min, wa_max, overflow)
-                if t != s:
-                    saturated += 1
-                wacc[i] = t
-                u = counter_uniform(seed, base + i * 4 + 3) if sw else 0.0
-                w[i] = apply_overflow(
-                    shift_round_code(t, w_shift, weight_rounding, u), w_min, w_max, overflow
-                )
-        counts[0] += nonzero
-        counts[1] += stalls
-        counts[2] += saturated
-
-    return run
-
-
-@kernel
-def lms_float_kernel(xp, d, w, mu, rule, y_out, e_out):
-    """The float64 reference loop (no quantization): the float baseline."""
-    taps = w.size
-    for j in range(d.size):
-        y = 0.0
-        for i in range(taps):
-            y += w[i] * xp[j + taps - 1 - i]
-        y_out[j] = y
-        e = d[j] - y
-        e_out[j] = e
-        if rule == 0 or rule == 2:
-            a = mu * e
-        else:
-            a = mu * ((e > 0) - (e < 0))
-        for i in range(taps):
-            xi = xp[j + taps - 1 - i]
-            if rule == 0 or rule == 1:
-                w[i] += a * xi
-            else:
-                w[i] += a * ((xi > 0) - (xi < 0))
-
-
-def _rule_index(rule: str) -> int:
-    if rule not in RULES:
-        raise ValueError(f"LMS rule must be one of {RULES}, got {rule!r}")
-    return RULES.index(rule)
+__all__ = [
+    "MAX_CODE_BITS",
+    "RULES",
+    "STEP_BITS",
+    "BlockResult",
+    "FixedLMS",
+    "FloatLMS",
+    "LMSFormats",
+    "TorchLMS",
+    "config_array",
+    "lms_float",
+    "resolve_formats",
+    "step_code",
+]
 
 
 @dataclasses.dataclass
@@ -492,7 +158,7 @@ class FixedLMS:
             raise ValueError(f"taps must be an integer >= 1, got {taps!r}")
         self.taps = int(taps)
         self.rule = rule
-        self._rule = _rule_index(rule)
+        self._rule = rule_index(rule)
         self.formats = resolve_formats(
             data,
             weight,
@@ -598,8 +264,23 @@ class FixedLMS:
                 raise ValueError(f"{name} codes outside the data format {f.data}")
         cfg = config_array(f, self.rule, mu)
         xp = np.concatenate([self.history, xc])
-        y = np.empty(xc.size, dtype=np.int64)
-        e = np.empty(xc.size, dtype=np.int64)
+        y, e, counts = self._loop(xp, dc, cfg)
+        if self.taps > 1:
+            self.history = xp[xp.size - (self.taps - 1) :].copy()
+        self.samples_seen += xc.size
+        return BlockResult(
+            y=y * f.accumulator.lsb,
+            error=e * f.error.lsb,
+            nonzero_updates=int(counts[0]),
+            stalls=int(counts[1]),
+            saturated=int(counts[2]),
+        )
+
+    def _loop(self, xp: np.ndarray, dc: np.ndarray, cfg: np.ndarray):
+        """The sample loop (``hwsim.kernels.lms``): updates the weight and
+        accumulator codes in place; returns (y codes, e codes, counts)."""
+        y = np.empty(dc.size, dtype=np.int64)
+        e = np.empty(dc.size, dtype=np.int64)
         counts = np.zeros(3, dtype=np.int64)
         self._kernel(
             xp,
@@ -613,16 +294,7 @@ class FixedLMS:
             e,
             counts,
         )
-        if self.taps > 1:
-            self.history = xp[xp.size - (self.taps - 1) :].copy()
-        self.samples_seen += xc.size
-        return BlockResult(
-            y=y * f.accumulator.lsb,
-            error=e * f.error.lsb,
-            nonzero_updates=int(counts[0]),
-            stalls=int(counts[1]),
-            saturated=int(counts[2]),
-        )
+        return y, e, counts
 
 
 def lms_float(
@@ -643,7 +315,7 @@ def lms_float(
     w = np.zeros(taps) if w0 is None else np.array(w0, dtype=np.float64)
     xp = np.concatenate([np.zeros(taps - 1), x])
     y, e = np.empty_like(x), np.empty_like(x)
-    lms_float_kernel(xp, d, w, float(mu), _rule_index(rule), y, e)
+    lms_float_kernel(xp, d, w, float(mu), rule_index(rule), y, e)
     return y, e, w
 
 
@@ -668,95 +340,23 @@ class TorchLMS(FixedLMS):
         super().__init__(*args, **kwargs)
         self.device = torch.device(device)
 
-    def run_codes(self, x_codes, d_codes, mu: float) -> BlockResult:
-        xc = np.ascontiguousarray(x_codes, dtype=np.int64)
-        dc = np.ascontiguousarray(d_codes, dtype=np.int64)
-        if xc.ndim != 1 or xc.shape != dc.shape:
-            raise ValueError(f"x and d must be 1-D of equal length, got {xc.shape} and {dc.shape}")
-        f, r, ov, dev = self.formats, self.roundings, self.overflow, self.device
-        cfg = [int(v) for v in config_array(f, self.rule, mu)]
-        K = self.taps
-        uses_e = self.rule in ("lms", "sign_data")
-        uses_x = self.rule in ("lms", "sign_error")
-        stochastic = any(
-            r[k] == Rounding.STOCHASTIC
-            for k in ("product", "accumulator", "error", "update", "weight")
+    def _loop(self, xp: np.ndarray, dc: np.ndarray, cfg: np.ndarray):
+        """The torch twin of the sample loop (``hwsim.torch_path.lms``)."""
+        y, e, counts, self.weight_codes, self.accumulator_codes, _ = lms_run_torch(
+            xp,
+            dc,
+            self.samples_seen,
+            self.weight_codes,
+            self.accumulator_codes,
+            cfg,
+            self.formats,
+            self.roundings,
+            self.overflow,
+            self.seed,
+            self.rule,
+            self.device,
         )
-        xp = torch.as_tensor(np.concatenate([self.history, xc]), device=dev)
-        d = dc.tolist()
-        w = torch.as_tensor(self.weight_codes, device=dev).clone()
-        wacc = torch.as_tensor(self.accumulator_codes, device=dev).clone()
-        y_out = np.empty(xc.size, dtype=np.int64)
-        e_out = np.empty(xc.size, dtype=np.int64)
-        nonzero = stalls = saturated = 0
-        acc_limit = 1 << 62
-        zeros = torch.zeros(K + 1, N_ROLES, dtype=torch.float64, device=dev)
-        for j in range(xc.size):
-            n = self.samples_seen + j
-            u = (
-                torch_core.counter_uniform(
-                    self.seed, (K + 1) * N_ROLES, dev, offset=n * (K + 1) * N_ROLES
-                ).view(K + 1, N_ROLES)
-                if stochastic
-                else zeros
-            )
-            xs = xp[j : j + K].flip(0)  # x(n - i), i = 0 .. K-1
-            p = torch_core.shift_round_code(
-                w * xs, cfg[C_P_SHIFT], r["product"], u[:K, ROLE_PRODUCT]
-            )
-            p = torch_core.apply_overflow(p, f.product, ov)
-            p = torch_core.shift_round_code(
-                p, cfg[C_A_SHIFT], r["accumulator"], u[:K, ROLE_ACCUMULATE]
-            )
-            p = torch_core.apply_overflow(p, f.accumulator, ov)
-            acc = self._accumulate(p, acc_limit)
-            y_out[j] = acc
-            exact_e = torch.tensor([(d[j] << cfg[C_D_SHIFT]) - (acc << cfg[C_Y_SHIFT])], device=dev)
-            e = torch_core.shift_round_code(exact_e, cfg[C_E_SHIFT], r["error"], u[K:, ROLE_ERROR])
-            e = int(torch_core.apply_overflow(e, f.error, ov)[0])
-            e_out[j] = e
-            a = cfg[C_MU] * (e if uses_e else (e > 0) - (e < 0))
-            if a == 0:
-                continue
-            g = a * (xs if uses_x else torch.sign(xs))
-            du = torch_core.shift_round_code(g, cfg[C_U_SHIFT], r["update"], u[:K, ROLE_UPDATE])
-            moved = du != 0
-            nonzero += int((g != 0).sum())
-            stalls += int(((g != 0) & ~moved).sum())
-            du = torch_core.apply_overflow(du, f.weight_accumulator, ov)
-            s = wacc + du
-            t = torch_core.apply_overflow(s, f.weight_accumulator, ov)
-            saturated += int((moved & (t != s)).sum())
-            wacc = torch.where(moved, t, wacc)
-            wq = torch_core.shift_round_code(t, cfg[C_W_SHIFT], r["weight"], u[:K, ROLE_WEIGHT])
-            w = torch.where(moved, torch_core.apply_overflow(wq, f.weight, ov), w)
-        self.weight_codes = w.cpu().numpy().copy()
-        self.accumulator_codes = wacc.cpu().numpy().copy()
-        if K > 1:
-            self.history = xp[xp.numel() - (K - 1) :].cpu().numpy().copy()
-        self.samples_seen += xc.size
-        return BlockResult(
-            y=y_out * f.accumulator.lsb,
-            error=e_out * f.error.lsb,
-            nonzero_updates=nonzero,
-            stalls=stalls,
-            saturated=saturated,
-        )
-
-    def _accumulate(self, p: torch.Tensor, limit: int) -> int:
-        """The MAC accumulator over the taps in order, overflow after every add.
-
-        When every partial sum stays inside the accumulator range, one cumulative
-        sum is exact and equals the step-by-step one; otherwise step through."""
-        fmt, ov = self.formats.accumulator, self.overflow
-        if int(p.abs().max()) * p.numel() < limit:
-            partial = torch.cumsum(p, 0)
-            if int(partial.min()) >= fmt.min_code and int(partial.max()) <= fmt.max_code:
-                return int(partial[-1])
-        acc = torch.zeros((), dtype=torch.int64, device=p.device)
-        for v in p:
-            acc = torch_core.apply_overflow(acc + v, fmt, ov)
-        return int(acc)
+        return y, e, counts
 
 
 class FloatLMS:
@@ -766,7 +366,7 @@ class FloatLMS:
     def __init__(self, taps: int, rule: str = "lms") -> None:
         if isinstance(taps, bool) or not isinstance(taps, (int, np.integer)) or taps < 1:
             raise ValueError(f"taps must be an integer >= 1, got {taps!r}")
-        self.taps, self.rule, self._rule = int(taps), rule, _rule_index(rule)
+        self.taps, self.rule, self._rule = int(taps), rule, rule_index(rule)
         self.weights = np.zeros(self.taps)
         self.history = np.zeros(self.taps - 1)
         self.samples_seen = 0
