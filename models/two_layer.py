@@ -15,9 +15,10 @@ Backpropagation by hand (the chain rule, one line per quantity):
 ``tests/test_models_two_layer.py`` checks them against ``torch.autograd`` on
 :class:`TwoLayerNet`. :func:`train_fixed` runs the same updates with every
 forward quantity rounded to an activation format, every backward quantity to a
-gradient format, and the SGD update rounded onto the weight (or weight
-accumulator) grid, where small updates stall under round-to-nearest
-(Gupta et al. 2015). :class:`TwoLayerNet` is a ``torch.nn.Module``, so any
+gradient format (``hwsim.quantize``), and the update applied by
+``hwsim.optim.SGD``: rounded onto the weight (or weight accumulator) grid and
+added there, where small updates stall under round-to-nearest (Gupta et al.
+2015; DESIGN.md, "Weight accumulator"). :class:`TwoLayerNet` is a ``torch.nn.Module``, so any
 hwsim optimizer can train it as well.
 """
 
@@ -29,51 +30,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+import hwsim
+import hwsim.optim
+from hwsim.errors import NonFiniteError
 from hwsim.formats import FixedPoint
-from hwsim.kernels.jit import kernel
-from hwsim.kernels.scalar import STOCHASTIC, counter_uniform, value_to_code
-from hwsim.modes import Overflow, Rounding
+from hwsim.modes import Rounding
 
 PARAMS = ("w1", "b1", "w2", "b2")
 Quantizer = Callable[[np.ndarray, str], np.ndarray]
-
-
-@kernel
-def _quantize_small(x, out, scale, wrap_modulus, min_code, max_code, rounding, overflow, seed):
-    """Serial quantization of a few values (the parallel ``hwsim.quantize``
-    kernel costs more in thread start-up than these tiny arrays take); the same
-    scalar helpers, so the same arithmetic. Returns the count of non-finite inputs."""
-    bad = 0
-    for i in range(x.size):
-        v = x[i]
-        if not np.isfinite(v):
-            bad += 1
-            out[i] = v
-            continue
-        u = counter_uniform(seed, i) if rounding == STOCHASTIC else 0.0
-        out[i] = (
-            value_to_code(v, scale, wrap_modulus, min_code, max_code, rounding, overflow, u) / scale
-        )
-    return bad
-
-
-def quantize_small(a: np.ndarray, fmt: FixedPoint, rounding: Rounding, seed: int) -> np.ndarray:
-    """Round a small float64 array onto ``fmt`` (saturating); non-finite values
-    pass through, so the caller sees the loss go non-finite and stops."""
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    out = np.empty_like(a)
-    _quantize_small(
-        a.reshape(-1),
-        out.reshape(-1),
-        2.0**fmt.fl,
-        2.0 ** (fmt.wl - fmt.fl),
-        fmt.min_code,
-        fmt.max_code,
-        int(rounding),
-        int(Overflow.SATURATE),
-        np.uint64(seed & ((1 << 64) - 1)),
-    )
-    return out
 
 
 def sigmoid(a: np.ndarray) -> np.ndarray:
@@ -176,9 +140,10 @@ def train_fixed(
     quantity on its fixed-point grid (``None`` = float64).
 
     The master weights live on ``accumulator`` (or on ``weight`` when it is
-    None); the update ``-lr * g`` is rounded onto that grid, and the network
-    uses the master weights rounded to ``weight``. A tap whose nonzero update
-    rounds to zero counts as a stall.
+    None); ``hwsim.optim.SGD`` rounds the update ``-lr * g`` onto that grid
+    and adds it there, and the network uses the master weights rounded to
+    ``weight``. A parameter whose nonzero update rounds to zero counts as a
+    stall. A non-finite loss or gradient ends the run as diverged.
 
     >>> x, t = teacher_data(256, seed=0)
     >>> r = train_fixed(x, t, steps=300, weight=FixedPoint(16, 12))
@@ -195,44 +160,97 @@ def train_fixed(
 
     mode = Rounding.parse(rounding)
 
-    def rnd(a, fmt: FixedPoint | None):
-        if fmt is None:
-            return a
-        return quantize_small(a, fmt, mode, noise_seed())
-
     def q(a, kind: str):
-        return rnd(a, activation if kind == "activation" else grad)
+        fmt = activation if kind == "activation" else grad
+        return a if fmt is None else hwsim.quantize(a, fmt, mode, seed=noise_seed())
 
-    master_fmt = accumulator if accumulator is not None else weight
     rng = np.random.default_rng([seed, 6])
     init = init or dict(zip(PARAMS, rng.normal(0.0, 0.5, 4).tolist(), strict=True))
-    master = rnd(np.array([init[k] for k in PARAMS], dtype=np.float64), master_fmt)
-    w = rnd(master, weight)
+    param, opt = weight_optimizer(
+        [init[k] for k in PARAMS],
+        lr,
+        weight=weight,
+        accumulator=accumulator,
+        rounding=mode,
+        seed=seed,
+    )
     history: list[dict[str, float]] = []
     nonzero = stalls = 0
     step, epoch = 0, 0
 
-    def as_dict(values: np.ndarray) -> dict[str, float]:
-        return dict(zip(PARAMS, values.tolist(), strict=True))
+    def weights() -> dict[str, float]:
+        return dict(zip(PARAMS, model_weights(param, weight).tolist(), strict=True))
+
+    def result(diverged: bool) -> FixedTrainResult:
+        return FixedTrainResult(weights(), history, stalls / max(nonzero, 1), diverged)
 
     while step < steps:
         for idx in batches(len(x), batch_size, seed, epoch):
-            grads, loss = hand_gradients(as_dict(w), x[idx], t[idx], q)
-            if not np.isfinite(loss):
-                return FixedTrainResult(as_dict(w), history, stalls / max(nonzero, 1), True)
-            update = -lr * np.array([grads[k] for k in PARAMS])
-            moved = rnd(master + update, master_fmt)
-            nonzero += int(np.count_nonzero(update))
-            stalls += int(np.count_nonzero((update != 0) & (moved == master)))
-            master = moved
-            w = rnd(master, weight)
+            try:
+                grads, loss = hand_gradients(weights(), x[idx], t[idx], q)
+                if not np.isfinite(loss):
+                    return result(True)
+                moved, stalled = sgd_step(param, opt, [grads[k] for k in PARAMS])
+            except NonFiniteError:
+                return result(True)
+            nonzero += moved
+            stalls += stalled
             step += 1
             if step % log_every == 0 or step == 1 or step == steps:
-                full_loss = float(np.mean(0.5 * (forward(as_dict(w), x)["y"] - t) ** 2))
+                full_loss = float(np.mean(0.5 * (forward(weights(), x)["y"] - t) ** 2))
                 history.append(
                     {"step": step, "loss": full_loss, "stall_fraction": stalls / max(nonzero, 1)}
                 )
             if step >= steps:
                 break
         epoch += 1
-    return FixedTrainResult(as_dict(w), history, stalls / max(nonzero, 1), False)
+    return result(False)
+
+
+def weight_optimizer(
+    init,
+    lr: float,
+    *,
+    weight: FixedPoint | None,
+    accumulator: FixedPoint | None,
+    rounding: Rounding | str = "nearest",
+    seed: int = 0,
+) -> tuple[torch.nn.Parameter, hwsim.optim.SGD]:
+    """The four parameters as one float64 tensor and the library's SGD that
+    updates them (weight accumulator semantics: DESIGN.md). The tensor starts
+    at ``init`` rounded onto the accumulator grid (the weight's without one),
+    where the optimizer's master copy starts."""
+    master = accumulator if accumulator is not None else weight
+    values = np.asarray(init, dtype=np.float64)
+    if master is not None:
+        values = hwsim.quantize(values, master, rounding)
+    param = torch.nn.Parameter(torch.from_numpy(np.array(values, dtype=np.float64)))
+    opt = hwsim.optim.SGD(
+        [param],
+        lr=lr,
+        weight=weight,
+        accumulator=accumulator,
+        rounding=str(Rounding.parse(rounding)),
+        seed=seed,
+    )
+    return param, opt
+
+
+def model_weights(param: torch.Tensor, weight: FixedPoint | None) -> np.ndarray:
+    """The weights the network sees: the parameter rounded to nearest onto
+    ``weight`` (the identity after the first step, when the optimizer has
+    written the accumulator's weight into it)."""
+    values = param.detach().numpy().copy()
+    return values if weight is None else hwsim.quantize(values, weight)
+
+
+def sgd_step(param: torch.Tensor, opt: hwsim.optim.SGD, grads) -> tuple[int, int]:
+    """One library SGD step with the given gradients; returns (nonzero
+    updates, stalled ones) from the optimizer's telemetry (exact here: the
+    tensor has four elements)."""
+    param.grad = torch.tensor(grads, dtype=torch.float64)
+    opt.step()
+    lr = opt.param_groups[0]["lr"]
+    nonzero = int(np.count_nonzero(lr * np.asarray(grads, dtype=np.float64)))
+    stall_fraction = opt.telemetry[0]["stall_fraction"]
+    return nonzero, round(stall_fraction * nonzero) if nonzero else 0

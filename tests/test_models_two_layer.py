@@ -77,3 +77,66 @@ def test_fixed_point_nearest_stalls_where_stochastic_keeps_learning():
     assert stochastic.history[-1]["loss"] == pytest.approx(floating.history[-1]["loss"], rel=0.2)
     for k in PARAMS:  # every parameter stays on its grid
         assert stochastic.params[k] * 64 == round(stochastic.params[k] * 64)
+
+
+def test_half_lsb_update_stalls_as_in_hwsim_optim_sgd():
+    """DESIGN.md, "Weight accumulator": the rounded update is added, not the
+    sum rounded. fx8.4 weights at codes [1, 2] and an update of half an LSB:
+    rounding each update to nearest-even gives 0, so both stay ([1, 2], stall
+    fraction 1.0); rounding master + update would give [2, 2]."""
+    import hwsim.optim
+    from models.two_layer import sgd_step, weight_optimizer
+
+    fmt = FixedPoint(8, 4)
+    grads = [-1 / 32, -1 / 32, 0.0, 0.0]  # lr 1: an update of +LSB/2 on w1 and b1
+    param, opt = weight_optimizer([1 / 16, 2 / 16, 0.0, 0.0], 1.0, weight=fmt, accumulator=None)
+    nonzero, stalls = sgd_step(param, opt, grads)
+    assert (param.detach().numpy()[:2] * 16).tolist() == [1.0, 2.0]
+    assert (nonzero, stalls) == (2, 2)
+
+    library = torch.nn.Parameter(torch.tensor([1 / 16, 2 / 16], dtype=torch.float64))
+    sgd = hwsim.optim.SGD([library], lr=1.0, weight=fmt, seed=0)
+    library.grad = torch.tensor(grads[:2], dtype=torch.float64)
+    sgd.step()
+    assert library.detach().tolist() == param.detach().numpy()[:2].tolist()
+    assert sgd.telemetry[0]["stall_fraction"] == 1.0 == stalls / nonzero
+
+
+@pytest.mark.parametrize(
+    ("weight", "accumulator"),
+    [(FixedPoint(12, 6), None), (FixedPoint(10, 5), FixedPoint(16, 11)), (None, FixedPoint(12, 7))],
+)
+def test_fixed_training_equals_hwsim_optim_sgd_fed_the_hand_gradients(weight, accumulator):
+    """train_fixed is the hand-derived gradients plus the library's optimizer:
+    hwsim.optim.SGD on a four-element parameter, fed the same gradients of the
+    same batches, gives the same weights and stall fraction."""
+    import hwsim
+    import hwsim.optim
+    from models.datasets import batches
+
+    x, t = teacher_data(64, seed=2)
+    init = {"w1": 0.3, "b1": -0.2, "w2": 0.7, "b2": 0.1}
+    steps, lr = 12, 0.3
+    r = train_fixed(
+        x, t, lr=lr, steps=steps, batch_size=16, init=init, seed=4,
+        weight=weight, accumulator=accumulator,
+    )  # fmt: skip
+    master = accumulator if accumulator is not None else weight
+    start = hwsim.quantize(np.array([init[k] for k in PARAMS]), master)
+    param = torch.nn.Parameter(torch.tensor(start))
+    opt = hwsim.optim.SGD([param], lr=lr, weight=weight, accumulator=accumulator, seed=4)
+    nonzero = stalls = 0
+    order = [idx for epoch in range(3) for idx in batches(64, 16, 4, epoch)][:steps]
+    for idx in order:
+        seen = param.detach().numpy()
+        seen = seen if weight is None else hwsim.quantize(seen, weight)
+        grads, _ = hand_gradients(dict(zip(PARAMS, seen.tolist(), strict=True)), x[idx], t[idx])
+        param.grad = torch.tensor([grads[k] for k in PARAMS], dtype=torch.float64)
+        opt.step()
+        n = int(np.count_nonzero([grads[k] for k in PARAMS]))
+        nonzero += n
+        stalls += round(opt.telemetry[0]["stall_fraction"] * n)
+    assert [r.params[k] for k in PARAMS] == param.detach().tolist()
+    assert r.stall_fraction == stalls / max(nonzero, 1)
+    grid = (weight or accumulator).lsb  # the network sees weights on the weight grid
+    assert all(v / grid == round(v / grid) for v in r.params.values())
