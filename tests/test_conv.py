@@ -146,3 +146,23 @@ def test_conv_matches_direct_reference_many(seed, k, stride, rounding, overflow)
         seed=seed,
     )
     assert np.array_equal((got * 2**acc.fl).astype(np.int64), want)
+
+
+def test_four_sided_padding_and_backend_argument():
+    """padding=(top, bottom, left, right) equals padding the input by hand;
+    backend="numba" on tensors equals the NumPy result."""
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=(2, 3, 5, 6)) * 16) / 16
+    w = np.round(rng.normal(size=(4, 3, 2, 3)) * 16) / 16
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 0), (2, 1)))
+    want, _ = hwsim.ops.conv2d_codes(padded, w, accumulator="fx12.4")
+    got, _ = hwsim.ops.conv2d_codes(x, w, padding=(1, 0, 2, 1), accumulator="fx12.4")
+    np.testing.assert_array_equal(got, want)
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    kw = dict(padding=(1, 0, 2, 1), accumulator="fx12.4")
+    got_t, _ = hwsim.ops.conv2d_codes(tx, tw, backend="numba", **kw)
+    np.testing.assert_array_equal(got_t.numpy(), want)
+    got_np, _ = hwsim.ops.conv2d_codes(x, w, backend="torch", **kw)
+    np.testing.assert_array_equal(got_np, want)
+    with pytest.raises(ValueError, match=r"padding must be .* got \(1, -1, 0, 0\)"):
+        hwsim.ops.conv2d_codes(x, w, padding=(1, -1, 0, 0), accumulator="fx12.4")

@@ -403,3 +403,36 @@ def test_torch_path_on_cuda_equals_numba(rounding, overflow):
         want = hwsim.matmul(a, b, **kw)
         got = hwsim.matmul(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), **kw)
         assert got.is_cuda and np.array_equal(got.cpu().numpy(), want)
+
+
+@settings(max_examples=30)
+@given(gemm_cases(max_k=40))
+def test_backend_argument_gives_the_reference_on_either_backend(case):
+    a, b, acc, product, rounding, overflow, seed = case
+    expected = reference(a, b, acc, product, rounding, overflow, seed)
+    kw = dict(accumulator=acc, product=product, rounding=rounding, overflow=overflow, seed=seed)
+    codes, fmt = matmul_codes(a, b, backend="torch", **kw)
+    assert isinstance(codes, np.ndarray) and fmt == acc
+    np.testing.assert_array_equal(codes, expected)
+    codes_t, _ = matmul_codes(torch.from_numpy(a), torch.from_numpy(b), backend="numba", **kw)
+    assert isinstance(codes_t, torch.Tensor)
+    np.testing.assert_array_equal(codes_t.numpy(), expected)
+    values = hwsim.matmul(torch.from_numpy(a), torch.from_numpy(b), backend="numba", **kw)
+    np.testing.assert_array_equal(values.numpy(), expected * acc.lsb)
+
+
+def test_add_codes_and_backend_errors():
+    from hwsim.ops import add_codes
+
+    for saturate, wrap in ((127, -126), (-128, 126)):
+        codes = np.array([120 if saturate > 0 else -120])
+        step = np.array([10 if saturate > 0 else -10])
+        assert add_codes(codes, step, "fx8.4").tolist() == [saturate]
+        assert add_codes(codes, step, "fx8.4", "wrap").tolist() == [wrap]
+        got = add_codes(torch.from_numpy(codes), torch.from_numpy(step), "fx8.4", "wrap")
+        assert got.tolist() == [wrap]
+    a = np.ones((2, 2))
+    with pytest.raises(ValueError, match="not a mix"):
+        matmul_codes(torch.ones(2, 2), a, accumulator="fx8.4", backend="numba")
+    with pytest.raises(ValueError, match="backend must be None or one of"):
+        matmul_codes(a, a, accumulator="fx8.4", backend="gpu")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive import ref_code  # tests/naive.py
 
@@ -308,3 +308,41 @@ def test_out_argument():
     np.testing.assert_array_equal(out, hwsim.quantize(x, "fx8.4"))
     with pytest.raises(ValueError, match="out must be a C-contiguous NumPy array of shape"):
         hwsim.quantize(x, "fx8.4", out=np.empty(50, dtype=np.float64))
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@settings(max_examples=25)
+@given(case=format_and_values(), seed=st.integers(0, 2**64 - 1))
+def test_backend_argument_runs_the_other_backend_with_the_same_bits(rounding, case, seed):
+    """backend="torch" on NumPy input and backend="numba" on a tensor give the
+    reference codes and hand back the caller's kind of array and dtype."""
+    fmt, x, noise = case
+    expected = reference(x, fmt, rounding, "saturate", noise)
+    kw = {"noise": noise} if rounding == "stochastic" else {}
+    via_torch = hwsim.to_codes(x, fmt, rounding, backend="torch", **kw)
+    assert isinstance(via_torch, np.ndarray) and via_torch.dtype == np.int64
+    np.testing.assert_array_equal(via_torch, expected)
+    kw_t = {"noise": torch.from_numpy(noise)} if rounding == "stochastic" else {}
+    via_numba = hwsim.to_codes(torch.from_numpy(x), fmt, rounding, backend="numba", **kw_t)
+    assert isinstance(via_numba, torch.Tensor) and via_numba.dtype == torch.int64
+    np.testing.assert_array_equal(via_numba.numpy(), expected)
+    x32 = torch.from_numpy(np.clip(x, -1e38, 1e38).astype(np.float32))  # finite in float32
+    seeded = hwsim.quantize(x32, fmt, rounding, seed=seed, backend="numba")
+    assert seeded.dtype == torch.float32
+    torch.testing.assert_close(
+        seeded, hwsim.quantize(x32, fmt, rounding, seed=seed), rtol=0, atol=0
+    )
+
+
+def test_backend_argument_errors_and_bfloat16():
+    x = np.array([0.3, -1.2])
+    with pytest.raises(
+        ValueError, match=r"backend must be None or one of \('numba', 'torch'\), got 'cuda'"
+    ):
+        hwsim.quantize(x, "fx8.4", backend="cuda")
+    with pytest.raises(ValueError, match="out is only taken"):
+        hwsim.quantize(x, "fx8.4", out=np.empty(2), backend="torch")
+    assert hwsim.quantize(0.3, "fx8.4", backend="torch") == 0.3125
+    b = torch.tensor([0.3, -1.2], dtype=torch.bfloat16)
+    got = hwsim.quantize(b, "fx8.4", backend="numba")
+    assert got.dtype == torch.bfloat16 and torch.equal(got, hwsim.quantize(b, "fx8.4"))

@@ -1,6 +1,19 @@
-"""Public ops, one function each, dispatching on the array type."""
+"""Public ops, one function each, dispatching on the array type (or on an
+explicit ``backend="numba"`` / ``"torch"``)."""
 
-from hwsim.ops.matmul import conv2d, matmul
+from hwsim.ops.backend import BACKENDS, check_backend
+from hwsim.ops.matmul import add_codes, conv2d, conv2d_codes, matmul, matmul_codes
 from hwsim.ops.quantize import from_codes, quantize, to_codes
 
-__all__ = ["quantize", "to_codes", "from_codes", "matmul", "conv2d"]
+__all__ = [
+    "BACKENDS",
+    "add_codes",
+    "check_backend",
+    "conv2d",
+    "conv2d_codes",
+    "from_codes",
+    "matmul",
+    "matmul_codes",
+    "quantize",
+    "to_codes",
+]

@@ -13,6 +13,7 @@ import numpy as np
 from hwsim.formats import FixedPoint
 from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow, Rounding
+from hwsim.ops.backend import check_backend, on_backend
 from hwsim.ops.numpy_gemm import (
     batched_gemm_numpy,
     float_wrap_fast,
@@ -21,9 +22,10 @@ from hwsim.ops.numpy_gemm import (
     operand_codes_numpy,
 )
 from hwsim.plan.checks import check_format, is_torch
-from hwsim.plan.gemm import check_gemm_args, check_pair, sub_seed
+from hwsim.plan.gemm import check_gemm_args, check_pads, check_pair, sub_seed
 
 __all__ = [
+    "add_codes",
     "batched_gemm_numpy",
     "conv2d",
     "conv2d_codes",
@@ -49,6 +51,7 @@ def matmul(
     b_format: FixedPoint | str | None = None,
     seed: int | None = None,
     path: str = "auto",
+    backend: str | None = None,
 ):
     """``a @ b`` through a MAC array: exact products, each optionally quantized to
     ``product``, cast onto the ``accumulator`` grid and added one k at a time
@@ -72,6 +75,10 @@ def matmul(
         path: ``auto`` (float64 BLAS on the codes whenever that is provably
             exact), ``sequential`` (always the MAC loop) or ``fast`` (BLAS, or
             ValueError when it would not be exact).
+        backend: ``None`` (by array type), ``"numba"`` (tensors are copied to
+            the CPU, run on the Numba kernels, and the result copied back to
+            ``a``'s device) or ``"torch"`` (NumPy arrays run on the torch path);
+            the bits are the same either way.
 
     Returns:
         float64 values on the accumulator grid, shape (..., M, N).
@@ -92,8 +99,11 @@ def matmul(
     >>> hwsim.matmul(a, b, accumulator="fx8.2")  # wide: 1.75
     array([[1.75]])
     """
-    return _matmul(
-        a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, values=True
+    a, b, back = _to_backend(backend, a, b, "matmul")
+    return back(
+        _matmul(
+            a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, True
+        )
     )
 
 
@@ -109,11 +119,14 @@ def matmul_codes(
     b_format=None,
     seed=None,
     path="auto",
+    backend=None,
 ):
     """Like :func:`matmul` but returns ``(int64 codes, accumulator format)``."""
-    return _matmul(
-        a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, values=False
+    a, b, back = _to_backend(backend, a, b, "matmul")
+    codes, acc = _matmul(
+        a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, False
     )
+    return back(codes), acc
 
 
 def _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, values):
@@ -158,14 +171,16 @@ def conv2d(
     w_format: FixedPoint | str | None = None,
     seed: int | None = None,
     path: str = "auto",
+    backend: str | None = None,
 ):
     """2-D convolution (cross-correlation, NCHW, as ``torch.nn.functional.conv2d``)
     through the MAC array of :func:`matmul`.
 
     ``x``: (N, C, H, W), ``w``: (O, C, kh, kw). Each output sums its
     C * kh * kw products in the order (c, kh, kw), C order (im2col onto the
-    GEMM). ``stride`` and ``padding`` (zeros) are ints or (h, w) pairs; the
-    rest as :func:`matmul`. Returns float64 values (N, O, Ho, Wo).
+    GEMM). ``stride`` is an int or an (h, w) pair; ``padding`` (zeros) an
+    int, an (h, w) pair or (top, bottom, left, right); the rest as
+    :func:`matmul`. Returns float64 values (N, O, Ho, Wo).
 
     >>> import numpy as np, hwsim
     >>> x = np.ones((1, 1, 3, 3)); w = np.full((1, 1, 2, 2), 0.5)
@@ -186,6 +201,7 @@ def conv2d(
         w_format=w_format,
         seed=seed,
         path=path,
+        backend=backend,
     )
     return _codes_to_values(codes, acc)
 
@@ -204,13 +220,15 @@ def conv2d_codes(
     w_format=None,
     seed=None,
     path="auto",
+    backend=None,
 ):
     """Like :func:`conv2d` but returns ``(int64 codes, accumulator format)``."""
+    x, w, back = _to_backend(backend, x, w, "conv2d")
     acc, product, rounding, overflow, seed = check_gemm_args(
         accumulator, product, rounding, overflow, seed, path
     )
     sh, sw = check_pair(stride, "stride", 1)
-    ph, pw = check_pair(padding, "padding", 0)
+    pads = check_pads(padding)
     x_format = None if x_format is None else check_format(x_format, "x_format")
     w_format = None if w_format is None else check_format(w_format, "w_format")
     torch_in = is_torch(x) or is_torch(w)
@@ -225,9 +243,9 @@ def conv2d_codes(
         cx, fx, _ = operand_codes_numpy(x, x_format, "x", rounding, overflow, sub_seed(seed, 1))
         cw, fw, _ = operand_codes_numpy(w, w_format, "w", rounding, overflow, sub_seed(seed, 2))
     codes = conv2d_on_codes(
-        cx, fx, cw, fw, (sh, sw), (ph, ph, pw, pw), acc, product, rounding, overflow, seed, path
+        cx, fx, cw, fw, (sh, sw), pads, acc, product, rounding, overflow, seed, path
     )
-    return codes, acc
+    return back(codes), acc
 
 
 def conv2d_on_codes(cx, fx, cw, fw, stride, pads, acc, product, rounding, overflow, seed, path):
@@ -276,6 +294,41 @@ def _pad_codes(cx, pads, torch_in):
     crop = cx[:, :, max(0, -top) : h - max(0, -bottom), max(0, -left) : w - max(0, -right)]
     pos = ((0, 0), (0, 0), (max(0, top), max(0, bottom)), (max(0, left), max(0, right)))
     return np.pad(crop, pos) if any(p for pair in pos for p in pair) else crop
+
+
+def add_codes(codes, addend, fmt, overflow="saturate"):
+    """``codes + addend`` on the grid of ``fmt`` with its overflow applied: one
+    more MAC step (a layer's bias added to the accumulator after the K
+    products). Both int64, NumPy arrays or torch tensors (broadcasting).
+
+    >>> import numpy as np
+    >>> add_codes(np.array([120, -3]), np.array([10, 1]), "fx8.4").tolist()
+    [127, -2]
+    """
+    fmt = check_format(fmt)
+    overflow = Overflow.parse(overflow)
+    if is_torch(codes):
+        from hwsim.torch_path.core import apply_overflow
+
+        return apply_overflow(codes + addend.to(codes.device), fmt, overflow)
+    total = np.asarray(codes, dtype=np.int64) + np.asarray(addend, dtype=np.int64)
+    if overflow == Overflow.SATURATE:
+        return np.clip(total, fmt.min_code, fmt.max_code)
+    return ((total - fmt.min_code) & ((1 << fmt.wl) - 1)) + fmt.min_code
+
+
+def _to_backend(backend, x, y, what):
+    """(x, y) on ``backend`` and the function that brings a result back."""
+    if check_backend(backend) is None or (backend == "torch") == is_torch(x):
+        return x, y, _same
+    if is_torch(x) != is_torch(y):
+        raise ValueError(f"{what} takes two NumPy arrays or two torch tensors, not a mix")
+    (x, y), back = on_backend(backend, x, y)
+    return x, y, back
+
+
+def _same(result):
+    return result
 
 
 def _codes_to_values(codes, acc: FixedPoint):

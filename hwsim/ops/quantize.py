@@ -8,6 +8,7 @@ import numpy as np
 from hwsim.formats import FixedPoint
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
+from hwsim.ops.backend import check_backend, on_backend, small_work
 from hwsim.plan.checks import (
     check_format,
     check_noise_numpy,
@@ -19,7 +20,17 @@ from hwsim.plan.checks import (
 )
 
 
-def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, noise=None, out=None):
+def quantize(
+    x,
+    fmt,
+    rounding="nearest",
+    overflow="saturate",
+    *,
+    seed=None,
+    noise=None,
+    out=None,
+    backend=None,
+):
     """Round ``x`` onto the grid of ``fmt`` and apply its overflow mode.
 
     Args:
@@ -40,6 +51,10 @@ def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
             result exactly determined.
         out: NumPy only: a preallocated C-contiguous array of ``x``'s shape and
             dtype (float32/float64) to write into, as memory-bound loops want.
+        backend: ``None`` (by array type), ``"numba"`` (a tensor is copied to
+            the CPU, quantized by the kernels and copied back to its device)
+            or ``"torch"`` (a NumPy array runs on the torch path). Equal seeds
+            or noise give equal bits on both.
 
     Returns:
         The same kind of array, shape and dtype (integers become float64; a
@@ -59,6 +74,11 @@ def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
     """
     fmt = check_format(fmt)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    if _crosses(backend, x):
+        if out is not None:
+            raise ValueError("out is only taken by NumPy input on its own (numba) backend")
+        result = _on_other_backend(quantize, backend, x, fmt, rounding, overflow, seed, noise)
+        return result.to(x.dtype) if is_torch(x) else _as_input_kind(result, x)
     if is_torch(x):
         from hwsim.torch_path.quantize import quantize_torch
 
@@ -85,11 +105,15 @@ def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
     return float(result) if scalar else result
 
 
-def to_codes(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, noise=None):
+def to_codes(
+    x, fmt, rounding="nearest", overflow="saturate", *, seed=None, noise=None, backend=None
+):
     """Integer codes (int64) of ``x`` in ``fmt``: ``quantize(x) == codes * fmt.lsb``
     exactly, for every word length up to 62. Same arguments as :func:`quantize`."""
     fmt = check_format(fmt)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    if _crosses(backend, x):
+        return _on_other_backend(to_codes, backend, x, fmt, rounding, overflow, seed, noise)
     if is_torch(x):
         from hwsim.torch_path.quantize import quantize_torch
 
@@ -129,6 +153,22 @@ def from_codes(codes, fmt):
     with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
         codes_to_values(flat, out, fmt.lsb)
     return out.reshape(arr.shape)
+
+
+def _crosses(backend, x) -> bool:
+    """True when ``backend`` is not the one ``x``'s array type runs on."""
+    return check_backend(backend) is not None and (backend == "torch") != is_torch(x)
+
+
+def _on_other_backend(op, backend, x, fmt, rounding, overflow, seed, noise):
+    (xb, noise_b), back = on_backend(backend, x, noise)
+    with small_work(backend, x):
+        return back(op(xb, fmt, rounding, overflow, seed=seed, noise=noise_b))
+
+
+def _as_input_kind(result: np.ndarray, x):
+    """A NumPy result for NumPy input; a Python float for a Python number."""
+    return float(result) if np.isscalar(x) else result
 
 
 def _range_message(count: int, fmt: FixedPoint) -> str:

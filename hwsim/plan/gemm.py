@@ -236,3 +236,18 @@ def check_pair(value, name, minimum):
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in pair):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def check_pads(padding) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) zero padding from an int, an (h, w) pair or
+    a 4-tuple of ints >= 0."""
+    if isinstance(padding, (int, np.integer)) or len(tuple(padding)) == 2:
+        ph, pw = check_pair(padding, "padding", 0)
+        return ph, ph, pw, pw
+    pads = tuple(padding)
+    if len(pads) != 4 or not all(isinstance(v, (int, np.integer)) and v >= 0 for v in pads):
+        raise ValueError(
+            "padding must be an int >= 0, an (h, w) pair or (top, bottom, left, right) of "
+            f"them, got {padding!r}"
+        )
+    return tuple(int(v) for v in pads)
