@@ -1,11 +1,12 @@
 """Autograd functions: a two-format quantizer and the bit-true MAC-array GEMMs
 of a linear and a conv layer, forward and backward.
 
-Every GEMM with an accumulator format runs through ``hwsim.ops.matmul``'s
-datapath on the operands' exact codes, on the chosen backend: ``"numba"``
-(NumPy kernels, CPU; tensors are moved to the CPU and back) or ``"torch"``
-(the torch path, on the tensors' device). Without an accumulator the GEMM is
-the float torch op.
+Every GEMM with an accumulator format runs through the public datapath
+functions (``hwsim.ops.matmul_codes`` / ``conv2d_codes``, quantizers
+``hwsim.ops.quantize`` / ``to_codes``) on the operands' exact codes, on the
+chosen backend: ``"numba"`` (NumPy kernels, CPU; tensors are moved to the CPU
+and back) or ``"torch"`` (the torch path, on the tensors' device). Without an
+accumulator the GEMM is the float torch op.
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ import torch.nn.functional as F
 
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops.matmul import (
-    batched_gemm_numpy,
-    conv2d_on_codes,
-    grid_codes_numpy,
-    threads_for,
+from hwsim.ops import (
+    BACKENDS,
+    add_codes,
+    conv2d_codes,
+    from_codes,
+    matmul_codes,
+    quantize,
+    to_codes,
 )
-from hwsim.ops.quantize import quantize, to_codes
-from hwsim.torch_path import gemm as tg
-from hwsim.torch_path.core import apply_overflow, code_to_value
-
-BACKENDS = ("torch", "numba")
 
 
 def check_backend(backend: str) -> str:
+    """A layer's backend: ``"torch"`` or ``"numba"`` (no default by array type:
+    a layer's tensors are always torch tensors)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
@@ -47,11 +48,7 @@ def quantize_tensor(
     """``hwsim.quantize`` of a tensor on the chosen backend (same dtype and device)."""
     if fmt is None:
         return x
-    if backend == "numba":
-        with threads_for(x.numel()):
-            out = quantize(x.detach().cpu().numpy(), fmt, rounding, overflow, seed=seed)
-        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
-    return quantize(x.detach(), fmt, rounding, overflow, seed=seed)
+    return quantize(x.detach(), fmt, rounding, overflow, seed=seed, backend=backend)
 
 
 class QuantizeFunction(torch.autograd.Function):
@@ -103,31 +100,31 @@ class GemmConfig:
     backend: str
 
 
-def grid_codes(t: torch.Tensor, name: str, backend: str) -> tuple[torch.Tensor, int]:
-    """(int64 codes, fl) of a tensor on a grid: the Numba scan (codes on the
-    CPU) for the numba backend, torch ops on the tensor's device otherwise."""
-    if backend == "numba":
-        codes, fl = grid_codes_numpy(t.detach().cpu().numpy(), name)
-        return torch.from_numpy(codes), fl
-    return tg.grid_codes(t, name)
+def gemm_codes(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
+    """Int64 accumulator codes of a @ b through the MAC array, on a's device."""
+    codes, _ = matmul_codes(
+        a.detach(),
+        b.detach(),
+        accumulator=cfg.accumulator,
+        product=cfg.product,
+        rounding=cfg.rounding,
+        overflow=cfg.overflow,
+        seed=cfg.seed,
+        backend=cfg.backend,
+    )
+    return codes
 
 
-def _run_gemm(ca, fa, cb, fb, cfg: GemmConfig) -> torch.Tensor:
-    """MAC-array GEMM of int64 code tensors on cfg.backend; int64 codes on ca's device."""
-    args = (cfg.accumulator, cfg.product, cfg.rounding, cfg.overflow, cfg.seed, "auto")
-    if cfg.backend == "numba":
-        out = batched_gemm_numpy(ca.cpu().numpy(), fa, cb.cpu().numpy(), fb, *args)
-        return torch.from_numpy(out).to(ca.device)
-    return tg.batched_gemm(ca, fa, cb, fb, *args)
+def values(codes: torch.Tensor, cfg: GemmConfig, like: torch.Tensor) -> torch.Tensor:
+    """The accumulator codes' values in ``like``'s dtype and on its device."""
+    return from_codes(codes, cfg.accumulator).to(device=like.device, dtype=like.dtype)
 
 
 def gemm(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
     """a @ b through the MAC array (or in float), in a's dtype."""
     if cfg.accumulator is None:
         return a @ b
-    ca, fa = grid_codes(a, "a", cfg.backend)
-    cb, fb = grid_codes(b, "b", cfg.backend)
-    return code_to_value(_run_gemm(ca, fa, cb, fb, cfg), cfg.accumulator, a.dtype).to(a.device)
+    return values(gemm_codes(a, b, cfg), cfg, a)
 
 
 def _add_bias_codes(codes, bias, cfg: GemmConfig, shape) -> torch.Tensor:
@@ -135,9 +132,7 @@ def _add_bias_codes(codes, bias, cfg: GemmConfig, shape) -> torch.Tensor:
     added with the accumulator's overflow, after the K products."""
     seed = None if cfg.seed is None else (cfg.seed + 7) & ((1 << 64) - 1)
     b_codes = to_codes(bias.detach(), cfg.accumulator, cfg.rounding, cfg.overflow, seed=seed)
-    return apply_overflow(
-        codes + b_codes.reshape(shape).to(codes.device), cfg.accumulator, cfg.overflow
-    )
+    return add_codes(codes, b_codes.reshape(shape), cfg.accumulator, cfg.overflow)
 
 
 class MACLinearFunction(torch.autograd.Function):
@@ -151,12 +146,10 @@ class MACLinearFunction(torch.autograd.Function):
         if forward.accumulator is None:
             y = F.linear(x2, w, b)
         else:
-            cx, fx = grid_codes(x2, "the layer input", forward.backend)
-            cw, fw = grid_codes(w.t(), "the weight", forward.backend)
-            codes = _run_gemm(cx, fx, cw, fw, forward)
+            codes = gemm_codes(x2, w.t(), forward)
             if b is not None:
                 codes = _add_bias_codes(codes, b, forward, (1, -1))
-            y = code_to_value(codes, forward.accumulator, x.dtype).to(x.device)
+            y = values(codes, forward, x)
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     @staticmethod
@@ -176,12 +169,21 @@ class MACLinearFunction(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
-def _conv_codes(cx, fx, cw, fw, stride, pads, cfg: GemmConfig) -> torch.Tensor:
-    args = (cfg.accumulator, cfg.product, cfg.rounding, cfg.overflow, cfg.seed, "auto")
-    if cfg.backend == "numba":
-        out = conv2d_on_codes(cx.cpu().numpy(), fx, cw.cpu().numpy(), fw, stride, pads, *args)
-        return torch.from_numpy(out).to(cx.device)
-    return conv2d_on_codes(cx, fx, cw, fw, stride, pads, *args)
+def _conv_codes(x, w, stride, pads, cfg: GemmConfig) -> torch.Tensor:
+    """Int64 accumulator codes of the convolution, on x's device."""
+    codes, _ = conv2d_codes(
+        x.detach(),
+        w.detach(),
+        stride=stride,
+        padding=pads,
+        accumulator=cfg.accumulator,
+        product=cfg.product,
+        rounding=cfg.rounding,
+        overflow=cfg.overflow,
+        seed=cfg.seed,
+        backend=cfg.backend,
+    )
+    return codes
 
 
 class MACConv2dFunction(torch.autograd.Function):
@@ -209,13 +211,10 @@ class MACConv2dFunction(torch.autograd.Function):
         ctx.configs = (stride, padding, grad_input, grad_weight, b is not None)
         if forward.accumulator is None:
             return F.conv2d(x, w, b, stride, padding)
-        cx, fx = grid_codes(x, "the layer input", forward.backend)
-        cw, fw = grid_codes(w, "the weight", forward.backend)
-        ph, pw = padding
-        codes = _conv_codes(cx, fx, cw, fw, stride, (ph, ph, pw, pw), forward)
+        codes = _conv_codes(x, w, stride, padding, forward)
         if b is not None:
             codes = _add_bias_codes(codes, b, forward, (1, -1, 1, 1))
-        return code_to_value(codes, forward.accumulator, x.dtype).to(x.device)
+        return values(codes, forward, x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -241,19 +240,20 @@ def _conv_grad_input(x_shape, w, grad, stride, padding, cfg: GemmConfig):
     _, c, kh, kw = w.shape
     sh, sw = stride
     ph, pw = padding
-    cg, fg = grid_codes(grad, "the output gradient", cfg.backend)
-    cw, fw = grid_codes(w, "the weight", cfg.backend)
-    dilated = torch.zeros(
-        (n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dtype=torch.int64, device=cg.device
-    )
-    dilated[:, :, ::sh, ::sw] = cg
-    flipped = cw.flip(2, 3).transpose(0, 1).contiguous()  # (C, O, kh, kw)
+    g = grad.detach()
+    dilated = g.new_zeros((n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1))
+    dilated[:, :, ::sh, ::sw] = g  # exact: values are copied, zeros add nothing
+    flipped = w.detach().flip(2, 3).transpose(0, 1).contiguous()  # (C, O, kh, kw)
     h, wd = x_shape[2], x_shape[3]
     extra_h = h - ((ho - 1) * sh + kh - 2 * ph)
     extra_w = wd - ((wo - 1) * sw + kw - 2 * pw)
-    pads = (kh - 1 - ph, kh - 1 - ph + extra_h, kw - 1 - pw, kw - 1 - pw + extra_w)
-    codes = _conv_codes(dilated, fg, flipped, fw, (1, 1), pads, cfg)
-    return code_to_value(codes, cfg.accumulator, grad.dtype).to(grad.device)
+    pads = [kh - 1 - ph, kh - 1 - ph + extra_h, kw - 1 - pw, kw - 1 - pw + extra_w]
+    # a negative pad crops (padding wider than the kernel): crop, then pad the rest
+    top, bottom, left, right = (max(0, -p) for p in pads)
+    hd, wdd = dilated.shape[2], dilated.shape[3]
+    dilated = dilated[:, :, top : hd - bottom, left : wdd - right]
+    codes = _conv_codes(dilated, flipped, (1, 1), tuple(max(0, p) for p in pads), cfg)
+    return values(codes, cfg, grad)
 
 
 def _conv_grad_weight(x, w_shape, grad, stride, padding, cfg: GemmConfig):
@@ -263,11 +263,9 @@ def _conv_grad_weight(x, w_shape, grad, stride, padding, cfg: GemmConfig):
     _, c, kh, kw = w_shape
     sh, sw = stride
     ph, pw = padding
-    cx, fx = grid_codes(x, "the layer input", cfg.backend)
-    cg, fg = grid_codes(grad, "the output gradient", cfg.backend)
-    xp = F.pad(cx, (pw, pw, ph, ph))
+    xp = F.pad(x.detach(), (pw, pw, ph, ph))
     cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)[:, :, :ho, :wo]  # (N, C, Ho, Wo, kh, kw)
     cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-    gm = cg.permute(1, 0, 2, 3).reshape(o, n * ho * wo)
-    codes = _run_gemm(gm.contiguous(), fg, cols.contiguous(), fx, cfg)
-    return code_to_value(codes, cfg.accumulator, grad.dtype).reshape(w_shape).to(grad.device)
+    gm = grad.detach().permute(1, 0, 2, 3).reshape(o, n * ho * wo)
+    codes = gemm_codes(gm.contiguous(), cols.contiguous(), cfg)
+    return values(codes, cfg, grad).reshape(w_shape)
