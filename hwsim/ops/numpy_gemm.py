@@ -15,8 +15,10 @@ from hwsim.modes import Overflow
 from hwsim.plan.checks import raise_non_finite_numpy
 from hwsim.plan.gemm import (
     INT64_LIMIT,
+    blas_code_sums,
     broadcast_operands,
     check_grid_span,
+    fast_chunk,
     narrow_ok,
     plan_gemm,
     seed_bits,
@@ -164,20 +166,15 @@ def float_wrap_fast(a, b, acc, product, path, values):
     b3 = np.broadcast_to(fb_arr, batch + (k, n)).reshape(bt, k, n)
     scale = 2.0 ** (fa + fb)  # sums * scale: the integer sums of code products
     shift = plan.left_shift
-    if plan.wrap_chunk >= k:
-        sums = np.matmul(a3, b3)  # |sum| < 2^53 2^-(fa + fb), exact
+    sums, chunked = blas_code_sums(a3, b3, plan.wrap_chunk, scale)
+    if chunked:
+        scaled, shifted = False, True  # int64 sums, exact modulo 2^64
+    else:  # |sum| < 2^53 2^-(fa + fb), exact
         if shift <= 9:  # |sum| 2^shift < 2^62: fold the shift into the exact scaling
             scale, shift, shifted = scale * 2.0**shift, 0, False
         else:
             shifted = True
         scaled = True
-    else:
-        sums = np.zeros((bt, m, n), dtype=np.int64)
-        step = plan.wrap_chunk
-        for k0 in range(0, k, step):
-            part = np.matmul(a3[:, :, k0 : k0 + step], b3[:, k0 : k0 + step, :])
-            sums += (part * scale).astype(np.int64)
-        scaled, shifted = False, True  # int64 sums, exact modulo 2^64
     out = np.empty((bt, m, n), dtype=np.float64 if values else np.int64)
     run = kg.reduce_float_sums_kernel(int(Overflow.WRAP), scaled, shifted, values)
     with threads_for(out.size):
@@ -219,15 +216,7 @@ def _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, st
     out = np.empty((a3.shape[0], m, n), dtype=np.int64)
     if use_fast_path(plan, path, k, overflow, lambda: _tight_bound_numpy(a3, b3)):
         fa3, fb3 = a3.astype(np.float64), b3.astype(np.float64)
-        step = plan.wrap_chunk if overflow == Overflow.WRAP else max(k, 1)
-        if step >= k:
-            sums = np.matmul(fa3, fb3)  # integral float64, exact
-        else:
-            sums = np.zeros(out.shape, dtype=np.int64)
-            for k0 in range(0, k, step):
-                sums += np.matmul(fa3[:, :, k0 : k0 + step], fb3[:, k0 : k0 + step, :]).astype(
-                    np.int64
-                )
+        sums, _ = blas_code_sums(fa3, fb3, fast_chunk(plan, overflow, k))
         kg.reduce_codes_kernel(int(overflow))(
             sums.reshape(-1), out.reshape(-1), plan.left_shift, acc.min_code, acc.max_code
         )

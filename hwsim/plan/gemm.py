@@ -13,7 +13,7 @@ import numpy as np
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import check_format, fresh_seed, seed64
+from hwsim.plan.checks import check_format, fresh_seed, is_torch, seed64
 
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # no grid change, exact left shift, rounding
 PATHS = ("auto", "sequential", "fast")
@@ -251,3 +251,35 @@ def check_pads(padding) -> tuple[int, int, int, int]:
             f"them, got {padding!r}"
         )
     return tuple(int(v) for v in pads)
+
+
+def fast_chunk(plan: GemmPlan, overflow: Overflow, k: int) -> int:
+    """The K-chunk of the BLAS fast path: wrap sums chunks whose sums stay below
+    2^53 (then modulo 2^64); a saturating fast path is exact in one piece."""
+    return plan.wrap_chunk if overflow == Overflow.WRAP else max(k, 1)
+
+
+def blas_code_sums(a, b, chunk: int, scale: float = 1.0):
+    """The one "float64 BLAS on codes" step, for NumPy arrays and torch tensors
+    alike: ``sum_k a_ik b_kj`` of float64 operands (..., M, K) @ (..., K, N)
+    whose products are integers divided by ``scale``.
+
+    Returns ``(sums, chunked)``: with ``chunk >= K`` the float64 product itself
+    (exact: the plan proved every partial sum below 2^53; the caller scales
+    it), else the int64 sum over K-chunks of ``chunk_sum * scale``, each exact,
+    added modulo 2^64 (what wrap needs)."""
+    k = a.shape[-1]
+    if chunk >= k:
+        return a @ b, False
+    sums = None
+    for k0 in range(0, k, chunk):
+        part = (a[..., k0 : k0 + chunk] @ b[..., k0 : k0 + chunk, :]) * scale
+        part = part.to(_torch_int64()) if is_torch(part) else part.astype(np.int64)
+        sums = part if sums is None else sums + part
+    return sums, True
+
+
+def _torch_int64():
+    import torch
+
+    return torch.int64

@@ -10,6 +10,7 @@ import torch
 
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
+from hwsim.plan.checks import kernel_constants
 
 TWO62 = 4611686018427387904.0
 TINY = 5e-324
@@ -138,10 +139,11 @@ def value_to_code(
 def _scaled(x: torch.Tensor, fmt: FixedPoint, overflow: Overflow) -> torch.Tensor:
     """x * 2^fl in a new float64 tensor, wrap-reduced and underflow-guarded like
     ``hwsim.kernels.scalar.value_to_code``."""
+    c = kernel_constants(fmt)
     x = x.to(torch.float64)
     if overflow == Overflow.WRAP:
-        x = wrap_reduce(x, 2.0 ** (fmt.wl - fmt.fl))
-    s = x * (2.0**fmt.fl)
+        x = wrap_reduce(x, c.wrap_modulus)
+    s = x * c.scale
     if fmt.fl < 0:
         s = torch.where((s == 0) & (x != 0), torch.copysign(torch.full_like(s, TINY), x), s)
     return s

@@ -16,8 +16,10 @@ from hwsim.plan.checks import raise_non_finite_torch
 from hwsim.plan.gemm import (
     STAGE_LEFT,
     STAGE_ROUND,
+    blas_code_sums,
     broadcast_operands,
     check_grid_span,
+    fast_chunk,
     plan_gemm,
     squeeze_result,
     use_fast_path,
@@ -93,13 +95,9 @@ def batched_gemm(
         return float(torch.matmul(a3.abs().to(torch.float64), b3.abs().to(torch.float64)).max())
 
     if use_fast_path(plan, path, k, overflow, tight_bound):
-        out = torch.zeros((a3.shape[0], m, n), dtype=torch.int64, device=a3.device)
         fa3, fb3 = a3.to(torch.float64), b3.to(torch.float64)
-        step = plan.wrap_chunk if overflow == Overflow.WRAP else max(k, 1)
-        for k0 in range(0, k, step):
-            out += torch.matmul(fa3[:, :, k0 : k0 + step], fb3[:, k0 : k0 + step, :]).to(
-                torch.int64
-            )
+        out, _ = blas_code_sums(fa3, fb3, fast_chunk(plan, overflow, k))
+        out = out.to(torch.int64)  # exact integers (chunked sums are int64 already)
         out = apply_overflow(out << plan.left_shift, acc, overflow)
     else:
         out = _sequential(a3, b3, plan, rounding, overflow, seed)
