@@ -346,3 +346,15 @@ def test_backend_argument_errors_and_bfloat16():
     b = torch.tensor([0.3, -1.2], dtype=torch.bfloat16)
     got = hwsim.quantize(b, "fx8.4", backend="numba")
     assert got.dtype == torch.bfloat16 and torch.equal(got, hwsim.quantize(b, "fx8.4"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["hwsim", "hwsim.plan.checks", "hwsim.plan.lms", "hwsim.ops.quantize", "hwsim.ops.matmul"],
+)
+def test_datapath_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
