@@ -28,6 +28,7 @@ import functools
 
 import numpy as np
 
+from hwsim.kernels import gemm_mac
 from hwsim.kernels.jit import kernel, parallel_kernel, prange
 from hwsim.kernels.scalar import (
     SATURATE,
@@ -43,9 +44,47 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
     """kernel(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed) -> None
 
     A: (Bt, M, K), B: (Bt, K, N), out: (Bt, M, N), all int64 and C-contiguous.
-    Ten (rounding, overflow) pairs times product or not: 20 specializations
-    (each costs a compile on a cold cache); the shift direction is a
-    loop-invariant runtime branch inside ``shift_round_code``."""
+    A dispatcher: from the operands' code ranges it picks a specialised
+    ``hwsim.kernels.gemm_mac.mac_kernel`` (int32 lanes where they are proven
+    to suffice, shift directions and skipped overflow checks as compile-time
+    constants) and falls back to ``generic_gemm_kernel`` where none is proven
+    exact. Both compute the same codes."""
+
+    def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed):
+        key = None
+        if A.size and B.size:
+            _, a_lo, a_hi = code_stats(A.reshape(-1))
+            _, b_lo, b_hi = code_stats(B.reshape(-1))
+            key = gemm_mac.choose(
+                (int(a_lo), int(a_hi)),
+                (int(b_lo), int(b_hi)),
+                A.shape[2],
+                has_product,
+                rounding,
+                overflow,
+                (int(p_shift), int(c_shift)),
+                (int(p_min), int(p_max), int(c_min), int(c_max)),
+            )
+        if key is None:
+            generic_gemm_kernel(rounding, overflow, has_product)(
+                A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed
+            )
+            return
+        if key[0]:  # int32 lanes
+            A, B = A.astype(np.int32), B.astype(np.int32)
+        gemm_mac.mac_kernel(*key)(
+            A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, np.uint64(seed)
+        )
+
+    return run
+
+
+@functools.cache
+def generic_gemm_kernel(rounding: int, overflow: int, has_product: bool):
+    """The generic body of ``sequential_gemm_kernel``, for the calls no
+    specialised variant covers (stochastic shifts past 53 bits, rounding
+    offsets that would leave int64): the shift direction is a loop-invariant
+    runtime branch inside ``shift_round_code``, all arithmetic int64."""
     stochastic = rounding == STOCHASTIC
 
     @parallel_kernel
