@@ -5,9 +5,11 @@ Same semantics as the generic kernel in ``hwsim.kernels.gemm`` (DESIGN.md,
 compile-time constant, so the inner loop over output columns is one straight
 line of SIMD integer operations:
 
-- ``lane``: int32 or int64 arithmetic (int32 doubles the SIMD width; the
-  dispatcher picks it only when interval arithmetic on the operands' code
-  ranges proves no intermediate leaves int32);
+- ``lane_bits``: int16, int32 or int64 arithmetic (each halving doubles the
+  SIMD width; the dispatcher picks the narrowest lane for which interval
+  arithmetic on the operands' code ranges proves no intermediate leaves it;
+  int16 lanes accumulate with the saturating lane add, then clamp to the
+  format's range, which is exact when that range lies within int16);
 - the rounding mode and, per stage (product, accumulator cast), the shift
   direction: right shifts round branch-free (below), left shifts are exact;
 - whether a stage's overflow can trigger at all (``*_check``) and whether the
@@ -33,7 +35,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba.core import types
+from llvmlite import ir as llvm_ir
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from hwsim.kernels.jit import kernel, parallel_kernel, prange
@@ -47,6 +50,8 @@ from hwsim.kernels.scalar import (
 )
 
 STAGE_NONE, STAGE_LEFT, STAGE_RIGHT = 0, 1, 2
+LANES = {16: np.int16, 32: np.int32, 64: np.int64}  # tried in this order
+ACC_LANE_SATURATES = 2  # acc_check: the accumulator's range is the int16 lane's own
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -78,24 +83,42 @@ ashr = _shift_intrinsic("ashr")
 shl = _shift_intrinsic("shl")
 
 
+@intrinsic
+def sat_add(typingctx, x, y):
+    """x + y clamped to the range of x's type (``llvm.sadd.sat``: one SIMD
+    instruction on int16 lanes); x and y of the same integer type."""
+    if not isinstance(x, types.Integer) or x != y:
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = cgutils.get_or_insert_function(
+            builder.module, llvm_ir.FunctionType(ty, [ty, ty]), f"llvm.sadd.sat.i{ty.width}"
+        )
+        return builder.call(fn, args)
+
+    return x(x, y), codegen
+
+
 @functools.cache
 def mac_kernel(
-    lane32: bool,
+    lane_bits: int,
     rounding: int,
     overflow: int,
     p_stage: int,
     p_check: bool,
     c_stage: int,
     c_check: bool,
-    acc_check: bool,
+    acc_check: int,
 ):
     """kernel(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed) -> None.
 
     A (Bt, M, K) and B (Bt, K, N) in the lane type (int32 or int64), out
     (Bt, M, N) int64. Shifts as in the generic kernel (> 0 right, rounding;
     <= 0 left), but their signs must match ``p_stage``/``c_stage``."""
-    lane = np.int32 if lane32 else np.int64
-    round_right = _rounder(lane32, rounding)
+    lane = LANES[lane_bits]
+    round_right = _rounder(lane_bits, rounding)
+    full_lane = acc_check == ACC_LANE_SATURATES
     saturate = overflow == SATURATE
 
     @parallel_kernel
@@ -146,7 +169,11 @@ def mac_kernel(
                     if saturate:
                         if c_check:
                             t = min(max(t, c_lo), c_hi)
-                        if acc_check:
+                        if lane_bits == 16 and acc_check:
+                            # the lane's own saturating add, then the format's range
+                            s = sat_add(acc[j], lane(t))
+                            acc[j] = s if full_lane else min(max(s, c_lo), c_hi)
+                        elif acc_check:
                             acc[j] = min(max(lane(acc[j] + t), c_lo), c_hi)
                         else:
                             acc[j] = lane(acc[j] + t)
@@ -164,12 +191,12 @@ def mac_kernel(
 
 
 @functools.cache
-def _rounder(lane32: bool, rounding: int):
+def _rounder(lane_bits: int, rounding: int):
     """round_right(t, s, half, mask, z, drop): t / 2^s rounded (s >= 1) in the
     lane type, branch-free; ``z`` the counter input of ``counter_uniform``
     (stochastic only) and ``drop`` = 64 - s."""
-    lane = np.int32 if lane32 else np.int64
-    top = lane(31 if lane32 else 63)  # t >> top: -1 for t < 0, else 0
+    lane = LANES[lane_bits]
+    top = lane(lane_bits - 1)  # t >> top: -1 for t < 0, else 0
     one, zero = lane(1), lane(0)
 
     @kernel(inline="always")
@@ -184,7 +211,10 @@ def _rounder(lane32: bool, rounding: int):
             return ashr(lane(t + (ashr(t, top) & mask)), s)
         z = (z ^ (z >> _U30)) * _MIX1
         z = (z ^ (z >> _U27)) * _MIX2
-        z = z ^ (z >> _U31)
+        if lane_bits == 64:
+            # SplitMix64's last step; below 64-bit lanes s <= 30, and the top
+            # s bits of z ^ (z >> 31) are those of z, the only ones read
+            z = z ^ (z >> _U31)
         up = np.int64(z >> drop) < np.int64(t & mask)
         return lane(ashr(t, s) + (one if up else zero))
 
@@ -193,7 +223,6 @@ def _rounder(lane32: bool, rounding: int):
 
 # -- choosing a variant: interval arithmetic on the operands' code ranges -----------
 
-INT32_MAX, INT64_MAX = (1 << 31) - 1, (1 << 63) - 1
 MAX_STOCHASTIC_SHIFT = 53  # the integer comparison above equals u < rem / 2^s up to here
 
 
@@ -224,7 +253,8 @@ def choose(a_range, b_range, depth, has_product, rounding, overflow, shifts, bou
     p_min, p_max, c_min, c_max = bounds
     saturate = overflow == SATURATE
     corners = [x * y for x in a_range for y in b_range]
-    for lane32, limit in ((True, INT32_MAX), (False, INT64_MAX)):
+    for lane_bits in LANES:
+        limit = (1 << (lane_bits - 1)) - 1
         lo, hi = min(corners), max(corners)
         fits = max(-lo, hi) <= limit
         p_stage, p_check = STAGE_NONE, False
@@ -235,10 +265,15 @@ def choose(a_range, b_range, depth, has_product, rounding, overflow, shifts, bou
         fits = fits and ok
         if saturate:
             # the running sum stays within [depth lo, depth hi] (and 0)
-            acc_check = min(0, depth * lo) < c_min or max(0, depth * hi) > c_max
-            fits = fits and max(-c_min, c_max) * 2 <= limit + 1
+            acc_check = int(min(0, depth * lo) < c_min or max(0, depth * hi) > c_max)
+            if lane_bits == 16:  # a saturating lane add: the range must fit the lane
+                fits = fits and max(-c_min, c_max) <= limit + 1 and c_max <= limit
+                if acc_check and (c_min, c_max) == (-limit - 1, limit):
+                    acc_check = ACC_LANE_SATURATES
+            else:  # acc + t must not leave the lane
+                fits = fits and max(-c_min, c_max) * 2 <= limit + 1
         else:
-            c_check, acc_check = False, False  # wrapped once, at the end
+            c_check, acc_check = False, 0  # wrapped once, at the end
             fits = fits and c_max - c_min <= 2 * limit + 1 and max(-lo, hi) <= limit
         shifts_right = [
             s for s, st in ((p_shift, p_stage), (c_shift, c_stage)) if st == STAGE_RIGHT
@@ -248,5 +283,5 @@ def choose(a_range, b_range, depth, has_product, rounding, overflow, shifts, bou
         if not shifts_right:
             rounding = FLOOR  # no stage rounds: one variant for every mode
         if fits:
-            return (lane32, rounding, overflow, p_stage, p_check, c_stage, c_check, acc_check)
+            return (lane_bits, rounding, overflow, p_stage, p_check, c_stage, c_check, acc_check)
     return None
