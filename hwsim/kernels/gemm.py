@@ -15,7 +15,10 @@ exact left shift (a multiple of 2^64 off under wrap, which is exact modulo
 The sequential kernel loops i, then k, then j over a row of accumulators (the
 output row itself), so the innermost loop is a SIMD integer multiply, add and
 min/max across output columns (DESIGN.md, "Performance approach"). Modes are
-compile-time closure constants, as in ``hwsim.kernels.quantize``.
+compile-time closure constants, as in ``hwsim.kernels.quantize``; the bodies
+specialised further (lane width, shift directions, skipped overflow checks)
+live in ``hwsim.kernels.gemm_mac``, and ``sequential_gemm_kernel`` picks one
+per call.
 
 Stochastic rounding draws ``counter_uniform(seed, (2 k + stage) E + e)``, with
 ``e`` the flat output index, ``E`` the number of outputs and stage 0 for the
