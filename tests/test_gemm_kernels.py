@@ -158,6 +158,25 @@ def test_lane_choice_follows_the_bounds():
     acc24 = FixedPoint(24, 8)
     wide = (False, NEAREST, SATURATE, (0, 4), (0, 0, acc24.min_code, acc24.max_code))
     assert gemm_mac.choose(fx86, fx86, 512, *wide)[0] == 32
+    # a wide accumulator the bounds prove never saturates: narrow lanes, no checks
+    acc32 = FixedPoint(32, 20)
+    wide32 = (False, NEAREST, SATURATE, (0, 4), (0, 0, acc32.min_code, acc32.max_code))
+    assert gemm_mac.choose((-12335, 13341), (-1396, 1616), 64, *wide32) == (
+        32,
+        NEAREST,
+        SATURATE,
+        gemm_mac.STAGE_NONE,
+        False,
+        gemm_mac.STAGE_RIGHT,
+        False,
+        0,
+    )
+    # ... but a clamp onto a range past the lane keeps the wide lane: an
+    # unsigned 32-bit accumulator clamps negative terms at 0 and 2^32 - 1
+    uacc = FixedPoint(32, 0, False)
+    unsigned = (False, NEAREST, SATURATE, (0, 0), (0, 0, uacc.min_code, uacc.max_code))
+    key = gemm_mac.choose(fx86, fx86, 4, *unsigned)
+    assert key[0] == 64 and key[-2] is True
     # products past 2^31: int64 lanes
     big = (-(2**20), 2**20)
     assert gemm_mac.choose(big, big, 8, *args)[0] == 64

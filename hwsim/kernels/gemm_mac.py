@@ -266,11 +266,13 @@ def choose(a_range, b_range, depth, has_product, rounding, overflow, shifts, bou
         if saturate:
             # the running sum stays within [depth lo, depth hi] (and 0)
             acc_check = int(min(0, depth * lo) < c_min or max(0, depth * hi) > c_max)
-            if lane_bits == 16:  # a saturating lane add: the range must fit the lane
-                fits = fits and max(-c_min, c_max) <= limit + 1 and c_max <= limit
-                if acc_check and (c_min, c_max) == (-limit - 1, limit):
+            if not acc_check:  # every partial sum lies in [depth lo, depth hi]: a
+                fits = fits and max(-depth * lo, depth * hi) <= limit  # wide format may
+            elif lane_bits == 16:  # use narrow lanes; a saturating lane add needs the
+                fits = fits and -c_min <= limit + 1 and c_max <= limit  # range in the lane
+                if (c_min, c_max) == (-limit - 1, limit):
                     acc_check = ACC_LANE_SATURATES
-            else:  # acc + t must not leave the lane
+            else:  # acc + t, both within the format, must not leave the lane
                 fits = fits and max(-c_min, c_max) * 2 <= limit + 1
         else:
             c_check, acc_check = False, 0  # wrapped once, at the end
