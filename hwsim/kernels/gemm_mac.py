@@ -113,7 +113,7 @@ def mac_kernel(
 ):
     """kernel(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed) -> None.
 
-    A (Bt, M, K) and B (Bt, K, N) in the lane type (int32 or int64), out
+    A (Bt, M, K) and B (Bt, K, N) in the lane type (int16, int32 or int64), out
     (Bt, M, N) int64. Shifts as in the generic kernel (> 0 right, rounding;
     <= 0 left), but their signs must match ``p_stage``/``c_stage``."""
     lane = LANES[lane_bits]
