@@ -15,7 +15,10 @@ exact left shift (a multiple of 2^64 off under wrap, which is exact modulo
 The sequential kernel loops i, then k, then j over a row of accumulators (the
 output row itself), so the innermost loop is a SIMD integer multiply, add and
 min/max across output columns (DESIGN.md, "Performance approach"). Modes are
-compile-time closure constants, as in ``hwsim.kernels.quantize``.
+compile-time closure constants, as in ``hwsim.kernels.quantize``; the bodies
+specialised further (lane width, shift directions, skipped overflow checks)
+live in ``hwsim.kernels.gemm_mac``, and ``sequential_gemm_kernel`` picks one
+per call.
 
 Stochastic rounding draws ``counter_uniform(seed, (2 k + stage) E + e)``, with
 ``e`` the flat output index, ``E`` the number of outputs and stage 0 for the
@@ -28,9 +31,10 @@ import functools
 
 import numpy as np
 
+from hwsim.kernels import gemm_mac
 from hwsim.kernels.jit import kernel, parallel_kernel, prange
 from hwsim.kernels.scalar import (
-    SATURATE,
+    FLOOR,
     STOCHASTIC,
     apply_overflow,
     counter_uniform,
@@ -42,10 +46,58 @@ from hwsim.kernels.scalar import (
 def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
     """kernel(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed) -> None
 
-    A: (Bt, M, K), B: (Bt, K, N), out: (Bt, M, N), all int64 and C-contiguous.
-    Ten (rounding, overflow) pairs times product or not: 20 specializations
-    (each costs a compile on a cold cache); the shift direction is a
-    loop-invariant runtime branch inside ``shift_round_code``."""
+    A: (Bt, M, K), B: (Bt, K, N) integer codes (int64, or narrower), out:
+    (Bt, M, N) int64, all C-contiguous.
+    A dispatcher: from the operands' code ranges it picks a specialised
+    ``hwsim.kernels.gemm_mac.mac_kernel`` (int16/int32 lanes where they are proven
+    to suffice, shift directions and skipped overflow checks as compile-time
+    constants) and falls back to ``generic_gemm_kernel`` where none is proven
+    exact. Both compute the same codes."""
+
+    def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed):
+        key = None
+        if A.size and B.size:
+            _, a_lo, a_hi = code_stats(A.reshape(-1))
+            _, b_lo, b_hi = code_stats(B.reshape(-1))
+            key = gemm_mac.choose(
+                (int(a_lo), int(a_hi)),
+                (int(b_lo), int(b_hi)),
+                A.shape[2],
+                has_product,
+                rounding,
+                overflow,
+                (int(p_shift), int(c_shift)),
+                (int(p_min), int(p_max), int(c_min), int(c_max)),
+            )
+        if key is None:
+            generic_gemm_kernel(rounding, overflow, has_product)(
+                A.astype(np.int64, copy=False),
+                B.astype(np.int64, copy=False),
+                out,
+                p_shift,
+                p_min,
+                p_max,
+                c_shift,
+                c_min,
+                c_max,
+                seed,
+            )
+            return
+        lane = gemm_mac.LANES[key[0]]
+        A, B = A.astype(lane, copy=False), B.astype(lane, copy=False)
+        gemm_mac.mac_kernel(*key)(
+            A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, np.uint64(seed)
+        )
+
+    return run
+
+
+@functools.cache
+def generic_gemm_kernel(rounding: int, overflow: int, has_product: bool):
+    """The generic body of ``sequential_gemm_kernel``, for the calls no
+    specialised variant covers (stochastic shifts past 53 bits, rounding
+    offsets that would leave int64): the shift direction is a loop-invariant
+    runtime branch inside ``shift_round_code``, all arithmetic int64."""
     stochastic = rounding == STOCHASTIC
 
     @parallel_kernel
@@ -106,42 +158,16 @@ def narrow_gemm_kernel(overflow: int):
     """kernel(A, B, out, c_min, c_max) -> None, for int32 codes.
 
     The sequential MAC loop when no rounding is needed (no product format, an
-    exact left shift onto the accumulator grid) and everything fits in 32 bits:
-    |a b| << c_left < 2^31 and an accumulator of at most 31 bits, so the row of
-    int32 accumulators plus one clamped term never leaves int32. Twice the SIMD
-    width of the int64 kernel; the arithmetic is the same. The caller shifts B
-    left by c_left beforehand (a shift by a runtime amount in the loop blocked
-    the 32-bit vectorization)."""
+    exact left shift onto the accumulator grid, which the caller has applied
+    to B) and everything fits in 32 bits. The ``sequential_gemm_kernel``
+    dispatcher with a zero shift: int16 lanes where the codes and the
+    accumulator fit them, else int32."""
+    run = sequential_gemm_kernel(FLOOR, overflow, False)
 
-    @parallel_kernel
-    def run(A, B, out, c_min, c_max):
-        batches, rows, depth = A.shape
-        cols = B.shape[2]
-        # apply_overflow spelt out on int32 so LLVM keeps 16 lanes per vector:
-        # its int64 operands would widen every lane (measured 20x slower)
-        lo, hi = np.int32(c_min), np.int32(c_max)
-        mask = np.int32(c_max - c_min)  # 2^wl - 1
-        for r in prange(batches * rows):
-            b = r // rows
-            i = r - b * rows
-            acc = np.zeros(cols, dtype=np.int32)
-            for k in range(depth):
-                a = A[b, i, k]
-                if a == 0:
-                    continue
-                brow = B[b, k]
-                for j in range(cols):
-                    t = np.int32(a * brow[j])
-                    if overflow == SATURATE:
-                        t = min(max(t, lo), hi)
-                        acc[j] = min(max(np.int32(acc[j] + t), lo), hi)
-                    else:
-                        t = np.int32(np.int32((t - lo) & mask) + lo)
-                        acc[j] = np.int32(np.int32((np.int32(acc[j] + t) - lo) & mask) + lo)
-            for j in range(cols):
-                out[b, i, j] = acc[j]
+    def narrow(A, B, out, c_min, c_max):
+        run(A, B, out, 0, 0, 0, 0, c_min, c_max, 0)
 
-    return run
+    return narrow
 
 
 CHUNKS = 64  # parallel reductions: each chunk reduced serially, then the chunks

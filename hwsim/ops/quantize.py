@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwsim.formats import FixedPoint
+from hwsim.kernels import buffers
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.backend import check_backend, on_backend, small_work
@@ -99,7 +100,7 @@ def quantize(
             )
         _run_numba(arr, out, fmt, rounding, overflow, seed, noise)
         return out
-    result = np.empty(arr.shape, dtype=arr.dtype)
+    result = buffers.empty(arr.shape, arr.dtype)  # large outputs reuse mapped pages
     _run_numba(arr, result, fmt, rounding, overflow, seed, noise)
     result = result.astype(out_dtype, copy=False)
     return float(result) if scalar else result

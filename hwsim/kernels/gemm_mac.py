@@ -1,0 +1,289 @@
+"""Specialised MAC-array kernels: the fast bodies behind ``sequential_gemm_kernel``.
+
+Same semantics as the generic kernel in ``hwsim.kernels.gemm`` (DESIGN.md,
+"MAC-array GEMM"), with everything that is fixed for one call made a
+compile-time constant, so the inner loop over output columns is one straight
+line of SIMD integer operations:
+
+- ``lane_bits``: int16, int32 or int64 arithmetic (each halving doubles the
+  SIMD width; the dispatcher picks the narrowest lane for which interval
+  arithmetic on the operands' code ranges proves no intermediate leaves it;
+  int16 lanes accumulate with the saturating lane add, then clamp to the
+  format's range, which is exact when that range lies within int16);
+- the rounding mode and, per stage (product, accumulator cast), the shift
+  direction: right shifts round branch-free (below), left shifts are exact;
+- whether a stage's overflow can trigger at all (``*_check``) and whether the
+  running sum can leave the accumulator's range (``acc_check``): when the
+  bounds prove it cannot, the clamp or wrap is skipped, which is exact.
+
+Under wrap the accumulator cast and every addition are taken modulo 2^wl
+once, at the end: the lane arithmetic is exact modulo 2^32 (int32, truncating
+casts) or 2^64, both multiples of 2^wl, and wrapping commutes with addition.
+
+Branch-free rounding of ``t / 2^s`` (s >= 1), with q = t >> s the floor:
+
+- nearest (ties to even): (t + 2^(s-1) - 1 + (q & 1)) >> s
+- nearest_away:           (t + 2^(s-1) + (t >> 63)) >> s   (-1 for t < 0)
+- zero:                   (t + ((t >> 63) & (2^s - 1))) >> s
+- stochastic: q + (u < rem / 2^s), rem = t & (2^s - 1); with u = (z >> 11)
+  2^-53 from ``counter_uniform`` and s <= 53 that is ``(z >> (64 - s)) < rem``
+  in integers (rem is an integer, so u 2^s < rem iff floor(u 2^s) < rem).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from llvmlite import ir as llvm_ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from hwsim.kernels.jit import kernel, parallel_kernel, prange
+from hwsim.kernels.scalar import (
+    FLOOR,
+    NEAREST,
+    NEAREST_AWAY,
+    SATURATE,
+    STOCHASTIC,
+    ZERO,
+)
+
+STAGE_NONE, STAGE_LEFT, STAGE_RIGHT = 0, 1, 2
+LANES = {16: np.int16, 32: np.int32, 64: np.int64}  # tried in this order
+ACC_LANE_SATURATES = 2  # acc_check: the accumulator's range is the int16 lane's own
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_U30, _U27, _U31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_U64 = np.uint64(64)
+
+
+def _shift_intrinsic(op):
+    """``x op s`` in x's own width. Numba widens int32 shifts to int64 and then
+    cannot prove the count below 32, which blocked the 32-bit vectorization;
+    the caller guarantees 0 <= s < width."""
+
+    @intrinsic
+    def shift(typingctx, x, s):
+        if not isinstance(x, types.Integer) or not isinstance(s, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            count = context.cast(builder, args[1], signature.args[1], signature.args[0])
+            return getattr(builder, op)(args[0], count)
+
+        return x(x, s), codegen
+
+    return shift
+
+
+ashr = _shift_intrinsic("ashr")
+shl = _shift_intrinsic("shl")
+
+
+@intrinsic
+def sat_add(typingctx, x, y):
+    """x + y clamped to the range of x's type (``llvm.sadd.sat``: one SIMD
+    instruction on int16 lanes); x and y of the same integer type."""
+    if not isinstance(x, types.Integer) or x != y:
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = cgutils.get_or_insert_function(
+            builder.module, llvm_ir.FunctionType(ty, [ty, ty]), f"llvm.sadd.sat.i{ty.width}"
+        )
+        return builder.call(fn, args)
+
+    return x(x, y), codegen
+
+
+@functools.cache
+def mac_kernel(
+    lane_bits: int,
+    rounding: int,
+    overflow: int,
+    p_stage: int,
+    p_check: bool,
+    c_stage: int,
+    c_check: bool,
+    acc_check: int,
+):
+    """kernel(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed) -> None.
+
+    A (Bt, M, K) and B (Bt, K, N) in the lane type (int16, int32 or int64), out
+    (Bt, M, N) int64. Shifts as in the generic kernel (> 0 right, rounding;
+    <= 0 left), but their signs must match ``p_stage``/``c_stage``."""
+    lane = LANES[lane_bits]
+    round_right = _rounder(lane_bits, rounding)
+    full_lane = acc_check == ACC_LANE_SATURATES
+    saturate = overflow == SATURATE
+
+    @parallel_kernel
+    def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed):
+        batches, rows, depth = A.shape
+        cols = B.shape[2]
+        total = batches * rows * cols
+        ps = lane(p_shift if p_shift > 0 else -p_shift)
+        cs = lane(c_shift if c_shift > 0 else -c_shift)
+        p_half, p_mask = lane(0), lane(0)
+        if p_stage == STAGE_RIGHT:
+            p_half, p_mask = shl(lane(1), ps - lane(1)), shl(lane(1), ps) - lane(1)
+        c_half, c_mask = lane(0), lane(0)
+        if c_stage == STAGE_RIGHT:
+            c_half, c_mask = shl(lane(1), cs - lane(1)), shl(lane(1), cs) - lane(1)
+        p_lo, p_hi, p_span = lane(p_min), lane(p_max), lane(p_max - p_min)
+        c_lo, c_hi = lane(c_min), lane(c_max)
+        p_drop = _U64 - np.uint64(ps)  # z >> (64 - s): floor(u 2^s)
+        c_drop = _U64 - np.uint64(cs)
+        steps = np.arange(cols).astype(np.uint64) * _GOLDEN  # counter offsets along j
+        for r in prange(batches * rows):
+            b = r // rows
+            i = r - b * rows
+            acc = np.zeros(cols, dtype=lane)
+            base = np.uint64(r * cols)
+            for k in range(depth):
+                a = lane(A[b, i, k])
+                if a == 0:
+                    continue  # a zero term leaves every accumulator unchanged
+                brow = B[b, k]
+                zp = np.uint64(seed) + (np.uint64(2 * k * total) + base + np.uint64(1)) * _GOLDEN
+                zc = zp + np.uint64(total) * _GOLDEN
+                for j in range(cols):
+                    t = lane(a * brow[j])
+                    if p_stage == STAGE_LEFT:
+                        t = shl(t, ps)
+                    elif p_stage == STAGE_RIGHT:
+                        t = round_right(t, ps, p_half, p_mask, zp + steps[j], p_drop)
+                    if p_check:
+                        if saturate:
+                            t = min(max(t, p_lo), p_hi)
+                        else:
+                            t = lane(lane(lane(t - p_lo) & p_span) + p_lo)
+                    if c_stage == STAGE_LEFT:
+                        t = shl(t, cs)
+                    else:
+                        t = round_right(t, cs, c_half, c_mask, zc + steps[j], c_drop)
+                    if saturate:
+                        if c_check:
+                            t = min(max(t, c_lo), c_hi)
+                        if lane_bits == 16 and acc_check:
+                            # the lane's own saturating add, then the format's range
+                            s = sat_add(acc[j], lane(t))
+                            acc[j] = s if full_lane else min(max(s, c_lo), c_hi)
+                        elif acc_check:
+                            acc[j] = min(max(lane(acc[j] + t), c_lo), c_hi)
+                        else:
+                            acc[j] = lane(acc[j] + t)
+                    else:
+                        acc[j] = lane(acc[j] + t)  # modulo the lane width; wrapped below
+            if saturate:
+                for j in range(cols):
+                    out[b, i, j] = acc[j]
+            else:
+                span = np.int64(c_max - c_min)  # 2^wl - 1
+                for j in range(cols):
+                    out[b, i, j] = ((np.int64(acc[j]) - c_min) & span) + c_min
+
+    return run
+
+
+@functools.cache
+def _rounder(lane_bits: int, rounding: int):
+    """round_right(t, s, half, mask, z, drop): t / 2^s rounded (s >= 1) in the
+    lane type, branch-free; ``z`` the counter input of ``counter_uniform``
+    (stochastic only) and ``drop`` = 64 - s."""
+    lane = LANES[lane_bits]
+    top = lane(lane_bits - 1)  # t >> top: -1 for t < 0, else 0
+    one, zero = lane(1), lane(0)
+
+    @kernel(inline="always")
+    def round_right(t, s, half, mask, z, drop):
+        if rounding == FLOOR:
+            return ashr(t, s)
+        if rounding == NEAREST:
+            return ashr(lane(t + (half - one) + (ashr(t, s) & one)), s)
+        if rounding == NEAREST_AWAY:
+            return ashr(lane(t + half + ashr(t, top)), s)
+        if rounding == ZERO:
+            return ashr(lane(t + (ashr(t, top) & mask)), s)
+        z = (z ^ (z >> _U30)) * _MIX1
+        z = (z ^ (z >> _U27)) * _MIX2
+        if lane_bits == 64:
+            # SplitMix64's last step; below 64-bit lanes s <= 30, and the top
+            # s bits of z ^ (z >> 31) are those of z, the only ones read
+            z = z ^ (z >> _U31)
+        up = np.int64(z >> drop) < np.int64(t & mask)
+        return lane(ashr(t, s) + (one if up else zero))
+
+    return round_right
+
+
+# -- choosing a variant: interval arithmetic on the operands' code ranges -----------
+
+MAX_STOCHASTIC_SHIFT = 53  # the integer comparison above equals u < rem / 2^s up to here
+
+
+def _stage(lo, hi, shift, f_min, f_max, saturate, limit):
+    """Interval [lo, hi] through one cast (shift, then overflow onto
+    [f_min, f_max]): (kind, needs overflow, new interval, fits the lane)."""
+    if shift > 0:
+        kind = STAGE_RIGHT
+        fits = max(-lo, hi) + (1 << shift) <= limit  # the rounding offset is added first
+        lo, hi = lo >> shift, -((-hi) >> shift)  # every rounding mode is monotone
+    else:
+        kind = STAGE_LEFT
+        lo, hi = lo << -shift, hi << -shift
+        fits = max(-lo, hi) <= limit
+    check = lo < f_min or hi > f_max
+    if check:
+        fits = fits and max(-lo, hi, f_max - f_min) + max(-f_min, f_max) <= limit
+        lo, hi = (max(lo, f_min), min(hi, f_max)) if saturate else (f_min, f_max)
+    return kind, check, lo, hi, fits
+
+
+def choose(a_range, b_range, depth, has_product, rounding, overflow, shifts, bounds):
+    """The ``mac_kernel`` key for one call, or None when no variant is proven
+    exact (then the generic kernel runs). ``a_range``/``b_range``: (min, max)
+    code of each operand; ``shifts`` = (p_shift, c_shift); ``bounds`` =
+    (p_min, p_max, c_min, c_max)."""
+    p_shift, c_shift = shifts
+    p_min, p_max, c_min, c_max = bounds
+    saturate = overflow == SATURATE
+    corners = [x * y for x in a_range for y in b_range]
+    for lane_bits in LANES:
+        limit = (1 << (lane_bits - 1)) - 1
+        lo, hi = min(corners), max(corners)
+        fits = max(-lo, hi) <= limit
+        p_stage, p_check = STAGE_NONE, False
+        if has_product:
+            p_stage, p_check, lo, hi, ok = _stage(lo, hi, p_shift, p_min, p_max, saturate, limit)
+            fits = fits and ok
+        c_stage, c_check, lo, hi, ok = _stage(lo, hi, c_shift, c_min, c_max, saturate, limit)
+        fits = fits and ok
+        if saturate:
+            # the running sum stays within [depth lo, depth hi] (and 0)
+            acc_check = int(min(0, depth * lo) < c_min or max(0, depth * hi) > c_max)
+            if not acc_check:  # every partial sum lies in [depth lo, depth hi]: a
+                fits = fits and max(-depth * lo, depth * hi) <= limit  # wide format may
+            elif lane_bits == 16:  # use narrow lanes; a saturating lane add needs the
+                fits = fits and -c_min <= limit + 1 and c_max <= limit  # range in the lane
+                if (c_min, c_max) == (-limit - 1, limit):
+                    acc_check = ACC_LANE_SATURATES
+            else:  # acc + t, both within the format, must not leave the lane
+                fits = fits and max(-c_min, c_max) * 2 <= limit + 1
+        else:
+            c_check, acc_check = False, 0  # wrapped once, at the end
+            fits = fits and c_max - c_min <= 2 * limit + 1 and max(-lo, hi) <= limit
+        shifts_right = [
+            s for s, st in ((p_shift, p_stage), (c_shift, c_stage)) if st == STAGE_RIGHT
+        ]
+        if rounding == STOCHASTIC and any(s > MAX_STOCHASTIC_SHIFT for s in shifts_right):
+            return None
+        if not shifts_right:
+            rounding = FLOOR  # no stage rounds: one variant for every mode
+        if fits:
+            return (lane_bits, rounding, overflow, p_stage, p_check, c_stage, c_check, acc_check)
+    return None
