@@ -435,6 +435,10 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             w = state["accumulator"].to(torch.float64) * target.lsb
             return _as_complex(w, complex_param)
 
+        for name in self.rule.state_names:  # e.g. float32 states loaded into a fixed-point group
+            value = state.get(name)
+            if torch.is_tensor(value) and value.dtype != grad.dtype and not value.is_sparse:
+                state[name] = value.to(grad.dtype)
         state_fmts = prec.state
 
         def store(name: str, value: torch.Tensor) -> torch.Tensor:
