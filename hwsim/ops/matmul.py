@@ -17,7 +17,13 @@ from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FixedPoint
 from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops._common import check_format, fresh_seed, is_torch, raise_non_finite_numpy
+from hwsim.ops._common import (
+    check_data,
+    check_format,
+    fresh_seed,
+    is_torch,
+    raise_non_finite_numpy,
+)
 
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # no grid change, exact left shift, rounding
 PATHS = ("auto", "sequential", "fast")
@@ -299,6 +305,13 @@ def matmul_codes(
 
 def _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, values):
     """values: float64 values; else (int64 codes, accumulator format)."""
+    for x, name in ((a, "a"), (b, "b")):
+        check_data(x, name)
+        if (x.dim() if is_torch(x) else np.ndim(x)) == 0:
+            raise ValueError(
+                f"matmul: {name} is 0-d (a scalar); operands need at least 1 dimension, as in "
+                "numpy.matmul (use multiplication for scalars)"
+            )
     acc, product, rounding, overflow, seed = _check_args(
         accumulator, product, rounding, overflow, seed, path
     )
@@ -481,6 +494,8 @@ def conv2d_codes(
     acc, product, rounding, overflow, seed = _check_args(
         accumulator, product, rounding, overflow, seed, path
     )
+    check_data(x, "x")
+    check_data(w, "w")
     sh, sw = _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
     x_format = None if x_format is None else check_format(x_format, "x_format")
@@ -729,8 +744,14 @@ def _seed_bits(seed) -> int:
 
 
 def _pair(value, name, minimum):
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in pair):
+    def whole(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    try:
+        pair = (value, value) if whole(value) else tuple(value)
+    except TypeError:  # a float, None, ...: not a pair either
+        pair = ()
+    if len(pair) != 2 or not all(whole(v) and v >= minimum for v in pair):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
     return int(pair[0]), int(pair[1])
 

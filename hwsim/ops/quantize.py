@@ -9,8 +9,11 @@ from hwsim.formats import FixedPoint
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import (
+    check_data,
     check_format,
+    check_integers_exact,
     check_noise_numpy,
+    check_seed,
     fresh_seed,
     is_torch,
     raise_non_finite_numpy,
@@ -37,7 +40,8 @@ def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
             element i rounds up iff ``noise[i] < frac(x[i] / lsb)``. Makes the
             result exactly determined.
         out: NumPy only: a preallocated C-contiguous array of ``x``'s shape and
-            dtype (float32/float64) to write into, as memory-bound loops want.
+            dtype (float32/float64) to write into, as memory-bound loops want
+            (with a torch tensor ``x``, ValueError).
 
     Returns:
         The same kind of array, shape and dtype (integers become float64; a
@@ -47,9 +51,14 @@ def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
         e.g. fx16.12 in float16), the cast rounds to the nearest value of the
         dtype. Use :func:`to_codes` for exact results in any case.
 
+    A value that rounds to code 0 is ``+0.0``, whatever its sign (codes
+    carry no sign), on every backend.
+
     Raises:
         NonFiniteError: (a ValueError) NaN or Inf in ``x``, with the count and
             the first index.
+        ValueError: integers beyond 2^53 in magnitude (not exact in float64),
+            a meta tensor, a seed outside [0, 2^64), ``out`` with a tensor.
 
     >>> import numpy as np, hwsim
     >>> hwsim.quantize(np.array([0.3, -1.26, 9.0]), "fx8.4")
@@ -57,9 +66,16 @@ def quantize(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
     """
     fmt = check_format(fmt)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    check_data(x)
+    check_integers_exact(x)
     if is_torch(x):
         from hwsim.torch_path.quantize import quantize_torch
 
+        if out is not None:
+            raise ValueError(
+                "out is taken with NumPy input only; for a torch tensor x use the returned "
+                "tensor (or out_tensor.copy_(hwsim.quantize(x, ...)))"
+            )
         return quantize_torch(x, fmt, rounding, overflow, seed=seed, noise=noise, codes=False)
     scalar = np.isscalar(x)
     arr, out_dtype = _as_float_array(x)
@@ -88,6 +104,8 @@ def to_codes(x, fmt, rounding="nearest", overflow="saturate", *, seed=None, nois
     exactly, for every word length up to 62. Same arguments as :func:`quantize`."""
     fmt = check_format(fmt)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    check_data(x)
+    check_integers_exact(x)
     if is_torch(x):
         from hwsim.torch_path.quantize import quantize_torch
 
@@ -103,6 +121,7 @@ def from_codes(codes, fmt):
 
     Raises ValueError if a code lies outside the format's range."""
     fmt = check_format(fmt)
+    check_data(codes, "codes")
     if is_torch(codes):
         import torch
 
@@ -180,11 +199,7 @@ def _run_numba(arr, out, fmt, rounding, overflow, seed, noise) -> None:
 
 
 def _seed64(seed) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(
-            f"seed must be an int (or, for torch tensors, a torch.Generator), got {seed!r}"
-        )
-    return int(seed) & ((1 << 64) - 1)
+    return check_seed(seed)
 
 
 _EMPTY = np.zeros(0, dtype=np.float64)
