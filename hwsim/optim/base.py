@@ -35,7 +35,7 @@ import torch
 from hwsim.errors import NonFiniteError
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import fresh_seed, raise_non_finite_torch
-from hwsim.optim.compat import check_group_keys, plain_groups, plain_step
+from hwsim.optim.compat import CheckpointMixin, check_group_keys
 from hwsim.optim.fused import (
     CHECK_IN_KERNEL_FROM,
     AccumulatorBound,
@@ -74,7 +74,7 @@ PRECISION_DEFAULTS: dict[str, Any] = {
 }
 
 
-class QuantizedOptimizer(torch.optim.Optimizer):
+class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose step is the shared
     precision pipeline around a :class:`~hwsim.optim.rules.Rule`.
 
@@ -105,7 +105,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             momentum or weight decay and for sign SGD all of it, from the raw
             gradient; for the other rules everything after the rule.
             ``False``: torch ops only (what runs on other devices). The
-            results are identical bit for bit.
+            results are identical bit for bit. torch's implementation
+            switches (``foreach``, ``differentiable``, ``capturable``) are
+            taken by the subclasses: :func:`hwsim.optim.compat.torch_flags`.
 
     Every precision argument can also be set per param group.
 
@@ -151,6 +153,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
     """
 
     rule: Rule
+    precision_keys = tuple(PRECISION_DEFAULTS)  # written as strings in state dicts
 
     def __init__(
         self,
@@ -613,60 +616,6 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         ):  # an inference tensor: never trust the bound
             views.bound.top, views.version = None, version
         return views
-
-    # -- checkpoints and copies -----------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """As torch's, with only plain types and tensors, so that
-        ``torch.load`` with ``weights_only=True`` reads it: formats and modes
-        are written as their strings (:mod:`hwsim.optim.compat`)."""
-        result = super().state_dict()
-        result["param_groups"] = plain_groups(result["param_groups"], PRECISION_DEFAULTS)
-        return result
-
-    def __getstate__(self) -> dict[str, Any]:
-        # torch's keeps defaults, state and param_groups; copies also need these
-        state = super().__getstate__()
-        state["fused"] = self.fused
-        state["telemetry_enabled"] = self.telemetry_enabled
-        state["_telemetry"] = self.telemetry  # summarized: plain dicts
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickling, ``copy.deepcopy`` and ``load_state_dict`` come here:
-        the caches start empty, a group missing a hyperparameter gets the
-        default (as torch's optimizers fill theirs), and the precision
-        entries are parsed."""
-        super().__setstate__(state)
-        self.__dict__.setdefault("fused", True)
-        self.__dict__.setdefault("telemetry_enabled", True)
-        self.__dict__.setdefault("_telemetry", [])
-        self._views = {}
-        self._precisions = {}
-        for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
-            normalize_group(group, self.rule.state_names)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but every tensor of the state keeps its saved dtype:
-        torch would cast the float64 accumulator codes and states to the
-        parameter's dtype (float32 loses codes above 2^24). Takes the state
-        dicts of ``torch.optim``'s counterpart and of older hwsim versions
-        (missing hyperparameters get their defaults)."""
-        super().load_state_dict(state_dict)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params, strict=True):
-            saved = state_dict["state"].get(saved_id)
-            if saved is None:
-                continue
-            for key, value in saved.items():
-                if key == "step":
-                    self.state[p][key] = plain_step(value)
-                elif torch.is_tensor(value):
-                    self.state[p][key] = value.detach().to(device=p.device, copy=True)
-        for group in self.param_groups:
-            normalize_group(group, self.rule.state_names)
 
     # -- introspection --------------------------------------------------------------
     def accumulator_codes(self, p: torch.Tensor) -> torch.Tensor | None:

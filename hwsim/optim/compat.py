@@ -22,6 +22,7 @@ import torch
 
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
+from hwsim.optim.precision import normalize_group
 
 # keys torch and its tools put into param groups besides the hyperparameters:
 # named parameters (Optimizer(named_parameters())), LR schedulers' initial_lr,
@@ -135,3 +136,64 @@ def plain_step(step: Any) -> Any:
     if isinstance(step, torch.Tensor):
         return int(step.item())
     return step
+
+
+class CheckpointMixin:
+    """State dicts, ``load_state_dict``, pickling and ``copy.deepcopy`` of
+    :class:`~hwsim.optim.base.QuantizedOptimizer` (it sets ``precision_keys``,
+    the names of a group's precision entries)."""
+
+    precision_keys: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """As torch's, with only plain types and tensors, so that
+        ``torch.load`` with ``weights_only=True`` reads it: formats and modes
+        are written as their strings (:mod:`hwsim.optim.compat`)."""
+        result = super().state_dict()
+        result["param_groups"] = plain_groups(result["param_groups"], self.precision_keys)
+        return result
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's keeps defaults, state and param_groups; copies also need these
+        state = super().__getstate__()
+        state["fused"] = self.fused
+        state["telemetry_enabled"] = self.telemetry_enabled
+        state["_telemetry"] = self.telemetry  # summarized: plain dicts
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling, ``copy.deepcopy`` and ``load_state_dict`` come here:
+        the caches start empty, a group missing a hyperparameter gets the
+        default (as torch's optimizers fill theirs), and the precision
+        entries are parsed."""
+        super().__setstate__(state)
+        self.__dict__.setdefault("fused", True)
+        self.__dict__.setdefault("telemetry_enabled", True)
+        self.__dict__.setdefault("_telemetry", [])
+        self._views = {}
+        self._precisions = {}
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+            normalize_group(group, self.rule.state_names)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, but every tensor of the state keeps its saved dtype:
+        torch would cast the float64 accumulator codes and states to the
+        parameter's dtype (float32 loses codes above 2^24). Takes the state
+        dicts of ``torch.optim``'s counterpart and of older hwsim versions
+        (missing hyperparameters get their defaults)."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            saved = state_dict["state"].get(saved_id)
+            if saved is None:
+                continue
+            for key, value in saved.items():
+                if key == "step":
+                    self.state[p][key] = plain_step(value)
+                elif torch.is_tensor(value):
+                    self.state[p][key] = value.detach().to(device=p.device, copy=True)
+        for group in self.param_groups:
+            normalize_group(group, self.rule.state_names)
