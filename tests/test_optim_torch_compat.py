@@ -346,3 +346,26 @@ def test_lr_schedulers_are_torch_bit_for_bit(name, scheduler, kwargs):
             sched.step()
     assert_same_as_torch(tp, hp, topt, hopt_)
     assert hsched.state_dict() == tsched.state_dict()
+
+
+@pytest.mark.parametrize("cls", [hopt.SGD, hopt.SignSGD, hopt.Adam, hopt.AdaGrad, hopt.RMSProp])
+def test_fixed_point_steps_are_the_same_in_every_param_dtype(cls):
+    """Fixed-point groups compute in float64 from the (exact) gradient and
+    write weights on the fx8.4 grid, which fp16, bf16, fp32 and fp64 all hold:
+    every dtype gives the same weights and accumulator codes."""
+    g = torch.Generator().manual_seed(4)
+    start = torch.randint(-64, 64, (5, 3), generator=g).double() / 16
+    grads = [torch.randint(-32, 32, (5, 3), generator=g).double() / 16 for _ in range(4)]
+    kw = dict(lr=0.05, weight="fx8.4", accumulator="fx16.12", rounding="stochastic", seed=9)
+    results = []
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        p = torch.nn.Parameter(start.to(dtype))
+        opt = cls([p], **kw)
+        for grad in grads:
+            p.grad = grad.to(dtype)
+            opt.step()
+        assert p.dtype == dtype
+        results.append((p.detach().double(), opt.accumulator_codes(p)))
+    assert not torch.equal(results[0][0], start)  # the steps moved the weights
+    for weights, codes in results[1:]:
+        assert torch.equal(weights, results[0][0]) and torch.equal(codes, results[0][1])
