@@ -359,7 +359,7 @@ def test_fixed_point_steps_are_the_same_in_every_param_dtype(cls):
     kw = dict(lr=0.05, weight="fx8.4", accumulator="fx16.12", rounding="stochastic", seed=9)
     results = []
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        p = torch.nn.Parameter(start.to(dtype))
+        p = torch.nn.Parameter(start.to(dtype, copy=True))
         opt = cls([p], **kw)
         for grad in grads:
             p.grad = grad.to(dtype)
