@@ -197,7 +197,9 @@ def test_sparse_gradients_are_torch_bit_for_bit(name, kwargs):
     for _ in range(4):
         rows = torch.randint(0, 6, (5,), generator=g)  # repeated rows: coalesced by the step
         indices = torch.stack([rows, torch.randint(0, 4, (5,), generator=g)])
-        grad = torch.sparse_coo_tensor(indices, torch.randn(5, generator=g), (6, 4))
+        grad = torch.sparse_coo_tensor(
+            indices, torch.randn(5, generator=g), (6, 4), check_invariants=True
+        )
         tp[0].grad, hp[0].grad = grad.clone(), grad.clone()
         topt.step()
         hopt_.step()

@@ -201,7 +201,8 @@ def _adagrad_sparse(grad, state, group, step, store: Store) -> Step:
     def sparse(v):
         if indices.dim() == 0 or v.dim() == 0:
             return torch.empty_like(grad)
-        return torch.sparse_coo_tensor(indices, v, grad.size())
+        # the indices of a coalesced tensor: valid, no check needed (as torch's _make_sparse)
+        return torch.sparse_coo_tensor(indices, v, grad.size(), check_invariants=False)
 
     total = store("sum", state["sum"].add(sparse(values.pow(2))))
     std_values = total.sparse_mask(grad)._values().sqrt_().add_(group["eps"])
