@@ -261,3 +261,33 @@ def test_misspelled_group_keys_raise_naming_the_close_match():
     assert len(opt.param_groups) == 1
     opt.add_param_group({"params": [b], "name": "bias", "initial_lr": 0.1, "weight": "fx8.4"})
     assert opt.param_groups[1]["name"] == "bias"
+
+
+def test_copies_of_a_fused_run_continue_bit_identically():
+    """Large tensors take the fused kernel that checks the gradient as it
+    steps (views cached between steps): a copy rebuilds its caches and
+    continues as the original."""
+    from hwsim.optim.fused import CHECK_IN_KERNEL_FROM
+
+    n = 2 * CHECK_IN_KERNEL_FROM
+    p = torch.nn.Parameter(torch.randn(n, generator=torch.Generator().manual_seed(0)))
+    kw = dict(lr=0.01, weight="fx12.8", accumulator="fx24.20", rounding="stochastic", seed=1)
+    opt = hopt.SGD([p], **kw)
+    runs = [(p, opt)]
+
+    def step(i):
+        g = torch.randn(n, generator=torch.Generator().manual_seed(i))
+        for q, o in runs:
+            q.grad = g.clone()
+            o.step()
+
+    for i in range(3):
+        step(i)
+    deep = copy.deepcopy(opt)
+    runs += [(deep.param_groups[0]["params"][0], deep), pickle.loads(pickle.dumps((p, opt)))]
+    for i in range(3, 6):
+        step(i)
+    for q, o in runs[1:]:
+        assert torch.equal(q.detach(), p.detach())
+        assert torch.equal(o.accumulator_codes(q), opt.accumulator_codes(p))
+        assert o.telemetry == opt.telemetry
