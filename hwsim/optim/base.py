@@ -57,7 +57,7 @@ from hwsim.optim.precision import (
     normalize_group,
     uniforms,
 )
-from hwsim.optim.rules import Pointwise, Rule, _real
+from hwsim.optim.rules import Pointwise, Rule, real_view
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
 from hwsim.torch_path.quantize import all_finite
 
@@ -429,7 +429,8 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         grad = whole.grad.to(_complex(dtype) if complex_param else dtype)
         if prec.grad is not None:
             grad = _as_complex(
-                quantize(_real(grad), prec.grad, prec.grad_rounding, STREAM["grad"]), complex_param
+                quantize(real_view(grad), prec.grad, prec.grad_rounding, STREAM["grad"]),
+                complex_param,
             )
 
         def weight() -> torch.Tensor:
@@ -448,7 +449,7 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
             fmt = state_fmts.get(name)
             if fmt is not None:
                 stream = STATE_STREAM_BASE + self.rule.state_names.index(name)
-                codes = quantize(_real(value), fmt, prec.state_rounding, stream)
+                codes = quantize(real_view(value), fmt, prec.state_rounding, stream)
                 value = _as_complex(codes, value.is_complex())
             state[name] = _as_complex(value, complex_param)  # torch keeps complex states
             return value
@@ -475,9 +476,11 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
                 numerator = step_.numerator
                 if numerator.is_sparse:  # the sample's elements where the gradient has none are 0
                     numerator = numerator.to_dense()
-                counts.add_float(_sample(_real(numerator)), _sample(p.detach()) == old, p.numel())
+                counts.add_float(
+                    _sample(real_view(numerator)), _sample(p.detach()) == old, p.numel()
+                )
             return
-        update = _real(step_.value(weight))
+        update = real_view(step_.value(weight))
         if fused and update.dtype == torch.float64 and update.device.type == "cpu":
             update_flat = update.reshape(-1).numpy()
             update_max = max_abs(
@@ -688,7 +691,10 @@ def accumulator_dtype(fmt) -> torch.dtype:
 
 
 def _complex(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
+    """The complex dtype whose real view has ``dtype``."""
+    return {torch.float16: torch.complex32, torch.float64: torch.complex128}.get(
+        dtype, torch.complex64
+    )
 
 
 def _as_complex(t: torch.Tensor, complex_param: bool) -> torch.Tensor:

@@ -49,7 +49,7 @@ class Step(NamedTuple):
         if not self.decay:
             return update
         w = weight()
-        return update.add_(w if update.is_complex() else _real(w), alpha=-self.decay)
+        return update.add_(w if update.is_complex() else real_view(w), alpha=-self.decay)
 
     def apply_(self, param: torch.Tensor) -> None:
         """Apply to a float weight in place with torch.optim's exact ops (a
@@ -57,7 +57,7 @@ class Step(NamedTuple):
         if self.decay:
             param.mul_(1 - self.decay)
         if not self.numerator.is_complex():
-            param = _real(param)
+            param = real_view(param)
         if self.denominator is None:
             param.add_(self.numerator, alpha=self.scale)
         else:
@@ -98,7 +98,7 @@ def _sign_pointwise(group) -> Pointwise | None:
     return Pointwise(True, group["lr"] if group["maximize"] else -group["lr"])
 
 
-def _real(t: torch.Tensor) -> torch.Tensor:
+def real_view(t: torch.Tensor) -> torch.Tensor:
     """A complex tensor's real view (torch's optimizers step complex params on
     ``torch.view_as_real``), else ``t``."""
     return torch.view_as_real(t) if t.is_complex() else t
@@ -132,7 +132,7 @@ def sgd(grad, weight, state, group, step, store: Store, fixed: bool = False) -> 
 def sign_sgd(grad, weight, state, group, step, store: Store, fixed: bool = False) -> Step:
     """``-lr * sign(grad + weight_decay * w)`` (Bernstein et al. 2018, signSGD;
     on an LMS filter this is the sign-sign rule, Gersho 1984)."""
-    return Step(torch.sign(_real(_coupled_decay(grad, weight, group))), -group["lr"])
+    return Step(torch.sign(real_view(_coupled_decay(grad, weight, group))), -group["lr"])
 
 
 def adam(grad, weight, state, group, step, store: Store, fixed: bool = False) -> Step:
@@ -148,13 +148,14 @@ def adam(grad, weight, state, group, step, store: Store, fixed: bool = False) ->
             decay = lr * wd
         else:
             grad = grad.add(weight(), alpha=wd)
-    grad = _real(grad)
+    grad = real_view(grad)
     if "exp_avg" not in state:
         state["exp_avg"] = torch.zeros_like(grad)
         state["exp_avg_sq"] = torch.zeros_like(grad)
-    exp_avg = store("exp_avg", _real(state["exp_avg"]).lerp(grad, 1 - beta1))
+    exp_avg = store("exp_avg", real_view(state["exp_avg"]).lerp(grad, 1 - beta1))
     exp_avg_sq = store(
-        "exp_avg_sq", _real(state["exp_avg_sq"]).mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+        "exp_avg_sq",
+        real_view(state["exp_avg_sq"]).mul(beta2).addcmul_(grad, grad, value=1 - beta2),
     )
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = math.sqrt(1 - beta2**step)
@@ -162,7 +163,7 @@ def adam(grad, weight, state, group, step, store: Store, fixed: bool = False) ->
         old = state.get("max_exp_avg_sq")
         second = store(
             "max_exp_avg_sq",
-            exp_avg_sq.clone() if old is None else torch.maximum(_real(old), exp_avg_sq),
+            exp_avg_sq.clone() if old is None else torch.maximum(real_view(old), exp_avg_sq),
         )
     else:
         second = exp_avg_sq
@@ -174,11 +175,11 @@ def adagrad(grad, weight, state, group, step, store: Store, fixed: bool = False)
     """AdaGrad (Duchi et al. 2011) with lr decay, as ``torch.optim.Adagrad``."""
     if grad.is_sparse:
         return _adagrad_sparse(grad, state, group, step, store)
-    grad = _real(_coupled_decay(grad, weight, group))
+    grad = real_view(_coupled_decay(grad, weight, group))
     clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
     if "sum" not in state:
         state["sum"] = torch.full_like(grad, group["initial_accumulator_value"])
-    total = store("sum", _real(state["sum"]).addcmul(grad, grad, value=1))
+    total = store("sum", real_view(state["sum"]).addcmul(grad, grad, value=1))
     std = total.sqrt().add_(group["eps"])
     return Step(grad, -clr, std)
 
@@ -212,18 +213,21 @@ def _adagrad_sparse(grad, state, group, step, store: Store) -> Step:
 def rmsprop(grad, weight, state, group, step, store: Store, fixed: bool = False) -> Step:
     """RMSProp (Tieleman & Hinton 2012), centered (Graves 2013) and with
     momentum, as ``torch.optim.RMSprop``."""
-    grad = _real(_coupled_decay(grad, weight, group))
+    grad = real_view(_coupled_decay(grad, weight, group))
     alpha = group["alpha"]
     if "square_avg" not in state:
         state["square_avg"] = torch.zeros_like(grad)
     square_avg = store(
-        "square_avg", _real(state["square_avg"]).mul(alpha).addcmul_(grad, grad, value=1 - alpha)
+        "square_avg",
+        real_view(state["square_avg"]).mul(alpha).addcmul_(grad, grad, value=1 - alpha),
     )
     if group["centered"]:
         grad_avg = state.get("grad_avg")
         grad_avg = store(
             "grad_avg",
-            (torch.zeros_like(grad) if grad_avg is None else _real(grad_avg)).lerp(grad, 1 - alpha),
+            (torch.zeros_like(grad) if grad_avg is None else real_view(grad_avg)).lerp(
+                grad, 1 - alpha
+            ),
         )
         avg = square_avg.addcmul(grad_avg, grad_avg, value=-1)
         if fixed:
@@ -237,7 +241,7 @@ def rmsprop(grad, weight, state, group, step, store: Store, fixed: bool = False)
     avg = avg.add_(group["eps"])
     if group["momentum"] > 0:
         buf = state.get("momentum_buffer")
-        buf = torch.zeros_like(grad) if buf is None else _real(buf)
+        buf = torch.zeros_like(grad) if buf is None else real_view(buf)
         buf = store("momentum_buffer", buf.mul(group["momentum"]).addcdiv_(grad, avg))
         return Step(buf, -group["lr"])
     return Step(grad, -group["lr"], avg)
