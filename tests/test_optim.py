@@ -567,12 +567,25 @@ def test_non_finite_gradient_changes_nothing(fused):
     assert torch.equal(p.detach(), before_w) and torch.equal(opt.accumulator_codes(p), before_acc)
 
 
-def test_sparse_gradient_rejected():
-    p = torch.nn.Parameter(torch.zeros(3))
-    opt = hopt.SGD([p], lr=0.1)
-    p.grad = torch.zeros(3).to_sparse()
-    with pytest.raises(ValueError, match="sparse"):
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (hopt.SGD, {"weight": "fx8.4"}, "only in groups whose formats are all None"),
+        (hopt.AdaGrad, {"state": "ufx16.8"}, "only in groups whose formats are all None"),
+        (hopt.Adam, {}, "Adam does not support sparse gradients"),
+        (hopt.RMSProp, {}, "RMSProp does not support sparse gradients"),
+        (hopt.SignSGD, {}, "SignSGD does not support sparse gradients"),
+    ],
+)
+def test_sparse_gradient_rejected(cls, kwargs, match):
+    """Sparse gradients step only where torch takes them (float SGD, AdaGrad:
+    tests/test_optim_torch_compat.py); elsewhere a clear error, nothing changed."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = cls([p], lr=0.1, **kwargs)
+    p.grad = torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match=match):
         opt.step()
+    assert torch.equal(p.detach(), torch.ones(3))
 
 
 def test_sign_error_lms_is_sgd_on_the_l1_loss():

@@ -21,7 +21,7 @@ from hwsim.ops.numpy_gemm import (
     grid_codes_stats_numpy,
     operand_codes_numpy,
 )
-from hwsim.plan.checks import check_format, is_torch
+from hwsim.plan.checks import check_data, check_format, is_torch
 from hwsim.plan.gemm import check_gemm_args, check_pads, check_pair, sub_seed
 
 __all__ = [
@@ -131,6 +131,13 @@ def matmul_codes(
 
 def _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, seed, path, values):
     """values: float64 values; else (int64 codes, accumulator format)."""
+    for x, name in ((a, "a"), (b, "b")):
+        check_data(x, name)
+        if (x.dim() if is_torch(x) else np.ndim(x)) == 0:
+            raise ValueError(
+                f"matmul: {name} is 0-d (a scalar); operands need at least 1 dimension, as in "
+                "numpy.matmul (use multiplication for scalars)"
+            )
     acc, product, rounding, overflow, seed = check_gemm_args(
         accumulator, product, rounding, overflow, seed, path
     )
@@ -227,6 +234,8 @@ def conv2d_codes(
     acc, product, rounding, overflow, seed = check_gemm_args(
         accumulator, product, rounding, overflow, seed, path
     )
+    check_data(x, "x")
+    check_data(w, "w")
     sh, sw = check_pair(stride, "stride", 1)
     pads = check_pads(padding)
     x_format = None if x_format is None else check_format(x_format, "x_format")

@@ -11,7 +11,9 @@ from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.backend import check_backend, on_backend, small_work
 from hwsim.plan.checks import (
+    check_data,
     check_format,
+    check_integers_exact,
     check_noise_numpy,
     fresh_seed,
     is_torch,
@@ -51,7 +53,8 @@ def quantize(
             element i rounds up iff ``noise[i] < frac(x[i] / lsb)``. Makes the
             result exactly determined.
         out: NumPy only: a preallocated C-contiguous array of ``x``'s shape and
-            dtype (float32/float64) to write into, as memory-bound loops want.
+            dtype (float32/float64) to write into, as memory-bound loops want
+            (with a torch tensor ``x``, ValueError).
         backend: ``None`` (by array type), ``"numba"`` (a tensor is copied to
             the CPU, quantized by the kernels and copied back to its device)
             or ``"torch"`` (a NumPy array runs on the torch path). Equal seeds
@@ -65,9 +68,14 @@ def quantize(
         e.g. fx16.12 in float16), the cast rounds to the nearest value of the
         dtype. Use :func:`to_codes` for exact results in any case.
 
+    A value that rounds to code 0 is ``+0.0``, whatever its sign (codes
+    carry no sign), on every backend.
+
     Raises:
         NonFiniteError: (a ValueError) NaN or Inf in ``x``, with the count and
             the first index.
+        ValueError: integers beyond 2^53 in magnitude (not exact in float64),
+            a meta tensor, a seed outside [0, 2^64), ``out`` with a tensor.
 
     >>> import numpy as np, hwsim
     >>> hwsim.quantize(np.array([0.3, -1.26, 9.0]), "fx8.4")
@@ -75,6 +83,13 @@ def quantize(
     """
     fmt = check_format(fmt)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    check_data(x)
+    check_integers_exact(x)
+    if is_torch(x) and out is not None:
+        raise ValueError(
+            "out is taken with NumPy input only; for a torch tensor x use the returned "
+            "tensor (or out_tensor.copy_(hwsim.quantize(x, ...)))"
+        )
     if _crosses(backend, x):
         if out is not None:
             raise ValueError("out is only taken by NumPy input on its own (numba) backend")
@@ -113,6 +128,8 @@ def to_codes(
     exactly, for every word length up to 62. Same arguments as :func:`quantize`."""
     fmt = check_format(fmt)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    check_data(x)
+    check_integers_exact(x)
     if _crosses(backend, x):
         return _on_other_backend(to_codes, backend, x, fmt, rounding, overflow, seed, noise)
     if is_torch(x):
@@ -130,6 +147,7 @@ def from_codes(codes, fmt):
 
     Raises ValueError if a code lies outside the format's range."""
     fmt = check_format(fmt)
+    check_data(codes, "codes")
     if is_torch(codes):
         import torch
 

@@ -34,7 +34,8 @@ import torch
 
 from hwsim.errors import NonFiniteError
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops._common import fresh_seed, raise_non_finite_torch
+from hwsim.plan.checks import fresh_seed, raise_non_finite_torch
+from hwsim.optim.compat import CheckpointMixin, check_group_keys
 from hwsim.optim.fused import (
     CHECK_IN_KERNEL_FROM,
     AccumulatorBound,
@@ -56,7 +57,7 @@ from hwsim.optim.precision import (
     normalize_group,
     uniforms,
 )
-from hwsim.optim.rules import Pointwise, Rule
+from hwsim.optim.rules import Pointwise, Rule, real_view
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
 from hwsim.torch_path.quantize import all_finite
 
@@ -73,7 +74,7 @@ PRECISION_DEFAULTS: dict[str, Any] = {
 }
 
 
-class QuantizedOptimizer(torch.optim.Optimizer):
+class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose step is the shared
     precision pipeline around a :class:`~hwsim.optim.rules.Rule`.
 
@@ -104,7 +105,9 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             momentum or weight decay and for sign SGD all of it, from the raw
             gradient; for the other rules everything after the rule.
             ``False``: torch ops only (what runs on other devices). The
-            results are identical bit for bit.
+            results are identical bit for bit. torch's implementation
+            switches (``foreach``, ``differentiable``, ``capturable``) are
+            taken by the subclasses: :func:`hwsim.optim.compat.torch_flags`.
 
     Every precision argument can also be set per param group.
 
@@ -150,6 +153,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
     """
 
     rule: Rule
+    precision_keys = tuple(PRECISION_DEFAULTS)  # written as strings in state dicts
 
     def __init__(
         self,
@@ -184,6 +188,11 @@ class QuantizedOptimizer(torch.optim.Optimizer):
 
     # -- param groups ---------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
+        """As torch's; a key that is neither a hyperparameter nor a known
+        metadata key raises ValueError naming the closest known key
+        (:func:`~hwsim.optim.compat.check_group_keys`)."""
+        if isinstance(param_group, dict):
+            check_group_keys(param_group, self.defaults)
         super().add_param_group(param_group)
         normalize_group(self.param_groups[-1], self.rule.state_names)
 
@@ -227,9 +236,13 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                 grad = p.grad
                 if grad is not None:
                     if grad.is_sparse:
-                        raise ValueError("hwsim optimizers do not support sparse gradients")
+                        self._check_sparse(fixed, index)
                     if not fixed:
                         items.append((p, index, _UNCHECKED))
+                    elif p.is_complex():  # real and imaginary parts, as torch's view_as_real
+                        items.append(
+                            (p, index, _check_gradient(p, torch.view_as_real(grad), index))
+                        )
                     else:
                         plan = self._speculation(p, grad, group, fused_steps)
                         if plan is None:
@@ -256,6 +269,18 @@ class QuantizedOptimizer(torch.optim.Optimizer):
                 telemetry.append(counts)
         self._telemetry = telemetry
         return loss
+
+    def _check_sparse(self, fixed: bool, index: int) -> None:
+        """Sparse gradients step as torch's where torch takes them (SGD and
+        AdaGrad), in float groups; elsewhere a clear error."""
+        name = type(self).__name__
+        if not self.rule.sparse:
+            raise RuntimeError(f"{name} does not support sparse gradients (parameter {index})")
+        if fixed:
+            raise RuntimeError(
+                f"{name}: parameter {index} has a sparse gradient; hwsim takes sparse gradients "
+                "only in groups whose formats are all None (float), not in fixed-point groups"
+            )
 
     def _speculation(self, p: torch.Tensor, grad: torch.Tensor, group: dict, fused_steps: dict):
         """``(fused step, scale, views, flat gradient, exponent)`` where ``p``'s
@@ -353,6 +378,10 @@ class QuantizedOptimizer(torch.optim.Optimizer):
         if views is not None:
             views.written = None  # until the fused step writes the parameter again
         state = self.state[p]
+        # a complex parameter: the rule gets complex tensors and takes their real
+        # views where torch's does (hwsim.optim.rules); the rest steps the real view
+        complex_param = p.is_complex()
+        whole, p = p, (torch.view_as_real(p) if complex_param else p)
         step = state.get("step", 0) + 1
         state["step"] = step
         seed = prec.seed
@@ -376,6 +405,7 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             state["accumulator"] = codes.to(accumulator_dtype(target))
         fused = (
             self.fused
+            and not complex_param  # the views the fused step caches are of the parameter
             and target is not None
             and p.is_cpu
             and p.dtype in _FUSED_DTYPES
@@ -396,51 +426,61 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             return value_to_code_float(x, fmt, rounding, prec.overflow, u).mul_(fmt.lsb)
 
         dtype = torch.float64 if prec.any_fixed else p.dtype
-        grad = p.grad.to(dtype)
+        grad = whole.grad.to(_complex(dtype) if complex_param else dtype)
         if prec.grad is not None:
-            grad = quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"])
+            grad = _as_complex(
+                quantize(real_view(grad), prec.grad, prec.grad_rounding, STREAM["grad"]),
+                complex_param,
+            )
 
         def weight() -> torch.Tensor:
             if target is None:
-                return p.detach().to(dtype)
-            return state["accumulator"].to(torch.float64) * target.lsb
+                return whole.detach().to(grad.dtype)
+            w = state["accumulator"].to(torch.float64) * target.lsb
+            return _as_complex(w, complex_param)
 
+        for name in self.rule.state_names:  # e.g. float32 states loaded into a fixed-point group
+            value = state.get(name)
+            if torch.is_tensor(value) and value.dtype != grad.dtype and not value.is_sparse:
+                state[name] = value.to(grad.dtype)
         state_fmts = prec.state
 
         def store(name: str, value: torch.Tensor) -> torch.Tensor:
             fmt = state_fmts.get(name)
             if fmt is not None:
-                value = quantize(
-                    value,
-                    fmt,
-                    prec.state_rounding,
-                    STATE_STREAM_BASE + self.rule.state_names.index(name),
-                )
-            state[name] = value
+                stream = STATE_STREAM_BASE + self.rule.state_names.index(name)
+                codes = quantize(real_view(value), fmt, prec.state_rounding, stream)
+                value = _as_complex(codes, value.is_complex())
+            state[name] = _as_complex(value, complex_param)  # torch keeps complex states
             return value
 
-        step_ = self.rule.update(grad, weight, state, group, step, store)
+        step_ = self.rule.update(grad, weight, state, group, step, store, prec.any_fixed)
         if target is None and prec.update is None and dtype == p.dtype:
             # float weights: torch.optim's own in-place ops, bit for bit
             weight_flat = None if counts is None else _numpy_view(p)
             numerator_flat = None if weight_flat is None else _numpy_view(step_.numerator)
             if counts is None:
-                step_.apply_(p)
+                step_.apply_(whole)
             elif numerator_flat is not None:
                 # stalls on the telemetry sample, in Numba (torch ops on a 4096-element
                 # sample cost more than a float SGD step)
                 stride = sample_stride(weight_flat.size)
                 before = np.empty(sample_size(weight_flat.size), weight_flat.dtype)
                 gather_sample(weight_flat, stride, before)
-                step_.apply_(p)
+                step_.apply_(whole)
                 nonzero, stalled = count_float_stalls(numerator_flat, before, weight_flat, stride)
                 counts.add_kernel((nonzero, stalled, 0, None), p.numel(), before.size)
             else:  # stalls on the telemetry sample, torch ops (other devices and dtypes)
                 old = _sample(p.detach())
-                step_.apply_(p)
-                counts.add_float(_sample(step_.numerator), _sample(p.detach()) == old, p.numel())
+                step_.apply_(whole)
+                numerator = step_.numerator
+                if numerator.is_sparse:  # the sample's elements where the gradient has none are 0
+                    numerator = numerator.to_dense()
+                counts.add_float(
+                    _sample(real_view(numerator)), _sample(p.detach()) == old, p.numel()
+                )
             return
-        update = step_.value(weight)
+        update = real_view(step_.value(weight))
         if fused and update.dtype == torch.float64 and update.device.type == "cpu":
             update_flat = update.reshape(-1).numpy()
             update_max = max_abs(
@@ -580,24 +620,6 @@ class QuantizedOptimizer(torch.optim.Optimizer):
             views.bound.top, views.version = None, version
         return views
 
-    # -- checkpoints ----------------------------------------------------------------
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but every tensor of the state keeps its saved dtype:
-        torch would cast the float64 accumulator codes and states to the
-        parameter's dtype (float32 loses codes above 2^24)."""
-        super().load_state_dict(state_dict)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params, strict=True):
-            saved = state_dict["state"].get(saved_id)
-            if saved is None:
-                continue
-            for key, value in saved.items():
-                if torch.is_tensor(value):
-                    self.state[p][key] = value.detach().to(device=p.device, copy=True)
-        for group in self.param_groups:
-            normalize_group(group, self.rule.state_names)
-
     # -- introspection --------------------------------------------------------------
     def accumulator_codes(self, p: torch.Tensor) -> torch.Tensor | None:
         """The int64 codes of ``p``'s weight accumulator (``None`` before the
@@ -668,9 +690,23 @@ def accumulator_dtype(fmt) -> torch.dtype:
     return torch.int32 if -(2**31) <= fmt.min_code and fmt.max_code < 2**31 else torch.float64
 
 
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype whose real view has ``dtype``."""
+    return {torch.float16: torch.complex32, torch.float64: torch.complex128}.get(
+        dtype, torch.complex64
+    )
+
+
+def _as_complex(t: torch.Tensor, complex_param: bool) -> torch.Tensor:
+    """``t`` (a real view, last dim 2) as the complex tensor of a complex param."""
+    if complex_param and not t.is_complex():
+        return torch.view_as_complex(t.contiguous())
+    return t
+
+
 def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
     """The flat NumPy view of a contiguous float32/float64 CPU tensor, else None."""
-    if t.is_cpu and t.dtype in _FUSED_DTYPES and t.is_contiguous():
+    if t.layout == torch.strided and t.is_cpu and t.dtype in _FUSED_DTYPES and t.is_contiguous():
         return (t.detach() if t.requires_grad else t).numpy().reshape(-1)
     return None
 
@@ -773,7 +809,8 @@ class _Counts:
             stalled += st * weight
             saturated += sat * weight
         result["stall_fraction"] = stalled / nonzero if nonzero else 0.0
-        result["saturation_fraction"] = saturated / sum(n for _, n in self.sizes)
+        total = sum(n for _, n in self.sizes)
+        result["saturation_fraction"] = saturated / total if total else 0.0
         if self.samples and self.target is not None:
             sample = np.abs(
                 np.concatenate(

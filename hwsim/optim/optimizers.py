@@ -7,7 +7,10 @@ accumulator, grad, state, update`` (formats: a ``FixedPoint``, a string like
 ``"fx16.12"``, or ``None`` for float), ``rounding`` and the per-tensor
 ``<tensor>_rounding`` overrides, ``overflow``, ``seed``, ``telemetry`` and
 ``fused`` (torch's name: one Numba pass for CPU tensors, same results); see
-:class:`~hwsim.optim.base.QuantizedOptimizer`.
+:class:`~hwsim.optim.base.QuantizedOptimizer`. They take torch's
+``foreach``, ``differentiable`` and (Adam, RMSProp) ``capturable`` as torch's
+counterparts do (:func:`hwsim.optim.compat.torch_flags`), and a 1-element
+tensor ``lr``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from hwsim.formats import FixedPoint
 from hwsim.optim import rules
 from hwsim.optim.base import QuantizedOptimizer
+from hwsim.optim.compat import check_lr, torch_flags
 
 Format = FixedPoint | str | None
 
@@ -24,13 +28,6 @@ Format = FixedPoint | str | None
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
-
-
-def _check_lr(lr) -> None:
-    _check(
-        isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0.0,
-        f"Invalid learning rate: {lr!r} (a float >= 0 is needed)",
-    )
 
 
 def _check_nonneg(name: str, value) -> None:
@@ -85,8 +82,11 @@ class SGD(QuantizedOptimizer):
         seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
+        foreach: bool | None = None,
+        differentiable: bool = False,
     ):
-        _check_lr(lr)
+        check_lr(lr, foreach, False)
+        flags = torch_flags(foreach, differentiable, fused)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight_decay", weight_decay)
         _check(
@@ -101,7 +101,7 @@ class SGD(QuantizedOptimizer):
             nesterov=nesterov,
             maximize=maximize,
         )
-        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
+        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
 
 
 class SignSGD(QuantizedOptimizer):
@@ -143,11 +143,14 @@ class SignSGD(QuantizedOptimizer):
         seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
+        foreach: bool | None = None,
+        differentiable: bool = False,
     ):
-        _check_lr(lr)
+        check_lr(lr, foreach, False)
+        flags = torch_flags(foreach, differentiable, fused)
         _check_nonneg("weight_decay", weight_decay)
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
+        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
 
 
 class Adam(QuantizedOptimizer):
@@ -195,8 +198,12 @@ class Adam(QuantizedOptimizer):
         seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        capturable: bool = False,
     ):
-        _check_lr(lr)
+        check_lr(lr, foreach, capturable)
+        flags = torch_flags(foreach, differentiable, fused, capturable)
         _check_nonneg("epsilon", eps)
         _check_nonneg("weight_decay", weight_decay)
         _check(
@@ -213,7 +220,7 @@ class Adam(QuantizedOptimizer):
             maximize=maximize,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
+        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
 
 
 class AdaGrad(QuantizedOptimizer):
@@ -255,8 +262,11 @@ class AdaGrad(QuantizedOptimizer):
         seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
+        foreach: bool | None = None,
+        differentiable: bool = False,
     ):
-        _check_lr(lr)
+        check_lr(lr, foreach, False)
+        flags = torch_flags(foreach, differentiable, fused)
         _check_nonneg("lr_decay", lr_decay)
         _check_nonneg("weight_decay", weight_decay)
         _check_nonneg("initial_accumulator_value", initial_accumulator_value)
@@ -269,7 +279,7 @@ class AdaGrad(QuantizedOptimizer):
             eps=eps,
             maximize=maximize,
         )
-        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
+        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
 
 
 class RMSProp(QuantizedOptimizer):
@@ -314,8 +324,12 @@ class RMSProp(QuantizedOptimizer):
         seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        capturable: bool = False,
     ):
-        _check_lr(lr)
+        check_lr(lr, foreach, capturable)
+        flags = torch_flags(foreach, differentiable, fused, capturable)
         _check_nonneg("epsilon", eps)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight_decay", weight_decay)
@@ -332,7 +346,7 @@ class RMSProp(QuantizedOptimizer):
             centered=centered,
             maximize=maximize,
         )
-        super().__init__(params, defaults, _precision(locals()), telemetry, fused)
+        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
 
 
 _PRECISION_ARGS = (

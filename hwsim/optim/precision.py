@@ -93,6 +93,8 @@ def normalize_group(group: dict, state_names: tuple[str, ...]) -> None:
     seed = group["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int (or None for a fresh one), got {seed!r}")
+    if not 0 <= seed < 1 << 64:  # mix_seed takes 64 bits: a larger seed would alias another
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,12 +34,55 @@ def fresh_seed() -> int:
 
 
 def seed64(seed) -> int:
-    """An int seed as the unsigned 64-bit counter-noise key both backends use."""
+    """An int seed as the unsigned 64-bit counter-noise key both backends use:
+    an int in [0, 2^64); others raise (rather than wrap modulo 2^64 onto another seed)."""
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise ValueError(
             f"seed must be an int (or, for torch tensors, a torch.Generator), got {seed!r}"
         )
-    return int(seed) & ((1 << 64) - 1)
+    if not 0 <= int(seed) < 1 << 64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {int(seed)}")
+    return int(seed)
+
+
+check_seed = seed64  # the name hwsim.optim uses
+
+
+def check_data(x, name: str = "x") -> None:
+    """Raise on a torch meta tensor (a shape without values) before any op
+    fails on it deep inside torch."""
+    if is_torch(x) and x.device.type == "meta":
+        raise ValueError(
+            f"{name} is a meta tensor (shape {tuple(x.shape)}, no values); hwsim computes on "
+            "values: give a tensor on a real device (cpu, cuda, ...)"
+        )
+
+
+def check_integers_exact(x, name: str = "x") -> None:
+    """Integer input is taken exactly or not at all: the ops compute in
+    float64, exact for integers up to 2^53 in magnitude."""
+    limit = 1 << 53
+    if is_torch(x):
+        if x.is_floating_point() or x.is_complex() or str(x.dtype) == "torch.bool":
+            return
+        bad = (x > limit) | (x < -limit)
+        if x.numel() and bool(bad.any()):
+            value = int(x.reshape(-1)[bad.reshape(-1)][0])
+            raise ValueError(_inexact_message(name, value, int(bad.sum())))
+        return
+    arr = np.asarray(x)
+    if arr.dtype.kind in "iu" and arr.size:
+        bad = (arr > limit) | (arr < -limit) if arr.dtype.kind == "i" else arr > limit
+        if bad.any():
+            value = int(arr.reshape(-1)[bad.reshape(-1)][0])
+            raise ValueError(_inexact_message(name, value, int(np.count_nonzero(bad))))
+
+
+def _inexact_message(name: str, value: int, count: int) -> str:
+    return (
+        f"{name} holds {count} integer(s) beyond 2**53 in magnitude (the first: {value}), which "
+        "float64 cannot hold exactly; integer input must lie in [-2**53, 2**53]"
+    )
 
 
 class KernelConstants(NamedTuple):
@@ -84,7 +127,13 @@ def raise_non_finite_torch(x) -> None:
 
 
 def check_noise_numpy(noise, shape) -> np.ndarray:
-    noise = np.ascontiguousarray(np.asarray(noise, dtype=np.float64))
+    try:
+        noise = np.ascontiguousarray(np.asarray(noise, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"noise must be an array of uniforms in [0, 1) of the input's shape {tuple(shape)}, "
+            f"got {noise!r:.80}"
+        ) from None
     if noise.shape != tuple(shape):
         raise ValueError(f"noise must have the input's shape {tuple(shape)}, got {noise.shape}")
     if noise.size and not (np.all(noise >= 0.0) and np.all(noise < 1.0)):

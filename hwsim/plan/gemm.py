@@ -232,8 +232,14 @@ def seed_bits(seed) -> int:
 
 
 def check_pair(value, name, minimum):
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in pair):
+    def whole(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    try:
+        pair = (value, value) if whole(value) else tuple(value)
+    except TypeError:  # a float, None, ...: not a pair either
+        pair = ()
+    if len(pair) != 2 or not all(whole(v) and v >= minimum for v in pair):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
     return int(pair[0]), int(pair[1])
 

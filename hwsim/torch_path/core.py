@@ -105,7 +105,9 @@ def scaled_to_code_float(
         s = s.clone()
     r = round_scaled_(s, rounding, u)
     if overflow == Overflow.SATURATE:
-        return r.clamp_(fmt.min_code, fmt.max_code)
+        # + 0.0: code 0 is +0.0 whatever the sign of what rounded to it (codes have no
+        # sign; as the Numba kernels); the wrap branch's sums already give +0.0
+        return r.clamp_(fmt.min_code, fmt.max_code).add_(0.0)
     return r.sub_(fmt.min_code).remainder_(float(1 << fmt.wl)).add_(fmt.min_code)
 
 

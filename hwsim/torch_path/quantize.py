@@ -15,7 +15,13 @@ def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
     ``noise`` tensor/array, a ``torch.Generator``, or an int seed (counter noise,
     identical to the Numba kernels)."""
     if noise is not None:
-        u = torch.as_tensor(noise, dtype=torch.float64, device=x.device)
+        try:
+            u = torch.as_tensor(noise, dtype=torch.float64, device=x.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"noise must be an array of uniforms in [0, 1) of the input's shape "
+                f"{tuple(x.shape)}, got {noise!r:.80}"
+            ) from None
         if tuple(u.shape) != tuple(x.shape):
             raise ValueError(
                 f"noise must have the input's shape {tuple(x.shape)}, got {tuple(u.shape)}"
@@ -29,6 +35,9 @@ def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
     return counter_uniform(seed, x.numel(), device=x.device).reshape(x.shape)
 
 
+CHUNK = 1 << 22  # elements per pass of a large quantize: bounds its float64 temporaries
+
+
 def quantize_torch(
     x: torch.Tensor,
     fmt: FixedPoint,
@@ -39,14 +48,51 @@ def quantize_torch(
     noise=None,
     codes: bool = False,
 ) -> torch.Tensor:
+    """Values (``x``'s float dtype, float64 for integers) or int64 codes.
+
+    Above :data:`CHUNK` elements it runs chunk by chunk into the output, so
+    the float64 temporaries (scaled values, noise, floors) take a chunk's
+    memory, not several times the input's. The noise of element i is the
+    same either way for an int seed (counter noise at flat index i) and for
+    ``noise``; a ``torch.Generator`` is drawn chunk after chunk (on the CPU
+    the same numbers as one draw; a CUDA generator's chunks are other, as
+    valid, uniforms)."""
     if x.is_complex():
         raise ValueError(f"quantize takes real tensors, got dtype {x.dtype}")
     if noise is not None and rounding != Rounding.STOCHASTIC:
         raise ValueError(f"noise is only used by rounding='stochastic', not {str(rounding)!r}")
     out_dtype = x.dtype if x.is_floating_point() else torch.float64
     check_finite(x)
-    u = stochastic_noise(x, seed, noise) if rounding == Rounding.STOCHASTIC else None
     x = x.detach()
+    if x.numel() <= CHUNK:
+        u = stochastic_noise(x, seed, noise) if rounding == Rounding.STOCHASTIC else None
+        return _quantize_block(x, fmt, rounding, overflow, u, codes, out_dtype)
+    out = torch.empty(x.shape, dtype=torch.int64 if codes else out_dtype, device=x.device)
+    src, dst = x.reshape(-1), out.view(-1)  # src: a view where x is contiguous
+    draw = None
+    if rounding == Rounding.STOCHASTIC:
+        if noise is not None:
+            whole = stochastic_noise(x, noise=noise).reshape(-1)
+            draw = lambda start, stop: whole[start:stop]  # noqa: E731
+        elif isinstance(seed, torch.Generator):
+            draw = lambda start, stop: torch.rand(  # noqa: E731
+                stop - start, generator=seed, dtype=torch.float64, device=x.device
+            )
+        else:
+            key = fresh_seed() if seed is None else seed64(seed)
+            draw = lambda start, stop: counter_uniform(  # noqa: E731
+                key, stop - start, device=x.device, offset=start
+            )
+    for start in range(0, src.numel(), CHUNK):
+        stop = min(start + CHUNK, src.numel())
+        u = None if draw is None else draw(start, stop)
+        dst[start:stop] = _quantize_block(
+            src[start:stop], fmt, rounding, overflow, u, codes, out.dtype
+        )
+    return out
+
+
+def _quantize_block(x, fmt, rounding, overflow, u, codes, out_dtype) -> torch.Tensor:
     if codes:
         return value_to_code(x, fmt, rounding, overflow, u)
     if fmt.wl <= 52:
@@ -58,7 +104,16 @@ def quantize_torch(
 def all_finite(x: torch.Tensor) -> bool:
     """True when ``x`` holds no NaN or Inf. One read-only reduction: a finite
     float64 sum proves every element finite; only a non-finite sum (NaN/Inf
-    inside, or an overflowing sum of huge values) pays the exact check."""
+    inside, or an overflowing sum of huge values) pays the exact check. The
+    float64 sum of a float32 tensor makes a float64 copy: a large contiguous
+    tensor is summed chunk by chunk (:data:`CHUNK`)."""
+    if x.numel() > CHUNK and x.is_contiguous():
+        flat = x.view(-1)
+        return all(_all_finite(flat[i : i + CHUNK]) for i in range(0, flat.numel(), CHUNK))
+    return _all_finite(x)
+
+
+def _all_finite(x: torch.Tensor) -> bool:
     return (
         not x.numel()
         or bool(torch.isfinite(x.sum(dtype=torch.float64)))
