@@ -34,7 +34,6 @@ import torch
 
 from hwsim.errors import NonFiniteError
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import fresh_seed, raise_non_finite_torch
 from hwsim.optim.compat import CheckpointMixin, check_group_keys
 from hwsim.optim.fused import (
     CHECK_IN_KERNEL_FROM,
@@ -58,6 +57,7 @@ from hwsim.optim.precision import (
     uniforms,
 )
 from hwsim.optim.rules import Pointwise, Rule, real_view
+from hwsim.plan.checks import fresh_seed, raise_non_finite_torch
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
 from hwsim.torch_path.quantize import all_finite
 
