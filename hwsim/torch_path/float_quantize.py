@@ -78,7 +78,7 @@ def quantize_float_torch(
         to_max = v > 0
     else:
         to_max = torch.zeros_like(r, dtype=torch.bool)
-    over = torch.where(to_max, fmt.max, p["over"])
+    over = torch.where(to_max, r.new_tensor(fmt.max), r.new_tensor(p["over"]))
     r = torch.where(r > fmt.max, over, r)
     if not fmt.subnormals:
         r = torch.where(r < fmt.min_normal, 0.0, r)

@@ -1,0 +1,235 @@
+"""Float-format quantize: Numba kernels and torch path against the Fraction
+reference (tests/naive_float.py), each other, and argument errors.
+Peers (torch casts, ml_dtypes, qtorch, APyTypes) are in test_peers_float.py."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from naive_float import neighbours, ref_float, ref_max
+
+import hwsim
+from hwsim import FloatingPoint
+
+MODES = ["nearest", "nearest_away", "zero", "floor", "stochastic"]
+
+
+@st.composite
+def float_formats(draw, max_exp=8, max_man=12):
+    exp = draw(st.integers(2, max_exp))
+    man = draw(st.integers(0, max_man))
+    inf = exp == 11 or draw(st.booleans())  # exp=11 without Inf exceeds float64
+    nan = True if inf else draw(st.booleans())
+    if not inf and nan and man == 0:
+        man = 1
+    return FloatingPoint(
+        exp,
+        man,
+        subnormals=draw(st.booleans()),
+        inf=inf,
+        nan=nan,
+        saturate=draw(st.booleans()),
+    )
+
+
+def special_values(fmt: FloatingPoint) -> list[float]:
+    mx = fmt.max
+    if fmt.exp == 11:  # beyond max overflows float64 itself
+        return [0.0, -0.0, math.inf, -math.inf, mx, -mx, 5e-324, -5e-324, math.nan]
+    ulp_top = math.ldexp(1.0, fmt.emax - fmt.man)
+    sub = math.ldexp(1.0, fmt.emin - fmt.man)
+    vals = [0.0, -0.0, math.inf, -math.inf, mx, mx + ulp_top / 2, mx + ulp_top / 4]
+    vals += [mx + ulp_top * 3 / 4, mx + ulp_top, mx * 2, fmt.min_normal, sub, sub / 2, sub / 4]
+    vals += [sub * 3 / 4, sub * 1.5, fmt.min_normal - sub / 2, fmt.min_normal - sub, 5e-324]
+    if fmt.nan:
+        vals.append(math.nan)
+    return vals + [-v for v in vals]
+
+
+@st.composite
+def format_and_values(draw, max_exp=8, max_man=12):
+    """A format and float64 values on a grid 2^3 finer than its quantum, in
+    binades from below the smallest subnormal to beyond max (ties, sticky bits,
+    subnormal boundaries and the overflow threshold), plus special values."""
+    fmt = draw(float_formats(max_exp, max_man))
+    n = draw(st.integers(1, 40))
+    vals = []
+    for _ in range(n):
+        e = draw(st.integers(fmt.emin - fmt.man - 3, min(fmt.emax + 2, 1023)))
+        k = draw(st.integers(1 << (fmt.man + 3), (2 << (fmt.man + 3)) - 1))
+        sign = draw(st.sampled_from([1.0, -1.0]))
+        vals.append(sign * math.ldexp(k, e - fmt.man - 3))
+    vals += draw(st.lists(st.sampled_from(special_values(fmt)), max_size=10))
+    return fmt, np.array(vals, dtype=np.float64)
+
+
+def ref_array(x, fmt, rounding, noise=None):
+    flags = dict(subnormals=fmt.subnormals, inf=fmt.inf, nan=fmt.nan, saturate=fmt.saturate)
+    u = np.zeros(x.size) if noise is None else noise.reshape(-1)
+    out = [
+        ref_float(float(v), fmt.exp, fmt.man, rounding=rounding, u=float(ui), **flags)
+        for v, ui in zip(x.reshape(-1), u, strict=True)
+    ]
+    return np.array(out, dtype=np.float64).reshape(x.shape)
+
+
+def same_bits(a, b) -> bool:
+    """Equal bit patterns, NaN included (payload and sign)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    view = {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+    return bool(np.array_equal(a.view(view), b.view(view)))
+
+
+@given(case=format_and_values(), rounding=st.sampled_from(MODES), seed=st.integers(0, 2**64 - 1))
+def test_numba_matches_reference(case, rounding, seed):
+    fmt, x = case
+    noise = np.random.default_rng(seed % 2**32).random(x.shape)
+    noise[::3] = 0.0  # exact ties with u = 0
+    ours = hwsim.quantize(x, fmt, rounding, noise=noise if rounding == "stochastic" else None)
+    assert same_bits(ours, ref_array(x, fmt, rounding, noise))
+
+
+@given(case=format_and_values(), rounding=st.sampled_from(MODES), seed=st.integers(0, 2**64 - 1))
+def test_torch_matches_numba_every_mode(case, rounding, seed):
+    fmt, x = case
+    kw = dict(seed=seed) if rounding == "stochastic" else {}
+    a = hwsim.quantize(x, fmt, rounding, **kw)
+    b = hwsim.quantize(torch.from_numpy(x), fmt, rounding, **kw).numpy()
+    assert same_bits(a, b)
+    if fmt.representable_in("float32"):
+        x32 = x.astype(np.float32)
+        a32 = hwsim.quantize(x32, fmt, rounding, **kw)
+        b32 = hwsim.quantize(torch.from_numpy(x32), fmt, rounding, **kw).numpy()
+        assert same_bits(a32, b32)
+        ref = ref_array(x32.astype(np.float64), fmt, rounding) if rounding != "stochastic" else None
+        if ref is not None:
+            assert same_bits(a32, ref.astype(np.float32))
+
+
+@given(case=format_and_values(max_exp=11, max_man=52), rounding=st.sampled_from(MODES[:4]))
+def test_wide_formats_match_reference(case, rounding):
+    """Up to fp64-sized formats: deep subnormals and shifts past 62 bits."""
+    fmt, x = case
+    x = x[np.isfinite(x) | np.isnan(x)]
+    assert same_bits(hwsim.quantize(x, fmt, rounding), ref_array(x, fmt, rounding))
+
+
+def test_seeded_stochastic_uses_the_counter_stream():
+    """seed=s gives the uniforms of the fixed-point counter stream (element i ->
+    SplitMix64(s, i)), so equal seeds give equal bits on both backends."""
+    from hwsim.torch_path.core import counter_uniform
+
+    x = np.random.default_rng(1).standard_normal(1000)
+    u = counter_uniform(7, x.size).numpy()
+    a = hwsim.quantize(x, "fp8_e5m2", "stochastic", seed=7)
+    assert same_bits(a, hwsim.quantize(x, "fp8_e5m2", "stochastic", noise=u))
+    assert same_bits(a, ref_array(x, FloatingPoint.parse("fp8_e5m2"), "stochastic", u))
+
+
+def test_stochastic_unbiased_and_only_two_neighbours():
+    fmt = FloatingPoint.parse("fp8_e4m3")
+    for v in (0.3, -0.3, 1.7e-3, -5.1e-3, 300.0, 3 * 2.0**-11):
+        x = np.full(200_000, v)
+        q = hwsim.quantize(x, fmt, "stochastic", seed=123)
+        lo, hi = neighbours(v, fmt.exp, fmt.man, inf=False)
+        assert set(np.unique(q)) <= {lo, hi}
+        # the mean of Bernoulli(p) choices is within 5 sigma of v
+        sigma = abs(hi - lo) * 0.5 / math.sqrt(x.size)
+        assert abs(q.mean() - v) < 5 * sigma + 1e-300
+
+
+def test_overflow_rules_at_the_threshold():
+    """Round to nearest overflows at max + half an ulp (ties go to the even
+    neighbour: up for IEEE formats, whose max has an odd mantissa; down for
+    E4M3, whose max 448 = 1.110b 2^8 is even); zero never overflows; floor
+    only for negative values; saturate always clamps (Inf inputs too)."""
+    fp16 = FloatingPoint.parse("fp16")
+    assert hwsim.quantize(65519.0, fp16) == 65504.0
+    assert hwsim.quantize(65520.0, fp16) == math.inf
+    assert hwsim.quantize(1e9, fp16, "zero") == 65504.0
+    assert hwsim.quantize(-1e9, fp16, "zero") == -65504.0
+    assert hwsim.quantize(1e9, fp16, "floor") == 65504.0
+    assert hwsim.quantize(-1e9, fp16, "floor") == -math.inf
+    assert hwsim.quantize(1e9, "fp16_sat") == 65504.0
+    assert hwsim.quantize(-math.inf, "fp16_sat") == -65504.0
+    e4m3 = FloatingPoint.parse("fp8_e4m3")
+    assert hwsim.quantize(464.0, e4m3) == 448.0
+    assert math.isnan(hwsim.quantize(464.5, e4m3))
+    assert math.isnan(hwsim.quantize(math.inf, e4m3))
+    assert hwsim.quantize(1000.0, "fp8_e4m3_sat") == 448.0
+    assert hwsim.quantize(-math.inf, "fp8_e4m3_sat") == -448.0
+    assert hwsim.quantize(1e9, "fp4_e2m1") == 6.0 and hwsim.quantize(-math.inf, "fp4_e2m1") == -6.0
+    assert float(ref_max(4, 3, False, True)) == 448.0
+
+
+def test_subnormals_and_flush_to_zero():
+    fmt = FloatingPoint.parse("fp8_e4m3")
+    sub = fmt.min_subnormal
+    assert hwsim.quantize(sub / 2, fmt) == 0.0  # tie to even: 0
+    assert hwsim.quantize(sub * 0.51, fmt) == sub
+    assert hwsim.quantize(sub * 1.5, fmt) == 2 * sub  # tie to even: 2 sub
+    ftz = FloatingPoint.parse("fp8_e4m3_ftz")
+    assert ftz.min_subnormal == ftz.min_normal
+    assert hwsim.quantize(fmt.min_normal - sub, ftz) == 0.0
+    assert hwsim.quantize(fmt.min_normal - sub / 4, ftz) == fmt.min_normal  # rounds up first
+    r = hwsim.quantize(np.array([-sub]), ftz)
+    assert r[0] == 0.0 and math.copysign(1.0, r[0]) < 0  # a zero of the input's sign
+
+
+def test_signed_zero_and_nan_pass_through():
+    x = np.array([0.0, -0.0, -1e-300, np.nan, -np.nan], dtype=np.float64)
+    for fmt in ("fp16", "fp8_e4m3", "bf16"):
+        for b in (x, torch.from_numpy(x)):
+            q = np.asarray(hwsim.quantize(b, fmt))
+            assert same_bits(q, np.array([0.0, -0.0, -0.0, np.nan, -np.nan]))
+
+
+def test_dtypes_scalars_and_out():
+    x = np.random.default_rng(0).standard_normal(100)
+    for dt in (np.float16, np.float32):
+        ref = hwsim.quantize(x.astype(dt).astype(np.float64), "fp8_e4m3")
+        q = hwsim.quantize(x.astype(dt), "fp8_e4m3")
+        assert q.dtype == dt and np.array_equal(q.astype(np.float64), ref)
+        t = hwsim.quantize(torch.from_numpy(x.astype(dt)), "fp8_e4m3")
+        assert t.dtype == getattr(torch, dt.__name__) and np.array_equal(t.double().numpy(), ref)
+    xb = torch.from_numpy(x).to(torch.bfloat16)
+    tb = hwsim.quantize(xb, "fp8_e4m3")
+    ref = hwsim.quantize(xb.double().numpy(), "fp8_e4m3")
+    assert tb.dtype == torch.bfloat16 and np.array_equal(tb.double().numpy(), ref)
+    assert hwsim.quantize(np.arange(5), "fp4_e2m1").tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert hwsim.quantize(torch.arange(5), "fp4_e2m1").dtype == torch.float64
+    assert isinstance(hwsim.quantize(0.3, "bf16"), float)
+    x32 = x.astype(np.float32)
+    out = np.empty_like(x32)
+    assert hwsim.quantize(x32, "bf16", out=out) is out
+    assert np.array_equal(out, torch.from_numpy(x32).to(torch.bfloat16).float().numpy())
+
+
+def test_errors_are_clear():
+    x = np.ones(3)
+    with pytest.raises(ValueError, match="not exactly representable in float16"):
+        hwsim.quantize(x.astype(np.float16), "bf16")
+    with pytest.raises(ValueError, match="not exactly representable in torch.float32"):
+        hwsim.quantize(torch.ones(3), "fp64")
+    with pytest.raises(ValueError, match="overflow='wrap' does not apply"):
+        hwsim.quantize(x, "bf16", overflow="wrap")
+    with pytest.raises(ValueError, match="noise is only used"):
+        hwsim.quantize(x, "bf16", "nearest", noise=np.zeros(3))
+    with pytest.raises(ValueError, match="noise must have the input's shape"):
+        hwsim.quantize(x, "bf16", "stochastic", noise=np.zeros(2))
+    with pytest.raises(ValueError, match="unknown rounding mode"):
+        hwsim.quantize(x, "bf16", "up")
+    for b in (np.array([1.0, np.nan]), torch.tensor([1.0, np.nan])):
+        with pytest.raises(hwsim.NonFiniteError, match="1 NaN value.*index \\(1,\\).*no NaN code"):
+            hwsim.quantize(b, "fp6_e2m3")
+    with pytest.raises(ValueError, match="to_codes is for fixed-point formats"):
+        hwsim.to_codes(x, "fp8_e4m3")
+    with pytest.raises(ValueError, match="from_codes is for fixed-point formats"):
+        hwsim.from_codes(np.zeros(3, dtype=np.int64), FloatingPoint(4, 3))
+    with pytest.raises(ValueError, match="out must be"):
+        hwsim.quantize(x, "bf16", out=np.empty(3, np.float32))
