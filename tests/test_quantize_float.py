@@ -1,6 +1,6 @@
 """Float-format quantize: Numba kernels and torch path against the Fraction
-reference (tests/naive_float.py), each other, and argument errors.
-Peers (torch casts, ml_dtypes, qtorch, APyTypes) are in test_peers_float.py."""
+reference (tests/naive_float.py), against each other, against the peers
+(torch casts, ml_dtypes, qtorch, APyTypes; marked ``peers``), and errors."""
 
 import math
 
@@ -233,3 +233,156 @@ def test_errors_are_clear():
         hwsim.from_codes(np.zeros(3, dtype=np.int64), FloatingPoint(4, 3))
     with pytest.raises(ValueError, match="out must be"):
         hwsim.quantize(x, "bf16", out=np.empty(3, np.float32))
+
+
+# -- peers ---------------------------------------------------------------------------
+
+
+def same_values(ours, theirs, nan_sign: bool = True) -> bool:
+    """Bit-equal float32/float64 arrays, except that a NaN must meet a NaN (of
+    the same sign if ``nan_sign``). Peers differ in NaN payloads (torch's
+    float8 -> float32 gives 0x7ff00000, ml_dtypes 0x7fc00000; quantize passes
+    the input NaN through) and torch's fp16/bf16 casts do not keep a NaN's
+    sign (-NaN -> 0x7fffffff in fp16; some +NaN -> 0xffff0000 in bf16)."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    nan = np.isnan(ours)
+    if not np.array_equal(nan, np.isnan(theirs)):
+        return False
+    if nan_sign and not np.array_equal(np.signbit(ours[nan]), np.signbit(theirs[nan])):
+        return False
+    return same_bits(ours[~nan], theirs[~nan])
+
+
+def float32_cases(fmt: FloatingPoint, n: int = 20000, seed: int = 0) -> np.ndarray:
+    """float32 inputs: every bit pattern class (random uint32 patterns, NaN and
+    Inf included), values near each grid point and midpoint of ``fmt`` (one
+    float32 ulp either side), and the special values."""
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    e = rng.integers(fmt.emin - fmt.man - 3, min(fmt.emax + 2, 127), n)
+    k = rng.integers(1 << (fmt.man + 1), 2 << (fmt.man + 1), n)  # one extra bit: midpoints
+    grid = (np.ldexp(k.astype(np.float64), e - fmt.man - 1) * rng.choice([-1, 1], n)).astype(
+        np.float32
+    )
+    near = np.concatenate([grid, np.nextafter(grid, np.float32(np.inf)), np.nextafter(grid, 0)])
+    specials = np.array(special_values(fmt), dtype=np.float64)
+    with np.errstate(over="ignore"):
+        specials = specials.astype(np.float32)
+    return np.concatenate([raw, near, specials])
+
+
+TORCH_CASTS = [
+    ("fp16", torch.float16),
+    ("bf16", torch.bfloat16),
+    ("fp8_e4m3_sat", torch.float8_e4m3fn),  # torch's cast saturates, Inf included
+    ("fp8_e5m2", torch.float8_e5m2),
+]
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize(("name", "dtype"), TORCH_CASTS)
+def test_torch_casts_bit_exact(name, dtype):
+    x = torch.from_numpy(float32_cases(FloatingPoint.parse(name)))
+    theirs = x.to(dtype).to(torch.float32).numpy()
+    assert same_values(hwsim.quantize(x, name).numpy(), theirs, nan_sign=False)
+    assert same_values(hwsim.quantize(x.numpy(), name), theirs, nan_sign=False)
+
+
+ML_DTYPES = [
+    ("fp8_e4m3", "float8_e4m3fn"),  # ml_dtypes overflows to NaN (no saturation)
+    ("fp8_e5m2", "float8_e5m2"),
+    ("fp6_e3m2", "float6_e3m2fn"),
+    ("fp6_e2m3", "float6_e2m3fn"),
+    ("fp4_e2m1", "float4_e2m1fn"),
+    ("bf16", "bfloat16"),
+]
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize(("name", "md_name"), ML_DTYPES)
+def test_ml_dtypes_bit_exact(name, md_name):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    fmt = FloatingPoint.parse(name)
+    x = float32_cases(fmt)
+    if not fmt.nan:
+        x = x[~np.isnan(x)]  # ml_dtypes turns NaN into +-0 there; hwsim raises (tested above)
+    theirs = x.astype(getattr(ml_dtypes, md_name)).astype(np.float32)
+    assert same_values(hwsim.quantize(x, fmt), theirs)
+    assert same_values(hwsim.quantize(torch.from_numpy(x), fmt).numpy(), theirs)
+
+
+@st.composite
+def qtorch_cases(draw):
+    """qtorch's float_quantize has no Inf or NaN codes (the top exponent is
+    finite, overflow clips to max) and rounds half away from zero: hwsim's
+    ``FloatingPoint(exp, man, inf=False, nan=False)`` with ``nearest_away``.
+    Below min_normal it adds 2^emin in float32 first, exact only for inputs on a
+    grid of 2^(emin - 23): the values are drawn there."""
+    exp, man = draw(st.integers(2, 7)), draw(st.integers(0, 22))
+    fmt = FloatingPoint(exp, man, inf=False, nan=False)
+    n = draw(st.integers(1, 50))
+    vals = []
+    for _ in range(n):
+        e = draw(st.integers(fmt.emin - 23, fmt.emax + 3))
+        bits = min(23, e - (fmt.emin - 23))  # stay on the 2^(emin - 23) grid
+        k = draw(st.integers(1 << bits, (2 << bits) - 1))
+        vals.append(draw(st.sampled_from([1.0, -1.0])) * math.ldexp(k, e - bits))
+    vals += draw(st.lists(st.sampled_from([0.0, -0.0, fmt.max, -fmt.max]), max_size=3))
+    return fmt, np.array(vals, dtype=np.float32)
+
+
+@pytest.mark.peers
+@given(case=qtorch_cases())
+def test_qtorch_float_quantize_nearest(case):
+    qtorch_quant = pytest.importorskip("qtorch.quant")
+    fmt, x = case
+    xt = torch.from_numpy(x)
+    theirs = qtorch_quant.float_quantize(xt, fmt.exp, fmt.man, rounding="nearest")
+    ours = hwsim.quantize(xt, fmt, "nearest_away")
+    # qtorch's subnormal path (x + 2^emin) - 2^emin turns a zero result into +0
+    assert same_bits((ours + 0.0).numpy(), (theirs + 0.0).numpy())
+
+
+@pytest.mark.peers
+@given(case=qtorch_cases())
+def test_qtorch_float_quantize_stochastic_picks_our_neighbours(case):
+    """qtorch draws its own noise (std::mt19937), so only the support is shared:
+    its result is one of the two neighbours hwsim's stochastic rounding picks from."""
+    qtorch_quant = pytest.importorskip("qtorch.quant")
+    fmt, x = case
+    theirs = qtorch_quant.float_quantize(torch.from_numpy(x), fmt.exp, fmt.man, "stochastic")
+    lo = hwsim.quantize(x, fmt, "stochastic", noise=np.full(x.shape, 1 - 2.0**-53))
+    hi = hwsim.quantize(x, fmt, "stochastic", noise=np.zeros(x.shape))
+    t = theirs.numpy()
+    assert np.all((t == lo) | (t == hi))
+
+
+APY_MODES = {
+    "nearest": "TIES_EVEN",
+    "nearest_away": "TIES_AWAY",
+    "zero": "TO_ZERO",
+    "floor": "TO_NEG",
+}
+
+
+@pytest.mark.peers
+@given(
+    case=format_and_values(max_exp=11, max_man=30),
+    rounding=st.sampled_from(sorted(APY_MODES)),
+)
+def test_apytypes_float_cast(case, rounding):
+    """APyTypes' floats are IEEE style (Inf and NaN, subnormals, no saturation).
+
+    apytypes 0.5.1 gives zero where a value below min_normal rounds up to
+    min_normal (seen here: e2m1 TIES_EVEN 0.75 -> 0, not 1; e3m1 TO_NEG
+    -0.1875 -> -0, not -0.25; e4m0 TO_NEG -1e-5 -> -0, not -2^-6): those
+    elements are compared with the Fraction reference only (above)."""
+    apy = pytest.importorskip("apytypes")
+    fmt, x = case
+    fmt = FloatingPoint(fmt.exp, fmt.man)
+    src = apy.APyFloatArray.from_float(x, 11, 52)
+    mode = getattr(apy.QuantizationMode, APY_MODES[rounding])
+    theirs = src.cast(fmt.exp, fmt.man, quantization=mode).to_numpy()
+    ours = hwsim.quantize(x, fmt, rounding)
+    carry = (np.abs(x) < fmt.min_normal) & (np.abs(ours) == fmt.min_normal)
+    assert same_values(ours[~carry], theirs[~carry])
