@@ -159,7 +159,8 @@ class FloatingPoint:
       nothing else to overflow to: it always saturates (the flag is set for it).
 
     The format must fit float64, where kernels compute: exp in [2, 11],
-    man in [0, 52], and a largest value below 2^1024.
+    man in [0, 52], and a largest value below 2^1024. ``man=0`` leaves no room
+    for a NaN code, so it needs ``inf=False, nan=False``.
 
     >>> f = FloatingPoint(5, 10)
     >>> str(f), f.max, f.eps, f.emin, f.emax
@@ -186,10 +187,11 @@ class FloatingPoint:
                 "nan=False needs inf=False: with inf=True the all-ones exponent holds "
                 "Inf and NaN codes (IEEE 754)"
             )
-        if not self.inf and self.nan and self.man == 0:
+        if self.man == 0 and self.nan:
             raise ValueError(
-                "inf=False with nan=True needs man >= 1: the NaN code S.1..1.1..1 would "
-                "take the whole top binade"
+                "man=0 has no room for a NaN code (with inf=True the all-ones exponent "
+                "would hold only +-Inf; with inf=False the NaN code would take the whole "
+                "top binade): use man >= 1, or inf=False, nan=False"
             )
         if not self.inf and self.exp == 11:
             raise ValueError(

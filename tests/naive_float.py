@@ -62,7 +62,10 @@ def ref_float(
     k = math.floor(s)
     frac = s - k
     if rounding == "nearest":
-        up = frac > Fraction(1, 2) or (frac == Fraction(1, 2) and k % 2 == 1)
+        # even = the code's last bit is 0; with man = 0 that bit is the
+        # exponent field's (biased exponent q + bias of a normal k = 1)
+        odd = k % 2 == 1 if man > 0 else (k == 1 and (q + (1 << (exp - 1)) - 1) % 2 == 1)
+        up = frac > Fraction(1, 2) or (frac == Fraction(1, 2) and odd)
     elif rounding == "nearest_away":
         up = frac >= Fraction(1, 2)
     elif rounding == "zero":

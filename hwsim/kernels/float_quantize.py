@@ -11,6 +11,9 @@ the rounded magnitude; below ``min_normal`` the quantum stays 2^(emin - man)
 (subnormals) and a format without subnormals flushes such a result to a zero
 of its sign.
 
+Ties to even pick the neighbour whose code is even; with ``man = 0`` that is
+the one with an even exponent field (P3109, gfloat; IEEE 754 leaves it open).
+
 Stochastic rounding rounds the magnitude up iff ``u < frac``, where ``frac`` is
 the dropped part in quanta, ``rem 2^-d``, exact in float64; ``u`` comes from
 the counter stream (``counter_uniform``, as for fixed point) or a noise array.
@@ -81,7 +84,10 @@ def round_magnitude(v, man, emin, rounding, u):
     rem = sig - (keep << ds)
     half = (np.int64(1) << ds) >> 1
     if rounding == NEAREST:
-        up = rem != 0 and (rem > half or (rem == half and (keep & 1) == 1))
+        # "even" is the code's last bit: the mantissa's, or with man = 0 the
+        # exponent field's (P3109, gfloat); keep is 0 or 1 then
+        odd = (keep & 1) == 1 and (man > 0 or ((q + 1 - emin) & 1) == 1)
+        up = rem != 0 and (rem > half or (rem == half and odd))
     elif rounding == NEAREST_AWAY:
         up = rem != 0 and rem >= half
     elif rounding == ZERO:

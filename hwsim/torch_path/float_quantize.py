@@ -41,7 +41,10 @@ def round_magnitude(
     half = (torch.ones_like(ds) << ds) >> 1
     nonzero = rem != 0
     if rounding == Rounding.NEAREST:
-        up = nonzero & ((rem > half) | ((rem == half) & ((keep & 1) == 1)))
+        odd = (keep & 1) == 1
+        if man == 0:  # the code's last bit is the exponent field's
+            odd &= ((q + 1 - emin) & 1) == 1
+        up = nonzero & ((rem > half) | ((rem == half) & odd))
     elif rounding == Rounding.NEAREST_AWAY:
         up = nonzero & (rem >= half)
     elif rounding == Rounding.ZERO:
