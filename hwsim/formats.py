@@ -279,6 +279,8 @@ class FloatingPoint:
         if not isinstance(text, str):
             raise ValueError(f"a floating-point format name is needed, got {text!r}")
         key = text.strip().lower()
+        if key.startswith("floatingpoint("):
+            return cls._parse_repr(text)
         flags = cls._MODIFIERS.search(key).group(1)
         base = key[: len(key) - len(flags)]
         kinds = set(flags.split("_")) - {""}
@@ -293,7 +295,13 @@ class FloatingPoint:
                     f"e.g. 'e4m3') or 'e<exp>m<man>fn' (no Inf, one NaN code), optionally "
                     f"followed by '_nonan', '_ftz' and '_sat'"
                 )
-            fmt = cls(int(m.group(1)), int(m.group(2)), inf=not m.group(3))
+            if "nonan" in kinds and not m.group(3):
+                raise ValueError(
+                    f"{text!r}: '_nonan' applies to a format without Inf ('e<exp>m<man>fn')"
+                )
+            fmt = cls(
+                int(m.group(1)), int(m.group(2)), inf=not m.group(3), nan="nonan" not in kinds
+            )
         if "nonan" in kinds:
             if fmt.inf:
                 raise ValueError(
@@ -305,6 +313,30 @@ class FloatingPoint:
             subnormals=fmt.subnormals and "ftz" not in kinds,
             saturate=fmt.saturate or "sat" in kinds,
         )
+
+    _REPR = re.compile(
+        r"^\s*FloatingPoint\(\s*(?:exp=)?(\d+)\s*,\s*(?:man=)?(\d+)\s*((?:,\s*\w+=\w+\s*)*)\)\s*$"
+    )
+
+    @classmethod
+    def _parse_repr(cls, text: str) -> FloatingPoint:
+        m = cls._REPR.match(text)
+        flags = {}
+        for item in (m.group(3).split(",") if m else [])[1:]:
+            name, _, value = item.strip().partition("=")
+            if name not in ("subnormals", "inf", "nan", "saturate") or value not in (
+                "True",
+                "False",
+            ):
+                m = None
+                break
+            flags[name] = value == "True"
+        if not m:
+            raise ValueError(
+                f"cannot parse {text!r}: write FloatingPoint(exp, man, subnormals=.., inf=.., "
+                f"nan=.., saturate=..) with True/False flags, or a name such as 'bf16'"
+            )
+        return cls(int(m.group(1)), int(m.group(2)), **flags)
 
 
 _FLOAT_NAMES = {
@@ -324,7 +356,7 @@ _FLOAT_BY_NAME = {name: fmt for fmt, name in _FLOAT_NAMES.items()}
 def is_float_format_name(text: str) -> bool:
     """True when ``text`` names a floating-point (not a fixed-point) format."""
     key = text.strip().lower()
-    return key.startswith(("fp", "e", "bf"))
+    return key.startswith(("fp", "e", "bf", "floatingpoint("))
 
 
 def parse_format(value) -> FixedPoint | FloatingPoint | None:
