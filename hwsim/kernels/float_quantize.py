@@ -1,35 +1,44 @@
 """Floating-point quantization kernels: integer ops on the IEEE bits of float64.
 
-Each input (float32 inputs widen exactly) is split into its bits: sign,
-significand ``sig`` and the exponent ``ex`` of its last bit, so |x| = sig 2^ex.
-The target's quantum in the value's binade is 2^q with
-``q = max(floor(log2|x|), emin) - man``; the ``d = q - ex`` low bits of ``sig``
-are dropped, the rounding rule applied to the remainder in integers, and the
-magnitude is ``keep * 2^q`` (exact: a small integer times a power of two).
-Above ``max`` the grid of the top binade continues, so overflow is decided on
-the rounded magnitude; below ``min_normal`` the quantum stays 2^(emin - man)
-(subnormals) and a format without subnormals flushes such a result to a zero
-of its sign.
+Inputs are read as float64 (float32 widens exactly) and split at the target's
+smallest normal, 2^emin:
 
-Ties to even pick the neighbour whose code is even; with ``man = 0`` that is
-the one with an even exponent field (P3109, gfloat; IEEE 754 leaves it open).
+- |x| >= 2^emin: the quantum is 2^(e - man) in x's binade 2^e, i.e. the low
+  ``d = 52 - man`` bits of x's float64 magnitude bits ``a``. They are dropped
+  with the rounding rule applied to the remainder in integers and the kept
+  part is shifted back, ``((a >> d) + up) << d``: a carry out of the mantissa
+  moves into the exponent field, exactly as a rounded value crosses a binade.
+  ``(a >> d) & 1`` is the target code's last bit (the mantissa's, or with
+  ``man = 0`` the exponent field's), which ties to even look at.
+- |x| < 2^emin (subnormals): the quantum is the constant 2^(emin - man), so
+  ``s = |x| 2^(man - emin)`` is exact in float64, is rounded to an integral
+  float (``rint``, ``floor`` plus the rule on ``s - floor(s)``) and scaled back.
 
-Stochastic rounding rounds the magnitude up iff ``u < frac``, where ``frac`` is
-the dropped part in quanta, ``rem 2^-d``, exact in float64; ``u`` comes from
-the counter stream (``counter_uniform``, as for fixed point) or a noise array.
+Above ``max`` the top binade's grid continues, so overflow is decided on the
+rounded magnitude: IEEE 754 7.4 per mode, or ``saturate``. A format without
+subnormals flushes a result below 2^emin to a zero of its sign (FTZ). Both
+regions and every special case are computed and then selected, so the loop has
+no branches and vectorizes.
 
-``hwsim.torch_path.float_quantize`` mirrors these steps op for op.
+Stochastic rounding rounds the magnitude up iff ``u < frac``, the dropped part
+in quanta (``rem 2^-d``, or ``s - floor(s)``), exact in float64; ``u`` comes
+from the counter stream (``counter_uniform``, as for fixed point) or a noise
+array. ``hwsim.torch_path.float_quantize`` mirrors these steps op for op.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir as llvm_ir
 from numba.core import types
 from numba.extending import intrinsic
 
+from hwsim.errors import NonFiniteError
+from hwsim.formats import _FLOAT_TRAITS, FloatingPoint
 from hwsim.kernels.jit import kernel, parallel_kernel, prange
 from hwsim.kernels.scalar import (
     FLOOR,
@@ -43,9 +52,55 @@ from hwsim.kernels.scalar import (
 NOISE_NONE, NOISE_ARRAY, NOISE_SEED = 0, 1, 2
 
 ABS_MASK = 0x7FFFFFFFFFFFFFFF
-MAN52 = (1 << 52) - 1
 INF_BITS = 0x7FF0000000000000
-MAX_SHIFT = 62  # d is clamped here: sig < 2^53, so any d >= 54 drops every bit alike
+
+
+class FloatParams(NamedTuple):
+    """The scalars both backends take for a format (see the module docstring)."""
+
+    shift: int  # d = 52 - man: float64 mantissa bits below the target's
+    half: int  # 2^(d-1) (0 when d = 0)
+    min_normal_bits: int  # float64 bits of 2^emin
+    up_a: float  # 2^(man - emin) = up_a * up_b, each a finite float64
+    up_b: float
+    down_a: float  # 2^(emin - man) = down_a * down_b, down_a normal
+    down_b: float
+    inv_quantum: float  # 2^-d
+    max_value: float
+    min_normal: float
+    ftz: bool
+    saturate: bool
+    over: float  # |result| of an overflow away from zero: Inf, NaN or max
+    inf_out: float  # |result| of an Inf input
+    has_nan: bool
+
+
+def float_params(fmt: FloatingPoint) -> FloatParams:
+    d = 52 - fmt.man
+    k = fmt.man - fmt.emin  # <= 1074
+    up_a = min(k, 1023)
+    down_a = max(-k, -1022)
+    if fmt.saturate:
+        over = inf_out = fmt.max
+    else:
+        over = inf_out = math.inf if fmt.inf else math.nan
+    return FloatParams(
+        shift=d,
+        half=(1 << d) >> 1,
+        min_normal_bits=(fmt.emin + 1023) << 52,
+        up_a=math.ldexp(1.0, up_a),
+        up_b=math.ldexp(1.0, k - up_a),
+        down_a=math.ldexp(1.0, down_a),
+        down_b=math.ldexp(1.0, -k - down_a),
+        inv_quantum=math.ldexp(1.0, -d),
+        max_value=fmt.max,
+        min_normal=fmt.min_normal,
+        ftz=not fmt.subnormals,
+        saturate=fmt.saturate,
+        over=over,
+        inf_out=inf_out,
+        has_nan=fmt.nan,
+    )
 
 
 @intrinsic
@@ -61,81 +116,65 @@ def float64_from_bits(typingctx, bits):
 
 
 @kernel
-def pow2(k):
-    """2.0^k for an integer k in [-1022, 1023] (a normal float64), from its bits."""
-    return float64_from_bits(np.int64(k + 1023) << np.int64(52))
-
-
-@kernel
-def round_magnitude(v, man, emin, rounding, u):
-    """|v| (finite float64) rounded onto the grid of a format with ``man``
-    mantissa bits and smallest normal exponent ``emin``, with no upper exponent
-    limit; the direction of ``floor`` follows the sign of v."""
-    a = float64_bits(v) & ABS_MASK
-    e = a >> 52
-    sig = a & MAN52
-    if e > 0:
-        sig |= np.int64(1) << 52
-    ex = max(e, 1) - 1075
-    q = max(e - 1023, emin) - man
-    d = q - ex  # >= 0: the target has at most 52 mantissa bits and emin >= -1022
-    ds = min(d, MAX_SHIFT)
-    keep = sig >> ds
-    rem = sig - (keep << ds)
-    half = (np.int64(1) << ds) >> 1
+def round_up(rem, half, odd, negative, frac, rounding, u):
+    """Whether a magnitude rounds up, from its dropped part: ``rem`` against
+    ``half`` (integers or floats), or ``frac`` (the same in quanta) for
+    stochastic rounding; ``odd`` is the kept code's last bit."""
+    nonzero = rem != 0
     if rounding == NEAREST:
-        # "even" is the code's last bit: the mantissa's, or with man = 0 the
-        # exponent field's (P3109, gfloat); keep is 0 or 1 then
-        odd = (keep & 1) == 1 and (man > 0 or ((q + 1 - emin) & 1) == 1)
-        up = rem != 0 and (rem > half or (rem == half and odd))
+        return nonzero & ((rem > half) | ((rem == half) & odd))
     elif rounding == NEAREST_AWAY:
-        up = rem != 0 and rem >= half
+        return nonzero & (rem >= half)
     elif rounding == ZERO:
-        up = False
+        return False
     elif rounding == FLOOR:
-        up = rem != 0 and v < 0
-    else:
-        # rem 2^-d in two exact steps (d may reach 1074)
-        up = u < float(rem) * pow2(-ds) * pow2(ds - d)
-    if up:
-        keep += 1
-    qa = max(q, -1022)
-    return float(keep) * pow2(qa) * pow2(q - qa)  # the second factor scales into subnormals
+        return nonzero & negative
+    return u < frac
 
 
 @kernel
-def quantize_value(v, man, emin, max_value, min_normal, ftz, saturate, over, inf_out, rounding, u):
-    """The float format's value of float64 ``v`` (NaN passes through).
-
-    ``over`` is the magnitude an overflow rounded away from zero gives (Inf, or
-    NaN without Inf); ``inf_out`` the one of an Inf input."""
+def quantize_value(v, p, rounding, u):
+    """The float format's value of float64 ``v`` (NaN passes through); ``p``
+    is the format's :class:`FloatParams`."""
     a = float64_bits(v) & ABS_MASK
-    if a >= INF_BITS:
-        if a > INF_BITS:
-            return v
-        return np.copysign(inf_out, v)
-    r = round_magnitude(v, man, emin, rounding, u)
-    if r > max_value:
-        # IEEE 754 7.4: rounding toward zero (zero; floor of a positive value)
-        # overflows to the largest finite value, the other modes to infinity
-        if saturate or rounding == ZERO or (rounding == FLOOR and v > 0):
-            r = max_value
-        else:
-            r = over
-    elif ftz and r < min_normal:
-        r = 0.0
-    return np.copysign(r, v)
+    negative = v < 0
+    # |v| >= 2^emin: drop the low d bits of the magnitude's bits
+    keep = a >> p.shift
+    rem = a - (keep << p.shift)
+    frac = float(rem) * p.inv_quantum
+    up = round_up(rem, p.half, (keep & 1) == 1, negative, frac, rounding, u)
+    normal = float64_from_bits((keep + np.int64(up)) << p.shift)
+    # |v| < 2^emin: the quantum is 2^(emin - man)
+    s = abs(v) * p.up_a * p.up_b
+    f = np.floor(s)
+    fs = s - f
+    odd_f = f - 2.0 * np.floor(0.5 * f) == 1.0
+    up_s = round_up(fs, 0.5, odd_f, negative, fs, rounding, u)
+    sub = (f + np.float64(up_s)) * p.down_a * p.down_b
+    r = normal if a >= p.min_normal_bits else sub
+    # IEEE 754 7.4: rounding toward zero (zero; floor of a positive value)
+    # overflows to the largest finite value, the other modes to infinity
+    if rounding == ZERO:
+        to_max = True
+    elif rounding == FLOOR:
+        to_max = p.saturate | (v > 0)
+    else:
+        to_max = p.saturate
+    big = p.max_value if to_max else p.over
+    r = big if r > p.max_value else r
+    r = 0.0 if p.ftz & (r < p.min_normal) else r
+    r = p.inf_out if a == INF_BITS else r
+    r = np.copysign(r, v)
+    return v if a > INF_BITS else r
 
 
 @functools.cache
 def float_quantize_kernel(rounding: int, noise_mode: int):
-    """kernel(x, out, man, emin, max_value, min_normal, ftz, saturate, over,
-    inf_out, has_nan, noise, seed) -> number of NaN inputs when not has_nan."""
+    """kernel(x, out, params, noise, seed) -> how many NaN inputs met a format
+    without NaN (their outputs are left NaN; the caller raises)."""
 
     @parallel_kernel
-    def run(
-        x, out, man, emin, max_value, min_normal, ftz, saturate, over, inf_out, has_nan, noise, seed
-    ):
+    def run(x, out, p, noise, seed):
         bad = 0
         for i in prange(x.size):
             v = np.float64(x[i])
@@ -144,11 +183,34 @@ def float_quantize_kernel(rounding: int, noise_mode: int):
                 u = noise[i]
             elif noise_mode == NOISE_SEED:
                 u = counter_uniform(seed, i)
-            if not has_nan and v != v:
-                bad += 1
-            out[i] = quantize_value(
-                v, man, emin, max_value, min_normal, ftz, saturate, over, inf_out, rounding, u
-            )
+            bad += np.int64((not p.has_nan) & (v != v))
+            out[i] = quantize_value(v, p, rounding, u)
         return bad
 
     return run
+
+
+def check_representable(fmt: FloatingPoint, dtype) -> None:
+    """Raise unless every value of ``fmt`` is exact in the float ``dtype``."""
+    if not fmt.representable_in(dtype):
+        man = _FLOAT_TRAITS[str(dtype).replace("torch.", "")][0] - 1
+        raise ValueError(
+            f"floating-point format {fmt} is not exactly representable in {dtype}: the format "
+            f"needs man <= {man} (the dtype's) and its exponent range, subnormals "
+            f"included, inside the dtype's; quantize a wider array (e.g. float64)"
+        )
+
+
+def raise_nan(isnan: np.ndarray, fmt: FloatingPoint) -> None:
+    """NonFiniteError for NaN inputs (``isnan``, a bool array of the input's
+    shape) to a format with no NaN code."""
+    flat = isnan.reshape(-1)
+    count = int(np.count_nonzero(flat))
+    first = np.unravel_index(int(np.flatnonzero(flat)[0]), isnan.shape) if isnan.ndim else ()
+    err = NonFiniteError(count, first, isnan.shape)
+    err.args = (
+        f"input holds {count} NaN value(s) (shape {isnan.shape}; the first at index "
+        f"{tuple(int(i) for i in first)}), and {fmt} has no NaN code (OCP MX element types "
+        f"have none); +-Inf saturates to +-{fmt.max}",
+    )
+    raise err

@@ -6,34 +6,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from hwsim.errors import NonFiniteError
 from hwsim.formats import FloatingPoint, is_float_format_name
+from hwsim.kernels import float_quantize as kf
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops._common import check_noise_numpy, fresh_seed, is_torch
-
-
-def float_params(fmt: FloatingPoint) -> dict:
-    """The scalars the kernels (both backends) take for ``fmt``."""
-    if fmt.saturate:
-        over = inf_out = fmt.max
-    else:
-        over = inf_out = math.inf if fmt.inf else math.nan
-    return dict(
-        man=fmt.man,
-        emin=fmt.emin,
-        max_value=fmt.max,
-        min_normal=fmt.min_normal,
-        ftz=not fmt.subnormals,
-        saturate=fmt.saturate,
-        over=over,
-        inf_out=inf_out,
-        has_nan=fmt.nan,
-    )
 
 
 def quantize_float(x, fmt: FloatingPoint, rounding, overflow, *, seed=None, noise=None, out=None):
@@ -63,7 +42,7 @@ def quantize_float(x, fmt: FloatingPoint, rounding, overflow, *, seed=None, nois
         raise ValueError(
             f"quantize takes float16/float32/float64 or integer arrays, got dtype {arr.dtype}"
         )
-    check_representable(fmt, out_dtype)
+    kf.check_representable(fmt, out_dtype)
     work = np.float32 if out_dtype == np.float16 else out_dtype  # float16 widens exactly
     arr = arr.astype(work, order="C", copy=False)
     if out is not None:
@@ -85,24 +64,7 @@ def quantize_float(x, fmt: FloatingPoint, rounding, overflow, *, seed=None, nois
     return float(result) if scalar else result
 
 
-def check_representable(fmt: FloatingPoint, dtype) -> None:
-    if not fmt.representable_in(dtype):
-        raise ValueError(
-            f"floating-point format {fmt} is not exactly representable in {dtype}: the format "
-            f"needs man <= {_man_of(dtype)} (the dtype's) and its exponent range, subnormals "
-            f"included, inside the dtype's; quantize a wider array (e.g. float64)"
-        )
-
-
-def _man_of(dtype) -> int:
-    from hwsim.formats import _FLOAT_TRAITS
-
-    return _FLOAT_TRAITS[str(dtype).replace("torch.", "")][0] - 1
-
-
 def _run(arr, out, fmt, rounding, seed, noise) -> None:
-    from hwsim.kernels import float_quantize as kf
-
     noise_mode, noise_flat, seed64 = kf.NOISE_NONE, _EMPTY, 0
     if noise is not None:
         noise_mode, noise_flat = kf.NOISE_ARRAY, check_noise_numpy(noise, arr.shape)
@@ -111,44 +73,12 @@ def _run(arr, out, fmt, rounding, seed, noise) -> None:
 
         seed64 = _seed64(fresh_seed() if seed is None else seed)
         noise_mode = kf.NOISE_SEED
-    p = float_params(fmt)
     flat, out_flat = arr.reshape(-1), out.reshape(-1)
     run = kf.float_quantize_kernel(int(rounding), noise_mode)
     with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
-        bad = run(
-            flat,
-            out_flat,
-            p["man"],
-            p["emin"],
-            p["max_value"],
-            p["min_normal"],
-            p["ftz"],
-            p["saturate"],
-            p["over"],
-            p["inf_out"],
-            p["has_nan"],
-            noise_flat,
-            np.uint64(seed64),
-        )
+        bad = run(flat, out_flat, kf.float_params(fmt), noise_flat, np.uint64(seed64))
     if bad:
-        raise_nan(arr, fmt)
-
-
-def raise_nan(x, fmt: FloatingPoint) -> None:
-    """NonFiniteError for NaN inputs to a format with no NaN code."""
-    if is_torch(x):
-        flat = x.detach().reshape(-1).isnan().cpu().numpy()
-    else:
-        flat = np.isnan(np.asarray(x)).reshape(-1)
-    count = int(np.count_nonzero(flat))
-    first = np.unravel_index(int(np.flatnonzero(flat)[0]), tuple(x.shape)) if x.ndim else ()
-    err = NonFiniteError(count, first, tuple(x.shape))
-    err.args = (
-        f"input holds {count} NaN value(s) (shape {tuple(x.shape)}; the first at index "
-        f"{tuple(int(i) for i in first)}), and {fmt} has no NaN code (OCP MX element types "
-        f"have none); +-Inf saturates to +-{fmt.max}",
-    )
-    raise err
+        kf.raise_nan(np.isnan(arr), fmt)
 
 
 _EMPTY = np.zeros(0, dtype=np.float64)
