@@ -4,12 +4,13 @@ Inputs are read as float64 (float32 widens exactly) and split at the target's
 smallest normal, 2^emin:
 
 - |x| >= 2^emin: the quantum is 2^(e - man) in x's binade 2^e, i.e. the low
-  ``d = 52 - man`` bits of x's float64 magnitude bits ``a``. They are dropped
-  with the rounding rule applied to the remainder in integers and the kept
-  part is shifted back, ``((a >> d) + up) << d``: a carry out of the mantissa
-  moves into the exponent field, exactly as a rounded value crosses a binade.
-  ``(a >> d) & 1`` is the target code's last bit (the mantissa's, or with
-  ``man = 0`` the exponent field's), which ties to even look at.
+  ``d = 52 - man`` bits of x's float64 magnitude bits ``a``. The rule is
+  applied in integers by adding what carries out of those bits exactly when
+  it rounds up (``2^(d-1) - 1 + last kept bit`` for ties to even) and then
+  clearing them: a carry out of the mantissa moves into the exponent field,
+  exactly as a rounded value crosses a binade. The last kept bit is the target
+  code's (the mantissa's, or with ``man = 0`` the exponent field's), the one
+  ties to even look at.
 - |x| < 2^emin (subnormals): the quantum is the constant 2^(emin - man), so
   ``s = |x| 2^(man - emin)`` is exact in float64, is rounded to an integral
   float (``rint``, ``floor`` plus the rule on ``s - floor(s)``) and scaled back.
@@ -60,6 +61,10 @@ class FloatParams(NamedTuple):
 
     shift: int  # d = 52 - man: float64 mantissa bits below the target's
     half: int  # 2^(d-1) (0 when d = 0)
+    half_minus_one: int  # 2^(d-1) - 1 (0 when d = 0)
+    last_bit: int  # 1, or 0 when d = 0 (no bit is dropped)
+    drop_mask: int  # 2^d - 1: the dropped bits
+    keep_mask: int  # ~drop_mask
     min_normal_bits: int  # float64 bits of 2^emin
     up_a: float  # 2^(man - emin) = up_a * up_b, each a finite float64
     up_b: float
@@ -87,6 +92,10 @@ def float_params(fmt: FloatingPoint) -> FloatParams:
     return FloatParams(
         shift=d,
         half=(1 << d) >> 1,
+        half_minus_one=max(((1 << d) >> 1) - 1, 0),
+        last_bit=int(d > 0),
+        drop_mask=(1 << d) - 1,
+        keep_mask=~((1 << d) - 1),
         min_normal_bits=(fmt.emin + 1023) << 52,
         up_a=math.ldexp(1.0, up_a),
         up_b=math.ldexp(1.0, k - up_a),
@@ -116,20 +125,38 @@ def float64_from_bits(typingctx, bits):
 
 
 @kernel
-def round_up(rem, half, odd, negative, frac, rounding, u):
-    """Whether a magnitude rounds up, from its dropped part: ``rem`` against
-    ``half`` (integers or floats), or ``frac`` (the same in quanta) for
-    stochastic rounding; ``odd`` is the kept code's last bit."""
-    nonzero = rem != 0
-    if rounding == NEAREST:
-        return nonzero & ((rem > half) | ((rem == half) & odd))
-    elif rounding == NEAREST_AWAY:
-        return nonzero & (rem >= half)
+def normal_bits(a, negative, p, rounding, u):
+    """Magnitude bits ``a`` (of |v| >= 2^emin) rounded at bit d = p.shift:
+    add what carries exactly when the rule rounds up, then clear the d bits."""
+    if rounding == NEAREST:  # carries iff rem > half, or rem == half and the kept part is odd
+        return (a + p.half_minus_one + ((a >> p.shift) & p.last_bit)) & p.keep_mask
+    elif rounding == NEAREST_AWAY:  # carries iff rem >= half
+        return (a + p.half) & p.keep_mask
     elif rounding == ZERO:
-        return False
-    elif rounding == FLOOR:
-        return nonzero & negative
-    return u < frac
+        return a & p.keep_mask
+    elif rounding == FLOOR:  # a negative value's magnitude carries iff rem != 0
+        return (a + (p.drop_mask if negative else 0)) & p.keep_mask
+    frac = float(a & p.drop_mask) * p.inv_quantum  # exact: rem < 2^52
+    return (a & p.keep_mask) + (np.int64(u < frac) << p.shift)
+
+
+@kernel
+def subnormal_value(v, negative, p, rounding, u):
+    """|v| < 2^emin rounded on the grid of 2^(emin - man): s = |v| / quantum is
+    exact in float64 and rounded to an integral float."""
+    s = abs(v) * p.up_a * p.up_b
+    if rounding == NEAREST:
+        k = np.rint(s)  # ties to even: the code's last bit
+    else:
+        k = np.floor(s)
+        frac = s - k  # exact
+        if rounding == NEAREST_AWAY:
+            k += np.float64(frac >= 0.5)
+        elif rounding == FLOOR:
+            k += np.float64(negative & (frac != 0.0))
+        elif rounding != ZERO:
+            k += np.float64(u < frac)
+    return k * p.down_a * p.down_b
 
 
 @kernel
@@ -138,19 +165,8 @@ def quantize_value(v, p, rounding, u):
     is the format's :class:`FloatParams`."""
     a = float64_bits(v) & ABS_MASK
     negative = v < 0
-    # |v| >= 2^emin: drop the low d bits of the magnitude's bits
-    keep = a >> p.shift
-    rem = a - (keep << p.shift)
-    frac = float(rem) * p.inv_quantum
-    up = round_up(rem, p.half, (keep & 1) == 1, negative, frac, rounding, u)
-    normal = float64_from_bits((keep + np.int64(up)) << p.shift)
-    # |v| < 2^emin: the quantum is 2^(emin - man)
-    s = abs(v) * p.up_a * p.up_b
-    f = np.floor(s)
-    fs = s - f
-    odd_f = f - 2.0 * np.floor(0.5 * f) == 1.0
-    up_s = round_up(fs, 0.5, odd_f, negative, fs, rounding, u)
-    sub = (f + np.float64(up_s)) * p.down_a * p.down_b
+    normal = float64_from_bits(normal_bits(a, negative, p, rounding, u))
+    sub = subnormal_value(v, negative, p, rounding, u)
     r = normal if a >= p.min_normal_bits else sub
     # IEEE 754 7.4: rounding toward zero (zero; floor of a positive value)
     # overflows to the largest finite value, the other modes to infinity

@@ -20,36 +20,43 @@ from hwsim.kernels.float_quantize import (
 from hwsim.modes import Rounding
 
 
-def round_up(rem, half, odd, negative, frac, rounding: Rounding, u):
-    """``hwsim.kernels.float_quantize.round_up`` on tensors (a bool tensor)."""
-    nonzero = rem != 0
+def normal_bits(a, negative, p: FloatParams, rounding: Rounding, u):
+    """``hwsim.kernels.float_quantize.normal_bits`` on int64 tensors."""
     if rounding == Rounding.NEAREST:
-        return nonzero & ((rem > half) | ((rem == half) & odd))
+        return (a + p.half_minus_one + ((a >> p.shift) & p.last_bit)) & p.keep_mask
     if rounding == Rounding.NEAREST_AWAY:
-        return nonzero & (rem >= half)
+        return (a + p.half) & p.keep_mask
     if rounding == Rounding.ZERO:
-        return torch.zeros_like(nonzero)
+        return a & p.keep_mask
     if rounding == Rounding.FLOOR:
-        return nonzero & negative
-    return u < frac
+        return (a + negative.to(torch.int64) * p.drop_mask) & p.keep_mask
+    frac = (a & p.drop_mask).to(torch.float64) * p.inv_quantum
+    return (a & p.keep_mask) + ((u < frac).to(torch.int64) << p.shift)
+
+
+def subnormal_value(v, negative, p: FloatParams, rounding: Rounding, u):
+    """``hwsim.kernels.float_quantize.subnormal_value`` on float64 tensors."""
+    s = v.abs() * p.up_a * p.up_b
+    if rounding == Rounding.NEAREST:
+        k = torch.round(s)  # half to even
+    else:
+        k = torch.floor(s)
+        frac = s - k
+        if rounding == Rounding.NEAREST_AWAY:
+            k += (frac >= 0.5).to(torch.float64)
+        elif rounding == Rounding.FLOOR:
+            k += (negative & (frac != 0)).to(torch.float64)
+        elif rounding != Rounding.ZERO:
+            k += (u < frac).to(torch.float64)
+    return k * p.down_a * p.down_b
 
 
 def quantize_bits(v: torch.Tensor, p: FloatParams, rounding: Rounding, u) -> torch.Tensor:
     """The format's values of float64 ``v`` (a new float64 tensor)."""
     a = v.view(torch.int64) & ABS_MASK
     negative = v < 0
-    keep = a >> p.shift
-    rem = a - (keep << p.shift)
-    frac = rem.to(torch.float64) * p.inv_quantum if rounding == Rounding.STOCHASTIC else None
-    up = round_up(rem, p.half, (keep & 1) == 1, negative, frac, rounding, u)
-    normal = ((keep + up.to(torch.int64)) << p.shift).view(torch.float64)
-    s = v.abs() * p.up_a * p.up_b
-    f = torch.floor(s)
-    fs = s - f
-    odd_f = (f - 2.0 * torch.floor(0.5 * f)) == 1.0
-    up_s = round_up(fs, 0.5, odd_f, negative, fs, rounding, u)
-    sub = (f + up_s.to(torch.float64)) * p.down_a * p.down_b
-    r = torch.where(a >= p.min_normal_bits, normal, sub)
+    normal = normal_bits(a, negative, p, rounding, u).view(torch.float64)
+    r = torch.where(a >= p.min_normal_bits, normal, subnormal_value(v, negative, p, rounding, u))
     if rounding == Rounding.ZERO or p.saturate:
         big = torch.full_like(r, p.max_value)
     elif rounding == Rounding.FLOOR:
