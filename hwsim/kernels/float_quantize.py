@@ -53,6 +53,7 @@ from hwsim.kernels.scalar import (
 NOISE_NONE, NOISE_ARRAY, NOISE_SEED = 0, 1, 2
 
 ABS_MASK = 0x7FFFFFFFFFFFFFFF
+SIGN_BIT = -0x8000000000000000  # as int64
 INF_BITS = 0x7FF0000000000000
 
 
@@ -72,11 +73,15 @@ class FloatParams(NamedTuple):
     down_b: float
     inv_quantum: float  # 2^-d
     max_value: float
+    max_bits: int
     min_normal: float
     ftz: bool
+    wide: bool  # up_b or down_b is not 1 (man - emin > 1022: fp64-sized formats)
     saturate: bool
     over: float  # |result| of an overflow away from zero: Inf, NaN or max
+    over_bits: int
     inf_out: float  # |result| of an Inf input
+    inf_out_bits: int
     has_nan: bool
 
 
@@ -103,13 +108,22 @@ def float_params(fmt: FloatingPoint) -> FloatParams:
         down_b=math.ldexp(1.0, -k - down_a),
         inv_quantum=math.ldexp(1.0, -d),
         max_value=fmt.max,
+        max_bits=_bits(fmt.max),
         min_normal=fmt.min_normal,
         ftz=not fmt.subnormals,
+        wide=k > 1022,
         saturate=fmt.saturate,
         over=over,
+        over_bits=_bits(over),
         inf_out=inf_out,
+        inf_out_bits=_bits(inf_out),
         has_nan=fmt.nan,
     )
+
+
+def _bits(value: float) -> int:
+    """The float64 bit pattern of a non-negative value (NaN: the quiet NaN)."""
+    return int(np.array(value, dtype=np.float64).view(np.int64)) & ABS_MASK
 
 
 @intrinsic
@@ -141,10 +155,13 @@ def normal_bits(a, negative, p, rounding, u):
 
 
 @kernel
-def subnormal_value(v, negative, p, rounding, u):
+def subnormal_value(v, negative, p, rounding, u, wide):
     """|v| < 2^emin rounded on the grid of 2^(emin - man): s = |v| / quantum is
-    exact in float64 and rounded to an integral float."""
-    s = abs(v) * p.up_a * p.up_b
+    exact in float64 and rounded to an integral float. ``wide``: the scale
+    factors need two float64 steps each."""
+    s = abs(v) * p.up_a
+    if wide:
+        s *= p.up_b
     if rounding == NEAREST:
         k = np.rint(s)  # ties to even: the code's last bit
     else:
@@ -156,38 +173,44 @@ def subnormal_value(v, negative, p, rounding, u):
             k += np.float64(negative & (frac != 0.0))
         elif rounding != ZERO:
             k += np.float64(u < frac)
-    return k * p.down_a * p.down_b
+    k *= p.down_a
+    if wide:
+        k *= p.down_b
+    return k
 
 
 @kernel
-def quantize_value(v, p, rounding, u):
+def quantize_value(v, p, rounding, u, ftz, wide):
     """The float format's value of float64 ``v`` (NaN passes through); ``p``
-    is the format's :class:`FloatParams`."""
-    a = float64_bits(v) & ABS_MASK
+    is the format's :class:`FloatParams`. Overflow, FTZ and the specials are
+    selected on the magnitude's bits, and the sign is or-ed back last."""
+    bits = float64_bits(v)
+    a = bits & ABS_MASK
     negative = v < 0
-    normal = float64_from_bits(normal_bits(a, negative, p, rounding, u))
-    sub = subnormal_value(v, negative, p, rounding, u)
+    normal = normal_bits(a, negative, p, rounding, u)
+    sub = float64_bits(subnormal_value(v, negative, p, rounding, u, wide))
     r = normal if a >= p.min_normal_bits else sub
     # IEEE 754 7.4: rounding toward zero (zero; floor of a positive value)
     # overflows to the largest finite value, the other modes to infinity
     if rounding == ZERO:
-        to_max = True
+        big = p.max_bits
     elif rounding == FLOOR:
-        to_max = p.saturate | (v > 0)
+        big = p.max_bits if p.saturate | (v > 0) else p.over_bits
     else:
-        to_max = p.saturate
-    big = p.max_value if to_max else p.over
-    r = big if r > p.max_value else r
-    r = 0.0 if p.ftz & (r < p.min_normal) else r
-    r = p.inf_out if a == INF_BITS else r
-    r = np.copysign(r, v)
-    return v if a > INF_BITS else r
+        big = p.max_bits if p.saturate else p.over_bits
+    r = big if r > p.max_bits else r
+    if ftz:
+        r = 0 if r < p.min_normal_bits else r
+    special = p.inf_out_bits if a == INF_BITS else a  # NaN: its own bits
+    r = special if a >= INF_BITS else r
+    return float64_from_bits(r | (bits & SIGN_BIT))
 
 
 @functools.cache
-def float_quantize_kernel(rounding: int, noise_mode: int):
+def float_quantize_kernel(rounding: int, noise_mode: int, ftz: bool, wide: bool, has_nan: bool):
     """kernel(x, out, params, noise, seed) -> how many NaN inputs met a format
-    without NaN (their outputs are left NaN; the caller raises)."""
+    without NaN (their outputs are left NaN; the caller raises). The flags are
+    the format's (``FloatParams``), compiled in as constants."""
 
     @parallel_kernel
     def run(x, out, p, noise, seed):
@@ -199,8 +222,9 @@ def float_quantize_kernel(rounding: int, noise_mode: int):
                 u = noise[i]
             elif noise_mode == NOISE_SEED:
                 u = counter_uniform(seed, i)
-            bad += np.int64((not p.has_nan) & (v != v))
-            out[i] = quantize_value(v, p, rounding, u)
+            if not has_nan:
+                bad += np.int64(v != v)
+            out[i] = quantize_value(v, p, rounding, u, ftz, wide)
         return bad
 
     return run

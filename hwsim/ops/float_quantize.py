@@ -74,9 +74,10 @@ def _run(arr, out, fmt, rounding, seed, noise) -> None:
         seed64 = _seed64(fresh_seed() if seed is None else seed)
         noise_mode = kf.NOISE_SEED
     flat, out_flat = arr.reshape(-1), out.reshape(-1)
-    run = kf.float_quantize_kernel(int(rounding), noise_mode)
+    p = kf.float_params(fmt)
+    run = kf.float_quantize_kernel(int(rounding), noise_mode, p.ftz, p.wide, p.has_nan)
     with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
-        bad = run(flat, out_flat, kf.float_params(fmt), noise_flat, np.uint64(seed64))
+        bad = run(flat, out_flat, p, noise_flat, np.uint64(seed64))
     if bad:
         kf.raise_nan(np.isnan(arr), fmt)
 
