@@ -7,6 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import hwsim
 from hwsim import FixedPoint, FloatingPoint, parse_format
 
 
@@ -189,3 +190,37 @@ def test_parse_format_tables_and_fixed_point():
         parse_format(3.5)
     with pytest.raises(ValueError, match="a floating-point format name is needed, got 3"):
         FloatingPoint.parse(3)
+
+
+# -- consumers: float formats reach layers through the one quantizer ------------
+
+
+def test_nn_layers_quantize_to_float_formats():
+    from hwsim import nn as hnn
+
+    x = torch.randn(6, 3, requires_grad=True)
+    y = hnn.quantizer(x, "bf16", "fp8_e5m2")
+    y.backward(torch.full_like(y, 0.3))
+    assert torch.equal(y, hwsim.quantize(x.detach(), "bf16"))
+    assert torch.equal(x.grad, hwsim.quantize(torch.full_like(y, 0.3), "fp8_e5m2"))
+    p = hnn.Precision(weight="bf16", activation="fp8_e4m3_sat", grad_activation="fp8_e5m2")
+    assert p.activation == FloatingPoint(4, 3, inf=False, saturate=True)
+    for backend in ("torch", "numba"):
+        torch.manual_seed(0)
+        model = hnn.quantize_model(torch.nn.Sequential(torch.nn.Linear(3, 2)), p, backend=backend)
+        out = model(torch.randn(5, 3))
+        out.sum().backward()
+        w = model[0].weight
+        assert torch.isfinite(out).all() and w.grad is not None
+
+
+def test_float_formats_rejected_where_not_supported_yet():
+    from hwsim import nn as hnn
+    from hwsim.optim import SGD
+
+    with pytest.raises(ValueError, match="MAC array takes fixed-point operands"):
+        hnn.Precision(weight="bf16", activation="bf16", accumulator="fx24.10")
+    with pytest.raises(ValueError, match="MAC array takes fixed-point operands"):
+        hnn.Precision(weight="fx8.6", activation="fx8.4", accumulator="fp16")
+    with pytest.raises(ValueError, match="weight: the optimizers take fixed-point formats"):
+        SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, weight="bf16")
