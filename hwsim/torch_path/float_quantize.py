@@ -1,7 +1,10 @@
 """Floating-point quantization on torch tensors (any device).
 
-Mirrors ``hwsim.kernels.float_quantize`` op for op (read its docstring) on the
-int64 bit patterns of float64, so results are bit-identical to the Numba kernels.
+The arithmetic of ``hwsim.kernels.float_quantize`` (read its docstring) on
+tensors: the same integer rounding of the float64 magnitude bits and the same
+float64 rescale below 2^emin, so results are bit-identical to the Numba
+kernels (tests/test_quantize_float.py checks every mode). The final selects
+(overflow, FTZ, Inf, NaN, sign) are done on values with ``torch.where``.
 """
 
 from __future__ import annotations
