@@ -1,6 +1,9 @@
 """Quantization throughput: hwsim (Numba, torch) vs a copy ceiling, qtorch, APyTypes.
 
-    python benchmarks/quantize.py [--log2n 24]
+    python benchmarks/quantize.py [--log2n 24] [--floats-only]
+
+Float formats (bf16, fp8_e4m3, fp4_e2m1) get their own table: hwsim vs
+qtorch's float_quantize, ml_dtypes' astype and torch's cast.
 
 All rows are measured in this one run on the same float32 array (APyTypes on a
 smaller slice: it is far slower; its throughput is per element either way).
@@ -52,7 +55,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--log2n", type=int, default=24)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--floats-only", action="store_true", help="only the float-format table")
     args = ap.parse_args()
+    if args.floats_only:
+        float_rows(args.log2n, args.repeat)
+        return
     n = 1 << args.log2n
     x = (np.random.default_rng(0).standard_normal(n) * 4).astype(np.float32)
     out = np.empty_like(x)
@@ -116,6 +123,67 @@ def main() -> None:
         f"\nfirst call of hwsim.quantize in a fresh process: {cold:.2f} s with a cold Numba cache "
         f"(JIT compile), {warm:.2f} s with the cache written"
     )
+
+    float_rows(args.log2n, args.repeat)
+
+
+FLOAT_CASES = {  # hwsim name -> (exp, man, ml_dtypes name, torch dtype name)
+    "bf16": (8, 7, "bfloat16", "bfloat16"),
+    "fp8_e4m3": (4, 3, "float8_e4m3fn", "float8_e4m3fn"),
+    "fp4_e2m1": (2, 1, "float4_e2m1fn", None),
+}
+
+
+def float_rows(log2n: int, repeat: int) -> None:
+    """Float formats: hwsim (Numba on the IEEE bits, writing float32; torch ops)
+    against qtorch.float_quantize (float32 out; ties away and no Inf, so not
+    the same rounding), ml_dtypes astype and torch's cast (narrow output, fewer
+    bytes written). Ratios are against the copy and against qtorch nearest."""
+    n = 1 << log2n
+    x = (np.random.default_rng(0).standard_normal(n) * 4).astype(np.float32)
+    out = np.empty_like(x)
+    xt = torch.from_numpy(x)
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover
+        ml_dtypes = None
+    try:
+        from qtorch.quant import float_quantize
+    except Exception as e:  # noqa: BLE001
+        float_quantize = None
+        print(f"qtorch unavailable: {e}")
+    fns = {"numba copy (bandwidth ceiling)": lambda: copy_kernel(x, out)}
+    for name, (exp, man, md, td) in FLOAT_CASES.items():
+        fns[f"{name}: hwsim numba nearest (out=)"] = lambda f=name: hwsim.quantize(x, f, out=out)
+        fns[f"{name}: hwsim numba stochastic (out=)"] = lambda f=name: hwsim.quantize(
+            x, f, "stochastic", seed=1, out=out
+        )
+        fns[f"{name}: hwsim torch nearest"] = lambda f=name: hwsim.quantize(xt, f)
+        if float_quantize is not None:
+            fns[f"{name}: qtorch float_quantize nearest"] = lambda e=exp, m=man: float_quantize(
+                xt, e, m, "nearest"
+            )
+            fns[f"{name}: qtorch float_quantize stochastic"] = lambda e=exp, m=man: float_quantize(
+                xt, e, m, "stochastic"
+            )
+        if ml_dtypes is not None:
+            md_type = getattr(ml_dtypes, md)
+            fns[f"{name}: ml_dtypes astype"] = lambda t=md_type: x.astype(t)
+        if td is not None:
+            torch_type = getattr(torch, td)
+            fns[f"{name}: torch cast .to({td})"] = lambda t=torch_type: xt.to(t)
+    times = interleaved_best(fns, rounds=repeat)
+    copy_t = times["numba copy (bandwidth ceiling)"]
+    table = []
+    for label, t in times.items():
+        fmt = label.split(":")[0]
+        q = times.get(f"{fmt}: qtorch float_quantize nearest")
+        table.append([label, t * 1e3, n / t / 1e6, copy_t / t, (q / t) if q else "-"])
+    print(
+        f"\nfloat formats, {n} float32 elements, {torch.get_num_threads()} torch threads, "
+        f"numba threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}, best of {repeat}\n"
+    )
+    print_table(["method", "ms", "Melem/s", "x copy", "x qtorch nearest"], table)
 
 
 if __name__ == "__main__":

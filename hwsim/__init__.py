@@ -6,7 +6,7 @@
 """
 
 from hwsim.errors import NonFiniteError
-from hwsim.formats import FixedPoint, parse_format
+from hwsim.formats import FixedPoint, FloatingPoint, parse_format
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops import conv2d, from_codes, matmul, quantize, to_codes
 
@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FixedPoint",
+    "FloatingPoint",
     "parse_format",
     "Rounding",
     "Overflow",

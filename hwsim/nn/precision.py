@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hwsim.formats import FixedPoint, parse_format
+from hwsim.formats import FixedPoint, FloatingPoint, parse_format
 from hwsim.modes import Overflow, Rounding
 
 TENSOR_FIELDS = (
@@ -110,6 +110,16 @@ class Precision:
                 raise ValueError(
                     f"Precision.{acc} is set but {', '.join(missing)} is float: the MAC array "
                     f"multiplies integer codes, so set {' and '.join(operands)} too"
+                )
+            floats = [
+                f
+                for f in (acc, *operands, "product")
+                if getattr(self, acc) is not None and isinstance(getattr(self, f), FloatingPoint)
+            ]
+            if floats:  # float MAC arrays: a later step of issue 16
+                raise ValueError(
+                    f"Precision.{acc} is set and {', '.join(floats)} is a floating-point "
+                    f"format: the MAC array takes fixed-point operands and accumulators only"
                 )
 
     def rounding_of(self, field: str) -> Rounding:

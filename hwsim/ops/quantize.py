@@ -21,6 +21,7 @@ from hwsim.plan.checks import (
     raise_non_finite_numpy,
     seed64,
 )
+from hwsim.ops.float_quantize import as_float_format, no_codes, quantize_float
 
 
 def quantize(
@@ -80,7 +81,13 @@ def quantize(
     >>> import numpy as np, hwsim
     >>> hwsim.quantize(np.array([0.3, -1.26, 9.0]), "fx8.4")
     array([ 0.3125, -1.25  ,  7.9375])
+
+    A :class:`FloatingPoint` format (or its name, ``"bf16"``, ``"fp8_e4m3"``)
+    goes to :func:`hwsim.ops.float_quantize.quantize_float`: NaN passes
+    through, overflow follows the format's ``saturate`` flag.
     """
+    if (float_fmt := as_float_format(fmt)) is not None:
+        return quantize_float(x, float_fmt, rounding, overflow, seed=seed, noise=noise, out=out)
     fmt = check_format(fmt)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
     check_data(x)
@@ -126,6 +133,8 @@ def to_codes(
 ):
     """Integer codes (int64) of ``x`` in ``fmt``: ``quantize(x) == codes * fmt.lsb``
     exactly, for every word length up to 62. Same arguments as :func:`quantize`."""
+    if (float_fmt := as_float_format(fmt)) is not None:
+        raise no_codes(float_fmt, "to_codes")
     fmt = check_format(fmt)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
     check_data(x)
@@ -146,6 +155,8 @@ def from_codes(codes, fmt):
     """Values (float64) of int64 ``codes`` in ``fmt``: ``codes * 2^-fl``.
 
     Raises ValueError if a code lies outside the format's range."""
+    if (float_fmt := as_float_format(fmt)) is not None:
+        raise no_codes(float_fmt, "from_codes")
     fmt = check_format(fmt)
     check_data(codes, "codes")
     if is_torch(codes):

@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-from hwsim.formats import FixedPoint, parse_format
+from hwsim.formats import FixedPoint, FloatingPoint, parse_format
 from hwsim.modes import Overflow, Rounding
 from hwsim.torch_path.core import counter_uniform
 
@@ -61,6 +61,11 @@ def _format(value, what: str) -> FixedPoint | None:
         fmt = parse_format(value)
     except ValueError as err:
         raise ValueError(f"{what}: {err}") from None
+    if isinstance(fmt, FloatingPoint):  # float optimizer formats: a later step of issue 16
+        raise ValueError(
+            f"{what}: the optimizers take fixed-point formats (or None for float), "
+            f"not the floating-point format {fmt}"
+        )
     if fmt is not None and fmt.wl > MAX_CODE_BITS:
         raise ValueError(
             f"{what} format {fmt} has wl={fmt.wl}; the optimizers keep codes in float64, "

@@ -1,0 +1,101 @@
+"""``quantize`` for floating-point formats: argument checks and dispatch
+(NumPy -> Numba kernels on the IEEE bits, torch -> torch path).
+
+``hwsim.ops.quantize.quantize`` sends every :class:`FloatingPoint` here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwsim.formats import FloatingPoint, is_float_format_name
+from hwsim.kernels import float_quantize as kf
+from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
+from hwsim.modes import Overflow, Rounding
+from hwsim.ops._common import check_noise_numpy, fresh_seed, is_torch
+
+
+def quantize_float(x, fmt: FloatingPoint, rounding, overflow, *, seed=None, noise=None, out=None):
+    """:func:`hwsim.quantize` for a float format (see its docstring)."""
+    rounding = Rounding.parse(rounding)
+    if Overflow.parse(overflow) != Overflow.SATURATE:
+        raise ValueError(
+            f"overflow={str(overflow)!r} does not apply to floating-point format {fmt}: a float "
+            f"overflows to Inf, NaN or its largest value as the format's saturate flag says "
+            f"(e.g. '{fmt}_sat'); leave overflow at its default"
+        )
+    if noise is not None and rounding != Rounding.STOCHASTIC:
+        raise ValueError(f"noise is only used by rounding='stochastic', not {str(rounding)!r}")
+    if is_torch(x):
+        if out is not None:
+            raise ValueError("out is for NumPy arrays only")
+        from hwsim.torch_path.float_quantize import quantize_float_torch
+
+        return quantize_float_torch(x, fmt, rounding, seed=seed, noise=noise)
+    scalar = np.isscalar(x)
+    arr = np.asarray(x)
+    if arr.dtype.kind in "iub":
+        out_dtype = np.dtype(np.float64)
+    elif arr.dtype in (np.float16, np.float32, np.float64):
+        out_dtype = arr.dtype
+    else:
+        raise ValueError(
+            f"quantize takes float16/float32/float64 or integer arrays, got dtype {arr.dtype}"
+        )
+    kf.check_representable(fmt, out_dtype)
+    work = np.float32 if out_dtype == np.float16 else out_dtype  # float16 widens exactly
+    arr = arr.astype(work, order="C", copy=False)
+    if out is not None:
+        if not (
+            isinstance(out, np.ndarray)
+            and out.shape == arr.shape
+            and out.dtype == arr.dtype == out_dtype
+            and out.flags.c_contiguous
+        ):
+            raise ValueError(
+                f"out must be a C-contiguous NumPy array of shape {arr.shape} and dtype "
+                f"{out_dtype} (float32 or float64 input only)"
+            )
+        _run(arr, out, fmt, rounding, seed, noise)
+        return out
+    result = np.empty(arr.shape, dtype=arr.dtype)
+    _run(arr, result, fmt, rounding, seed, noise)
+    result = result.astype(out_dtype, copy=False)
+    return float(result) if scalar else result
+
+
+def _run(arr, out, fmt, rounding, seed, noise) -> None:
+    noise_mode, noise_flat, seed64 = kf.NOISE_NONE, _EMPTY, 0
+    if noise is not None:
+        noise_mode, noise_flat = kf.NOISE_ARRAY, check_noise_numpy(noise, arr.shape)
+    elif rounding == Rounding.STOCHASTIC:
+        from hwsim.ops.quantize import _seed64
+
+        seed64 = _seed64(fresh_seed() if seed is None else seed)
+        noise_mode = kf.NOISE_SEED
+    flat, out_flat = arr.reshape(-1), out.reshape(-1)
+    p = kf.float_params(fmt)
+    run = kf.float_quantize_kernel(int(rounding), noise_mode, p.ftz, p.wide, p.has_nan)
+    with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
+        bad = run(flat, out_flat, p, noise_flat, np.uint64(seed64))
+    if bad:
+        kf.raise_nan(np.isnan(arr), fmt)
+
+
+_EMPTY = np.zeros(0, dtype=np.float64)
+
+
+def as_float_format(fmt) -> FloatingPoint | None:
+    """``fmt`` as a FloatingPoint when it is one or names one, else None."""
+    if isinstance(fmt, FloatingPoint):
+        return fmt
+    if isinstance(fmt, str) and is_float_format_name(fmt):
+        return FloatingPoint.parse(fmt)
+    return None
+
+
+def no_codes(fmt: FloatingPoint, what: str) -> ValueError:
+    return ValueError(
+        f"{what} is for fixed-point formats; {fmt} is a floating-point format, whose values "
+        f"quantize() returns exactly in the input's float dtype"
+    )
