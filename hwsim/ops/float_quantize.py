@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from hwsim.formats import FloatingPoint, is_float_format_name
+from hwsim.kernels import buffers
 from hwsim.kernels import float_quantize as kf
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops._common import check_noise_numpy, fresh_seed, is_torch
+from hwsim.plan.checks import check_noise_numpy, fresh_seed, is_torch, seed64
 
 
 def quantize_float(x, fmt: FloatingPoint, rounding, overflow, *, seed=None, noise=None, out=None):
@@ -58,26 +59,24 @@ def quantize_float(x, fmt: FloatingPoint, rounding, overflow, *, seed=None, nois
             )
         _run(arr, out, fmt, rounding, seed, noise)
         return out
-    result = np.empty(arr.shape, dtype=arr.dtype)
+    result = buffers.empty(arr.shape, arr.dtype)  # large outputs reuse mapped pages
     _run(arr, result, fmt, rounding, seed, noise)
     result = result.astype(out_dtype, copy=False)
     return float(result) if scalar else result
 
 
 def _run(arr, out, fmt, rounding, seed, noise) -> None:
-    noise_mode, noise_flat, seed64 = kf.NOISE_NONE, _EMPTY, 0
+    noise_mode, noise_flat, key = kf.NOISE_NONE, _EMPTY, 0
     if noise is not None:
         noise_mode, noise_flat = kf.NOISE_ARRAY, check_noise_numpy(noise, arr.shape)
     elif rounding == Rounding.STOCHASTIC:
-        from hwsim.ops.quantize import _seed64
-
-        seed64 = _seed64(fresh_seed() if seed is None else seed)
+        key = seed64(fresh_seed() if seed is None else seed)
         noise_mode = kf.NOISE_SEED
     flat, out_flat = arr.reshape(-1), out.reshape(-1)
     p = kf.float_params(fmt)
     run = kf.float_quantize_kernel(int(rounding), noise_mode, p.ftz, p.wide, p.has_nan)
     with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
-        bad = run(flat, out_flat, p, noise_flat, np.uint64(seed64))
+        bad = run(flat, out_flat, p, noise_flat, np.uint64(key))
     if bad:
         kf.raise_nan(np.isnan(arr), fmt)
 

@@ -10,6 +10,7 @@ from hwsim.kernels import buffers
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.backend import check_backend, on_backend, small_work
+from hwsim.ops.float_quantize import as_float_format, no_codes, quantize_float
 from hwsim.plan.checks import (
     check_data,
     check_format,
@@ -21,7 +22,6 @@ from hwsim.plan.checks import (
     raise_non_finite_numpy,
     seed64,
 )
-from hwsim.ops.float_quantize import as_float_format, no_codes, quantize_float
 
 
 def quantize(
@@ -86,9 +86,8 @@ def quantize(
     goes to :func:`hwsim.ops.float_quantize.quantize_float`: NaN passes
     through, overflow follows the format's ``saturate`` flag.
     """
-    if (float_fmt := as_float_format(fmt)) is not None:
-        return quantize_float(x, float_fmt, rounding, overflow, seed=seed, noise=noise, out=out)
-    fmt = check_format(fmt)
+    float_fmt = as_float_format(fmt)
+    fmt = check_format(fmt) if float_fmt is None else float_fmt
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
     check_data(x)
     check_integers_exact(x)
@@ -102,6 +101,8 @@ def quantize(
             raise ValueError("out is only taken by NumPy input on its own (numba) backend")
         result = _on_other_backend(quantize, backend, x, fmt, rounding, overflow, seed, noise)
         return result.to(x.dtype) if is_torch(x) else _as_input_kind(result, x)
+    if float_fmt is not None:
+        return quantize_float(x, float_fmt, rounding, overflow, seed=seed, noise=noise, out=out)
     if is_torch(x):
         from hwsim.torch_path.quantize import quantize_torch
 
