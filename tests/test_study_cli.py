@@ -142,7 +142,7 @@ def test_report(swept):
     assert "20 ok, 16 failed" in text
     assert "![final_metric](plots/final_metric.png)" in text
     assert "| rounding=nearest |" in text and "6 bits" in text
-    assert "Float baseline" in text and "## Failed and diverged trials" in text
+    assert "Float baseline" in text and "## Failed, diverged and timed-out trials" in text
     assert "```toml" in text and 'task = "tests.study_tasks:quadratic"' in text
 
 
@@ -178,7 +178,7 @@ def test_plot_plugins_and_overlays(swept, monkeypatch):
     with pytest.raises(ValueError, match="unknown plot 'nope'"):
         plots_mod.make_plots(swept, names=["nope"])
     monkeypatch.setenv("HWSIM_PLOT_PLUGINS", "no_such_plugin_module_xyz")
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(ValueError, match="plot plug-in 'no_such_plugin_module_xyz' cannot be"):
         plots_mod.make_plots(swept)
 
 
@@ -208,6 +208,10 @@ def test_dry_run_lists_trials(tmp_path, capsys):
     spec = tmp_path / "s.toml"
     spec.write_text(SPEC)
     assert main(["sweep", str(spec), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 5  # the first few; the count is in stderr
+    assert "32 grid, 4 baseline trials" in captured.err and "31 more (--list" in captured.err
+    assert main(["sweep", str(spec), "--dry-run", "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 36 and '"role": "baseline"' in lines[-1]
 

@@ -235,4 +235,10 @@ def test_a_worker_process_that_dies_is_recorded_and_the_rest_finish(tmp_path):
     for r in by_hash(tmp_path).values():
         assert r.status == ("failed" if r.config["crash"] else "ok")
         if r.config["crash"]:
-            assert "worker process died" in r.error and "(alone)" in r.error
+            assert "worker process died" in r.error and "2 times" in r.error
+            assert "exited with status 3" in r.error
+    with ResultsStore(tmp_path) as store:
+        events = store.get_meta("events")
+    # each crashing trial killed two workers: re-queued once, then recorded as failed
+    assert len(events) == 6 and all(e["reason"] == "it exited with status 3" for e in events)
+    assert sorted(e["action"] for e in events) == ["re-queued"] * 3 + ["recorded as failed"] * 3

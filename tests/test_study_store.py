@@ -55,7 +55,7 @@ def test_a_trial_is_stored_once(tmp_path):
         assert store.record(full_record("b", status="diverged"))
         assert store.finished_hashes() == {"a", "b"}
         assert [r.status for r in store.records()] == ["ok", "diverged"]
-        assert store.counts() == {"ok": 1, "failed": 0, "diverged": 1}
+        assert store.counts() == {"ok": 1, "failed": 0, "diverged": 1, "timeout": 0}
         assert [r.hash for r in store.records(status="diverged")] == ["b"]
         assert store.delete(["b"]) == 1
         assert store.finished_hashes() == {"a"}

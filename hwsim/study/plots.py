@@ -129,7 +129,7 @@ class StudyData:
         """The results in ``folder``: the trials of the latest spec swept there
         (trials of an earlier, different spec stay stored but are left out unless
         ``all_trials``)."""
-        with ResultsStore(folder, create=False) as store:
+        with ResultsStore(folder, readonly=True) as store:
             spec = store.get_meta("spec")
             hashes = store.get_meta("trial_hashes")
             records = store.records()
@@ -561,41 +561,67 @@ def heatmap(data: StudyData):
 # -- running them ------------------------------------------------------------------------
 
 
-def load_plugins(data: StudyData | None = None) -> list[str]:
-    """Import plot plug-ins (spec, ``HWSIM_PLOT_PLUGINS``, entry points, optional
-    hwsim modules). Returns the modules imported."""
-    names = list(OPTIONAL_PLUGINS)
-    if data is not None:
-        names += list(data.plot.get("plugins") or [])
-    names += [n.strip() for n in os.environ.get("HWSIM_PLOT_PLUGINS", "").split(",") if n.strip()]
+def load_plugins(data: StudyData | None = None, tasks_from: tuple[str, ...] = ()) -> list[str]:
+    """Import the study's task (it registers the adapters theory and cost plots use),
+    the plot plug-ins (spec, ``HWSIM_PLOT_PLUGINS``, ``hwsim.plots`` entry points) and
+    the optional hwsim modules. Returns the modules imported.
+
+    Modules come from installed packages or the ``tasks_from`` folders only; one
+    that cannot be imported is an error (ValueError), never skipped.
+    """
+    from hwsim.study.sources import import_module, resolve_task
+
     loaded = []
-    for name in names:
+    if data is not None and data.spec.get("task"):
+        task = resolve_task(data.spec["task"], tuple(tasks_from))
+        loaded.append(task.fn.__module__)
+    for name in OPTIONAL_PLUGINS:
         try:
             importlib.import_module(name)
             loaded.append(name)
         except ModuleNotFoundError as exc:
-            if name in OPTIONAL_PLUGINS and exc.name and name.startswith(exc.name):
+            if exc.name and name.startswith(exc.name):
                 continue  # an optional module that does not exist (yet)
             raise
-    try:
-        from importlib.metadata import entry_points
+    names = list(data.plot.get("plugins") or []) if data is not None else []
+    names += [n.strip() for n in os.environ.get("HWSIM_PLOT_PLUGINS", "").split(",") if n.strip()]
+    for name in names:
+        import_module(name, tuple(tasks_from), what="plot plug-in")
+        loaded.append(name)
+    from importlib.metadata import entry_points
 
-        for ep in entry_points(group="hwsim.plots"):
-            ep.load()
-            loaded.append(ep.value)
-    except Exception:  # pragma: no cover - broken metadata must not stop plotting
-        pass
+    for ep in entry_points(group="hwsim.plots"):
+        ep.load()
+        loaded.append(ep.value)
     return loaded
 
 
+def check_metric(data: StudyData) -> None:
+    """ValueError when finished trials exist but none reports the study's metric."""
+    ok = data.ok() + data.baseline()
+    if ok and not any(data.metric in r.metrics for r in ok):
+        have = sorted({k for r in ok for k in r.metrics})
+        raise ValueError(
+            f"plot.metric {data.metric!r} is not a metric of these results; "
+            f"the trials report: {', '.join(have)}"
+        )
+
+
 def make_plots(
-    folder: str | Path, names: list[str] | None = None, formats=("png", "svg")
+    folder: str | Path,
+    names: list[str] | None = None,
+    formats=("png", "svg"),
+    *,
+    tasks_from: tuple[str, ...] = (),
+    out: str | Path | None = None,
 ) -> list[Path]:
     """Draw every applicable registered plot of the study in ``folder``; write
-    ``folder/plots/<name>.<fmt>``. Returns the files written."""
+    ``out/<name>.<fmt>`` (default ``folder/plots``; the store is only read).
+    Returns the files written."""
     data = StudyData.load(folder)
-    load_plugins(data)
-    out_dir = Path(folder) / "plots"
+    load_plugins(data, tasks_from)
+    check_metric(data)
+    out_dir = Path(out) if out is not None else Path(folder) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names or list(PLOTS):
