@@ -57,20 +57,21 @@ def _cmd_sweep(args) -> int:
     print(
         f"study {spec.name!r}: {estimate(spec)} of task {spec.task_ref} -> {out}", file=sys.stderr
     )
-    if total > MAX_TRIALS and not args.allow_large:
-        print(
-            f"hwsim sweep: {total} trials is more than {MAX_TRIALS}; pass --allow-large to "
-            + ("run" if not args.dry_run else "run (or list)")
-            + " them",
-            file=sys.stderr,
-        )
-        return 2 if not args.dry_run else 0
+    large = total > MAX_TRIALS and not args.allow_large
     if args.dry_run:
-        shown = total if args.list else min(total, 5)
+        shown = total if args.list and not large else min(total, 5)
         for t in itertools.islice(spec.iter_trials(), shown):
             print(json.dumps({"hash": t.hash, "role": t.role, **t.config}))
         if shown < total:
             print(f"... {total - shown} more (--list prints them all)", file=sys.stderr)
+    if large:
+        print(
+            f"hwsim sweep: {total} trials is more than {MAX_TRIALS}; pass --allow-large to "
+            "run or list them",
+            file=sys.stderr,
+        )
+        return 0 if args.dry_run and not args.list else 2
+    if args.dry_run:
         return 0
     _stop_on_signals()
     try:
