@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError, LookupError, StoreError, RuntimeError) as exc:
+    except (OSError, ValueError, LookupError, StoreError, RuntimeError) as exc:
+        # one message for everything the user can fix (a read-only folder included)
         text = str(exc) if isinstance(exc, ValueError) else " ".join(str(exc).split())
         print(f"hwsim {args.command}: {text}", file=sys.stderr)
         return 2

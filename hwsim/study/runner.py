@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -278,6 +279,12 @@ def run_sweep(
         n = (os.cpu_count() or 1) if workers is None else workers
         n = min(n, total)
         if client is not None:
+            if timeout_s is not None:
+                print(
+                    f"hwsim: the trial timeout ({timeout_s:g} s) is not enforced on Dask; "
+                    "use the scheduler's own limits",
+                    file=sys.stderr,
+                )
             results = _run_dask(spec, source, client, window=2 * max(1, n))
         elif n == 0:
             if timeout_s is not None:
