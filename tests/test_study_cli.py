@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -216,10 +217,12 @@ def test_dry_run_lists_trials(tmp_path, capsys):
     assert len(lines) == 36 and '"role": "baseline"' in lines[-1]
 
 
-def test_python_dash_m_entry_point(swept):
+@pytest.mark.parametrize("module", ["hwsim", "hwsim.cli"])
+def test_python_dash_m_entry_point(swept, module):
     done = subprocess.run(
-        [sys.executable, "-m", "hwsim.cli", "status", str(swept)],
+        [sys.executable, "-m", module, "status", str(swept)],
         cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
     )
