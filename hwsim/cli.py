@@ -121,6 +121,13 @@ def _cmd_status(args) -> int:
         print(f"  ({others} more stored trials belong to an earlier version of the spec)")
     if walls:
         print(f"  trial time: {sum(walls):.1f} s in all, {sum(walls) / len(walls):.2f} s mean")
+    deaths = data.events
+    if deaths:
+        last = deaths[-1]
+        print(
+            f"  {len(deaths)} worker process(es) died; the last: {last.get('reason')} "
+            f"(trial {last.get('trial')}, {last.get('action')})"
+        )
     grid_keys = list(spec.get("grid", {}))
     for r in [r for r in data.records if r.status != "ok"][: args.show]:
         config = ", ".join(f"{k}={r.config.get(k)}" for k in grid_keys)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 import typing
@@ -330,19 +331,25 @@ def classify_energy(config: dict) -> float | None:
 def classify_gradient_statistics(config: dict) -> dict:
     """Gradient statistics of the trial's network at initialization on a few
     training batches (:func:`hwsim.theory.accumulator.measure_gradient_statistics`)."""
+    return _gradient_statistics(
+        config.get("dataset", "digits"),
+        config.get("model", "mlp"),
+        int(config.get("hidden", 100)),
+        int(config.get("seed", 0)),
+        config.get("data_path"),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _gradient_statistics(dataset: str, model: str, hidden: int, seed: int, data_path) -> dict:
     import torch
 
     from hwsim.theory.accumulator import measure_gradient_statistics
     from models.nets import build_classifier
 
-    seed = int(config.get("seed", 0))
-    split = load_split(config.get("dataset", "digits"), config.get("data_path"), seed)
+    split = load_split(dataset, data_path, seed)
     net = build_classifier(
-        config.get("model", "mlp"),
-        tuple(split.x_train.shape[1:]),
-        split.n_classes,
-        hidden=int(config.get("hidden", 100)),
-        seed=seed,
+        model, tuple(split.x_train.shape[1:]), split.n_classes, hidden=hidden, seed=seed
     )
     x = torch.from_numpy(split.x_train[:512]).float()
     y = torch.from_numpy(split.y_train[:512]).long()

@@ -195,6 +195,9 @@ def test_a_worker_killed_from_outside_is_replaced_and_its_trial_rerun(tmp_path):
         events = store.get_meta("events")
     assert len(events) == 1 and events[0]["action"] == "re-queued"
     assert events[0]["reason"].startswith("it was killed by SIGKILL")
+    status = subprocess.run([sys.executable, "-m", "hwsim", "status", str(out)], env=ENV,
+                            capture_output=True, text=True)  # fmt: skip
+    assert "1 worker process(es) died; the last: it was killed by SIGKILL" in status.stdout
 
 
 def test_two_sweeps_on_one_folder_run_every_trial_exactly_once(tmp_path):
@@ -217,3 +220,26 @@ def test_two_sweeps_on_one_folder_run_every_trial_exactly_once(tmp_path):
     assert all("24 trials: 24 ok" in e for e in errs), errs
     with ResultsStore(out, readonly=True) as store:
         assert store.conn.execute("SELECT COUNT(*) FROM claims").fetchone() == (0,)
+
+
+def test_a_sweep_and_a_dask_run_on_one_folder_split_the_work(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    log = tmp_path / "runs.log"
+    text = misbehave_spec("seed = " + str(list(range(16))), f'sleep = 0.3\nlog = "{log}"')
+    (tmp_path / "s.toml").write_text(text)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "hwsim", "sweep", str(tmp_path / "s.toml"), "--out", str(out),
+           "--workers", "1", "--no-progress", "--no-plot"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not log.exists() and time.monotonic() < deadline:  # the sweep has started work
+        time.sleep(0.05)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+        summary = run_sweep(parse_spec(text), out, dask_client=client, progress=False)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, err
+    runs = Counter(int(line.split()[0]) for line in log.read_text().splitlines())
+    assert sorted(runs) == list(range(16)) and set(runs.values()) == {1}, runs
+    assert 0 < summary.ran < 16 and summary.ok == 16

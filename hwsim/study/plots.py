@@ -120,6 +120,7 @@ class StudyData:
     records: list[TrialRecord]
     plot: dict = field(init=False)
     expected: int | None = field(init=False, default=None)  # trials in the spec
+    events: list = field(init=False, default_factory=list)  # worker deaths, as stored
 
     def __post_init__(self) -> None:
         self.plot = dict(self.spec.get("plot", {}))
@@ -132,6 +133,8 @@ class StudyData:
         with ResultsStore(folder, readonly=True) as store:
             spec = store.get_meta("spec")
             hashes = store.get_meta("trial_hashes")
+            events = store.get_meta("events", [])
+            count = store.get_meta("trial_count")
             records = store.records()
         if spec is None:
             raise ValueError(
@@ -141,7 +144,8 @@ class StudyData:
             wanted = set(hashes)
             records = [r for r in records if r.hash in wanted]
         data = cls(Path(folder), spec, records)
-        data.expected = len(hashes) if hashes is not None else None
+        data.expected = len(hashes) if hashes is not None else count
+        data.events = events
         return data
 
     # what the axes are
