@@ -54,6 +54,15 @@ def _number(where: str, value: Any) -> float | int:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """numpy/torch scalars and arrays as plain numbers and lists; anything else fails."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def check_result(result: Any) -> dict:
     """Plain, JSON-ready metrics/history/info of a task's result; ValueError naming the
     first bad entry (a string metric, an info value JSON cannot hold, ...)."""
@@ -75,7 +84,7 @@ def check_result(result: Any) -> dict:
         history.append({str(k): _number(f"history[{i}][{k!r}]", v) for k, v in row.items()})
     info = result.info or {}
     try:
-        info = json.loads(json.dumps(info, allow_nan=True))
+        info = json.loads(json.dumps(info, allow_nan=True, default=_plain))
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"info is not JSON-serializable: {exc}") from None
     if not isinstance(info, dict):
