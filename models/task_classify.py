@@ -69,7 +69,7 @@ class ClassifyParams:
     def __post_init__(self) -> None:
         _validate(self)
         _require(self, "hidden", self.hidden >= 1, "an integer >= 1")
-        _require(self, "lr", 0 < self.lr <= 1e3, "a number in (0, 1000]")
+        _require(self, "lr", 0 < self.lr <= 1e6, "a number in (0, 1e6]")
         _require(self, "hidden", self.hidden <= 100_000, "an integer in [1, 100000]")
         _require(self, "epochs", self.epochs <= 10_000, "an integer in [1, 10000]")
         _require(self, "batch_size", self.batch_size <= 100_000, "an integer in [1, 100000]")

@@ -44,7 +44,7 @@ class KMeansParams:
     def __post_init__(self) -> None:
         _validate(self)
         _require(self, "k", 1 <= self.k <= 100, "an integer in [1, 100]")
-        _require(self, "lr", 0 < self.lr <= 1e3, "a number in (0, 1000]")
+        _require(self, "lr", 0 < self.lr <= 1e6, "a number in (0, 1e6]")
         _require(self, "epochs", 1 <= self.epochs <= 10_000, "an integer in [1, 10000]")
         _require(self, "batch_size", 1 <= self.batch_size <= 100_000, "an integer in [1, 100000]")
         _require_seed(self)
@@ -133,7 +133,7 @@ class TwoLayerParams:
 
     def __post_init__(self) -> None:
         _validate(self)
-        _require(self, "lr", 0 < self.lr <= 1e3, "a number in (0, 1000]")
+        _require(self, "lr", 0 < self.lr <= 1e6, "a number in (0, 1e6]")
         _require(self, "steps", 1 <= self.steps <= 10**8, "an integer in [1, 10**8]")
         _require(self, "batch_size", 1 <= self.batch_size <= 100_000, "an integer in [1, 100000]")
         _require(self, "n_samples", 1 <= self.n_samples <= 10**7, "an integer in [1, 10**7]")
