@@ -3,7 +3,10 @@
 ``quadratic``: SGD on a noisy quadratic 0.5 * ||w - w*||^2 with the weights on
 a fixed-point grid; ``fail``, ``diverge``, ``nonfinite``, ``crash`` and ``sleep``
 make a trial raise, blow up, feed NaN to quantize, kill its process or take
-time, so the engine's handling of each can be tested.
+time, so the engine's handling of each can be tested. ``misbehave``: a trial
+that hangs, returns a poison result (a lambda in ``info``, a string metric,
+...), raises ``KeyboardInterrupt``/``SystemExit``, or logs each run to a file
+(to count how often a trial ran).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class QuadraticParams:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
 
-@register_task("quadratic", QuadraticParams)
+@register_task("quadratic", QuadraticParams, metrics=("loss", "stall_fraction"))
 def quadratic(p: QuadraticParams) -> TrialResult:
     """Noisy-gradient SGD on a quadratic; metrics ``loss`` and ``stall_fraction``."""
     if p.fail:
@@ -91,3 +94,44 @@ def _descend(p: QuadraticParams, rng, target, w, lr):
 def quadratic_alias(p: QuadraticParams) -> TrialResult:
     """The same task under another name (a results folder belongs to one task)."""
     return quadratic(p)
+
+
+@dataclasses.dataclass(frozen=True)
+class MisbehaveParams:
+    kind: Literal[
+        "ok", "hang", "lambda_info", "string_metric", "keyboard_interrupt", "system_exit",
+        "bad_history", "not_a_result", "big_history",
+    ] = "ok"  # fmt: skip
+    sleep: float = 0.0
+    log: str = ""  # a file each run appends "seed pid" to
+    seed: int = 0
+
+
+@register_task("misbehave", MisbehaveParams, metrics=("value",))
+def misbehave(p: MisbehaveParams):
+    """One kind of bad behaviour per trial (see the module docstring)."""
+    if p.log:
+        with open(p.log, "a") as fh:
+            fh.write(f"{p.seed} {os.getpid()}\n")
+    time.sleep(p.sleep)
+    if p.kind == "hang":
+        while True:
+            time.sleep(1.0)
+    if p.kind == "keyboard_interrupt":
+        raise KeyboardInterrupt
+    if p.kind == "system_exit":
+        raise SystemExit(4)
+    if p.kind == "not_a_result":
+        return {"value": 1.0}
+    metrics = {"value": float(p.seed)}
+    info = {}
+    history = []
+    if p.kind == "lambda_info":
+        info = {"fn": lambda: 1}
+    elif p.kind == "string_metric":
+        metrics = {"value": "high"}
+    elif p.kind == "bad_history":
+        history = [{"step": 1, "loss": object()}]
+    elif p.kind == "big_history":  # ~200 KB stored per trial (fills a small disk)
+        history = [{"step": i, "loss": float(i)} for i in range(8000)]
+    return TrialResult(metrics=metrics, history=history, info=info)

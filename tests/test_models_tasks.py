@@ -34,8 +34,24 @@ def test_tasks_are_registered():
         (
             tasks.LMSParams,
             {"step": -0.1},
-            r"LMSParams.step: -0.1 is not allowed; it must be a number > 0",
+            r"LMSParams.step: -0.1 is not allowed; it must be a number in \[1e-15, 1000\]",
         ),
+        (
+            tasks.LMSParams,
+            {"seed": 2**32},
+            r"LMSParams.seed: 4294967296 is not allowed; it must be an integer in \[0, 4294967295\]",
+        ),
+        (
+            tasks.ClassifyParams,
+            {"epochs": 10**6},
+            r"ClassifyParams.epochs: 1000000 is not allowed; it must be an integer in \[1, 10000\]",
+        ),
+        (
+            tasks.TwoLayerParams,
+            {"n_samples": 10**12},
+            r"TwoLayerParams.n_samples: 1000000000000 is not allowed",
+        ),
+        (tasks.KMeansParams, {"seed": -1}, r"KMeansParams.seed: -1 is not allowed"),
         (tasks.LMSParams, {"taps": 2.5}, r"LMSParams.taps: must be an integer"),
         (
             tasks.LMSParams,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_report(swept):
     assert "20 ok, 16 failed" in text
     assert "![final_metric](plots/final_metric.png)" in text
     assert "| rounding=nearest |" in text and "6 bits" in text
-    assert "Float baseline" in text and "## Failed and diverged trials" in text
+    assert "Float baseline" in text and "## Failed, diverged and timed-out trials" in text
     assert "```toml" in text and 'task = "tests.study_tasks:quadratic"' in text
 
 
@@ -178,7 +179,7 @@ def test_plot_plugins_and_overlays(swept, monkeypatch):
     with pytest.raises(ValueError, match="unknown plot 'nope'"):
         plots_mod.make_plots(swept, names=["nope"])
     monkeypatch.setenv("HWSIM_PLOT_PLUGINS", "no_such_plugin_module_xyz")
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(ValueError, match="plot plug-in 'no_such_plugin_module_xyz' cannot be"):
         plots_mod.make_plots(swept)
 
 
@@ -208,14 +209,20 @@ def test_dry_run_lists_trials(tmp_path, capsys):
     spec = tmp_path / "s.toml"
     spec.write_text(SPEC)
     assert main(["sweep", str(spec), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 5  # the first few; the count is in stderr
+    assert "32 grid, 4 baseline trials" in captured.err and "31 more (--list" in captured.err
+    assert main(["sweep", str(spec), "--dry-run", "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 36 and '"role": "baseline"' in lines[-1]
 
 
-def test_python_dash_m_entry_point(swept):
+@pytest.mark.parametrize("module", ["hwsim", "hwsim.cli"])
+def test_python_dash_m_entry_point(swept, module):
     done = subprocess.run(
-        [sys.executable, "-m", "hwsim.cli", "status", str(swept)],
+        [sys.executable, "-m", module, "status", str(swept)],
         cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
     )

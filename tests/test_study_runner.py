@@ -18,6 +18,7 @@ from hwsim.study.spec import parse_spec
 from hwsim.study.store import DB_NAME, ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}  # tests.study_tasks: named explicitly
 
 SPEC = """
 [study]
@@ -181,7 +182,7 @@ def test_sigkill_mid_sweep_loses_nothing_and_counts_nothing_twice(tmp_path):
     db = out / DB_NAME
     cmd = [sys.executable, "-m", "hwsim.cli", "sweep", str(spec_path), "--out", str(out),
            "--workers", "2", "--no-progress", "--no-plot"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, start_new_session=True, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while _count_rows(db) < 3:
@@ -198,7 +199,7 @@ def test_sigkill_mid_sweep_loses_nothing_and_counts_nothing_twice(tmp_path):
         proc.stderr.close()
     killed_at = by_hash(out)
     assert 3 <= len(killed_at) < 16, "the kill should land mid-sweep"
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert "16 ok" in done.stderr and f"{len(killed_at)} already done" in done.stderr
     final = by_hash(out)
@@ -235,4 +236,10 @@ def test_a_worker_process_that_dies_is_recorded_and_the_rest_finish(tmp_path):
     for r in by_hash(tmp_path).values():
         assert r.status == ("failed" if r.config["crash"] else "ok")
         if r.config["crash"]:
-            assert "worker process died" in r.error and "(alone)" in r.error
+            assert "worker process died" in r.error and "2 times" in r.error
+            assert "exited with status 3" in r.error
+    with ResultsStore(tmp_path) as store:
+        events = store.get_meta("events")
+    # each crashing trial killed two workers: re-queued once, then recorded as failed
+    assert len(events) == 6 and all(e["reason"] == "it exited with status 3" for e in events)
+    assert sorted(e["action"] for e in events) == ["re-queued"] * 3 + ["recorded as failed"] * 3

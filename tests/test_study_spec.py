@@ -163,7 +163,7 @@ def test_task_reference_errors():
     bad_form = '[study]\nname="t"\ntask="tests.study_tasks.quadratic"\n[plot]\nmetric="loss"\n'
     assert "module.path:task_name" in problems_of(bad_form)[0]
     missing = '[study]\nname="t"\ntask="no_such_module_xyz:lms"\n[plot]\nmetric="loss"\n'
-    assert "cannot import module 'no_such_module_xyz'" in problems_of(missing)[0]
+    assert "module 'no_such_module_xyz' cannot be imported" in problems_of(missing)[0]
     unknown = '[study]\nname="t"\ntask="tests.study_tasks:quadratc"\n[plot]\nmetric="loss"\n'
     msg = problems_of(unknown)[0]
     assert "registers no task 'quadratc'" in msg and "quadratic" in msg

@@ -55,7 +55,7 @@ def test_a_trial_is_stored_once(tmp_path):
         assert store.record(full_record("b", status="diverged"))
         assert store.finished_hashes() == {"a", "b"}
         assert [r.status for r in store.records()] == ["ok", "diverged"]
-        assert store.counts() == {"ok": 1, "failed": 0, "diverged": 1}
+        assert store.counts() == {"ok": 1, "failed": 0, "diverged": 1, "timeout": 0}
         assert [r.hash for r in store.records(status="diverged")] == ["b"]
         assert store.delete(["b"]) == 1
         assert store.finished_hashes() == {"a"}
@@ -84,3 +84,27 @@ def test_database_rejects_unknown_status_even_from_raw_sql(tmp_path):
             "INSERT INTO trials (hash, config, status, metrics, history, info) VALUES ('x', '{}', 'meh', '{}', '[]', '{}')"
         )
     conn.close()
+
+
+def test_claims_and_leases(tmp_path):
+    from hwsim.study.store import make_owner
+
+    me = make_owner()
+    with ResultsStore(tmp_path) as store:
+        assert store.claim("a", me, 60) == "claimed"
+        assert store.claim("a", me, 60) == "claimed"  # one's own claim: renewed
+        assert store.claim("a", "otherhost:1:0", 60) == "busy"  # a live holder keeps it
+        assert store.claim("b", "otherhost:1:0", 60) == "claimed"
+        assert store.claim("b", me, 60) == "busy"
+        store.conn.execute("UPDATE claims SET expires = 0 WHERE hash = 'b'")
+        assert store.claim("b", me, 60) == "claimed"  # its lease expired: taken over
+        # a holder on this host whose process is gone: taken over at once
+        import platform
+
+        dead = f"{platform.node()}:{2**22 + 12345}:0"
+        assert store.claim("c", dead, 60) == "claimed"
+        assert store.claim("c", me, 60) == "claimed"
+        store.record(full_record("a"), owner=me)
+        assert store.claim("a", "otherhost:1:0", 60) == "done"
+        store.release(me)
+        assert store.conn.execute("SELECT COUNT(*) FROM claims").fetchone() == (0,)

@@ -13,7 +13,7 @@ import pytest
 
 import hwsim
 from hwsim.formats import FixedPoint
-from hwsim.study.task import TASKS, TrialResult, register_task
+from hwsim.study.task import ADAPTERS, TASKS, TrialResult, register_adapter, register_task
 
 try:
     from test_theory import _digits, simulate_lms, train_softmax
@@ -89,9 +89,26 @@ def classify(p: ClassifyParams) -> TrialResult:
     return TrialResult(metrics={"test_accuracy": accuracy})
 
 
+def _lms_energy(config: dict) -> float:
+    from hwsim.theory.energy import lms_energy
+
+    return lms_energy(config)  # roles left at None are float here: costed as fp32
+
+
+def _classify_energy(config: dict) -> float:
+    import torch
+
+    from hwsim.theory.energy import classifier_energy
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # the softmax model
+    return classifier_energy(config, net, (1, 8, 8))
+
+
 def install() -> None:
     register_task("lms", LMSParams)(lms)
     register_task("classify", ClassifyParams)(classify)
+    register_adapter("lms", "energy")(_lms_energy)
+    register_adapter("classify", "energy")(_classify_energy)
 
 
 LMS_SPEC = """
@@ -139,11 +156,13 @@ series = ["lr"]
 
 @pytest.fixture(scope="module")
 def stand_in_tasks():
-    saved = dict(TASKS)
+    saved, saved_adapters = dict(TASKS), dict(ADAPTERS)
     importlib.import_module("tests.test_theory_plots").install()
     yield
     TASKS.clear()
     TASKS.update(saved)
+    ADAPTERS.clear()
+    ADAPTERS.update(saved_adapters)
 
 
 def _sweep(tmp_path_factory, name, text):

@@ -9,8 +9,8 @@ Plots and reports (matplotlib) are imported on first use:
 
 from hwsim.study.runner import SweepSummary, run_sweep, run_trial
 from hwsim.study.spec import PlotSpec, SpecError, StudySpec, Trial, load_spec, parse_spec
-from hwsim.study.store import ResultsStore, TrialRecord
-from hwsim.study.task import TASKS, TrialResult, register_task
+from hwsim.study.store import ResultsStore, StoreError, TrialRecord
+from hwsim.study.task import TASKS, TrialResult, register_adapter, register_task
 
 _LAZY = {
     "make_plots": "hwsim.study.plots",
@@ -34,6 +34,7 @@ __all__ = [
     "PlotSpec",
     "ResultsStore",
     "SpecError",
+    "StoreError",
     "StudySpec",
     "SweepSummary",
     "Trial",
@@ -41,6 +42,7 @@ __all__ = [
     "TrialResult",
     "load_spec",
     "parse_spec",
+    "register_adapter",
     "register_task",
     "run_sweep",
     "run_trial",

@@ -71,17 +71,25 @@ def summary_table(data: StudyData, metric: str | None = None) -> list[str]:
     return rows
 
 
-def write_report(folder: str | Path, *, plots: bool = True) -> Path:
-    """Write ``folder/report.md`` (drawing the plots first); returns its path."""
+def write_report(
+    folder: str | Path,
+    *,
+    plots: bool = True,
+    tasks_from: tuple[str, ...] = (),
+    out: str | Path | None = None,
+) -> Path:
+    """Write ``out/report.md`` (default ``folder``; drawing the plots first into
+    ``out/plots``); the results store is only read. Returns the report's path."""
     folder = Path(folder)
-    files = make_plots(folder) if plots else []
+    dest = Path(out) if out is not None else folder
+    files = make_plots(folder, tasks_from=tasks_from, out=dest / "plots") if plots else []
     data = StudyData.load(folder)
-    load_plugins(data)
+    load_plugins(data, tasks_from)
     spec = data.spec
     lines = [f"# Study `{spec['name']}`", ""]
     if spec.get("description"):
         lines += [spec["description"], ""]
-    counts = {"ok": 0, "failed": 0, "diverged": 0}
+    counts = {"ok": 0, "failed": 0, "diverged": 0, "timeout": 0}
     for r in data.records:
         counts[r.status] += 1
     walls = [r.wall_s for r in data.records if r.wall_s is not None]
@@ -89,7 +97,7 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
     lines += [
         f"- task: `{spec['task']}`",
         f"- trials: {len(data.records)} stored — {counts['ok']} ok, {counts['failed']} failed, "
-        f"{counts['diverged']} diverged",
+        f"{counts['diverged']} diverged, {counts['timeout']} timeout",
         f"- trial time: {sum(walls):.1f} s in all, {statistics.fmean(walls) if walls else 0:.2f} s mean",
         f"- hwsim version: {', '.join(versions) or 'unknown'}",
         f"- metric: `{data.metric}` ({'higher' if data.goal == 'max' else 'lower'} is better)",
@@ -130,12 +138,12 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
                 else ""
             )
             lines += [f"### {f.stem.replace('_', ' ')}", "", " ".join(doc.split()), "",
-                      f"![{f.stem}]({f.relative_to(folder).as_posix()})", ""]  # fmt: skip
+                      f"![{f.stem}]({f.relative_to(dest).as_posix()})", ""]  # fmt: skip
     bad = [r for r in data.records if r.status != "ok"]
     if bad:
         lines += [
             "",
-            "## Failed and diverged trials",
+            "## Failed, diverged and timed-out trials",
             "",
             "| status | config | error |",
             "|---|---|---|",
@@ -149,6 +157,7 @@ def write_report(folder: str | Path, *, plots: bool = True) -> Path:
         if len(bad) > 50:
             lines.append(f"| … | {len(bad) - 50} more | |")
     lines += ["", "## Spec", "", "```toml", spec.get("source", "").strip(), "```", ""]
-    path = folder / "report.md"
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -1,11 +1,15 @@
-"""The runner: expand a spec into trials, run the unfinished ones, store each result.
+"""The runner: stream a spec's trials, claim and run the unfinished ones, store each result.
 
-Trials run in a local process pool (``workers`` processes; the Numba on-disk
-cache is shared, so each kernel compiles once per machine), or on an existing
-Dask cluster (``dask_address``, or a ``distributed.Client`` object). Each
-finished trial is committed to the store by this process as soon as it
-arrives; a trial that raises is recorded as ``failed`` with its traceback, a
-trial that goes non-finite as ``diverged``, and the sweep continues.
+Trials are generated one at a time (memory stays flat in the grid size) and
+each is *claimed* in the store before it runs (a lease renewed while it
+runs), so several sweeps, or a sweep and a Dask run, on one folder split the
+work with nothing done twice. They run in a local pool of worker processes
+(:mod:`hwsim.study.pool`: per-trial time limit, dead workers replaced and
+their trials re-queued), or on an existing Dask cluster (``dask_address``, or
+a ``distributed.Client`` object). Each finished trial is committed to the
+store by this process as soon as it arrives; a trial that raises is recorded
+as ``failed`` with its traceback, one that goes non-finite as ``diverged``,
+one over its time limit as ``timeout``, and the sweep continues.
 
 >>> from hwsim.study.spec import parse_spec
 >>> import tempfile
@@ -28,17 +32,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import sys
+import threading
 import time
-import traceback
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hwsim.study.spec import StudySpec, Trial, import_task
-from hwsim.study.store import ResultsStore, TrialRecord, is_finite_metrics
+from hwsim.study.pool import WAIT, run_pool
+from hwsim.study.spec import MAX_TRIALS, StudySpec, Trial
+from hwsim.study.store import ResultsStore, StoreError, TrialRecord, make_owner
+from hwsim.study.worker import blank_result, run_trial
+
+LEASE_S = 60.0  # a claim not renewed for this long is taken over
+HASHES_KEPT = 1_000_000  # trial hashes stored for plots (bigger grids: not stored)
 
 
 @dataclasses.dataclass
@@ -46,92 +53,23 @@ class SweepSummary:
     """What a sweep did: counts over the whole study and over this run."""
 
     total: int
-    skipped: int  # already in the store when the sweep started
+    skipped: int  # already in the store when the sweep started (or run by another sweep)
     ran: int
     ok: int  # in the store after the sweep, over the whole study
     failed: int
     diverged: int
     wall_s: float
     out: Path
+    timeout: int = 0
 
     def __str__(self) -> str:
-        bad = self.failed + self.diverged
+        bad = self.failed + self.diverged + self.timeout
         return (
-            f"{self.total} trials: {self.ok} ok, {self.failed} failed, {self.diverged} diverged "
-            f"({self.ran} run now, {self.skipped} already done) in {self.wall_s:.1f} s"
+            f"{self.total} trials: {self.ok} ok, {self.failed} failed, {self.diverged} diverged, "
+            f"{self.timeout} timeout ({self.ran} run now, {self.skipped} already done) "
+            f"in {self.wall_s:.1f} s"
             + (f"; {bad} did not finish cleanly (see `hwsim status {self.out}`)" if bad else "")
         )
-
-
-def _version() -> str:
-    try:
-        import hwsim
-
-        return hwsim.__version__
-    except Exception:  # pragma: no cover
-        return "unknown"
-
-
-def run_trial(task_ref: str, config: dict, search_paths: tuple[str, ...] = ()) -> dict:
-    """Run one trial in the current process; never raises for a trial's own error.
-
-    Returns a plain dict (picklable, JSON-ready): status, error, metrics,
-    history, info, started, finished, wall_s, hwsim_version, worker.
-    """
-    from hwsim.errors import NonFiniteError
-    from hwsim.study.spec import _params_types, coerce_value
-
-    started = time.time()
-    t0 = time.perf_counter()
-    out: dict[str, Any] = {
-        "status": "ok", "error": None, "metrics": {}, "history": [], "info": {},
-        "started": started, "hwsim_version": _version(),
-        "worker": f"{platform.node()}:{os.getpid()}",
-    }  # fmt: skip
-    try:
-        task = import_task(task_ref, search_paths)
-        types_ = _params_types(task)
-        params = task.params(**{k: coerce_value(types_[k], v) for k, v in config.items()})
-        _limit_threads()
-        result = task.fn(params)
-        out["metrics"] = {k: _scalar(v) for k, v in dict(result.metrics).items()}
-        out["history"] = [{k: _scalar(v) for k, v in row.items()} for row in result.history]
-        out["info"] = dict(result.info)
-        if result.diverged or not is_finite_metrics(out["metrics"]):
-            out["status"] = "diverged"
-            out["error"] = (
-                out["info"].get("error") or "non-finite metric or the task reported divergence"
-            )
-    except NonFiniteError as exc:
-        out["status"] = "diverged"
-        out["error"] = f"{type(exc).__name__}: {exc}"
-    except BaseException as exc:  # noqa: BLE001 - a trial's failure must not stop the sweep
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        out["status"] = "failed"
-        out["error"] = "".join(traceback.format_exception(exc)).strip()
-    out["finished"] = time.time()
-    out["wall_s"] = time.perf_counter() - t0
-    return out
-
-
-def _scalar(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    return float(value)
-
-
-_WORKER_THREADS: int | None = None  # set in pool workers: torch threads per trial
-
-
-def _init_worker(search_paths: tuple[str, ...], threads: int) -> None:
-    global _WORKER_THREADS
-    for path in reversed(search_paths):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    _WORKER_THREADS = threads
 
 
 def _worker_threads() -> int:
@@ -145,120 +83,137 @@ def _worker_threads() -> int:
     return threads
 
 
-def _limit_threads() -> None:
-    # share the cores between the pool's workers instead of oversubscribing them
-    # (N workers x all-core thread pools ran 2-3x slower in all); torch is only
-    # touched if the task imported it
-    if _WORKER_THREADS is None:
-        return
-    numba = sys.modules.get("numba")
-    if numba is not None and numba.get_num_threads() != _WORKER_THREADS:
-        numba.set_num_threads(min(_WORKER_THREADS, numba.config.NUMBA_NUM_THREADS))
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != _WORKER_THREADS:
-        torch.set_num_threads(_WORKER_THREADS)
+class _Source:
+    """The trials this sweep should run, claimed one at a time as the pool asks."""
+
+    def __init__(self, spec: StudySpec, store: ResultsStore, owner: str, limit: int | None):
+        self.it = spec.iter_trials()
+        self.store, self.owner, self.limit = store, owner, limit
+        self.busy: list[Trial] = []  # held by another live sweep: retried later
+        self.given = 0
+        self.skipped = 0
+        self.last_retry = 0.0
+
+    def _take(self, trial: Trial) -> Any:
+        state = self.store.claim(trial.hash, self.owner, LEASE_S)
+        if state == "claimed":
+            self.given += 1
+            return trial
+        if state == "busy":
+            self.busy.append(trial)
+        else:
+            self.skipped += 1
+        return None
+
+    def __call__(self) -> Any:
+        if self.limit is not None and self.given >= self.limit:
+            return None
+        for trial in self.it:
+            if self.store.is_finished(trial.hash):
+                self.skipped += 1
+                continue
+            got = self._take(trial)
+            if got is not None:
+                return got
+        if not self.busy:
+            return None
+        if time.monotonic() - self.last_retry < 1.0:
+            return WAIT
+        self.last_retry = time.monotonic()
+        pending, self.busy = self.busy, []
+        for i, trial in enumerate(pending):
+            got = self._take(trial)
+            if got is not None:
+                self.busy.extend(pending[i + 1 :])
+                return got
+        return WAIT if self.busy else None
 
 
-# -- executors: each yields (trial, result dict) as trials finish -------------------------
+class _Renewer:
+    """Renews this sweep's leases from a thread with its own connection."""
 
+    def __init__(self, folder: Path, owner: str):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, args=(folder, owner), name="hwsim-lease", daemon=True
+        )
+        self.thread.start()
 
-def _run_inline(spec: StudySpec, trials: list[Trial]) -> Iterator[tuple[Trial, dict]]:
-    for trial in trials:
-        yield trial, run_trial(spec.task_ref, trial.config, spec.search_paths)
-
-
-def _crashed(error: str) -> dict:
-    return {
-        "status": "failed", "error": error, "metrics": {}, "history": [], "info": {},
-        "started": None, "finished": time.time(), "wall_s": None,
-        "hwsim_version": _version(), "worker": None,
-    }  # fmt: skip
-
-
-def _run_pool(spec: StudySpec, trials: list[Trial], workers: int) -> Iterator[tuple[Trial, dict]]:
-    """Run trials in ``workers`` spawned processes, yielding each as it finishes.
-
-    If a worker process dies (a segfault, the OOM killer), the trials that were
-    in flight are suspects: each is re-run alone in a fresh process, and only
-    one that kills its process again is recorded as failed.
-    """
-    import multiprocessing as mp
-    from concurrent.futures.process import BrokenProcessPool
-
-    # spawn: no fork of a process holding torch/OpenMP threads
-    ctx = mp.get_context("spawn")
-    queue = list(reversed(trials))
-    suspects: list[Trial] = []
-    # one thread per worker unless asked: sweeps are parallel over trials, and the
-    # Numba/torch thread pools on small per-trial arrays mostly spin (lms_precision
-    # with 1 worker: 33 s at 1 thread, 191 s at 2 threads on a busy 2-core machine)
-    threads = _worker_threads()
-    while queue or suspects:
-        alone = bool(suspects)
-        source = suspects if alone else queue
-        width = 1 if alone else workers
-        pending: dict = {}
-        pool = ProcessPoolExecutor(
-            max_workers=width, mp_context=ctx, initializer=_init_worker,
-            initargs=(spec.search_paths, threads),
-        )  # fmt: skip
-        broken = clean = False
+    def _run(self, folder: Path, owner: str) -> None:
+        store = None
         try:
-            # at most 2 trials per worker in flight (suspects: 1 in all), so workers never
-            # idle and a kill loses little queued work
-            while (source or pending) and not broken:
-                while source and len(pending) < (1 if alone else 2 * width):
-                    try:
-                        fut = pool.submit(
-                            run_trial, spec.task_ref, source[-1].config, spec.search_paths
-                        )
-                    except BrokenProcessPool:
-                        broken = True
-                        break
-                    pending[fut] = source.pop()
-                if broken:
-                    break
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        continue
-                    yield pending.pop(fut), result
-            if broken and alone:
-                (trial,) = pending.values()
-                yield trial, _crashed("the worker process died while running this trial (alone)")
-            elif broken:
-                suspects.extend(pending.values())
-            clean = not broken
+            store = ResultsStore(folder)
+            while not self.stop.wait(LEASE_S / 4):
+                store.renew(owner, LEASE_S)
+        except StoreError:  # the main loop reports storage faults
+            pass
         finally:
-            if not clean:  # a crash or an interrupt (Ctrl-C): abandon the running trials
-                for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                    proc.terminate()
-            pool.shutdown(wait=clean, cancel_futures=True)
+            if store is not None:
+                store.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
 
 
-def _run_dask(spec: StudySpec, trials: list[Trial], client) -> Iterator[tuple[Trial, dict]]:
+def _run_inline(spec: StudySpec, source: Callable) -> Iterator[tuple[Trial, dict]]:
+    while (trial := source()) is not None:
+        if trial is WAIT:
+            time.sleep(0.5)
+            continue
+        yield trial, run_trial(spec.task_ref, trial.config, spec.tasks_from, inline=True)
+
+
+def _run_dask(spec: StudySpec, source: Callable, client, window: int) -> Iterator:
     from distributed import as_completed
 
-    futures = {}
-    for trial in trials:
-        fut = client.submit(
-            run_trial, spec.task_ref, trial.config, spec.search_paths,
-            key=f"hwsim-trial-{trial.hash}", pure=False,
-        )  # fmt: skip
-        futures[fut] = trial
-    for fut in as_completed(list(futures)):
-        trial = futures[fut]
+    futures: dict = {}
+    done = as_completed()
+
+    def fill() -> bool:
+        while len(futures) < window:
+            trial = source()
+            if trial is None or trial is WAIT:
+                return trial is WAIT
+            fut = client.submit(
+                run_trial, spec.task_ref, trial.config, spec.tasks_from,
+                key=f"hwsim-trial-{trial.hash}-{time.time_ns()}", pure=False,
+            )  # fmt: skip
+            futures[fut] = trial
+            done.add(fut)
+        return False
+
+    waiting = fill()
+    while futures or waiting:
+        if not futures:
+            time.sleep(0.5)
+            waiting = fill()
+            continue
+        fut = next(done)
+        trial = futures.pop(fut)
         try:
             result = fut.result()
-        except Exception as exc:
-            result = _crashed(f"dask task error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - recorded with the trial
+            result = blank_result("failed", f"dask task error: {type(exc).__name__}: {exc}")
         yield trial, result
+        waiting = fill()
 
 
-# -- the sweep -------------------------------------------------------------------------
+def _connect_dask(address: str):
+    try:
+        from distributed import Client
+    except ImportError:
+        raise RuntimeError(
+            f"--dask {address} needs the 'distributed' package: "
+            "pip install 'hwsim[dask]' (or run without --dask for local processes)"
+        ) from None
+    try:
+        return Client(address, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise RuntimeError(
+            f"cannot reach the Dask scheduler at {address!r} ({type(exc).__name__}: {exc}); "
+            "check the address and that the scheduler runs, or run without --dask"
+        ) from None
 
 
 def run_sweep(
@@ -271,22 +226,39 @@ def run_sweep(
     progress: bool = True,
     retry_failed: bool = False,
     limit: int | None = None,
+    timeout_s: float | None = None,
+    allow_large: bool = False,
 ) -> SweepSummary:
     """Run every trial of ``spec`` not yet in ``out/results.sqlite``.
 
     workers: local processes (default: the number of CPU cores, at most the
-        number of trials); 0 runs trials in this process (debugging).
+        number of trials); 0 runs trials in this process (debugging; no time limit).
     dask_address / dask_client: run on a Dask cluster instead.
-    retry_failed: run failed and diverged trials again instead of skipping them.
+    retry_failed: run failed, diverged and timed-out trials again instead of skipping them.
     limit: run at most this many trials (then stop; re-run to continue).
+    timeout_s: per-trial time limit in seconds (default: the spec's ``timeout_s``).
+    allow_large: needed for a grid of more than ``MAX_TRIALS`` trials.
+    Raises StoreError for a storage fault, RuntimeError for an unreachable Dask.
     """
     if workers is not None and (
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
     ):
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+    timeout_s = spec.timeout_s if timeout_s is None else timeout_s
+    if timeout_s is not None and not (isinstance(timeout_s, int | float) and timeout_s > 0):
+        raise ValueError(f"trial timeout must be a number of seconds > 0, got {timeout_s!r}")
+    total = spec.count()
+    if total > MAX_TRIALS and not allow_large:
+        raise ValueError(
+            f"the grid has {total} trials, more than {MAX_TRIALS}: pass --allow-large "
+            "(allow_large=True) to run it"
+        )
     t0 = time.perf_counter()
     out = Path(out)
     store = ResultsStore(out)
+    owner = make_owner()
+    renewer = None
+    client, own_client = dask_client, False
     try:
         previous = store.get_meta("spec")
         if previous is not None and previous.get("task") != spec.task_ref:
@@ -295,62 +267,82 @@ def run_sweep(
                 f"{spec.task_ref!r}; use another --out folder"
             )
         store.set_meta("spec", spec.to_json())
-        trials = spec.trials()
-        store.set_meta("trial_hashes", [t.hash for t in trials])
+        store.set_meta("trial_count", total)
+        if total <= HASHES_KEPT:
+            store.set_meta("trial_hashes", [t.hash for t in spec.iter_trials()])
         if retry_failed:
-            bad = [r.hash for r in store.records() if r.status != "ok"]
-            store.delete(bad)
-        done = store.finished_hashes()
-        todo = [t for t in trials if t.hash not in done]
-        skipped = len(trials) - len(todo)
-        if limit is not None:
-            todo = todo[:limit]
-        client = dask_client
-        own_client = False
-        if todo and client is None and dask_address is not None:
-            try:
-                from distributed import Client
-            except ImportError:
-                raise RuntimeError(
-                    f"--dask {dask_address} needs the 'distributed' package: "
-                    "pip install 'hwsim[dask]' (or run without --dask for local processes)"
-                ) from None
-            client = Client(dask_address)
-            own_client = True
-        if not todo:
-            results: Iterable = ()
-        elif client is not None:
-            results = _run_dask(spec, todo, client)
+            store.delete([r.hash for r in store.records() if r.status != "ok"])
+        source = _Source(spec, store, owner, limit)
+        renewer = _Renewer(out, owner)
+        if client is None and dask_address is not None:
+            client, own_client = _connect_dask(dask_address), True
+        n = (os.cpu_count() or 1) if workers is None else workers
+        n = min(n, total)
+        if client is not None:
+            if timeout_s is not None:
+                print(
+                    f"hwsim: the trial timeout ({timeout_s:g} s) is not enforced on Dask; "
+                    "use the scheduler's own limits",
+                    file=sys.stderr,
+                )
+            results = _run_dask(spec, source, client, window=2 * max(1, n))
+        elif n == 0:
+            if timeout_s is not None:
+                raise ValueError("a trial timeout needs worker processes (workers >= 1)")
+            results = _run_inline(spec, source)
         else:
-            n = (os.cpu_count() or 1) if workers is None else workers
-            n = min(n, len(todo))
-            results = _run_inline(spec, todo) if n == 0 else _run_pool(spec, todo, n)
-        bar = _progress_bar(len(todo), spec.name, progress)
-        failed_now = 0
-        try:
-            for trial, res in results:
-                store.record(TrialRecord(trial.hash, trial.config, role=trial.role, **res))
-                if res["status"] != "ok":
-                    failed_now += 1
-                if bar is not None:
-                    bar.set_postfix(failed=failed_now, refresh=False)
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-            if own_client:
-                client.close()
-        hashes = {t.hash for t in trials}
-        counts = {"ok": 0, "failed": 0, "diverged": 0}
-        for rec in store.records():
-            if rec.hash in hashes:
-                counts[rec.status] += 1
+            results = run_pool(
+                spec.task_ref, source, n, tasks_from=spec.tasks_from, threads=_worker_threads(),
+                timeout_s=timeout_s, on_event=store.add_event,
+            )  # fmt: skip
+        ran = _consume(results, store, spec, total - len(store.finished_hashes()), progress)
+        counts = {"ok": 0, "failed": 0, "diverged": 0, "timeout": 0}
+        for status, k in _study_counts(store, spec, total).items():
+            counts[status] += k
         return SweepSummary(
-            total=len(trials), skipped=skipped, ran=len(todo), wall_s=time.perf_counter() - t0,
-            out=out, **counts,
+            total=total, skipped=source.skipped, ran=ran,
+            wall_s=time.perf_counter() - t0, out=out, **counts,
         )  # fmt: skip
     finally:
+        if renewer is not None:
+            renewer.close()
+        try:
+            store.release(owner)
+        except StoreError:
+            pass
         store.close()
+        if own_client:
+            client.close()
+
+
+def _consume(results, store: ResultsStore, spec: StudySpec, todo: int, progress: bool) -> int:
+    bar = _progress_bar(max(todo, 0), spec.name, progress)
+    ran = failed_now = 0
+    try:
+        for trial, res in results:
+            store.record(TrialRecord(trial.hash, trial.config, role=trial.role, **res))
+            ran += 1
+            if res["status"] != "ok":
+                failed_now += 1
+            if bar is not None:
+                bar.set_postfix(failed=failed_now, refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ran
+
+
+def _study_counts(store: ResultsStore, spec: StudySpec, total: int) -> dict[str, int]:
+    hashes = store.get_meta("trial_hashes") if total <= HASHES_KEPT else None
+    if hashes is None:
+        return store.counts()
+    wanted = set(hashes)
+    counts: dict[str, int] = {}
+    for rec in store.records():
+        if rec.hash in wanted:
+            counts[rec.status] = counts.get(rec.status, 0) + 1
+    return counts
 
 
 def _progress_bar(total: int, name: str, enabled: bool):
@@ -361,12 +353,9 @@ def _progress_bar(total: int, name: str, enabled: bool):
     return tqdm(total=total, desc=name, unit="trial", dynamic_ncols=True, smoothing=0.1)
 
 
-def estimate(trials: list[Trial]) -> str:
-    """A one-line description of a sweep's size."""
-    roles = {}
-    for t in trials:
-        roles[t.role] = roles.get(t.role, 0) + 1
-    return ", ".join(f"{n} {role}" for role, n in roles.items()) + " trials"
+def estimate(spec: StudySpec) -> str:
+    """A one-line description of a sweep's size, from the grid's shape."""
+    return ", ".join(f"{n} {role}" for role, n in spec.count_by_role().items()) + " trials"
 
 
-__all__ = ["run_sweep", "run_trial", "SweepSummary", "estimate"]
+__all__ = ["run_sweep", "run_trial", "SweepSummary", "estimate", "LEASE_S"]

@@ -48,20 +48,26 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import importlib
 import itertools
 import json
 import math
+import re
 import sys
 import tomllib
-import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from hwsim.formats import FixedPoint, parse_format
-from hwsim.study.task import TASKS, Task
+from hwsim.study.sources import check_ref, resolve_task
+from hwsim.study.task import Task
+from hwsim.study.trial import PlotSpec, Trial, trial_hash
+from hwsim.study.values import _check_schedule, _describe, _is_format_type, coerce_value, to_plain
+
+MAX_TRIALS = 1_000_000  # a bigger grid needs allow_large (CLI: --allow-large)
+VALIDATE_TRIALS = 20_000  # trials built (checked by the task) before anything runs
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class SpecError(ValueError):
@@ -73,155 +79,25 @@ class SpecError(ValueError):
         super().__init__(f"invalid study {source}: {len(self.problems)} problem(s)\n{lines}")
 
 
-# -- the task ---------------------------------------------------------------------
+def import_task(ref: str, tasks_from: list[str] | tuple[str, ...] = ()) -> Task:
+    """The registered :class:`Task` named by ``ref`` (see :mod:`hwsim.study.sources`)."""
+    return resolve_task(ref, tuple(tasks_from))
 
 
-def import_task(ref: str, search_paths: list[str] | tuple[str, ...] = ()) -> Task:
-    """Import ``"module.path:name"`` and return its registered :class:`Task`.
-
-    ``search_paths`` are put at the front of ``sys.path`` first (the runner
-    passes the current directory and the spec's repository root).
-    """
-    if not isinstance(ref, str) or ref.count(":") != 1:
-        raise ValueError(
-            f"study.task must be 'module.path:task_name' (e.g. 'models.tasks:lms'), got {ref!r}"
-        )
-    module_name, name = ref.split(":")
-    for path in reversed([str(p) for p in search_paths]):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    try:
-        importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(
-            f"study.task {ref!r}: cannot import module {module_name!r} ({exc}); "
-            f"run from the repository root or put the module on PYTHONPATH"
-        ) from exc
-    if name not in TASKS:
-        raise ValueError(
-            f"study.task {ref!r}: module {module_name!r} registers no task {name!r}; "
-            f"registered tasks: {sorted(TASKS)}"
-        )
-    return TASKS[name]
-
-
-def repo_root_of(path: Path) -> Path:
-    """The repository root above ``path`` (the first folder with pyproject.toml or .git)."""
-    path = path.resolve()
-    for folder in [path, *path.parents]:
-        if (folder / "pyproject.toml").exists() or (folder / ".git").exists():
-            return folder
-    return path.parent if path.is_file() else path
-
-
-# -- typing and coercion of one parameter value -----------------------------------------
-
-
-def _is_format_type(tp) -> bool:
-    args = typing.get_args(tp)
-    return tp is FixedPoint or FixedPoint in args
-
-
-def _describe(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if _is_format_type(tp):
-        return "a fixed-point format like 'fx16.12', a table {wl=16, fl=12}, or 'float'"
-    if origin in (typing.Union, types.UnionType):
-        parts = [_describe(a) for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(parts)
-    if tp is bool:
-        return "true or false"
-    if tp is int:
-        return "an integer"
-    if tp is float:
-        return "a number"
-    if tp is str:
-        return "a string"
-    return getattr(tp, "__name__", str(tp))
-
-
-def coerce_value(tp, value: Any) -> Any:
-    """Convert a TOML value to the parameter type ``tp``; ValueError saying what is allowed."""
-    origin = typing.get_origin(tp)
-    if _is_format_type(tp):
-        try:
-            fmt = parse_format(value)
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a number format: {exc}") from None
-        if fmt is None and type(None) not in typing.get_args(tp):
-            raise ValueError(f"{value!r}: a fixed-point format is required here (not float)")
-        return fmt
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices and type(value) in {type(c) for c in choices}:
-            return value
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"{value!r} is not allowed; allowed: {_describe(tp)}{hint}")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce_value(arg, value)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(f"{value!r} is not allowed; allowed: {_describe(tp)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{value!r} is not allowed; allowed: true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"{value!r} is not allowed; allowed: an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ValueError(f"{value!r} is not allowed; allowed: a finite number")
-            return float(value)
-        raise ValueError(f"{value!r} is not allowed; allowed: a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"{value!r} is not allowed; allowed: a string")
-    if tp is Any or tp is object:
-        return value
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise ValueError(f"{value!r} is not allowed; allowed: {_describe(tp)}")
-
-
-def to_plain(value: Any) -> Any:
-    """A JSON/TOML-friendly form of a parameter value (formats as 'fx16.12', float as None)."""
-    if isinstance(value, FixedPoint):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_plain(v) for k, v in value.items()}
-    return value
-
-
-def _check_schedule(value: str) -> None:
-    """Validate a schedule string with hwsim.schedules when that module exists."""
-    try:
-        from hwsim.schedules import GearShiftPolicy  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    GearShiftPolicy.parse(value)
+def check_name(name: object) -> str | None:
+    """None when ``name`` is a plain study name (it becomes results/<name>)."""
+    if isinstance(name, str) and _NAME.match(name) and name not in (".", ".."):
+        return None
+    return (
+        f"study.name must be a plain name of 1-100 characters (letters, digits, '.', '_', '-', "
+        f"starting with a letter or digit; no '/' or '..'), got {name!r}"
+    )
 
 
 # -- the spec ---------------------------------------------------------------------
 
 _SECTIONS = {"study", "fixed", "grid", "baseline", "plot"}
-_STUDY_KEYS = {"name", "task", "description"}
+_STUDY_KEYS = {"name", "task", "description", "timeout_s"}
 _PLOT_KEYS = {
     "metric",
     "bits",
@@ -233,54 +109,6 @@ _PLOT_KEYS = {
     "curve_metric",
     "step_label",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class PlotSpec:
-    """What the plots show.
-
-    metric: final metric on the y axis (a key of the task's metrics).
-    bits: grid field giving the bit-width axis (a format field or an int field).
-    bits_of: for a format field, ``"wl"`` (word length) or ``"fl"`` (fractional bits).
-    lr: grid field giving the learning-rate axis of the heatmap (optional).
-    goal: ``"max"`` or ``"min"``: which metric value is better (used to pick the
-        best learning rate per point).
-    series: grid fields that get one line each (default: every grid field other
-        than bits, lr and seed).
-    curve_metric: history key drawn as learning curves (default: ``metric``).
-    step_label: x-axis label of the learning curves (e.g. "epoch", "sample").
-    plugins: modules imported before plotting; they register more plots.
-    """
-
-    metric: str
-    bits: str | None = None
-    bits_of: Literal["wl", "fl"] = "wl"
-    lr: str | None = None
-    goal: Literal["min", "max"] = "min"
-    series: tuple[str, ...] | None = None
-    curve_metric: str | None = None
-    plugins: tuple[str, ...] = ()
-    step_label: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Trial:
-    """One point of the sweep: the full, typed parameter set and its identity."""
-
-    params: Any  # an instance of the task's params dataclass
-    config: dict  # plain JSON form of every parameter (defaults included)
-    hash: str
-    role: str = "grid"  # "grid" or "baseline"
-
-
-def trial_hash(task_ref: str, config: dict) -> str:
-    """Identity of a trial: SHA-256 of the task and its full canonical config.
-
-    Defaults are included in ``config``, so a trial is the same trial however
-    the spec spells it (fixed vs grid, "fx16.12" vs {wl=16, fl=12}).
-    """
-    blob = json.dumps({"task": task_ref, "params": config}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,27 +124,69 @@ class StudySpec:
     plot: PlotSpec
     description: str = ""
     source: str = ""  # the TOML text
-    search_paths: tuple[str, ...] = ()
+    tasks_from: tuple[str, ...] = ()  # folders named with --tasks-from
+    timeout_s: float | None = None  # per-trial time limit
 
     def _make(self, values: dict[str, Any], role: str) -> Trial:
         params = self.task.params(**values)
         config = {f.name: to_plain(getattr(params, f.name)) for f in dataclasses.fields(params)}
         return Trial(params, config, trial_hash(self.task_ref, config), role)
 
-    def trials(self) -> list[Trial]:
-        """Every trial: the grid product, then the baseline trials; duplicates dropped."""
-        out: dict[str, Trial] = {}
+    def _baseline_names(self) -> list[str]:
+        assert self.baseline is not None
+        return [n for n in self.grid if n != self.plot.bits and n not in self.baseline]
+
+    def _grid_count(self) -> int:
+        return math.prod(len(v) for v in self.grid.values())
+
+    @property
+    def _baseline_is_grid(self) -> bool:
+        """True when the baseline trials are grid trials already (counted once)."""
+        if self.baseline is None:
+            return False
+        names = self._baseline_names()
+        first = self._make(
+            {**self.fixed, **{n: self.grid[n][0] for n in names}, **self.baseline}, "baseline"
+        )
+        grid_first = next(self.iter_trials(baseline=False))
+        for key, value in first.config.items():
+            if key in self.grid:
+                plain = [json.dumps(to_plain(v), sort_keys=True) for v in self.grid[key]]
+                if json.dumps(value, sort_keys=True) not in plain:
+                    return False
+            elif value != grid_first.config[key]:
+                return False
+        return True
+
+    def count(self) -> int:
+        """How many trials, from the grid's shape (nothing is expanded)."""
+        n = self._grid_count()
+        if self.baseline is not None and not self._baseline_is_grid:
+            n += math.prod(len(self.grid[k]) for k in self._baseline_names())
+        return n
+
+    def count_by_role(self) -> dict[str, int]:
+        grid = self._grid_count()
+        return {"grid": grid, **({"baseline": self.count() - grid} if self.count() > grid else {})}
+
+    def iter_trials(self, *, baseline: bool = True) -> Iterator[Trial]:
+        """Every trial, generated one at a time: the grid product, then the baseline.
+
+        Grid values of one field are distinct (checked), so grid trials are distinct;
+        baseline trials that coincide with grid trials are not repeated.
+        """
         names = list(self.grid)
         for combo in itertools.product(*(self.grid[n] for n in names)):
-            trial = self._make({**self.fixed, **dict(zip(names, combo, strict=True))}, "grid")
-            out.setdefault(trial.hash, trial)
-        if self.baseline is not None:
-            names = [n for n in self.grid if n != self.plot.bits and n not in self.baseline]
+            yield self._make({**self.fixed, **dict(zip(names, combo, strict=True))}, "grid")
+        if baseline and self.baseline is not None and not self._baseline_is_grid:
+            names = self._baseline_names()
             for combo in itertools.product(*(self.grid[n] for n in names)):
                 values = {**self.fixed, **dict(zip(names, combo, strict=True)), **self.baseline}
-                trial = self._make(values, "baseline")
-                out.setdefault(trial.hash, trial)
-        return list(out.values())
+                yield self._make(values, "baseline")
+
+    def trials(self) -> list[Trial]:
+        """Every trial as a list (small studies; large ones use :meth:`iter_trials`)."""
+        return list(self.iter_trials())
 
     def to_json(self) -> dict:
         """Plain form stored with the results (plots and reports read it back)."""
@@ -329,6 +199,7 @@ class StudySpec:
             "baseline": to_plain(self.baseline),
             "plot": dataclasses.asdict(self.plot),
             "source": self.source,
+            "timeout_s": self.timeout_s,
         }
 
 
@@ -349,13 +220,27 @@ def parse_spec(
     text: str,
     *,
     source: str = "spec",
-    search_paths: list[str] | tuple[str, ...] = (),
+    tasks_from: list[str] | tuple[str, ...] = (),
 ) -> StudySpec:
-    """Parse and validate TOML ``text``; raises :class:`SpecError` listing every problem."""
+    """Parse and validate TOML ``text``; raises :class:`SpecError` listing every problem.
+
+    Allowed ranges (checked here, before anything runs): ``study.name`` a plain
+    name (:func:`check_name`); ``study.task`` see :mod:`hwsim.study.sources`;
+    ``study.timeout_s`` a number in (0, 604800] seconds; integers within
+    ±(2**63 - 1), numbers finite; format strings ASCII; each parameter within
+    the range its task documents (the task's ``__post_init__`` checks the first
+    ``VALIDATE_TRIALS`` trials now, the rest as they are generated);
+    ``plot.metric`` one of the task's declared metrics.
+    """
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the TOML
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError([f"not valid TOML: {exc}"], source) from None
+    except RecursionError:
+        raise SpecError(
+            ["not valid TOML: arrays or tables are nested too deeply"], source
+        ) from None
     problems: list[str] = []
     for key in raw:
         if key not in _SECTIONS:
@@ -367,11 +252,24 @@ def parse_spec(
         if key not in _STUDY_KEYS:
             problems.append(_unknown("study key", key, _STUDY_KEYS))
     name = study.get("name")
-    if not isinstance(name, str) or not name:
-        problems.append(f"study.name must be a non-empty string, got {name!r}")
+    if check_name(name):
+        problems.append(check_name(name))
+    timeout_s = study.get("timeout_s")
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not 0 < timeout_s <= MAX_TIMEOUT_S
+    ):
+        problems.append(
+            f"study.timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S:.0f}], "
+            f"got {timeout_s!r}"
+        )
+        timeout_s = None
     task_ref = study.get("task")
+    if check_ref(task_ref):
+        raise SpecError(problems + [check_ref(task_ref)], source)
     try:
-        task = import_task(task_ref, search_paths)
+        task = import_task(task_ref, tasks_from)
     except ValueError as exc:
         raise SpecError(problems + [str(exc)], source) from None
     types_ = _params_types(task)
@@ -426,6 +324,8 @@ def parse_spec(
     if not isinstance(metric, str) or not metric:
         problems.append(f"plot.metric must name the task metric to plot, got {metric!r}")
         metric = ""
+    elif task.metrics is not None and metric not in task.metrics:
+        problems.append(_unknown("plot.metric", metric, task.metrics) + f" (task {task.name!r})")
     bits = plot_raw.get("bits")
     if bits is not None:
         if bits not in grid_raw:
@@ -482,29 +382,37 @@ def parse_spec(
         ),
         description=str(study.get("description", "")),
         source=text,
-        search_paths=tuple(str(p) for p in search_paths),
+        tasks_from=tuple(str(p) for p in tasks_from),
+        timeout_s=float(timeout_s) if timeout_s is not None else None,
     )
-    # build every trial now so a parameter combination the task's own
-    # __post_init__ rejects also fails before anything runs
+    # build the first trials now so a parameter combination the task's own
+    # __post_init__ rejects fails before anything runs (a huge grid: the rest are
+    # checked as they are generated, and a rejected one is recorded as failed)
     try:
-        trials = spec.trials()
-    except (ValueError, TypeError) as exc:
+        n = spec.count()
+        for _ in itertools.islice(spec.iter_trials(), VALIDATE_TRIALS):
+            pass
+    except Exception as exc:  # noqa: BLE001 - any rejection by the task is a spec problem
         raise SpecError(
             [f"a trial's parameters were rejected by task {task.name!r}: {exc}"], source
         ) from None
-    if not trials:
+    if n == 0:
         raise SpecError(["the spec expands to no trials"], source)
     return spec
 
 
-def load_spec(path: str | Path) -> StudySpec:
+def load_spec(path: str | Path, tasks_from: list[str] | tuple[str, ...] = ()) -> StudySpec:
     """Read and validate the spec file at ``path``.
 
-    The current directory and the spec's repository root go on ``sys.path`` so
-    that ``task = "models.tasks:lms"`` imports from the repository.
+    Nothing is imported from the spec's folder or the current folder: the task
+    comes from installed packages, ``hwsim.tasks`` entry points, or a folder in
+    ``tasks_from`` (see :mod:`hwsim.study.sources`).
     """
     path = Path(path)
     if not path.is_file():
         raise SpecError([f"spec file {str(path)!r} does not exist"], str(path))
-    search = [str(Path.cwd()), str(repo_root_of(path))]
-    return parse_spec(path.read_text(), source=str(path), search_paths=search)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"the file is not UTF-8 text ({exc})"], str(path)) from None
+    return parse_spec(text, source=str(path), tasks_from=tasks_from)

@@ -54,19 +54,59 @@ class Task:
     name: str
     params: type
     fn: Callable[[Any], TrialResult]
+    metrics: tuple[str, ...] | None = None  # final metrics it reports (None: undeclared)
 
 
 TASKS: dict[str, Task] = {}
+ADAPTERS: dict[tuple[str, str], Callable] = {}
 
 
-def register_task(name: str, params: type) -> Callable:
-    """Decorator registering ``fn(params_instance) -> TrialResult`` under ``name``."""
+def register_task(name: str, params: type, *, metrics: tuple[str, ...] | None = None) -> Callable:
+    """Decorator registering ``fn(params_instance) -> TrialResult`` under ``name``.
+
+    metrics: the final metrics the task reports; a spec's ``plot.metric`` must
+    then be one of them (checked before anything runs).
+    """
     if not dataclasses.is_dataclass(params):
         raise TypeError(f"task {name!r}: params must be a dataclass, got {params!r}")
 
     def deco(fn):
-        TASKS[name] = Task(name, params, fn)
+        TASKS[name] = Task(name, params, fn, tuple(metrics) if metrics is not None else None)
         fn.task = TASKS[name]
         return fn
 
     return deco
+
+
+def register_adapter(task: str, kind: str) -> Callable:
+    """Decorator: ``fn`` gives theory/cost/plots what they need about ``task``.
+
+    Kinds in use (``hwsim.theory.plots``): ``"energy"`` ``fn(config) -> pJ per
+    training step``; ``"gradient_statistics"`` ``fn(config) -> {tensor: stats}``
+    (``hwsim.theory.accumulator.measure_gradient_statistics``). A task module
+    registers them next to the task, so the library never imports the task's
+    package itself.
+    """
+
+    def deco(fn):
+        ADAPTERS[(task, kind)] = fn
+        return fn
+
+    return deco
+
+
+def get_adapter(task: str, kind: str, purpose: str) -> Callable:
+    """The ``kind`` adapter of ``task``; LookupError naming what needs it."""
+    try:
+        return ADAPTERS[(task, kind)]
+    except KeyError:
+        have = sorted(k for t, k in ADAPTERS if t == task)
+        raise LookupError(
+            f"task {task!r} registers no {kind!r} adapter, which {purpose} needs "
+            f"(its adapters: {have or 'none'}); register one with "
+            f"hwsim.study.task.register_adapter({task!r}, {kind!r})"
+        ) from None
+
+
+def has_adapter(task: str, kind: str) -> bool:
+    return (task, kind) in ADAPTERS

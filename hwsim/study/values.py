@@ -1,0 +1,121 @@
+"""Typing and coercion of one spec value against a task parameter's type hint."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import types
+import typing
+from typing import Any, Literal
+
+from hwsim.formats import FixedPoint, parse_format
+
+MAX_INT = 2**63 - 1  # what SQLite and JSON readers keep exactly
+
+
+def _is_format_type(tp) -> bool:
+    args = typing.get_args(tp)
+    return tp is FixedPoint or FixedPoint in args
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if _is_format_type(tp):
+        return "a fixed-point format like 'fx16.12', a table {wl=16, fl=12}, or 'float'"
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(parts)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce_value(tp, value: Any) -> Any:
+    """Convert a TOML value to the parameter type ``tp``; ValueError saying what is allowed."""
+    origin = typing.get_origin(tp)
+    if _is_format_type(tp):
+        if isinstance(value, str) and not value.isascii():
+            raise ValueError(
+                f"{value!r} is not a number format: only ASCII letters and digits are "
+                "allowed (e.g. 'fx16.12')"
+            )
+        try:
+            fmt = parse_format(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a number format: {exc}") from None
+        if fmt is None and type(None) not in typing.get_args(tp):
+            raise ValueError(f"{value!r}: a fixed-point format is required here (not float)")
+        return fmt
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) in {type(c) for c in choices}:
+            return value
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{value!r} is not allowed; allowed: {_describe(tp)}{hint}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce_value(arg, value)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(f"{value!r} is not allowed; allowed: {_describe(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{value!r} is not allowed; allowed: true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:
+                raise ValueError(f"{value!r} is not allowed; allowed: an integer in ±(2**63 - 1)")
+            return value
+        raise ValueError(f"{value!r} is not allowed; allowed: an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"{value!r} is not allowed; allowed: a finite number")
+            return float(value)
+        raise ValueError(f"{value!r} is not allowed; allowed: a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{value!r} is not allowed; allowed: a string")
+    if tp is Any or tp is object:
+        return value
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ValueError(f"{value!r} is not allowed; allowed: {_describe(tp)}")
+
+
+def to_plain(value: Any) -> Any:
+    """A JSON/TOML-friendly form of a parameter value (formats as 'fx16.12', float as None)."""
+    if isinstance(value, FixedPoint):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
+
+def _check_schedule(value: str) -> None:
+    """Validate a schedule string with hwsim.schedules when that module exists."""
+    try:
+        from hwsim.schedules import GearShiftPolicy  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    GearShiftPolicy.parse(value)
