@@ -252,7 +252,9 @@ def test_report_costs_the_lms_datapath_with_its_resolved_formats(tmp_path):
     # without the models package importable the report is an error, not an fp32 guess
     only_hwsim = tmp_path / "only_hwsim"
     only_hwsim.mkdir()
-    (only_hwsim / "hwsim").symlink_to(REPO / "hwsim")  # this hwsim, and no models package
+    (only_hwsim / "hwsim").symlink_to(REPO / "hwsim")  # this hwsim, and no models package:
+    (only_hwsim / "models").mkdir()  # an installed one is hidden by one that fails to import
+    (only_hwsim / "models" / "__init__.py").write_text("raise ImportError('no models here')\n")
     env = {**os.environ, "PYTHONPATH": str(only_hwsim)}
     done = hwsim("report", str(tmp_path / "out"), cwd=elsewhere, env=env)
     assert done.returncode == 2 and "module 'models.tasks' cannot be imported" in done.stderr
