@@ -108,3 +108,25 @@ def test_claims_and_leases(tmp_path):
         assert store.claim("a", "otherhost:1:0", 60) == "done"
         store.release(me)
         assert store.conn.execute("SELECT COUNT(*) FROM claims").fetchone() == (0,)
+
+
+def _open_and_claim(folder: str, n: int) -> str:
+    try:
+        with ResultsStore(folder) as store:
+            return store.claim(f"h{n}", f"owner{n}", 60.0)
+    except Exception as exc:  # reported to the parent, which fails the test
+        return repr(exc)
+
+
+def test_sweeps_opening_a_new_store_at_once_all_get_in(tmp_path):
+    # several processes creating the same store: the switch to WAL deadlocks in SQLite,
+    # which answers "locked" at once; the store waits and retries instead (CI saw one
+    # of two sweeps die here)
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        for round_ in range(12):
+            folder = str(tmp_path / f"out{round_}")
+            got = pool.starmap(_open_and_claim, [(folder, n) for n in range(4)])
+            assert got == ["claimed"] * 4, got

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -162,19 +163,37 @@ class ResultsStore:
                 self.conn = self._open_readonly()
             else:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                # isolation_level=None: explicit BEGIN/COMMIT around each trial
-                self.conn = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn = self._open_writer()
+        except (sqlite3.Error, OSError) as exc:
+            raise _fault(self.path, exc) from None
+
+    def _open_writer(self) -> sqlite3.Connection:
+        # Two sweeps opening a new store at once can deadlock while it is still in
+        # rollback mode (both hold SHARED, both want EXCLUSIVE to switch to WAL): SQLite
+        # then answers "locked" at once instead of calling the busy handler. Such a
+        # refusal is retried until LOCK_TIMEOUT_S, like any other wait for the lock.
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            # isolation_level=None: explicit BEGIN/COMMIT around each trial
+            conn = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: a commit is in the OS once COMMIT returns, so it survives the
                 # sweep being killed (SIGKILL included); only a power loss can drop the last
                 # few commits, and those trials are simply run again on resume. FULL (an
                 # fsync per trial) cost ~4 ms a trial, as much as an LMS trial itself.
-                self.conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn = conn
                 self._check()
                 self._migrate()
-                self.conn.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise _fault(self.path, exc) from None
+                conn.executescript(_SCHEMA)
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                low = str(exc).lower()
+                if ("locked" not in low and "busy" not in low) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01 + 0.05 * random.random())
 
     def _open_readonly(self) -> sqlite3.Connection:
         uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
