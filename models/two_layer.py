@@ -1,25 +1,33 @@
-"""The two-layer scalar network of the course notes, trained by its hand-derived
-backprop updates, in float or in fixed point.
+"""The two-layer scalar network of the course notes ("Training DNNs - SGD,
+Backprop and its Variants"), trained by its hand-derived backprop updates, in
+float or in fixed point. Exactly the notes' network:
 
-    u = w1 x + b1,   z = sigmoid(u),   v = w2 z + b2,   y = sigmoid(v),
-    loss = (y - t)^2 / 2
+    u = w1 x + b1,   v = w2 u^2 + b2,   y = sigmoid(v),   e = d - y,
+    loss = e^2
 
-Backpropagation by hand (the chain rule, one line per quantity):
+and the notes' four updates for one sample with step size mu:
 
-    dv = (y - t) y (1 - y)          dL/dv
-    dw2 = dv z,  db2 = dv
-    du = dv w2 z (1 - z)            dL/du
+    w1 += 4 mu e y (1 - y) u w2 x        b1 += 4 mu e y (1 - y) u w2
+    w2 += 2 mu e y (1 - y) u^2           b2 += 2 mu e y (1 - y)
+
+(:func:`lecture_updates` writes them as the notes do). They are gradient
+descent on ``e^2``; by the chain rule, one line per quantity:
+
+    dv = -2 e y (1 - y)             dL/dv
+    dw2 = dv u^2,  db2 = dv
+    du = dv 2 w2 u                  dL/du
     dw1 = du x,  db1 = du
 
 :func:`hand_gradients` computes exactly these (averaged over a mini-batch);
 ``tests/test_models_two_layer.py`` checks them against ``torch.autograd`` on
-:class:`TwoLayerNet`. :func:`train_fixed` runs the same updates with every
-forward quantity rounded to an activation format, every backward quantity to a
-gradient format (``hwsim.quantize``), and the update applied by
-``hwsim.optim.SGD``: rounded onto the weight (or weight accumulator) grid and
-added there, where small updates stall under round-to-nearest (Gupta et al.
-2015; DESIGN.md, "Weight accumulator"). :class:`TwoLayerNet` is a ``torch.nn.Module``, so any
-hwsim optimizer can train it as well.
+:class:`TwoLayerNet` and against the notes' updates. :func:`train_fixed` runs
+the same updates with every forward quantity rounded to an activation format,
+every backward quantity to a gradient format (``hwsim.quantize``), and the
+update applied by ``hwsim.optim.SGD``: rounded onto the weight (or weight
+accumulator) grid and added there, where small updates stall under
+round-to-nearest (Gupta et al. 2015; DESIGN.md, "Weight accumulator").
+:class:`TwoLayerNet` is a ``torch.nn.Module``, so any hwsim optimizer can
+train it as well.
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ Quantizer = Callable[[np.ndarray, str], np.ndarray]
 
 
 def sigmoid(a: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-a))
+    """1 / (1 + exp(-a)) without overflow for large |a| (exp(-logaddexp(0, -a)))."""
+    return np.exp(-np.logaddexp(0.0, -a))
 
 
 def _identity(a: np.ndarray, kind: str) -> np.ndarray:
@@ -53,36 +62,59 @@ def forward(
 ) -> dict[str, np.ndarray]:
     """The forward pass; ``q(array, "activation")`` rounds each intermediate."""
     u = q(params["w1"] * x + params["b1"], "activation")
-    z = q(sigmoid(u), "activation")
-    v = q(params["w2"] * z + params["b2"], "activation")
+    s = q(u * u, "activation")
+    v = q(params["w2"] * s + params["b2"], "activation")
     y = q(sigmoid(v), "activation")
-    return {"x": x, "u": u, "z": z, "v": v, "y": y}
+    return {"x": x, "u": u, "s": s, "v": v, "y": y}
+
+
+def loss_of(y: np.ndarray, d: np.ndarray) -> float:
+    """The notes' loss, ``e^2`` with ``e = d - y``, averaged over the batch."""
+    return float(np.mean((d - y) ** 2))
+
+
+def lecture_updates(params: dict[str, float], x: float, d: float, mu: float) -> dict[str, float]:
+    """The notes' four updates for one sample, written as the notes write them.
+
+    >>> up = lecture_updates({"w1": 1.0, "b1": 0.0, "w2": 1.0, "b2": 0.0}, 0.0, 1.0, 0.5)
+    >>> float(up["w1"]), float(up["w2"]), float(up["b2"])  # u = 0: only b2 moves
+    (0.0, 0.0, 0.125)
+    """
+    w1, b1, w2, b2 = (params[k] for k in PARAMS)
+    u = w1 * x + b1
+    y = sigmoid(w2 * u**2 + b2)
+    e = d - y
+    return {
+        "w1": 4 * mu * e * y * (1 - y) * u * w2 * x,
+        "b1": 4 * mu * e * y * (1 - y) * u * w2,
+        "w2": 2 * mu * e * y * (1 - y) * u**2,
+        "b2": 2 * mu * e * y * (1 - y),
+    }
 
 
 def hand_gradients(
     params: dict[str, float], x: np.ndarray, t: np.ndarray, q: Quantizer = _identity
 ) -> tuple[dict[str, float], float]:
-    """Mean-over-batch gradients of ``(y - t)^2 / 2`` by the hand-derived rules,
+    """Mean-over-batch gradients of ``(t - y)^2`` by the hand-derived rules,
     and the mean loss. ``q(array, "grad")`` rounds each backward quantity.
 
     >>> g, loss = hand_gradients({"w1": 1.0, "b1": 0.0, "w2": 1.0, "b2": 0.0},
-    ...                          np.array([0.0]), np.array([0.0]))
-    >>> y = 1 / (1 + np.exp(-0.5))  # z = sigmoid(0) = 0.5, v = 0.5
-    >>> bool(np.isclose(g["b2"], y * y * (1 - y))), bool(np.isclose(g["w2"], 0.5 * g["b2"]))
-    (True, True)
+    ...                          np.array([0.0]), np.array([1.0]))
+    >>> g["w1"], g["w2"], g["b2"]  # u = 0, y = 1/2: dv = -2 (1/2)(1/4)
+    (0.0, 0.0, -0.25)
     """
     f = forward(params, np.asarray(x, dtype=np.float64), q)
-    y, z = f["y"], f["z"]
-    dv = q((y - t) * y * (1.0 - y), "grad")
-    du = q(dv * params["w2"] * z * (1.0 - z), "grad")
+    y, u = f["y"], f["u"]
+    e = t - y
+    dv = q(-2.0 * e * y * (1.0 - y), "grad")
+    du = q(dv * 2.0 * params["w2"] * u, "grad")
     grads = {
-        "w2": float(np.mean(q(dv * z, "grad"))),
+        "w2": float(np.mean(q(dv * f["s"], "grad"))),
         "b2": float(np.mean(dv)),
         "w1": float(np.mean(q(du * f["x"], "grad"))),
         "b1": float(np.mean(du)),
     }
-    loss = float(np.mean(0.5 * (y - t) ** 2))
-    return grads, loss
+    return grads, loss_of(y, t)
 
 
 class TwoLayerNet(torch.nn.Module):
@@ -94,14 +126,14 @@ class TwoLayerNet(torch.nn.Module):
             setattr(self, name, torch.nn.Parameter(torch.tensor(float(value), dtype=torch.float64)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.sigmoid(self.w1 * x + self.b1)
-        return torch.sigmoid(self.w2 * z + self.b2)
+        u = self.w1 * x + self.b1
+        return torch.sigmoid(self.w2 * u**2 + self.b2)
 
     def loss(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return (0.5 * (self(x) - t) ** 2).mean()
+        return ((t - self(x)) ** 2).mean()
 
 
-TEACHER = {"w1": 2.0, "b1": -0.5, "w2": 4.0, "b2": -2.0}
+TEACHER = {"w1": 0.8, "b1": -0.2, "w2": 1.5, "b2": -2.0}
 
 
 def teacher_data(
@@ -197,7 +229,7 @@ def train_fixed(
             stalls += stalled
             step += 1
             if step % log_every == 0 or step == 1 or step == steps:
-                full_loss = float(np.mean(0.5 * (forward(weights(), x)["y"] - t) ** 2))
+                full_loss = loss_of(forward(weights(), x)["y"], t)
                 history.append(
                     {"step": step, "loss": full_loss, "stall_fraction": stalls / max(nonzero, 1)}
                 )
@@ -223,7 +255,7 @@ def weight_optimizer(
     master = accumulator if accumulator is not None else weight
     values = np.asarray(init, dtype=np.float64)
     if master is not None:
-        values = hwsim.quantize(values, master, rounding)
+        values = hwsim.quantize(values, master, rounding, seed=seed)
     param = torch.nn.Parameter(torch.from_numpy(np.array(values, dtype=np.float64)))
     opt = hwsim.optim.SGD(
         [param],

@@ -1,5 +1,7 @@
-"""The two-layer network's hand-derived updates against autograd (float), and
-its fixed-point training."""
+"""The course notes' two-layer network (u = w1 x + b1, v = w2 u^2 + b2,
+y = sigmoid(v), loss e^2): the notes' updates and the hand-derived gradients
+against autograd, in float and at fixed-point weights, and its fixed-point
+training through the library's SGD."""
 
 from __future__ import annotations
 
@@ -10,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwsim import FixedPoint
-from models.two_layer import PARAMS, TwoLayerNet, hand_gradients, teacher_data, train_fixed
+from models.two_layer import (
+    PARAMS,
+    TwoLayerNet,
+    hand_gradients,
+    lecture_updates,
+    teacher_data,
+    train_fixed,
+)
 
 finite = st.floats(-3.0, 3.0, allow_nan=False)
 
@@ -33,9 +42,49 @@ def test_hand_gradients_equal_autograd(params, samples):
         assert grads[k] == pytest.approx(getattr(net, k).grad.item(), rel=1e-9, abs=1e-13), k
 
 
+def _autograd(p: dict, x: np.ndarray, t: np.ndarray) -> dict[str, float]:
+    net = TwoLayerNet(**p)
+    net.loss(torch.tensor(x), torch.tensor(t)).backward()
+    return {k: getattr(net, k).grad.item() for k in PARAMS}
+
+
+@settings(max_examples=100)
+@given(st.tuples(finite, finite, finite, finite), finite, st.floats(0.0, 1.0), st.floats(0.01, 2.0))
+def test_the_notes_updates_are_gradient_descent_on_e_squared(params, x, d, mu):
+    """w1 += 4 mu e y(1-y) u w2 x, b1 += 4 mu e y(1-y) u w2, w2 += 2 mu e y(1-y) u^2,
+    b2 += 2 mu e y(1-y): minus mu times autograd's gradient of (d - y)^2, and
+    the same as the hand-derived gradients for one sample."""
+    p = dict(zip(PARAMS, params, strict=True))
+    up = lecture_updates(p, x, d, mu)
+    auto = _autograd(p, np.array([x]), np.array([d]))
+    hand, _ = hand_gradients(p, np.array([x]), np.array([d]))
+    for k in PARAMS:
+        assert up[k] == pytest.approx(-mu * auto[k], rel=1e-9, abs=1e-13), k
+        assert up[k] == pytest.approx(-mu * hand[k], rel=1e-12, abs=1e-15), k
+
+
+@settings(max_examples=50)
+@given(
+    st.tuples(*[st.integers(-(2**11), 2**11 - 1)] * 4),
+    st.lists(
+        st.tuples(st.integers(-(2**7), 2**7 - 1), st.floats(0.0, 1.0)), min_size=1, max_size=8
+    ),
+)
+def test_hand_gradients_equal_autograd_at_fixed_point_weights(codes, samples):
+    """Weights on the fx12.8 grid and inputs on fx8.6 (what train_fixed feeds):
+    the hand-derived gradients are autograd's."""
+    p = dict(zip(PARAMS, (c / 2**8 for c in codes), strict=True))
+    x = np.array([c / 2**6 for c, _ in samples])
+    t = np.array([d for _, d in samples])
+    grads, _ = hand_gradients(p, x, t)
+    auto = _autograd(p, x, t)
+    for k in PARAMS:
+        assert grads[k] == pytest.approx(auto[k], rel=1e-9, abs=1e-13), k
+
+
 def test_float_training_fits_the_teacher():
     x, t = teacher_data(512, seed=0)
-    r = train_fixed(x, t, lr=2.0, steps=3000, batch_size=32)
+    r = train_fixed(x, t, lr=1.0, steps=600, batch_size=32)
     assert r.history[-1]["loss"] < 1e-3 < r.history[0]["loss"]
     assert r.stall_fraction == 0.0
 
@@ -74,7 +123,10 @@ def test_fixed_point_nearest_stalls_where_stochastic_keeps_learning():
     assert nearest.stall_fraction == 1.0
     assert nearest.history[-1]["loss"] == nearest.history[0]["loss"]
     assert stochastic.history[-1]["loss"] < 0.7 * nearest.history[-1]["loss"]
-    assert stochastic.history[-1]["loss"] == pytest.approx(floating.history[-1]["loss"], rel=0.2)
+    # float SGD ends at ~1% of the starting loss; stochastic rounding follows it
+    # to within its own noise floor (an LSB of 2^-6 on every weight)
+    assert floating.history[-1]["loss"] < 0.02 * floating.history[0]["loss"]
+    assert stochastic.history[-1]["loss"] < 1.5 * floating.history[-1]["loss"]
     for k in PARAMS:  # every parameter stays on its grid
         assert stochastic.params[k] * 64 == round(stochastic.params[k] * 64)
 
