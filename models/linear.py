@@ -4,6 +4,8 @@
 - :class:`LinearSVM`: a linear SVM trained by SGD on the multi-class hinge loss
   of Weston & Watkins 1999 (``torch.nn.MultiMarginLoss``); the L2 term is the
   optimizer's ``weight_decay`` (lambda), as in Pegasos (Shalev-Shwartz et al. 2007).
+- :class:`BinarySVM`: the course notes' SVM as SGD: labels in {-1, +1}, loss
+  ``lambda/2 ||w||^2 + max(0, 1 - y (w^T x + b))``, the bias not decayed.
 
 Both start at zero weights (the problems are convex). Each model has a
 ``loss(scores, labels)`` method, so a training loop need not know which it is.
@@ -54,3 +56,38 @@ class LinearSVM(nn.Module):
 
     def loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.multi_margin_loss(scores, labels, margin=self.margin)
+
+
+class BinarySVM(nn.Module):
+    """The course notes' linear SVM trained by SGD: ``score = w^T flatten(x) + b``,
+    labels ``y`` in {-1, +1}, loss (averaged over the batch)
+
+        lambda/2 ||w||^2 + max(0, 1 - y score)
+
+    with the L2 term in the loss, on ``w`` only (the bias is not decayed). Its
+    SGD step is the notes' ``w <- w - mu (lambda w - y x [y score < 1])``,
+    ``b <- b + mu y [y score < 1]``.
+
+    >>> import torch
+    >>> m = BinarySVM(2, lam=0.1)
+    >>> m.loss(m(torch.tensor([[1.0, 0.0]])), torch.tensor([1.0]))  # w = 0: hinge 1
+    tensor(1., grad_fn=<AddBackward0>)
+    """
+
+    def __init__(self, in_features: int, lam: float = 1e-3) -> None:
+        super().__init__()
+        if not lam >= 0:
+            raise ValueError(f"lam (the L2 weight lambda) must be >= 0, got {lam!r}")
+        self.linear = nn.Linear(in_features, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.lam = float(lam)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)).squeeze(1)
+
+    def loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not bool(((labels == 1) | (labels == -1)).all()):
+            raise ValueError("BinarySVM labels must be -1 or +1 (the notes' convention)")
+        hinge = torch.clamp(1.0 - labels.to(scores.dtype) * scores, min=0.0).mean()
+        return hinge + 0.5 * self.lam * (self.linear.weight**2).sum()

@@ -27,7 +27,11 @@ from models.task_common import (
 @dataclasses.dataclass(frozen=True)
 class KMeansParams:
     """K-means by SGD (:mod:`models.kmeans`) on the digits (flattened 64-d) or
-    on Gaussian blobs, with a hwsim optimizer on the centroids."""
+    on Gaussian blobs, with a hwsim optimizer on the centroids. ``distance``
+    and ``distance_accumulator`` (both or neither) put the assignment step on
+    the datapath: differences rounded to ``distance``, squared distances
+    accumulated in ``distance_accumulator``, argmin on those values (rounding:
+    ``rounding``, or nearest when that is stochastic)."""
 
     dataset: Literal["digits", "blobs"] = "digits"
     k: int = 10
@@ -36,6 +40,8 @@ class KMeansParams:
     weight: FixedPoint | None = None
     accumulator: FixedPoint | None = None
     grad: FixedPoint | None = None
+    distance: FixedPoint | None = None
+    distance_accumulator: FixedPoint | None = None
     rounding: RoundingName = "nearest"
     epochs: int = 5
     batch_size: int = 32
@@ -44,6 +50,12 @@ class KMeansParams:
     def __post_init__(self) -> None:
         _validate(self)
         _require(self, "k", 1 <= self.k <= 100, "an integer in [1, 100]")
+        _require(
+            self,
+            "distance_accumulator",
+            (self.distance is None) == (self.distance_accumulator is None),
+            "set together with distance (both or neither)",
+        )
         _require(self, "lr", 0 < self.lr <= 1e6, "a number in (0, 1e6]")
         _require(self, "epochs", 1 <= self.epochs <= 10_000, "an integer in [1, 10000]")
         _require(self, "batch_size", 1 <= self.batch_size <= 100_000, "an integer in [1, 100000]")
@@ -61,7 +73,7 @@ def kmeans(p: KMeansParams) -> TrialResult:
 def _kmeans(p: KMeansParams) -> TrialResult:
     import torch
 
-    from models.kmeans import KMeansSGD, purity
+    from models.kmeans import DistanceDatapath, KMeansSGD, purity
 
     if p.dataset == "digits":
         split = datasets.load_digits(p.seed)
@@ -74,7 +86,11 @@ def _kmeans(p: KMeansParams) -> TrialResult:
             2000, n_features=8, centers=p.k, cluster_std=1.0, random_state=p.seed % (2**32)
         )
         x = (x / np.abs(x).max()).astype(np.float32)
-    model = KMeansSGD.kmeans_plus_plus(x, p.k, p.seed)
+    datapath = None
+    if p.distance is not None:
+        mode = "nearest" if p.rounding == "stochastic" else p.rounding
+        datapath = DistanceDatapath(p.distance, p.distance_accumulator, rounding=mode)
+    model = KMeansSGD.kmeans_plus_plus(x, p.k, p.seed, datapath)
     optimizer = make_optimizer(p, model.parameters())
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     history = []
