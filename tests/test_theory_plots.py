@@ -370,3 +370,28 @@ def test_accumulator_prediction_and_cliff_in_report(acc_study):
     cheapest_front = min((p for p in points if p["front"]), key=lambda p: p["energy"])
     assert cheapest_front["role"] == "grid"
     assert "## Accuracy vs energy: Pareto-optimal configs" in text
+
+
+def test_lms_agreement_cells_and_plot(lms_study):
+    from hwsim.study.plots import StudyData, plt
+    from hwsim.theory import plots as tp
+    from hwsim.theory.plots_lms_agreement import _within
+
+    data = StudyData.load(lms_study)
+    rows = tp.lms_agreement(data)
+    assert len(rows) == sum(len(r["means"]) for r in tp.lms_rows(data))  # one per cell
+    for r in rows:
+        for model in ("exact", "white"):
+            ok = (
+                math.isfinite(r[model]) and abs(10 ** ((r[model] - r["measured"]) / 10) - 1) <= 0.25
+            )
+            assert r["within_25"][model] == ok
+    counts = tp.agreement_counts(rows, "exact")
+    assert counts["all"][1] == len(rows) and counts["all"][0] > 0
+    assert _within("excess_mse_db", -40.9, -40.0, 1e-3) and not _within(
+        "excess_mse_db", -41.3, -40.0, 1e-3
+    )
+    assert _within("misadjustment", 1.2, 1.0, 1e-3) and not _within("misadjustment", 1.3, 1.0, 1e-3)
+    fig = tp.lms_theory_agreement(data)
+    assert fig is not None and len([a for a in fig.axes if a.get_visible()]) >= 2
+    plt.close(fig)

@@ -7,6 +7,8 @@ Imported by ``hwsim plot`` / ``hwsim report`` (``hwsim.study.plots`` loads
   and the predicted curves (integrated rounding model, white-noise model,
   optimal step) per weight format; and the predicted excess MSE at the best
   step drawn over the ``final_metric`` plot;
+- ``lms_theory_agreement``: predicted minus measured per (weight, step) cell,
+  where each model holds (within 25%) and where rounding noise dominates;
 - the Sakr & Shanbhag accumulator prediction over the ``final_metric`` plot of
   a study sweeping an accumulator format (from the gradient format when the
   trials have one, else from gradients measured on the task's model);
@@ -40,6 +42,7 @@ from hwsim.theory.plots_lms import (
     lms_theory,
     steady_state_reached,
 )
+from hwsim.theory.plots_lms_agreement import agreement_counts, lms_agreement, lms_theory_agreement
 from hwsim.theory.plots_pareto import _num, pareto, pareto_points, pareto_section
 
 
@@ -115,10 +118,13 @@ __all__ = [
     "PLOTS",
     "_predict_metric",
     "accumulator_overlay",
+    "agreement_counts",
     "classifier_energy",
     "lms_energy",
     "lms_final_overlay",
+    "lms_agreement",
     "lms_theory",
+    "lms_theory_agreement",
     "pareto",
     "accumulator_prediction",
     "has_precision_config",
