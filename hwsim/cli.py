@@ -2,7 +2,7 @@
 
     hwsim sweep SPEC --out DIR [--workers N] [--dask ADDRESS]   run (or resume) a study
     hwsim status DIR                                             trial counts, failures
-    hwsim export DIR --csv                                       DIR/results.csv, DIR/history.csv
+    hwsim export DIR --csv                                       DIR/results.csv, DIR/history.csv (+ .parquet)
     hwsim plot DIR                                               DIR/plots/*.png and *.svg
     hwsim report DIR                                             DIR/report.md with the plots
 
@@ -137,48 +137,41 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    from hwsim.study.frames import tables
     from hwsim.study.store import ResultsStore
 
     folder = Path(args.dir)
     with ResultsStore(folder, readonly=True) as store:
         records = store.records()
-    config_keys = sorted({k for r in records for k in r.config})
-    metric_keys = sorted({k for r in records for k in r.metrics})
+    t = tables(records)
     results = Path(args.csv_path) if args.csv_path else folder / "results.csv"
-    with results.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            [
-                "hash",
-                "role",
-                "status",
-                *config_keys,
-                *metric_keys,
-                "wall_s",
-                "hwsim_version",
-                "error",
-            ]
-        )
-        for r in records:
-            error = (r.error or "").strip().splitlines()
-            w.writerow(
-                [r.hash, r.role, r.status, *(r.config.get(k) for k in config_keys),
-                 *(r.metrics.get(k) for k in metric_keys), r.wall_s, r.hwsim_version,
-                 error[-1] if error else ""]
-            )  # fmt: skip
-    history_keys = sorted({k for r in records for row in r.history for k in row} - {"step"})
     history = results.with_name("history.csv")
-    with history.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["hash", "status", *config_keys, "step", *history_keys])
-        for r in records:
-            for row in r.history:
-                w.writerow(
-                    [r.hash, r.status, *(r.config.get(k) for k in config_keys), row.get("step"),
-                     *(row.get(k) for k in history_keys)]
-                )  # fmt: skip
+    for path, columns, rows in ((results, t.columns, t.rows),
+                                (history, t.history_columns, t.history_rows)):  # fmt: skip
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(columns)
+            w.writerows(rows)
     print(f"wrote {results} ({len(records)} trials) and {history}")
+    written = _export_parquet(t, results.with_suffix(".parquet"), history.with_suffix(".parquet"))
+    if written:
+        print(f"wrote {written[0]} and {written[1]}")
     return 0
+
+
+def _export_parquet(t, results: Path, history: Path) -> tuple[Path, Path] | None:
+    """The same tables as Parquet, where pandas and pyarrow are installed."""
+    try:
+        import pandas as pd
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return None
+    from hwsim.study.frames import parquet_ready
+
+    for path, columns, rows in ((results, t.columns, t.rows),
+                                (history, t.history_columns, t.history_rows)):  # fmt: skip
+        parquet_ready(pd.DataFrame(rows, columns=columns)).to_parquet(path, index=False)
+    return results, history
 
 
 def _cmd_plot(args) -> int:
@@ -261,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=10, help="failed trials to list (default 10)")
     p.set_defaults(fn=_cmd_status)
 
-    p = sub.add_parser("export", help="write the results as tidy CSV tables")
+    p = sub.add_parser(
+        "export",
+        help="write the results as tidy CSV tables (and Parquet where pyarrow is installed)",
+    )
     p.add_argument("dir")
     p.add_argument(
         "--csv",

@@ -106,6 +106,48 @@ def test_export_to_named_file(swept, tmp_path):
     assert target.exists() and (tmp_path / "history.csv").exists()
 
 
+def test_load_gives_the_exported_tables_as_dataframes(swept):
+    pd = pytest.importorskip("pandas")
+    from hwsim.study import load
+
+    db = swept / "results.sqlite"
+    before = (db.stat().st_mtime_ns, db.read_bytes())
+    trials, history = load(swept)
+    assert (db.stat().st_mtime_ns, db.read_bytes()) == before  # read-only
+    assert isinstance(trials, pd.DataFrame) and len(trials) == 36
+    assert {"hash", "status", "weight", "rounding", "lr", "loss", "error"} <= set(trials.columns)
+    assert set(trials["weight"].dropna()) == {"fx6.4", "fx10.8"}  # None = float baseline
+    assert len(history) == 40 and {"hash", "step", "loss"} <= set(history.columns)
+    ok, _ = load(swept, status="ok")
+    assert len(ok) == 20 and set(ok["status"]) == {"ok"}
+    # the same rows as the CSV export (one layout for both)
+    assert main(["export", str(swept), "--csv"]) == 0
+    csv_trials = pd.read_csv(swept / "results.csv")
+    assert list(csv_trials.columns) == list(trials.columns)
+    assert sorted(csv_trials["hash"]) == sorted(trials["hash"])
+    with pytest.raises(FileNotFoundError, match="run `hwsim sweep` first"):
+        load(swept / "nothing-here")
+
+
+def test_export_writes_parquet_where_pyarrow_is_installed(swept):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    from hwsim.study import load
+
+    assert main(["export", str(swept), "--csv"]) == 0
+    table = pd.read_parquet(swept / "results.parquet")
+    trials, history = load(swept)
+    assert list(table.columns) == list(trials.columns) and len(table) == len(trials)
+    # formats as text, the float baseline's None as a null
+    assert set(table["weight"].dropna()) == {"fx6.4", "fx10.8"}
+    assert table["weight"].isna().sum() == trials["weight"].isna().sum() > 0
+    by_hash = table.set_index("hash")
+    for _, row in trials.iterrows():
+        if row["loss"] == row["loss"]:  # not NaN
+            assert by_hash.loc[row["hash"], "loss"] == row["loss"]
+    assert len(pd.read_parquet(swept / "history.parquet")) == len(history)
+
+
 def test_plot_writes_png_and_svg(swept):
     assert main(["plot", str(swept)]) == 0
     for name in ["final_metric", "learning_curves", "heatmap", "stall_fraction"]:

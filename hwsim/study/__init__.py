@@ -4,7 +4,8 @@
 >>> summary = run_sweep(load_spec("studies/quickstart.toml"), "results/quickstart")  # doctest: +SKIP
 
 Plots and reports (matplotlib) are imported on first use:
-``hwsim.study.make_plots``, ``register_plot``, ``register_overlay``, ``write_report``.
+``hwsim.study.make_plots``, ``register_plot``, ``register_overlay``, ``write_report``;
+``hwsim.study.load(DIR)`` gives the results as pandas DataFrames.
 """
 
 from hwsim.study.runner import SweepSummary, run_sweep, run_trial
@@ -18,6 +19,7 @@ _LAZY = {
     "register_overlay": "hwsim.study.plots",
     "StudyData": "hwsim.study.plots",
     "write_report": "hwsim.study.report",
+    "load": "hwsim.study.frames",
 }
 
 

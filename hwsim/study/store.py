@@ -142,8 +142,10 @@ class ResultsStore:
     """SQLite results of one study folder.
 
     create: make the folder and tables when missing (a writer); otherwise the
-        store must exist. readonly: open read-only (every reader command); no
-        file in the folder is created or changed.
+        store must exist. readonly: open read-only (every reader command); the
+        results file is never changed (where the folder is writable SQLite may
+        create its -wal/-shm index files beside it, as any WAL reader does; on a
+        read-only folder nothing is created).
     """
 
     def __init__(self, folder: str | Path, *, create: bool = True, readonly: bool = False):

@@ -1,0 +1,105 @@
+"""Results as data: the tidy tables of a study folder, as rows or pandas DataFrames.
+
+One definition of the layout, used by ``hwsim export`` (CSV, and Parquet where
+pyarrow is installed) and by :func:`load`:
+
+- trials: one row per stored trial: ``hash``, ``role``, ``status``, every config
+  parameter, every metric, ``wall_s``, ``hwsim_version``, ``error`` (its last line);
+- history: one row per logged step: ``hash``, ``status``, every config
+  parameter, ``step``, every logged quantity.
+
+>>> from hwsim.study import load                       # doctest: +SKIP
+>>> trials, history = load("results/quickstart")       # doctest: +SKIP
+>>> trials.groupby(["weight", "rounding"])["weight_error_db"].mean()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from hwsim.study.store import ResultsStore, TrialRecord
+
+
+class Tables(NamedTuple):
+    columns: list[str]
+    rows: list[list[Any]]
+    history_columns: list[str]
+    history_rows: list[list[Any]]
+
+
+def tables(records: list[TrialRecord]) -> Tables:
+    """The two tidy tables of ``records`` (column names and rows)."""
+    config_keys = sorted({k for r in records for k in r.config})
+    metric_keys = sorted({k for r in records for k in r.metrics})
+    columns = ["hash", "role", "status", *config_keys, *metric_keys, "wall_s", "hwsim_version",
+               "error"]  # fmt: skip
+    rows = []
+    for r in records:
+        error = (r.error or "").strip().splitlines()
+        rows.append(
+            [r.hash, r.role, r.status, *(r.config.get(k) for k in config_keys),
+             *(r.metrics.get(k) for k in metric_keys), r.wall_s, r.hwsim_version,
+             error[-1] if error else ""]
+        )  # fmt: skip
+    history_keys = sorted({k for r in records for row in r.history for k in row} - {"step"})
+    history_columns = ["hash", "status", *config_keys, "step", *history_keys]
+    history_rows = [
+        [r.hash, r.status, *(r.config.get(k) for k in config_keys), row.get("step"),
+         *(row.get(k) for k in history_keys)]
+        for r in records
+        for row in r.history
+    ]  # fmt: skip
+    return Tables(columns, rows, history_columns, history_rows)
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError(
+            "hwsim.study.load needs pandas: pip install pandas (or read the CSV tables "
+            "that `hwsim export DIR --csv` writes)"
+        ) from None
+    return pandas
+
+
+class Results(NamedTuple):
+    trials: Any  # pandas.DataFrame
+    history: Any  # pandas.DataFrame
+
+
+def load(folder: str | Path, status: str | None = None) -> Results:
+    """The trials and the logged history of a study folder as pandas DataFrames
+    (read-only: the store is not changed). ``status`` keeps only trials with that
+    status (``"ok"``, ``"failed"``, ...). Config values keep their stored types
+    (a float-format parameter is ``None``), metrics are floats (NaN included)."""
+    pd = _pandas()
+    with ResultsStore(folder, readonly=True) as store:
+        records = store.records(status)
+    t = tables(records)
+    return Results(
+        pd.DataFrame(t.rows, columns=t.columns),
+        pd.DataFrame(t.history_rows, columns=t.history_columns),
+    )
+
+
+def parquet_ready(frame):
+    """A copy whose object columns Parquet can store: a column that mixes types
+    (``"fx8.6"`` and ``None``, numbers and text, tables) becomes text, JSON for
+    tables and lists, empty for None."""
+    out = frame.copy()
+    for name in out.columns:
+        col = out[name]
+        if col.dtype != object:
+            continue
+        kinds = {type(v) for v in col if v is not None}
+        if len(kinds) <= 1 and not kinds & {dict, list, tuple}:
+            continue
+        out[name] = [
+            "" if v is None else json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple))
+            else str(v)
+            for v in col
+        ]  # fmt: skip
+    return out
