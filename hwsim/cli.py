@@ -5,6 +5,7 @@
     hwsim export DIR --csv                                       DIR/results.csv, DIR/history.csv (+ .parquet)
     hwsim plot DIR                                               DIR/plots/*.png and *.svg
     hwsim report DIR                                             DIR/report.md with the plots
+    hwsim search SPEC --out DIR                                  fewest bits per tensor within tolerance
 
 ``python -m hwsim ...`` works the same. Task and plot-plugin code comes only from
 installed packages, ``hwsim.tasks`` entry points and folders named with
@@ -206,7 +207,8 @@ def _tasks_from(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwsim",
-        description="hwsim: fixed-point training studies (sweep, status, export, plot, report)",
+        description="hwsim: fixed-point training studies (sweep, status, export, plot, report, "
+        "search)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -281,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.md and its plots (default: DIR)")
     _tasks_from(p)
     p.set_defaults(fn=_cmd_report)
+
+    from hwsim.cli_search import add_parser
+
+    add_parser(sub, _tasks_from)
     return parser
 
 

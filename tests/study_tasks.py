@@ -135,3 +135,33 @@ def misbehave(p: MisbehaveParams):
     elif p.kind == "big_history":  # ~200 KB stored per trial (fills a small disk)
         history = [{"step": i, "loss": float(i)} for i in range(8000)]
     return TrialResult(metrics=metrics, history=history, info=info)
+
+
+@dataclasses.dataclass(frozen=True)
+class BitsParams:
+    """Three tensors with known needs: ``a`` holds 0.70710678 (fractional bits
+    matter), ``b`` holds 5.3 (needs integer bits), ``c`` holds 0.0123 (tiny)."""
+
+    a: FixedPoint | None = None
+    b: FixedPoint | None = None
+    c: FixedPoint | None = None
+    seed: int = 0
+
+
+BITS_VALUES = {"a": 0.70710678, "b": 5.3, "c": 0.0123}
+
+
+def bits_error(formats: dict) -> float:
+    """Sum over the tensors of the relative error of their value on their format."""
+    err = 0.0
+    for name, x in BITS_VALUES.items():
+        fmt = formats.get(name)
+        q = x if fmt is None else float(hwsim.quantize(np.array([x]), fmt)[0])
+        err += abs(q - x) / abs(x)
+    return err
+
+
+@register_task("bits", BitsParams, metrics=("err",))
+def bits(p: BitsParams) -> TrialResult:
+    """Relative quantization error of three known values (instant, deterministic)."""
+    return TrialResult(metrics={"err": bits_error({"a": p.a, "b": p.b, "c": p.c})})

@@ -48,6 +48,7 @@ FLOORS: dict[str, int] = {
     "hwsim.theory": 6,
     "hwsim.cost": 6,
     "hwsim.cli": 7,
+    "hwsim.cli_search": 7,
     "hwsim.__main__": 7,
 }
 

@@ -221,7 +221,10 @@ def test_coerce_value_optional_and_format_required():
         coerce_value(Literal[1, 2], True)
 
 
-STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml"))
+_SPECS = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml"))
+# search specs (a [search] table) are run by `hwsim search`, the rest by `hwsim sweep`
+SEARCHES = [p for p in _SPECS if "\n[search]" in p.read_text()]
+STUDIES = [p for p in _SPECS if p not in SEARCHES]
 
 
 def test_the_builtin_studies_exist():
@@ -239,6 +242,15 @@ def test_builtin_studies_validate_against_their_tasks(path):
     trials = spec.trials()
     assert trials and len({t.hash for t in trials}) == len(trials)
     assert spec.plot.bits in spec.grid
+
+
+@pytest.mark.parametrize("path", SEARCHES, ids=lambda p: p.stem)
+def test_builtin_search_specs_validate_against_their_tasks(path):
+    pytest.importorskip("models.tasks")
+    from hwsim.study.search import load_search
+
+    spec = load_search(path)
+    assert spec.params and set(spec.start) == set(spec.params)
 
 
 def test_builtin_accumulator_study_tests_the_rule_directly():

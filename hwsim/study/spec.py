@@ -96,7 +96,7 @@ def check_name(name: object) -> str | None:
 
 # -- the spec ---------------------------------------------------------------------
 
-_SECTIONS = {"study", "fixed", "grid", "baseline", "plot"}
+_SECTIONS = {"study", "fixed", "grid", "baseline", "plot", "search"}  # search: hwsim search
 _STUDY_KEYS = {"name", "task", "description", "timeout_s"}
 _PLOT_KEYS = {
     "metric",

@@ -1,0 +1,68 @@
+"""``hwsim search SPEC``: the automatic precision search (:mod:`hwsim.study.search`)
+on the command line; prints the answer and writes ``DIR/search.md``."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+
+def _energy(task_name: str):
+    """The task's energy adapter (config -> pJ per training step), or None."""
+    import hwsim.theory.plots  # noqa: F401 - registers the built-in energy adapters
+    from hwsim.study.task import get_adapter, has_adapter
+
+    if not has_adapter(task_name, "energy"):
+        return None
+    fn = get_adapter(task_name, "energy", "the search table")
+
+    def energy(config: dict) -> float | None:
+        try:
+            return fn(config)
+        except (ValueError, TypeError):
+            return None
+
+    return energy
+
+
+def cmd_search(args) -> int:
+    from hwsim.study.runner import run_sweep
+    from hwsim.study.search import load_search, markdown, run_search
+    from hwsim.study.spec import SpecError
+
+    try:
+        spec = load_search(args.spec, tasks_from=args.tasks_from)
+    except SpecError as exc:
+        print(f"hwsim search: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("results") / spec.study.name
+    print(f"search {spec.study.name!r}: {', '.join(spec.params)} of task "
+          f"{spec.study.task_ref} -> {out}", file=sys.stderr)  # fmt: skip
+    run = functools.partial(
+        run_sweep, out=out, workers=args.workers, dask_address=args.dask, progress=False
+    )
+    try:
+        result = run_search(spec, out, lambda batch: run(batch))
+    except KeyboardInterrupt:
+        print(f"interrupted: evaluated trials are stored in {out}; run the same command to "
+              "resume", file=sys.stderr)  # fmt: skip
+        return 130
+    text = markdown(spec, result, _energy(spec.study.task.name))
+    (out / "search.md").write_text(text)
+    print(text)
+    print(f"wrote {out / 'search.md'}", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub, tasks_from) -> None:
+    p = sub.add_parser(
+        "search",
+        help="find the fewest bits per tensor that keep a metric within tolerance of float",
+    )
+    p.add_argument("spec", help="search spec (a study spec with a [search] table)")
+    p.add_argument("--out", help="results folder (default: results/<study name>)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler")
+    tasks_from(p)
+    p.set_defaults(fn=cmd_search)
