@@ -1,0 +1,184 @@
+"""Block-scaled quantization kernels (block floating point and OCP MX).
+
+The input is read as a C-contiguous flat array viewed as ``(outer, length,
+inner)``, blocks running along the middle axis: block ``b`` of column
+``(o, i)`` is the elements ``l`` in ``[b*block, min((b+1)*block, length))``
+at flat index ``(o*length + l)*inner + i``. So any axis works without a
+transpose, and element noise is drawn at the element's own flat index (the
+stream of every other format kind).
+
+Per block: ``amax`` of the magnitudes, then a shared exponent from
+``floor(log2(amax))`` (``frexp``, exact), then each element through the one
+element quantizer of its kind, unchanged:
+
+- fixed-point elements (BFP, MXINT8): ``value_to_code`` at scale
+  2^(fl - shared), saturating, then times 2^(shared - fl);
+- float elements (MX FP8/6/4): ``quantize_value`` of ``x * 2^-shared``
+  (exact while it stays above 2^-1022) on the saturating element format,
+  then times 2^shared.
+
+``mx=True`` (MX): the shared exponent is ``floor(log2 amax) - emax_element``,
+clamped below at -127; above 127, or with a NaN/Inf in the block, the block is
+NaN. ``mx=False`` (BFP): ``floor(log2 amax)`` clamped to [-127, 127];
+non-finite inputs are counted (their outputs left 0) for the caller to raise.
+``hwsim.torch_path.block_quantize`` mirrors these steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from hwsim.formats import FloatingPoint
+from hwsim.formats.block import MX, BlockFloatingPoint
+from hwsim.kernels.float_quantize import quantize_value
+from hwsim.kernels.jit import kernel, parallel_kernel, prange
+from hwsim.kernels.scalar import SATURATE, counter_uniform, value_to_code
+
+NOISE_NONE, NOISE_ARRAY, NOISE_SEED = 0, 1, 2
+SCALE_EMIN, SCALE_EMAX = -127, 127
+
+
+@kernel
+def shared_exponent(amax, emax_element, mx):
+    """The block's shared exponent from its finite ``amax``, and whether the
+    scale overflows (MX: a NaN block)."""
+    if amax == 0.0:
+        return SCALE_EMIN, False
+    e = math.frexp(amax)[1] - 1 - emax_element  # floor(log2 amax) - emax_element
+    if e > SCALE_EMAX:
+        return SCALE_EMAX, mx
+    return max(e, SCALE_EMIN), False
+
+
+@functools.cache
+def block_quantize_kernel(
+    rounding: int, noise_mode: int, float_element: bool, mx: bool, ftz: bool, wide: bool
+):
+    """kernel(x, out, outer, length, inner, block, emax_element, elem_fl,
+    min_code, max_code, params, noise, seed) -> non-finite inputs counted
+    (BFP only; MX makes their blocks NaN). ``params`` are the float element's
+    ``FloatParams`` (unused for fixed-point elements)."""
+
+    @parallel_kernel
+    def run(
+        x,
+        out,
+        outer,
+        length,
+        inner,
+        block,
+        emax_element,
+        elem_fl,
+        min_code,
+        max_code,
+        p,
+        noise,
+        seed,
+    ):
+        nb = (length + block - 1) // block
+        bad = 0
+        for t in prange(outer * nb * inner):
+            i = t % inner
+            b = (t // inner) % nb
+            o = t // (inner * nb)
+            start = b * block
+            stop = min(start + block, length)
+            base = o * length * inner + i
+            amax = 0.0
+            finite = True
+            for j in range(start, stop):
+                a = abs(np.float64(x[base + j * inner]))
+                if a > amax:
+                    amax = a
+                if not (a < np.inf):
+                    finite = False
+            if not finite:
+                amax = 0.0
+                for j in range(start, stop):
+                    a = abs(np.float64(x[base + j * inner]))
+                    if a < np.inf and a > amax:
+                        amax = a
+            e, nan_block = shared_exponent(amax, emax_element, mx)
+            nan_block = nan_block or (mx and not finite)
+            up = math.ldexp(1.0, e)
+            for j in range(start, stop):
+                k = base + j * inner
+                v = np.float64(x[k])
+                if nan_block:
+                    out[k] = np.nan
+                    continue
+                if not math.isfinite(v):
+                    bad += 1
+                    out[k] = 0.0
+                    continue
+                u = 0.0
+                if noise_mode == NOISE_ARRAY:
+                    u = noise[k]
+                elif noise_mode == NOISE_SEED:
+                    u = counter_uniform(seed, k)
+                if float_element:
+                    out[k] = quantize_value(v * math.ldexp(1.0, -e), p, rounding, u, ftz, wide) * up
+                else:
+                    c = value_to_code(
+                        v,
+                        math.ldexp(1.0, elem_fl - e),
+                        1.0,
+                        min_code,
+                        max_code,
+                        rounding,
+                        SATURATE,
+                        u,
+                    )
+                    out[k] = c * math.ldexp(1.0, e - elem_fl)
+        return bad
+
+    return run
+
+
+class BlockPlan(NamedTuple):
+    """What both backends take for a block format on an input shape."""
+
+    outer: int
+    length: int
+    inner: int
+    block: int
+    emax_element: int  # subtracted from floor(log2 amax): MX's emax_elem, 0 for BFP
+    elem_fl: int  # fixed-point elements: fl at shared exponent 0 (wl - 2 for BFP)
+    min_code: int
+    max_code: int
+    float_element: FloatingPoint | None
+    mx: bool
+
+
+def block_plan(fmt: BlockFloatingPoint | MX, shape: tuple[int, ...]) -> BlockPlan:
+    """The ``(outer, length, inner)`` view of ``shape`` for ``fmt``'s axis, and
+    the element constants. Raises ValueError for an axis outside the shape."""
+    shape = tuple(int(n) for n in shape) or (1,)  # a 0-d input is one element
+    size = math.prod(shape)
+    if fmt.axis is None:
+        outer, length, inner = 1, size, 1
+    else:
+        if not -len(shape) <= fmt.axis < len(shape):
+            raise ValueError(
+                f"axis {fmt.axis} of {fmt} is out of range for an input of shape {shape}: "
+                f"use an axis in [{-len(shape)}, {len(shape) - 1}] or None (flattened)"
+            )
+        axis = fmt.axis % len(shape)
+        outer, length, inner = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
+    block = max(length, 1) if fmt.block is None else fmt.block
+    if isinstance(fmt, MX):
+        element = fmt.element
+        if isinstance(element, FloatingPoint):
+            return BlockPlan(outer, length, inner, block, fmt.emax_element, 0, 0, 0, element, True)
+        return BlockPlan(
+            outer, length, inner, block, fmt.emax_element, element.fl,
+            element.min_code, element.max_code, None, True,
+        )  # fmt: skip
+    element = fmt.element(0)
+    return BlockPlan(
+        outer, length, inner, block, 0, element.fl, element.min_code, element.max_code, None, False
+    )
