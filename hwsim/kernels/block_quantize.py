@@ -17,6 +17,10 @@ element quantizer of its kind, unchanged:
   (exact while it stays above 2^-1022) on the saturating element format,
   then times 2^shared.
 
+Three parallel passes: partial amax per chunk of each block, the exponent
+per block, then every element, chunk by chunk (all threads busy whatever the block
+geometry, one block per tensor included).
+
 ``mx=True`` (MX): the shared exponent is ``floor(log2 amax) - emax_element``,
 clamped below at -127; above 127, or with a NaN/Inf in the block, the block is
 NaN. ``mx=False`` (BFP): ``floor(log2 amax)`` clamped to [-127, 127];
@@ -54,89 +58,143 @@ def shared_exponent(amax, emax_element, mx):
     return max(e, SCALE_EMIN), False
 
 
+CHUNK = 4096  # elements of one block one thread scans for its amax
+
+
+@parallel_kernel
+def block_partials(x, outer, length, inner, block, chunk, nch, amax_out, finite_out):
+    """Partial amax and finiteness of every chunk of ``chunk`` elements of
+    every block (``nch`` chunks per block), in parallel: a few huge blocks (one
+    per tensor) spread over the threads as well as many small ones."""
+    nb = (length + block - 1) // block
+    for t in prange(outer * nb * inner * nch):
+        c = t % nch
+        col = t // nch
+        i = col % inner
+        b = (col // inner) % nb
+        o = col // (inner * nb)
+        start = b * block + c * chunk
+        stop = min(start + chunk, (b + 1) * block, length)
+        base = o * length * inner + i
+        amax = 0.0
+        finite = True
+        for j in range(start, stop):
+            a = abs(np.float64(x[base + j * inner]))
+            if a < np.inf:
+                amax = max(amax, a)
+            else:
+                finite = False  # NaN or Inf
+        amax_out[t] = amax
+        finite_out[t] = finite
+
+
+@parallel_kernel
+def block_exponents(amax_p, finite_p, nch, emax_element, mx, exps, nan_blocks):
+    """Each block's shared exponent, and whether it is a NaN block (MX)."""
+    for col in prange(exps.size):
+        amax = 0.0
+        finite = True
+        for c in range(col * nch, (col + 1) * nch):
+            amax = max(amax, amax_p[c])
+            finite = finite and finite_p[c]
+        e, overflow = shared_exponent(amax, emax_element, mx)
+        exps[col] = e
+        nan_blocks[col] = overflow or (mx and not finite)
+
+
 @functools.cache
-def block_quantize_kernel(
-    rounding: int, noise_mode: int, float_element: bool, mx: bool, ftz: bool, wide: bool
+def block_elements_kernel(
+    rounding: int, noise_mode: int, float_element: bool, ftz: bool, wide: bool
 ):
-    """kernel(x, out, outer, length, inner, block, emax_element, elem_fl,
-    min_code, max_code, params, noise, seed) -> non-finite inputs counted
-    (BFP only; MX makes their blocks NaN). ``params`` are the float element's
+    """kernel(x, out, outer, length, inner, block, chunk, nch, exps,
+    nan_blocks, elem_fl, min_code, max_code, params, noise, seed) -> non-finite
+    inputs outside NaN blocks (BFP; their outputs are left 0 for the caller to
+    raise). Parallel over the chunks of :func:`block_partials`, the block's
+    scales computed once per chunk; ``params`` are the float element's
     ``FloatParams`` (unused for fixed-point elements)."""
 
     @parallel_kernel
     def run(
-        x,
-        out,
-        outer,
-        length,
-        inner,
-        block,
-        emax_element,
-        elem_fl,
-        min_code,
-        max_code,
-        p,
-        noise,
-        seed,
-    ):
+        x, out, outer, length, inner, block, chunk, nch, exps, nan_blocks, elem_fl,
+        min_code, max_code, p, noise, seed,
+    ):  # fmt: skip
         nb = (length + block - 1) // block
         bad = 0
-        for t in prange(outer * nb * inner):
-            i = t % inner
-            b = (t // inner) % nb
-            o = t // (inner * nb)
-            start = b * block
-            stop = min(start + block, length)
+        for t in prange(outer * nb * inner * nch):  # the chunks of block_partials
+            c = t % nch
+            col = t // nch
+            i = col % inner
+            b = (col // inner) % nb
+            o = col // (inner * nb)
+            start = b * block + c * chunk
+            stop = min(start + chunk, (b + 1) * block, length)
             base = o * length * inner + i
-            amax = 0.0
-            finite = True
-            for j in range(start, stop):
-                a = abs(np.float64(x[base + j * inner]))
-                if a > amax:
-                    amax = a
-                if not (a < np.inf):
-                    finite = False
-            if not finite:
-                amax = 0.0
-                for j in range(start, stop):
-                    a = abs(np.float64(x[base + j * inner]))
-                    if a < np.inf and a > amax:
-                        amax = a
-            e, nan_block = shared_exponent(amax, emax_element, mx)
-            nan_block = nan_block or (mx and not finite)
-            up = math.ldexp(1.0, e)
+            e = exps[col]
+            nan_block = nan_blocks[col]
+            up, down = math.ldexp(1.0, e), math.ldexp(1.0, -e)
+            scale, lsb = math.ldexp(1.0, elem_fl - e), math.ldexp(1.0, e - elem_fl)
             for j in range(start, stop):
                 k = base + j * inner
                 v = np.float64(x[k])
                 if nan_block:
                     out[k] = np.nan
-                    continue
-                if not math.isfinite(v):
+                elif not math.isfinite(v):
                     bad += 1
                     out[k] = 0.0
-                    continue
-                u = 0.0
-                if noise_mode == NOISE_ARRAY:
-                    u = noise[k]
-                elif noise_mode == NOISE_SEED:
-                    u = counter_uniform(seed, k)
-                if float_element:
-                    out[k] = quantize_value(v * math.ldexp(1.0, -e), p, rounding, u, ftz, wide) * up
                 else:
-                    c = value_to_code(
-                        v,
-                        math.ldexp(1.0, elem_fl - e),
-                        1.0,
-                        min_code,
-                        max_code,
-                        rounding,
-                        SATURATE,
-                        u,
-                    )
-                    out[k] = c * math.ldexp(1.0, e - elem_fl)
+                    u = 0.0
+                    if noise_mode == NOISE_ARRAY:
+                        u = noise[k]
+                    elif noise_mode == NOISE_SEED:
+                        u = counter_uniform(seed, k)
+                    if float_element:
+                        out[k] = quantize_value(v * down, p, rounding, u, ftz, wide) * up
+                    else:
+                        code = value_to_code(
+                            v, scale, 1.0, min_code, max_code, rounding, SATURATE, u
+                        )
+                        out[k] = code * lsb
         return bad
 
     return run
+
+
+def run_block_quantize(flat, out, plan, params, rounding: int, noise_mode: int, noise, seed) -> int:
+    """Quantize the flat C-order ``flat`` into ``out`` under ``plan`` (a
+    :class:`BlockPlan`); returns the count of non-finite inputs (BFP raises)."""
+    chunk = min(plan.block, CHUNK)
+    nch = (plan.block + chunk - 1) // chunk
+    nb = (plan.length + plan.block - 1) // plan.block
+    columns = plan.outer * nb * plan.inner
+    amax_p = np.empty(columns * nch, dtype=np.float64)
+    finite_p = np.empty(columns * nch, dtype=np.bool_)
+    block_partials(
+        flat, plan.outer, plan.length, plan.inner, plan.block, chunk, nch, amax_p, finite_p
+    )
+    exps = np.empty(columns, dtype=np.int64)
+    nan_blocks = np.empty(columns, dtype=np.bool_)
+    block_exponents(amax_p, finite_p, nch, plan.emax_element, plan.mx, exps, nan_blocks)
+    run = block_elements_kernel(
+        rounding, noise_mode, plan.float_element is not None, params.ftz, params.wide
+    )
+    return run(
+        flat,
+        out,
+        plan.outer,
+        plan.length,
+        plan.inner,
+        plan.block,
+        chunk,
+        nch,
+        exps,
+        nan_blocks,
+        plan.elem_fl,
+        plan.min_code,
+        plan.max_code,
+        params,
+        noise,
+        seed,
+    )
 
 
 class BlockPlan(NamedTuple):

@@ -92,25 +92,10 @@ def _run(arr, out, plan: kb.BlockPlan, rounding: Rounding, seed, noise) -> None:
         key = seed64(fresh_seed() if seed is None else seed)
         noise_mode = kb.NOISE_SEED
     p = float_params(plan.float_element or _ANY_FLOAT)
-    run = kb.block_quantize_kernel(
-        int(rounding), noise_mode, plan.float_element is not None, plan.mx, p.ftz, p.wide
-    )
     flat, out_flat = arr.reshape(-1), out.reshape(-1)
     with threads_for(flat.size, SERIAL_BELOW_ELEMENTWISE):
-        bad = run(
-            flat,
-            out_flat,
-            plan.outer,
-            plan.length,
-            plan.inner,
-            plan.block,
-            plan.emax_element,
-            plan.elem_fl,
-            plan.min_code,
-            plan.max_code,
-            p,
-            noise_flat,
-            np.uint64(key),
+        bad = kb.run_block_quantize(
+            flat, out_flat, plan, p, int(rounding), noise_mode, noise_flat, np.uint64(key)
         )
     if bad:
         raise_non_finite_numpy(arr)
