@@ -50,14 +50,18 @@ def mx_elements(draw):
 
 
 @st.composite
-def block_values(draw, shape, low=-135, high=135):
+def block_values(draw, shape, low=-135, high=135, specials=False):
     """float64 values of 6 significant bits in binades near a random base
-    (ties and sticky bits at every element grid), with zeros and signed zeros."""
+    (ties and sticky bits at every element grid), with zeros and signed zeros
+    (and with ``specials``, now and then NaN or +-Inf)."""
     base = draw(st.integers(low, high))
     n = math.prod(shape)
     vals = []
     for _ in range(n):
-        kind = draw(st.integers(0, 9))
+        kind = draw(st.integers(0, 9 if not specials else 40))
+        if kind == 40:
+            vals.append(draw(st.sampled_from([math.nan, math.inf, -math.inf])))
+            continue
         if kind == 0:
             vals.append(draw(st.sampled_from([0.0, -0.0])))
             continue
@@ -80,7 +84,7 @@ def test_mx_matches_the_spec_reference(data):
     shape, axis, block = data.draw(geometry())
     element = data.draw(mx_elements())
     fmt = MX(element, block, axis)
-    x = data.draw(block_values(shape))
+    x = data.draw(block_values(shape, specials=True))
     rounding = data.draw(st.sampled_from(MODES))
     noise = noise_for(data.draw, shape, rounding)
     got = hwsim.quantize(x, fmt, rounding, noise=noise)
@@ -243,3 +247,13 @@ def test_errors_say_what_is_wrong():
         hwsim.quantize(x, "bfp8", "stochastic", seed=1.5)
     with pytest.raises(ValueError, match="float16/float32/float64 or integer"):
         hwsim.quantize(x.astype(np.complex128), "bfp8")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp4_e2m1", "mxint8", "bfp8_b32", "bfp8_axis0"])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_cuda_equals_numba(name, rounding):
+    x = np.random.default_rng(7).standard_normal((33, 100)).astype(np.float32)
+    want = hwsim.quantize(x, name, rounding, seed=9)
+    got = hwsim.quantize(torch.from_numpy(x).cuda(), name, rounding, seed=9)
+    assert got.device.type == "cuda" and np.array_equal(bits(got.cpu()), bits(want))

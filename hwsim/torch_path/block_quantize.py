@@ -1,12 +1,17 @@
 """Block-scaled quantization on torch tensors (any device).
 
 The arithmetic of ``hwsim.kernels.block_quantize`` (read its docstring) with
-tensor ops: the input as ``(outer, length, inner)``, the length padded with
-zeros to whole blocks (zeros leave a block's amax alone), the amax and its
-exponent (``frexp``, exact) per block, and every element through the torch
-twin of its element quantizer (``scaled_to_code_float`` for fixed-point
-elements, ``quantize_bits`` for float elements), so results are bit-identical
-to the Numba kernels.
+tensor ops, in two steps:
+
+1. the blocks' exponents: magnitudes in the input's own dtype (``abs`` and
+   ``amax`` are exact in any dtype) as ``(outer, length, inner)``, the length
+   zero-padded to whole blocks (zeros leave a block's amax alone), ``amax``
+   per block and its exponent (``frexp``, exact), clamped or NaN as the kernels;
+2. the elements, :data:`CHUNK` at a time in flat order (bounded float64
+   temporaries): each element finds its block's exponent by index arithmetic
+   and goes through the torch twin of its element quantizer
+   (``scaled_to_code_float`` for fixed-point elements, ``quantize_bits`` for
+   float elements), so results are bit-identical to the Numba kernels.
 """
 
 from __future__ import annotations
@@ -15,17 +20,45 @@ import torch
 
 from hwsim.formats import FixedPoint
 from hwsim.formats.block import MX, BlockFloatingPoint
-from hwsim.kernels.block_quantize import SCALE_EMAX, SCALE_EMIN, block_plan
+from hwsim.kernels.block_quantize import SCALE_EMAX, SCALE_EMIN, BlockPlan, block_plan
 from hwsim.kernels.float_quantize import float_params
 from hwsim.modes import Overflow, Rounding
 from hwsim.plan.checks import raise_non_finite_torch
 from hwsim.torch_path.core import TINY, scaled_to_code_float
 from hwsim.torch_path.float_quantize import quantize_bits
 
+CHUNK = 1 << 22  # elements per pass of step 2
+
 
 def pow2(e: torch.Tensor) -> torch.Tensor:
     """2^e, exactly, for int64 ``e`` in [-1022, 1023] (built from the bits)."""
     return ((e + 1023) << 52).view(torch.float64)
+
+
+def block_exponents(x: torch.Tensor, plan: BlockPlan, finite: torch.Tensor | None):
+    """Flat int64 exponents of the blocks (column order: outer, block, inner)
+    and, for MX, which blocks are NaN (None when none can be)."""
+    nb = -(-plan.length // plan.block)
+    pad = nb * plan.block - plan.length
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(plan.outer, plan.length, plan.inner)
+        if pad:
+            t = torch.nn.functional.pad(t, (0, 0, 0, pad))
+        return t.reshape(plan.outer, nb, plan.block, plan.inner)
+
+    mag = x.detach().abs()
+    if finite is not None:
+        mag = torch.where(finite, mag, 0)
+    amax = blocks(mag).amax(dim=2).reshape(-1).to(torch.float64)
+    e = torch.frexp(amax).exponent.to(torch.int64) - 1 - plan.emax_element
+    e = torch.where(amax == 0, SCALE_EMIN, e.clamp(min=SCALE_EMIN))
+    nan_blocks = None
+    if plan.mx:
+        nan_blocks = e > SCALE_EMAX
+        if finite is not None:
+            nan_blocks |= blocks(~finite).any(dim=2).reshape(-1)  # padding is finite
+    return e.clamp(max=SCALE_EMAX), nan_blocks
 
 
 def quantize_block_torch(
@@ -39,46 +72,42 @@ def quantize_block_torch(
     out_dtype = x.dtype if x.is_floating_point() else torch.float64
     plan = block_plan(fmt, tuple(x.shape))
     u = stochastic_noise(x, seed, noise) if rounding == Rounding.STOCHASTIC else None
-    v = x.detach().to(torch.float64).reshape(-1)
-    finite = torch.isfinite(v)
-    if not plan.mx and not bool(finite.all()):
+    flat = x.detach().reshape(-1)
+    if not flat.is_floating_point():
+        flat = flat.to(torch.float64)
+    finite = torch.isfinite(flat)
+    if bool(finite.all()):
+        finite = None
+    elif not plan.mx:
         raise_non_finite_torch(x)
-    nb = -(-plan.length // plan.block) if plan.length else 0
-    pad = nb * plan.block - plan.length
+    exps, nan_blocks = block_exponents(flat, plan, finite)
+    nb = -(-plan.length // plan.block)
+    out = torch.empty(flat.shape, dtype=out_dtype, device=x.device)
+    u_flat = None if u is None else u.reshape(-1)
+    for start in range(0, flat.numel(), CHUNK):
+        stop = min(start + CHUNK, flat.numel())
+        k = torch.arange(start, stop, device=x.device)
+        row = k // plan.inner
+        col = ((row // plan.length) * nb + (row % plan.length) // plan.block) * plan.inner
+        col += k % plan.inner
+        e = exps[col]
+        v = flat[start:stop].to(torch.float64)
+        uc = None if u_flat is None else u_flat[start:stop]
+        q = _elements(v, e, plan, rounding, uc)
+        if nan_blocks is not None:
+            q = torch.where(nan_blocks[col], torch.nan, q)
+        out[start:stop] = q
+    return out.reshape(x.shape)
 
-    def blocks(t: torch.Tensor) -> torch.Tensor:
-        """(outer, nb, block, inner) view of a flat tensor, zero-padded."""
-        t = t.reshape(plan.outer, plan.length, plan.inner)
-        if pad:
-            t = torch.nn.functional.pad(t, (0, 0, 0, pad))
-        return t.reshape(plan.outer, nb, plan.block, plan.inner)
 
-    vb = blocks(v)
-    fin = ~blocks(~finite)  # padding is finite
-    amax = torch.where(fin, vb.abs(), 0.0).amax(dim=2, keepdim=True)
-    exponent = torch.frexp(amax).exponent.to(torch.int64) - 1 - plan.emax_element
-    e = torch.where(amax == 0, SCALE_EMIN, exponent.clamp(min=SCALE_EMIN))
-    nan_block = None
-    if plan.mx:
-        nan_block = (e > SCALE_EMAX) | ~fin.all(dim=2, keepdim=True)
-    e = e.clamp(max=SCALE_EMAX)
-    ub = None if u is None else blocks(u.reshape(-1))
+def _elements(v, e, plan: BlockPlan, rounding: Rounding, u) -> torch.Tensor:
+    """Float64 values of the elements ``v`` whose blocks have exponents ``e``."""
     if plan.float_element is not None:
-        scaled = vb * pow2(-e)
-        q = quantize_bits(scaled, float_params(plan.float_element), rounding, ub) * pow2(e)
-    else:
-        s = vb * pow2(plan.elem_fl - e)
-        # a product that underflows keeps the sign of the tiny value, as scale_value does
-        s = torch.where((s == 0) & (vb != 0), torch.copysign(torch.full_like(s, TINY), vb), s)
-        element = FixedPoint(_wl(plan), 0)
-        codes = scaled_to_code_float(s, element, rounding, Overflow.SATURATE, ub, inplace=True)
-        q = codes * pow2(e - plan.elem_fl)
-    if nan_block is not None:
-        q = torch.where(nan_block, torch.nan, q)
-    q = q.reshape(plan.outer, nb * plan.block, plan.inner)[:, : plan.length]
-    return q.reshape(x.shape).to(out_dtype)
-
-
-def _wl(plan) -> int:
-    """The elements' word length from their code range."""
-    return (plan.max_code + 1).bit_length()
+        scaled = v * pow2(-e)
+        return quantize_bits(scaled, float_params(plan.float_element), rounding, u) * pow2(e)
+    s = v * pow2(plan.elem_fl - e)
+    # a product that underflows keeps the sign of the tiny value, as scale_value does
+    s = torch.where((s == 0) & (v != 0), torch.copysign(torch.full_like(s, TINY), v), s)
+    element = FixedPoint((plan.max_code + 1).bit_length(), 0)  # the code range is all it reads
+    codes = scaled_to_code_float(s, element, rounding, Overflow.SATURATE, u, inplace=True)
+    return codes * pow2(e - plan.elem_fl)
