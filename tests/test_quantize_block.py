@@ -197,10 +197,15 @@ def test_the_scale_range(backend):
     huge = np.array([2.0**140, 1.0])
     assert np.isnan(hwsim.quantize(huge, "mxint8", backend=backend)).all()
     assert hwsim.quantize(huge, "mxfp8_e5m2", backend=backend)[0] == 2.0**140  # 140 - 15 <= 127
-    assert hwsim.quantize(huge, "bfp8", backend=backend).tolist() == [
-        127 * 2.0**121,
-        0.0,
-    ]  # LSB 2^(127+2-8)
+    lsb = 2.0**121  # e clamped at 127: LSB 2^(127 + 2 - 8)
+    assert hwsim.quantize(huge, "bfp8", backend=backend).tolist() == [127 * lsb, 0.0]
+    # x * 2^(fl - e) underflows float64: floor and stochastic still see its sign
+    far = np.array([2.0**1000, 2.0**-1070, -(2.0**-1070)])
+    for rounding in ("floor", "stochastic"):
+        noise = np.zeros(3) if rounding == "stochastic" else None
+        got = hwsim.quantize(far, "bfp8", rounding, noise=noise, backend=backend)
+        assert np.array_equal(got, ref_bfp(far, 8, None, None, rounding, noise))
+        assert got[2] == (-lsb if rounding == "floor" else 0.0)
 
 
 def test_scalars_and_empty_inputs():

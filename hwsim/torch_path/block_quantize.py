@@ -81,33 +81,47 @@ def quantize_block_torch(
     elif not plan.mx:
         raise_non_finite_torch(x)
     exps, nan_blocks = block_exponents(flat, plan, finite)
-    nb = -(-plan.length // plan.block)
+    if nan_blocks is not None and not bool(nan_blocks.any()):
+        nan_blocks = None
     out = torch.empty(flat.shape, dtype=out_dtype, device=x.device)
     u_flat = None if u is None else u.reshape(-1)
     for start in range(0, flat.numel(), CHUNK):
         stop = min(start + CHUNK, flat.numel())
-        k = torch.arange(start, stop, device=x.device)
-        row = k // plan.inner
-        col = ((row // plan.length) * nb + (row % plan.length) // plan.block) * plan.inner
-        col += k % plan.inner
-        e = exps[col]
+        col = _columns(start, stop, plan, x.device)
+        e = exps if col is None else exps[col]
         v = flat[start:stop].to(torch.float64)
         uc = None if u_flat is None else u_flat[start:stop]
-        q = _elements(v, e, plan, rounding, uc)
+        q = _elements(v, e, plan, rounding, uc, tiny=x.dtype == torch.float64)
         if nan_blocks is not None:
-            q = torch.where(nan_blocks[col], torch.nan, q)
+            q = torch.where(nan_blocks if col is None else nan_blocks[col], torch.nan, q)
         out[start:stop] = q
     return out.reshape(x.shape)
 
 
-def _elements(v, e, plan: BlockPlan, rounding: Rounding, u) -> torch.Tensor:
-    """Float64 values of the elements ``v`` whose blocks have exponents ``e``."""
+def _columns(start: int, stop: int, plan: BlockPlan, device) -> torch.Tensor | None:
+    """The block (column) index of flat elements start..stop-1; None when the
+    tensor is one block."""
+    nb = -(-plan.length // plan.block)
+    if plan.outer * nb * plan.inner == 1:
+        return None
+    k = torch.arange(start, stop, device=device)
+    if plan.inner == 1 and plan.length % plan.block == 0:
+        return k // plan.block  # whole blocks along the last axis: consecutive runs
+    row = k // plan.inner
+    col = ((row // plan.length) * nb + (row % plan.length) // plan.block) * plan.inner
+    return col.add_(k % plan.inner)
+
+
+def _elements(v, e, plan: BlockPlan, rounding: Rounding, u, tiny: bool) -> torch.Tensor:
+    """Float64 values of the elements ``v`` whose blocks have exponents ``e``.
+    ``tiny``: the scaled value may underflow (float64 input only: a float32
+    value, >= 2^-149, times a scale >= 2^-(127 + 256) stays far above 2^-1022)."""
     if plan.float_element is not None:
         scaled = v * pow2(-e)
         return quantize_bits(scaled, float_params(plan.float_element), rounding, u) * pow2(e)
     s = v * pow2(plan.elem_fl - e)
-    # a product that underflows keeps the sign of the tiny value, as scale_value does
-    s = torch.where((s == 0) & (v != 0), torch.copysign(torch.full_like(s, TINY), v), s)
+    if tiny:  # a product that underflows keeps the sign of the tiny value, as scale_value does
+        s = torch.where((s == 0) & (v != 0), torch.copysign(torch.full_like(s, TINY), v), s)
     element = FixedPoint((plan.max_code + 1).bit_length(), 0)  # the code range is all it reads
     codes = scaled_to_code_float(s, element, rounding, Overflow.SATURATE, u, inplace=True)
     return codes * pow2(e - plan.elem_fl)
