@@ -1,9 +1,13 @@
 """Quantization throughput: hwsim (Numba, torch) vs a copy ceiling, qtorch, APyTypes.
 
-    python benchmarks/quantize.py [--log2n 24] [--floats-only]
+    python benchmarks/quantize.py [--log2n 24] [--floats-only] [--blocks-only]
 
 Float formats (bf16, fp8_e4m3, fp4_e2m1) get their own table: hwsim vs
-qtorch's float_quantize, ml_dtypes' astype and torch's cast.
+qtorch's float_quantize, ml_dtypes' astype and torch's cast. Block formats
+(mxfp8_e4m3, bfp8 with blocks of 32 and per tensor) get a third: hwsim vs
+qtorch's block_quantize (blocks of 32 as one exponent per row of a (n/32, 32)
+view, dim=0) and gfloat's quantize_block (per block in Python: timed on a
+slice, its rate is per element either way).
 
 All rows are measured in this one run on the same float32 array (APyTypes on a
 smaller slice: it is far slower; its throughput is per element either way).
@@ -56,9 +60,13 @@ def main() -> None:
     ap.add_argument("--log2n", type=int, default=24)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--floats-only", action="store_true", help="only the float-format table")
+    ap.add_argument("--blocks-only", action="store_true", help="only the block-format table")
     args = ap.parse_args()
     if args.floats_only:
         float_rows(args.log2n, args.repeat)
+        return
+    if args.blocks_only:
+        block_rows(args.log2n, args.repeat)
         return
     n = 1 << args.log2n
     x = (np.random.default_rng(0).standard_normal(n) * 4).astype(np.float32)
@@ -125,6 +133,7 @@ def main() -> None:
     )
 
     float_rows(args.log2n, args.repeat)
+    block_rows(args.log2n, args.repeat)
 
 
 FLOAT_CASES = {  # hwsim name -> (exp, man, ml_dtypes name, torch dtype name)
@@ -184,6 +193,75 @@ def float_rows(log2n: int, repeat: int) -> None:
         f"numba threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}, best of {repeat}\n"
     )
     print_table(["method", "ms", "Melem/s", "x copy", "x qtorch nearest"], table)
+
+
+def block_rows(log2n: int, repeat: int) -> None:
+    """Block formats: hwsim (Numba, writing float32; torch ops) against
+    qtorch.block_quantize (float32 out; ties half up, symmetric clip: see
+    tests/test_peers_block.py) and gfloat.quantize_block (MX, one block per
+    Python call). Ratios are against the copy and against qtorch nearest."""
+    n = 1 << log2n
+    x = (np.random.default_rng(0).standard_normal(n) * 4).astype(np.float32)
+    out = np.empty_like(x)
+    xt = torch.from_numpy(x)
+    rows32 = xt.view(-1, 32)  # one qtorch exponent per row: blocks of 32
+    try:
+        from qtorch.quant import block_quantize
+    except Exception as e:  # noqa: BLE001
+        block_quantize = None
+        print(f"qtorch unavailable: {e}")
+    fns = {"numba copy (bandwidth ceiling)": lambda: copy_kernel(x, out)}
+    for name in ("mxfp8_e4m3", "bfp8_b32", "bfp8"):
+        fns[f"{name}: hwsim numba nearest (out=)"] = lambda f=name: hwsim.quantize(x, f, out=out)
+        fns[f"{name}: hwsim numba stochastic (out=)"] = lambda f=name: hwsim.quantize(
+            x, f, "stochastic", seed=1, out=out
+        )
+        fns[f"{name}: hwsim torch nearest"] = lambda f=name: hwsim.quantize(xt, f)
+        fns[f"{name}: hwsim torch stochastic"] = lambda f=name: hwsim.quantize(
+            xt, f, "stochastic", seed=1
+        )
+    if block_quantize is not None:
+        for mode in ("nearest", "stochastic"):
+            fns[f"bfp8_b32: qtorch block_quantize {mode}"] = lambda m=mode: block_quantize(
+                rows32, 8, dim=0, rounding=m
+            )
+            fns[f"bfp8: qtorch block_quantize {mode}"] = lambda m=mode: block_quantize(
+                xt, 8, dim=-1, rounding=m
+            )
+    times = interleaved_best(fns, rounds=repeat)
+    rates = {label: n / t for label, t in times.items()}
+    try:
+        import gfloat
+        from gfloat.formats import format_info_mxfp8_e4m3
+
+        m = min(n, 1 << 12)
+        blocks = x[:m].astype(np.float64).reshape(-1, 32)
+        t = best_time(
+            lambda: [
+                gfloat.quantize_block(format_info_mxfp8_e4m3, b, gfloat.compute_scale_amax)
+                for b in blocks
+            ],
+            repeat=3,
+        )
+        times[f"mxfp8_e4m3: gfloat quantize_block ({m} elements)"] = t
+        rates[f"mxfp8_e4m3: gfloat quantize_block ({m} elements)"] = m / t
+    except Exception as e:  # noqa: BLE001
+        print(f"gfloat unavailable: {e}")
+    copy_rate = rates["numba copy (bandwidth ceiling)"]
+    table = []
+    for label, t in times.items():
+        fmt = label.split(":")[0]
+        q = rates.get(f"{fmt}: qtorch block_quantize nearest") or rates.get(
+            "bfp8_b32: qtorch block_quantize nearest"
+        )
+        rate = rates[label]
+        table.append([label, t * 1e3, rate / 1e6, rate / copy_rate, (rate / q) if q else "-"])
+    print(
+        f"\nblock formats, {n} float32 elements, {torch.get_num_threads()} torch threads, "
+        f"numba threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}, best of {repeat}; "
+        f"mxfp8_e4m3 is compared with qtorch's bfp8 blocks of 32 (qtorch has no MX)\n"
+    )
+    print_table(["method", "ms", "Melem/s", "x copy", "x qtorch nearest (same blocks)"], table)
 
 
 if __name__ == "__main__":

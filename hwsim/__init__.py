@@ -7,6 +7,7 @@
 
 from hwsim.errors import NonFiniteError
 from hwsim.formats import FixedPoint, FloatingPoint, parse_format
+from hwsim.formats.block import MX, BlockFloatingPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops import conv2d, from_codes, matmul, quantize, to_codes
 
@@ -15,6 +16,8 @@ __version__ = "0.1.0"
 __all__ = [
     "FixedPoint",
     "FloatingPoint",
+    "BlockFloatingPoint",
+    "MX",
     "parse_format",
     "Rounding",
     "Overflow",

@@ -10,6 +10,7 @@ from hwsim.kernels import buffers
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.backend import check_backend, on_backend, small_work
+from hwsim.ops.block_quantize import as_block_format, no_block_codes, quantize_block
 from hwsim.ops.float_quantize import as_float_format, no_codes, quantize_float
 from hwsim.plan.checks import (
     check_data,
@@ -84,10 +85,14 @@ def quantize(
 
     A :class:`FloatingPoint` format (or its name, ``"bf16"``, ``"fp8_e4m3"``)
     goes to :func:`hwsim.ops.float_quantize.quantize_float`: NaN passes
-    through, overflow follows the format's ``saturate`` flag.
+    through, overflow follows the format's ``saturate`` flag. A
+    :class:`BlockFloatingPoint` or :class:`MX` (``"bfp8_b32"``,
+    ``"mxfp8_e4m3"``) goes to :func:`hwsim.ops.block_quantize.quantize_block`:
+    one scale per block along the format's axis (see :mod:`hwsim.formats.block`).
     """
-    float_fmt = as_float_format(fmt)
-    fmt = check_format(fmt) if float_fmt is None else float_fmt
+    block_fmt = as_block_format(fmt)
+    float_fmt = None if block_fmt is not None else as_float_format(fmt)
+    fmt = block_fmt or float_fmt or check_format(fmt)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
     check_data(x)
     check_integers_exact(x)
@@ -101,6 +106,8 @@ def quantize(
             raise ValueError("out is only taken by NumPy input on its own (numba) backend")
         result = _on_other_backend(quantize, backend, x, fmt, rounding, overflow, seed, noise)
         return result.to(x.dtype) if is_torch(x) else _as_input_kind(result, x)
+    if block_fmt is not None:
+        return quantize_block(x, block_fmt, rounding, overflow, seed=seed, noise=noise, out=out)
     if float_fmt is not None:
         return quantize_float(x, float_fmt, rounding, overflow, seed=seed, noise=noise, out=out)
     if is_torch(x):
@@ -134,6 +141,8 @@ def to_codes(
 ):
     """Integer codes (int64) of ``x`` in ``fmt``: ``quantize(x) == codes * fmt.lsb``
     exactly, for every word length up to 62. Same arguments as :func:`quantize`."""
+    if (block_fmt := as_block_format(fmt)) is not None:
+        raise no_block_codes(block_fmt, "to_codes")
     if (float_fmt := as_float_format(fmt)) is not None:
         raise no_codes(float_fmt, "to_codes")
     fmt = check_format(fmt)
@@ -156,6 +165,8 @@ def from_codes(codes, fmt):
     """Values (float64) of int64 ``codes`` in ``fmt``: ``codes * 2^-fl``.
 
     Raises ValueError if a code lies outside the format's range."""
+    if (block_fmt := as_block_format(fmt)) is not None:
+        raise no_block_codes(block_fmt, "from_codes")
     if (float_fmt := as_float_format(fmt)) is not None:
         raise no_codes(float_fmt, "from_codes")
     fmt = check_format(fmt)
