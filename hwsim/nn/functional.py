@@ -2,17 +2,20 @@
 of a linear and a conv layer, forward and backward.
 
 Every GEMM with an accumulator format runs through the public datapath
-functions (``hwsim.ops.matmul_codes`` / ``conv2d_codes``, quantizers
+functions (``hwsim.ops.matmul_on_codes`` / ``conv2d_codes``, quantizers
 ``hwsim.ops.quantize`` / ``to_codes``) on the operands' exact codes, on the
 chosen backend: ``"numba"`` (NumPy kernels, CPU; tensors are moved to the CPU
-and back) or ``"torch"`` (the torch path, on the tensors' device). Without an
-accumulator the GEMM is the float torch op.
+and back) or ``"torch"`` (the torch path, on the tensors' device). A linear
+layer finds each operand's codes once (``hwsim.ops.grid_codes``) and feeds them
+to the forward GEMM and both backward GEMMs. Without an accumulator the GEMM is
+the float torch op.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +26,9 @@ from hwsim.ops import (
     add_codes,
     conv2d_codes,
     from_codes,
+    grid_codes,
     matmul_codes,
+    matmul_on_codes,
     quantize,
     to_codes,
 )
@@ -127,29 +132,79 @@ def gemm(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
     return values(gemm_codes(a, b, cfg), cfg, a)
 
 
-def _add_bias_codes(codes, bias, cfg: GemmConfig, shape) -> torch.Tensor:
+def _add_bias_codes(codes, bias, cfg: GemmConfig, shape):
     """The bias as one more MAC step: rounded onto the accumulator grid and
-    added with the accumulator's overflow, after the K products."""
+    added with the accumulator's overflow, after the K products (on the
+    codes' backend: NumPy codes take the bias as a NumPy array)."""
     seed = None if cfg.seed is None else (cfg.seed + 7) & ((1 << 64) - 1)
-    b_codes = to_codes(bias.detach(), cfg.accumulator, cfg.rounding, cfg.overflow, seed=seed)
+    b = bias.detach()
+    if not isinstance(codes, torch.Tensor):
+        b = _as_numpy(b)
+    b_codes = to_codes(b, cfg.accumulator, cfg.rounding, cfg.overflow, seed=seed)
     return add_codes(codes, b_codes.reshape(shape), cfg.accumulator, cfg.overflow)
 
 
+def _as_numpy(t: torch.Tensor):
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.to(torch.float32)  # exact widening; NumPy has no bfloat16
+    return t.cpu().numpy()
+
+
+def operand(t: torch.Tensor, backend: str):
+    """(codes, fl, stats) of a GEMM operand on the backend's array type."""
+    return grid_codes(_as_numpy(t) if backend == "numba" else t.detach())
+
+
+def _transposed(op):
+    codes, fl, stats = op
+    return codes.T if not isinstance(codes, torch.Tensor) else codes.t(), fl, stats
+
+
+def _mac(a, b, cfg: GemmConfig):
+    """Accumulator codes of a @ b through the MAC array, operands as (codes, fl, stats)."""
+    return matmul_on_codes(
+        a[0],
+        a[1],
+        b[0],
+        b[1],
+        accumulator=cfg.accumulator,
+        product=cfg.product,
+        rounding=cfg.rounding,
+        overflow=cfg.overflow,
+        seed=cfg.seed,
+        stats=(a[2], b[2]),
+    )
+
+
+def _tensor_values(codes, cfg: GemmConfig, like: torch.Tensor) -> torch.Tensor:
+    """The accumulator codes' values as a tensor of ``like``'s dtype and device."""
+    out = from_codes(codes, cfg.accumulator)
+    if not isinstance(out, torch.Tensor):
+        out = torch.from_numpy(out)
+    return out.to(device=like.device, dtype=like.dtype)
+
+
 class MACLinearFunction(torch.autograd.Function):
-    """y = x @ w.T + b with bit-true GEMMs forward and backward."""
+    """y = x @ w.T + b with bit-true GEMMs forward and backward; the codes of x
+    and w are found once and kept for the backward GEMMs."""
 
     @staticmethod
     def forward(ctx, x, w, b, forward: GemmConfig, grad_input: GemmConfig, grad_weight: GemmConfig):
         ctx.save_for_backward(x, w)
         ctx.configs = (grad_input, grad_weight, b is not None)
         x2 = x.reshape(-1, x.shape[-1])
+        ctx.operands = None
+        if any(c.accumulator is not None for c in (forward, grad_input, grad_weight)):
+            ctx.operands = (operand(x2, forward.backend), operand(w, forward.backend))
         if forward.accumulator is None:
             y = F.linear(x2, w, b)
         else:
-            codes = gemm_codes(x2, w.t(), forward)
+            x_op, w_op = ctx.operands
+            codes = _mac(x_op, _transposed(w_op), forward)
             if b is not None:
                 codes = _add_bias_codes(codes, b, forward, (1, -1))
-            y = values(codes, forward, x)
+            y = _tensor_values(codes, forward, x)
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     @staticmethod
@@ -159,13 +214,31 @@ class MACLinearFunction(torch.autograd.Function):
         g2 = grad.reshape(-1, grad.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         gx = gw = gb = None
+        g_op = None
+        if grad_input.accumulator is not None or grad_weight.accumulator is not None:
+            g_op = operand(g2, grad_input.backend)
         if ctx.needs_input_grad[0]:
-            gx = gemm(g2, w, grad_input).reshape(x.shape)
+            if grad_input.accumulator is None:
+                gx = g2 @ w
+            else:
+                gx = _tensor_values(_mac(g_op, ctx.operands[1], grad_input), grad_input, g2)
+            gx = gx.reshape(x.shape)
+        if grad_weight.accumulator is None:
+            if ctx.needs_input_grad[1]:
+                gw = g2.t().contiguous() @ x2
+            if has_bias and ctx.needs_input_grad[2]:
+                gb = (g2.new_ones((1, g2.shape[0])) @ g2)[0]
+            return gx, gw, gb, None, None, None
         if ctx.needs_input_grad[1]:
-            gw = gemm(g2.t().contiguous(), x2, grad_weight)
+            gw = _tensor_values(
+                _mac(_transposed(g_op), ctx.operands[0], grad_weight), grad_weight, g2
+            )
         if has_bias and ctx.needs_input_grad[2]:
-            ones = torch.ones((1, g2.shape[0]), dtype=g2.dtype, device=g2.device)
-            gb = gemm(ones, g2, grad_weight)[0]  # the batch sum through the same MAC array
+            # the batch sum through the same MAC array: ones (1, N) @ g
+            codes = g_op[0]
+            ones = codes.new_ones if isinstance(codes, torch.Tensor) else None
+            ones = ones((1, codes.shape[0])) if ones else np.ones((1, codes.shape[0]), np.int64)
+            gb = _tensor_values(_mac((ones, 0, (1, 1, 1)), g_op, grad_weight), grad_weight, g2)[0]
         return gx, gw, gb, None, None, None
 
 
