@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hwsim.ops.numpy_gemm import batched_gemm_numpy, grid_codes_stats_numpy
 from hwsim.plan.checks import check_data, is_torch
-from hwsim.plan.gemm import check_gemm_args
+from hwsim.plan.gemm import check_gemm_args, check_pads, check_pair
 
 
 def grid_codes(x, name: str = "x"):
@@ -67,4 +67,46 @@ def matmul_on_codes(
         return tg.batched_gemm(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path)
     return batched_gemm_numpy(
         ca, fa, cb, fb, acc, product, rounding, overflow, seed, path, stats=stats
+    )
+
+
+def conv2d_on_codes(
+    cx,
+    fx: int,
+    cw,
+    fw: int,
+    *,
+    stride=1,
+    padding=0,
+    accumulator,
+    product=None,
+    rounding="nearest",
+    overflow="saturate",
+    seed=None,
+    path="auto",
+):
+    """:func:`hwsim.ops.conv2d_codes` of the values ``cx * 2^-fx`` (N, C, H, W)
+    and ``cw * 2^-fw`` (O, C, kh, kw) given by their int64 codes (both NumPy
+    arrays or both torch tensors). Returns the accumulator codes."""
+    from hwsim.ops.matmul import conv2d_on_codes as run
+
+    acc, product, rounding, overflow, seed = check_gemm_args(
+        accumulator, product, rounding, overflow, seed, path
+    )
+    if is_torch(cx) != is_torch(cw):
+        raise ValueError("conv2d_on_codes takes two NumPy arrays or two torch tensors")
+    pads = check_pads(padding)
+    return run(
+        cx,
+        fx,
+        cw,
+        fw,
+        check_pair(stride, "stride", 1),
+        pads,
+        acc,
+        product,
+        rounding,
+        overflow,
+        seed,
+        path,
     )
