@@ -1,5 +1,5 @@
-"""MAC-array GEMM throughput against APyTypes and BLAS, and one quantized
-training epoch against float torch. Prints tables of ratios measured in one run.
+"""MAC-array GEMM throughput against APyTypes and BLAS. Prints tables of
+ratios measured in one run (training epochs: ``benchmarks/train.py``).
 
     PYTHONPATH=. python benchmarks/matmul.py [--sizes 256 512 1024] [--apy-max 512]
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -160,66 +159,6 @@ def _apytypes(a, b, wl, fl, acc_wl, acc_fl, quantization):
     return run
 
 
-def mlp_epoch() -> None:
-    import torch
-    from sklearn.datasets import load_digits
-    from torch import nn
-
-    import hwsim.nn as hnn
-
-    digits = load_digits()
-    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(digits.target)
-    precision = hnn.Precision(
-        weight="fx16.12",
-        activation="fx16.12",
-        output="fx16.10",
-        grad_activation="fx16.14",
-        grad_weight="fx16.14",
-        accumulator="fx32.20",
-        grad_activation_accumulator="fx32.24",
-        grad_weight_accumulator="fx32.24",
-        rounding="nearest",
-        grad_weight_rounding="stochastic",
-        grad_activation_rounding="stochastic",
-        seed=0,
-    )
-
-    def epoch(model) -> float:
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-        start = time.perf_counter()
-        for i in range(0, len(x), 32):
-            idx = perm[i : i + 32]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-        return time.perf_counter() - start
-
-    def make():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 10))
-
-    results = {}
-    for name, build in (
-        ("float torch", make),
-        (
-            "hwsim numba backend, all quantized",
-            lambda: hnn.quantize_model(make(), precision, backend="numba"),
-        ),
-        (
-            "hwsim torch backend, all quantized",
-            lambda: hnn.quantize_model(make(), precision, backend="torch"),
-        ),
-    ):
-        epoch(build())  # warm up (JIT compile)
-        results[name] = min(epoch(build()) for _ in range(2))
-    print(f"One epoch, 64-100-10 MLP on sklearn digits ({len(x)} samples, batch 32, SGD)")
-    print(f"{'model':<38} {'s/epoch':>9} {'x float':>8}")
-    for name, t in results.items():
-        print(f"{name:<38} {t:9.3f} {t / results['float torch']:8.1f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
@@ -236,15 +175,12 @@ def main() -> None:
         choices=list(APY_MODES),
         help="roundings timed with APyTypes in the fractional table",
     )
-    parser.add_argument("--no-mlp", action="store_true", help="skip the training epoch")
     args = parser.parse_args()
     import numba
 
     print(f"numba threads: {numba.get_num_threads()}")
     gemm_table(args.sizes, args.apy_max)
     fractional_table(args.sizes, args.apy_max, args.apy_modes)
-    if not args.no_mlp:
-        mlp_epoch()
 
 
 if __name__ == "__main__":

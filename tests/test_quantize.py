@@ -334,6 +334,23 @@ def test_backend_argument_runs_the_other_backend_with_the_same_bits(rounding, ca
     )
 
 
+def test_cpu_tensor_on_numba_equals_numpy_and_torch_paths():
+    # the one-check crossing of a CPU float tensor: non-contiguous, float32 and
+    # float64, requiring grad, stochastic by seed; same bits as both paths
+    rng = np.random.default_rng(4)
+    base = rng.normal(0, 3, size=(6, 9))
+    for dtype in (torch.float64, torch.float32):
+        t = torch.tensor(base, dtype=dtype, requires_grad=True).t()  # a non-contiguous view
+        for rounding in ("nearest", "stochastic", "floor"):
+            kw = dict(seed=11) if rounding == "stochastic" else {}
+            got = hwsim.quantize(t, "fx8.3", rounding, "wrap", backend="numba", **kw)
+            assert got.dtype == dtype and got.shape == t.shape and not got.requires_grad
+            want = hwsim.quantize(t.detach().numpy(), "fx8.3", rounding, "wrap", **kw)
+            assert np.array_equal(got.numpy(), want)
+            torch_path = hwsim.quantize(t.detach(), "fx8.3", rounding, "wrap", **kw)
+            assert torch.equal(got, torch_path)
+
+
 def test_backend_argument_errors_and_bfloat16():
     x = np.array([0.3, -1.2])
     with pytest.raises(

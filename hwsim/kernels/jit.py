@@ -15,6 +15,7 @@ Compilation is lazy (no signatures here), so importing hwsim compiles nothing.
 from __future__ import annotations
 
 import contextlib
+import sys
 import types
 
 import numba
@@ -66,12 +67,45 @@ def threads_for(work: int, serial_below: int = SERIAL_BELOW):
     own OpenMP threads are spinning after an op (training loops alternate
     torch ops and these kernels) the two pools fight over the cores: a
     64-100-10 MLP step ran 70x slower with both pools active on 2 cores."""
+    get, set_ = _thread_count()
     if work >= serial_below:
         yield
         return
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
+    before = get()
+    if before == 1:
+        yield
+        return
+    set_(1)
     try:
         yield
     finally:
-        numba.set_num_threads(before)
+        set_(before)
+
+
+_THREAD_COUNT = None
+
+
+def _thread_count():
+    """(get, set) of Numba's thread count for the calling thread. A training
+    step enters ``threads_for`` about a hundred times: Numba's public pair
+    takes a lock and checks its argument on every call (5 us a get and set),
+    the C functions behind it 0.5 us; they exist once the pool is launched.
+
+    Launching the pool (first use) sets OpenMP's thread count to Numba's,
+    overriding a ``torch.set_num_threads`` made before (one libgomp serves
+    both); the count torch had is put back."""
+    global _THREAD_COUNT
+    if _THREAD_COUNT is None:
+        torch = sys.modules.get("torch")
+        torch_threads = torch.get_num_threads() if torch is not None else None
+        numba.get_num_threads()  # launches the pool
+        if torch_threads is not None and torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+        from numba.np.ufunc import parallel
+
+        get = getattr(parallel, "_get_num_threads", None)
+        set_ = getattr(parallel, "_set_num_threads", None)
+        if not (callable(get) and callable(set_)):
+            get, set_ = numba.get_num_threads, numba.set_num_threads
+        _THREAD_COUNT = (get, set_)
+    return _THREAD_COUNT

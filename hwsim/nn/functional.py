@@ -2,17 +2,20 @@
 of a linear and a conv layer, forward and backward.
 
 Every GEMM with an accumulator format runs through the public datapath
-functions (``hwsim.ops.matmul_codes`` / ``conv2d_codes``, quantizers
+functions (``hwsim.ops.matmul_on_codes`` / ``conv2d_codes``, quantizers
 ``hwsim.ops.quantize`` / ``to_codes``) on the operands' exact codes, on the
 chosen backend: ``"numba"`` (NumPy kernels, CPU; tensors are moved to the CPU
-and back) or ``"torch"`` (the torch path, on the tensors' device). Without an
-accumulator the GEMM is the float torch op.
+and back) or ``"torch"`` (the torch path, on the tensors' device). A linear
+layer finds each operand's codes once (``hwsim.ops.grid_codes``) and feeds them
+to the forward GEMM and both backward GEMMs. Without an accumulator the GEMM is
+the float torch op.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,9 +24,10 @@ from hwsim.modes import Overflow, Rounding
 from hwsim.ops import (
     BACKENDS,
     add_codes,
-    conv2d_codes,
     from_codes,
+    grid_codes,
     matmul_codes,
+    matmul_on_codes,
     quantize,
     to_codes,
 )
@@ -127,29 +131,79 @@ def gemm(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
     return values(gemm_codes(a, b, cfg), cfg, a)
 
 
-def _add_bias_codes(codes, bias, cfg: GemmConfig, shape) -> torch.Tensor:
+def _add_bias_codes(codes, bias, cfg: GemmConfig, shape):
     """The bias as one more MAC step: rounded onto the accumulator grid and
-    added with the accumulator's overflow, after the K products."""
+    added with the accumulator's overflow, after the K products (on the
+    codes' backend: NumPy codes take the bias as a NumPy array)."""
     seed = None if cfg.seed is None else (cfg.seed + 7) & ((1 << 64) - 1)
-    b_codes = to_codes(bias.detach(), cfg.accumulator, cfg.rounding, cfg.overflow, seed=seed)
+    b = bias.detach()
+    if not isinstance(codes, torch.Tensor):
+        b = _as_numpy(b)
+    b_codes = to_codes(b, cfg.accumulator, cfg.rounding, cfg.overflow, seed=seed)
     return add_codes(codes, b_codes.reshape(shape), cfg.accumulator, cfg.overflow)
 
 
+def _as_numpy(t: torch.Tensor):
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.to(torch.float32)  # exact widening; NumPy has no bfloat16
+    return t.cpu().numpy()
+
+
+def operand(t: torch.Tensor, backend: str):
+    """(codes, fl, stats) of a GEMM operand on the backend's array type."""
+    return grid_codes(_as_numpy(t) if backend == "numba" else t.detach())
+
+
+def _transposed(op):
+    codes, fl, stats = op
+    return codes.T if not isinstance(codes, torch.Tensor) else codes.t(), fl, stats
+
+
+def _mac(a, b, cfg: GemmConfig):
+    """Accumulator codes of a @ b through the MAC array, operands as (codes, fl, stats)."""
+    return matmul_on_codes(
+        a[0],
+        a[1],
+        b[0],
+        b[1],
+        accumulator=cfg.accumulator,
+        product=cfg.product,
+        rounding=cfg.rounding,
+        overflow=cfg.overflow,
+        seed=cfg.seed,
+        stats=(a[2], b[2]),
+    )
+
+
+def _tensor_values(codes, cfg: GemmConfig, like: torch.Tensor) -> torch.Tensor:
+    """The accumulator codes' values as a tensor of ``like``'s dtype and device."""
+    out = from_codes(codes, cfg.accumulator)
+    if not isinstance(out, torch.Tensor):
+        out = torch.from_numpy(out)
+    return out.to(device=like.device, dtype=like.dtype)
+
+
 class MACLinearFunction(torch.autograd.Function):
-    """y = x @ w.T + b with bit-true GEMMs forward and backward."""
+    """y = x @ w.T + b with bit-true GEMMs forward and backward; the codes of x
+    and w are found once and kept for the backward GEMMs."""
 
     @staticmethod
     def forward(ctx, x, w, b, forward: GemmConfig, grad_input: GemmConfig, grad_weight: GemmConfig):
         ctx.save_for_backward(x, w)
         ctx.configs = (grad_input, grad_weight, b is not None)
         x2 = x.reshape(-1, x.shape[-1])
+        ctx.operands = None
+        if any(c.accumulator is not None for c in (forward, grad_input, grad_weight)):
+            ctx.operands = (operand(x2, forward.backend), operand(w, forward.backend))
         if forward.accumulator is None:
             y = F.linear(x2, w, b)
         else:
-            codes = gemm_codes(x2, w.t(), forward)
+            x_op, w_op = ctx.operands
+            codes = _mac(x_op, _transposed(w_op), forward)
             if b is not None:
                 codes = _add_bias_codes(codes, b, forward, (1, -1))
-            y = values(codes, forward, x)
+            y = _tensor_values(codes, forward, x)
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     @staticmethod
@@ -159,113 +213,29 @@ class MACLinearFunction(torch.autograd.Function):
         g2 = grad.reshape(-1, grad.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         gx = gw = gb = None
+        g_op = None
+        if grad_input.accumulator is not None or grad_weight.accumulator is not None:
+            g_op = operand(g2, grad_input.backend)
         if ctx.needs_input_grad[0]:
-            gx = gemm(g2, w, grad_input).reshape(x.shape)
+            if grad_input.accumulator is None:
+                gx = g2 @ w
+            else:
+                gx = _tensor_values(_mac(g_op, ctx.operands[1], grad_input), grad_input, g2)
+            gx = gx.reshape(x.shape)
+        if grad_weight.accumulator is None:
+            if ctx.needs_input_grad[1]:
+                gw = g2.t().contiguous() @ x2
+            if has_bias and ctx.needs_input_grad[2]:
+                gb = (g2.new_ones((1, g2.shape[0])) @ g2)[0]
+            return gx, gw, gb, None, None, None
         if ctx.needs_input_grad[1]:
-            gw = gemm(g2.t().contiguous(), x2, grad_weight)
+            gw = _tensor_values(
+                _mac(_transposed(g_op), ctx.operands[0], grad_weight), grad_weight, g2
+            )
         if has_bias and ctx.needs_input_grad[2]:
-            ones = torch.ones((1, g2.shape[0]), dtype=g2.dtype, device=g2.device)
-            gb = gemm(ones, g2, grad_weight)[0]  # the batch sum through the same MAC array
+            # the batch sum through the same MAC array: ones (1, N) @ g
+            codes = g_op[0]
+            ones = codes.new_ones if isinstance(codes, torch.Tensor) else None
+            ones = ones((1, codes.shape[0])) if ones else np.ones((1, codes.shape[0]), np.int64)
+            gb = _tensor_values(_mac((ones, 0, (1, 1, 1)), g_op, grad_weight), grad_weight, g2)[0]
         return gx, gw, gb, None, None, None
-
-
-def _conv_codes(x, w, stride, pads, cfg: GemmConfig) -> torch.Tensor:
-    """Int64 accumulator codes of the convolution, on x's device."""
-    codes, _ = conv2d_codes(
-        x.detach(),
-        w.detach(),
-        stride=stride,
-        padding=pads,
-        accumulator=cfg.accumulator,
-        product=cfg.product,
-        rounding=cfg.rounding,
-        overflow=cfg.overflow,
-        seed=cfg.seed,
-        backend=cfg.backend,
-    )
-    return codes
-
-
-class MACConv2dFunction(torch.autograd.Function):
-    """conv2d (NCHW, groups=1, dilation=1) with bit-true GEMMs forward and backward.
-
-    The input gradient is the convolution of the stride-dilated output
-    gradient with the flipped, transposed kernel (a true MAC over O * kh * kw
-    terms, zeros included, which add nothing); the weight gradient is the GEMM
-    of the output gradient with the im2col columns, summed over batch and
-    positions in the order (n, y, x)."""
-
-    @staticmethod
-    def forward(
-        ctx,
-        x,
-        w,
-        b,
-        stride,
-        padding,
-        forward: GemmConfig,
-        grad_input: GemmConfig,
-        grad_weight: GemmConfig,
-    ):
-        ctx.save_for_backward(x, w)
-        ctx.configs = (stride, padding, grad_input, grad_weight, b is not None)
-        if forward.accumulator is None:
-            return F.conv2d(x, w, b, stride, padding)
-        codes = _conv_codes(x, w, stride, padding, forward)
-        if b is not None:
-            codes = _add_bias_codes(codes, b, forward, (1, -1, 1, 1))
-        return values(codes, forward, x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w = ctx.saved_tensors
-        stride, padding, grad_input, grad_weight, has_bias = ctx.configs
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = _conv_grad_input(x.shape, w, grad, stride, padding, grad_input)
-        if ctx.needs_input_grad[1]:
-            gw = _conv_grad_weight(x, w.shape, grad, stride, padding, grad_weight)
-        if has_bias and ctx.needs_input_grad[2]:
-            g = grad.transpose(0, 1).reshape(1, grad.shape[1], -1)  # (1, O, N*Ho*Wo)
-            g = g.transpose(1, 2)[0]  # (N*Ho*Wo, O)
-            ones = torch.ones((1, g.shape[0]), dtype=g.dtype, device=g.device)
-            gb = gemm(ones, g.contiguous(), grad_weight)[0]
-        return gx, gw, gb, None, None, None, None, None
-
-
-def _conv_grad_input(x_shape, w, grad, stride, padding, cfg: GemmConfig):
-    if cfg.accumulator is None:
-        return torch.nn.grad.conv2d_input(x_shape, w, grad, stride, padding)
-    n, o, ho, wo = grad.shape
-    _, c, kh, kw = w.shape
-    sh, sw = stride
-    ph, pw = padding
-    g = grad.detach()
-    dilated = g.new_zeros((n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1))
-    dilated[:, :, ::sh, ::sw] = g  # exact: values are copied, zeros add nothing
-    flipped = w.detach().flip(2, 3).transpose(0, 1).contiguous()  # (C, O, kh, kw)
-    h, wd = x_shape[2], x_shape[3]
-    extra_h = h - ((ho - 1) * sh + kh - 2 * ph)
-    extra_w = wd - ((wo - 1) * sw + kw - 2 * pw)
-    pads = [kh - 1 - ph, kh - 1 - ph + extra_h, kw - 1 - pw, kw - 1 - pw + extra_w]
-    # a negative pad crops (padding wider than the kernel): crop, then pad the rest
-    top, bottom, left, right = (max(0, -p) for p in pads)
-    hd, wdd = dilated.shape[2], dilated.shape[3]
-    dilated = dilated[:, :, top : hd - bottom, left : wdd - right]
-    codes = _conv_codes(dilated, flipped, (1, 1), tuple(max(0, p) for p in pads), cfg)
-    return values(codes, cfg, grad)
-
-
-def _conv_grad_weight(x, w_shape, grad, stride, padding, cfg: GemmConfig):
-    if cfg.accumulator is None:
-        return torch.nn.grad.conv2d_weight(x, w_shape, grad, stride, padding)
-    n, o, ho, wo = grad.shape
-    _, c, kh, kw = w_shape
-    sh, sw = stride
-    ph, pw = padding
-    xp = F.pad(x.detach(), (pw, pw, ph, ph))
-    cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)[:, :, :ho, :wo]  # (N, C, Ho, Wo, kh, kw)
-    cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-    gm = grad.detach().permute(1, 0, 2, 3).reshape(o, n * ho * wo)
-    codes = gemm_codes(gm.contiguous(), cols.contiguous(), cfg)
-    return values(codes, cfg, grad).reshape(w_shape)

@@ -22,9 +22,9 @@ from torch import nn
 
 from hwsim.formats import parse_format
 from hwsim.modes import Overflow, Rounding
+from hwsim.nn.conv import MACConv2dFunction
 from hwsim.nn.functional import (
     GemmConfig,
-    MACConv2dFunction,
     MACLinearFunction,
     QuantizeFunction,
     check_backend,

@@ -195,32 +195,47 @@ def batched_gemm_numpy(
     m, k = ca.shape[-2:]
     n = cb.shape[-1]
     bt = int(np.prod(batch, dtype=np.int64))
-    a3 = np.ascontiguousarray(np.broadcast_to(ca, batch + (m, k))).reshape(bt, m, k)
-    b3 = np.ascontiguousarray(np.broadcast_to(cb, batch + (k, n))).reshape(bt, k, n)
+    # views: an operand broadcast over the batch (a conv's weights) keeps batch stride 0
+    a3 = np.broadcast_to(ca, batch + (m, k)).reshape(bt, m, k)
+    b3 = np.broadcast_to(cb, batch + (k, n)).reshape(bt, k, n)
     with threads_for(a3.shape[0] * m * n * max(k, 1)):
-        out = _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, stats)
+        out = _gemm_numpy(
+            (ca, a3), (cb, b3), fa, fb, acc, product, rounding, overflow, seed, path, stats
+        )
     return squeeze_result(out.reshape(batch + (m, n)), squeeze)
 
 
-def _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, stats):
+def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stats):
+    """``a``, ``b``: (the operand as given, its (Bt, M, K) / (Bt, K, N) view)."""
     from hwsim.kernels import gemm as kg
 
+    (ca, a3), (cb, b3) = a, b
     m, k = a3.shape[1:]
     n = b3.shape[2]
     empty = a3.size == 0 or b3.size == 0
-    sa, sb = stats
-    sa = (0, 0, 0) if empty else sa or kg.code_stats(a3.reshape(-1))
-    sb = (0, 0, 0) if empty else sb or kg.code_stats(b3.reshape(-1))
+    sa, sb = stats  # read from the operands as given: broadcasting repeats, adds no code
+    sa = (0, 0, 0) if empty else sa or kg.code_stats(np.ascontiguousarray(ca).reshape(-1))
+    sb = (0, 0, 0) if empty else sb or kg.code_stats(np.ascontiguousarray(cb).reshape(-1))
     nonneg = (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
     plan = plan_gemm(fa, fb, int(sa[0]), int(sb[0]), nonneg, acc, product, overflow)
     out = np.empty((a3.shape[0], m, n), dtype=np.int64)
-    if use_fast_path(plan, path, k, overflow, lambda: _tight_bound_numpy(a3, b3)):
-        fa3, fb3 = a3.astype(np.float64), b3.astype(np.float64)
-        sums, _ = blas_code_sums(fa3, fb3, fast_chunk(plan, overflow, k))
+
+    def bound() -> float:
+        # the cheap bound max_i sum_k |a_ik| max|b| (or the transpose) often settles
+        # it; the tight one is another GEMM
+        cheap = _row_sum_bound(a3, b3, int(sa[0]), int(sb[0]))
+        if cheap * (1.0 + (k + 3) * 2.0**-52) <= plan.fast_saturate_limit:
+            return cheap
+        return _tight_bound_numpy(a3, b3)
+
+    if use_fast_path(plan, path, k, overflow, bound):
+        sums = _blas_sums(a3, b3, fast_chunk(plan, overflow, k))
         kg.reduce_codes_kernel(int(overflow))(
             sums.reshape(-1), out.reshape(-1), plan.left_shift, acc.min_code, acc.max_code
         )
-    elif narrow_ok(plan):
+        return out
+    a3, b3 = np.ascontiguousarray(a3), np.ascontiguousarray(b3)
+    if narrow_ok(plan):
         run = kg.narrow_gemm_kernel(int(overflow))
         run(
             a3.astype(np.int32),
@@ -247,8 +262,48 @@ def _gemm_numpy(a3, b3, fa, fb, acc, product, rounding, overflow, seed, path, st
     return out
 
 
+def _shared(x3) -> bool:
+    """True when every batch entry of the (Bt, ., .) view is one matrix."""
+    return x3.shape[0] > 1 and x3.strides[0] == 0
+
+
+def _blas_sums(a3, b3, chunk: int):
+    """float64 BLAS on the codes (``blas_code_sums``), one call where one
+    operand is shared by the whole batch: (M, K) @ (K, Bt N) instead of Bt
+    small products (exact either way: every partial sum is an integer below
+    2^53, so the grouping cannot change a bit)."""
+    bt, m, k = a3.shape
+    n = b3.shape[2]
+    if _shared(a3):
+        wide = b3.astype(np.float64).transpose(1, 0, 2).reshape(1, k, bt * n)
+        sums, _ = blas_code_sums(a3[:1].astype(np.float64), wide, chunk)
+        return np.ascontiguousarray(sums.reshape(m, bt, n).transpose(1, 0, 2))
+    if _shared(b3):
+        tall = a3.astype(np.float64).reshape(1, bt * m, k)
+        sums, _ = blas_code_sums(tall, b3[:1].astype(np.float64), chunk)
+        return sums.reshape(bt, m, n)
+    sums, _ = blas_code_sums(a3.astype(np.float64), b3.astype(np.float64), chunk)
+    return sums
+
+
+def _row_sum_bound(a3, b3, max_a: int, max_b: int) -> float:
+    """An upper bound on max over outputs of sum_k |a_ik b_kj|: the largest row
+    sum of |A| times max|B|, or the largest column sum of |B| times max|A|
+    (float64, within a relative (K + 3) 2^-53 of the exact value)."""
+    if a3.size == 0 or b3.size == 0:
+        return 0.0
+    rows = float(np.abs(a3[:1] if _shared(a3) else a3).astype(np.float64).sum(axis=2).max())
+    cols = float(np.abs(b3[:1] if _shared(b3) else b3).astype(np.float64).sum(axis=1).max())
+    return min(rows * float(max_b), cols * float(max_a))
+
+
 def _tight_bound_numpy(a3, b3) -> float:
     """max over outputs of sum_k |a_ik b_kj| (float64, may round above 2^53)."""
     if a3.size == 0 or b3.size == 0:
         return 0.0
-    return float(np.matmul(np.abs(a3).astype(np.float64), np.abs(b3).astype(np.float64)).max())
+    return float(_blas_sums(_abs(a3), _abs(b3), a3.shape[2]).max())
+
+
+def _abs(x3):
+    """|x3|, an operand shared by the batch staying a stride-0 view."""
+    return np.broadcast_to(np.abs(x3[:1]), x3.shape) if _shared(x3) else np.abs(x3)

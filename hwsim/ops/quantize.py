@@ -104,6 +104,8 @@ def quantize(
     if _crosses(backend, x):
         if out is not None:
             raise ValueError("out is only taken by NumPy input on its own (numba) backend")
+        if float_fmt is None and noise is None and _cpu_float_tensor(x):
+            return _quantize_cpu_tensor(x, fmt, rounding, overflow, seed)
         result = _on_other_backend(quantize, backend, x, fmt, rounding, overflow, seed, noise)
         return result.to(x.dtype) if is_torch(x) else _as_input_kind(result, x)
     if block_fmt is not None:
@@ -200,6 +202,27 @@ def from_codes(codes, fmt):
 def _crosses(backend, x) -> bool:
     """True when ``backend`` is not the one ``x``'s array type runs on."""
     return check_backend(backend) is not None and (backend == "torch") != is_torch(x)
+
+
+def _cpu_float_tensor(x) -> bool:
+    return is_torch(x) and x.device.type == "cpu" and str(x.dtype) in _NUMPY_FLOATS
+
+
+_NUMPY_FLOATS = ("torch.float32", "torch.float64")
+
+
+def _quantize_cpu_tensor(x, fmt, rounding, overflow, seed):
+    """A float32/float64 CPU tensor on the Numba kernels, checked once (a
+    layer quantizes a few tensors per step: the general crossing checks and
+    converts twice). The kernel reads the tensor's memory and writes a fresh
+    array the returned tensor shares."""
+    import torch
+
+    arr = x.detach().contiguous().numpy()
+    result = np.empty(arr.shape, dtype=arr.dtype)
+    with small_work("numba", x):
+        _run_numba(arr, result, fmt, rounding, overflow, seed, None)
+    return torch.from_numpy(result)
 
 
 def _on_other_backend(op, backend, x, fmt, rounding, overflow, seed, noise):

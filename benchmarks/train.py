@@ -1,0 +1,143 @@
+"""One epoch of quantized training against float torch, on sklearn digits.
+Prints a table of ratios measured in one run (rounds interleaved, best of each).
+
+    PYTHONPATH=. python benchmarks/train.py [--rounds 3] [--models mlp cnn]
+
+Models: the 64-100-10 MLP and a LeNet-style CNN (``models.nets.LeNet`` on the
+1x8x8 digits: conv5x5(6) -> pool -> conv5x5(16) -> pool -> 120 -> 84 -> 10),
+batch 32, plain ``torch.optim.SGD``. "All quantized": every weight,
+activation, output and gradient on a fixed-point grid, and the forward and
+both backward GEMMs through MAC arrays with saturating accumulators (nearest
+rounding forward, stochastic rounding of the gradients), on the numba backend
+(Numba kernels, CPU) and the torch backend (torch ops, CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import hwsim.nn as hnn  # noqa: E402
+
+PRECISION = hnn.Precision(
+    weight="fx16.12",
+    activation="fx16.12",
+    output="fx16.10",
+    grad_activation="fx16.14",
+    grad_weight="fx16.14",
+    accumulator="fx32.20",
+    grad_activation_accumulator="fx32.24",
+    grad_weight_accumulator="fx32.24",
+    rounding="nearest",
+    grad_weight_rounding="stochastic",
+    grad_activation_rounding="stochastic",
+    seed=0,
+)
+
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    return x, torch.tensor(data.target)
+
+
+def build(kind: str) -> torch.nn.Module:
+    from models.nets import LeNet
+
+    torch.manual_seed(0)
+    if kind == "mlp":
+        nn = torch.nn
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 10))
+    return LeNet((1, 8, 8), 10)
+
+
+def epoch_fn(kind: str, backend: str | None, x, y, batch: int = 32):
+    """A function that trains a fresh model for one epoch and returns nothing."""
+
+    def run():
+        model = build(kind)
+        if backend is not None:
+            model = hnn.quantize_model(model, PRECISION, backend=backend)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        for i in range(0, len(x), batch):
+            idx = perm[i : i + batch]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    parser.add_argument("--backends", nargs="+", default=["numba", "torch"])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and Numba threads for every row (1: on a shared 2-core machine two "
+        "OpenMP threads wait on each other at every op, float torch included)",
+    )
+    args = parser.parse_args()
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(args.threads)  # launches Numba's pool first: it resets OpenMP's count
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)  # NumPy's OpenBLAS too
+    x, y = digits()
+    print(
+        f"torch threads: {torch.get_num_threads()}, numba threads: {numba.get_num_threads()}, "
+        f"load average: {os.getloadavg()[0]:.2f}"
+    )
+    names = {"mlp": "64-100-10 MLP", "cnn": "LeNet-style CNN"}
+    for kind in args.models:
+        fns = {"float torch": epoch_fn(kind, None, x, y)}
+        for backend in args.backends:
+            fns[f"hwsim {backend} backend, all quantized"] = epoch_fn(kind, backend, x, y)
+        start = time.perf_counter()
+        wall, cpu = interleaved(fns, args.rounds)
+        print(
+            f"\nOne epoch, {names[kind]} on sklearn digits ({len(x)} samples, batch 32, SGD); "
+            f"best of {args.rounds} interleaved rounds ({time.perf_counter() - start:.0f} s)"
+        )
+        print(f"{'model':<38} {'s/epoch':>9} {'x float':>8} {'cpu s':>8} {'x float':>8}")
+        w0, c0 = wall["float torch"], cpu["float torch"]
+        for name in fns:
+            print(
+                f"{name:<38} {wall[name]:9.3f} {wall[name] / w0:8.1f} "
+                f"{cpu[name]:8.3f} {cpu[name] / c0:8.1f}"
+            )
+
+
+def interleaved(fns, rounds: int):
+    """Best wall and best process CPU time of each function over ``rounds``
+    rounds that alternate between them (after one warm-up call each), so that
+    load on a shared machine hits them alike; on one thread the CPU time is
+    what the load does not inflate."""
+    for fn in fns.values():
+        fn()
+    wall = dict.fromkeys(fns, float("inf"))
+    cpu = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name] = min(wall[name], time.perf_counter() - t0)
+            cpu[name] = min(cpu[name], time.process_time() - c0)
+    return wall, cpu
+
+
+if __name__ == "__main__":
+    main()

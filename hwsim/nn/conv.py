@@ -1,0 +1,167 @@
+"""The bit-true conv layer's autograd function: forward and both backward
+convolutions through MAC arrays, on the operands' codes (each found once).
+
+The input gradient is the convolution of the stride-dilated output gradient
+with the flipped, transposed kernel (a true MAC over O * kh * kw terms, zeros
+included, which add nothing); the weight gradient is the GEMM of the output
+gradient with the im2col columns of the input, summed over batch and positions
+in the order (n, y, x); the bias gradient the batch-and-position sum through
+the same MAC array. Codes are moved (padded, dilated, flipped, unfolded) as
+integers: exact, so every GEMM sees the values it saw as floats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hwsim.nn.functional import (
+    GemmConfig,
+    _add_bias_codes,
+    _mac,
+    _tensor_values,
+    operand,
+)
+from hwsim.ops import conv2d_on_codes
+
+
+def _conv(x_op, w_op, stride, pads, cfg: GemmConfig):
+    return conv2d_on_codes(
+        x_op[0],
+        x_op[1],
+        w_op[0],
+        w_op[1],
+        stride=stride,
+        padding=pads,
+        accumulator=cfg.accumulator,
+        product=cfg.product,
+        rounding=cfg.rounding,
+        overflow=cfg.overflow,
+        seed=cfg.seed,
+    )
+
+
+class MACConv2dFunction(torch.autograd.Function):
+    """conv2d (NCHW, groups=1, dilation=1) with bit-true GEMMs forward and backward."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x,
+        w,
+        b,
+        stride,
+        padding,
+        forward: GemmConfig,
+        grad_input: GemmConfig,
+        grad_weight: GemmConfig,
+    ):
+        ctx.save_for_backward(x, w)
+        ctx.configs = (stride, padding, grad_input, grad_weight, b is not None)
+        ctx.operands = None
+        if any(c.accumulator is not None for c in (forward, grad_input, grad_weight)):
+            ctx.operands = (operand(x, forward.backend), operand(w, forward.backend))
+        if forward.accumulator is None:
+            return F.conv2d(x, w, b, stride, padding)
+        codes = _conv(*ctx.operands, stride, padding, forward)
+        if b is not None:
+            codes = _add_bias_codes(codes, b, forward, (1, -1, 1, 1))
+        return _tensor_values(codes, forward, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        stride, padding, grad_input, grad_weight, has_bias = ctx.configs
+        gx = gw = gb = None
+        g_op = None
+        if grad_input.accumulator is not None or grad_weight.accumulator is not None:
+            g_op = operand(grad, grad_input.backend)
+        if ctx.needs_input_grad[0]:
+            if grad_input.accumulator is None:
+                gx = torch.nn.grad.conv2d_input(x.shape, w, grad, stride, padding)
+            else:
+                gx = _grad_input(x.shape, ctx.operands[1], g_op, stride, padding, grad_input)
+                gx = _tensor_values(gx, grad_input, grad)
+        if ctx.needs_input_grad[1]:
+            if grad_weight.accumulator is None:
+                gw = torch.nn.grad.conv2d_weight(x, w.shape, grad, stride, padding)
+            else:
+                gw = _grad_weight(ctx.operands[0], w.shape, g_op, stride, padding, grad_weight)
+                gw = _tensor_values(gw, grad_weight, grad).reshape(w.shape)
+        if has_bias and ctx.needs_input_grad[2]:
+            g = grad.transpose(0, 1).reshape(1, grad.shape[1], -1)  # (1, O, N*Ho*Wo)
+            g = g.transpose(1, 2)[0]  # (N*Ho*Wo, O)
+            ones = torch.ones((1, g.shape[0]), dtype=g.dtype, device=g.device)
+            if grad_weight.accumulator is None:
+                gb = (ones @ g.contiguous())[0]
+            else:
+                codes, fl, stats = g_op
+                gm = _move(codes, 1, 0).reshape(codes.shape[1], -1).T  # (N*Ho*Wo, O)
+                one = _ones_like(codes, gm.shape[0])
+                gb = _mac((one, 0, (1, 1, 1)), (gm, fl, stats), grad_weight)
+                gb = _tensor_values(gb, grad_weight, grad)[0]
+        return gx, gw, gb, None, None, None, None, None
+
+
+def _is_numpy(codes) -> bool:
+    return not isinstance(codes, torch.Tensor)
+
+
+def _move(codes, src: int, dst: int):
+    return np.moveaxis(codes, src, dst) if _is_numpy(codes) else codes.movedim(src, dst)
+
+
+def _ones_like(codes, n: int):
+    if _is_numpy(codes):
+        return np.ones((1, n), dtype=np.int64)
+    return torch.ones((1, n), dtype=torch.int64, device=codes.device)
+
+
+def _grad_input(x_shape, w_op, g_op, stride, padding, cfg: GemmConfig):
+    g, fg, _ = g_op
+    cw, fw, _ = w_op
+    n, o, ho, wo = g.shape
+    _, c, kh, kw = cw.shape
+    sh, sw = stride
+    ph, pw = padding
+    shape = (n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
+    if _is_numpy(g):
+        dilated = np.zeros(shape, dtype=np.int64)
+        flipped = np.ascontiguousarray(cw[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    else:
+        dilated = g.new_zeros(shape)
+        flipped = cw.flip(2, 3).transpose(0, 1).contiguous()  # (C, O, kh, kw)
+    dilated[:, :, ::sh, ::sw] = g  # exact: codes are copied, zeros add nothing
+    h, wd = x_shape[2], x_shape[3]
+    extra_h = h - ((ho - 1) * sh + kh - 2 * ph)
+    extra_w = wd - ((wo - 1) * sw + kw - 2 * pw)
+    pads = [kh - 1 - ph, kh - 1 - ph + extra_h, kw - 1 - pw, kw - 1 - pw + extra_w]
+    # a negative pad crops (padding wider than the kernel): crop, then pad the rest
+    top, bottom, left, right = (max(0, -p) for p in pads)
+    hd, wdd = dilated.shape[2], dilated.shape[3]
+    dilated = dilated[:, :, top : hd - bottom, left : wdd - right]
+    pads = tuple(max(0, p) for p in pads)
+    return _conv((dilated, fg, None), (flipped, fw, None), (1, 1), pads, cfg)
+
+
+def _grad_weight(x_op, w_shape, g_op, stride, padding, cfg: GemmConfig):
+    cx, fx, sx = x_op
+    g, fg, sg = g_op
+    n, o, ho, wo = g.shape
+    _, c, kh, kw = w_shape
+    sh, sw = stride
+    ph, pw = padding
+    if _is_numpy(cx):
+        xp = np.pad(cx, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+        cols = win[:, :, ::sh, ::sw][:, :, :ho, :wo]  # (N, C, Ho, Wo, kh, kw)
+        cols = cols.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
+        gm = np.ascontiguousarray(g.transpose(1, 0, 2, 3).reshape(o, n * ho * wo))
+    else:
+        xp = F.pad(cx, (pw, pw, ph, ph))
+        cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)[:, :, :ho, :wo]  # (N, C, Ho, Wo, kh, kw)
+        cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
+        gm = g.permute(1, 0, 2, 3).reshape(o, n * ho * wo).contiguous()
+    # padding adds zero codes, unfolding repeats codes: the stats still hold
+    return _mac((gm, fg, sg), (cols, fx, sx), cfg)
