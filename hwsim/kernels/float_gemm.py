@@ -184,3 +184,20 @@ def float_gemm_kernel(rounding: int, has_product: bool):
                     acc[j] = add_round(acc[j], t, ap, rounding, u2, ap.ftz, ap.wide, man52)
 
     return run
+
+
+@functools.cache
+def add_round_kernel(rounding: int):
+    """kernel(acc, t, out, acc_params, man52, seed): ``out = round(acc + t)``
+    elementwise (flat float64 arrays), the addition step of the MAC array on
+    its own (a layer's bias added to the accumulator); noise
+    ``counter_uniform(seed, i)``."""
+    stochastic = rounding == STOCHASTIC
+
+    @parallel_kernel
+    def run(acc, t, out, ap, man52, seed):
+        for i in prange(out.size):
+            u = counter_uniform(seed, i) if stochastic else 0.0
+            out[i] = add_round(acc[i], t[i], ap, rounding, u, ap.ftz, ap.wide, man52)
+
+    return run

@@ -16,13 +16,16 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from hwsim.formats import FixedPoint
+from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops import (
     BACKENDS,
     add_codes,
+    add_float,
+    conv2d,
     conv2d_codes,
     from_codes,
+    matmul,
     matmul_codes,
     quantize,
     to_codes,
@@ -101,7 +104,10 @@ class GemmConfig:
 
 
 def gemm_codes(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
-    """Int64 accumulator codes of a @ b through the MAC array, on a's device."""
+    """Int64 accumulator codes of a @ b through the MAC array, on a's device
+    (a float accumulator: its float64 values)."""
+    if isinstance(cfg.accumulator, FloatingPoint):
+        return matmul(a.detach(), b.detach(), **_float_kwargs(cfg))
     codes, _ = matmul_codes(
         a.detach(),
         b.detach(),
@@ -117,7 +123,20 @@ def gemm_codes(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tenso
 
 def values(codes: torch.Tensor, cfg: GemmConfig, like: torch.Tensor) -> torch.Tensor:
     """The accumulator codes' values in ``like``'s dtype and on its device."""
+    if isinstance(cfg.accumulator, FloatingPoint):  # already values
+        return codes.to(device=like.device, dtype=like.dtype)
     return from_codes(codes, cfg.accumulator).to(device=like.device, dtype=like.dtype)
+
+
+def _float_kwargs(cfg: GemmConfig) -> dict:
+    """A float MAC array's arguments of hwsim.matmul / hwsim.conv2d."""
+    return dict(
+        accumulator=cfg.accumulator,
+        product=cfg.product,
+        rounding=cfg.rounding,
+        seed=cfg.seed,
+        backend=cfg.backend,
+    )
 
 
 def gemm(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
@@ -131,6 +150,9 @@ def _add_bias_codes(codes, bias, cfg: GemmConfig, shape) -> torch.Tensor:
     """The bias as one more MAC step: rounded onto the accumulator grid and
     added with the accumulator's overflow, after the K products."""
     seed = None if cfg.seed is None else (cfg.seed + 7) & ((1 << 64) - 1)
+    if isinstance(cfg.accumulator, FloatingPoint):
+        addend = bias.detach().reshape(shape).to(codes.device)
+        return add_float(codes, addend, cfg.accumulator, cfg.rounding, seed=seed)
     b_codes = to_codes(bias.detach(), cfg.accumulator, cfg.rounding, cfg.overflow, seed=seed)
     return add_codes(codes, b_codes.reshape(shape), cfg.accumulator, cfg.overflow)
 
@@ -170,7 +192,11 @@ class MACLinearFunction(torch.autograd.Function):
 
 
 def _conv_codes(x, w, stride, pads, cfg: GemmConfig) -> torch.Tensor:
-    """Int64 accumulator codes of the convolution, on x's device."""
+    """Int64 accumulator codes of the convolution, on x's device (a float
+    accumulator: its float64 values)."""
+    if isinstance(cfg.accumulator, FloatingPoint):
+        kwargs = _float_kwargs(cfg)
+        return conv2d(x.detach(), w.detach(), stride=stride, padding=pads, **kwargs)
     codes, _ = conv2d_codes(
         x.detach(),
         w.detach(),

@@ -141,3 +141,62 @@ def float_conv2d(x, w, stride, pads, acc, product, rounding, overflow, x_format,
         cols = win[:, :, ::sh, ::sw].transpose(0, 1, 4, 5, 2, 3).reshape(n, k, ho * wo)
     out = float_gemm_values(vw.reshape(1, o, k), cols, acc, product, rounding, seed, ("w", "x"))
     return out.reshape(n, o, ho, wo)
+
+
+def add_float(values, addend, fmt, rounding="nearest", *, seed=None, backend=None):
+    """``values + addend`` through the accumulator's adder: ``addend`` is rounded
+    to the float format ``fmt`` (the cast) and the exact sum rounded once, as
+    one more step of the MAC array (a layer's bias, after the K products).
+    ``values``: float64 values of ``fmt`` (NumPy array or tensor); ``addend``
+    broadcasts to its shape. Stochastic rounding: the cast takes the derived
+    seed ``sub_seed(seed, 1)``, the addition counter noise of ``seed`` by
+    element. Returns float64 values of ``fmt``.
+
+    >>> import numpy as np
+    >>> add_float(np.array([1.0, 1.0]), np.array([2.0**-3, 2.0**-2]), "e5m2").tolist()
+    [1.0, 1.25]
+    """
+    from hwsim.ops.backend import check_backend, on_backend
+    from hwsim.ops.quantize import quantize
+    from hwsim.plan.checks import fresh_seed, seed64
+    from hwsim.plan.float_gemm import check_any_format
+
+    fmt = check_any_format(fmt, "fmt")
+    if not isinstance(fmt, FloatingPoint):
+        raise ValueError(f"add_float takes a floating-point format, got {fmt} (use add_codes)")
+    rounding = Rounding.parse(rounding)
+    stochastic = rounding == Rounding.STOCHASTIC
+    seed = seed64(seed) if seed is not None else fresh_seed() if stochastic else 0
+    if is_torch(values) != is_torch(addend):
+        raise ValueError("add_float takes two NumPy arrays or two torch tensors, not a mix")
+    back = None
+    if check_backend(backend) is not None and (backend == "torch") != is_torch(values):
+        (values, addend), back = on_backend(backend, values, addend)
+    if is_torch(values):
+        import torch
+
+        from hwsim.kernels.float_quantize import float_params
+        from hwsim.torch_path.core import counter_uniform
+        from hwsim.torch_path.float_gemm import add_round
+
+        acc = values.detach().to(torch.float64)
+        t = addend.detach().to(device=acc.device, dtype=torch.float64).expand(acc.shape)
+        t = quantize(t.contiguous(), fmt, rounding, seed=sub_seed(seed, 1))
+        u = None
+        if rounding == Rounding.STOCHASTIC:
+            u = counter_uniform(seed, acc.numel(), device=acc.device).reshape(acc.shape)
+        out = add_round(acc.contiguous(), t, float_params(fmt), rounding, u, fmt.man == 52)
+    else:
+        from hwsim.kernels import float_gemm as kfg
+        from hwsim.kernels.float_quantize import float_params
+
+        acc = np.ascontiguousarray(values, dtype=np.float64)
+        t = np.ascontiguousarray(np.broadcast_to(np.asarray(addend, np.float64), acc.shape))
+        t = quantize(t, fmt, rounding, seed=sub_seed(seed, 1))
+        out = np.empty(acc.shape, dtype=np.float64)
+        with threads_for(out.size, 1 << 16):
+            kfg.add_round_kernel(int(rounding))(
+                acc.reshape(-1), t.reshape(-1), out.reshape(-1), float_params(fmt),
+                fmt.man == 52, np.uint64(seed),
+            )  # fmt: skip
+    return back(out) if back is not None else out

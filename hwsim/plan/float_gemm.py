@@ -7,8 +7,9 @@ of two such values is exact in float64 when ``sig_a + sig_b <= 53`` (the
 product of the odd parts fits the significand), ``lsb_a + lsb_b >= -1074``
 (no bit below the smallest subnormal) and ``top_a + top_b <= 1024`` (with
 ``|x| < 2^top``: no overflow). The span of each operand is measured once
-from the data; a format of at most 26 mantissa bits (fp32 and narrower)
-always passes against another.
+from the data; values of formats with at most 25 mantissa bits and an
+exponent range within float32's and a bit (fp32 and narrower) always pass
+against each other.
 """
 
 from __future__ import annotations
