@@ -222,6 +222,9 @@ def test_errors_say_what_is_wrong():
         hwsim.matmul(np.array([[2.0**-1000]]), np.array([[2.0**-100]]), accumulator="fp32")
     with pytest.raises(ValueError, match="past float64's range"):
         hwsim.matmul(np.array([[2.0**1000]]), np.array([[2.0**100]]), accumulator="fp32")
+    with pytest.raises(ValueError, match="beyond 2\\*\\*53"):
+        hwsim.matmul(np.array([[2**60 + 1]]), np.array([[1]]), accumulator="fp32")
+    assert hwsim.matmul(np.array([[3]]), np.array([[5]]), accumulator="fp32")[0, 0] == 15.0
     with pytest.raises(hwsim.NonFiniteError):
         hwsim.matmul(np.array([[np.inf]]), np.array([[1.0]]), accumulator="fp32")
     with pytest.raises(ValueError, match="accumulator must"):

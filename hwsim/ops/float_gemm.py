@@ -11,7 +11,13 @@ import numpy as np
 from hwsim.formats import FloatingPoint
 from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import is_torch, raise_non_finite_numpy, raise_non_finite_torch
+from hwsim.plan.checks import (
+    check_data,
+    check_integers_exact,
+    is_torch,
+    raise_non_finite_numpy,
+    raise_non_finite_torch,
+)
 from hwsim.plan.float_gemm import check_exact_products, operand_span
 from hwsim.plan.gemm import broadcast_operands, seed_bits, squeeze_result, sub_seed
 
@@ -29,6 +35,8 @@ def operand_values(x, fmt, name, rounding: Rounding, overflow: Overflow, seed):
     """Float64 values of an operand (NumPy array or tensor), on ``fmt`` if given."""
     from hwsim.ops.quantize import quantize
 
+    check_data(x, name)
+    check_integers_exact(x, name)  # integers beyond 2^53 would round in float64
     if is_torch(x):
         import torch
 
