@@ -263,3 +263,14 @@ def test_matches_apytypes_accumulator_context(case, rounding):
 def test_fixed_point_formats_still_take_the_integer_path():
     a, b = np.array([[1.0, 1.0, 1.0, -1.0]]), np.array([[0.75], [0.75], [0.75], [0.5]])
     assert hwsim.matmul(a, b, accumulator=FixedPoint(4, 2))[0, 0] == 1.25
+
+
+def test_shapes_follow_numpy_matmul():
+    a, m = np.array([1.0, 2.0, 3.0]), np.arange(6.0).reshape(3, 2)
+    for x, y in ((a, a), (a, m), (m.T, a), (np.ones((2, 1, 2, 3)), np.ones((3, 3, 4)))):
+        ours = hwsim.matmul(x, y, accumulator="fp16")
+        assert np.shape(ours) == np.shape(x @ y) and np.array_equal(ours, x @ y)
+        theirs = hwsim.matmul(torch.from_numpy(x), torch.from_numpy(y), accumulator="fp16")
+        assert tuple(theirs.shape) == np.shape(x @ y)
+    empty = hwsim.matmul(np.zeros((2, 0)), np.zeros((0, 3)), accumulator="fp16")
+    assert empty.shape == (2, 3) and not np.signbit(empty).any() and not empty.any()
