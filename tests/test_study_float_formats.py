@@ -66,6 +66,7 @@ def test_float_into_a_fixed_point_only_parameter_is_a_clear_error():
 def _data(grid_weights, records):
     spec = {
         "name": "f",
+        "task": "tests.study_tasks:quadratic",
         "grid": {"weight": grid_weights, "rounding": ["nearest", "stochastic"]},
         "plot": {"metric": "loss", "bits": "weight", "series": ["rounding"]},
     }
