@@ -8,6 +8,9 @@ operation the cost follows the power law through them (linear in log-log), and
 outside the table it scales as ``bits**exponent`` from the nearest point, with
 exponent 1 for adders and 2 for multipliers (Horowitz: integer adders about
 linear in bits, multipliers about quadratic). Costs are monotone in bits.
+Float formats are priced by exponent and mantissa width
+(:meth:`CostTable.float_unit`): a significand datapath on man + 1 bits,
+scaled from the table's fp16/fp32 points, plus an exponent-wide int adder.
 
 >>> from hwsim import cost
 >>> cost.energy("mult", 8), cost.energy("add", 32)   # table points, pJ
@@ -27,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hwsim.formats import FixedPoint, parse_format
+from hwsim.formats import FixedPoint, FloatingPoint, parse_format
 
 DEFAULT_TABLE_PATH = Path(__file__).parent / "data" / "horowitz45.toml"
 FLOAT_BITS = 32  # a float (None) tensor or accumulator is costed as fp32
@@ -148,6 +151,32 @@ class CostTable:
         """Area in um^2 of one ``operation`` unit on ``bits``-bit operands."""
         return self._lookup(operation, bits, number, 2)
 
+    def float_unit(self, operation: str, exp: int, man: int, column: int = 1) -> float:
+        """Energy (column 1) or area (2) of a float ``operation`` unit for ``exp``
+        exponent and ``man`` mantissa bits: a significand datapath on ``man + 1``
+        bits plus an ``exp``-bit integer adder (the exponent sum of a multiplier,
+        the exponent difference of an adder). The significand part is the table's
+        fp points (fp16: e5m10, fp32: e8m23) less their exponent adders,
+        interpolated and extrapolated by significand width like every other
+        row, so fp16 and fp32 reproduce the table exactly."""
+        if not (isinstance(exp, int) and isinstance(man, int) and exp >= 1 and man >= 0):
+            raise ValueError(f"exp must be an int >= 1 and man an int >= 0, got {exp!r}, {man!r}")
+        fp = {bits: vals for bits, *vals in self.points.get((operation, "fp"), ())}
+        if operation not in _OPERATIONS or not {16, 32} <= set(fp):
+            raise ValueError(
+                f"pricing a float {operation!r} by exponent and mantissa needs the table's "
+                f"fp {operation} points at 16 and 32 bits ({self.source})"
+            )
+        sig = {  # significand-datapath cost at 11 (fp16) and 24 (fp32) significand bits
+            11: fp[16][column - 1] - self._lookup("add", 5, "int", column),
+            24: fp[32][column - 1] - self._lookup("add", 8, "int", column),
+        }
+        if sig[11] <= 0 or sig[24] <= sig[11]:
+            raise ValueError(f"the fp {operation} points leave no significand cost to scale")
+        rows = (11, sig[11], sig[11]), (24, sig[24], sig[24])
+        part = dataclasses.replace(self, points={(operation, "fp"): rows})
+        return part._lookup(operation, man + 1, "fp", 1) + self._lookup("add", exp, "int", column)
+
     def memory_energy_per_bit(self, level: str = "sram_8kb") -> float:
         """Energy in pJ to read or write one bit at memory ``level``."""
         if level not in self.memory:
@@ -221,25 +250,50 @@ def dot_product_full_adders(length: int, activation_bits: int, weight_bits: int)
 # -- training step energy -----------------------------------------------------------
 
 
-def format_bits(fmt: FixedPoint | str | None) -> tuple[int, str]:
+def format_bits(fmt: FixedPoint | FloatingPoint | str | None) -> tuple[int, str]:
     """(bits, number kind) of a tensor format: ``FixedPoint`` -> (wl, "int"),
-    ``None``/"float" -> (32, "fp")."""
+    ``FloatingPoint`` -> (bits, "fp"), ``None``/"float" -> (32, "fp")."""
     fmt = parse_format(fmt) if isinstance(fmt, str) else fmt
     if fmt is None:
         return FLOAT_BITS, "fp"
+    if isinstance(fmt, FloatingPoint):
+        return fmt.bits, "fp"
     if not isinstance(fmt, FixedPoint):
-        raise ValueError(f"a FixedPoint, its string or None (float) is needed, got {fmt!r}")
+        raise ValueError(
+            f"a FixedPoint, a FloatingPoint, its string or None (float) is needed, got {fmt!r}"
+        )
     return fmt.wl, "int"
+
+
+def unit_energy(operation: str, fmt, table: CostTable | None = None) -> float:
+    """Energy in pJ of one ``add`` or ``mult`` unit for a tensor format: fixed point
+    by word length (int rows), a ``FloatingPoint`` by exponent and mantissa
+    (:meth:`CostTable.float_unit`), None as fp32.
+
+    >>> unit_energy("mult", "fp16"), round(unit_energy("mult", "bf16"), 3)
+    (1.1, 0.602)
+    """
+    table = table or default_table()
+    fmt = parse_format(fmt) if isinstance(fmt, str) else fmt
+    if isinstance(fmt, FloatingPoint):
+        return table.float_unit(operation, fmt.exp, fmt.man)
+    bits, kind = format_bits(fmt)
+    return table.energy(operation, bits, kind)
 
 
 def mac_energy(a_format, b_format, accumulator, table: CostTable | None = None) -> float:
     """Energy in pJ of one multiply-accumulate: a multiplier on the wider operand's
-    bits plus an adder at the accumulator's bits (fp32 for float operands)."""
+    bits plus an adder at the accumulator's bits (fp32 for float operands); with
+    a ``FloatingPoint`` among them, the costlier operand's multiplier and the
+    accumulator's adder (:func:`unit_energy`)."""
     table = table or default_table()
+    formats = [parse_format(f) if isinstance(f, str) else f for f in (a_format, b_format)]
+    if any(isinstance(f, FloatingPoint) for f in formats):
+        mult = max(unit_energy("mult", f, table) for f in formats)
+        return mult + unit_energy("add", accumulator, table)
     (ba, ka), (bb, kb) = format_bits(a_format), format_bits(b_format)
     mult_kind = "fp" if "fp" in (ka, kb) else "int"
-    bacc, kacc = format_bits(accumulator)
-    return table.energy("mult", max(ba, bb), mult_kind) + table.energy("add", bacc, kacc)
+    return table.energy("mult", max(ba, bb), mult_kind) + unit_energy("add", accumulator, table)
 
 
 _STATE_COUNT = {"sgd": 0, "signsgd": 0, "adam": 2, "adagrad": 1, "rmsprop": 1}
@@ -370,12 +424,13 @@ def training_step_energy(
     params = sum(p.numel() for p in model.parameters())
 
     n_states = _STATE_COUNT[optimizer] + (1 if optimizer in ("sgd", "signsgd") and momentum else 0)
-    wacc_bits, wacc_kind = format_bits(weight_accumulator if weight_accumulator is not None else w)
-    g_bits, g_kind = format_bits(grad)
+    wacc_bits, _ = format_bits(weight_accumulator if weight_accumulator is not None else w)
+    g_bits, _ = format_bits(grad)
     s_bits, _ = format_bits(state)
     w_bits, _ = format_bits(w)
     per_param_update = (1 + n_states) * (
-        table.energy("mult", g_bits, g_kind) + table.energy("add", wacc_bits, wacc_kind)
+        unit_energy("mult", grad, table)
+        + unit_energy("add", weight_accumulator if weight_accumulator is not None else w, table)
     )
     per_bit = table.memory_energy_per_bit(memory)
     per_param_traffic = per_bit * (g_bits + 2 * wacc_bits + w_bits + 2 * n_states * s_bits)
@@ -421,11 +476,17 @@ def lms_step_energy(
     table = table or default_table()
     (bd, kd), (be, ke) = format_bits(data), format_bits(error)
     wacc = weight_accumulator if weight_accumulator is not None else weight
-    bwa, kwa = format_bits(wacc)
+    bwa, _ = format_bits(wacc)
     filter_energy = taps * mac_energy(data, weight, accumulator, table)
-    e_bits, e_kind = max(bd, be), ("fp" if "fp" in (kd, ke) else "int")
-    mult = table.energy("mult", e_bits, e_kind)
+    if any(isinstance(parse_format(f) if isinstance(f, str) else f, FloatingPoint)
+           for f in (data, error)):  # fmt: skip
+        mult = max(unit_energy("mult", data, table), unit_energy("mult", error, table))
+    else:
+        e_bits, e_kind = max(bd, be), ("fp" if "fp" in (kd, ke) else "int")
+        mult = table.energy("mult", e_bits, e_kind)
     n_mult = {"lms": 2 * taps, "sign_error": taps, "sign_data": 1, "sign_sign": 0}[rule]
-    update = n_mult * mult + taps * table.energy("add", bwa, kwa) + table.energy("add", be, ke)
+    update = (
+        n_mult * mult + taps * unit_energy("add", wacc, table) + unit_energy("add", error, table)
+    )
     traffic = taps * 2 * bwa * table.memory_energy_per_bit(memory)
     return filter_energy + update + traffic

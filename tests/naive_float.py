@@ -56,6 +56,38 @@ def ref_float(
     negative = math.copysign(1.0, x) < 0
     if m == 0:
         return x
+    return ref_round(
+        m,
+        negative,
+        exp,
+        man,
+        subnormals=subnormals,
+        inf=inf,
+        nan=nan,
+        saturate=saturate,
+        rounding=rounding,
+        u=u,
+    )
+
+
+def ref_round(
+    m: Fraction,
+    negative: bool,
+    exp: int,
+    man: int,
+    *,
+    subnormals: bool = True,
+    inf: bool = True,
+    nan: bool = True,
+    saturate: bool = False,
+    rounding: str = "nearest",
+    u: float = 0.0,
+) -> float:
+    """The value of the exact nonzero number (-1)^negative * m, m > 0, in the format."""
+    if not inf and not nan:
+        saturate = True
+    maxv = ref_max(exp, man, inf, nan)
+    sign = -1.0 if negative else 1.0
     emin = 2 - (1 << (exp - 1))
     q = max(floor_log2(m), emin) - man
     s = m / Fraction(2) ** q
@@ -81,10 +113,10 @@ def ref_float(
         if saturate or rounding == "zero" or (rounding == "floor" and not negative):
             r = maxv
         else:
-            return math.copysign(math.inf if inf else math.nan, x)
+            return math.copysign(math.inf if inf else math.nan, sign)
     elif not subnormals and r < Fraction(2) ** emin:
         r = Fraction(0)
-    return math.copysign(float(r), x)
+    return math.copysign(float(r), sign)
 
 
 def neighbours(x: float, exp: int, man: int, **flags) -> tuple[float, float]:

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 import hwsim
-from hwsim.formats import FixedPoint
+from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.study.task import TrialResult, register_task
 
 
@@ -29,7 +29,7 @@ class QuadraticParams:
     lr: float = 0.1
     steps: int = 60
     noise: float = 0.05
-    weight: FixedPoint | None = None
+    weight: FixedPoint | FloatingPoint | None = None  # any format hwsim.quantize takes
     rounding: Literal["nearest", "nearest_away", "floor", "zero", "stochastic"] = "nearest"
     schedule: str = "constant"
     fail: bool = False

@@ -218,9 +218,9 @@ def test_float_formats_rejected_where_not_supported_yet():
     from hwsim import nn as hnn
     from hwsim.optim import SGD
 
-    with pytest.raises(ValueError, match="MAC array takes fixed-point operands"):
-        hnn.Precision(weight="bf16", activation="bf16", accumulator="fx24.10")
-    with pytest.raises(ValueError, match="MAC array takes fixed-point operands"):
-        hnn.Precision(weight="fx8.6", activation="fx8.4", accumulator="fp16")
+    with pytest.raises(ValueError, match="float product format needs a float accumulator"):
+        hnn.Precision(weight="bf16", activation="bf16", accumulator="fx24.10", product="bf16")
+    with pytest.raises(ValueError, match="float accumulator takes a float product"):
+        hnn.Precision(weight="fx8.6", activation="fx8.4", accumulator="fp16", product="fx16.8")
     with pytest.raises(ValueError, match="weight: the optimizers take fixed-point formats"):
         SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, weight="bf16")

@@ -93,6 +93,12 @@ class FixedPoint:
         return self.max_code * self.lsb
 
     @property
+    def bits(self) -> int:
+        """Storage width, ``wl`` (as ``FloatingPoint.bits``: the bit-width axis of plots
+        and the cost model take either kind)."""
+        return self.wl
+
+    @property
     def int_bits(self) -> int:
         """Bits left of the binary point, sign included: wl - fl (APyTypes' int_bits)."""
         return self.wl - self.fl

@@ -7,8 +7,10 @@ functions (``hwsim.ops.matmul_on_codes`` / ``conv2d_codes``, quantizers
 chosen backend: ``"numba"`` (NumPy kernels, CPU; tensors are moved to the CPU
 and back) or ``"torch"`` (the torch path, on the tensors' device). A linear
 layer finds each operand's codes once (``hwsim.ops.grid_codes``) and feeds them
-to the forward GEMM and both backward GEMMs. Without an accumulator the GEMM is
-the float torch op.
+to the forward GEMM and both backward GEMMs. A layer with a floating-point
+accumulator anywhere runs :mod:`hwsim.nn.value_mac` instead (``hwsim.matmul`` /
+``conv2d`` on the values: float operands have no common fixed-point grid).
+Without an accumulator the GEMM is the float torch op.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hwsim.formats import FixedPoint
+from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops import (
     BACKENDS,
     add_codes,
+    add_float,
     from_codes,
     grid_codes,
+    matmul,
     matmul_codes,
     matmul_on_codes,
     quantize,
@@ -78,7 +82,8 @@ class QuantizeFunction(torch.autograd.Function):
     ):
         ctx.backward_args = (backward_fmt, backward_rounding, overflow, backward_seed, backend)
         if forward_fmt is not None and not straight_through:
-            ctx.save_for_backward((x >= forward_fmt.min) & (x <= forward_fmt.max))
+            lo = getattr(forward_fmt, "min", -forward_fmt.max)  # a float format: -max
+            ctx.save_for_backward((x >= lo) & (x <= forward_fmt.max))
         else:
             ctx.save_for_backward(None)
         return quantize_tensor(x, forward_fmt, forward_rounding, overflow, forward_seed, backend)
@@ -96,16 +101,24 @@ class QuantizeFunction(torch.autograd.Function):
 class GemmConfig:
     """One MAC array: accumulator (None: float GEMM), product, rounding, overflow, seed."""
 
-    accumulator: FixedPoint | None
-    product: FixedPoint | None
+    accumulator: FixedPoint | FloatingPoint | None
+    product: FixedPoint | FloatingPoint | None
     rounding: Rounding
     overflow: Overflow
     seed: int | None
     backend: str
 
 
+def is_float_mac(*configs: GemmConfig) -> bool:
+    """Whether any of the MAC arrays accumulates in a floating-point format."""
+    return any(isinstance(c.accumulator, FloatingPoint) for c in configs)
+
+
 def gemm_codes(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
-    """Int64 accumulator codes of a @ b through the MAC array, on a's device."""
+    """Int64 accumulator codes of a @ b through the MAC array, on a's device
+    (a float accumulator: its float64 values)."""
+    if isinstance(cfg.accumulator, FloatingPoint):
+        return matmul(a.detach(), b.detach(), **float_kwargs(cfg))
     codes, _ = matmul_codes(
         a.detach(),
         b.detach(),
@@ -121,7 +134,20 @@ def gemm_codes(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tenso
 
 def values(codes: torch.Tensor, cfg: GemmConfig, like: torch.Tensor) -> torch.Tensor:
     """The accumulator codes' values in ``like``'s dtype and on its device."""
+    if isinstance(cfg.accumulator, FloatingPoint):  # already values
+        return codes.to(device=like.device, dtype=like.dtype)
     return from_codes(codes, cfg.accumulator).to(device=like.device, dtype=like.dtype)
+
+
+def float_kwargs(cfg: GemmConfig) -> dict:
+    """A float MAC array's arguments of hwsim.matmul / hwsim.conv2d."""
+    return dict(
+        accumulator=cfg.accumulator,
+        product=cfg.product,
+        rounding=cfg.rounding,
+        seed=cfg.seed,
+        backend=cfg.backend,
+    )
 
 
 def gemm(a: torch.Tensor, b: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
@@ -136,6 +162,9 @@ def _add_bias_codes(codes, bias, cfg: GemmConfig, shape):
     added with the accumulator's overflow, after the K products (on the
     codes' backend: NumPy codes take the bias as a NumPy array)."""
     seed = None if cfg.seed is None else (cfg.seed + 7) & ((1 << 64) - 1)
+    if isinstance(cfg.accumulator, FloatingPoint):
+        addend = bias.detach().reshape(shape).to(codes.device)
+        return add_float(codes, addend, cfg.accumulator, cfg.rounding, seed=seed)
     b = bias.detach()
     if not isinstance(codes, torch.Tensor):
         b = _as_numpy(b)

@@ -28,8 +28,10 @@ from hwsim.nn.functional import (
     MACLinearFunction,
     QuantizeFunction,
     check_backend,
+    is_float_mac,
 )
 from hwsim.nn.precision import Precision
+from hwsim.nn.value_mac import ValueMACConv2d, ValueMACLinear
 
 _MASK64 = (1 << 64) - 1
 FLOAT = Precision()  # every tensor float: the default of a layer built directly
@@ -245,7 +247,9 @@ class QLinear(nn.Linear, _QuantizedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq, bq = self._quantized_operands(x)
-        y = MACLinearFunction.apply(xq, wq, bq, *self._gemm_configs())
+        configs = self._gemm_configs()
+        fn = ValueMACLinear if is_float_mac(*configs) else MACLinearFunction
+        y = fn.apply(xq, wq, bq, *configs)
         return self._finish(y)
 
     def extra_repr(self) -> str:
@@ -328,9 +332,9 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, wq, bq = self._quantized_operands(x)
-        y = MACConv2dFunction.apply(
-            xq, wq, bq, tuple(self.stride), tuple(self.padding), *self._gemm_configs()
-        )
+        configs = self._gemm_configs()
+        fn = ValueMACConv2d if is_float_mac(*configs) else MACConv2dFunction
+        y = fn.apply(xq, wq, bq, tuple(self.stride), tuple(self.padding), *configs)
         return self._finish(y)
 
     def extra_repr(self) -> str:

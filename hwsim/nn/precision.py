@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from hwsim.formats import FixedPoint, FloatingPoint, parse_format
+from hwsim.formats import FixedPoint, parse_format
 from hwsim.modes import Overflow, Rounding
+from hwsim.plan.float_gemm import check_float_gemm_formats
 
 TENSOR_FIELDS = (
     "weight",
@@ -25,8 +26,10 @@ class Precision:
     """Per-tensor formats of a quantized layer (Sakr & Shanbhag, ICLR 2019:
     weights, activations, activation and weight gradients, accumulators).
 
-    Every format is a :class:`FixedPoint` (or its string), or ``None`` for
-    float. ``weight``/``activation`` quantize the layer's weight (and bias) and
+    Every format is a :class:`FixedPoint` or :class:`FloatingPoint` (or its
+    string), or ``None`` for float. A floating-point accumulator makes a float
+    MAC array (``hwsim.matmul`` semantics) with a float ``product`` or none;
+    a fixed-point one takes float operands but not a float product. ``weight``/``activation`` quantize the layer's weight (and bias) and
     its input; ``output`` its output; ``grad_activation`` the gradient flowing
     into and out of the layer; ``grad_weight`` the weight (and bias) gradient.
     ``accumulator`` is the forward MAC array's accumulator,
@@ -103,24 +106,21 @@ class Precision:
             "grad_weight_accumulator": ("grad_activation", "activation"),
         }
         for acc, operands in needs.items():
-            missing = [
-                f for f in operands if getattr(self, acc) is not None and getattr(self, f) is None
+            missing = [  # a float MAC array takes float32 operands as they are
+                f
+                for f in operands
+                if isinstance(getattr(self, acc), FixedPoint) and getattr(self, f) is None
             ]
             if missing:
                 raise ValueError(
                     f"Precision.{acc} is set but {', '.join(missing)} is float: the MAC array "
                     f"multiplies integer codes, so set {' and '.join(operands)} too"
                 )
-            floats = [
-                f
-                for f in (acc, *operands, "product")
-                if getattr(self, acc) is not None and isinstance(getattr(self, f), FloatingPoint)
-            ]
-            if floats:  # float MAC arrays: a later step of issue 16
-                raise ValueError(
-                    f"Precision.{acc} is set and {', '.join(floats)} is a floating-point "
-                    f"format: the MAC array takes fixed-point operands and accumulators only"
-                )
+            if getattr(self, acc) is not None:
+                try:
+                    check_float_gemm_formats(getattr(self, acc), self.product)
+                except ValueError as err:
+                    raise ValueError(f"Precision.{acc}: {err}") from None
 
     def rounding_of(self, field: str) -> Rounding:
         """The rounding of ``field`` (its override, else ``rounding``)."""

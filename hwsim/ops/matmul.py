@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from hwsim.formats import FixedPoint
+from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.backend import check_backend, on_backend
+from hwsim.ops.float_gemm import float_conv2d, float_matmul
 from hwsim.ops.numpy_gemm import (
     batched_gemm_numpy,
     float_wrap_fast,
@@ -22,6 +23,7 @@ from hwsim.ops.numpy_gemm import (
     operand_codes_numpy,
 )
 from hwsim.plan.checks import check_data, check_format, is_torch
+from hwsim.plan.float_gemm import check_any_format
 from hwsim.plan.gemm import check_gemm_args, check_pads, check_pair, sub_seed
 
 __all__ = [
@@ -63,13 +65,19 @@ def matmul(
             dims (1-D operands as in ``numpy.matmul``). Their values must lie on
             a fixed-point grid (outputs of ``hwsim.quantize``, integers, ...):
             the exact codes are found from the data.
-        accumulator: the accumulator format (``FixedPoint`` or ``"fx32.16"``).
-        product: optional format each exact product is quantized to first.
+        accumulator: the accumulator format (``FixedPoint`` or ``"fx32.16"``),
+            or a ``FloatingPoint`` (``"fp32"``, ``"bf16"``, ...): then each
+            product is rounded to ``product`` (if given), cast to the
+            accumulator and each sum rounded to it, in the same k order
+            (``hwsim.ops.float_gemm``; APyTypes' ``APyFloatAccumulatorContext``).
+        product: optional format each exact product is quantized to first
+            (of the accumulator's kind).
         rounding: for the product and the accumulator cast (and ``a_format``/
             ``b_format``): ``nearest``, ``nearest_away``, ``floor``, ``zero``,
             ``stochastic``.
         overflow: ``saturate`` or ``wrap``, for the product and the accumulator.
-        a_format, b_format: quantize ``a``/``b`` onto these formats first.
+        a_format, b_format: quantize ``a``/``b`` onto these formats first
+            (fixed point or float, whatever the accumulator).
         seed: stochastic rounding: an int gives counter noise indexed by
             (output element, k, stage), identical on both backends.
         path: ``auto`` (float64 BLAS on the codes whenever that is provably
@@ -141,8 +149,12 @@ def _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, 
     acc, product, rounding, overflow, seed = check_gemm_args(
         accumulator, product, rounding, overflow, seed, path
     )
-    a_format = None if a_format is None else check_format(a_format, "a_format")
-    b_format = None if b_format is None else check_format(b_format, "b_format")
+    a_format = None if a_format is None else check_any_format(a_format, "a_format")
+    b_format = None if b_format is None else check_any_format(b_format, "b_format")
+    if isinstance(acc, FloatingPoint):
+        if not values:
+            raise _no_codes(acc)
+        return float_matmul(a, b, acc, product, rounding, overflow, a_format, b_format, seed, path)
     if is_torch(a) or is_torch(b):
         from hwsim.torch_path import gemm as tg
 
@@ -195,6 +207,28 @@ def conv2d(
     array([[2., 2.],
            [2., 2.]])
     """
+    if isinstance(check_any_format(accumulator, "accumulator"), FloatingPoint):
+        x, w, back = _to_backend(backend, x, w, "conv2d")
+        acc, product, rounding, overflow, seed = check_gemm_args(
+            accumulator, product, rounding, overflow, seed, path
+        )
+        fx = None if x_format is None else check_any_format(x_format, "x_format")
+        fw = None if w_format is None else check_any_format(w_format, "w_format")
+        pads = check_pads(padding)
+        out = float_conv2d(
+            x,
+            w,
+            check_pair(stride, "stride", 1),
+            pads,
+            acc,
+            product,
+            rounding,
+            overflow,
+            fx,
+            fw,
+            seed,
+        )
+        return back(out)
     codes, acc = conv2d_codes(
         x,
         w,
@@ -234,12 +268,14 @@ def conv2d_codes(
     acc, product, rounding, overflow, seed = check_gemm_args(
         accumulator, product, rounding, overflow, seed, path
     )
+    if isinstance(acc, FloatingPoint):
+        raise _no_codes(acc)
     check_data(x, "x")
     check_data(w, "w")
     sh, sw = check_pair(stride, "stride", 1)
     pads = check_pads(padding)
-    x_format = None if x_format is None else check_format(x_format, "x_format")
-    w_format = None if w_format is None else check_format(w_format, "w_format")
+    x_format = None if x_format is None else check_any_format(x_format, "x_format")
+    w_format = None if w_format is None else check_any_format(w_format, "w_format")
     torch_in = is_torch(x) or is_torch(w)
     if torch_in and not (is_torch(x) and is_torch(w)):
         raise ValueError("conv2d takes two NumPy arrays or two torch tensors, not a mix")
@@ -271,7 +307,7 @@ def conv2d_on_codes(cx, fx, cw, fw, stride, pads, acc, product, rounding, overfl
         raise ValueError(f"x has {c} channels but w expects {cw_in} (w shape {tuple(cw.shape)})")
     sh, sw = stride
     torch_in = is_torch(cx)
-    xp = _pad_codes(cx, pads, torch_in)
+    xp = pad_nchw(cx, pads, torch_in)
     hp, wp = xp.shape[2], xp.shape[3]
     if hp < kh or wp < kw:
         raise ValueError(f"the padded input ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})")
@@ -293,7 +329,9 @@ def conv2d_on_codes(cx, fx, cw, fw, stride, pads, acc, product, rounding, overfl
     return out.reshape(n, o, ho, wo)
 
 
-def _pad_codes(cx, pads, torch_in):
+def pad_nchw(cx, pads, torch_in):
+    """Zero padding (top, bottom, left, right) of NCHW codes or values; a
+    negative pad crops."""
     top, bottom, left, right = pads
     if torch_in:
         import torch.nn.functional as F
@@ -338,6 +376,13 @@ def _to_backend(backend, x, y, what):
 
 def _same(result):
     return result
+
+
+def _no_codes(acc) -> ValueError:
+    return ValueError(
+        f"accumulator={acc} is a floating-point format, which has no integer codes: use "
+        f"hwsim.matmul / hwsim.conv2d, which return its values"
+    )
 
 
 def _codes_to_values(codes, acc: FixedPoint):

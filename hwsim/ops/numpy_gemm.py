@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from hwsim.errors import CodeOverflowError
-from hwsim.formats import MAX_WL
+from hwsim.formats import MAX_WL, FloatingPoint
 from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow
 from hwsim.plan.checks import raise_non_finite_numpy
@@ -91,7 +91,11 @@ def operand_codes_numpy(x, fmt, name, rounding, overflow, seed):
     """(codes, fl, stats or None) of an operand, quantized onto ``fmt`` if given."""
     if fmt is None:
         return grid_codes_stats_numpy(x, name)
-    from hwsim.ops.quantize import to_codes
+    from hwsim.ops.quantize import quantize, to_codes
+
+    if isinstance(fmt, FloatingPoint):  # float operands into a fixed-point accumulator
+        values = quantize(np.asarray(x, dtype=np.float64), fmt, rounding, seed=seed)
+        return grid_codes_stats_numpy(values, name)
 
     return to_codes(np.asarray(x), fmt, rounding, overflow, seed=seed), fmt.fl, None
 

@@ -13,7 +13,8 @@ import numpy as np
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import check_format, fresh_seed, is_torch, seed64
+from hwsim.plan.checks import fresh_seed, is_torch, seed64
+from hwsim.plan.float_gemm import check_any_format, check_float_gemm_formats
 
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # no grid change, exact left shift, rounding
 PATHS = ("auto", "sequential", "fast")
@@ -208,8 +209,11 @@ def squeeze_result(out, squeeze):
 
 
 def check_gemm_args(accumulator, product, rounding, overflow, seed, path):
-    acc = check_format(accumulator, "accumulator")
-    product = None if product is None else check_format(product, "product")
+    """The checked arguments; the accumulator and product may be fixed-point
+    or floating-point formats (``hwsim.plan.float_gemm`` says which combine)."""
+    acc = check_any_format(accumulator, "accumulator")
+    product = None if product is None else check_any_format(product, "product")
+    check_float_gemm_formats(acc, product)
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")

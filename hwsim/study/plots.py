@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hwsim.formats import parse_format  # noqa: E402
+from hwsim.formats import FloatingPoint, parse_format  # noqa: E402
 from hwsim.study.store import ResultsStore, TrialRecord  # noqa: E402
 
 PlotFn = Callable[["StudyData"], Any]
@@ -179,17 +179,37 @@ class StudyData:
         return f"{field_} word length (bits)"
 
     def bits_of(self, config: dict) -> float | None:
-        """The bit-width of a trial (None for a float trial)."""
+        """The bit-width of a trial (None for an unquantized trial): the format's
+        ``bits`` (a fixed-point word length, or a float's sign + exponent +
+        mantissa), or with ``bits_of = "fl"`` its fractional bits (a float's
+        mantissa bits)."""
         value = config.get(self.bits_field)
         if value is None or isinstance(value, int):
             return value
         fmt = parse_format(value)
         if fmt is None:
             return None
-        return fmt.fl if self.plot.get("bits_of", "wl") == "fl" else fmt.wl
+        if self.plot.get("bits_of", "wl") == "fl":
+            return fmt.man if isinstance(fmt, FloatingPoint) else fmt.fl
+        return fmt.bits
+
+    def format_kinds(self) -> list[str]:
+        """The format families of the bits field's grid values, when floating-point
+        formats are among them ("fixed point", "float e8", ...): formats of one
+        width but different families (fx16.12, bf16, fp16) then get a line each.
+        Empty for an all-fixed-point grid (its series are as they were)."""
+        kinds = []
+        for value in self.spec["grid"].get(self.bits_field, []) if self.bits_field else []:
+            kind = _format_kind(value)
+            if kind is not None and kind not in kinds:
+                kinds.append(kind)
+        return kinds if any(k != "fixed point" for k in kinds) else []
 
     def series_of(self, config: dict) -> tuple:
-        return tuple((k, config.get(k)) for k in self.series_fields)
+        series = tuple((k, config.get(k)) for k in self.series_fields)
+        if self.format_kinds():
+            series += ((f"{self.bits_field} kind", _format_kind(config.get(self.bits_field))),)
+        return series
 
     def ok(self, role: str = "grid") -> list[TrialRecord]:
         return [r for r in self.records if r.status == "ok" and r.role == role]
@@ -294,16 +314,31 @@ def series_style(data: StudyData, series: tuple) -> dict:
     ``ax.plot(x, y, color=series_style(data, series)["color"])``."""
     fields = data.series_fields
     grid = data.spec["grid"]
-    if not fields:
-        return {"color": plt.cm.tab10.colors[0], "marker": "o", "linestyle": "-"}
+    kinds = data.format_kinds()
     values = dict(series)
+    kind = _index(kinds, values.get(f"{data.bits_field} kind"))
+    if not fields:  # fixed point vs float families (if any): colours
+        return {"color": plt.cm.tab10.colors[kind % 10], "marker": _MARKERS[kind % 7],
+                "linestyle": "-"}  # fmt: skip
     first = grid.get(fields[0], [values.get(fields[0])])
     color = plt.cm.tab10.colors[_index(first, values.get(fields[0])) % 10]
     rest = 0
     for f in fields[1:]:
         rest = rest * len(grid.get(f, [None])) + _index(grid.get(f, []), values.get(f))
+    if kinds:  # fixed point vs float families: dashes and markers
+        rest = rest * len(kinds) + kind
     return {"color": color, "linestyle": _LINESTYLES[rest % len(_LINESTYLES)],
             "marker": _MARKERS[rest % len(_MARKERS)], "markersize": 5}  # fmt: skip
+
+
+def _format_kind(value) -> str | None:
+    try:
+        fmt = parse_format(value) if isinstance(value, str | dict) else value
+    except ValueError:
+        return None
+    if isinstance(fmt, FloatingPoint):
+        return f"float e{fmt.exp}"
+    return "fixed point" if fmt is not None else None
 
 
 def _index(values: list, value) -> int:

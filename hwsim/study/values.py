@@ -8,14 +8,19 @@ import types
 import typing
 from typing import Any, Literal
 
-from hwsim.formats import FixedPoint, parse_format
+from hwsim.formats import FixedPoint, FloatingPoint, parse_format
 
 MAX_INT = 2**63 - 1  # what SQLite and JSON readers keep exactly
 
 
+def _takes(tp, kind) -> bool:
+    return tp is kind or kind in typing.get_args(tp)
+
+
 def _is_format_type(tp) -> bool:
-    args = typing.get_args(tp)
-    return tp is FixedPoint or FixedPoint in args
+    """A parameter typed with a format kind: ``FixedPoint | None``,
+    ``FixedPoint | FloatingPoint | None``, ``FloatingPoint``, ..."""
+    return _takes(tp, FixedPoint) or _takes(tp, FloatingPoint)
 
 
 def _describe(tp) -> str:
@@ -23,7 +28,15 @@ def _describe(tp) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if _is_format_type(tp):
-        return "a fixed-point format like 'fx16.12', a table {wl=16, fl=12}, or 'float'"
+        kinds = []
+        if _takes(tp, FixedPoint):
+            kinds.append("a fixed-point format like 'fx16.12' or a table {wl=16, fl=12}")
+        if _takes(tp, FloatingPoint):
+            kinds.append(
+                "a floating-point format like 'bf16', 'fp8_e4m3', 'e5m2' or a table {exp=8, man=7}"
+            )
+        none = ", or 'float'" if type(None) in typing.get_args(tp) else ""
+        return ", ".join(kinds) + none
     if origin in (typing.Union, types.UnionType):
         parts = [_describe(a) for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(parts)
@@ -52,7 +65,13 @@ def coerce_value(tp, value: Any) -> Any:
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a number format: {exc}") from None
         if fmt is None and type(None) not in typing.get_args(tp):
-            raise ValueError(f"{value!r}: a fixed-point format is required here (not float)")
+            raise ValueError(f"{value!r}: a number format is required here (not float)")
+        for kind, name in ((FixedPoint, "fixed-point"), (FloatingPoint, "floating-point")):
+            if isinstance(fmt, kind) and not _takes(tp, kind):
+                raise ValueError(
+                    f"{value!r} is a {name} format, which this parameter does not take; "
+                    f"allowed: {_describe(tp)}"
+                )
         return fmt
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -102,8 +121,9 @@ def coerce_value(tp, value: Any) -> Any:
 
 
 def to_plain(value: Any) -> Any:
-    """A JSON/TOML-friendly form of a parameter value (formats as 'fx16.12', float as None)."""
-    if isinstance(value, FixedPoint):
+    """A JSON/TOML-friendly form of a parameter value (formats as 'fx16.12' or
+    'bf16', float as None)."""
+    if isinstance(value, FixedPoint | FloatingPoint):
         return str(value)
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from hwsim import cost
-from hwsim.formats import FixedPoint
+from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.study.plots import (
     StudyData,
 )
@@ -40,9 +40,9 @@ def register_energy(task: str) -> Callable[[EnergyFn], EnergyFn]:
 
 
 def has_precision_config(config: dict) -> bool:
-    """True when any format field of the trial is fixed point."""
+    """True when any format field of the trial is fixed point or floating point."""
     return any(
-        isinstance(_fmt(config.get(k)), FixedPoint)
+        isinstance(_fmt(config.get(k)), FixedPoint | FloatingPoint)
         for k in _FORMAT_FIELDS
         if isinstance(config.get(k), str)
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from hwsim.formats import FixedPoint
+from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.plan.checks import raise_non_finite_torch
 from hwsim.plan.gemm import (
@@ -54,6 +54,11 @@ def grid_codes(x: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
 def operand_codes(x, fmt: FixedPoint | None, name, rounding, overflow, seed):
     if fmt is None:
         return grid_codes(x, name)
+    if isinstance(fmt, FloatingPoint):  # float operands into a fixed-point accumulator
+        from hwsim.torch_path.float_quantize import quantize_float_torch
+
+        values = quantize_float_torch(x.detach().to(torch.float64), fmt, rounding, seed=seed)
+        return grid_codes(values, name)
     from hwsim.torch_path.quantize import quantize_torch
 
     return quantize_torch(x.detach(), fmt, rounding, overflow, seed=seed, codes=True), fmt.fl
