@@ -3,13 +3,10 @@ plans its calls): per element, the stages of the pipeline (gradient format,
 rule input, update format, accumulator grid and overflow, weight format), and
 the telemetry sample counted while each chunk is in cache.
 
-The per-element functions take the stages' constants and modes as small
-tuples (``consts``: ``(k, grad, update, accumulator, weight)``, each format
-as :func:`format_constants`; ``modes``: ``(sign, grad rounding, update
-rounding, accumulator rounding, weight rounding, overflow)``; ``flags``: which
-overflow steps run and how codes are added, see :func:`step_kernel`); every
-mode is a compile-time constant of :func:`step_kernel`'s closure, so once the
-calls are inlined the mode branches fold away and the loop vectorizes.
+Every mode is a compile-time constant of :func:`step_kernel`'s closure,
+passed to the per-element functions as separate arguments, so once the calls
+are inlined the mode branches fold away and the loop vectorizes (bundling
+them into tuples measured 20x slower: the branches no longer fold).
 """
 
 from __future__ import annotations
@@ -38,13 +35,28 @@ CHUNK = 1 << 14  # elements per task of the parallel loop (fits L1/L2 per core)
 
 
 @kernel
-def update_code(x, i, consts, seeds, modes, grad_overflow, delta_overflow):
+def update_code(
+    x,
+    i,
+    k,
+    grad_fmt,
+    update_fmt,
+    acc_fmt,
+    seeds,
+    sign,
+    grad_rounding,
+    update_rounding,
+    acc_rounding,
+    overflow,
+    grad_overflow,
+    delta_overflow,
+):
     """(the update, its code on the accumulator grid) of source element ``x``
-    at flat index ``i``; ``grad_overflow``, ``delta_overflow``: whether the
-    overflow mode is applied to the gradient code and to the update code."""
-    k, grad_fmt, update_fmt, acc_fmt, _ = consts
-    sign, grad_rounding, update_rounding, acc_rounding, _, overflow = modes
-    if grad_rounding != NO_FORMAT:
+    at flat index ``i``. The mode arguments are compile-time constants of the
+    caller: once inlined, their branches fold away."""
+    has_grad = grad_rounding != NO_FORMAT
+    has_update = update_rounding != NO_FORMAT
+    if has_grad:
         u = counter_uniform(seeds[0], i) if grad_rounding == STOCHASTIC else 0.0
         if grad_overflow:
             x = value_to_code_float(
@@ -55,11 +67,22 @@ def update_code(x, i, consts, seeds, modes, grad_overflow, delta_overflow):
     if sign:
         x = np.sign(x)
     v = x * k[0]  # the update (unused, and compiled out, where merged and not sampled)
-    if update_rounding != NO_FORMAT:
+    if has_update:
         u = counter_uniform(seeds[1], i) if update_rounding == STOCHASTIC else 0.0
-        f = update_fmt
-        s = value_to_code_float(v, f[0], f[2], f[3], f[4], update_rounding, overflow, u) * k[1]
-    elif grad_rounding != NO_FORMAT or sign:
+        s = (
+            value_to_code_float(
+                v,
+                update_fmt[0],
+                update_fmt[2],
+                update_fmt[3],
+                update_fmt[4],
+                update_rounding,
+                overflow,
+                u,
+            )
+            * k[1]
+        )
+    elif has_grad or sign:
         # the input is an integer (a code, or a sign): the update's scalings merge
         # into one multiplication (exact: see FusedStep.plan)
         s = x * k[1]
@@ -103,11 +126,9 @@ def overflow_sides(code, min_code, max_code, overflow, sides):
 
 
 @kernel
-def weight_code(a, i, consts, seeds, modes, weight_overflow):
-    """The weight code of accumulator code ``a`` at flat index ``i``
-    (``weight_overflow``: the sides its overflow step can reach)."""
-    k, weight_fmt = consts[0], consts[4]
-    weight_rounding, overflow = modes[4], modes[5]
+def weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow):
+    """The weight code of accumulator code ``a`` at flat index ``i`` (modes as
+    in :func:`update_code`)."""
     if weight_overflow == CLAMP_BOTH and overflow != SATURATE:
         u = counter_uniform(seeds[3], i) if weight_rounding == STOCHASTIC else 0.0
         return scaled_to_code_float(
@@ -122,15 +143,25 @@ def weight_code(a, i, consts, seeds, modes, weight_overflow):
 
 
 @kernel
-def parameter_value(a, i, consts, seeds, modes, weight_overflow, int32_out, f32_weight):
-    """The new value of the parameter from accumulator code ``a``.
-    ``int32_out``: a float32 parameter written as ``float32(int32(code)) *
-    float32(LSB)`` (see step_kernel); ``f32_weight``: besides, ``a`` is an
-    int32 code below 2^24, so the weight code's scaling and rounding are exact
-    in float32."""
-    k, acc_fmt, weight_fmt = consts[0], consts[3], consts[4]
-    weight_rounding = modes[4]
-    has_weight = weight_rounding != NO_FORMAT
+def parameter_value(
+    a,
+    i,
+    k,
+    acc_fmt,
+    weight_fmt,
+    seeds,
+    weight_rounding,
+    overflow,
+    weight_overflow,
+    has_weight,
+    int32_out,
+    f32_weight,
+):
+    """The new value of the parameter from accumulator code ``a`` (modes:
+    compile-time constants of the caller). ``int32_out``: a float32 parameter
+    written as ``float32(int32(code)) * float32(LSB)`` (see step_kernel);
+    ``f32_weight``: besides, ``a`` is an int32 code below 2^24, so the weight
+    code's scaling and rounding are exact in float32."""
     if int32_out and has_weight:  # saturated in int32: half-width vector ops
         if f32_weight:
             w = np.int32(
@@ -143,38 +174,99 @@ def parameter_value(a, i, consts, seeds, modes, weight_overflow, int32_out, f32_
     if int32_out:
         return np.float32(np.int32(a)) * np.float32(acc_fmt[1])
     if has_weight:
-        w = weight_code(a, i, consts, seeds, modes, weight_overflow)
+        w = weight_code(a, i, k, weight_fmt, seeds, weight_rounding, overflow, weight_overflow)
         return w * weight_fmt[1] + 0.0  # codes have no -0: nor do weights
     return a * acc_fmt[1] + 0.0
 
 
 @kernel
-def add_update(x, i, acc, j, out, consts, seeds, modes, flags, subtract):
+def add_update(
+    x,
+    i,
+    acc,
+    j,
+    out,
+    k,
+    grad_fmt,
+    update_fmt,
+    acc_fmt,
+    weight_fmt,
+    seeds,
+    sign,
+    grad_rounding,
+    update_rounding,
+    acc_rounding,
+    weight_rounding,
+    overflow,
+    grad_overflow,
+    delta_overflow,
+    acc_overflow,
+    weight_overflow,
+    has_weight,
+    int32_out,
+    int_add,
+    f32_weight,
+    subtract,
+):
     """One element of :func:`step_kernel`'s loop: source element ``x`` at flat
     index ``i`` added into ``acc[j]`` (``subtract``: subtracted), and the
-    parameter's value written to ``out[j]``. ``flags``: ``(grad_overflow,
-    delta_overflow, acc_overflow, weight_overflow, int32_out, int_add,
-    f32_weight)`` as :func:`step_kernel` works them out. int32 update codes
-    are converted with :func:`int32_wrapped`: ``np.int32`` where the source is
-    in the plan's range, and defined beyond it, so a step on a bad source can
-    be undone."""
-    grad_overflow, delta_overflow, acc_overflow, weight_overflow = flags[:4]
-    int32_out, int_add, f32_weight = flags[4:]
-    acc_fmt, overflow = consts[3], modes[5]
-    d = update_code(x, i, consts, seeds, modes, grad_overflow, delta_overflow)[1]
+    parameter's value written to ``out[j]`` (modes: compile-time constants of
+    the caller, as in :func:`update_code`). int32 update codes are converted
+    with :func:`int32_wrapped`: ``np.int32`` where the source is in the plan's
+    range, and defined beyond it, so a step on a bad source can be undone."""
+    d = update_code(
+        x,
+        i,
+        k,
+        grad_fmt,
+        update_fmt,
+        acc_fmt,
+        seeds,
+        sign,
+        grad_rounding,
+        update_rounding,
+        acc_rounding,
+        overflow,
+        grad_overflow,
+        delta_overflow,
+    )[1]
     if int_add:  # |d| and the sum are within the accumulator's range
         d_code = int32_wrapped(d)
         a_code = np.int32(acc[j] - d_code) if subtract else np.int32(acc[j] + d_code)
         acc[j] = a_code
         out[j] = parameter_value(
-            a_code, i, consts, seeds, modes, weight_overflow, int32_out, f32_weight
+            a_code,
+            i,
+            k,
+            acc_fmt,
+            weight_fmt,
+            seeds,
+            weight_rounding,
+            overflow,
+            weight_overflow,
+            has_weight,
+            int32_out,
+            f32_weight,
         )
     else:
         a = overflow_sides(
             acc[j] - d if subtract else acc[j] + d, acc_fmt[3], acc_fmt[4], overflow, acc_overflow
         )  # exact
         acc[j] = a  # an integral float64 (for int32 codes: in range, converted exactly)
-        out[j] = parameter_value(a, i, consts, seeds, modes, weight_overflow, int32_out, False)
+        out[j] = parameter_value(
+            a,
+            i,
+            k,
+            acc_fmt,
+            weight_fmt,
+            seeds,
+            weight_rounding,
+            overflow,
+            weight_overflow,
+            has_weight,
+            int32_out,
+            False,
+        )
 
 
 @functools.cache
@@ -255,10 +347,12 @@ def step_kernel(
 
     def run(source, acc, out, constants, seed_array, sample, stride, source_bits, limits, undo):
         c = constants
-        k = (c[0], c[1], c[2], 0.0, 0.0)  # padded: every format tuple of consts alike
+        k = (c[0], c[1], c[2])
         grad_fmt, update_fmt = (c[3], c[4], c[5], c[6], c[7]), (c[8], c[9], c[10], c[11], c[12])
-        acc_fmt = (c[13], c[14], c[15], c[16], c[17])
-        weight_fmt = (c[18], c[19], c[20], c[21], c[22])
+        acc_fmt, weight_fmt = (
+            (c[13], c[14], c[15], c[16], c[17]),
+            (c[18], c[19], c[20], c[21], c[22]),
+        )
         seeds = (seed_array[0], seed_array[1], seed_array[2], seed_array[3])
         n = source.size
         sample_size = sample.size
@@ -267,18 +361,6 @@ def step_kernel(
         counts = np.zeros((chunks, 5), np.int64)
         mask, limit = limits[0], limits[1]
         for chunk in prange(chunks):
-            # the bundles are built in the loop: a parallel loop takes flat tuples only
-            consts = (k, grad_fmt, update_fmt, acc_fmt, weight_fmt)
-            modes = (sign, grad_rounding, update_rounding, acc_rounding, weight_rounding, overflow)
-            flags = (
-                grad_overflow,
-                delta_overflow,
-                acc_overflow,
-                weight_overflow,
-                int32_out,
-                int_add,
-                f32_weight,
-            )
             lo = chunk * CHUNK
             src, chunk_acc, dst = (
                 source[lo : lo + CHUNK],
@@ -298,10 +380,26 @@ def step_kernel(
                         chunk_acc,
                         j,
                         dst,
-                        consts,
+                        k,
+                        grad_fmt,
+                        update_fmt,
+                        acc_fmt,
+                        weight_fmt,
                         seeds,
-                        modes,
-                        flags,
+                        sign,
+                        grad_rounding,
+                        update_rounding,
+                        acc_rounding,
+                        weight_rounding,
+                        overflow,
+                        grad_overflow,
+                        delta_overflow,
+                        acc_overflow,
+                        weight_overflow,
+                        has_weight,
+                        int32_out,
+                        int_add,
+                        f32_weight,
                         False,
                     )
                 counts[chunk, 3] = top > limit
@@ -314,10 +412,26 @@ def step_kernel(
                         chunk_acc,
                         j,
                         dst,
-                        consts,
+                        k,
+                        grad_fmt,
+                        update_fmt,
+                        acc_fmt,
+                        weight_fmt,
                         seeds,
-                        modes,
-                        flags,
+                        sign,
+                        grad_rounding,
+                        update_rounding,
+                        acc_rounding,
+                        weight_rounding,
+                        overflow,
+                        grad_overflow,
+                        delta_overflow,
+                        acc_overflow,
+                        weight_overflow,
+                        has_weight,
+                        int32_out,
+                        int_add,
+                        f32_weight,
                         True,
                     )
             if not undo:
@@ -335,12 +449,34 @@ def step_kernel(
                         # the update's code with its overflow step: under wrap the main loop may
                         # leave it out (the sum wraps alike), but a wrapped-away update stalled
                         v, d = update_code(
-                            np.float64(source[i]), i, consts, seeds, modes, grad_overflow, True
+                            np.float64(source[i]),
+                            i,
+                            k,
+                            grad_fmt,
+                            update_fmt,
+                            acc_fmt,
+                            seeds,
+                            sign,
+                            grad_rounding,
+                            update_rounding,
+                            acc_rounding,
+                            overflow,
+                            grad_overflow,
+                            True,
                         )
                         a = acc[i]  # after the step
                         at_limit = (a == acc_fmt[3]) | (a == acc_fmt[4])
                         if has_weight:
-                            w = weight_code(a, i, consts, seeds, modes, weight_overflow)
+                            w = weight_code(
+                                a,
+                                i,
+                                k,
+                                weight_fmt,
+                                seeds,
+                                weight_rounding,
+                                overflow,
+                                weight_overflow,
+                            )
                             at_limit = at_limit | (w == weight_fmt[3]) | (w == weight_fmt[4])
                         sample[first_m + j] = v
                         nonzero += v != 0.0
