@@ -8,7 +8,15 @@ weight accumulator, quantized weight) and reports stall telemetry.
 """
 
 from hwsim.optim.base import QuantizedOptimizer
-from hwsim.optim.optimizers import OPTIMIZERS, SGD, AdaGrad, Adam, RMSProp, SignSGD
+from hwsim.optim.optimizers import (
+    OPTIMIZERS,
+    SGD,
+    STATE_FORMATS,
+    AdaGrad,
+    Adam,
+    RMSProp,
+    SignSGD,
+)
 from hwsim.optim.rules import Rule
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "AdaGrad",
     "RMSProp",
     "OPTIMIZERS",
+    "STATE_FORMATS",
     "QuantizedOptimizer",
     "Rule",
 ]

@@ -15,14 +15,9 @@ tensor ``lr``.
 
 from __future__ import annotations
 
-from typing import Any
-
-from hwsim.formats import FixedPoint
 from hwsim.optim import rules
 from hwsim.optim.base import QuantizedOptimizer
 from hwsim.optim.compat import check_lr, torch_flags
-
-Format = FixedPoint | str | None
 
 
 def _check(ok: bool, message: str) -> None:
@@ -67,23 +62,11 @@ class SGD(QuantizedOptimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
-        weight: Format = None,
-        accumulator: Format = None,
-        grad: Format = None,
-        state: Format | dict[str, Format] = None,
-        update: Format = None,
-        rounding: str = "nearest",
-        weight_rounding: str | None = None,
-        accumulator_rounding: str | None = None,
-        grad_rounding: str | None = None,
-        state_rounding: str | None = None,
-        update_rounding: str | None = None,
-        overflow: str = "saturate",
-        seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
         foreach: bool | None = None,
         differentiable: bool = False,
+        **precision,
     ):
         check_lr(lr, foreach, False)
         flags = torch_flags(foreach, differentiable, fused)
@@ -101,7 +84,7 @@ class SGD(QuantizedOptimizer):
             nesterov=nesterov,
             maximize=maximize,
         )
-        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
+        super().__init__(params, {**defaults, **flags}, precision, telemetry, fused)
 
 
 class SignSGD(QuantizedOptimizer):
@@ -128,29 +111,17 @@ class SignSGD(QuantizedOptimizer):
         weight_decay: float = 0,
         *,
         maximize: bool = False,
-        weight: Format = None,
-        accumulator: Format = None,
-        grad: Format = None,
-        state: Format | dict[str, Format] = None,
-        update: Format = None,
-        rounding: str = "nearest",
-        weight_rounding: str | None = None,
-        accumulator_rounding: str | None = None,
-        grad_rounding: str | None = None,
-        state_rounding: str | None = None,
-        update_rounding: str | None = None,
-        overflow: str = "saturate",
-        seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
         foreach: bool | None = None,
         differentiable: bool = False,
+        **precision,
     ):
         check_lr(lr, foreach, False)
         flags = torch_flags(foreach, differentiable, fused)
         _check_nonneg("weight_decay", weight_decay)
         defaults = dict(lr=lr, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
+        super().__init__(params, {**defaults, **flags}, precision, telemetry, fused)
 
 
 class Adam(QuantizedOptimizer):
@@ -183,24 +154,12 @@ class Adam(QuantizedOptimizer):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
-        weight: Format = None,
-        accumulator: Format = None,
-        grad: Format = None,
-        state: Format | dict[str, Format] = None,
-        update: Format = None,
-        rounding: str = "nearest",
-        weight_rounding: str | None = None,
-        accumulator_rounding: str | None = None,
-        grad_rounding: str | None = None,
-        state_rounding: str | None = None,
-        update_rounding: str | None = None,
-        overflow: str = "saturate",
-        seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
         foreach: bool | None = None,
         differentiable: bool = False,
         capturable: bool = False,
+        **precision,
     ):
         check_lr(lr, foreach, capturable)
         flags = torch_flags(foreach, differentiable, fused, capturable)
@@ -220,7 +179,7 @@ class Adam(QuantizedOptimizer):
             maximize=maximize,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
+        super().__init__(params, {**defaults, **flags}, precision, telemetry, fused)
 
 
 class AdaGrad(QuantizedOptimizer):
@@ -247,23 +206,11 @@ class AdaGrad(QuantizedOptimizer):
         eps: float = 1e-10,
         *,
         maximize: bool = False,
-        weight: Format = None,
-        accumulator: Format = None,
-        grad: Format = None,
-        state: Format | dict[str, Format] = None,
-        update: Format = None,
-        rounding: str = "nearest",
-        weight_rounding: str | None = None,
-        accumulator_rounding: str | None = None,
-        grad_rounding: str | None = None,
-        state_rounding: str | None = None,
-        update_rounding: str | None = None,
-        overflow: str = "saturate",
-        seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
         foreach: bool | None = None,
         differentiable: bool = False,
+        **precision,
     ):
         check_lr(lr, foreach, False)
         flags = torch_flags(foreach, differentiable, fused)
@@ -279,7 +226,7 @@ class AdaGrad(QuantizedOptimizer):
             eps=eps,
             maximize=maximize,
         )
-        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
+        super().__init__(params, {**defaults, **flags}, precision, telemetry, fused)
 
 
 class RMSProp(QuantizedOptimizer):
@@ -309,24 +256,12 @@ class RMSProp(QuantizedOptimizer):
         centered: bool = False,
         *,
         maximize: bool = False,
-        weight: Format = None,
-        accumulator: Format = None,
-        grad: Format = None,
-        state: Format | dict[str, Format] = None,
-        update: Format = None,
-        rounding: str = "nearest",
-        weight_rounding: str | None = None,
-        accumulator_rounding: str | None = None,
-        grad_rounding: str | None = None,
-        state_rounding: str | None = None,
-        update_rounding: str | None = None,
-        overflow: str = "saturate",
-        seed: int | None = None,
         telemetry: bool = True,
         fused: bool | None = None,
         foreach: bool | None = None,
         differentiable: bool = False,
         capturable: bool = False,
+        **precision,
     ):
         check_lr(lr, foreach, capturable)
         flags = torch_flags(foreach, differentiable, fused, capturable)
@@ -346,28 +281,7 @@ class RMSProp(QuantizedOptimizer):
             centered=centered,
             maximize=maximize,
         )
-        super().__init__(params, {**defaults, **flags}, _precision(locals()), telemetry, fused)
-
-
-_PRECISION_ARGS = (
-    "weight",
-    "accumulator",
-    "grad",
-    "state",
-    "update",
-    "rounding",
-    "weight_rounding",
-    "accumulator_rounding",
-    "grad_rounding",
-    "state_rounding",
-    "update_rounding",
-    "overflow",
-    "seed",
-)
-
-
-def _precision(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: args[k] for k in _PRECISION_ARGS}
+        super().__init__(params, {**defaults, **flags}, precision, telemetry, fused)
 
 
 OPTIMIZERS: dict[str, type[QuantizedOptimizer]] = {
@@ -376,4 +290,17 @@ OPTIMIZERS: dict[str, type[QuantizedOptimizer]] = {
     "adam": Adam,
     "adagrad": AdaGrad,
     "rmsprop": RMSProp,
+}
+
+# State formats that hold each rule's values for gradients of magnitude up to
+# about 1 (the docs' working defaults; tests/test_optim_args.py checks that
+# nothing flushes or saturates and the fit ends as with float states). A
+# narrower format reports its loss in ``telemetry``: ``state_flush_fraction``
+# (nonzero values stored as 0: Adam's exp_avg_sq in fx16.12 loses every
+# element, and eps becomes the denominator) and ``state_saturation_fraction``.
+STATE_FORMATS: dict[str, dict[str, str]] = {
+    "sgd": {"momentum_buffer": "fx24.16"},
+    "adam": {"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.32", "max_exp_avg_sq": "ufx32.32"},
+    "adagrad": {"sum": "ufx32.16"},
+    "rmsprop": {"square_avg": "ufx32.32", "grad_avg": "fx24.20", "momentum_buffer": "fx24.16"},
 }

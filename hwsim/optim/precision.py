@@ -19,7 +19,10 @@ may be one format or a dict from state name (``"momentum_buffer"``,
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import inspect
+from typing import Any, NamedTuple
 
 import torch
 
@@ -27,8 +30,72 @@ from hwsim.formats import FixedPoint, FloatingPoint, parse_format
 from hwsim.modes import Overflow, Rounding
 from hwsim.torch_path.core import counter_uniform
 
-TENSORS = ("weight", "accumulator", "grad", "state", "update")
+
+class PrecisionArg(NamedTuple):
+    """One precision argument: every optimizer's signature, the param group
+    defaults, the docs and the parsing of a group come from these records
+    (:data:`PRECISION_ARGS`), so an argument is declared in one place."""
+
+    name: str
+    annotation: str  # as signatures show it
+    default: Any
+    doc: str
+    kind: str  # "format", "rounding", "overflow" or "seed": how a group parses it
+
+
+_FORMAT = "FixedPoint | str | None"
+_ROUNDINGS = '``"nearest"``, ``"nearest_away"``, ``"floor"``, ``"zero"``, ``"stochastic"``'
+_TENSOR_DOCS = {
+    "weight": "format of the weight the model sees",
+    "accumulator": "format of the weight accumulator (master copy)",
+    "grad": "format the gradient is quantized to before the rule",
+    "state": "format of the rule's state tensors, or a dict from state name to format",
+    "update": "format of the update before it is added",
+}
+TENSORS = tuple(_TENSOR_DOCS)
 ROUNDING_KEYS = tuple(f"{t}_rounding" for t in TENSORS)
+PRECISION_ARGS: tuple[PrecisionArg, ...] = (
+    *(
+        PrecisionArg(
+            t, f"{_FORMAT} | dict[str, {_FORMAT}]" if t == "state" else _FORMAT, None, doc, "format"
+        )
+        for t, doc in _TENSOR_DOCS.items()
+    ),
+    PrecisionArg(
+        "rounding",
+        "str",
+        "nearest",
+        f"rounding of every quantized tensor ({_ROUNDINGS})",
+        "rounding",
+    ),
+    *(
+        PrecisionArg(
+            k,
+            "str | None",
+            None,
+            f"overrides ``rounding`` for the {t} (``None``: follow it)",
+            "rounding",
+        )
+        for t, k in zip(TENSORS, ROUNDING_KEYS, strict=True)
+    ),
+    PrecisionArg(
+        "overflow",
+        "str",
+        "saturate",
+        '``"saturate"`` or ``"wrap"``, for every quantized tensor',
+        "overflow",
+    ),
+    PrecisionArg(
+        "seed",
+        "int | None",
+        None,
+        "seed of the stochastic rounding noise, counter-based per (seed, step, param index, "
+        "tensor), so a resumed run continues bit-identically; ``None`` draws a fresh one "
+        "(stored in the param groups, hence in ``state_dict()``)",
+        "seed",
+    ),
+)
+PRECISION_DEFAULTS: dict[str, Any] = {a.name: a.default for a in PRECISION_ARGS}
 MAX_CODE_BITS = 52  # codes live in float64 tensors (torch_path.core.scaled_to_code_float)
 
 # stream ids that keep the stochastic-rounding noise of different tensors apart
@@ -76,30 +143,84 @@ def _format(value, what: str) -> FixedPoint | None:
 
 def normalize_group(group: dict, state_names: tuple[str, ...]) -> None:
     """Parse the precision entries of a param group in place (strings ->
-    FixedPoint / Rounding / Overflow), raising ValueError on bad values."""
-    for name in ("weight", "accumulator", "grad", "update"):
-        group[name] = _format(group[name], name)
-    state = group["state"]
-    if isinstance(state, dict):
-        unknown = set(state) - set(state_names)
-        if unknown:
-            raise ValueError(
-                f"state formats given for unknown state(s) {sorted(unknown)}; this optimizer's "
-                f"states are {list(state_names)}"
-            )
-        group["state"] = {k: _format(v, f"state[{k!r}]") for k, v in state.items()}
-    else:
-        group["state"] = _format(state, "state")
-    group["rounding"] = Rounding.parse(group["rounding"])
-    for key in ROUNDING_KEYS:
-        if group[key] is not None:
-            group[key] = Rounding.parse(group[key])
-    group["overflow"] = Overflow.parse(group["overflow"])
-    seed = group["seed"]
+    FixedPoint / Rounding / Overflow), raising ValueError on bad values; each
+    entry as its :data:`PRECISION_ARGS` kind says."""
+    for arg in PRECISION_ARGS:
+        group[arg.name] = _PARSE[arg.kind](group[arg.name], arg.name, state_names)
+
+
+def _parse_format(value, name: str, state_names: tuple[str, ...]):
+    if name != "state" or not isinstance(value, dict):
+        return _format(value, name)
+    unknown = set(value) - set(state_names)
+    if unknown:
+        raise ValueError(
+            f"state formats given for unknown state(s) {sorted(unknown)}; this optimizer's "
+            f"states are {list(state_names)}"
+        )
+    return {k: _format(v, f"state[{k!r}]") for k, v in value.items()}
+
+
+def _parse_rounding(value, name: str, state_names) -> Rounding | None:
+    if value is None and name != "rounding":  # an override left unset follows ``rounding``
+        return None
+    return Rounding.parse(value)
+
+
+def _parse_seed(seed, name: str, state_names) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int (or None for a fresh one), got {seed!r}")
     if not 0 <= seed < 1 << 64:  # mix_seed takes 64 bits: a larger seed would alias another
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed}")
+    return seed
+
+
+_PARSE = {
+    "format": _parse_format,
+    "rounding": _parse_rounding,
+    "overflow": lambda value, name, state_names: Overflow.parse(value),
+    "seed": _parse_seed,
+}
+
+
+def check_precision_names(owner: str, given) -> None:
+    """TypeError, as Python's for an unknown keyword, where ``given`` holds a
+    name that is not a precision argument (naming the closest one)."""
+    unknown = sorted(set(given) - set(PRECISION_DEFAULTS))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], PRECISION_DEFAULTS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(
+            f"{owner}() got unexpected keyword argument(s) {unknown}{hint}; the precision "
+            f"arguments are {list(PRECISION_DEFAULTS)}"
+        )
+
+
+def precision_signature(init) -> inspect.Signature:
+    """The signature of an optimizer's ``__init__`` written with ``**precision``:
+    the precision arguments of :data:`PRECISION_ARGS` as keyword-only
+    parameters in its place (what ``help()`` and ``inspect`` show)."""
+    sig = inspect.signature(init)
+    params = []
+    for param in sig.parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD and param.name == "precision":
+            params += [
+                inspect.Parameter(
+                    a.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=a.default,
+                    annotation=a.annotation,
+                )
+                for a in PRECISION_ARGS
+            ]
+        else:
+            params.append(param)
+    return sig.replace(parameters=params)
+
+
+def precision_docs(indent: str = "    ") -> str:
+    """The precision arguments as a docstring's ``Args`` entries."""
+    return "\n".join(f"{indent}{a.name}: {a.doc}." for a in PRECISION_ARGS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,295 @@
+"""The torch-ops execution path of one parameter's step (what runs on every
+device), as functions over a :class:`ParamStep`: :func:`prepare` (the step
+count and the accumulator's first codes), :func:`rule_step` (the rule on the
+quantized gradient, its states stored quantized), :func:`apply_float` (float
+weights: ``torch.optim``'s own in-place ops) and :func:`add_update` (the
+update quantized, rounded onto the accumulator grid, added, and the weight
+re-quantized). :mod:`hwsim.optim.fused_path` is the sibling path that runs
+the elementwise part as one Numba pass; :class:`~hwsim.optim.base.
+QuantizedOptimizer` picks between them per parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from hwsim.errors import NonFiniteError
+from hwsim.modes import Overflow, Rounding
+from hwsim.optim.fused_check import max_abs
+from hwsim.optim.precision import (
+    STATE_STREAM_BASE,
+    STREAM,
+    GroupPrecision,
+    mix_seed,
+    uniforms,
+)
+from hwsim.optim.rules import Rule, Step, real_view
+from hwsim.optim.telemetry import (
+    count_float_stalls,
+    gather_sample,
+    sample_of,
+    sample_size,
+    sample_stride,
+)
+from hwsim.plan.checks import raise_non_finite_torch
+from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
+from hwsim.torch_path.quantize import all_finite
+
+FUSED_DTYPES = (torch.float32, torch.float64)  # what the Numba kernel reads and writes
+
+
+class ParamStep:
+    """One parameter's step: what every path reads. ``p`` is the real view of
+    a complex parameter (``whole`` the parameter itself); ``fused``: the
+    parameter can take the fused path (:mod:`hwsim.optim.fused_path`)."""
+
+    __slots__ = (
+        "p",
+        "whole",
+        "index",
+        "group",
+        "prec",
+        "fused_steps",
+        "state",
+        "step",
+        "counts",
+        "fused",
+    )
+
+    def __init__(
+        self, whole, index, group, prec: GroupPrecision, fused_steps, state, counts, fused
+    ):
+        self.whole, self.index, self.group, self.prec = whole, index, group, prec
+        self.fused_steps = fused_steps  # the group's FusedSteps, by rule input (fused_path)
+        self.p = torch.view_as_real(whole) if whole.is_complex() else whole
+        self.state, self.counts = state, counts
+        self.step = state.get("step", 0) + 1
+        state["step"] = self.step
+        self.fused = fused and self._fusable()
+
+    def _fusable(self) -> bool:
+        p = self.whole
+        return (
+            not p.is_complex()  # the views the fused step caches are of the parameter
+            and self.prec.target is not None
+            and p.is_cpu
+            and p.dtype in FUSED_DTYPES
+            and p.is_contiguous()
+        )
+
+    def noise(self, stream: int, like: torch.Tensor) -> torch.Tensor:
+        """The counter noise of ``stream`` for this (seed, step, parameter)."""
+        return uniforms(mix_seed(self.prec.seed, self.step, self.index, stream), like)
+
+    def quantize(self, x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
+        """``x`` on the grid of ``fmt`` (values), its non-finite values raised
+        (gradients were checked in ``step()``)."""
+        if stream != STREAM["grad"] and not all_finite(x):
+            raise_non_finite(x, stream, self.p, self.index)
+        u = self.noise(stream, x) if rounding == Rounding.STOCHASTIC else None
+        return value_to_code_float(x, fmt, rounding, self.prec.overflow, u).mul_(fmt.lsb)
+
+
+def prepare(
+    whole, index, group, prec: GroupPrecision, fused_steps, state, counts, fused: bool
+) -> ParamStep:
+    """Count the step and, on the first, start the accumulator as the current
+    weight on its grid."""
+    ctx = ParamStep(whole, index, group, prec, fused_steps, state, counts, fused)
+    target = prec.target
+    if target is not None and "accumulator" not in state:
+        x = ctx.p.detach().to(torch.float64)
+        if not all_finite(x):
+            raise_non_finite(x, STREAM["init"], ctx.p, index)
+        rounding = prec.target_rounding
+        u = ctx.noise(STREAM["init"], x) if rounding == Rounding.STOCHASTIC else None
+        codes = value_to_code_float(x, target, rounding, prec.overflow, u).add_(0.0)  # no -0
+        state["accumulator"] = codes.to(accumulator_dtype(target))
+    return ctx
+
+
+def rule_step(ctx: ParamStep, rule: Rule) -> tuple[Step, Callable[[], torch.Tensor]]:
+    """The rule's :class:`~hwsim.optim.rules.Step` on the quantized gradient
+    (torch ops; states stored quantized to their formats), and the master
+    weight the rule read."""
+    prec, state, whole = ctx.prec, ctx.state, ctx.whole
+    complex_param = whole.is_complex()
+    dtype = torch.float64 if prec.any_fixed else ctx.p.dtype
+    grad = whole.grad.to(_complex(dtype) if complex_param else dtype)
+    if prec.grad is not None:
+        codes = ctx.quantize(real_view(grad), prec.grad, prec.grad_rounding, STREAM["grad"])
+        grad = _as_complex(codes, complex_param)
+
+    def weight() -> torch.Tensor:
+        if prec.target is None:
+            return whole.detach().to(grad.dtype)
+        w = state["accumulator"].to(torch.float64) * prec.target.lsb
+        return _as_complex(w, complex_param)
+
+    for name in rule.state_names:  # e.g. float32 states loaded into a fixed-point group
+        value = state.get(name)
+        if torch.is_tensor(value) and value.dtype != grad.dtype and not value.is_sparse:
+            state[name] = value.to(grad.dtype)
+
+    def store(name: str, value: torch.Tensor) -> torch.Tensor:
+        fmt = prec.state.get(name)
+        if fmt is not None:
+            stream = STATE_STREAM_BASE + rule.state_names.index(name)
+            raw = real_view(value)
+            codes = ctx.quantize(raw, fmt, prec.state_rounding, stream)
+            if ctx.counts is not None:  # values the format cannot hold: flushed, saturated
+                ctx.counts.add_state(name, sample_of(raw), sample_of(codes), fmt, raw.numel())
+            value = _as_complex(codes, value.is_complex())
+        state[name] = _as_complex(value, complex_param)  # torch keeps complex states
+        return value
+
+    return rule.update(grad, weight, state, ctx.group, ctx.step, store, prec.any_fixed), weight
+
+
+def is_float_step(ctx: ParamStep) -> bool:
+    """Float weights and the update computed in the parameter's dtype (every
+    format None, or a float64 parameter): torch.optim's in-place ops apply."""
+    prec = ctx.prec
+    return (
+        prec.target is None
+        and prec.update is None
+        and (not prec.any_fixed or ctx.p.dtype == torch.float64)
+    )
+
+
+def apply_float(ctx: ParamStep, step_: Step) -> None:
+    """A float weight stepped with torch.optim's own in-place ops, bit for bit;
+    stalls counted on the telemetry sample."""
+    p, counts = ctx.p, ctx.counts
+    weight_flat = None if counts is None else numpy_view(p)
+    numerator_flat = None if weight_flat is None else numpy_view(step_.numerator)
+    if counts is None:
+        step_.apply_(ctx.whole)
+    elif numerator_flat is not None:
+        # in Numba (torch ops on a 4096-element sample cost more than a float SGD step)
+        stride = sample_stride(weight_flat.size)
+        before = np.empty(sample_size(weight_flat.size), weight_flat.dtype)
+        gather_sample(weight_flat, stride, before)
+        step_.apply_(ctx.whole)
+        nonzero, stalled = count_float_stalls(numerator_flat, before, weight_flat, stride)
+        counts.add_kernel((nonzero, stalled, 0, None), p.numel(), before.size)
+    else:  # torch ops (other devices and dtypes)
+        old = sample_of(p.detach())
+        step_.apply_(ctx.whole)
+        numerator = step_.numerator
+        if numerator.is_sparse:  # the sample's elements where the gradient has none are 0
+            numerator = numerator.to_dense()
+        counts.add_float(sample_of(real_view(numerator)), sample_of(p.detach()) == old, p.numel())
+
+
+def add_update(ctx: ParamStep, update: torch.Tensor) -> None:
+    """The rule's update (float64, the real view) through the rest of the
+    pipeline with torch ops: the update format, the accumulator grid and its
+    overflow, the weight format."""
+    p, prec, index, counts = ctx.p, ctx.prec, ctx.index, ctx.counts
+    target = prec.target
+    raw_update = update
+    if prec.update is not None:
+        update = ctx.quantize(update, prec.update, prec.update_rounding, STREAM["update"])
+    if not all_finite(update):
+        raise_non_finite(update, STREAM["update"], p, index)
+    if target is None:
+        new = p + update.to(p.dtype)
+        if counts is not None:
+            counts.add_float(
+                sample_of(raw_update), sample_of(new) == sample_of(p.detach()), p.numel()
+            )
+        p.copy_(new)
+        return
+    rounding = prec.target_rounding
+    u = ctx.noise(STREAM["accumulator"], update) if rounding == Rounding.STOCHASTIC else None
+    delta = value_to_code_float(update, target, rounding, prec.overflow, u)
+    stored = ctx.state["accumulator"]
+    acc = (stored if stored.dtype == torch.float64 else stored.to(torch.float64)).add_(delta)
+    if prec.overflow == Overflow.SATURATE:
+        acc.clamp_(target.min_code, target.max_code)
+    else:  # wrap the integer sum (rounding an integer is the identity)
+        acc = scaled_to_code_float(acc, target, Rounding.NEAREST, Overflow.WRAP)
+    if acc is not stored:
+        stored.copy_(acc)  # in place: the fused path's cached views, and its bound, see the change
+    weight_codes = None
+    if prec.accumulator is not None and prec.weight is not None:
+        w, wr = prec.weight, prec.weight_rounding
+        uw = ctx.noise(STREAM["weight"], acc) if wr == Rounding.STOCHASTIC else None
+        weight_codes = scaled_to_code_float(
+            acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True
+        )
+        torch.mul(weight_codes, w.lsb, out=p.data).add_(0.0)  # codes have no -0: nor do weights
+    else:
+        torch.mul(acc, target.lsb, out=p.data).add_(0.0)
+    if counts is not None:
+        counts.add_fixed(raw_update, delta, acc, target, weight_codes, prec.weight)
+
+
+def accumulator_dtype(fmt) -> torch.dtype:
+    """How accumulator codes of ``fmt`` are stored: int32 where every code
+    fits (half the memory and traffic of float64; the fused kernel adds in
+    int32 where the sum provably stays in range), else float64 (exact for the
+    up to 52-bit codes the optimizers allow). Either way the arithmetic is on
+    the integer codes; checkpoints keep the dtype they were saved with."""
+    return torch.int32 if -(2**31) <= fmt.min_code and fmt.max_code < 2**31 else torch.float64
+
+
+def check_gradient(
+    p: torch.Tensor, grad: torch.Tensor, index: int
+) -> tuple[np.ndarray | None, float | None]:
+    """Raise NonFiniteError if ``grad`` (``p.grad``) holds NaN or Inf. Returns
+    the flat NumPy view of the gradient and max |grad| where the Numba check
+    ran (CPU float32/float64, contiguous), else ``(None, None)``."""
+    flat = numpy_view(grad)
+    if flat is not None:
+        top = max_abs(flat)
+        if not math.isfinite(top):
+            raise_non_finite(grad, STREAM["grad"], p, index)
+        return flat, top
+    if not all_finite(grad):
+        raise_non_finite(grad, STREAM["grad"], p, index)
+    return UNCHECKED
+
+
+UNCHECKED = (None, None)
+
+
+def numpy_view(t: torch.Tensor) -> np.ndarray | None:
+    """The flat NumPy view of a contiguous float32/float64 CPU tensor, else None."""
+    if t.layout == torch.strided and t.is_cpu and t.dtype in FUSED_DTYPES and t.is_contiguous():
+        return (t.detach() if t.requires_grad else t).numpy().reshape(-1)
+    return None
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype whose real view has ``dtype``."""
+    return {torch.float16: torch.complex32, torch.float64: torch.complex128}.get(
+        dtype, torch.complex64
+    )
+
+
+def _as_complex(t: torch.Tensor, complex_param: bool) -> torch.Tensor:
+    """``t`` (a real view, last dim 2) as the complex tensor of a complex param."""
+    if complex_param and not t.is_complex():
+        return torch.view_as_complex(t.contiguous())
+    return t
+
+
+_STREAM_NAMES = {v: k for k, v in STREAM.items()}
+
+
+def raise_non_finite(x, stream, p, index):
+    """NonFiniteError for ``x``, noting which tensor of which parameter it was."""
+    what = _STREAM_NAMES.get(stream, "state")
+    try:
+        raise_non_finite_torch(x)
+    except NonFiniteError as err:
+        err.add_note(
+            f"hwsim.optim: the {what} of parameter {index} (shape {tuple(p.shape)}) is not finite"
+        )
+        raise

@@ -1,0 +1,207 @@
+"""Per-group telemetry of the optimizer step: counts over each tensor's
+telemetry sample (:func:`sample_stride`), gathered
+in the step and summarized when read (see
+:class:`~hwsim.optim.base.QuantizedOptimizer`'s ``telemetry``)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+from hwsim.kernels.jit import kernel
+
+TELEMETRY_SAMPLE = 4096  # about this many elements per tensor are sampled for telemetry
+SAMPLE_RUN = 16  # in runs of this many consecutive elements (sample_stride)
+
+
+def sample_stride(numel: int) -> int:
+    """The run stride ``s`` of a tensor's telemetry sample: the runs of
+    ``SAMPLE_RUN`` consecutive elements starting at ``0, s, 2s, ...``, about
+    ``TELEMETRY_SAMPLE`` elements in all (every element, ``s = SAMPLE_RUN``,
+    below twice that). Runs rather than single elements: a gather of 4096
+    scattered elements touches 4096 cache lines, which cost more than a whole
+    float SGD step; ``s`` is a multiple of the run, so float32 runs fill lines."""
+    if numel < 2 * TELEMETRY_SAMPLE:
+        return SAMPLE_RUN
+    return numel // (TELEMETRY_SAMPLE // SAMPLE_RUN) // SAMPLE_RUN * SAMPLE_RUN
+
+
+@kernel
+def sample_position(i, stride):
+    """The position in the telemetry sample of the first sampled element at
+    flat index ``i`` or after it (``sample_stride`` ``stride``); at ``numel``:
+    the sample's size."""
+    run = i // stride
+    offset = i - run * stride
+    return run * SAMPLE_RUN + min(offset, SAMPLE_RUN)
+
+
+@kernel
+def sampled_index(m, stride):
+    """The flat index of the ``m``-th sampled element."""
+    return (m // SAMPLE_RUN) * stride + m % SAMPLE_RUN
+
+
+@kernel
+def gather_sample(x, stride, out):
+    """``out[m] = x[sampled_index(m, stride)]``: a flat array's telemetry sample."""
+    for m in range(out.size):
+        out[m] = x[sampled_index(m, stride)]
+
+
+@kernel
+def count_float_stalls(update, before, after, stride):
+    """(nonzero, stalled) over the telemetry sample of a float weight:
+    ``update`` and ``after`` are the flat update and weight, ``before`` the
+    weight's sample gathered before the step; an update stalled when it is
+    nonzero and left the weight unchanged."""
+    nonzero = 0
+    stalled = 0
+    for m in range(before.size):
+        i = sampled_index(m, stride)
+        if update[i] != 0:
+            nonzero += 1
+            if after[i] == before[m]:
+                stalled += 1
+    return nonzero, stalled
+
+
+@functools.lru_cache(maxsize=1024)
+def sample_size(numel: int) -> int:
+    """How many elements a tensor's telemetry sample holds."""
+    return int(sample_position(numel, sample_stride(numel)))
+
+
+@functools.lru_cache(maxsize=256)
+def sample_index(numel: int, device) -> torch.Tensor:
+    """The flat indices of a tensor's telemetry sample (what the kernel
+    counts), for gathering it with torch."""
+    stride = sample_stride(numel)
+    m = torch.arange(sample_size(numel), device=device)
+    return torch.div(m, SAMPLE_RUN, rounding_mode="floor") * stride + m % SAMPLE_RUN
+
+
+def sample_of(t: torch.Tensor) -> torch.Tensor:
+    """The telemetry sample of ``t`` (:func:`hwsim.optim.fused.sample_stride`), gathered."""
+    return t.reshape(-1)[sample_index(t.numel(), t.device)]
+
+
+class Counts:
+    """Per-group telemetry, gathered in the step and summarized when read: per
+    param the counts over its telemetry sample (nonzero updates, stalled ones,
+    saturated weights: tensors on the torch path, ints from the kernel), the
+    sample's size and the param's, and the sampled updates."""
+
+    def __init__(self, target) -> None:
+        self.target = target  # the grid of median_update_lsb (None: float weights)
+        self.counts: list = []
+        self.sizes: list[tuple[int, int]] = []  # (sampled, numel)
+        self.samples: list = []
+        self.states: dict[str, list] = {}  # per quantized state: [count tensors], (sampled, numel)
+
+    def add_state(self, name: str, raw, stored, fmt, numel: int) -> None:
+        """A state's telemetry sample before (``raw``) and after (``stored``)
+        quantization to ``fmt``: how many nonzero values were flushed to 0, how
+        many sit at the format's min or max."""
+        flushed = (stored == 0).logical_and_(raw != 0)
+        saturated = (stored == fmt.min_code * fmt.lsb).logical_or_(stored == fmt.max_code * fmt.lsb)
+        counts = torch.stack([torch.count_nonzero(flushed), torch.count_nonzero(saturated)])
+        entry = self.states.setdefault(name, [[], []])
+        entry[0].append(counts)
+        entry[1].append((raw.numel(), numel))
+
+    def add_float(self, update: torch.Tensor, unchanged: torch.Tensor, numel: int) -> None:
+        """``update`` and ``unchanged``: the param's telemetry sample."""
+        nz = update != 0
+        self.counts.append(
+            torch.stack(
+                [
+                    torch.count_nonzero(nz),
+                    torch.count_nonzero(unchanged.logical_and_(nz)),
+                    torch.zeros((), dtype=torch.int64, device=nz.device),
+                ]
+            )
+        )
+        self.sizes.append((update.numel(), numel))
+
+    def add_fixed(self, update, delta, acc, target, weight_codes, weight_fmt) -> None:
+        """Full tensors; counted on the telemetry sample, like the kernel."""
+        numel = update.numel()
+        update, delta, acc = sample_of(update), sample_of(delta), sample_of(acc)
+        nz = update != 0
+        sat = (acc == target.min_code).logical_or_(acc == target.max_code)
+        if weight_codes is not None:
+            w = sample_of(weight_codes)
+            sat.logical_or_(w == weight_fmt.min_code).logical_or_(w == weight_fmt.max_code)
+        stalled = (delta == 0).logical_and_(nz)
+        self.counts.append(
+            torch.stack(
+                [torch.count_nonzero(nz), torch.count_nonzero(stalled), torch.count_nonzero(sat)]
+            )
+        )
+        self.sizes.append((update.numel(), numel))
+        self.samples.append(update)
+
+    def add_kernel(
+        self, result: tuple[int, int, int, np.ndarray | None], numel: int, sampled: int
+    ) -> None:
+        """Counts from the fused kernel, or from NumPy on a float weight (no
+        update sample: ``None``)."""
+        nonzero, stalled, saturated, sample = result
+        self.counts.append((nonzero, stalled, saturated))
+        self.sizes.append((sampled, numel))
+        if sample is not None:
+            self.samples.append(sample)
+
+    def summary(self) -> dict[str, float]:
+        result = {"stall_fraction": 0.0, "saturation_fraction": 0.0, "median_update_lsb": math.nan}
+        if not self.counts:
+            return result
+        tensors = [c for c in self.counts if torch.is_tensor(c)]
+        host = iter(
+            torch.stack(tensors).tolist() if tensors else []
+        )  # one sync for the torch path's counts
+        nonzero = stalled = saturated = 0.0
+        for c, (sampled, numel) in zip(self.counts, self.sizes, strict=True):
+            nz, st, sat = next(host) if torch.is_tensor(c) else c
+            weight = numel / sampled if sampled else 0.0  # the elements each sampled one stands for
+            nonzero += nz * weight
+            stalled += st * weight
+            saturated += sat * weight
+        result["stall_fraction"] = stalled / nonzero if nonzero else 0.0
+        total = sum(n for _, n in self.sizes)
+        result["saturation_fraction"] = saturated / total if total else 0.0
+        if self.states:
+            result["state_flush_fraction"], result["state_saturation_fraction"] = self._states()
+        if self.samples and self.target is not None:
+            sample = np.abs(
+                np.concatenate(
+                    [s.detach().cpu().numpy() if torch.is_tensor(s) else s for s in self.samples]
+                )
+            )
+            sample = sample[sample != 0]
+            if sample.size:
+                result["median_update_lsb"] = float(np.median(sample)) / self.target.lsb
+        return result
+
+    def _states(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Per quantized state: the fraction of its elements whose nonzero value
+        was flushed to 0, and of those at the format's min or max."""
+        flushed_of, saturated_of = {}, {}
+        for name, (counts, sizes) in self.states.items():
+            flushed = saturated = total = 0.0
+            for (fl, sat), (sampled, numel) in zip(
+                torch.stack(counts).tolist(), sizes, strict=True
+            ):
+                weight = numel / sampled if sampled else 0.0
+                flushed, saturated, total = (
+                    flushed + fl * weight,
+                    saturated + sat * weight,
+                    total + numel,
+                )
+            flushed_of[name] = flushed / total if total else 0.0
+            saturated_of[name] = saturated / total if total else 0.0
+        return flushed_of, saturated_of
