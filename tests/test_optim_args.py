@@ -114,3 +114,13 @@ def test_documented_state_formats_work(name):
     assert all(v == 0.0 for v in tel[0]["state_flush_fraction"].values())
     assert all(v == 0.0 for t in tel for v in t["state_saturation_fraction"].values())
     assert loss < 2 * reference + 1e-3
+
+
+@pytest.mark.parametrize(("name", "kind"), [("bf16", "floating-point"), ("mxfp8_e4m3", "block-scaled"),
+                                            ("bfp8_b32", "block-scaled")])  # fmt: skip
+def test_float_and_block_formats_are_refused_with_a_clear_error(name, kind):
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(
+        ValueError, match=f"weight: the optimizers take fixed-point formats.*{kind}"
+    ):
+        hopt.SGD([p], lr=0.1, weight=name)

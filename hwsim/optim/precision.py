@@ -128,10 +128,12 @@ def _format(value, what: str) -> FixedPoint | None:
         fmt = parse_format(value)
     except ValueError as err:
         raise ValueError(f"{what}: {err}") from None
-    if isinstance(fmt, FloatingPoint):  # float optimizer formats: a later step of issue 16
+    if fmt is not None and not isinstance(fmt, FixedPoint):
+        # float (issue 16) and block-scaled (issue 17) optimizer formats: later steps
+        kind = "floating-point" if isinstance(fmt, FloatingPoint) else "block-scaled"
         raise ValueError(
             f"{what}: the optimizers take fixed-point formats (or None for float), "
-            f"not the floating-point format {fmt}"
+            f"not the {kind} format {fmt}"
         )
     if fmt is not None and fmt.wl > MAX_CODE_BITS:
         raise ValueError(
