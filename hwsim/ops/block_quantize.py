@@ -10,10 +10,10 @@ import numpy as np
 
 from hwsim.formats.block import MX, BlockFloatingPoint, is_block_format_name, parse_block_format
 from hwsim.kernels import block_quantize as kb
-from hwsim.kernels import buffers
 from hwsim.kernels.float_quantize import float_params
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
+from hwsim.ops.elementwise import check_noise_use, numpy_input, run_numpy
 from hwsim.plan.checks import (
     check_noise_numpy,
     fresh_seed,
@@ -44,44 +44,20 @@ def quantize_block(
             f"always saturate (the shared scale is chosen so that the block's largest "
             f"magnitude fits); leave overflow at its default"
         )
-    if noise is not None and rounding != Rounding.STOCHASTIC:
-        raise ValueError(f"noise is only used by rounding='stochastic', not {str(rounding)!r}")
+    check_noise_use(rounding, noise)
     if is_torch(x):
         if out is not None:
             raise ValueError("out is for NumPy arrays only")
         from hwsim.torch_path.block_quantize import quantize_block_torch
 
         return quantize_block_torch(x, fmt, rounding, seed=seed, noise=noise)
-    scalar = np.isscalar(x)
-    arr = np.asarray(x)
-    if arr.dtype.kind in "iub":
-        out_dtype = np.dtype(np.float64)
-    elif arr.dtype in (np.float16, np.float32, np.float64):
-        out_dtype = arr.dtype
-    else:
-        raise ValueError(
-            f"quantize takes float16/float32/float64 or integer arrays, got dtype {arr.dtype}"
-        )
+    scalar, arr, out_dtype = numpy_input(x)
     plan = kb.block_plan(fmt, arr.shape)
-    work = np.float32 if out_dtype == np.float16 else out_dtype  # float16 widens exactly
-    arr = arr.astype(work, order="C", copy=False)
-    if out is not None:
-        if not (
-            isinstance(out, np.ndarray)
-            and out.shape == arr.shape
-            and out.dtype == arr.dtype == out_dtype
-            and out.flags.c_contiguous
-        ):
-            raise ValueError(
-                f"out must be a C-contiguous NumPy array of shape {arr.shape} and dtype "
-                f"{out_dtype} (float32 or float64 input only)"
-            )
-        _run(arr, out, plan, rounding, seed, noise)
-        return out
-    result = buffers.empty(arr.shape, np.float64)  # float64: exact before the final cast
-    _run(arr, result, plan, rounding, seed, noise)
-    result = result.astype(out_dtype, copy=False)
-    return float(result) if scalar else result
+    # float64 results: exact before the final cast
+    return run_numpy(
+        scalar, arr, out_dtype, out, lambda a, o: _run(a, o, plan, rounding, seed, noise),
+        result_dtype=np.float64,
+    )  # fmt: skip
 
 
 def _run(arr, out, plan: kb.BlockPlan, rounding: Rounding, seed, noise) -> None:

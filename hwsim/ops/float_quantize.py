@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from hwsim.formats import FloatingPoint, is_float_format_name
-from hwsim.kernels import buffers
 from hwsim.kernels import float_quantize as kf
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow, Rounding
+from hwsim.ops.elementwise import check_noise_use, numpy_input, run_numpy
 from hwsim.plan.checks import check_noise_numpy, fresh_seed, is_torch, seed64
 
 
@@ -25,44 +25,18 @@ def quantize_float(x, fmt: FloatingPoint, rounding, overflow, *, seed=None, nois
             f"overflows to Inf, NaN or its largest value as the format's saturate flag says "
             f"(e.g. '{fmt}_sat'); leave overflow at its default"
         )
-    if noise is not None and rounding != Rounding.STOCHASTIC:
-        raise ValueError(f"noise is only used by rounding='stochastic', not {str(rounding)!r}")
+    check_noise_use(rounding, noise)
     if is_torch(x):
         if out is not None:
             raise ValueError("out is for NumPy arrays only")
         from hwsim.torch_path.float_quantize import quantize_float_torch
 
         return quantize_float_torch(x, fmt, rounding, seed=seed, noise=noise)
-    scalar = np.isscalar(x)
-    arr = np.asarray(x)
-    if arr.dtype.kind in "iub":
-        out_dtype = np.dtype(np.float64)
-    elif arr.dtype in (np.float16, np.float32, np.float64):
-        out_dtype = arr.dtype
-    else:
-        raise ValueError(
-            f"quantize takes float16/float32/float64 or integer arrays, got dtype {arr.dtype}"
-        )
+    scalar, arr, out_dtype = numpy_input(x)
     kf.check_representable(fmt, out_dtype)
-    work = np.float32 if out_dtype == np.float16 else out_dtype  # float16 widens exactly
-    arr = arr.astype(work, order="C", copy=False)
-    if out is not None:
-        if not (
-            isinstance(out, np.ndarray)
-            and out.shape == arr.shape
-            and out.dtype == arr.dtype == out_dtype
-            and out.flags.c_contiguous
-        ):
-            raise ValueError(
-                f"out must be a C-contiguous NumPy array of shape {arr.shape} and dtype "
-                f"{out_dtype} (float32 or float64 input only)"
-            )
-        _run(arr, out, fmt, rounding, seed, noise)
-        return out
-    result = buffers.empty(arr.shape, arr.dtype)  # large outputs reuse mapped pages
-    _run(arr, result, fmt, rounding, seed, noise)
-    result = result.astype(out_dtype, copy=False)
-    return float(result) if scalar else result
+    return run_numpy(
+        scalar, arr, out_dtype, out, lambda a, o: _run(a, o, fmt, rounding, seed, noise)
+    )
 
 
 def _run(arr, out, fmt, rounding, seed, noise) -> None:
