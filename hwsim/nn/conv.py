@@ -124,7 +124,6 @@ def _grad_input(x_shape, w_op, g_op, stride, padding, cfg: GemmConfig):
     n, o, ho, wo = g.shape
     _, c, kh, kw = cw.shape
     sh, sw = stride
-    ph, pw = padding
     shape = (n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
     if _is_numpy(g):
         dilated = np.zeros(shape, dtype=np.int64)
@@ -133,16 +132,24 @@ def _grad_input(x_shape, w_op, g_op, stride, padding, cfg: GemmConfig):
         dilated = g.new_zeros(shape)
         flipped = cw.flip(2, 3).transpose(0, 1).contiguous()  # (C, O, kh, kw)
     dilated[:, :, ::sh, ::sw] = g  # exact: codes are copied, zeros add nothing
-    h, wd = x_shape[2], x_shape[3]
-    extra_h = h - ((ho - 1) * sh + kh - 2 * ph)
-    extra_w = wd - ((wo - 1) * sw + kw - 2 * pw)
-    pads = [kh - 1 - ph, kh - 1 - ph + extra_h, kw - 1 - pw, kw - 1 - pw + extra_w]
-    # a negative pad crops (padding wider than the kernel): crop, then pad the rest
-    top, bottom, left, right = (max(0, -p) for p in pads)
-    hd, wdd = dilated.shape[2], dilated.shape[3]
-    dilated = dilated[:, :, top : hd - bottom, left : wdd - right]
-    pads = tuple(max(0, p) for p in pads)
+    dilated, pads = crop_and_pad(dilated, x_shape, (kh, kw), stride, padding)
     return _conv((dilated, fg, None), (flipped, fw, None), (1, 1), pads, cfg)
+
+
+def crop_and_pad(dilated, x_shape, kernel, stride, padding):
+    """The input gradient is a stride-1 convolution of the stride-dilated output
+    gradient with the flipped kernel: the dilated gradient cropped where a pad
+    would be negative (padding wider than the kernel), and the pads of the rest
+    (top, bottom, left, right). One place for both layer paths."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    hd, wdd = dilated.shape[2], dilated.shape[3]
+    ho, wo = (hd - 1) // sh + 1, (wdd - 1) // sw + 1
+    extra_h = x_shape[2] - ((ho - 1) * sh + kh - 2 * ph)
+    extra_w = x_shape[3] - ((wo - 1) * sw + kw - 2 * pw)
+    pads = [kh - 1 - ph, kh - 1 - ph + extra_h, kw - 1 - pw, kw - 1 - pw + extra_w]
+    top, bottom, left, right = (max(0, -p) for p in pads)
+    cropped = dilated[:, :, top : hd - bottom, left : wdd - right]
+    return cropped, tuple(max(0, p) for p in pads)
 
 
 def _grad_weight(x_op, w_shape, g_op, stride, padding, cfg: GemmConfig):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hwsim.formats import FloatingPoint
+from hwsim.nn.conv import crop_and_pad
 from hwsim.nn.functional import (
     GemmConfig,
     _add_bias_codes,
@@ -132,20 +133,12 @@ def _conv_grad_input(x_shape, w, grad, stride, padding, cfg: GemmConfig):
     n, o, ho, wo = grad.shape
     _, c, kh, kw = w.shape
     sh, sw = stride
-    ph, pw = padding
     g = grad.detach()
     dilated = g.new_zeros((n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1))
     dilated[:, :, ::sh, ::sw] = g  # exact: values are copied, zeros add nothing
     flipped = w.detach().flip(2, 3).transpose(0, 1).contiguous()  # (C, O, kh, kw)
-    h, wd = x_shape[2], x_shape[3]
-    extra_h = h - ((ho - 1) * sh + kh - 2 * ph)
-    extra_w = wd - ((wo - 1) * sw + kw - 2 * pw)
-    pads = [kh - 1 - ph, kh - 1 - ph + extra_h, kw - 1 - pw, kw - 1 - pw + extra_w]
-    # a negative pad crops (padding wider than the kernel): crop, then pad the rest
-    top, bottom, left, right = (max(0, -p) for p in pads)
-    hd, wdd = dilated.shape[2], dilated.shape[3]
-    dilated = dilated[:, :, top : hd - bottom, left : wdd - right]
-    codes = _conv_codes(dilated, flipped, (1, 1), tuple(max(0, p) for p in pads), cfg)
+    dilated, pads = crop_and_pad(dilated, x_shape, (kh, kw), stride, padding)
+    codes = _conv_codes(dilated, flipped, (1, 1), pads, cfg)
     return values(codes, cfg, grad)
 
 
