@@ -260,29 +260,5 @@ class FusedStep(FusedPlan):
         return run, (source, acc, out, constants, seeds, sample, stride), overflows, top_after
 
 
-@functools.cache
-def fused_step(
-    sign: bool,
-    grad,
-    update,
-    accumulator,
-    weight,
-    grad_rounding: int,
-    update_rounding: int,
-    acc_rounding: int,
-    weight_rounding: int,
-    overflow: int,
-) -> FusedStep:
-    """The (cached) :class:`FusedStep` of a configuration."""
-    return FusedStep(
-        sign,
-        grad,
-        update,
-        accumulator,
-        weight,
-        grad_rounding,
-        update_rounding,
-        acc_rounding,
-        weight_rounding,
-        overflow,
-    )
+# the (cached) FusedStep of a configuration: one plan per distinct set of formats
+fused_step = functools.cache(FusedStep)
