@@ -274,7 +274,14 @@ def parse_spec(
         raise SpecError(problems + [str(exc)], source) from None
     types_ = _params_types(task)
 
+    renamed = getattr(task.params, "RENAMED", {})  # old name -> what replaced it
+
     def check_param(where: str, key: str, value: Any) -> Any:
+        if key not in types_ and key in renamed:
+            problems.append(
+                f"{where}: parameter {key!r} was renamed; use {renamed[key]} (task {task.name!r})"
+            )
+            return None
         if key not in types_:
             problems.append(_unknown(f"{where}: parameter", key, types_) + f" (task {task.name!r})")
             return None
