@@ -181,3 +181,23 @@ def _check_schedule(value: str) -> None:
     except ImportError:
         return
     GearShiftPolicy.parse(value)
+
+
+def expand_dotted(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each dotted key ``"a.b.c" = v`` set as ``a[b][c] = v`` into
+    the table parameter ``a`` (merged over a table given for ``a`` itself):
+    how a grid sweeps one entry of a table, e.g. ``"layers.0.weight"``."""
+    out = {k: v for k, v in values.items() if "." not in k}
+    for key, value in values.items():
+        if "." not in key:
+            continue
+        head, *path, last = key.split(".")
+        table = out[head] = _copy_tables(out.get(head) or {})
+        for part in path:
+            table = table.setdefault(part, {})
+        table[last] = value
+    return out
+
+
+def _copy_tables(value: Any) -> Any:
+    return {k: _copy_tables(v) for k, v in value.items()} if isinstance(value, dict) else value
