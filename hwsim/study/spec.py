@@ -19,6 +19,10 @@ reported at once, each naming the field, the bad value and what is allowed.
     step = [0.01, 0.003]
     seed = [0, 1, 2]
 
+    # a value may be a table or a list (layers = {"0" = {weight = "fx8.6"}},
+    # betas = [0.9, 0.99]); a quoted dotted grid key ("layers.0.weight" = [...])
+    # sweeps one entry of a table parameter
+
     [baseline]                         # optional: the float reference trials
     weight = "float"                   # (grid minus the bit-width field, these overrides)
 
