@@ -44,9 +44,11 @@ def tables(records: list[TrialRecord]) -> Tables:
              error[-1] if error else ""]
         )  # fmt: skip
     history_keys = sorted({k for r in records for row in r.history for k in row} - {"step"})
-    history_columns = ["hash", "status", *config_keys, "step", *history_keys]
+    # a parameter the history logs per step (a scheduled lr) appears once: its value at the step
+    trial_keys = [k for k in config_keys if k not in history_keys]
+    history_columns = ["hash", "status", *trial_keys, "step", *history_keys]
     history_rows = [
-        [r.hash, r.status, *(r.config.get(k) for k in config_keys), row.get("step"),
+        [r.hash, r.status, *(r.config.get(k) for k in trial_keys), row.get("step"),
          *(row.get(k) for k in history_keys)]
         for r in records
         for row in r.history

@@ -19,6 +19,10 @@ reported at once, each naming the field, the bad value and what is allowed.
     step = [0.01, 0.003]
     seed = [0, 1, 2]
 
+    # a value may be a table or a list (layers = {"0" = {weight = "fx8.6"}},
+    # betas = [0.9, 0.99]); a quoted dotted grid key ("layers.0.weight" = [...])
+    # sweeps one entry of a table parameter
+
     [baseline]                         # optional: the float reference trials
     weight = "float"                   # (grid minus the bit-width field, these overrides)
 
@@ -62,7 +66,15 @@ from typing import Any
 from hwsim.study.sources import check_ref, resolve_task
 from hwsim.study.task import Task
 from hwsim.study.trial import PlotSpec, Trial, trial_hash
-from hwsim.study.values import _check_schedule, _describe, _is_format_type, coerce_value, to_plain
+from hwsim.study.values import (
+    _check_schedule,
+    _describe,
+    _is_format_type,
+    _union_args,
+    coerce_value,
+    expand_dotted,
+    to_plain,
+)
 
 MAX_TRIALS = 1_000_000  # a bigger grid needs allow_large (CLI: --allow-large)
 VALIDATE_TRIALS = 20_000  # trials built (checked by the task) before anything runs
@@ -128,7 +140,7 @@ class StudySpec:
     timeout_s: float | None = None  # per-trial time limit
 
     def _make(self, values: dict[str, Any], role: str) -> Trial:
-        params = self.task.params(**values)
+        params = self.task.params(**expand_dotted(values))
         config = {f.name: to_plain(getattr(params, f.name)) for f in dataclasses.fields(params)}
         return Trial(params, config, trial_hash(self.task_ref, config), role)
 
@@ -274,7 +286,21 @@ def parse_spec(
         raise SpecError(problems + [str(exc)], source) from None
     types_ = _params_types(task)
 
+    renamed = getattr(task.params, "RENAMED", {})  # old name -> what replaced it
+
     def check_param(where: str, key: str, value: Any) -> Any:
+        head = key.split(".")[0]
+        if "." in key and head in types_:  # one entry of a table parameter, e.g. layers.0.weight
+            if not any(typing.get_origin(a) is dict for a in _union_args(types_[head])):
+                problems.append(f"{where}: {head!r} is not a table parameter, so {key!r} names "
+                                f"nothing; dotted keys set one entry of a table")  # fmt: skip
+                return None
+            return to_plain(value)
+        if key not in types_ and key in renamed:
+            problems.append(
+                f"{where}: parameter {key!r} was renamed; use {renamed[key]} (task {task.name!r})"
+            )
+            return None
         if key not in types_:
             problems.append(_unknown(f"{where}: parameter", key, types_) + f" (task {task.name!r})")
             return None
