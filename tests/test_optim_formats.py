@@ -495,3 +495,40 @@ def test_accumulator_codes_of_a_float_accumulator_is_a_clear_error():
     with pytest.raises(ValueError, match="floating-point format fp32, which has no integer codes"):
         opt.accumulator_codes(p)
     assert torch.equal(opt.state[p]["accumulator"], torch.full((3,), -0.1))
+
+
+# ------------------------------------------------------- the documented recipes
+def _digits_adam(epochs=4, **precision):
+    datasets = pytest.importorskip("sklearn.datasets")
+    x, y = datasets.load_digits(return_X_y=True)
+    x, y = torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = hopt.Adam(model.parameters(), lr=3e-3, seed=0, **precision)
+    g = torch.Generator().manual_seed(0)
+    flushed = {}
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x) - 63, 64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(
+                model(x[perm[i : i + 64]]), y[perm[i : i + 64]]
+            ).backward()
+            opt.step()
+            for k, v in opt.telemetry[0].get("state_flush_fraction", {}).items():
+                flushed[k] = max(flushed.get(k, 0.0), v)
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean()), flushed
+
+
+def test_documented_8bit_adam_states_and_bf16_master_train_as_float():
+    """ADAM_8BIT_STATES with bf16 weights and an fp32 master copy trains the
+    digits MLP as float does; exp_avg_sq in linear 8-bit blocks flushes, eps
+    becomes the denominator and training fails (the reason for the E5M2
+    elements; the telemetry shows it)."""
+    reference, _ = _digits_adam()
+    accuracy, flushed = _digits_adam(weight="bf16", accumulator="fp32", state=hopt.ADAM_8BIT_STATES)
+    assert reference > 0.9 and accuracy > reference - 0.01
+    assert flushed["exp_avg_sq"] < 0.01
+    linear, flushed = _digits_adam(state={"exp_avg": "mxint8", "exp_avg_sq": "mxint8"})
+    assert linear < 0.5 and flushed["exp_avg_sq"] > 0.1
