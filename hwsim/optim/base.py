@@ -102,10 +102,13 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
               grid (or on the weight grid without an accumulator; for float
               weights, too small to change the float);
             - ``saturation_fraction``: the fraction of weights whose accumulator
-              or weight code sits at its format's min or max;
+              or weight code sits at its format's min or max (a float format:
+              at +-max, or beyond it);
             - ``median_update_lsb``: the median |update| over the nonzero
-              updates, in LSBs of the accumulator (else of the weight) format;
-              NaN for float weights or when no update is nonzero.
+              updates, in LSBs of the accumulator (else of the weight) format,
+              for a float format in units in the last place of the value it
+              was added to (below 0.5 stalls under nearest rounding); NaN for
+              float weights or when no update is nonzero.
 
             Each is measured on a sample of every tensor: 256 runs of 16
             consecutive elements, evenly spaced (``hwsim.optim.fused.
@@ -123,7 +126,8 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
             (dicts by state name, on the same sample): ``state_flush_fraction``,
             the fraction of its elements whose nonzero value was stored as 0,
             and ``state_saturation_fraction``, of those at the format's min or
-            max. A state format too narrow for the rule's values shows here
+            max (a float format: +-max or beyond; a block format: the largest
+            magnitude, or most negative code, its block's scale allows). A state format too narrow for the rule's values shows here
             (Adam's ``exp_avg_sq`` in ``"fx16.12"`` flushes entirely, ``eps``
             becomes the denominator and the weights saturate);
             :data:`hwsim.optim.STATE_FORMATS` gives a working format per rule.

@@ -58,10 +58,12 @@ class PrecisionArg(NamedTuple):
 _FORMAT = "FixedPoint | FloatingPoint | str | None"
 _ROUNDINGS = '``"nearest"``, ``"nearest_away"``, ``"floor"``, ``"zero"``, ``"stochastic"``'
 _TENSOR_DOCS = {
-    "weight": "format of the weight the model sees",
-    "accumulator": "format of the weight accumulator (master copy)",
+    "weight": 'format of the weight the model sees (fixed or floating point, e.g. ``"bf16"``)',
+    "accumulator": 'format of the weight accumulator (master copy; ``"fp32"`` for the usual '
+    "bf16 recipe)",
     "grad": "format the gradient is quantized to before the rule",
-    "state": "format of the rule's state tensors, or a dict from state name to format",
+    "state": "format of the rule's state tensors, or a dict from state name to format; fixed, "
+    'floating point or block scaled (``"mxint8"``, blocked along the flattened state)',
     "update": "format of the update before it is added",
 }
 _BLOCK = "BlockFloatingPoint | MX"
