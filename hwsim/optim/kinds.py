@@ -32,10 +32,12 @@ def quantize_values(
     bitsandbytes blocks optimizer states."""
     if isinstance(fmt, FixedPoint):
         return value_to_code_float(x, fmt, rounding, overflow, u).mul_(fmt.lsb)
+    backend = "numba" if x.is_cpu else None  # the same bits as torch ops, faster on CPU
     if isinstance(fmt, FloatingPoint):
-        return quantize(x, fmt, rounding, noise=u)
+        return quantize(x, fmt, rounding, noise=u, backend=backend)
     noise = None if u is None else u.reshape(-1)
-    return quantize(x.reshape(-1), fmt, rounding, noise=noise).reshape(x.shape)
+    flat = quantize(x.reshape(-1), fmt, rounding, noise=noise, backend=backend)
+    return flat.reshape(x.shape)
 
 
 def at_limits(values: torch.Tensor, fmt) -> torch.Tensor:
