@@ -532,3 +532,23 @@ def test_documented_8bit_adam_states_and_bf16_master_train_as_float():
     assert flushed["exp_avg_sq"] < 0.01
     linear, flushed = _digits_adam(state={"exp_avg": "mxint8", "exp_avg_sq": "mxint8"})
     assert linear < 0.5 and flushed["exp_avg_sq"] > 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ["bf16_fp32_master", "pure_fp16", "block_states_float"])
+def test_cuda_torch_ops_equal_the_cpu_numba_kernels(config):
+    """Float and block values on CUDA (torch ops, counter noise included)
+    against the CPU, where they are quantized by the Numba kernels."""
+    results = []
+    for device in ("cpu", "cuda"):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 300, device=device))
+        opt = hopt.Adam([p], lr=1e-2, **CONFIGS[config], rounding="stochastic", seed=3)
+        for step in range(6):
+            p.grad = _grads([p], step)[0].to(device)
+            opt.step()
+        state = {k: v.cpu() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+        results.append((p.detach().cpu(), state, opt.telemetry))
+    assert torch.equal(results[0][0], results[1][0])
+    for key, value in results[0][1].items():
+        assert torch.equal(value, results[1][1][key]), key
+    assert results[0][2] == results[1][2]
