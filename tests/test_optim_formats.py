@@ -329,6 +329,32 @@ def test_bf16_weights_with_fp32_master_equal_the_torch_recipe(name):
     assert opt.telemetry[0]["stall_fraction"] == 0.0
 
 
+def test_fp32_master_with_an_fp32_update_is_torchs_float32_addition():
+    """``update="fp32"``: the update rounded to fp32 (torch's ``.float()``)
+    and added by torch's float32 ``add`` (IEEE, correctly rounded) gives the
+    bits of hwsim's float64 sum rounded once to fp32."""
+    cls, hyper, rule = RULES["adam"]
+    params = _params()
+    opt = cls(params, **hyper, weight="bf16", accumulator="fp32", update="fp32", seed=SEED)
+    master = [p.detach().clone() for p in params]
+    states = [{} for _ in params]
+    for step in range(8):
+        grads = _grads(params, step, scale=0.5 * 10.0 ** (step % 4 - 2))  # varied magnitudes
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            p.grad = g.clone()
+
+            def put(key, value, st=states[i]):
+                st[key] = value
+                return value
+
+            update = rule(g.double(), master[i].double, states[i], hyper, step + 1, put)
+            master[i] = master[i] + update.float()  # float32 tensors: torch's fp32 adder
+        opt.step()
+        for i, p in enumerate(params):
+            assert torch.equal(opt.state[p]["accumulator"], master[i])
+            assert torch.equal(p.detach(), master[i].to(torch.bfloat16).float())
+
+
 def test_pure_bf16_weights_stall_and_telemetry_counts_every_stall():
     """bf16 weights without a master copy lose every update below half a
     bf16 ulp (nearest rounding); stall_fraction counts exactly those (the

@@ -8,16 +8,20 @@ floating-point weight), with torch ops on any device:
     param = w (or a')
 
 ``v`` is the rule's float64 update, or its value in the ``update`` format when
-one is given. Rounding the float64 sum once is what a float adder does with
-operands of its own width: for formats up to fp32, under round to nearest,
-``Q(fl64(a + v))`` is the correctly rounded sum whenever ``v`` is in a format
-of at most 24 significant bits (``update="fp32"``), float64 carrying more than
-twice their precision (Figueroa 1995). With a float64 ``v`` the sum is rounded
-twice, first to float64 (as a fused adder taking a float64 operand would).
+one is given. Rounding the float64 sum once is what a float adder does when
+``v`` is in the accumulator's own format (``update="fp32"`` for an fp32
+master copy) and that format has at most 25 significant bits: float64 then
+carries more than twice their precision, so under round to nearest
+``Q(fl64(a + v))`` is the correctly rounded sum (Figueroa 1995; torch's
+float32 ``add`` gives the same bits, tests/test_optim_formats.py checks it).
+Otherwise the sum is rounded twice, first to float64 (as a fused adder taking
+a float64 operand would), which the documented semantics and the tests'
+reference follow.
 
 An update is lost (a stall) when ``a' == a``: under nearest rounding one
 smaller than half a unit in the last place of ``a`` (pure bf16 weights stall
-on updates below 2^-9 of the weight; an fp32 master copy keeps them).
+on updates below half an ulp, 2^-9 to 2^-8 of |w|; an fp32 master copy
+keeps them).
 """
 
 from __future__ import annotations
