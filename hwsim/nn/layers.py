@@ -140,6 +140,7 @@ class _QuantizedLayer:
 
     precision: Precision
     backend: str
+    _telemetry = None  # a hwsim.nn.telemetry.LayerRecorder while telemetry is attached
 
     def _setup(self, precision: Precision, backend: str, salt: int) -> None:
         if not isinstance(precision, Precision):
@@ -159,10 +160,16 @@ class _QuantizedLayer:
         f, b = getattr(p, forward), getattr(p, backward)
         if x is None or (f is None and b is None):
             return x
+        if self._telemetry is not None and self._telemetry.active:
+            return self._telemetry.quantize(x, forward, backward, role)
+        return self._quantizer(x, forward, backward, role)
+
+    def _quantizer(self, x, forward: str, backward: str, role: int):
+        p = self.precision
         return quantizer(
             x,
-            f,
-            b,
+            getattr(p, forward),
+            getattr(p, backward),
             forward_rounding=p.rounding_of(forward),
             backward_rounding=p.rounding_of(backward),
             overflow=p.overflow,
@@ -171,6 +178,13 @@ class _QuantizedLayer:
             backend=self.backend,
             straight_through=p.straight_through,
         )
+
+    def _mac(self, fn, xq, wq, bq, *args):  # fn.apply, counted while telemetry is active
+        rec = self._telemetry
+        if rec is None or not rec.active:
+            return fn.apply(xq, wq, bq, *args)
+        xq, wq, bq = rec.before_mac(xq, wq, bq)
+        return rec.after_mac(xq, wq, bq, fn.apply(xq, wq, bq, *args))
 
     def _gemm_configs(self) -> tuple[GemmConfig, GemmConfig, GemmConfig]:
         p = self.precision
@@ -249,7 +263,7 @@ class QLinear(nn.Linear, _QuantizedLayer):
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACLinear if is_float_mac(*configs) else MACLinearFunction
-        y = fn.apply(xq, wq, bq, *configs)
+        y = self._mac(fn, xq, wq, bq, *configs)
         return self._finish(y)
 
     def extra_repr(self) -> str:
@@ -334,7 +348,7 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACConv2d if is_float_mac(*configs) else MACConv2dFunction
-        y = fn.apply(xq, wq, bq, tuple(self.stride), tuple(self.padding), *configs)
+        y = self._mac(fn, xq, wq, bq, tuple(self.stride), tuple(self.padding), *configs)
         return self._finish(y)
 
     def extra_repr(self) -> str:
