@@ -3,6 +3,7 @@ definitions it counts with (hwsim.ops.telemetry), against slow references."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -239,3 +240,63 @@ def test_bad_arguments_are_refused():
     with hnn.telemetry(model):
         with pytest.raises(ValueError, match="already has telemetry"):
             hnn.Telemetry(model)
+
+
+def test_stall_fraction_equals_the_hwsim_optimizers_per_group():
+    """Without a weight accumulator both count nonzero updates that left the weight unchanged;
+    one param group per layer makes the optimizer's telemetry per layer."""
+    from hwsim.optim import SGD
+
+    model = _mlp(hnn.Precision(weight="fx8.6", activation="fx8.4"))
+    groups = [{"params": list(model.get_submodule(n).parameters())} for n in ("0", "2")]
+    opt = SGD(groups, lr=0.5, weight="fx8.6")
+    opt.zero_grad()
+    _run(model)
+    opt.step()  # the first step puts the float initial weights on the grid: all change
+    with hnn.telemetry(model, opt) as t:
+        for _ in range(3):
+            opt.zero_grad()
+            _run(model)
+            opt.step()
+            rows = _rows(t)
+            for name, group in zip(("0", "2"), opt.telemetry, strict=True):
+                assert rows[(name, "update")]["stall_fraction"] == group["stall_fraction"]
+            t.reset()
+    assert 0 < opt.telemetry[0]["stall_fraction"] < 1
+
+
+def test_backward_mac_rows_against_the_float_gemm_of_the_quantized_operands():
+    p = hnn.Precision(weight="fx8.6", activation="fx8.4", output="fx10.6", grad_activation="fx8.9",
+                      grad_activation_accumulator="fx6.7", grad_weight_accumulator="fx3.6",
+                      grad_weight="fx8.7")  # fmt: skip
+    model = _mlp(p)
+    seen = {}
+    model[2].register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0].detach()))
+    x, y = _data()
+    with hnn.telemetry(model) as t:
+        out = model(x)
+        out.retain_grad()
+        torch.nn.functional.cross_entropy(out, y).backward()
+    rows = _rows(t)
+    g = hwsim.quantize(out.grad, "fx8.9")  # the gradient entering layer 2, quantized
+    xq = hwsim.quantize(seen["x"], "fx8.4")
+    wq = hwsim.quantize(model[2].weight.detach(), "fx8.6")
+    ref_w = torch.cat([(g.T @ xq).reshape(-1), g.sum(0)])  # weight, then bias
+    got_w = torch.cat([model[2].weight.grad.reshape(-1), model[2].bias.grad])
+    # the layer's gradients are the accumulator's results quantized to grad_weight: the
+    # same model without grad_weight hands over the accumulator's results themselves
+    raw = _mlp(dataclasses.replace(p, grad_weight=None))
+    out_r = raw(x)
+    torch.nn.functional.cross_entropy(out_r, y).backward()
+    acc_w = torch.cat([raw[2].weight.grad.reshape(-1), raw[2].bias.grad])
+    assert torch.equal(got_w, hwsim.quantize(acc_w, "fx8.7"))
+    want = _ref_counts(ref_w, acc_w, "fx3.6")
+    r = rows[("2", "grad_weight_accumulator")]
+    assert [r["numel"], round(r["flush_fraction"] * r["numel"]),
+            round(r["saturation_fraction"] * r["numel"])] == want  # fmt: skip
+    assert want[2] > 0
+    ref_x = g @ wq
+    acc_x = hwsim.quantize(ref_x, "fx6.7")  # saturation depends on the reference alone
+    r = rows[("2", "grad_activation_accumulator")]
+    assert r["numel"] == ref_x.numel()
+    assert r["saturation_fraction"] * r["numel"] == pytest.approx(_ref_counts(ref_x, acc_x, "fx6.7")[2])  # fmt: skip
