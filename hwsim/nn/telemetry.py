@@ -28,7 +28,13 @@ Tensors (a row only where the layer has that format):
 - ``update`` (with ``optimizer=``): ``stall_fraction``, of the weight and bias
   elements with a nonzero gradient, the fraction the optimizer step left
   unchanged (measured on the parameters around ``step()``, for any torch
-  optimizer); ``numel`` counts those elements.
+  optimizer); ``numel`` counts those elements. For a hwsim optimizer without
+  a weight accumulator this is its own ``stall_fraction`` per layer (equal
+  when each layer is one param group); with an accumulator, an update that
+  lands in the accumulator but not yet in the weight counts here as stalled.
+  (A hwsim optimizer's first step puts float initial weights on its grid, so
+  nothing stalls then.) The optimizer's telemetry is summed per param group
+  with no record of which parameter gave which count, hence the measurement.
 
 Counts gather while :attr:`Telemetry.active` is True (toggle it to measure
 only some batches); off, and outside the ``with`` block, layers run exactly as

@@ -12,6 +12,7 @@ trial with telemetry that is best on the study's metric.
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 
@@ -101,10 +102,9 @@ def where_the_bits_go(data: StudyData):
         layers, _, values = grid(trows, "stall_fraction")
         _heatmap(fig, axes[0][-1], values, layers, ["update"], "stalled updates")
     params = ", ".join(f"{k}={v}" for k, v in sorted(rec.config.items()) if v is not None)
+    params = "\n".join(textwrap.wrap(params, 160)[:3])
     step = max(r["step"] for r in trows)
-    fig.suptitle(
-        f"Where the bits go: trial {rec.hash[:8]} at step {step}\n{params}"[:200], fontsize=9
-    )
+    fig.suptitle(f"Where the bits go: trial {rec.hash[:8]} at step {step}\n{params}", fontsize=8)
     fig.tight_layout()
     return fig
 
