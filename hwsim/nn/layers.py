@@ -157,8 +157,7 @@ class _QuantizedLayer:
 
     def _quantize(self, x, forward: str, backward: str, role: int):
         p = self.precision
-        f, b = getattr(p, forward), getattr(p, backward)
-        if x is None or (f is None and b is None):
+        if x is None or (getattr(p, forward) is None and getattr(p, backward) is None):
             return x
         if self._telemetry is not None and self._telemetry.active:
             return self._telemetry.quantize(x, forward, backward, role)
@@ -179,12 +178,9 @@ class _QuantizedLayer:
             straight_through=p.straight_through,
         )
 
-    def _mac(self, fn, xq, wq, bq, *args):  # fn.apply, counted while telemetry is active
+    def _mac(self, fn, *args):  # fn.apply, counted while telemetry is active
         rec = self._telemetry
-        if rec is None or not rec.active:
-            return fn.apply(xq, wq, bq, *args)
-        xq, wq, bq = rec.before_mac(xq, wq, bq)
-        return rec.after_mac(xq, wq, bq, fn.apply(xq, wq, bq, *args))
+        return fn.apply(*args) if rec is None or not rec.active else rec.mac(fn, *args)
 
     def _gemm_configs(self) -> tuple[GemmConfig, GemmConfig, GemmConfig]:
         p = self.precision

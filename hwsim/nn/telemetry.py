@@ -134,6 +134,12 @@ class LayerRecorder:
             return F.conv2d(x, w, b, self.layer.stride, self.layer.padding)
         return F.linear(x, w, b)
 
+    def mac(self, fn, xq, wq, bq, *args):
+        """``fn.apply(xq, wq, bq, *args)`` (the layer's MAC-array function) with
+        its three MAC arrays counted."""
+        xq, wq, bq = self.before_mac(xq, wq, bq)
+        return self.after_mac(xq, wq, bq, fn.apply(xq, wq, bq, *args))
+
     def before_mac(self, xq, wq, bq):
         """Taps on the MAC operands: their gradients are the backward MAC arrays' results."""
         p = self.layer.precision
