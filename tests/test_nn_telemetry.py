@@ -88,10 +88,10 @@ def test_counts_take_numpy_and_reject_a_non_format():
         quantization_counts(x, x, "not-a-format")
 
 
-def _mlp(precision, seed=0):
+def _mlp(precision, seed=0, backend="torch"):
     torch.manual_seed(seed)
     m = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
-    return hnn.quantize_model(m, precision)
+    return hnn.quantize_model(m, precision, backend=backend)
 
 
 def _data():
@@ -135,11 +135,12 @@ def test_grad_weight_rows_count_the_raw_gradient_as_float_weights_give_it():
     assert {tensor for _, tensor in rows} == {"weight", "activation", "grad_weight"}
 
 
-def test_forward_rows_and_telemetry_changes_nothing():
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_forward_rows_and_telemetry_changes_nothing(backend):
     p = hnn.Precision(weight="fx6.4", activation="fx6.2", output="fx8.3", grad_activation="fx8.9",
                       accumulator="fx5.4", grad_activation_accumulator="fx12.9",
                       grad_weight_accumulator="fx12.9", grad_weight="fx8.9")  # fmt: skip
-    plain, watched = _mlp(p), _mlp(p)
+    plain, watched = _mlp(p, backend=backend), _mlp(p, backend=backend)
     loss = _run(plain)
     with hnn.telemetry(watched) as t:
         loss_t = _run(watched)
@@ -300,3 +301,25 @@ def test_backward_mac_rows_against_the_float_gemm_of_the_quantized_operands():
     r = rows[("2", "grad_activation_accumulator")]
     assert r["numel"] == ref_x.numel()
     assert r["saturation_fraction"] * r["numel"] == pytest.approx(_ref_counts(ref_x, acc_x, "fx6.7")[2])  # fmt: skip
+
+
+def test_float_and_block_formats_in_a_layer():
+    p = hnn.Precision(weight="bfp4_b8", activation="fp8_e4m3_sat", grad_weight="mxfp4_e2m1_b8",
+                      grad_activation="fp8_e5m2", accumulator="bf16")  # fmt: skip
+    torch.manual_seed(0)
+    model = hnn.quantize_model(torch.nn.Sequential(torch.nn.Linear(16, 8)), p)
+    x = torch.randn(32, 16) * 300  # beyond fp8_e4m3_sat's 448 in places: clipped
+    with hnn.telemetry(model) as t:
+        model(x).square().sum().backward()
+    rows = _rows(t)
+    layer = model[0]
+    w, b = layer.weight.detach(), layer.bias.detach()
+    want = np.array(_ref_counts(w, hwsim.quantize(w, "bfp4_b8"), "bfp4_b8"))
+    want += np.array(_ref_counts(b, hwsim.quantize(b, "bfp4_b8"), "bfp4_b8"))
+    r = rows[("0", "weight")]
+    assert [r["numel"], round(r["flush_fraction"] * r["numel"])] == list(want[:2])
+    assert want[1] > 0
+    r = rows[("0", "activation")]
+    assert r["saturation_fraction"] * r["numel"] == _ref_counts(x, hwsim.quantize(x, "fp8_e4m3_sat"), "fp8_e4m3_sat")[2] > 0  # fmt: skip
+    assert rows[("0", "grad_weight")]["format"] == "mxfp4_e2m1_b8"
+    assert rows[("0", "accumulator")]["format"] == "bf16"

@@ -264,12 +264,12 @@ class Telemetry:
 
     def table(self) -> str:
         """The rows as a text table."""
-        head = f"{'layer':<12} {'tensor':<28} {'format':<12} {'numel':>10} {'flushed':>8} {'saturated':>9} {'stalled':>8}"  # fmt: skip
+        head = f"{'layer':<12} {'tensor':<28} {'format':<14} {'numel':>10} {'flushed':>8} {'saturated':>9} {'stalled':>8}"  # fmt: skip
         lines = [head]
         for r in self.rows():
             cells = [_pct(r.get(k)) for k in ("flush_fraction", "saturation_fraction", "stall_fraction")]  # fmt: skip
             lines.append(
-                f"{r['layer']:<12} {r['tensor']:<28} {r['format']:<12} {int(r['numel']):>10} "
+                f"{r['layer']:<12} {r['tensor']:<28} {r['format']:<14} {int(r['numel']):>10} "
                 f"{cells[0]:>8} {cells[1]:>9} {cells[2]:>8}"
             )
         return "\n".join(lines)
