@@ -187,6 +187,19 @@ def test_forward_rows_and_telemetry_changes_nothing(backend):
     assert "grad_weight_accumulator" in t.table()
 
 
+def test_an_in_place_op_after_a_layer_still_works():
+    p = hnn.Precision(weight="fx8.6", activation="fx8.4", output="fx8.4", grad_activation="fx8.8",
+                      accumulator="fx16.8", grad_activation_accumulator="fx16.8")  # fmt: skip
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 5), torch.nn.ReLU(inplace=True), torch.nn.Linear(5, 3)
+    )
+    model = hnn.quantize_model(net, p)
+    with hnn.telemetry(model) as t:
+        model(torch.randn(4, 6)).sum().backward()
+    assert ("2", "grad_activation_accumulator") in _rows(t)
+
+
 def test_inactive_counts_nothing_and_reset_clears():
     model = _mlp(hnn.Precision(weight="fx8.6"))
     with hnn.telemetry(model) as t:

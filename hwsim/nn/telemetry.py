@@ -74,7 +74,7 @@ class _Tap(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, on_grad):
         ctx.on_grad = on_grad
-        return x.view_as(x)
+        return x.clone()  # not a view: a following in-place op (ReLU(inplace=True)) stays legal
 
     @staticmethod
     def backward(ctx, grad):
