@@ -336,3 +336,17 @@ def test_float_and_block_formats_in_a_layer():
     assert r["saturation_fraction"] * r["numel"] == _ref_counts(x, hwsim.quantize(x, "fp8_e4m3_sat"), "fp8_e4m3_sat")[2] > 0  # fmt: skip
     assert rows[("0", "grad_weight")]["format"] == "mxfp4_e2m1_b8"
     assert rows[("0", "accumulator")]["format"] == "bf16"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rows_on_cuda_equal_the_cpu_rows():
+    p = hnn.Precision(weight="fx6.4", activation="fx6.2", grad_activation="fx8.9",
+                      grad_weight="fx8.9", accumulator="fx5.4", grad_weight_accumulator="fx12.9")  # fmt: skip
+    got = []
+    for device in ("cpu", "cuda"):
+        model = _mlp(p).to(device)
+        x, y = (t.to(device) for t in _data())
+        with hnn.telemetry(model) as t:
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        got.append(t.rows())
+    assert got[0] == got[1]
