@@ -169,6 +169,8 @@ def swept(tmp_path_factory):
 def test_the_classify_task_stores_rows_per_logged_step(swept):
     trials, history, frame = load(swept).trials, load(swept).history, load(swept).telemetry
     assert len(trials) == 2 and len(history) == 4
+    # lr is a parameter and logged per epoch: one column, the logged value
+    assert history.columns.is_unique and frame.columns.is_unique and "lr" in history
     assert set(frame["step"]) == {1, 2}
     assert {"hash", "weight", "layer", "tensor", "flush_fraction", "saturation_fraction",
             "stall_fraction", "numel"} <= set(frame.columns)  # fmt: skip
