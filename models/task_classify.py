@@ -169,6 +169,7 @@ def _classify(p: ClassifyParams) -> TrialResult:
 
     from hwsim.errors import NonFiniteError
     from models.nets import build_classifier
+    from models.task_telemetry import EpochTelemetry
 
     started = time.perf_counter()
     split = load_split(p.dataset, p.data_path, p.seed)
@@ -203,11 +204,12 @@ def _classify(p: ClassifyParams) -> TrialResult:
         return correct / len(y_test)
 
     best = 0.0
+    telem = EpochTelemetry(model, optimizer)  # per layer and tensor, last batch of each epoch
     for epoch in range(p.epochs):
         model.train()
         losses, stalls, saturations = [], [], []
         try:
-            for idx in datasets.batches(len(y_train), p.batch_size, p.seed, epoch):
+            for idx in telem.last_of(datasets.batches(len(y_train), p.batch_size, p.seed, epoch)):
                 idx_t = torch.from_numpy(idx)
                 loss = model.loss(model(x_train[idx_t]), y_train[idx_t])
                 if first_loss is None:
@@ -245,6 +247,7 @@ def _classify(p: ClassifyParams) -> TrialResult:
             "lr": optimizer.param_groups[0]["lr"],
         }
         history.append(row)
+        telem.log(epoch + 1)
         metrics = {
             "test_accuracy": accuracy,
             "train_loss": train_loss,
@@ -264,7 +267,10 @@ def _classify(p: ClassifyParams) -> TrialResult:
         "n_train": len(y_train),
         "n_test": len(y_test),
     }
-    return TrialResult(metrics=metrics, history=history, diverged=diverged, info=info)
+    telemetry = telem.close()
+    return TrialResult(
+        metrics=metrics, history=history, diverged=diverged, info=info, telemetry=telemetry
+    )
 
 
 _IN_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}

@@ -42,7 +42,7 @@ OverlayFn = Callable[[Any, "StudyData", dict], None]
 
 PLOTS: dict[str, PlotFn] = {}
 OVERLAYS: dict[str, list[OverlayFn]] = {}
-OPTIONAL_PLUGINS = ("hwsim.theory.plots", "hwsim.cost.plots")
+OPTIONAL_PLUGINS = ("hwsim.theory.plots", "hwsim.cost.plots", "hwsim.study.plots_telemetry")
 
 # units for axis labels, by metric-name suffix or name
 _UNITS = {
