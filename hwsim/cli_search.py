@@ -26,6 +26,25 @@ def _energy(task_name: str):
     return energy
 
 
+def _analytical(spec, out, run):
+    """The task's analytical per-tensor precision for the searched parameters
+    (mismatch target = the tolerance), evaluated as one more setting: ``(formats,
+    metric, name)``, or None where the task registers no such rule."""
+    from hwsim.formats import parse_format
+    from hwsim.study.search import evaluate_setting
+    from hwsim.study.task import get_adapter, has_adapter
+    from hwsim.study.values import to_plain
+
+    name = spec.study.task.name
+    if not has_adapter(name, "analytical_precision"):
+        return None
+    config = {**to_plain(spec.study.fixed), "seed": spec.study.grid.get("seed", [0])[0]}
+    rule = get_adapter(name, "analytical_precision", "the search table")(config, spec.tolerance)
+    setting = {p: parse_format(to_plain(rule.get(p))) for p in spec.params}
+    metric = evaluate_setting(spec, out, run, setting)
+    return setting, metric, "analytical"
+
+
 def cmd_search(args) -> int:
     from hwsim.study.runner import run_sweep
     from hwsim.study.search import load_search, markdown, run_search
@@ -48,7 +67,13 @@ def cmd_search(args) -> int:
         print(f"interrupted: evaluated trials are stored in {out}; run the same command to "
               "resume", file=sys.stderr)  # fmt: skip
         return 130
-    text = markdown(spec, result, _energy(spec.study.task.name))
+    try:
+        analytical = _analytical(spec, out, run)
+    except KeyboardInterrupt:
+        print(f"interrupted: evaluated trials are stored in {out}; run the same command to "
+              "resume", file=sys.stderr)  # fmt: skip
+        return 130
+    text = markdown(spec, result, _energy(spec.study.task.name), analytical)
     (out / "search.md").write_text(text)
     print(text)
     print(f"wrote {out / 'search.md'}", file=sys.stderr)

@@ -164,7 +164,8 @@ def classify(p: ClassifyParams) -> TrialResult:
         return _classify(p)
 
 
-def _classify(p: ClassifyParams) -> TrialResult:
+def _classify(p: ClassifyParams, trained: list | None = None) -> TrialResult:
+    """Train and evaluate; ``trained`` (a list) receives ``(model, split)``."""
     import torch
 
     from hwsim.errors import NonFiniteError
@@ -268,6 +269,8 @@ def _classify(p: ClassifyParams) -> TrialResult:
         "n_test": len(y_test),
     }
     telemetry = telem.close()
+    if trained is not None:
+        trained.append((model, split))
     return TrialResult(
         metrics=metrics, history=history, diverged=diverged, info=info, telemetry=telemetry
     )

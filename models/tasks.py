@@ -24,6 +24,7 @@ from models.task_classify import (
 from models.task_common import SEED_MAX, OptimizerName, RoundingName
 from models.task_lms import LMSParams, lms
 from models.task_other import KMeansParams, TwoLayerParams, kmeans, two_layer
+from models.task_theory import classify_analytical_precision  # noqa: F401 - registers
 
 __all__ = [
     "SEED_MAX",

@@ -18,7 +18,7 @@ from hwsim.formats import FixedPoint
 from hwsim.study.runner import run_sweep
 from hwsim.study.search import _moves, parse_search, run_search
 from hwsim.study.store import ResultsStore, StoreError
-from tests.study_tasks import bits_error
+from tests.study_tasks import BITS_RULE, bits_error
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -137,3 +137,18 @@ def test_a_start_that_misses_the_tolerance_says_so(tmp_path, capsys):
 def test_moves_drop_one_bit_at_either_end():
     assert _moves(FixedPoint(8, 4), 2) == [FixedPoint(7, 3), FixedPoint(7, 4)]
     assert _moves(FixedPoint(2, 1), 2) == []
+
+
+def test_the_cli_sets_the_tasks_analytical_rule_beside_the_search(tmp_path, capsys):
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text(SPEC)
+    out = tmp_path / "o"
+    assert main(["search", str(spec_file), "--out", str(out), "--workers", "0"]) == 0
+    text = (out / "search.md").read_text()
+    assert "| parameter | uniform | per tensor | analytical |" in text
+    assert "| a | " in text and text.split("| a | ")[1].split("\n")[0].endswith("| fx9.8 |")
+    want = bits_error(BITS_RULE)
+    metric_row = next(line for line in text.splitlines() if line.startswith("| err |"))
+    assert float(metric_row.split("|")[-2]) == pytest.approx(want, rel=1e-5)
+    bits_row = next(line for line in text.splitlines() if line.startswith("| total bits |"))
+    assert bits_row.split("|")[-2].strip() == str(9 + 5 + 10)

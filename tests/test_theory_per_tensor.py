@@ -101,3 +101,17 @@ def test_formats_are_fixed_point_of_the_stated_widths(setup):
     terms = 12 + 1  # the first layer's fan-in plus its bias is not the largest
     terms = max(terms, 24 + 1)
     assert p.accumulator.wl == p.weight.wl + p.activation.wl + math.ceil(math.log2(terms))
+
+
+def test_the_classify_task_gives_its_rule_by_parameter_name():
+    from models.task_theory import classify_analytical_precision
+    from models.tasks import ClassifyParams, classify
+
+    config = {"dataset": "digits", "model": "mlp", "hidden": 16, "epochs": 3, "lr": 0.1}
+    rule = classify_analytical_precision(config, 0.05)
+    assert set(rule) == {"weight", "activation", "opt_grad", "accumulator", "opt_accumulator"}
+    assert all(isinstance(f, hwsim.FixedPoint) for f in rule.values())
+    assert rule["opt_accumulator"].lsb <= 0.1 * rule["opt_grad"].lsb  # lr_min = lr
+    quantized = classify(ClassifyParams(**config, **rule)).metrics["test_accuracy"]
+    reference = classify(ClassifyParams(**config)).metrics["test_accuracy"]
+    assert quantized >= reference - 0.05, (quantized, reference)  # the rule's formats train

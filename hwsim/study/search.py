@@ -96,6 +96,8 @@ def parse_search(text: str, *, source: str = "spec", tasks_from=()) -> SearchSpe
     problems = [f"search.{k}: unknown key; allowed: {sorted(_SEARCH_KEYS)}" for k in raw
                 if k not in _SEARCH_KEYS]  # fmt: skip
     extra = [k for k in study.grid if k != "seed"]
+    if study.cases:
+        problems.append("a search spec takes no [[cases]]: the search chooses the formats")
     if extra or study.baseline is not None:
         problems.append(
             f"a search spec's [grid] may only list seeds (averaged per evaluation) and it has "
@@ -171,7 +173,7 @@ class SearchResult:
 
     @staticmethod
     def bits(formats: dict[str, FixedPoint]) -> int:
-        return sum(f.wl for f in formats.values())
+        return sum(f.bits for f in formats.values() if f is not None)
 
 
 def _moves(fmt: FixedPoint, min_bits: int) -> list[FixedPoint]:
@@ -192,21 +194,12 @@ def run_search(spec: SearchSpec, out: str | Path, run: Callable[[StudySpec], Any
     sign = 1.0 if spec.goal == "max" else -1.0
 
     def evaluate(settings: list[dict[str, FixedPoint | None]], ref: float | None):
-        points = tuple(tuple(sorted((k, v) for k, v in s.items())) for s in settings)
+        points = tuple(_point(s) for s in settings)
         todo = [p for p in dict.fromkeys(points) if _key(p) not in seen]
         if todo:
-            batch = _Batch(**{f.name: getattr(spec.study, f.name)
-                              for f in dataclasses.fields(StudySpec)}, points=tuple(todo))  # fmt: skip
-            run(batch)
-            with ResultsStore(out, readonly=True) as store:
-                by_hash = {r.hash: r for r in store.records()}
-            for p in todo:
-                trials = list(dataclasses.replace(batch, points=(p,)).iter_trials())
-                count[0] += len(trials)
-                vals = [by_hash[t.hash].metrics.get(spec.metric) for t in trials
-                        if t.hash in by_hash and by_hash[t.hash].status == "ok"]  # fmt: skip
-                ok = len(vals) == len(trials) and all(_finite(v) for v in vals)
-                seen[_key(p)] = (statistics.fmean(vals) if ok else math.nan, ok)
+            for p, (metric, ok, n) in zip(todo, run_points(spec, out, run, todo), strict=True):
+                count[0] += n
+                seen[_key(p)] = (metric, ok)
         results = []
         for s, p in zip(settings, points, strict=True):
             m, ok = seen[_key(p)]
@@ -251,6 +244,36 @@ def run_search(spec: SearchSpec, out: str | Path, run: Callable[[StudySpec], Any
     return SearchResult(float_metric, uniform, uniform_metric, per, per_metric, steps, count[0])
 
 
+def _point(setting: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in setting.items()))
+
+
+def run_points(spec: SearchSpec, out: Path, run: Callable, points: list[tuple]) -> list[tuple]:
+    """Run each parameter setting (a sorted tuple of (name, format) pairs) for every
+    seed of the spec as one batch of trials in ``out``; per point ``(mean metric,
+    ok, trials)``, ``ok`` False (and the metric NaN) when a trial failed."""
+    batch = _Batch(**{f.name: getattr(spec.study, f.name)
+                      for f in dataclasses.fields(StudySpec)}, points=tuple(points))  # fmt: skip
+    run(batch)
+    with ResultsStore(out, readonly=True) as store:
+        by_hash = {r.hash: r for r in store.records()}
+    results = []
+    for p in points:
+        trials = list(dataclasses.replace(batch, points=(p,)).iter_trials())
+        vals = [by_hash[t.hash].metrics.get(spec.metric) for t in trials
+                if t.hash in by_hash and by_hash[t.hash].status == "ok"]  # fmt: skip
+        ok = len(vals) == len(trials) and all(_finite(v) for v in vals)
+        results.append((statistics.fmean(vals) if ok else math.nan, ok, len(trials)))
+    return results
+
+
+def evaluate_setting(spec: SearchSpec, out: str | Path, run: Callable, setting: dict) -> float:
+    """The mean metric of one setting of the searched parameters (e.g. an
+    analytical rule's answer), run through the same store (NaN if a trial failed)."""
+    ((metric, _, _),) = run_points(spec, Path(out), run, [_point(setting)])
+    return metric
+
+
 def _key(point) -> str:
     return repr([(k, to_plain(v)) for k, v in point])
 
@@ -263,26 +286,35 @@ def _show(formats: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in formats.items())
 
 
-def markdown(spec: SearchSpec, result: SearchResult, energy: Callable | None = None) -> str:
+def markdown(
+    spec: SearchSpec,
+    result: SearchResult,
+    energy: Callable | None = None,
+    analytical: tuple[dict[str, FixedPoint], float, str] | None = None,
+) -> str:
     """The answer as a Markdown table (with energy per training step where ``energy``
-    maps a config to picojoules)."""
+    maps a config to picojoules, and a column for an ``analytical`` rule's
+    ``(formats, metric, name)`` where given)."""
+    columns = [("uniform", result.uniform, result.uniform_metric),
+               ("per tensor", result.per_tensor, result.per_tensor_metric)]  # fmt: skip
+    if analytical is not None:
+        columns.append((analytical[2], analytical[0], analytical[1]))
+
+    def row(name: str, cells) -> str:
+        return f"| {name} | " + " | ".join(str(c) for c in cells) + " |"
+
     lines = [f"# Precision search: {spec.study.name}", "",
              f"Metric {spec.metric!r} ({spec.goal}), tolerance {spec.tolerance:g} against the "
              f"float baseline's {result.float_metric:.6g}; {result.trials} trials evaluated.", "",
-             "| parameter | uniform | per tensor |", "|---|---|---|"]  # fmt: skip
+             row("parameter", [c[0] for c in columns]), "|---" * (len(columns) + 1) + "|"]  # fmt: skip
     for p in spec.params:
-        lines.append(f"| {p} | {result.uniform[p]} | {result.per_tensor[p]} |")
-    lines.append(
-        f"| total bits | {result.bits(result.uniform)} | {result.bits(result.per_tensor)} |"
-    )
-    lines.append(
-        f"| {spec.metric} | {result.uniform_metric:.6g} | {result.per_tensor_metric:.6g} |"
-    )
+        lines.append(row(p, [c[1].get(p) for c in columns]))
+    lines.append(row("total bits", [result.bits(c[1]) for c in columns]))
+    lines.append(row(spec.metric, [f"{c[2]:.6g}" for c in columns]))
     if energy is not None:
         cells = []
-        for formats in (result.uniform, result.per_tensor):
-            config = {**to_plain(spec.study.fixed), **to_plain(formats)}
-            pj = energy(config)
+        for _, formats, _ in columns:
+            pj = energy({**to_plain(spec.study.fixed), **to_plain(formats)})
             cells.append("n/a" if pj is None else f"{pj:.4g}")
-        lines.append(f"| energy per step (pJ) | {cells[0]} | {cells[1]} |")
+        lines.append(row("energy per step (pJ)", cells))
     return "\n".join(lines) + "\n"
