@@ -22,6 +22,7 @@ from torch import nn
 
 from hwsim.formats import parse_format
 from hwsim.modes import Overflow, Rounding
+from hwsim.nn.block_mac import block_linear, is_block_mac
 from hwsim.nn.conv import MACConv2dFunction
 from hwsim.nn.functional import (
     GemmConfig,
@@ -246,6 +247,8 @@ class QLinear(nn.Linear, _QuantizedLayer):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_block_mac(self.precision):  # block-scaled operands in the MAC arrays
+            return block_linear(self, x)
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACLinear if is_float_mac(*configs) else MACLinearFunction
@@ -331,6 +334,12 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_block_mac(self.precision):
+            raise ValueError(
+                "QConv2d does not run block-scaled MAC arrays yet (hwsim.conv2d does): give "
+                "this layer no accumulator (block formats quantize only) or a fixed-point "
+                "precision via quantize_model(per_layer=...)"
+            )
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACConv2d if is_float_mac(*configs) else MACConv2dFunction

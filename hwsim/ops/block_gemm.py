@@ -80,18 +80,30 @@ def block_gemm(a, b, acc, a_format, b_format, rounding, overflow, seed, *, value
     check_data(a, "a")
     check_data(b, "b")
     fa, fb = _operand_format(a_format, "a_format"), _operand_format(b_format, "b_format")
-    va = a if (a.ndim if is_torch(a) else np.ndim(a)) != 1 else a.reshape(1, -1)
-    vb = b if (b.ndim if is_torch(b) else np.ndim(b)) != 1 else b.reshape(-1, 1)
-    k = va.shape[-1]
-    kb = k_block(fa, fb, k)
-    check_block_gemm(fa, fb, acc, None, kb)
+    squeeze = (_ndim(a) == 1, _ndim(b) == 1)
+    va = a if not squeeze[0] else a.reshape(1, -1)
+    vb = b if not squeeze[1] else b.reshape(-1, 1)
+    check_block_gemm(fa, fb, acc, None, k_block(fa, fb, va.shape[-1]))
     va = _values(va, fa, -1, rounding, overflow, sub_seed(seed, 1))
     vb = _values(vb, fb, -2, rounding, overflow, sub_seed(seed, 2))
-    squeeze = (np.ndim(a) == 1 if not is_torch(a) else a.ndim == 1,
-               np.ndim(b) == 1 if not is_torch(b) else b.ndim == 1)  # fmt: skip
-    va, vb, _, _ = broadcast_operands(va, vb, None)
-    out = accumulate(va, vb, kb, acc, rounding, overflow, seed, values)
+    out = block_gemm_on_values(va, vb, acc, fa, fb, rounding, overflow, seed, values=values)
     return squeeze_result(out, squeeze)
+
+
+def _ndim(x) -> int:
+    return x.ndim if is_torch(x) else np.ndim(x)
+
+
+def block_gemm_on_values(va, vb, acc, a_format, b_format, rounding, overflow, seed, *, values=True):
+    """Step 2 and 3 of the MAC array on operands already quantized: float64
+    ``va`` (..., M, K) on ``a_format`` and ``vb`` (..., K, N) on ``b_format``,
+    with their blocks along K (``quantize`` with ``along_k(fmt, -1)`` /
+    ``along_k(fmt, -2)`` gives them; the layers of ``hwsim.nn`` quantize each
+    GEMM's operands once this way). The result's values, or int64 codes."""
+    kb = k_block(a_format, b_format, va.shape[-1])
+    check_block_gemm(a_format, b_format, acc, None, kb)
+    va, vb, _, _ = broadcast_operands(va, vb, None)
+    return accumulate(va, vb, kb, acc, rounding, overflow, seed, values)
 
 
 def matmul_block(a, b, acc, product, a_format, b_format, rounding, overflow, seed, values):
@@ -185,4 +197,12 @@ def conv2d_block(x, w, stride, padding, accumulator, product, rounding, overflow
     return back(out), acc
 
 
-__all__ = ["block_conv2d", "block_gemm", "conv2d_block", "has_block", "matmul_block", "is_block"]
+__all__ = [
+    "block_conv2d",
+    "block_gemm",
+    "block_gemm_on_values",
+    "conv2d_block",
+    "has_block",
+    "matmul_block",
+    "is_block",
+]
