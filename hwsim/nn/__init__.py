@@ -10,5 +10,14 @@ torch.Size([2, 4])
 
 from hwsim.nn.layers import QConv2d, QLinear, Quantizer, quantize_model, quantizer
 from hwsim.nn.precision import Precision
+from hwsim.nn.scaling import AmaxHistory
 
-__all__ = ["Precision", "Quantizer", "quantizer", "QLinear", "QConv2d", "quantize_model"]
+__all__ = [
+    "AmaxHistory",
+    "Precision",
+    "Quantizer",
+    "quantizer",
+    "QLinear",
+    "QConv2d",
+    "quantize_model",
+]

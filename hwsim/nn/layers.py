@@ -32,6 +32,7 @@ from hwsim.nn.functional import (
     is_float_mac,
 )
 from hwsim.nn.precision import Precision
+from hwsim.nn.scaling import as_format, stateful
 from hwsim.nn.value_mac import ValueMACConv2d, ValueMACLinear
 
 _MASK64 = (1 << 64) - 1
@@ -72,9 +73,9 @@ def quantizer(
     """
     return QuantizeFunction.apply(
         x,
-        parse_format(forward),
+        as_format(forward),
         Rounding.parse(forward_rounding),
-        parse_format(backward),
+        as_format(backward),
         Rounding.parse(backward_rounding),
         Overflow.parse(overflow),
         forward_seed,
@@ -101,8 +102,9 @@ class Quantizer(nn.Module):
         straight_through=True,
     ):
         super().__init__()
-        self.forward_format = parse_format(forward)
-        self.backward_format = parse_format(backward)
+        # a Scaled format becomes this module's delayed-scaling state (hwsim.nn.scaling)
+        self.forward_format = stateful(self, "forward", 0, parse_format(forward))
+        self.backward_format = stateful(self, "backward", 1, parse_format(backward))
         self.forward_rounding = Rounding.parse(forward_rounding)
         self.backward_rounding = Rounding.parse(backward_rounding)
         self.overflow = Overflow.parse(overflow)
@@ -160,6 +162,7 @@ class _QuantizedLayer:
         f, b = getattr(p, forward), getattr(p, backward)
         if x is None or (f is None and b is None):
             return x
+        f, b = stateful(self, forward, role, f), stateful(self, backward, role + 1, b)
         return quantizer(
             x,
             f,

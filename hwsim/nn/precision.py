@@ -6,7 +6,7 @@ import dataclasses
 
 from hwsim.formats import FixedPoint, parse_format
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.block_gemm import is_block
+from hwsim.plan.block_gemm import is_block, is_scaled
 from hwsim.plan.float_gemm import check_float_gemm_formats
 
 TENSOR_FIELDS = (
@@ -48,6 +48,8 @@ class Precision:
     ``straight_through=False`` zeroes the gradient where the forward value was
     clipped by saturation (clipped straight-through estimator).
 
+    A :class:`hwsim.Scaled` format (``"scaled_fp8_e4m3_h16"``) scales its tensor
+    per call by a delayed amax the layer keeps (:mod:`hwsim.nn.scaling`).
     Block-scaled formats (``"mxint8"``, ``"mxfp8_e4m3"``, ``"bfp8_b32"``) work
     in every tensor; with an accumulator, a GEMM with a block-scaled operand
     runs a block-scaled MAC array (:mod:`hwsim.nn.block_mac`, QLinear only):
@@ -106,7 +108,11 @@ class Precision:
             raise ValueError(
                 f"Precision.straight_through must be a bool, got {self.straight_through!r}"
             )
-        blocks = [f for f in TENSOR_FIELDS[:5] if is_block(getattr(self, f))]
+        blocks = [
+            f
+            for f in TENSOR_FIELDS[:5]
+            if is_block(getattr(self, f)) or is_scaled(getattr(self, f))
+        ]
         if blocks and not self.straight_through:
             raise ValueError(
                 f"Precision.straight_through=False needs a range to clip to, and "

@@ -19,6 +19,7 @@ import math
 
 from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.formats.block import MX, BlockFloatingPoint
+from hwsim.formats.scaled import Scaled
 
 EXACT_BITS = 53  # float64's significand
 
@@ -27,12 +28,17 @@ def is_block(fmt) -> bool:
     return isinstance(fmt, BlockFloatingPoint | MX)
 
 
+def is_scaled(fmt) -> bool:
+    """A per-tensor scaled format (:class:`hwsim.formats.scaled.Scaled`)."""
+    return isinstance(fmt, Scaled)
+
+
 def element_span(fmt) -> int:
     """Bits from an element's grid step to its largest magnitude (see the
     module docstring); ``fmt`` is a block, fixed-point or float format."""
     if isinstance(fmt, BlockFloatingPoint):
         return fmt.wl - 1
-    if isinstance(fmt, MX):
+    if isinstance(fmt, MX | Scaled):
         fmt = fmt.element
     if isinstance(fmt, FixedPoint):
         return fmt.wl - 1 if fmt.signed else fmt.wl
