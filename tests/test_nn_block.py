@@ -132,11 +132,62 @@ def test_errors_say_what_is_wrong():
         hn.Precision(weight="mxint8", accumulator="fp32")
     with pytest.raises(ValueError, match="straight_through=False"):
         hn.Precision(weight="mxint8", straight_through=False)
-    conv = hn.QConv2d(1, 2, 3, precision=hn.Precision(weight="mxint8", activation="mxint8",
-                                                      accumulator="fx32.16"))  # fmt: skip
-    with pytest.raises(ValueError, match="QConv2d does not run block-scaled"):
-        conv(torch.ones(1, 1, 5, 5))
     layer = hn.QLinear(4, 2, precision=hn.Precision(weight="mxfp8_e5m2",
                                                     activation="mxfp8_e5m2", accumulator="fp32"))  # fmt: skip
     with pytest.raises(ValueError, match="more than float64's 53"):
         layer(torch.ones(3, 4))
+
+
+def _conv_layer(backend="torch", rounding="nearest"):
+    p = hn.Precision(weight="mxint8_b8", activation="mxfp8_e4m3_b8", grad_activation="mxint8_b8",
+                     grad_weight="mxint8_b8", accumulator="fx32.16",
+                     grad_activation_accumulator="fx24.14", grad_weight_accumulator="fx24.12",
+                     rounding=rounding, seed=5)  # fmt: skip
+    torch.manual_seed(0)
+    return hn.QConv2d(3, 4, 3, stride=2, padding=1, precision=p, backend=backend,
+                      dtype=torch.float64)  # fmt: skip
+
+
+def test_conv_gemms_are_hwsim_conv2d_and_matmul_along_their_own_k():
+    conv = _conv_layer()
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    y = conv(x)
+    up = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    y.backward(up)
+    w, xd = conv.weight.detach(), x.detach()
+    want = hwsim.conv2d(xd, w, stride=2, padding=1, accumulator="fx32.16",
+                        x_format="mxfp8_e4m3_b8", w_format="mxint8_b8")  # fmt: skip
+    want = want + hwsim.quantize(conv.bias.detach(), "mxint8_b8").reshape(1, -1, 1, 1)
+    torch.testing.assert_close(y.detach(), want, rtol=0, atol=0)  # fx32.16 adds the bias exactly
+    # input gradient: the dilated gradient against the flipped kernel, K = (o, kh, kw)
+    dilated = torch.zeros((2, 4, 7, 7), dtype=torch.float64)
+    dilated[:, :, ::2, ::2] = up
+    flipped = w.flip(2, 3).transpose(0, 1).contiguous()
+    gx = hwsim.conv2d(dilated, flipped, padding=1, accumulator="fx24.14", x_format="mxint8_b8",
+                      w_format="mxint8_b8")  # fmt: skip
+    torch.testing.assert_close(x.grad, hwsim.quantize(gx, "mxint8_b8"), rtol=0, atol=0)
+    # weight gradient: K = (n, y, x)
+    cols = torch.nn.functional.unfold(xd, (3, 3), padding=1, stride=2).transpose(1, 2)
+    gm = up.permute(1, 0, 2, 3).reshape(4, -1)
+    gw = hwsim.matmul(gm, cols.reshape(-1, 27), accumulator="fx24.12", a_format="mxint8_b8",
+                      b_format="mxfp8_e4m3_b8").reshape(w.shape)  # fmt: skip
+    torch.testing.assert_close(conv.weight.grad, hwsim.quantize(gw, "mxint8_b8"), rtol=0, atol=0)
+    ones = torch.ones((1, gm.shape[1]), dtype=torch.float64)
+    gb = hwsim.matmul(ones, gm.t(), accumulator="fx24.12", a_format="fx2.0",
+                      b_format="mxint8_b8")[0]  # fmt: skip
+    torch.testing.assert_close(conv.bias.grad, hwsim.quantize(gb, "mxint8_b8"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_conv_numba_equals_torch(rounding):
+    out = []
+    for backend in ("torch", "numba"):
+        conv = _conv_layer(backend, rounding)
+        x = torch.randn(2, 3, 7, 7, generator=torch.Generator().manual_seed(2),
+                        dtype=torch.float64).requires_grad_(True)  # fmt: skip
+        y = conv(x)
+        y.backward(torch.ones_like(y))
+        out.append((y.detach(), x.grad, conv.weight.grad, conv.bias.grad))
+    for t, n in zip(*out, strict=True):
+        torch.testing.assert_close(t, n, rtol=0, atol=0)

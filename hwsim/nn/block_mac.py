@@ -78,6 +78,15 @@ def _gemm(a, b, fa, fb, cfg: GemmConfig, codes: bool = False):
     return torch.as_tensor(out).to(device)
 
 
+def with_bias(codes, b, cfg: GemmConfig, shape):
+    """The accumulator after the bias as one more MAC step (none: unchanged)."""
+    if b is None:
+        return codes
+    if isinstance(codes, np.ndarray) and not isinstance(cfg.accumulator, FixedPoint):
+        codes = torch.from_numpy(codes)  # add_float takes the bias as a tensor
+    return _add_bias_codes(codes, b, cfg, shape)
+
+
 def _finish(codes, cfg: GemmConfig, like: torch.Tensor) -> torch.Tensor:
     out = codes
     if isinstance(cfg.accumulator, FixedPoint):
@@ -105,13 +114,7 @@ class BlockMACLinear(torch.autograd.Function):
         else:
             fw = along_k(fmts.weight, -2)
             codes = _gemm(xa, wa.t(), along_k(fmts.activation, -1), fw, forward, codes=True)
-            if b is not None:
-                if isinstance(codes, np.ndarray) and not isinstance(
-                    forward.accumulator, FixedPoint
-                ):
-                    codes = torch.from_numpy(codes)  # add_float takes the bias as a tensor
-                codes = _add_bias_codes(codes, b, forward, (1, -1))
-            y = _finish(codes, forward, x)
+            y = _finish(with_bias(codes, b, forward, (1, -1)), forward, x)
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     @staticmethod
@@ -141,8 +144,9 @@ class BlockMACLinear(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None
 
 
-def block_linear(layer, x: torch.Tensor) -> torch.Tensor:
-    """A QLinear's forward through :class:`BlockMACLinear`: the input's and the
+def block_forward(layer, x: torch.Tensor, conv: bool = False) -> torch.Tensor:
+    """A QLinear's forward through :class:`BlockMACLinear` (a QConv2d's through
+    :class:`hwsim.nn.block_conv.BlockMACConv2d`): the input's and the
     weight's quantizers only quantize the gradients they return (the GEMMs
     quantize their operands), the bias is quantized as in every layer, the
     output quantizer applies ``output`` forward and nothing backward (the
@@ -162,7 +166,13 @@ def block_linear(layer, x: torch.Tensor) -> torch.Tensor:
         p.rounding_of("weight"), p.rounding_of("grad_activation"),
         tuple(layer._seed(role) for role in range(20, 26)),
     )  # fmt: skip
-    y = BlockMACLinear.apply(xq, wq, bq, fmts, *layer._gemm_configs())
+    if conv:
+        from hwsim.nn.block_conv import BlockMACConv2d
+
+        geometry = (tuple(layer.stride), tuple(layer.padding))
+        y = BlockMACConv2d.apply(xq, wq, bq, *geometry, fmts, *layer._gemm_configs())
+    else:
+        y = BlockMACLinear.apply(xq, wq, bq, fmts, *layer._gemm_configs())
     if p.output is None:
         return y
     return quantizer(y, p.output, None, forward_rounding=p.rounding_of("output"),
@@ -183,4 +193,4 @@ def is_block_mac(precision) -> bool:
     return any(is_block(f) for f in operands) and any(a is not None for a in accs)
 
 
-__all__ = ["BlockMACLinear", "OperandFormats", "block_linear", "is_block_mac"]
+__all__ = ["BlockMACLinear", "OperandFormats", "block_forward", "is_block_mac"]

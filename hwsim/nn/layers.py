@@ -22,7 +22,7 @@ from torch import nn
 
 from hwsim.formats import parse_format
 from hwsim.modes import Overflow, Rounding
-from hwsim.nn.block_mac import block_linear, is_block_mac
+from hwsim.nn.block_mac import block_forward, is_block_mac
 from hwsim.nn.conv import MACConv2dFunction
 from hwsim.nn.functional import (
     GemmConfig,
@@ -251,7 +251,7 @@ class QLinear(nn.Linear, _QuantizedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_block_mac(self.precision):  # block-scaled operands in the MAC arrays
-            return block_linear(self, x)
+            return block_forward(self, x)
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACLinear if is_float_mac(*configs) else MACLinearFunction
@@ -337,12 +337,8 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_block_mac(self.precision):
-            raise ValueError(
-                "QConv2d does not run block-scaled MAC arrays yet (hwsim.conv2d does): give "
-                "this layer no accumulator (block formats quantize only) or a fixed-point "
-                "precision via quantize_model(per_layer=...)"
-            )
+        if is_block_mac(self.precision):  # block-scaled operands in the MAC arrays
+            return block_forward(self, x, conv=True)
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACConv2d if is_float_mac(*configs) else MACConv2dFunction

@@ -52,7 +52,7 @@ class Precision:
     per call by a delayed amax the layer keeps (:mod:`hwsim.nn.scaling`).
     Block-scaled formats (``"mxint8"``, ``"mxfp8_e4m3"``, ``"bfp8_b32"``) work
     in every tensor; with an accumulator, a GEMM with a block-scaled operand
-    runs a block-scaled MAC array (:mod:`hwsim.nn.block_mac`, QLinear only):
+    runs a block-scaled MAC array (:mod:`hwsim.nn.block_mac`, ``block_conv``):
     each GEMM quantizes its operands along its own reduction axis, the
     backward GEMMs re-quantizing weight, input and gradient along theirs (as MX
     training recipes do). A MAC array multiplies integer codes, so an
