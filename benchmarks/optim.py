@@ -9,7 +9,11 @@ rule), as a ratio to the torch optimizer with the same rule and to qtorch's
 OptimLP (SGD, SGD with momentum, Adam). "fixed, torch ops" is the torch path
 (``fused=False``: what runs on a GPU) on the CPU. Fixed-point rows use weight fx16.12, accumulator fx24.20, gradient
 fx16.12 and (Adam, AdaGrad, RMSProp, momentum) state fx24.20 / ufx32.30;
-qtorch's OptimLP gets the same formats with its fixed-point quantizers. All
+qtorch's OptimLP gets the same formats with its fixed-point quantizers. Adam
+also has rows for the float recipe (bf16 weights, fp32 master copy: torch ops
+with the values quantized by the Numba kernels) and for block-wise 8-bit
+states (``hwsim.optim.ADAM_8BIT_STATES``: MXINT8 / MXFP8 E5M2) with that
+recipe and with the fixed-point pipeline above (whose tail stays fused). All
 rows are measured in this one run.
 """
 
@@ -34,6 +38,7 @@ import hwsim.optim as hopt  # noqa: E402
 WARMUP_STEPS = 3  # per optimizer and round, before its timed steps
 FIXED = dict(weight="fx16.12", accumulator="fx24.20", grad="fx16.12")
 ADAM_STATE = {"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"}
+BLOCK_STATE = hopt.ADAM_8BIT_STATES
 
 
 def make_params(n: int) -> list[torch.nn.Parameter]:
@@ -156,6 +161,13 @@ def main() -> None:
         if key in qt:
             makers["qtorch"] = qt[key]
         variants = [("float", {}), ("fixed", dict(FIXED, state=state))]
+        if key == "adam":
+            master = dict(weight="bf16", accumulator="fp32")
+            variants += [
+                ("bf16 + fp32 master", master),
+                ("bf16 + fp32 master, 8-bit block states", dict(master, state=BLOCK_STATE)),
+                ("fixed, 8-bit block states", dict(FIXED, state=BLOCK_STATE)),
+            ]
         if key in ("sgd", "adam"):
             variants += [
                 ("fixed, stochastic", dict(FIXED, state=state, rounding="stochastic", seed=0)),

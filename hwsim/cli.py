@@ -2,7 +2,7 @@
 
     hwsim sweep SPEC --out DIR [--workers N] [--dask ADDRESS]   run (or resume) a study
     hwsim status DIR                                             trial counts, failures
-    hwsim export DIR --csv                                       DIR/results.csv, DIR/history.csv (+ .parquet)
+    hwsim export DIR --csv                      DIR/results.csv, history.csv, telemetry.csv (+ .parquet)
     hwsim plot DIR                                               DIR/plots/*.png and *.svg
     hwsim report DIR                                             DIR/report.md with the plots
     hwsim search SPEC --out DIR                                  fewest bits per tensor within tolerance
@@ -143,24 +143,31 @@ def _cmd_export(args) -> int:
 
     folder = Path(args.dir)
     with ResultsStore(folder, readonly=True) as store:
-        records = store.records()
+        records = store.records(telemetry=True)
     t = tables(records)
     results = Path(args.csv_path) if args.csv_path else folder / "results.csv"
     history = results.with_name("history.csv")
-    for path, columns, rows in ((results, t.columns, t.rows),
-                                (history, t.history_columns, t.history_rows)):  # fmt: skip
+    telemetry = results.with_name("telemetry.csv")
+    for path, columns, rows in _export_tables(t, results, history, telemetry):
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(columns)
             w.writerows(rows)
-    print(f"wrote {results} ({len(records)} trials) and {history}")
-    written = _export_parquet(t, results.with_suffix(".parquet"), history.with_suffix(".parquet"))
+    print(f"wrote {results} ({len(records)} trials), {history} and {telemetry}")
+    written = _export_parquet(
+        t, *(p.with_suffix(".parquet") for p in (results, history, telemetry))
+    )
     if written:
-        print(f"wrote {written[0]} and {written[1]}")
+        print(f"wrote {', '.join(map(str, written))}")
     return 0
 
 
-def _export_parquet(t, results: Path, history: Path) -> tuple[Path, Path] | None:
+def _export_tables(t, results: Path, history: Path, telemetry: Path):
+    return ((results, t.columns, t.rows), (history, t.history_columns, t.history_rows),
+            (telemetry, t.telemetry_columns, t.telemetry_rows))  # fmt: skip
+
+
+def _export_parquet(t, results: Path, history: Path, telemetry: Path) -> tuple[Path, ...] | None:
     """The same tables as Parquet, where pandas and pyarrow are installed."""
     try:
         import pandas as pd
@@ -169,16 +176,21 @@ def _export_parquet(t, results: Path, history: Path) -> tuple[Path, Path] | None
         return None
     from hwsim.study.frames import parquet_ready
 
-    for path, columns, rows in ((results, t.columns, t.rows),
-                                (history, t.history_columns, t.history_rows)):  # fmt: skip
+    for path, columns, rows in _export_tables(t, results, history, telemetry):
         parquet_ready(pd.DataFrame(rows, columns=columns)).to_parquet(path, index=False)
-    return results, history
+    return results, history, telemetry
 
 
 def _cmd_plot(args) -> int:
     from hwsim.study.plots import make_plots
 
-    files = make_plots(args.dir, names=args.only or None, tasks_from=args.tasks_from, out=args.out)
+    files = make_plots(
+        args.dir,
+        names=args.only or None,
+        tasks_from=args.tasks_from,
+        out=args.out,
+        trial=args.trial,
+    )
     for f in files:
         print(f)
     if not files:
@@ -275,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--only", nargs="*", help="plot names to draw (default: all that apply)")
     p.add_argument("--out", help="folder for the plot files (default: DIR/plots)")
+    p.add_argument(
+        "--trial",
+        help="the trial of where_the_bits_go: a hash prefix or key=value,... "
+        "(default: the best trial with telemetry)",
+    )
     _tasks_from(p)
     p.set_defaults(fn=_cmd_plot)
 

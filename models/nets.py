@@ -137,7 +137,10 @@ def build_classifier(
     seed: int = 0,
 ) -> nn.Module:
     """One of :data:`MODELS`, initialized from ``seed``; with a
-    ``hwsim.nn.Precision`` its Linear/Conv2d layers become quantized layers."""
+    ``hwsim.nn.Precision`` its Linear/Conv2d layers become quantized layers.
+    ``precision`` may also be a dict from layer index (the order of the
+    Linear/Conv2d layers in the model, from 0) to a Precision, or None for a
+    float layer; an index it leaves out stays float."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     in_features = in_shape[0] * in_shape[1] * in_shape[2]
@@ -153,7 +156,19 @@ def build_classifier(
             net = SoftmaxRegression(in_features, n_classes)
         else:
             net = LinearSVM(in_features, n_classes)
-    if precision is not None:
+    if isinstance(precision, dict):
+        import hwsim.nn
+
+        names = [n for n, m in net.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+        unknown = sorted(set(precision) - set(range(len(names))), key=str)
+        if unknown:
+            raise ValueError(
+                f"precision names layer(s) {unknown}; model {model!r} has Linear/Conv2d "
+                f"layers 0..{len(names) - 1} ({names})"
+            )
+        per_layer = {names[i]: p for i, p in precision.items()}
+        net = hwsim.nn.quantize_model(net, None, backend=backend, per_layer=per_layer)
+    elif precision is not None:
         import hwsim.nn
 
         net = hwsim.nn.quantize_model(net, precision, backend=backend)

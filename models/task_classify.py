@@ -7,17 +7,20 @@ import dataclasses
 import functools
 import math
 import time
-import typing
 from typing import Literal
 
 import numpy as np
 
-from hwsim.formats import FixedPoint
 from hwsim.study.task import TrialResult, register_adapter, register_task
 from models import datasets
+from models.datapath_params import (
+    layer_precision,
+    optimizer_kwargs,
+    quantized_layers,
+    with_datapath,
+)
 from models.task_common import (
     OptimizerName,
-    RoundingName,
     _parse_schedule,
     _require,
     _require_seed,
@@ -27,19 +30,29 @@ from models.task_common import (
 # ---------------------------------------------------------------------- classify
 
 
-@dataclasses.dataclass(frozen=True)
-class ClassifyParams:
-    """Image classification with a hwsim optimizer (and, optionally, hwsim's
-    quantized layers).
+N_LAYERS = {"mlp": 2, "cnn": 5, "softmax": 1, "svm": 1}
+"""Quantizable (Linear/Conv2d) layers of each model: the keys ``layers`` takes."""
 
-    ``weight``, ``accumulator``, ``grad``, ``state``: the optimizer's formats;
-    ``activation``, ``layer_accumulator``: the layers' activation and MAC
-    accumulator formats (both ``None``: float layers). ``rounding``: every
-    quantized tensor's rounding; ``grad_rounding`` overrides it for the gradient
-    (``None``: follow ``rounding``), e.g. stochastic gradients into a nearest
-    accumulator as in Sakr & Shanbhag's accumulator study. ``schedule``: a
-    ``hwsim.schedules.GearShiftPolicy`` text; ``every=`` counts optimizer steps,
-    a plateau policy watches the epoch's training loss.
+
+@dataclasses.dataclass(frozen=True)
+class _ClassifyParams:
+    """Image classification with a hwsim optimizer and, optionally, hwsim's
+    quantized layers.
+
+    Besides these fields the task takes the whole training datapath by the
+    library's names (:mod:`models.datapath_params`; README "Classify
+    parameters"): every ``hwsim.nn.Precision`` field (``weight``,
+    ``activation``, ``accumulator`` = the layers' forward MAC accumulator, the
+    backward formats, ``<field>_rounding``, ...), ``layers`` (per-layer
+    overrides keyed by the layer's index among the model's Linear/Conv2d
+    layers, ``{"0" = {weight = "fx8.6"}}``), the optimizer's formats
+    ``opt_weight`` (default: follows ``weight``), ``opt_accumulator``,
+    ``opt_grad``, ``opt_update``, ``opt_state`` (a format, or a table per state
+    name) and ``opt_<t>_rounding``, and the optimizers' hyperparameters by their
+    own names (``momentum``, ``betas``, ``eps``, ...; None: the optimizer's
+    default). ``schedule``: a ``hwsim.schedules.GearShiftPolicy`` text;
+    ``every=`` counts optimizer steps, a plateau policy watches the epoch's
+    training loss.
     """
 
     dataset: Literal["digits", "mnist", "fashion_mnist"] = "digits"
@@ -48,17 +61,7 @@ class ClassifyParams:
     hidden: int = 100
     optimizer: OptimizerName = "sgd"
     lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    weight: FixedPoint | None = None
-    accumulator: FixedPoint | None = None
-    grad: FixedPoint | None = None
-    state: FixedPoint | None = None
-    activation: FixedPoint | None = None
-    layer_accumulator: FixedPoint | None = None
     backend: Literal["torch", "numba"] = "torch"
-    rounding: RoundingName = "nearest"
-    grad_rounding: RoundingName | None = None
     epochs: int = 10
     batch_size: int = 32
     schedule: str = "constant"
@@ -74,37 +77,19 @@ class ClassifyParams:
         _require(self, "epochs", self.epochs <= 10_000, "an integer in [1, 10000]")
         _require(self, "batch_size", self.batch_size <= 100_000, "an integer in [1, 100000]")
         _require_seed(self)
-        _require(self, "momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)")
-        _require(
-            self,
-            "momentum",
-            self.momentum == 0.0 or self.optimizer in ("sgd", "rmsprop"),
-            "0 unless optimizer is 'sgd' or 'rmsprop'",
-        )
-        _require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
         _require(self, "epochs", self.epochs >= 1, "an integer >= 1")
         _require(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
         _require(self, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
-        _require(
-            self,
-            "grad_rounding",
-            self.grad_rounding in (None, *typing.get_args(RoundingName)),
-            f"None (follow rounding) or one of {list(typing.get_args(RoundingName))}",
-        )
         _require(
             self,
             "data_path",
             self.dataset == "digits" or self.data_path is not None,
             "a folder of IDX files or an .npz for mnist / fashion_mnist",
         )
-        _require(
-            self,
-            "layer_accumulator",
-            self.layer_accumulator is None
-            or (self.weight is not None and self.activation is not None),
-            "None unless weight and activation are fixed point too (a MAC array multiplies codes)",
-        )
         _parse_schedule(self)
+
+
+ClassifyParams = with_datapath(_ClassifyParams, n_layers=lambda p: N_LAYERS[p.model])
 
 
 def load_split(dataset: str, data_path: str | None, seed: int) -> datasets.Split:
@@ -114,27 +99,11 @@ def load_split(dataset: str, data_path: str | None, seed: int) -> datasets.Split
 
 
 def make_optimizer(p, parameters):
-    """The hwsim optimizer ``p.optimizer`` with ``p``'s formats and rounding."""
+    """The hwsim optimizer ``p.optimizer`` with ``p``'s ``opt_*`` formats and
+    roundings and its hyperparameters (:func:`models.datapath_params.optimizer_kwargs`)."""
     from hwsim.optim import OPTIMIZERS
 
-    kwargs = dict(
-        lr=p.lr,
-        weight=p.weight,
-        accumulator=p.accumulator,
-        grad=p.grad,
-        state=getattr(p, "state", None),
-        rounding=p.rounding,
-        seed=p.seed,
-    )
-    if (
-        getattr(p, "grad_rounding", None) is not None
-    ):  # e.g. stochastic gradients, nearest accumulator
-        kwargs["grad_rounding"] = p.grad_rounding
-    if getattr(p, "weight_decay", 0.0):
-        kwargs["weight_decay"] = p.weight_decay
-    if getattr(p, "momentum", 0.0):
-        kwargs["momentum"] = p.momentum
-    return OPTIMIZERS[p.optimizer](parameters, **kwargs)
+    return OPTIMIZERS[p.optimizer](parameters, lr=p.lr, **optimizer_kwargs(p))
 
 
 def _shift_groups(optimizer, policy) -> None:
@@ -200,24 +169,15 @@ def _classify(p: ClassifyParams) -> TrialResult:
 
     from hwsim.errors import NonFiniteError
     from models.nets import build_classifier
+    from models.task_telemetry import EpochTelemetry
 
     started = time.perf_counter()
     split = load_split(p.dataset, p.data_path, p.seed)
     x_train, y_train = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
     x_test, y_test = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
     precision = None
-    if p.activation is not None or p.layer_accumulator is not None:
-        import hwsim.nn
-
-        # the layer sees the optimizer's weight grid; its MAC array needs both
-        # operands on a grid (checked in ClassifyParams)
-        precision = hwsim.nn.Precision(
-            weight=p.weight,
-            activation=p.activation,
-            accumulator=p.layer_accumulator,
-            rounding=p.rounding,
-            seed=p.seed,
-        )
+    if quantized_layers(p):  # else the optimizer's weight grid is all the layers see
+        precision = {i: layer_precision(p, i) for i in range(N_LAYERS[p.model])}
     model = build_classifier(
         p.model,
         tuple(split.x_train.shape[1:]),
@@ -244,11 +204,12 @@ def _classify(p: ClassifyParams) -> TrialResult:
         return correct / len(y_test)
 
     best = 0.0
+    telem = EpochTelemetry(model, optimizer)  # per layer and tensor, last batch of each epoch
     for epoch in range(p.epochs):
         model.train()
         losses, stalls, saturations = [], [], []
         try:
-            for idx in datasets.batches(len(y_train), p.batch_size, p.seed, epoch):
+            for idx in telem.last_of(datasets.batches(len(y_train), p.batch_size, p.seed, epoch)):
                 idx_t = torch.from_numpy(idx)
                 loss = model.loss(model(x_train[idx_t]), y_train[idx_t])
                 if first_loss is None:
@@ -286,6 +247,7 @@ def _classify(p: ClassifyParams) -> TrialResult:
             "lr": optimizer.param_groups[0]["lr"],
         }
         history.append(row)
+        telem.log(epoch + 1)
         metrics = {
             "test_accuracy": accuracy,
             "train_loss": train_loss,
@@ -305,7 +267,10 @@ def _classify(p: ClassifyParams) -> TrialResult:
         "n_train": len(y_train),
         "n_test": len(y_test),
     }
-    return TrialResult(metrics=metrics, history=history, diverged=diverged, info=info)
+    telemetry = telem.close()
+    return TrialResult(
+        metrics=metrics, history=history, diverged=diverged, info=info, telemetry=telemetry
+    )
 
 
 _IN_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}

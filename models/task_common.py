@@ -20,9 +20,13 @@ def _validate(params) -> None:
 
     ``Literal`` fields must be one of their choices, ``FixedPoint | None``
     fields accept a FixedPoint, a format string or ``"float"``/None, numbers
-    must be numbers (bools are not)."""
+    must be numbers (bools are not). The datapath fields a class gets from
+    :func:`models.datapath_params.with_datapath` are checked there."""
     hints = typing.get_type_hints(type(params))
+    skip = getattr(type(params), "DATAPATH_FIELDS", ())
     for f in dataclasses.fields(params):
+        if f.name in skip:
+            continue
         value = getattr(params, f.name)
         hint = hints[f.name]
         where = f"{type(params).__name__}.{f.name}"

@@ -11,6 +11,7 @@ import numpy as np
 from hwsim.formats import FixedPoint
 from hwsim.study.task import TrialResult, register_task
 from models import datasets
+from models.datapath_params import with_datapath
 from models.task_classify import _one_thread_seeded, _telemetry, make_optimizer
 from models.task_common import (
     OptimizerName,
@@ -25,24 +26,25 @@ from models.task_common import (
 
 
 @dataclasses.dataclass(frozen=True)
-class KMeansParams:
+class _KMeansParams:
     """K-means by SGD (:mod:`models.kmeans`) on the digits (flattened 64-d) or
     on Gaussian blobs, with a hwsim optimizer on the centroids. ``distance``
     and ``distance_accumulator`` (both or neither) put the assignment step on
     the datapath: differences rounded to ``distance``, squared distances
     accumulated in ``distance_accumulator``, argmin on those values (rounding:
-    ``rounding``, or nearest when that is stochastic)."""
+    ``rounding``, or nearest when that is stochastic).
+
+    The centroids are the weights: ``weight`` is their format, and the
+    optimizer takes the ``opt_*`` formats, roundings and hyperparameters of
+    the ``classify`` task (:mod:`models.datapath_params`; its weight
+    accumulator is ``opt_accumulator``, its gradient format ``opt_grad``)."""
 
     dataset: Literal["digits", "blobs"] = "digits"
     k: int = 10
     optimizer: OptimizerName = "sgd"
     lr: float = 0.05
-    weight: FixedPoint | None = None
-    accumulator: FixedPoint | None = None
-    grad: FixedPoint | None = None
     distance: FixedPoint | None = None
     distance_accumulator: FixedPoint | None = None
-    rounding: RoundingName = "nearest"
     epochs: int = 5
     batch_size: int = 32
     seed: int = 0
@@ -60,6 +62,13 @@ class KMeansParams:
         _require(self, "epochs", 1 <= self.epochs <= 10_000, "an integer in [1, 10000]")
         _require(self, "batch_size", 1 <= self.batch_size <= 100_000, "an integer in [1, 100000]")
         _require_seed(self)
+
+
+KMeansParams = with_datapath(
+    _KMeansParams,
+    layers=False,
+    renamed={"accumulator": "'opt_accumulator' (the optimizer's copy of the centroids)"},
+)
 
 
 @register_task("kmeans", KMeansParams, metrics=("inertia", "purity", "stall_fraction"))

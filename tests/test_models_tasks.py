@@ -76,13 +76,14 @@ def test_tasks_are_registered():
         ),
         (
             tasks.ClassifyParams,
-            {"layer_accumulator": "fx20.10"},
-            r"layer_accumulator.*unless weight and activation",
+            {"accumulator": "fx20.10"},
+            r"accumulator is set but weight, activation is float.*'opt_accumulator'",
         ),
         (
             tasks.ClassifyParams,
             {"momentum": 0.9, "optimizer": "adam"},
-            r"momentum.*'sgd' or 'rmsprop'",
+            r"momentum: 0.9 is set but optimizer 'adam' does not take 'momentum'; the "
+            r"optimizers that take it: \['sgd', 'rmsprop'\]",
         ),
         (tasks.ClassifyParams, {"batch_norm": 1}, r"batch_norm: must be true or false"),
         (tasks.KMeansParams, {"k": 0}, r"KMeansParams.k: 0 is not allowed"),
@@ -194,7 +195,7 @@ def test_classify_with_quantized_layers(backend):
             weight="fx12.8",
             backend=backend,
             activation="fx12.8",
-            layer_accumulator="fx24.16",
+            accumulator="fx24.16",
         )
     )
     assert not r.diverged and r.metrics["test_accuracy"] > 0.5
@@ -337,21 +338,21 @@ def test_classify_reads_user_mnist_files(tmp_path):
     assert r.info["n_train"] == 256 and r.metrics["test_accuracy"] > 0.9
 
 
-def test_classify_grad_rounding_overrides_rounding_for_the_gradient_only():
+def test_classify_opt_grad_rounding_overrides_rounding_for_the_gradient_only():
     from hwsim.optim.precision import GroupPrecision
 
     def group_precision(**kw):
-        p = tasks.ClassifyParams(weight="fx8.6", accumulator="fx12.10", grad="fx6.5", **kw)
+        p = tasks.ClassifyParams(weight="fx8.6", opt_accumulator="fx12.10", opt_grad="fx6.5", **kw)
         opt = tasks.make_optimizer(p, [torch.nn.Parameter(torch.zeros(3))])
         return GroupPrecision.of(opt.param_groups[0], opt.rule.state_names)
 
-    mixed = group_precision(rounding="nearest", grad_rounding="stochastic")
+    mixed = group_precision(rounding="nearest", opt_grad_rounding="stochastic")
     assert str(mixed.grad_rounding).lower().endswith("stochastic")
     assert str(mixed.accumulator_rounding).lower().endswith("nearest")
     follow = group_precision(rounding="nearest")  # None: the gradient follows `rounding`
     assert str(follow.grad_rounding).lower().endswith("nearest")
-    with pytest.raises(ValueError, match="grad_rounding"):
-        tasks.ClassifyParams(grad_rounding="sthochastic")
+    with pytest.raises(ValueError, match="opt_grad_rounding"):
+        tasks.ClassifyParams(opt_grad_rounding="sthochastic")
 
 
 def test_lms_tracking_a_drifting_system_precision_floor_wins():

@@ -191,3 +191,15 @@ def test_conv_numba_equals_torch(rounding):
         out.append((y.detach(), x.grad, conv.weight.grad, conv.bias.grad))
     for t, n in zip(*out, strict=True):
         torch.testing.assert_close(t, n, rtol=0, atol=0)
+
+
+def test_telemetry_counts_the_forward_gemm_operands():
+    conv = _conv_layer()
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64) * 100
+    with hn.telemetry(torch.nn.Sequential(conv)) as t:
+        conv(x).sum().backward()
+    rows = {r["tensor"]: r for r in t.rows()}
+    cols = torch.nn.functional.unfold(x, (3, 3), padding=1, stride=2)
+    assert rows["activation"]["numel"] == cols.numel()  # the im2col operand
+    assert rows["weight"]["numel"] == conv.weight.numel() + conv.bias.numel()
+    assert rows["accumulator"]["format"] == "fx32.16"

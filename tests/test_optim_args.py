@@ -116,11 +116,11 @@ def test_documented_state_formats_work(name):
     assert loss < 2 * reference + 1e-3
 
 
-@pytest.mark.parametrize(("name", "kind"), [("bf16", "floating-point"), ("mxfp8_e4m3", "block-scaled"),
-                                            ("bfp8_b32", "block-scaled")])  # fmt: skip
-def test_float_and_block_formats_are_refused_with_a_clear_error(name, kind):
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "bfp8_b32", "mxint8"])
+@pytest.mark.parametrize("tensor", ["weight", "accumulator", "grad", "update"])
+def test_block_formats_are_refused_outside_the_state_with_a_clear_error(name, tensor):
+    """Block-scaled formats are the states' (block-wise 8-bit states); float
+    formats are taken everywhere (tests/test_optim_formats.py)."""
     p = torch.nn.Parameter(torch.zeros(3))
-    with pytest.raises(
-        ValueError, match=f"weight: the optimizers take fixed-point formats.*{kind}"
-    ):
-        hopt.SGD([p], lr=0.1, weight=name)
+    with pytest.raises(ValueError, match=f"{tensor}: the block-scaled format .* by ``state`` only"):
+        hopt.SGD([p], lr=0.1, **{tensor: name})

@@ -138,6 +138,15 @@ def test_backend_crossing_and_bfloat16(name):
     assert isinstance(c, np.ndarray) and np.array_equal(bits(c), bits(hwsim.quantize(xn, name)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxint8", "bfp8_b32"])
+def test_backend_crossing_of_float_cpu_tensors(name, dtype):
+    """A float32/float64 CPU tensor sent to the kernels (backend="numba")
+    goes to the block quantizer, not to the fixed-point shortcut."""
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    assert torch.equal(hwsim.quantize(x, name, backend="numba"), hwsim.quantize(x, name))
+
+
 def test_the_block_rule_by_hand():
     """X = 2^(floor(log2 amax) - emax): E4M3 emax 8, amax 3.0 -> X = 2^-7;
     448 * X = 3.5 is the largest element value; RNE on the element grid."""

@@ -264,7 +264,7 @@ def test_builtin_accumulator_study_tests_the_rule_directly():
     spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "accumulator_precision.toml")
     data = StudyData(Path("."), spec.to_json(), [])
     trials = [t for t in spec.trials() if t.role == "grid"]
-    assert {t.config["grad_rounding"] for t in trials} == {"stochastic"}
+    assert {t.config["opt_grad_rounding"] for t in trials} == {"stochastic"}
     assert {t.config["rounding"] for t in trials} == {"nearest"}
     predicted = {}
     for t in trials:

@@ -173,10 +173,42 @@ def block_forward(layer, x: torch.Tensor, conv: bool = False) -> torch.Tensor:
         y = BlockMACConv2d.apply(xq, wq, bq, *geometry, fmts, *layer._gemm_configs())
     else:
         y = BlockMACLinear.apply(xq, wq, bq, fmts, *layer._gemm_configs())
+    if layer._telemetry is not None and layer._telemetry.active:
+        _record(layer, x, bq, y, fmts, conv)
     if p.output is None:
         return y
     return quantizer(y, p.output, None, forward_rounding=p.rounding_of("output"),
                      forward_seed=layer._seed(6), **kw)  # fmt: skip
+
+
+def _record(layer, x, bq, y, fmts: OperandFormats, conv: bool) -> None:
+    """Telemetry rows of a block-scaled layer's forward GEMM (``hwsim.nn.telemetry``):
+    ``activation`` and ``weight`` as that GEMM quantized them (a conv's input as
+    its im2col operand), ``accumulator`` against the float GEMM of those
+    operands. (The gradients' rows come from the bias only: the backward GEMMs
+    quantize their operands inside.)"""
+    rec, s, be = layer._telemetry, fmts.seeds, layer.backend
+    w = layer.weight.detach().to(torch.float64)
+    b = None if bq is None else bq.detach().to(torch.float64)
+    if conv:
+        xo = F.unfold(x.detach().to(torch.float64), w.shape[2:], padding=layer.padding,
+                      stride=layer.stride)  # fmt: skip
+        xa = _q(xo, fmts.activation, -2, fmts.activation_rounding, s[0], be)
+        wo = w.reshape(w.shape[0], -1)
+        wa = _q(wo, fmts.weight, -1, fmts.weight_rounding, s[1], be)
+        ref = wa @ xa + (0 if b is None else b.reshape(1, -1, 1))
+    else:
+        xo = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        xa = _q(xo, fmts.activation, -1, fmts.activation_rounding, s[0], be)
+        wo, wa = w, _q(w, fmts.weight, -1, fmts.weight_rounding, s[1], be)
+        ref = F.linear(xa, wa, b)
+    p = layer.precision
+    if p.activation is not None:
+        rec.add("activation", xo, xa, p.activation)
+    if p.weight is not None:
+        rec.add("weight", wo, wa, p.weight)
+    if p.accumulator is not None:
+        rec.add("accumulator", ref.reshape(y.shape), y.detach().to(torch.float64), p.accumulator)
 
 
 def is_block_mac(precision) -> bool:

@@ -143,6 +143,7 @@ class _QuantizedLayer:
 
     precision: Precision
     backend: str
+    _telemetry = None  # a hwsim.nn.telemetry.LayerRecorder while telemetry is attached
 
     def _setup(self, precision: Precision, backend: str, salt: int) -> None:
         if not isinstance(precision, Precision):
@@ -159,14 +160,18 @@ class _QuantizedLayer:
 
     def _quantize(self, x, forward: str, backward: str, role: int):
         p = self.precision
-        f, b = getattr(p, forward), getattr(p, backward)
-        if x is None or (f is None and b is None):
+        if x is None or (getattr(p, forward) is None and getattr(p, backward) is None):
             return x
-        f, b = stateful(self, forward, role, f), stateful(self, backward, role + 1, b)
+        if self._telemetry is not None and self._telemetry.active:
+            return self._telemetry.quantize(x, forward, backward, role)
+        return self._quantizer(x, forward, backward, role)
+
+    def _quantizer(self, x, forward: str, backward: str, role: int):
+        p = self.precision
         return quantizer(
-            x,
-            f,
-            b,
+            x,  # a Scaled format: this layer's delayed-scaling state (hwsim.nn.scaling)
+            stateful(self, forward, role, getattr(p, forward)),
+            stateful(self, backward, role + 1, getattr(p, backward)),
             forward_rounding=p.rounding_of(forward),
             backward_rounding=p.rounding_of(backward),
             overflow=p.overflow,
@@ -175,6 +180,10 @@ class _QuantizedLayer:
             backend=self.backend,
             straight_through=p.straight_through,
         )
+
+    def _mac(self, fn, *args):  # fn.apply, counted while telemetry is active
+        rec = self._telemetry
+        return fn.apply(*args) if rec is None or not rec.active else rec.mac(fn, *args)
 
     def _gemm_configs(self) -> tuple[GemmConfig, GemmConfig, GemmConfig]:
         p = self.precision
@@ -255,7 +264,7 @@ class QLinear(nn.Linear, _QuantizedLayer):
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACLinear if is_float_mac(*configs) else MACLinearFunction
-        y = fn.apply(xq, wq, bq, *configs)
+        y = self._mac(fn, xq, wq, bq, *configs)
         return self._finish(y)
 
     def extra_repr(self) -> str:
@@ -342,7 +351,7 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACConv2d if is_float_mac(*configs) else MACConv2dFunction
-        y = fn.apply(xq, wq, bq, tuple(self.stride), tuple(self.padding), *configs)
+        y = self._mac(fn, xq, wq, bq, tuple(self.stride), tuple(self.padding), *configs)
         return self._finish(y)
 
     def extra_repr(self) -> str:

@@ -113,7 +113,7 @@ def quantize(
     if _crosses(backend, x):
         if out is not None:
             raise ValueError("out is only taken by NumPy input on its own (numba) backend")
-        if float_fmt is None and block_fmt is None and noise is None and _cpu_float_tensor(x):
+        if block_fmt is None and float_fmt is None and noise is None and _cpu_float_tensor(x):
             return _quantize_cpu_tensor(x, fmt, rounding, overflow, seed)
         result = _on_other_backend(quantize, backend, x, fmt, rounding, overflow, seed, noise)
         return result.to(x.dtype) if is_torch(x) else _as_input_kind(result, x)

@@ -5,10 +5,13 @@ weight accumulator, quantized weight) and reports stall telemetry.
 >>> import torch, hwsim.optim
 >>> model = torch.nn.Linear(4, 1)
 >>> opt = hwsim.optim.SGD(model.parameters(), lr=0.01, weight="fx16.12", accumulator="fx24.20")
+>>> opt = hwsim.optim.Adam(model.parameters(), weight="bf16", accumulator="fp32",
+...                        state=hwsim.optim.ADAM_8BIT_STATES)
 """
 
 from hwsim.optim.base import QuantizedOptimizer
 from hwsim.optim.optimizers import (
+    ADAM_8BIT_STATES,
     OPTIMIZERS,
     SGD,
     STATE_FORMATS,
@@ -27,6 +30,7 @@ __all__ = [
     "RMSProp",
     "OPTIMIZERS",
     "STATE_FORMATS",
+    "ADAM_8BIT_STATES",
     "QuantizedOptimizer",
     "Rule",
 ]

@@ -13,8 +13,16 @@ weight grid is the accumulator: updates are rounded straight onto it
 (``weight_rounding``), and one smaller than half an LSB is lost under nearest
 rounding — the stall. With neither format the weight stays float.
 
-Arithmetic: when any format of a group is fixed point, the rule and the
-pipeline compute in float64 (every code of a format up to 52 bits is exact in
+A floating-point accumulator (``accumulator="fp32"``: the master copy of the
+usual bf16 recipe) or float weight without one holds values:
+``acc = Q_acc(acc + update)``, the sum formed in float64 and rounded once
+(:mod:`hwsim.optim.float_step`); an update below half a unit in the last
+place of the accumulator is lost under nearest rounding (the stall of pure
+bf16 weights).
+
+Arithmetic: when any tensor of a group has a format (fixed point, floating
+point or, for states, block scaled), the rule and the pipeline compute in
+float64 (every code of a format up to 52 bits is exact in
 float64; codes are held as float64 integers, the accumulator's as int32 where
 they fit: :func:`accumulator_dtype`); when every format is ``None``
 they compute in the parameter's own dtype, exactly like ``torch.optim``.
@@ -31,6 +39,7 @@ from typing import Any
 
 import torch
 
+from hwsim.formats import FloatingPoint
 from hwsim.optim import fused_path, paths
 from hwsim.optim.compat import CheckpointMixin, check_group_keys
 from hwsim.optim.fused import max_abs
@@ -93,10 +102,13 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
               grid (or on the weight grid without an accumulator; for float
               weights, too small to change the float);
             - ``saturation_fraction``: the fraction of weights whose accumulator
-              or weight code sits at its format's min or max;
+              or weight code sits at its format's min or max (a float format:
+              at +-max, or beyond it);
             - ``median_update_lsb``: the median |update| over the nonzero
-              updates, in LSBs of the accumulator (else of the weight) format;
-              NaN for float weights or when no update is nonzero.
+              updates, in LSBs of the accumulator (else of the weight) format,
+              for a float format in units in the last place of the value it
+              was added to (below 0.5 stalls under nearest rounding); NaN for
+              float weights or when no update is nonzero.
 
             Each is measured on a sample of every tensor: 256 runs of 16
             consecutive elements, evenly spaced (``hwsim.optim.fused.
@@ -114,7 +126,8 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
             (dicts by state name, on the same sample): ``state_flush_fraction``,
             the fraction of its elements whose nonzero value was stored as 0,
             and ``state_saturation_fraction``, of those at the format's min or
-            max. A state format too narrow for the rule's values shows here
+            max (a float format: +-max or beyond; a block format: the largest
+            magnitude, or most negative code, its block's scale allows). A state format too narrow for the rule's values shows here
             (Adam's ``exp_avg_sq`` in ``"fx16.12"`` flushes entirely, ``eps``
             becomes the denominator and the weights saturate);
             :data:`hwsim.optim.STATE_FORMATS` gives a working format per rule.
@@ -190,9 +203,11 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None):
         """One optimizer step; returns the closure's loss if one is given.
 
-        In a group with any fixed-point format, a NaN or Inf gradient raises
+        In a group with any format, a NaN or Inf gradient raises
         :class:`~hwsim.NonFiniteError` before any parameter, accumulator or
-        state changes (float groups propagate it, as ``torch.optim`` does)."""
+        state changes (groups whose formats are all None propagate it, as
+        ``torch.optim`` does); so does a float format's overflow to Inf or
+        NaN, naming the tensor and format."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -202,7 +217,7 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         index = 0
         for position, group in enumerate(self.param_groups):
             prec, fused_steps = self._precision(position, group)
-            fixed = prec.any_fixed
+            fixed = prec.quantized
             items = []
             for p in group["params"]:
                 grad = p.grad
@@ -253,7 +268,7 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         if fixed:
             raise RuntimeError(
                 f"{name}: parameter {index} has a sparse gradient; hwsim takes sparse gradients "
-                "only in groups whose formats are all None (float), not in fixed-point groups"
+                "only in groups whose formats are all None (float), not in quantized groups"
             )
 
     def _step_param(self, p, index, group, prec, fused_steps, counts, checked) -> None:
@@ -289,9 +304,19 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
 
     # -- introspection --------------------------------------------------------------
     def accumulator_codes(self, p: torch.Tensor) -> torch.Tensor | None:
-        """The int64 codes of ``p``'s weight accumulator (``None`` before the
-        first step or when the group has neither accumulator nor weight format)."""
+        """The int64 codes of ``p``'s fixed-point weight accumulator (``None``
+        before the first step or when the group has neither accumulator nor
+        weight format). A floating-point accumulator holds values, not codes:
+        ValueError (read ``state[p]["accumulator"]``)."""
         acc = self.state[p].get("accumulator")
+        group = next((g for g in self.param_groups if any(q is p for q in g["params"])), None)
+        target = None if group is None else (group["accumulator"] or group["weight"])
+        if acc is not None and isinstance(target, FloatingPoint):
+            raise ValueError(
+                f"the weight accumulator of this parameter is in the floating-point format "
+                f"{target}, which has no integer codes: read optimizer.state[p]['accumulator'] "
+                f"for its values"
+            )
         return None if acc is None else acc.to(torch.int64)
 
 

@@ -3,9 +3,9 @@ the step: torch's keyword arguments and learning rates, param-group keys,
 and state dicts that ``torch.load(weights_only=True)`` accepts.
 
 State dicts hold only plain Python types and tensors: the precision entries
-of a param group (live as :class:`~hwsim.formats.FixedPoint`,
-:class:`~hwsim.modes.Rounding`, :class:`~hwsim.modes.Overflow`) are written
-as their strings (``"fx16.12"``, ``"stochastic"``, ``"saturate"``) and parsed
+of a param group (live as formats, :class:`~hwsim.modes.Rounding`,
+:class:`~hwsim.modes.Overflow`) are written as their strings (``"fx16.12"``,
+``"bf16"``, ``"mxint8"``, ``"stochastic"``, ``"saturate"``) and parsed
 again on load (:func:`~hwsim.optim.precision.normalize_group`). A loaded
 param group that lacks a hyperparameter (a state dict of ``torch.optim``, or
 of an older hwsim) gets the optimizer's default, as torch's optimizers fill
@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from hwsim.formats import FixedPoint
+from hwsim.formats import FixedPoint, FloatingPoint
+from hwsim.formats.block import MX, BlockFloatingPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.optim.precision import normalize_group
 
@@ -118,7 +119,7 @@ def check_group_keys(group: dict, defaults: dict) -> None:
 
 def plain(value: Any) -> Any:
     """A precision entry as a plain type: formats and modes as their strings."""
-    if isinstance(value, (FixedPoint, Rounding, Overflow)):
+    if isinstance(value, (FixedPoint, FloatingPoint, BlockFloatingPoint, MX, Rounding, Overflow)):
         return str(value)
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}

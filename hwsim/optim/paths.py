@@ -18,8 +18,16 @@ import numpy as np
 import torch
 
 from hwsim.errors import NonFiniteError
+from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.optim.fused_check import max_abs
+from hwsim.optim.kinds import (
+    accumulator_dtype,
+    accumulator_values,
+    at_limits,
+    quantize_values,
+    saturated_sample,
+)
 from hwsim.optim.precision import (
     STATE_STREAM_BASE,
     STREAM,
@@ -76,6 +84,7 @@ class ParamStep:
         return (
             not p.is_complex()  # the views the fused step caches are of the parameter
             and self.prec.target is not None
+            and self.prec.codes_pipeline  # integer codes: the kernel's kind
             and p.is_cpu
             and p.dtype in FUSED_DTYPES
             and p.is_contiguous()
@@ -86,29 +95,37 @@ class ParamStep:
         return uniforms(mix_seed(self.prec.seed, self.step, self.index, stream), like)
 
     def quantize(self, x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
-        """``x`` on the grid of ``fmt`` (values), its non-finite values raised
-        (gradients were checked in ``step()``)."""
+        """Float64 ``x`` on the grid of ``fmt`` (values, any kind:
+        :func:`~hwsim.optim.kinds.quantize_values`), its non-finite values
+        raised (gradients were checked in ``step()``), and so is a float
+        format's overflow to Inf or NaN."""
         if stream != STREAM["grad"] and not all_finite(x):
             raise_non_finite(x, stream, self.p, self.index)
         u = self.noise(stream, x) if rounding == Rounding.STOCHASTIC else None
-        return value_to_code_float(x, fmt, rounding, self.prec.overflow, u).mul_(fmt.lsb)
+        q = quantize_values(x, fmt, rounding, self.prec.overflow, u)
+        if not isinstance(fmt, FixedPoint) and not all_finite(q):
+            raise_non_finite(q, stream, self.p, self.index, fmt)
+        return q
 
 
 def prepare(
     whole, index, group, prec: GroupPrecision, fused_steps, state, counts, fused: bool
 ) -> ParamStep:
     """Count the step and, on the first, start the accumulator as the current
-    weight on its grid."""
+    weight on its grid (codes of a fixed-point format, values of a float one)."""
     ctx = ParamStep(whole, index, group, prec, fused_steps, state, counts, fused)
     target = prec.target
     if target is not None and "accumulator" not in state:
         x = ctx.p.detach().to(torch.float64)
-        if not all_finite(x):
-            raise_non_finite(x, STREAM["init"], ctx.p, index)
         rounding = prec.target_rounding
-        u = ctx.noise(STREAM["init"], x) if rounding == Rounding.STOCHASTIC else None
-        codes = value_to_code_float(x, target, rounding, prec.overflow, u).add_(0.0)  # no -0
-        state["accumulator"] = codes.to(accumulator_dtype(target))
+        if isinstance(target, FloatingPoint):
+            start = ctx.quantize(x, target, rounding, STREAM["init"])
+        else:
+            if not all_finite(x):
+                raise_non_finite(x, STREAM["init"], ctx.p, index)
+            u = ctx.noise(STREAM["init"], x) if rounding == Rounding.STOCHASTIC else None
+            start = value_to_code_float(x, target, rounding, prec.overflow, u).add_(0.0)  # no -0
+        state["accumulator"] = start.to(accumulator_dtype(target))
     return ctx
 
 
@@ -118,7 +135,7 @@ def rule_step(ctx: ParamStep, rule: Rule) -> tuple[Step, Callable[[], torch.Tens
     weight the rule read."""
     prec, state, whole = ctx.prec, ctx.state, ctx.whole
     complex_param = whole.is_complex()
-    dtype = torch.float64 if prec.any_fixed else ctx.p.dtype
+    dtype = torch.float64 if prec.quantized else ctx.p.dtype
     grad = whole.grad.to(_complex(dtype) if complex_param else dtype)
     if prec.grad is not None:
         codes = ctx.quantize(real_view(grad), prec.grad, prec.grad_rounding, STREAM["grad"])
@@ -127,8 +144,7 @@ def rule_step(ctx: ParamStep, rule: Rule) -> tuple[Step, Callable[[], torch.Tens
     def weight() -> torch.Tensor:
         if prec.target is None:
             return whole.detach().to(grad.dtype)
-        w = state["accumulator"].to(torch.float64) * prec.target.lsb
-        return _as_complex(w, complex_param)
+        return _as_complex(accumulator_values(state["accumulator"], prec.target), complex_param)
 
     for name in rule.state_names:  # e.g. float32 states loaded into a fixed-point group
         value = state.get(name)
@@ -142,12 +158,14 @@ def rule_step(ctx: ParamStep, rule: Rule) -> tuple[Step, Callable[[], torch.Tens
             raw = real_view(value)
             codes = ctx.quantize(raw, fmt, prec.state_rounding, stream)
             if ctx.counts is not None:  # values the format cannot hold: flushed, saturated
-                ctx.counts.add_state(name, sample_of(raw), sample_of(codes), fmt, raw.numel())
+                stored = sample_of(codes)
+                saturated = saturated_sample(raw, stored, fmt)
+                ctx.counts.add_state(name, sample_of(raw), stored, saturated, raw.numel())
             value = _as_complex(codes, value.is_complex())
         state[name] = _as_complex(value, complex_param)  # torch keeps complex states
         return value
 
-    return rule.update(grad, weight, state, ctx.group, ctx.step, store, prec.any_fixed), weight
+    return rule.update(grad, weight, state, ctx.group, ctx.step, store, prec.quantized), weight
 
 
 def is_float_step(ctx: ParamStep) -> bool:
@@ -157,7 +175,7 @@ def is_float_step(ctx: ParamStep) -> bool:
     return (
         prec.target is None
         and prec.update is None
-        and (not prec.any_fixed or ctx.p.dtype == torch.float64)
+        and (not prec.quantized or ctx.p.dtype == torch.float64)
     )
 
 
@@ -189,7 +207,8 @@ def apply_float(ctx: ParamStep, step_: Step) -> None:
 def add_update(ctx: ParamStep, update: torch.Tensor) -> None:
     """The rule's update (float64, the real view) through the rest of the
     pipeline with torch ops: the update format, the accumulator grid and its
-    overflow, the weight format."""
+    overflow, the weight format. A floating-point accumulator (or weight,
+    without one) is :func:`hwsim.optim.float_step.add_to_float`'s."""
     p, prec, index, counts = ctx.p, ctx.prec, ctx.index, ctx.counts
     target = prec.target
     raw_update = update
@@ -205,6 +224,11 @@ def add_update(ctx: ParamStep, update: torch.Tensor) -> None:
             )
         p.copy_(new)
         return
+    if isinstance(target, FloatingPoint):
+        from hwsim.optim.float_step import add_to_float
+
+        add_to_float(ctx, raw_update, update)
+        return
     rounding = prec.target_rounding
     u = ctx.noise(STREAM["accumulator"], update) if rounding == Rounding.STOCHASTIC else None
     delta = value_to_code_float(update, target, rounding, prec.overflow, u)
@@ -216,27 +240,25 @@ def add_update(ctx: ParamStep, update: torch.Tensor) -> None:
         acc = scaled_to_code_float(acc, target, Rounding.NEAREST, Overflow.WRAP)
     if acc is not stored:
         stored.copy_(acc)  # in place: the fused path's cached views, and its bound, see the change
-    weight_codes = None
-    if prec.accumulator is not None and prec.weight is not None:
-        w, wr = prec.weight, prec.weight_rounding
+    weight = None  # the weight's values (a float format) or codes (fixed point)
+    w, wr = prec.weight, prec.weight_rounding
+    if prec.accumulator is None or w is None:
+        torch.mul(acc, target.lsb, out=p.data).add_(0.0)
+    elif isinstance(w, FloatingPoint):
+        weight = ctx.quantize(acc * target.lsb, w, wr, STREAM["weight"])
+        p.data.copy_(weight)
+    else:
         uw = ctx.noise(STREAM["weight"], acc) if wr == Rounding.STOCHASTIC else None
-        weight_codes = scaled_to_code_float(
+        weight = scaled_to_code_float(
             acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True
         )
-        torch.mul(weight_codes, w.lsb, out=p.data).add_(0.0)  # codes have no -0: nor do weights
-    else:
-        torch.mul(acc, target.lsb, out=p.data).add_(0.0)
+        torch.mul(weight, w.lsb, out=p.data).add_(0.0)  # codes have no -0: nor do weights
     if counts is not None:
-        counts.add_fixed(raw_update, delta, acc, target, weight_codes, prec.weight)
-
-
-def accumulator_dtype(fmt) -> torch.dtype:
-    """How accumulator codes of ``fmt`` are stored: int32 where every code
-    fits (half the memory and traffic of float64; the fused kernel adds in
-    int32 where the sum provably stays in range), else float64 (exact for the
-    up to 52-bit codes the optimizers allow). Either way the arithmetic is on
-    the integer codes; checkpoints keep the dtype they were saved with."""
-    return torch.int32 if -(2**31) <= fmt.min_code and fmt.max_code < 2**31 else torch.float64
+        weight_saturated = None
+        if weight is not None:
+            sample = sample_of(weight)
+            weight_saturated = at_limits(sample * w.lsb if isinstance(w, FixedPoint) else sample, w)
+        counts.add_fixed(raw_update, delta, acc, target, weight_saturated)
 
 
 def check_gradient(
@@ -283,13 +305,19 @@ def _as_complex(t: torch.Tensor, complex_param: bool) -> torch.Tensor:
 _STREAM_NAMES = {v: k for k, v in STREAM.items()}
 
 
-def raise_non_finite(x, stream, p, index):
-    """NonFiniteError for ``x``, noting which tensor of which parameter it was."""
+def raise_non_finite(x, stream, p, index, fmt=None):
+    """NonFiniteError for ``x``, noting which tensor of which parameter it was
+    (``fmt``: the float format ``x`` overflowed in, quantized)."""
     what = _STREAM_NAMES.get(stream, "state")
     try:
         raise_non_finite_torch(x)
     except NonFiniteError as err:
-        err.add_note(
+        note = (
             f"hwsim.optim: the {what} of parameter {index} (shape {tuple(p.shape)}) is not finite"
         )
+        if fmt is not None:
+            note += f" after its quantization to {fmt}: it overflowed the format"
+            if isinstance(fmt, FloatingPoint) and not fmt.saturate:
+                note += f" ('{fmt}_sat' clamps at its largest value instead)"
+        err.add_note(note)
         raise

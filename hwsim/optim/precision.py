@@ -13,7 +13,18 @@ and a rounding mode:
 
 ``rounding=`` sets every mode; ``<tensor>_rounding=`` refines one. ``state``
 may be one format or a dict from state name (``"momentum_buffer"``,
-``"exp_avg"``, ...) to format. ``overflow=`` applies to all of them.
+``"exp_avg"``, ...) to format.
+
+Format kinds: every tensor takes a :class:`~hwsim.formats.FixedPoint`
+(``"fx16.12"``) or a :class:`~hwsim.formats.FloatingPoint` (``"bf16"``,
+``"fp16"``, ``"fp8_e4m3"``, ``"fp32"``, ...), mixed freely across tensors;
+``state`` also takes the block-scaled formats (:class:`~hwsim.formats.block.
+BlockFloatingPoint`, :class:`~hwsim.formats.block.MX`: block-wise 8-bit
+states, Dettmers et al. 2022), blocked along the flattened state tensor (C
+order) as bitsandbytes blocks its states, so a block format's axis must be
+-1 or None there. ``overflow=`` applies to the fixed-point tensors; a float
+format overflows as its ``saturate`` flag says (``"bf16_sat"`` clamps), and
+block elements always saturate.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 
 from hwsim.formats import FixedPoint, FloatingPoint, parse_format
+from hwsim.formats.block import MX, BlockFloatingPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.torch_path.core import counter_uniform
 
@@ -43,22 +55,24 @@ class PrecisionArg(NamedTuple):
     kind: str  # "format", "rounding", "overflow" or "seed": how a group parses it
 
 
-_FORMAT = "FixedPoint | str | None"
+_FORMAT = "FixedPoint | FloatingPoint | str | None"
 _ROUNDINGS = '``"nearest"``, ``"nearest_away"``, ``"floor"``, ``"zero"``, ``"stochastic"``'
 _TENSOR_DOCS = {
-    "weight": "format of the weight the model sees",
-    "accumulator": "format of the weight accumulator (master copy)",
+    "weight": 'format of the weight the model sees (fixed or floating point, e.g. ``"bf16"``)',
+    "accumulator": 'format of the weight accumulator (master copy; ``"fp32"`` for the usual '
+    "bf16 recipe)",
     "grad": "format the gradient is quantized to before the rule",
-    "state": "format of the rule's state tensors, or a dict from state name to format",
+    "state": "format of the rule's state tensors, or a dict from state name to format; fixed, "
+    'floating point or block scaled (``"mxint8"``, blocked along the flattened state)',
     "update": "format of the update before it is added",
 }
+_BLOCK = "BlockFloatingPoint | MX"
+_STATE_FORMAT = f"{_FORMAT} | {_BLOCK} | dict[str, {_FORMAT} | {_BLOCK}]"
 TENSORS = tuple(_TENSOR_DOCS)
 ROUNDING_KEYS = tuple(f"{t}_rounding" for t in TENSORS)
 PRECISION_ARGS: tuple[PrecisionArg, ...] = (
     *(
-        PrecisionArg(
-            t, f"{_FORMAT} | dict[str, {_FORMAT}]" if t == "state" else _FORMAT, None, doc, "format"
-        )
+        PrecisionArg(t, _STATE_FORMAT if t == "state" else _FORMAT, None, doc, "format")
         for t, doc in _TENSOR_DOCS.items()
     ),
     PrecisionArg(
@@ -123,19 +137,28 @@ def uniforms(seed: int, like: torch.Tensor) -> torch.Tensor:
     return counter_uniform(seed, like.numel(), device=like.device).reshape(like.shape)
 
 
-def _format(value, what: str) -> FixedPoint | None:
+def _format(value, what: str, state: bool = False):
+    """A tensor's format from its argument: fixed point (codes up to
+    :data:`MAX_CODE_BITS` bits), floating point, or (``state`` only) block
+    scaled along the flattened tensor; a clear ValueError otherwise."""
     try:
         fmt = parse_format(value)
     except ValueError as err:
         raise ValueError(f"{what}: {err}") from None
-    if fmt is not None and not isinstance(fmt, FixedPoint):
-        # float (issue 16) and block-scaled (issue 17) optimizer formats: later steps
-        kind = "floating-point" if isinstance(fmt, FloatingPoint) else "block-scaled"
-        raise ValueError(
-            f"{what}: the optimizers take fixed-point formats (or None for float), "
-            f"not the {kind} format {fmt}"
-        )
-    if fmt is not None and fmt.wl > MAX_CODE_BITS:
+    if isinstance(fmt, BlockFloatingPoint | MX):
+        if not state:
+            raise ValueError(
+                f"{what}: the block-scaled format {fmt} is taken by ``state`` only (block-wise "
+                f"optimizer states, Dettmers et al. 2022); the weight, accumulator, grad and "
+                f"update take fixed-point or floating-point formats (or None for float)"
+            )
+        if fmt.axis not in (-1, None):
+            raise ValueError(
+                f"{what}: {fmt} blocks along axis {fmt.axis}; optimizer states are blocked "
+                f"along the flattened tensor (C order, as bitsandbytes), so the format's axis "
+                f"must be -1 (the default) or None"
+            )
+    if isinstance(fmt, FixedPoint) and fmt.wl > MAX_CODE_BITS:
         raise ValueError(
             f"{what} format {fmt} has wl={fmt.wl}; the optimizers keep codes in float64, "
             f"so wl must be at most {MAX_CODE_BITS}"
@@ -153,14 +176,14 @@ def normalize_group(group: dict, state_names: tuple[str, ...]) -> None:
 
 def _parse_format(value, name: str, state_names: tuple[str, ...]):
     if name != "state" or not isinstance(value, dict):
-        return _format(value, name)
+        return _format(value, name, name == "state")
     unknown = set(value) - set(state_names)
     if unknown:
         raise ValueError(
             f"state formats given for unknown state(s) {sorted(unknown)}; this optimizer's "
             f"states are {list(state_names)}"
         )
-    return {k: _format(v, f"state[{k!r}]") for k, v in value.items()}
+    return {k: _format(v, f"state[{k!r}]", True) for k, v in value.items()}
 
 
 def _parse_rounding(value, name: str, state_names) -> Rounding | None:
@@ -229,11 +252,11 @@ def precision_docs(indent: str = "    ") -> str:
 class GroupPrecision:
     """The resolved precision of one param group (see the module docstring)."""
 
-    weight: FixedPoint | None
-    accumulator: FixedPoint | None
-    grad: FixedPoint | None
-    update: FixedPoint | None
-    state: dict[str, FixedPoint | None]
+    weight: FixedPoint | FloatingPoint | None
+    accumulator: FixedPoint | FloatingPoint | None
+    grad: FixedPoint | FloatingPoint | None
+    update: FixedPoint | FloatingPoint | None
+    state: dict[str, FixedPoint | FloatingPoint | BlockFloatingPoint | MX | None]
     weight_rounding: Rounding
     accumulator_rounding: Rounding
     grad_rounding: Rounding
@@ -263,7 +286,7 @@ class GroupPrecision:
 
     # cached: the step reads these per parameter (the instance is immutable)
     @functools.cached_property
-    def target(self) -> FixedPoint | None:
+    def target(self) -> FixedPoint | FloatingPoint | None:
         """The grid updates are added on: the accumulator, else the weight."""
         return self.accumulator if self.accumulator is not None else self.weight
 
@@ -272,7 +295,22 @@ class GroupPrecision:
         return self.accumulator_rounding if self.accumulator is not None else self.weight_rounding
 
     @functools.cached_property
-    def any_fixed(self) -> bool:
+    def quantized(self) -> bool:
+        """Any tensor has a format: the step computes in float64 and raises on
+        NaN or Inf (with none, it is torch's step in the parameter's dtype)."""
         return any(
             f is not None for f in (self.weight, self.accumulator, self.grad, self.update)
         ) or any(f is not None for f in self.state.values())
+
+    @functools.cached_property
+    def codes_pipeline(self) -> bool:
+        """The one routing decision by format kind: the gradient, update,
+        accumulator and weight formats are all fixed point (or None), so the
+        fused Numba pass (:mod:`hwsim.optim.fused`, integer codes) may take
+        the step; else it runs on torch ops (:mod:`hwsim.optim.paths`), which
+        take every kind. States may be any kind either way: the rule stores
+        them with torch ops."""
+        return all(
+            f is None or isinstance(f, FixedPoint)
+            for f in (self.weight, self.accumulator, self.grad, self.update)
+        )

@@ -96,18 +96,20 @@ class Counts:
     sample's size and the param's, and the sampled updates."""
 
     def __init__(self, target) -> None:
-        self.target = target  # the grid of median_update_lsb (None: float weights)
+        # median_update_lsb's unit: the fixed-point target's LSB (samples hold
+        # updates), 1 for a float target (samples hold updates in ulps), None: float weights
+        self.unit = None if target is None else getattr(target, "lsb", 1.0)
         self.counts: list = []
         self.sizes: list[tuple[int, int]] = []  # (sampled, numel)
         self.samples: list = []
         self.states: dict[str, list] = {}  # per quantized state: [count tensors], (sampled, numel)
 
-    def add_state(self, name: str, raw, stored, fmt, numel: int) -> None:
+    def add_state(self, name: str, raw, stored, saturated, numel: int) -> None:
         """A state's telemetry sample before (``raw``) and after (``stored``)
-        quantization to ``fmt``: how many nonzero values were flushed to 0, how
-        many sit at the format's min or max."""
+        quantization, and where the stored value sits at its format's limits
+        (:func:`hwsim.optim.kinds.saturated_sample`): how many nonzero values
+        were flushed to 0, how many saturated."""
         flushed = (stored == 0).logical_and_(raw != 0)
-        saturated = (stored == fmt.min_code * fmt.lsb).logical_or_(stored == fmt.max_code * fmt.lsb)
         counts = torch.stack([torch.count_nonzero(flushed), torch.count_nonzero(saturated)])
         entry = self.states.setdefault(name, [[], []])
         entry[0].append(counts)
@@ -127,15 +129,35 @@ class Counts:
         )
         self.sizes.append((update.numel(), numel))
 
-    def add_fixed(self, update, delta, acc, target, weight_codes, weight_fmt) -> None:
-        """Full tensors; counted on the telemetry sample, like the kernel."""
+    def add_values(self, update, unchanged, saturated, update_ulps, numel: int) -> None:
+        """A float accumulator's (or weight's) step, on the telemetry sample:
+        the update, where the accumulator did not change, where it (or the
+        weight) sits at its format's limits, and the update in units in the
+        last place of the accumulator before the step."""
+        nz = update != 0
+        stalled = unchanged.logical_and_(nz)
+        self.counts.append(
+            torch.stack(
+                [
+                    torch.count_nonzero(nz),
+                    torch.count_nonzero(stalled),
+                    torch.count_nonzero(saturated),
+                ]
+            )
+        )
+        self.sizes.append((update.numel(), numel))
+        self.samples.append(update_ulps)
+
+    def add_fixed(self, update, delta, acc, target, weight_saturated) -> None:
+        """Full tensors but ``weight_saturated`` (the sample: where the weight
+        sits at its format's limits, or None); counted on the telemetry
+        sample, like the kernel."""
         numel = update.numel()
         update, delta, acc = sample_of(update), sample_of(delta), sample_of(acc)
         nz = update != 0
         sat = (acc == target.min_code).logical_or_(acc == target.max_code)
-        if weight_codes is not None:
-            w = sample_of(weight_codes)
-            sat.logical_or_(w == weight_fmt.min_code).logical_or_(w == weight_fmt.max_code)
+        if weight_saturated is not None:
+            sat.logical_or_(weight_saturated)
         stalled = (delta == 0).logical_and_(nz)
         self.counts.append(
             torch.stack(
@@ -176,7 +198,7 @@ class Counts:
         result["saturation_fraction"] = saturated / total if total else 0.0
         if self.states:
             result["state_flush_fraction"], result["state_saturation_fraction"] = self._states()
-        if self.samples and self.target is not None:
+        if self.samples and self.unit is not None:
             sample = np.abs(
                 np.concatenate(
                     [s.detach().cpu().numpy() if torch.is_tensor(s) else s for s in self.samples]
@@ -184,7 +206,7 @@ class Counts:
             )
             sample = sample[sample != 0]
             if sample.size:
-                result["median_update_lsb"] = float(np.median(sample)) / self.target.lsb
+                result["median_update_lsb"] = float(np.median(sample)) / self.unit
         return result
 
     def _states(self) -> tuple[dict[str, float], dict[str, float]]:

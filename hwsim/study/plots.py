@@ -33,14 +33,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hwsim.formats import FloatingPoint, parse_format  # noqa: E402
+from hwsim.study.cases import LABEL as CASE  # noqa: E402
 from hwsim.study.store import ResultsStore, TrialRecord  # noqa: E402
+from hwsim.study.trial import trial_hash  # noqa: E402
 
 PlotFn = Callable[["StudyData"], Any]
 OverlayFn = Callable[[Any, "StudyData", dict], None]
 
 PLOTS: dict[str, PlotFn] = {}
 OVERLAYS: dict[str, list[OverlayFn]] = {}
-OPTIONAL_PLUGINS = ("hwsim.theory.plots", "hwsim.cost.plots")
+OPTIONAL_PLUGINS = ("hwsim.theory.plots", "hwsim.cost.plots", "hwsim.study.plots_telemetry")
 
 # units for axis labels, by metric-name suffix or name
 _UNITS = {
@@ -119,6 +121,7 @@ class StudyData:
     plot: dict = field(init=False)
     expected: int | None = field(init=False, default=None)  # trials in the spec
     events: list = field(init=False, default_factory=list)  # worker deaths, as stored
+    cases: dict = field(init=False, default_factory=dict)  # trial hash -> [[cases]] label
 
     def __post_init__(self) -> None:
         self.plot = dict(self.spec.get("plot", {}))
@@ -133,6 +136,7 @@ class StudyData:
             hashes = store.get_meta("trial_hashes")
             events = store.get_meta("events", [])
             count = store.get_meta("trial_count")
+            cases = store.get_meta("trial_cases", {})
             records = store.records()
         if spec is None:
             raise ValueError(
@@ -144,6 +148,7 @@ class StudyData:
         data = cls(Path(folder), spec, records)
         data.expected = len(hashes) if hashes is not None else count
         data.events = events
+        data.cases = cases
         return data
 
     # what the axes are
@@ -170,7 +175,12 @@ class StudyData:
         if self.plot.get("series"):
             return list(self.plot["series"])
         skip = {self.bits_field, self.plot.get("lr"), "seed"}
-        return [k for k, v in self.spec["grid"].items() if k not in skip and len(v) > 1]
+        case = [CASE] if len(self.spec.get("cases") or []) > 1 else []
+        return case + [k for k, v in self.spec["grid"].items() if k not in skip and len(v) > 1]
+
+    def case_of(self, config: dict) -> str | None:
+        """The ``[[cases]]`` label of the trial with ``config`` (None: no cases)."""
+        return self.cases.get(trial_hash(self.spec["task"], config)) if self.cases else None
 
     def bits_label(self) -> str:
         field_ = self.bits_field or "bits"
@@ -206,7 +216,9 @@ class StudyData:
         return kinds if any(k != "fixed point" for k in kinds) else []
 
     def series_of(self, config: dict) -> tuple:
-        series = tuple((k, config.get(k)) for k in self.series_fields)
+        series = tuple(
+            (k, self.case_of(config) if k == CASE else config.get(k)) for k in self.series_fields
+        )
         if self.format_kinds():
             series += ((f"{self.bits_field} kind", _format_kind(config.get(self.bits_field))),)
         return series

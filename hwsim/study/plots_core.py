@@ -11,6 +11,7 @@ from typing import Any
 import matplotlib
 
 from hwsim.study.plots import (
+    CASE,
     StudyData,
     _grid_axes,
     _overlays,
@@ -252,4 +253,47 @@ def heatmap(data: StudyData):
         fontsize=10,
     )
     fig.tight_layout()
+    return fig
+
+
+@register_plot("cases")
+def final_metric_by_case(data: StudyData):
+    """Final metric per ``[[cases]]`` case (bars in spec order, mean over seeds,
+    whiskers min..max), one bar colour per combination of the other series fields;
+    drawn when the spec has cases."""
+    labels = [c.get(CASE) for c in data.spec.get("cases") or []]
+    if not labels or not data.cases:
+        return None
+    others = [f for f in data.series_fields if f != CASE]
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in data.ok():
+        case = data.case_of(r.config)
+        value = r.metrics.get(data.metric)
+        if case is None or value is None or not math.isfinite(value):
+            continue
+        key = tuple((f, r.config.get(f)) for f in others)
+        groups.setdefault(key, {}).setdefault(case, []).append(value)
+    if not groups:
+        return None
+    keys = sorted(groups, key=series_sort_key)
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(max(7.4, 0.9 * len(labels) * max(1, len(keys) / 2)), 4.8))
+    for j, key in enumerate(keys):
+        xs, means, err = [], [], [[], []]
+        for i, label in enumerate(labels):
+            vals = groups[key].get(label)
+            if vals:
+                m = statistics.fmean(vals)
+                xs.append(i - 0.4 + width * (j + 0.5))
+                means.append(m)
+                err[0].append(m - min(vals))
+                err[1].append(max(vals) - m)
+        ax.bar(xs, means, width, yerr=err, capsize=2, label=series_label(key))
+    for label, style, ref in baselines(data, data.metric):
+        ax.axhline(ref, linewidth=1.2, label=f"{label} ({ref:.4g})", **style)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric_label(data.metric))
+    ax.set_title(f"{data.spec['name']}: final {metric_label(data.metric)} per case\n"
+                 "(mean over seeds, whiskers = min..max)", fontsize=10)  # fmt: skip
+    _legend(fig, ax)
     return fig

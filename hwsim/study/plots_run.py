@@ -65,11 +65,16 @@ def make_plots(
     *,
     tasks_from: tuple[str, ...] = (),
     out: str | Path | None = None,
+    trial: str | None = None,
 ) -> list[Path]:
     """Draw every applicable registered plot of the study in ``folder``; write
     ``out/<name>.<fmt>`` (default ``folder/plots``; the store is only read).
+    ``trial`` (a hash prefix or ``key=value,...``) picks the trial of the
+    single-trial plots (``where_the_bits_go``), as ``[plot] trial`` does.
     Returns the files written."""
     data = StudyData.load(folder)
+    if trial is not None:
+        data.plot["trial"] = trial
     load_plugins(data, tasks_from)
     check_metric(data)
     out_dir = Path(out) if out is not None else Path(folder) / "plots"

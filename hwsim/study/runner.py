@@ -270,6 +270,8 @@ def run_sweep(
         store.set_meta("trial_count", total)
         if total <= HASHES_KEPT:
             store.set_meta("trial_hashes", [t.hash for t in spec.iter_trials()])
+            if spec.cases:  # the [[cases]] label of each trial, for plots and reports
+                store.set_meta("trial_cases", {t.hash: t.case for t in spec.iter_trials()})
         if retry_failed:
             store.delete([r.hash for r in store.records() if r.status != "ok"])
         source = _Source(spec, store, owner, limit)

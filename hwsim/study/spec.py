@@ -19,6 +19,14 @@ reported at once, each naming the field, the bad value and what is allowed.
     step = [0.01, 0.003]
     seed = [0, 1, 2]
 
+    # a value may be a table or a list (layers = {"0" = {weight = "fx8.6"}},
+    # betas = [0.9, 0.99]); a quoted dotted grid key ("layers.0.weight" = [...])
+    # sweeps one entry of a table parameter
+
+    [[cases]]                          # optional: tied parameter sets, each crossed
+    case = "narrow"                    # with the grid (see hwsim.study.cases)
+    weight = "fx6.4"
+
     [baseline]                         # optional: the float reference trials
     weight = "float"                   # (grid minus the bit-width field, these overrides)
 
@@ -59,10 +67,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hwsim.study.cases import LABEL, parse_cases
 from hwsim.study.sources import check_ref, resolve_task
 from hwsim.study.task import Task
 from hwsim.study.trial import PlotSpec, Trial, trial_hash
-from hwsim.study.values import _check_schedule, _describe, _is_format_type, coerce_value, to_plain
+from hwsim.study.values import (
+    _check_schedule,
+    _describe,
+    _is_format_type,
+    _union_args,
+    coerce_value,
+    expand_dotted,
+    to_plain,
+)
 
 MAX_TRIALS = 1_000_000  # a bigger grid needs allow_large (CLI: --allow-large)
 VALIDATE_TRIALS = 20_000  # trials built (checked by the task) before anything runs
@@ -96,7 +113,15 @@ def check_name(name: object) -> str | None:
 
 # -- the spec ---------------------------------------------------------------------
 
-_SECTIONS = {"study", "fixed", "grid", "baseline", "plot", "search"}  # search: hwsim search
+_SECTIONS = {
+    "study",
+    "fixed",
+    "grid",
+    "cases",
+    "baseline",
+    "plot",
+    "search",
+}  # search: hwsim search
 _STUDY_KEYS = {"name", "task", "description", "timeout_s"}
 _PLOT_KEYS = {
     "metric",
@@ -126,18 +151,19 @@ class StudySpec:
     source: str = ""  # the TOML text
     tasks_from: tuple[str, ...] = ()  # folders named with --tasks-from
     timeout_s: float | None = None  # per-trial time limit
+    cases: tuple[tuple[str, dict[str, Any]], ...] = ()  # [[cases]]: (label, values)
 
-    def _make(self, values: dict[str, Any], role: str) -> Trial:
-        params = self.task.params(**values)
+    def _make(self, values: dict[str, Any], role: str, case: str | None = None) -> Trial:
+        params = self.task.params(**expand_dotted(values))
         config = {f.name: to_plain(getattr(params, f.name)) for f in dataclasses.fields(params)}
-        return Trial(params, config, trial_hash(self.task_ref, config), role)
+        return Trial(params, config, trial_hash(self.task_ref, config), role, case)
 
     def _baseline_names(self) -> list[str]:
         assert self.baseline is not None
         return [n for n in self.grid if n != self.plot.bits and n not in self.baseline]
 
     def _grid_count(self) -> int:
-        return math.prod(len(v) for v in self.grid.values())
+        return math.prod(len(v) for v in self.grid.values()) * max(1, len(self.cases))
 
     @property
     def _baseline_is_grid(self) -> bool:
@@ -177,7 +203,9 @@ class StudySpec:
         """
         names = list(self.grid)
         for combo in itertools.product(*(self.grid[n] for n in names)):
-            yield self._make({**self.fixed, **dict(zip(names, combo, strict=True))}, "grid")
+            point = {**self.fixed, **dict(zip(names, combo, strict=True))}
+            for label, values in self.cases or ((None, {}),):
+                yield self._make({**point, **values}, "grid", label)
         if baseline and self.baseline is not None and not self._baseline_is_grid:
             names = self._baseline_names()
             for combo in itertools.product(*(self.grid[n] for n in names)):
@@ -196,6 +224,7 @@ class StudySpec:
             "description": self.description,
             "fixed": to_plain(self.fixed),
             "grid": to_plain(self.grid),
+            "cases": [{LABEL: label, **to_plain(values)} for label, values in self.cases],
             "baseline": to_plain(self.baseline),
             "plot": dataclasses.asdict(self.plot),
             "source": self.source,
@@ -274,7 +303,21 @@ def parse_spec(
         raise SpecError(problems + [str(exc)], source) from None
     types_ = _params_types(task)
 
+    renamed = getattr(task.params, "RENAMED", {})  # old name -> what replaced it
+
     def check_param(where: str, key: str, value: Any) -> Any:
+        head = key.split(".")[0]
+        if "." in key and head in types_:  # one entry of a table parameter, e.g. layers.0.weight
+            if not any(typing.get_origin(a) is dict for a in _union_args(types_[head])):
+                problems.append(f"{where}: {head!r} is not a table parameter, so {key!r} names "
+                                f"nothing; dotted keys set one entry of a table")  # fmt: skip
+                return None
+            return to_plain(value)
+        if key not in types_ and key in renamed:
+            problems.append(
+                f"{where}: parameter {key!r} was renamed; use {renamed[key]} (task {task.name!r})"
+            )
+            return None
         if key not in types_:
             problems.append(_unknown(f"{where}: parameter", key, types_) + f" (task {task.name!r})")
             return None
@@ -312,6 +355,7 @@ def parse_spec(
             plain = [json.dumps(to_plain(v), sort_keys=True) for v in grid[key]]
             if len(set(plain)) != len(plain):
                 problems.append(f"grid.{key}: repeated values {grid_raw[key]!r}")
+    cases = parse_cases(raw.get("cases"), grid_raw, check_param, problems)
     baseline = None
     if base_raw is not None:
         baseline = {k: check_param(f"baseline.{k}", k, v) for k, v in base_raw.items()}
@@ -351,10 +395,9 @@ def parse_spec(
         problems.append(f"plot.goal {goal!r} is not allowed; allowed: 'min', 'max'")
     series = plot_raw.get("series")
     if series is not None:
-        if not isinstance(series, list) or any(s not in grid_raw for s in series):
-            problems.append(
-                f"plot.series must be a list of grid fields {sorted(grid_raw)}, got {series!r}"
-            )
+        fields = sorted(grid_raw) + ([LABEL] if cases else [])
+        if not isinstance(series, list) or any(s not in fields for s in series):
+            problems.append(f"plot.series must be a list of grid fields {fields}, got {series!r}")
         series = tuple(series)
     plugins = plot_raw.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
@@ -384,6 +427,7 @@ def parse_spec(
         source=text,
         tasks_from=tuple(str(p) for p in tasks_from),
         timeout_s=float(timeout_s) if timeout_s is not None else None,
+        cases=cases,
     )
     # build the first trials now so a parameter combination the task's own
     # __post_init__ rejects fails before anything runs (a huge grid: the rest are

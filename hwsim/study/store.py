@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from hwsim.study import store_telemetry
+
 DB_NAME = "results.sqlite"
 STATUSES = ("ok", "failed", "diverged", "timeout")
 LOCK_TIMEOUT_S = 60.0
@@ -107,6 +109,7 @@ class TrialRecord:
     wall_s: float | None = None
     hwsim_version: str | None = None
     worker: str | None = None
+    telemetry: list[dict] = dataclasses.field(default_factory=list)  # store_telemetry rows
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -188,7 +191,7 @@ class ResultsStore:
                 self.conn = conn
                 self._check()
                 self._migrate()
-                conn.executescript(_SCHEMA)
+                conn.executescript(_SCHEMA + store_telemetry.SCHEMA)
                 return conn
             except sqlite3.OperationalError as exc:
                 conn.close()
@@ -249,6 +252,8 @@ class ResultsStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
+            if cur.rowcount == 1 and rec.telemetry:
+                store_telemetry.insert(self.conn, rec.hash, rec.telemetry)
             self.conn.execute("DELETE FROM claims WHERE hash = ?", (rec.hash,))
         return cur.rowcount == 1
 
@@ -256,6 +261,7 @@ class ResultsStore:
         """Forget trials (e.g. failed ones to retry). Returns how many were removed."""
         with self._transaction():
             cur = self.conn.executemany("DELETE FROM trials WHERE hash = ?", [(h,) for h in hashes])
+            store_telemetry.delete(self.conn, hashes)
         return cur.rowcount
 
     def set_meta(self, key: str, value: Any) -> None:
@@ -343,8 +349,9 @@ class ResultsStore:
     def is_finished(self, hash_: str) -> bool:
         return bool(self._query("SELECT 1 FROM trials WHERE hash = ?", (hash_,)))
 
-    def records(self, status: str | None = None) -> list[TrialRecord]:
-        """Every stored trial (optionally of one status), in the order they finished."""
+    def records(self, status: str | None = None, telemetry: bool = False) -> list[TrialRecord]:
+        """Every stored trial (optionally of one status), in the order they finished;
+        ``telemetry``: with their telemetry rows (else empty)."""
         query = (
             "SELECT hash, config, status, error, metrics, history, info, role, started, "
             "finished, wall_s, hwsim_version, worker FROM trials"
@@ -369,6 +376,10 @@ class ResultsStore:
                     *rest,
                 )  # fmt: skip
             )
+        if telemetry:
+            rows = store_telemetry.read(self.conn)
+            for rec in out:
+                rec.telemetry = rows.get(rec.hash, [])
         return out
 
     def counts(self) -> dict[str, int]:

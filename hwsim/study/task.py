@@ -41,12 +41,17 @@ class TrialResult:
     diverged: True when the run went non-finite or blew up; the engine records
         the trial with status ``diverged``.
     info: anything else worth keeping (JSON-serializable).
+    telemetry: per logged step, rows ``{"step", "layer", "tensor", <metric>:
+        number, ...}`` (long format: one per layer and tensor, e.g.
+        ``hwsim.nn.Telemetry.rows()`` with the step added); stored in the
+        store's ``telemetry`` table (:mod:`hwsim.study.store_telemetry`).
     """
 
     metrics: dict[str, float]
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     diverged: bool = False
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    telemetry: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ class Trial:
     config: dict  # plain JSON form of every parameter (defaults included)
     hash: str
     role: str = "grid"  # "grid" or "baseline"
+    case: str | None = None  # the [[cases]] label it belongs to
 
 
 def trial_hash(task_ref: str, config: dict) -> str:

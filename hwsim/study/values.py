@@ -9,6 +9,7 @@ import typing
 from typing import Any, Literal
 
 from hwsim.formats import FixedPoint, FloatingPoint, parse_format
+from hwsim.formats.block import MX, BlockFloatingPoint
 
 MAX_INT = 2**63 - 1  # what SQLite and JSON readers keep exactly
 
@@ -48,12 +49,53 @@ def _describe(tp) -> str:
         return "a number"
     if tp is str:
         return "a string"
+    if origin is dict:
+        return f"a table of {_describe(typing.get_args(tp)[1])}"
+    if origin is tuple:
+        return "a list of " + ", ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is Any:
+        return "any value"
     return getattr(tp, "__name__", str(tp))
 
 
+_FORMAT_TABLE_KEYS = {"wl", "fl", "signed", "exp", "man", "subnormals", "inf", "nan", "saturate"}
+
+
+def _union_args(tp) -> tuple:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
 def coerce_value(tp, value: Any) -> Any:
-    """Convert a TOML value to the parameter type ``tp``; ValueError saying what is allowed."""
+    """Convert a TOML value to the parameter type ``tp``; ValueError saying what is allowed.
+
+    Besides scalars, formats and ``Literal`` choices: ``dict[str, V]`` takes a
+    table (each value coerced to ``V``; a format table such as ``{wl=16, fl=12}``
+    stays a format where the type takes one) and ``tuple[A, B]`` a list of that
+    length."""
     origin = typing.get_origin(tp)
+    for arg in _union_args(tp):  # a named choice beside a format, e.g. Literal["weight"]
+        if typing.get_origin(arg) is Literal and isinstance(value, str):
+            if value in typing.get_args(arg):
+                return value
+    dict_types = [a for a in _union_args(tp) if typing.get_origin(a) is dict]
+    if dict_types and isinstance(value, dict):
+        if not (_is_format_type(tp) and set(value) <= _FORMAT_TABLE_KEYS):
+            _, inner = typing.get_args(dict_types[0])
+            out = {}
+            for k, v in value.items():
+                try:
+                    out[str(k)] = coerce_value(inner, v)
+                except ValueError as exc:
+                    raise ValueError(f"[{k!r}]: {exc}") from None
+            return out
+    tuple_types = [a for a in _union_args(tp) if typing.get_origin(a) is tuple]
+    if tuple_types and isinstance(value, list | tuple):
+        items = typing.get_args(tuple_types[0])
+        if len(value) != len(items):
+            raise ValueError(f"{value!r} is not allowed; allowed: a list of {len(items)} values")
+        return tuple(coerce_value(a, v) for a, v in zip(items, value, strict=True))
     if _is_format_type(tp):
         if isinstance(value, str) and not value.isascii():
             raise ValueError(
@@ -123,7 +165,7 @@ def coerce_value(tp, value: Any) -> Any:
 def to_plain(value: Any) -> Any:
     """A JSON/TOML-friendly form of a parameter value (formats as 'fx16.12' or
     'bf16', float as None)."""
-    if isinstance(value, FixedPoint | FloatingPoint):
+    if isinstance(value, FixedPoint | FloatingPoint | BlockFloatingPoint | MX):
         return str(value)
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
@@ -139,3 +181,23 @@ def _check_schedule(value: str) -> None:
     except ImportError:
         return
     GearShiftPolicy.parse(value)
+
+
+def expand_dotted(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each dotted key ``"a.b.c" = v`` set as ``a[b][c] = v`` into
+    the table parameter ``a`` (merged over a table given for ``a`` itself):
+    how a grid sweeps one entry of a table, e.g. ``"layers.0.weight"``."""
+    out = {k: v for k, v in values.items() if "." not in k}
+    for key, value in values.items():
+        if "." not in key:
+            continue
+        head, *path, last = key.split(".")
+        table = out[head] = _copy_tables(out.get(head) or {})
+        for part in path:
+            table = table.setdefault(part, {})
+        table[last] = value
+    return out
+
+
+def _copy_tables(value: Any) -> Any:
+    return {k: _copy_tables(v) for k, v in value.items()} if isinstance(value, dict) else value

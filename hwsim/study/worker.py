@@ -89,7 +89,10 @@ def check_result(result: Any) -> dict:
         raise ValueError(f"info is not JSON-serializable: {exc}") from None
     if not isinstance(info, dict):
         raise ValueError(f"info is {type(info).__name__}, not a dict")
-    return {"metrics": metrics, "history": history, "info": info, "diverged": result.diverged}
+    from hwsim.study.store_telemetry import check_rows
+
+    return {"metrics": metrics, "history": history, "info": info, "diverged": result.diverged,
+            "telemetry": check_rows(result.telemetry)}  # fmt: skip
 
 
 def run_trial(task_ref: str, config: dict, tasks_from: tuple[str, ...] = (), *, inline=False):
@@ -117,7 +120,7 @@ def run_trial(task_ref: str, config: dict, tasks_from: tuple[str, ...] = (), *, 
         params = task.params(**{k: coerce_value(types_[k], v) for k, v in config.items()})
         _limit_threads()
         checked = check_result(task.fn(params))
-        out.update(metrics=checked["metrics"], history=checked["history"], info=checked["info"])
+        out.update({k: checked[k] for k in ("metrics", "history", "info", "telemetry")})
         if checked["diverged"] or not is_finite_metrics(out["metrics"]):
             out["status"] = "diverged"
             error = out["info"].get("error")
@@ -132,7 +135,7 @@ def run_trial(task_ref: str, config: dict, tasks_from: tuple[str, ...] = (), *, 
     except BaseException as exc:  # noqa: BLE001 - a trial's failure must not stop the sweep
         if inline and isinstance(exc, KeyboardInterrupt):
             raise
-        out.update(status="failed", metrics={}, history=[], info={})
+        out.update(status="failed", metrics={}, history=[], info={}, telemetry=[])
         out["error"] = "".join(traceback.format_exception(exc)).strip()
     out["finished"] = time.time()
     out["wall_s"] = time.perf_counter() - t0

@@ -5,7 +5,9 @@
 - weight-accumulator precision (:mod:`hwsim.theory.accumulator`, Sakr &
   Shanbhag 2019), from formats or from measured gradient statistics;
 - per-tensor activation/weight precision of a classifier from noise gains
-  (:mod:`hwsim.theory.noise_gain`, Sakr et al. 2017).
+  (:mod:`hwsim.theory.noise_gain`, Sakr et al. 2017);
+- every tensor's format at once, to compare with a precision search
+  (:mod:`hwsim.theory.per_tensor`).
 """
 
 from hwsim.theory.accumulator import (
@@ -25,6 +27,7 @@ from hwsim.theory.lms import (
     rounding_noise_variance,
 )
 from hwsim.theory.noise_gain import NoiseGains, min_precision, mismatch_bound, noise_gains
+from hwsim.theory.per_tensor import PerTensorPrecision, per_tensor_precision
 
 __all__ = [
     "lms_excess_mse",
@@ -43,4 +46,6 @@ __all__ = [
     "noise_gains",
     "mismatch_bound",
     "min_precision",
+    "PerTensorPrecision",
+    "per_tensor_precision",
 ]

@@ -16,17 +16,16 @@ from hwsim.theory.plot_common import _fmt, _task_name
 
 # -- energy and the Pareto front --------------------------------------------------------------
 
+_LAYER_FORMATS = ("weight", "activation", "output", "grad_activation", "grad_weight",
+                  "accumulator", "grad_activation_accumulator", "grad_weight_accumulator",
+                  "product")  # hwsim.nn.Precision's  # fmt: skip
 _FORMAT_FIELDS = (
-    "weight",
-    "activation",
-    "accumulator",
-    "layer_accumulator",
-    "grad",
-    "state",
+    *_LAYER_FORMATS,
+    *(f"opt_{t}" for t in ("weight", "accumulator", "grad", "state", "update")),
+    "grad",  # the two-layer and test tasks' gradient format
     "error",
     "data",
     "weight_accumulator",
-    "product",
     "update",
 )
 EnergyFn = Callable[[dict], float | None]
@@ -41,10 +40,10 @@ def register_energy(task: str) -> Callable[[EnergyFn], EnergyFn]:
 
 def has_precision_config(config: dict) -> bool:
     """True when any format field of the trial is fixed point or floating point."""
+    values = [config.get(k) for k in _FORMAT_FIELDS]
+    values += [v for d in values if isinstance(d, dict) for v in d.values()]  # opt_state tables
     return any(
-        isinstance(_fmt(config.get(k)), FixedPoint | FloatingPoint)
-        for k in _FORMAT_FIELDS
-        if isinstance(config.get(k), str)
+        isinstance(_fmt(v), FixedPoint | FloatingPoint) for v in values if isinstance(v, str)
     )
 
 
@@ -66,25 +65,28 @@ def lms_energy(config: dict, resolve: Callable[..., Any] | None = None) -> float
 
 def classifier_energy(config: dict, net, input_shape: tuple[int, ...]) -> float:
     """pJ per training step of a classify trial whose network is ``net``
-    (:func:`hwsim.cost.training_step_energy`)."""
-    precision = SimpleNamespace(
-        weight=_fmt(config.get("weight")),
-        activation=_fmt(config.get("activation")),
-        accumulator=_fmt(config.get("layer_accumulator")),
-        grad_activation=None,
-        grad_activation_accumulator=None,
-        grad_weight_accumulator=None,
-    )
+    (:func:`hwsim.cost.training_step_energy`): the forward and both backward
+    GEMMs at the trial's ``hwsim.nn.Precision`` fields (operands and
+    accumulators; per-layer ``layers`` overrides are not costed, every layer
+    takes the task-wide formats), the optimizer at ``opt_accumulator``, the
+    gradient it reads (``opt_grad``, else the layers' ``grad_weight``) and its
+    state (``opt_state``; a table per state is costed at its widest format)."""
+    precision = SimpleNamespace(**{k: _fmt(config.get(k)) for k in _LAYER_FORMATS})
+    grad = _fmt(config.get("opt_grad")) or _fmt(config.get("grad_weight"))
+    state = config.get("opt_state")
+    if isinstance(state, dict):
+        formats = [f for f in map(_fmt, state.values()) if f is not None]
+        state = max(formats, key=lambda f: f.bits, default=None)
     e = cost.training_step_energy(
         net,
         precision,
         input_shape=input_shape,
         batch_size=int(config.get("batch_size", 32)),
         optimizer=config.get("optimizer", "sgd"),
-        momentum=float(config.get("momentum", 0.0)),
-        weight_accumulator=_fmt(config.get("accumulator")),
-        grad=_fmt(config.get("grad")),
-        state=_fmt(config.get("state")),
+        momentum=float(config.get("momentum") or 0.0),
+        weight_accumulator=_fmt(config.get("opt_accumulator")),
+        grad=grad,
+        state=_fmt(state),
     )
     return e.total
 

@@ -33,6 +33,7 @@ from hwsim.theory.plots_accumulator import (
     accumulator_overlay,
     accumulator_prediction,
     measured_cliff,
+    sweeps_weight_accumulator,
 )
 from hwsim.theory.plots_lms import (
     _is_lms_study,
@@ -74,7 +75,7 @@ def theory_section(data: StudyData) -> list[str]:
                     f"{r['optimal_step']:.3g} | {r['stall_step']:.3g} | "
                     f"{'yes' if r['reached'] else 'no (frozen early)'} |"
                 )
-    if data.bits_field == "accumulator":
+    if sweeps_weight_accumulator(data):
         pts = data.points(data.metric)
         rows = []
         for series, by_bits in sorted(pts.items(), key=lambda kv: str(kv[0])):

@@ -26,17 +26,30 @@ def _lr_min(config: dict) -> float | None:
     return None
 
 
+def sweeps_weight_accumulator(data: StudyData, config: dict | None = None) -> bool:
+    """True when the study's bits axis is the optimizer's weight accumulator:
+    ``opt_accumulator`` (the classify task's name), or ``accumulator`` in a task
+    that has no ``opt_accumulator`` (where ``accumulator`` is the weight
+    accumulator; in classify it is the layers' MAC accumulator)."""
+    if data.bits_field == "opt_accumulator":
+        return True
+    if data.bits_field != "accumulator":
+        return False
+    configs = [config] if config is not None else [r.config for r in data.records[:1]]
+    return not any("opt_accumulator" in c for c in configs)
+
+
 def accumulator_prediction(data: StudyData, config: dict) -> tuple[float, str] | None:
     """Predicted accumulator bits (in the study's bits unit) for one trial config,
     and how it was obtained; None when it cannot be predicted."""
-    if data.bits_field != "accumulator":
+    if not sweeps_weight_accumulator(data, config):
         return None
     lr = _lr_min(config)
     weight = _fmt(config.get("weight"))
     acc = _fmt(config.get(data.bits_field))
     if lr is None:
         return None
-    grad = _fmt(config.get("grad"))
+    grad = _fmt(config.get("opt_grad" if data.bits_field == "opt_accumulator" else "grad"))
     if isinstance(grad, FixedPoint) and isinstance(weight, FixedPoint):
         p = accumulator_precision(grad, lr, weight)
         how = f"rule, LSB_G from grad {grad}"
@@ -68,7 +81,7 @@ def accumulator_prediction(data: StudyData, config: dict) -> tuple[float, str] |
 @register_overlay("final_metric")
 def accumulator_overlay(ax, data: StudyData, panel: dict) -> None:
     """Vertical dashed line at the predicted accumulator precision per series."""
-    if data.bits_field != "accumulator" or panel.get("metric") != data.metric:
+    if not sweeps_weight_accumulator(data) or panel.get("metric") != data.metric:
         return
     pts = data.points(data.metric)
     first = True
