@@ -152,3 +152,16 @@ def test_names_and_errors():
         hwsim.to_codes(np.ones(2), "scaled_int8")
     with pytest.raises(ValueError, match="straight_through=False"):
         hn.Precision(weight="scaled_fp8_e4m3", straight_through=False)
+
+
+def test_telemetry_counts_saturation_under_a_delayed_scale():
+    from hwsim.ops.telemetry import quantization_counts
+
+    h = AmaxHistory(Scaled("fp8_e4m3", history=2))
+    h(torch.tensor([1.0]), "nearest")  # the scale for the next call: 2^-8, top 1.75
+    x = torch.tensor([1000.0, 1.0, 1e-4, -3.0, 0.0])
+    q = h(x, "nearest")
+    assert q.tolist()[:2] == [1.75, 1.0] and q[3] == -1.75
+    assert quantization_counts(x, q, h.format).tolist() == [5, 0, 2]  # 1000 and -3 clipped
+    y = torch.tensor([0.5, 1.0])  # the current amax: nothing clips
+    assert quantization_counts(y, hwsim.quantize(y, h.format), h.format).tolist() == [2, 0, 0]
