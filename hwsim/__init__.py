@@ -8,6 +8,7 @@
 from hwsim.errors import NonFiniteError
 from hwsim.formats import FixedPoint, FloatingPoint, parse_format
 from hwsim.formats.block import MX, BlockFloatingPoint
+from hwsim.formats.scaled import Scaled
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops import conv2d, from_codes, matmul, quantize, to_codes
 
@@ -18,6 +19,7 @@ __all__ = [
     "FloatingPoint",
     "BlockFloatingPoint",
     "MX",
+    "Scaled",
     "parse_format",
     "Rounding",
     "Overflow",

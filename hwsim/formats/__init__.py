@@ -367,17 +367,22 @@ def is_float_format_name(text: str) -> bool:
 
 def parse_format(value):
     """A format from a spec value: a FixedPoint, FloatingPoint, BlockFloatingPoint
-    or MX, a string (``"fx16.12"``, ``"bf16"``, ``"fp8_e4m3"``, ``"mxfp8_e4m3"``,
-    ``"bfp8_b32"``, ...), a table ``{wl=.., fl=.., signed=..}`` or ``{exp=..,
+    MX or Scaled, a string (``"fx16.12"``, ``"bf16"``, ``"fp8_e4m3"``, ``"mxfp8_e4m3"``,
+    ``"bfp8_b32"``, ``"scaled_fp8_e4m3"``, ...), a table ``{wl=.., fl=.., signed=..}`` or ``{exp=..,
     man=.., subnormals=.., inf=.., nan=.., saturate=..}``, or ``None``/``"float"``
     for no quantization."""
     from hwsim.formats.block import MX, BlockFloatingPoint, is_block_format_name, parse_block_format
+    from hwsim.formats.scaled import Scaled, is_scaled_format_name
 
     if value is None or isinstance(value, FixedPoint | FloatingPoint | BlockFloatingPoint | MX):
+        return value
+    if isinstance(value, Scaled):
         return value
     if isinstance(value, str):
         if value.strip().lower() in ("float", "none", "float32"):
             return None
+        if is_scaled_format_name(value):
+            return Scaled.parse(value)
         if is_block_format_name(value):
             return parse_block_format(value)
         if is_float_format_name(value):
@@ -402,6 +407,6 @@ def parse_format(value):
     raise ValueError(
         f"cannot read a number format from {value!r}: use 'fx<wl>.<fl>', 'ufx<wl>.<fl>', "
         f"a float name ('bf16', 'fp8_e4m3', 'e5m2', ...), a block-scaled name ('mxfp8_e4m3', "
-        f"'mxint8', 'bfp8_b32', ...), a table {{wl=.., fl=..}} or "
+        f"'mxint8', 'bfp8_b32', ...), a scaled name ('scaled_fp8_e4m3_h16'), a table {{wl=.., fl=..}} or "
         f"{{exp=.., man=..}}, or 'float' for no quantization"
     )

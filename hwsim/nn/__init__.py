@@ -10,9 +10,11 @@ torch.Size([2, 4])
 
 from hwsim.nn.layers import QConv2d, QLinear, Quantizer, quantize_model, quantizer
 from hwsim.nn.precision import Precision
+from hwsim.nn.scaling import AmaxHistory
 from hwsim.nn.telemetry import Telemetry, telemetry
 
 __all__ = [
+    "AmaxHistory",
     "Precision",
     "Quantizer",
     "quantizer",

@@ -56,6 +56,8 @@ def quantize_tensor(
     """``hwsim.quantize`` of a tensor on the chosen backend (same dtype and device)."""
     if fmt is None:
         return x
+    if callable(fmt):  # a delayed-scaling quantizer (hwsim.nn.scaling.AmaxHistory)
+        return fmt(x.detach(), rounding, seed=seed, backend=backend)
     return quantize(x.detach(), fmt, rounding, overflow, seed=seed, backend=backend)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from hwsim.formats import parse_format
 from hwsim.modes import Overflow, Rounding
+from hwsim.nn.block_mac import block_forward, is_block_mac
 from hwsim.nn.conv import MACConv2dFunction
 from hwsim.nn.functional import (
     GemmConfig,
@@ -31,6 +32,7 @@ from hwsim.nn.functional import (
     is_float_mac,
 )
 from hwsim.nn.precision import Precision
+from hwsim.nn.scaling import as_format, stateful
 from hwsim.nn.value_mac import ValueMACConv2d, ValueMACLinear
 
 _MASK64 = (1 << 64) - 1
@@ -71,9 +73,9 @@ def quantizer(
     """
     return QuantizeFunction.apply(
         x,
-        parse_format(forward),
+        as_format(forward),
         Rounding.parse(forward_rounding),
-        parse_format(backward),
+        as_format(backward),
         Rounding.parse(backward_rounding),
         Overflow.parse(overflow),
         forward_seed,
@@ -100,8 +102,9 @@ class Quantizer(nn.Module):
         straight_through=True,
     ):
         super().__init__()
-        self.forward_format = parse_format(forward)
-        self.backward_format = parse_format(backward)
+        # a Scaled format becomes this module's delayed-scaling state (hwsim.nn.scaling)
+        self.forward_format = stateful(self, "forward", 0, parse_format(forward))
+        self.backward_format = stateful(self, "backward", 1, parse_format(backward))
         self.forward_rounding = Rounding.parse(forward_rounding)
         self.backward_rounding = Rounding.parse(backward_rounding)
         self.overflow = Overflow.parse(overflow)
@@ -166,9 +169,9 @@ class _QuantizedLayer:
     def _quantizer(self, x, forward: str, backward: str, role: int):
         p = self.precision
         return quantizer(
-            x,
-            getattr(p, forward),
-            getattr(p, backward),
+            x,  # a Scaled format: this layer's delayed-scaling state (hwsim.nn.scaling)
+            stateful(self, forward, role, getattr(p, forward)),
+            stateful(self, backward, role + 1, getattr(p, backward)),
             forward_rounding=p.rounding_of(forward),
             backward_rounding=p.rounding_of(backward),
             overflow=p.overflow,
@@ -256,6 +259,8 @@ class QLinear(nn.Linear, _QuantizedLayer):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_block_mac(self.precision):  # block-scaled operands in the MAC arrays
+            return block_forward(self, x)
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACLinear if is_float_mac(*configs) else MACLinearFunction
@@ -341,6 +346,8 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_block_mac(self.precision):  # block-scaled operands in the MAC arrays
+            return block_forward(self, x, conv=True)
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACConv2d if is_float_mac(*configs) else MACConv2dFunction

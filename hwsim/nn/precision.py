@@ -6,6 +6,7 @@ import dataclasses
 
 from hwsim.formats import FixedPoint, parse_format
 from hwsim.modes import Overflow, Rounding
+from hwsim.plan.block_gemm import is_block, is_scaled
 from hwsim.plan.float_gemm import check_float_gemm_formats
 
 TENSOR_FIELDS = (
@@ -47,8 +48,15 @@ class Precision:
     ``straight_through=False`` zeroes the gradient where the forward value was
     clipped by saturation (clipped straight-through estimator).
 
-    A MAC array multiplies integer codes, so an accumulator needs its operands
-    on a grid: ``accumulator`` needs ``weight`` and ``activation``,
+    A :class:`hwsim.Scaled` format (``"scaled_fp8_e4m3_h16"``) scales its tensor
+    per call by a delayed amax the layer keeps (:mod:`hwsim.nn.scaling`).
+    Block-scaled formats (``"mxint8"``, ``"mxfp8_e4m3"``, ``"bfp8_b32"``) work
+    in every tensor; with an accumulator, a GEMM with a block-scaled operand
+    runs a block-scaled MAC array (:mod:`hwsim.nn.block_mac`, ``block_conv``):
+    each GEMM quantizes its operands along its own reduction axis, the
+    backward GEMMs re-quantizing weight, input and gradient along theirs (as MX
+    training recipes do). A MAC array multiplies integer codes, so an
+    accumulator needs its operands on a grid: ``accumulator`` needs ``weight`` and ``activation``,
     ``grad_activation_accumulator`` needs ``grad_activation`` and ``weight``,
     ``grad_weight_accumulator`` needs ``grad_activation`` and ``activation``.
 
@@ -100,6 +108,17 @@ class Precision:
             raise ValueError(
                 f"Precision.straight_through must be a bool, got {self.straight_through!r}"
             )
+        blocks = [
+            f
+            for f in TENSOR_FIELDS[:5]
+            if is_block(getattr(self, f)) or is_scaled(getattr(self, f))
+        ]
+        if blocks and not self.straight_through:
+            raise ValueError(
+                f"Precision.straight_through=False needs a range to clip to, and "
+                f"{', '.join(blocks)} is block-scaled (its range moves with the data); "
+                f"leave straight_through=True"
+            )
         needs = {
             "accumulator": ("weight", "activation"),
             "grad_activation_accumulator": ("grad_activation", "weight"),
@@ -116,6 +135,8 @@ class Precision:
                     f"Precision.{acc} is set but {', '.join(missing)} is float: the MAC array "
                     f"multiplies integer codes, so set {' and '.join(operands)} too"
                 )
+            if getattr(self, acc) is not None and any(is_block(getattr(self, f)) for f in operands):
+                _check_block_mac(self, acc, operands)
             if getattr(self, acc) is not None:
                 try:
                     check_float_gemm_formats(getattr(self, acc), self.product)
@@ -132,3 +153,20 @@ class Precision:
     @property
     def overflow_mode(self) -> Overflow:
         return Overflow.parse(self.overflow)
+
+
+def _check_block_mac(p: Precision, acc: str, operands: tuple[str, str]) -> None:
+    """A block-scaled MAC array forms each block's dot product exactly: no
+    product format, and both operands' formats known."""
+    if p.product is not None:
+        raise ValueError(
+            f"Precision.product={p.product} does not apply to {acc}'s block-scaled MAC array "
+            f"(its block dot products are exact); leave product=None"
+        )
+    missing = [f for f in operands if getattr(p, f) is None]
+    if missing:
+        raise ValueError(
+            f"Precision.{acc} is set and {' or '.join(operands)} is block-scaled, but "
+            f"{', '.join(missing)} is float: a block-scaled MAC array needs both operands' "
+            f"formats"
+        )

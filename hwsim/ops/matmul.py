@@ -14,6 +14,7 @@ from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.backend import check_backend, on_backend
+from hwsim.ops.block_gemm import conv2d_block, has_block, matmul_block
 from hwsim.ops.float_gemm import float_conv2d, float_matmul
 from hwsim.ops.numpy_gemm import (
     batched_gemm_numpy,
@@ -77,7 +78,9 @@ def matmul(
             ``stochastic``.
         overflow: ``saturate`` or ``wrap``, for the product and the accumulator.
         a_format, b_format: quantize ``a``/``b`` onto these formats first
-            (fixed point or float, whatever the accumulator).
+            (fixed point or float, whatever the accumulator). A block format
+            (``"mxint8"``, ``"bfp8_b32"``) on either: blocks along K, exact block
+            dot products added in K order (``hwsim.ops.block_gemm``).
         seed: stochastic rounding: an int gives counter noise indexed by
             (output element, k, stage), identical on both backends.
         path: ``auto`` (float64 BLAS on the codes whenever that is provably
@@ -149,6 +152,10 @@ def _matmul(a, b, accumulator, product, rounding, overflow, a_format, b_format, 
     acc, product, rounding, overflow, seed = check_gemm_args(
         accumulator, product, rounding, overflow, seed, path
     )
+    if has_block(a_format, b_format):  # block-scaled operands: hwsim.ops.block_gemm
+        return matmul_block(
+            a, b, acc, product, a_format, b_format, rounding, overflow, seed, values
+        )
     a_format = None if a_format is None else check_any_format(a_format, "a_format")
     b_format = None if b_format is None else check_any_format(b_format, "b_format")
     if isinstance(acc, FloatingPoint):
@@ -207,6 +214,9 @@ def conv2d(
     array([[2., 2.],
            [2., 2.]])
     """
+    if has_block(x_format, w_format):
+        args = (accumulator, product, rounding, overflow, x_format, w_format, seed, path)
+        return conv2d_block(x, w, stride, padding, *args, backend, True)[0]
     if isinstance(check_any_format(accumulator, "accumulator"), FloatingPoint):
         x, w, back = _to_backend(backend, x, w, "conv2d")
         acc, product, rounding, overflow, seed = check_gemm_args(
@@ -264,6 +274,9 @@ def conv2d_codes(
     backend=None,
 ):
     """Like :func:`conv2d` but returns ``(int64 codes, accumulator format)``."""
+    if has_block(x_format, w_format):
+        return conv2d_block(x, w, stride, padding, accumulator, product, rounding, overflow,
+                           x_format, w_format, seed, path, backend, False)  # fmt: skip
     x, w, back = _to_backend(backend, x, w, "conv2d")
     acc, product, rounding, overflow, seed = check_gemm_args(
         accumulator, product, rounding, overflow, seed, path

@@ -12,6 +12,7 @@ from hwsim.modes import Overflow, Rounding
 from hwsim.ops.backend import check_backend, on_backend, small_work
 from hwsim.ops.block_quantize import as_block_format, no_block_codes, quantize_block
 from hwsim.ops.float_quantize import as_float_format, no_codes, quantize_float
+from hwsim.ops.scaled_quantize import as_scaled_format, quantize_scaled
 from hwsim.plan.checks import (
     check_data,
     check_format,
@@ -89,7 +90,15 @@ def quantize(
     :class:`BlockFloatingPoint` or :class:`MX` (``"bfp8_b32"``,
     ``"mxfp8_e4m3"``) goes to :func:`hwsim.ops.block_quantize.quantize_block`:
     one scale per block along the format's axis (see :mod:`hwsim.formats.block`).
+    A :class:`Scaled` (``"scaled_fp8_e4m3"``) takes its power-of-two scale from
+    the current amax (:mod:`hwsim.formats.scaled`; delayed scaling needs the
+    state a layer keeps).
     """
+    if (scaled := as_scaled_format(fmt)) is not None:  # per-tensor scale from the current amax
+        if out is not None:
+            raise ValueError(f"out is not taken with the scaled format {scaled}")
+        return quantize_scaled(x, scaled, rounding, overflow, seed=seed, noise=noise,
+                               backend=backend)  # fmt: skip
     block_fmt = as_block_format(fmt)
     float_fmt = None if block_fmt is not None else as_float_format(fmt)
     fmt = block_fmt or float_fmt or check_format(fmt)
@@ -143,7 +152,7 @@ def to_codes(
 ):
     """Integer codes (int64) of ``x`` in ``fmt``: ``quantize(x) == codes * fmt.lsb``
     exactly, for every word length up to 62. Same arguments as :func:`quantize`."""
-    if (block_fmt := as_block_format(fmt)) is not None:
+    if (block_fmt := as_block_format(fmt) or as_scaled_format(fmt)) is not None:
         raise no_block_codes(block_fmt, "to_codes")
     if (float_fmt := as_float_format(fmt)) is not None:
         raise no_codes(float_fmt, "to_codes")

@@ -17,7 +17,10 @@ free for the optimizers' state telemetry).
     the block's largest magnitude as the quantizer takes it, and the element
     range is ``[min_code, max_code] * 2^(e - elem_fl)`` for fixed-point
     elements, ``|x| <= element.max * 2^e`` for float elements (MX elements
-    whose block amax lies in the top binade past the element's largest value).
+    whose block amax lies in the top binade past the element's largest value);
+  - per-tensor scaled (:class:`Scaled`, possibly a delayed scale): the input
+    beyond the largest output when that is the element's largest value times
+    a power of two (the clipped elements' common value).
 
 NaN inputs count as neither. Counts are int64 tensors (no host sync), so a
 caller can sum them over many calls and read them once.
@@ -30,11 +33,14 @@ caller can sum them over many calls and read them once.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from hwsim.formats import FixedPoint, FloatingPoint, parse_format
 from hwsim.formats.block import MX, BlockFloatingPoint
+from hwsim.formats.scaled import Scaled
 
 __all__ = ["quantization_counts", "flushed_mask", "saturated_mask"]
 
@@ -72,10 +78,26 @@ def saturated_mask(x, q, fmt) -> torch.Tensor:
         return finite & ((x.abs() > fmt.max) | ~torch.isfinite(q))
     if isinstance(fmt, BlockFloatingPoint | MX):
         return _block_saturated(x, fmt)
+    if isinstance(fmt, Scaled):
+        return _scaled_saturated(x, q, fmt)
     raise ValueError(
-        f"fmt must be a FixedPoint, FloatingPoint, BlockFloatingPoint or MX (or its name), "
+        f"fmt must be a FixedPoint, FloatingPoint, BlockFloatingPoint, MX or Scaled (or its name), "
         f"got {fmt!r}"
     )
+
+
+def _scaled_saturated(x: torch.Tensor, q: torch.Tensor, fmt: Scaled) -> torch.Tensor:
+    """A per-tensor scaled format (its scale, possibly delayed, is not passed):
+    an element saturated when the output's largest magnitude is the element's
+    largest value times a power of two (the scale's top, which every clipped
+    element takes) and the input lies beyond it."""
+    top = float(q.abs().max()) if q.numel() else 0.0
+    if top == 0 or not math.isfinite(top):
+        return torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    s = round(math.log2(top / fmt.element.max))
+    if math.ldexp(fmt.element.max, s) != top:
+        return torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    return torch.isfinite(x) & (x.abs() > top)
 
 
 def _block_saturated(x: torch.Tensor, fmt) -> torch.Tensor:

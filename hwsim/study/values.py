@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from hwsim.formats import FixedPoint, FloatingPoint, parse_format
 from hwsim.formats.block import MX, BlockFloatingPoint
+from hwsim.formats.scaled import Scaled
 
 MAX_INT = 2**63 - 1  # what SQLite and JSON readers keep exactly
 
@@ -165,7 +166,7 @@ def coerce_value(tp, value: Any) -> Any:
 def to_plain(value: Any) -> Any:
     """A JSON/TOML-friendly form of a parameter value (formats as 'fx16.12' or
     'bf16', float as None)."""
-    if isinstance(value, FixedPoint | FloatingPoint | BlockFloatingPoint | MX):
+    if isinstance(value, FixedPoint | FloatingPoint | BlockFloatingPoint | MX | Scaled):
         return str(value)
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
