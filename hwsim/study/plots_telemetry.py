@@ -112,7 +112,7 @@ def where_the_bits_go(data: StudyData):
 def _heatmap(fig, ax, values, layers, tensors, title) -> None:
     masked = np.ma.masked_invalid(values)
     image = ax.imshow(masked, vmin=0, vmax=1, cmap="magma_r", aspect="auto")
-    ax.set_xticks(range(len(tensors)), [t.replace("_", "\n", 1) for t in tensors], fontsize=7)
+    ax.set_xticks(range(len(tensors)), tensors, fontsize=7, rotation=35, ha="right")
     ax.set_yticks(range(len(layers)), layers, fontsize=8)
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
