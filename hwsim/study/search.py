@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from hwsim.formats import FixedPoint, parse_format
-from hwsim.study.spec import SpecError, StudySpec, _is_format_type, _params_types, parse_spec
+from hwsim.study.spec import SpecError, StudySpec, _params_types, parse_spec
 from hwsim.study.store import ResultsStore
-from hwsim.study.values import to_plain
+from hwsim.study.values import _is_format_type, to_plain
 
 _SEARCH_KEYS = {"params", "start", "tolerance", "min_bits"}
 

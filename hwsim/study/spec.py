@@ -55,7 +55,6 @@ reported at once, each naming the field, the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import json
 import math
@@ -69,17 +68,17 @@ from typing import Any
 
 from hwsim.study.cases import LABEL, parse_cases
 from hwsim.study.sources import check_ref, resolve_task
+from hwsim.study.spec_plot import parse_plot
 from hwsim.study.task import Task
 from hwsim.study.trial import PlotSpec, Trial, trial_hash
 from hwsim.study.values import (
     _check_schedule,
-    _describe,
-    _is_format_type,
     _union_args,
     coerce_value,
     expand_dotted,
     to_plain,
 )
+from hwsim.study.values import unknown as _unknown
 
 MAX_TRIALS = 1_000_000  # a bigger grid needs allow_large (CLI: --allow-large)
 VALIDATE_TRIALS = 20_000  # trials built (checked by the task) before anything runs
@@ -123,17 +122,6 @@ _SECTIONS = {
     "search",
 }  # search: hwsim search
 _STUDY_KEYS = {"name", "task", "description", "timeout_s"}
-_PLOT_KEYS = {
-    "metric",
-    "bits",
-    "bits_of",
-    "lr",
-    "goal",
-    "series",
-    "plugins",
-    "curve_metric",
-    "step_label",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,13 +224,6 @@ def _params_types(task: Task) -> dict[str, Any]:
     module = sys.modules.get(task.params.__module__)
     hints = typing.get_type_hints(task.params, vars(module) if module else None)
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(task.params)}
-
-
-def _unknown(kind: str, key: str, allowed) -> str:
-    allowed = sorted(allowed)
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{kind} {key!r} is unknown{hint}; allowed: {', '.join(allowed)}"
 
 
 def parse_spec(
@@ -360,54 +341,8 @@ def parse_spec(
     if base_raw is not None:
         baseline = {k: check_param(f"baseline.{k}", k, v) for k, v in base_raw.items()}
 
-    plot_raw = dict(raw.get("plot", {}))
-    for key in plot_raw:
-        if key not in _PLOT_KEYS:
-            problems.append(_unknown("plot key", key, _PLOT_KEYS))
-    metric = plot_raw.get("metric")
-    if not isinstance(metric, str) or not metric:
-        problems.append(f"plot.metric must name the task metric to plot, got {metric!r}")
-        metric = ""
-    elif task.metrics is not None and metric not in task.metrics:
-        problems.append(_unknown("plot.metric", metric, task.metrics) + f" (task {task.name!r})")
-    bits = plot_raw.get("bits")
-    if bits is not None:
-        if bits not in grid_raw:
-            problems.append(
-                f"plot.bits {bits!r} must be a grid field; grid fields: {sorted(grid_raw)}"
-            )
-        elif bits in types_ and not (_is_format_type(types_[bits]) or types_[bits] is int):
-            problems.append(
-                f"plot.bits {bits!r} must be a format or integer field, "
-                f"but it is {_describe(types_[bits])}"
-            )
-    lr = plot_raw.get("lr")
-    if lr is not None and lr not in grid_raw and lr not in fixed_raw and lr not in types_:
-        problems.append(
-            f"plot.lr {lr!r} must be a parameter of the task; allowed: {sorted(types_)}"
-        )
-    bits_of = plot_raw.get("bits_of", "wl")
-    if bits_of not in ("wl", "fl"):
-        problems.append(f"plot.bits_of {bits_of!r} is not allowed; allowed: 'wl', 'fl'")
-    default_goal = "max" if "acc" in metric.lower() else "min"
-    goal = plot_raw.get("goal", default_goal)
-    if goal not in ("min", "max"):
-        problems.append(f"plot.goal {goal!r} is not allowed; allowed: 'min', 'max'")
-    series = plot_raw.get("series")
-    if series is not None:
-        fields = sorted(grid_raw) + ([LABEL] if cases else [])
-        if not isinstance(series, list) or any(s not in fields for s in series):
-            problems.append(f"plot.series must be a list of grid fields {fields}, got {series!r}")
-        series = tuple(series)
-    plugins = plot_raw.get("plugins", [])
-    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        problems.append(f"plot.plugins must be a list of module names, got {plugins!r}")
-        plugins = []
-    curve_metric = plot_raw.get("curve_metric")
-    step_label = plot_raw.get("step_label")
-    for key, value in (("curve_metric", curve_metric), ("step_label", step_label)):
-        if value is not None and not isinstance(value, str):
-            problems.append(f"plot.{key} must be a string, got {value!r}")
+    plot = parse_plot(raw.get("plot", {}), grid_raw, fixed_raw, types_, task, cases, problems)
+    bits = plot.bits
     if baseline is not None and bits is None:
         problems.append("[baseline] needs plot.bits (the grid field it replaces)")
     if problems:
@@ -420,9 +355,7 @@ def parse_spec(
         fixed=fixed,
         grid=grid,
         baseline=baseline,
-        plot=PlotSpec(
-            metric, bits, bits_of, lr, goal, series, curve_metric, tuple(plugins), step_label
-        ),
+        plot=plot,
         description=str(study.get("description", "")),
         source=text,
         tasks_from=tuple(str(p) for p in tasks_from),

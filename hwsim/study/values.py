@@ -202,3 +202,10 @@ def expand_dotted(values: dict[str, Any]) -> dict[str, Any]:
 
 def _copy_tables(value: Any) -> Any:
     return {k: _copy_tables(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+def unknown(kind: str, key: str, allowed) -> str:
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{kind} {key!r} is unknown{hint}; allowed: {', '.join(allowed)}"
