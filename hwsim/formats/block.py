@@ -171,6 +171,34 @@ _MX_ELEMENTS = {
 _MX_NAMES = {element: name for name, element in _MX_ELEMENTS.items()}
 
 
+def element_type(element, names: dict, what: str, examples: str) -> FloatingPoint | FixedPoint:
+    """The element type of a scaled format (MX, Scaled): a :class:`FloatingPoint`
+    inside fp32's range (stored as its saturating variant, so scaled values stay
+    exact in float64), a signed :class:`FixedPoint` of at most 53 bits, or a name
+    (a key of ``names``, ``fx``/``ufx`` text, or a float name)."""
+    if isinstance(element, str):
+        key = element.strip().lower()
+        if key in names:
+            element = names[key]
+        elif key.startswith(("fx", "ufx")):
+            element = FixedPoint.parse(key)
+        else:
+            element = FloatingPoint.parse(key)
+    if isinstance(element, FloatingPoint):
+        if element.emax > 127 or element.emin - element.man < -149:
+            raise ValueError(
+                f"{what} element type must lie inside fp32's range (emax <= 127, smallest "
+                f"subnormal >= 2^-149) so that scaled values stay exact in float64; got {element}"
+            )
+        return dataclasses.replace(element, saturate=True)
+    if not (isinstance(element, FixedPoint) and element.signed and element.wl <= 53):
+        raise ValueError(
+            f"element must be a FloatingPoint, a signed FixedPoint with wl <= 53 or a name "
+            f"(e.g. {examples}), got {element!r}"
+        )
+    return element
+
+
 @dataclasses.dataclass(frozen=True, slots=True, init=False)
 class MX:
     """An OCP Microscaling format: E8M0 scale per block, ``element`` values.
@@ -187,26 +215,7 @@ class MX:
     axis: int | None
 
     def __init__(self, element, block: int | None = 32, axis=_DEFAULT) -> None:
-        if isinstance(element, str):
-            key = element.strip().lower()
-            if key in _MX_ELEMENTS:
-                element = _MX_ELEMENTS[key]
-            elif key.startswith(("fx", "ufx")):
-                element = FixedPoint.parse(key)
-            else:
-                element = FloatingPoint.parse(key)
-        if isinstance(element, FloatingPoint):
-            if element.emax > 127 or element.emin - element.man < -149:
-                raise ValueError(
-                    f"an MX element type must lie inside fp32's range (emax <= 127, smallest "
-                    f"subnormal >= 2^-149) so that scaled values stay exact in float64; got {element}"
-                )
-            element = dataclasses.replace(element, saturate=True)
-        elif not (isinstance(element, FixedPoint) and element.signed and element.wl <= 53):
-            raise ValueError(
-                f"element must be a FloatingPoint, a signed FixedPoint with wl <= 53 or a name "
-                f"(e.g. 'fp8_e4m3', 'fp4_e2m1', 'fx8.6'), got {element!r}"
-            )
+        element = element_type(element, _MX_ELEMENTS, "an MX", "'fp8_e4m3', 'fp4_e2m1', 'fx8.6'")
         block = _check_block(block)
         object.__setattr__(self, "element", element)
         object.__setattr__(self, "block", block)

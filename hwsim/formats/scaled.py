@@ -34,6 +34,7 @@ import math
 import re
 
 from hwsim.formats import FixedPoint, FloatingPoint
+from hwsim.formats.block import element_type
 
 DEFAULT_HISTORY = 16
 _INT_ELEMENTS = {"int8": FixedPoint(8, 6)}  # as MXINT8: emax 0
@@ -52,26 +53,7 @@ class Scaled:
     history: int
 
     def __init__(self, element, history: int = DEFAULT_HISTORY) -> None:
-        if isinstance(element, str):
-            key = element.strip().lower()
-            if key in _INT_ELEMENTS:
-                element = _INT_ELEMENTS[key]
-            elif key.startswith(("fx", "ufx")):
-                element = FixedPoint.parse(key)
-            else:
-                element = FloatingPoint.parse(key)
-        if isinstance(element, FloatingPoint):
-            if element.emax > 127 or element.emin - element.man < -149:
-                raise ValueError(
-                    f"a scaled element type must lie inside fp32's range (emax <= 127, "
-                    f"smallest subnormal >= 2^-149), got {element}"
-                )
-            element = dataclasses.replace(element, saturate=True)
-        elif not (isinstance(element, FixedPoint) and element.signed and element.wl <= 53):
-            raise ValueError(
-                f"element must be a FloatingPoint, a signed FixedPoint with wl <= 53 or a name "
-                f"('fp8_e4m3', 'fp8_e5m2', 'int8', 'fx8.6'), got {element!r}"
-            )
+        element = element_type(element, _INT_ELEMENTS, "a scaled", "'fp8_e4m3', 'int8', 'fx8.6'")
         if isinstance(history, bool) or not hasattr(history, "__index__") or int(history) < 1:
             raise ValueError(
                 f"history must be an integer >= 1 (how many past amaxes the delayed scale "
