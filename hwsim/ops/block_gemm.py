@@ -144,31 +144,9 @@ def accumulate(va, vb, kb: int, acc, rounding, overflow, seed, values: bool):
 def block_conv2d(x, w, stride, pads, acc, x_format, w_format, rounding, overflow, seed, values):
     """The convolution (N, O, Ho, Wo) through the block-scaled MAC array on
     its im2col matrices: w as (O, K) and each window as a column (K, Ho*Wo)."""
-    from hwsim.ops.matmul import pad_nchw
+    from hwsim.ops.im2col import im2col
 
-    if x.ndim != 4 or w.ndim != 4:
-        raise ValueError(
-            f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
-            f"got {tuple(x.shape)} and {tuple(w.shape)}"
-        )
-    n, c = x.shape[:2]
-    o, cw, kh, kw = w.shape
-    if c != cw:
-        raise ValueError(f"x has {c} channels but w expects {cw} (w shape {tuple(w.shape)})")
-    sh, sw = stride
-    torch_in = is_torch(x)
-    xp = pad_nchw(x, pads, torch_in)
-    hp, wp = xp.shape[2], xp.shape[3]
-    if hp < kh or wp < kw:
-        raise ValueError(f"the padded input ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})")
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    if torch_in:
-        cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, Ho, Wo, kh, kw)
-        cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
-    else:
-        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
-        win = win[:, :, ::sh, ::sw]
-        cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
+    cols, (n, o, ho, wo) = im2col(x, w, stride, pads)
     out = block_gemm(w.reshape(1, o, -1), cols, acc, w_format, x_format, rounding, overflow,
                      seed, values=values)  # fmt: skip
     return out.reshape(n, o, ho, wo)

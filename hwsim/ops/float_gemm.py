@@ -119,35 +119,14 @@ def _raise_nan(acc, product):
 def float_conv2d(x, w, stride, pads, acc, product, rounding, overflow, x_format, w_format, seed):
     """Float64 values (N, O, Ho, Wo) of the convolution through a float MAC
     array; im2col as ``hwsim.ops.matmul.conv2d_on_codes`` (order (c, kh, kw))."""
-    from hwsim.ops.matmul import pad_nchw
+    from hwsim.ops.im2col import im2col
 
     if is_torch(x) != is_torch(w):
         raise ValueError("conv2d takes two NumPy arrays or two torch tensors, not a mix")
     vx = operand_values(x, x_format, "x", rounding, overflow, sub_seed(seed, 1))
     vw = operand_values(w, w_format, "w", rounding, overflow, sub_seed(seed, 2))
-    if vx.ndim != 4 or vw.ndim != 4:
-        raise ValueError(
-            f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
-            f"got {tuple(vx.shape)} and {tuple(vw.shape)}"
-        )
-    n, c = vx.shape[:2]
-    o, cw_in, kh, kw = vw.shape
-    if c != cw_in:
-        raise ValueError(f"x has {c} channels but w expects {cw_in} (w shape {tuple(vw.shape)})")
-    sh, sw = stride
-    xp = pad_nchw(vx, pads, is_torch(vx))
-    hp, wp = xp.shape[2], xp.shape[3]
-    if hp < kh or wp < kw:
-        raise ValueError(f"the padded input ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})")
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    k = c * kh * kw
-    if is_torch(xp):
-        cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)
-        cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, k, ho * wo)
-    else:
-        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
-        cols = win[:, :, ::sh, ::sw].transpose(0, 1, 4, 5, 2, 3).reshape(n, k, ho * wo)
-    out = float_gemm_values(vw.reshape(1, o, k), cols, acc, product, rounding, seed, ("w", "x"))
+    cols, (n, o, ho, wo) = im2col(vx, vw, stride, pads)
+    out = float_gemm_values(vw.reshape(1, o, -1), cols, acc, product, rounding, seed, ("w", "x"))
     return out.reshape(n, o, ho, wo)
 
 

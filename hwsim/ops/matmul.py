@@ -16,6 +16,7 @@ from hwsim.modes import Overflow, Rounding
 from hwsim.ops.backend import check_backend, on_backend
 from hwsim.ops.block_gemm import conv2d_block, has_block, matmul_block
 from hwsim.ops.float_gemm import float_conv2d, float_matmul
+from hwsim.ops.im2col import im2col
 from hwsim.ops.numpy_gemm import (
     batched_gemm_numpy,
     float_wrap_fast,
@@ -309,51 +310,15 @@ def conv2d_codes(
 def conv2d_on_codes(cx, fx, cw, fw, stride, pads, acc, product, rounding, overflow, seed, path):
     """Convolution of integer codes; ``pads`` = (top, bottom, left, right), a
     negative pad crops (used by the input-gradient convolution)."""
-    if cx.ndim != 4 or cw.ndim != 4:
-        raise ValueError(
-            f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
-            f"got {tuple(cx.shape)} and {tuple(cw.shape)}"
-        )
-    n, c, _, _ = cx.shape
-    o, cw_in, kh, kw = cw.shape
-    if c != cw_in:
-        raise ValueError(f"x has {c} channels but w expects {cw_in} (w shape {tuple(cw.shape)})")
-    sh, sw = stride
-    torch_in = is_torch(cx)
-    xp = pad_nchw(cx, pads, torch_in)
-    hp, wp = xp.shape[2], xp.shape[3]
-    if hp < kh or wp < kw:
-        raise ValueError(f"the padded input ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})")
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    k = c * kh * kw
-    if torch_in:
+    cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads)
+    wm = cw.reshape(1, o, -1)
+    if is_torch(cols):
         from hwsim.torch_path import gemm as tg
 
-        cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, Ho, Wo, kh, kw)
-        cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, k, ho * wo)
-        wm = cw.reshape(1, o, k)
         out = tg.batched_gemm(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
     else:
-        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
-        win = win[:, :, ::sh, ::sw]  # (N, C, Ho, Wo, kh, kw)
-        cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, k, ho * wo)
-        wm = cw.reshape(1, o, k)
         out = batched_gemm_numpy(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
     return out.reshape(n, o, ho, wo)
-
-
-def pad_nchw(cx, pads, torch_in):
-    """Zero padding (top, bottom, left, right) of NCHW codes or values; a
-    negative pad crops."""
-    top, bottom, left, right = pads
-    if torch_in:
-        import torch.nn.functional as F
-
-        return F.pad(cx, (left, right, top, bottom)) if any(pads) else cx
-    h, w = cx.shape[2], cx.shape[3]
-    crop = cx[:, :, max(0, -top) : h - max(0, -bottom), max(0, -left) : w - max(0, -right)]
-    pos = ((0, 0), (0, 0), (max(0, top), max(0, bottom)), (max(0, left), max(0, right)))
-    return np.pad(crop, pos) if any(p for pair in pos for p in pair) else crop
 
 
 def add_codes(codes, addend, fmt, overflow="saturate"):

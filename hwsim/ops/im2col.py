@@ -1,0 +1,52 @@
+"""The im2col of a convolution, shared by every MAC-array convolution (codes,
+float values, block-scaled operands)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwsim.plan.checks import is_torch
+
+
+def im2col(x, w, stride, pads):
+    """The columns of a convolution of NCHW ``x`` (codes or values) with ``w`` of
+    shape (O, C, kh, kw): ``(cols (N, C*kh*kw, Ho*Wo), (N, O, Ho, Wo))``, each
+    column one window in (c, kh, kw) order; ``pads`` = (top, bottom, left,
+    right), a negative pad crops. Checks the shapes."""
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(
+            f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
+            f"got {tuple(x.shape)} and {tuple(w.shape)}"
+        )
+    n, c = x.shape[:2]
+    o, cw, kh, kw = w.shape
+    if c != cw:
+        raise ValueError(f"x has {c} channels but w expects {cw} (w shape {tuple(w.shape)})")
+    sh, sw = stride
+    xp = pad_nchw(x, pads, is_torch(x))
+    hp, wp = xp.shape[2], xp.shape[3]
+    if hp < kh or wp < kw:
+        raise ValueError(f"the padded input ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})")
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    if is_torch(xp):
+        cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, Ho, Wo, kh, kw)
+        cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
+    else:
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+        win = win[:, :, ::sh, ::sw]  # (N, C, Ho, Wo, kh, kw)
+        cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
+    return cols, (n, o, ho, wo)
+
+
+def pad_nchw(cx, pads, torch_in):
+    """Zero padding (top, bottom, left, right) of NCHW codes or values; a
+    negative pad crops."""
+    top, bottom, left, right = pads
+    if torch_in:
+        import torch.nn.functional as F
+
+        return F.pad(cx, (left, right, top, bottom)) if any(pads) else cx
+    h, w = cx.shape[2], cx.shape[3]
+    crop = cx[:, :, max(0, -top) : h - max(0, -bottom), max(0, -left) : w - max(0, -right)]
+    pos = ((0, 0), (0, 0), (max(0, top), max(0, bottom)), (max(0, left), max(0, right)))
+    return np.pad(crop, pos) if any(p for pair in pos for p in pair) else crop
