@@ -73,10 +73,14 @@ def cmd_search(args) -> int:
         print(f"interrupted: evaluated trials are stored in {out}; run the same command to "
               "resume", file=sys.stderr)  # fmt: skip
         return 130
-    text = markdown(spec, result, _energy(spec.study.task.name), analytical)
+    energy = _energy(spec.study.task.name)
+    text = markdown(spec, result, energy, analytical)
     (out / "search.md").write_text(text)
+    from hwsim.study.plots_search import search_pareto
+
+    search_pareto(spec, result, out / "plots", energy, analytical)
     print(text)
-    print(f"wrote {out / 'search.md'}", file=sys.stderr)
+    print(f"wrote {out / 'search.md'} and {out / 'plots' / 'search_pareto.png'}", file=sys.stderr)
     return 0
 
 

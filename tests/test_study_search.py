@@ -152,3 +152,12 @@ def test_the_cli_sets_the_tasks_analytical_rule_beside_the_search(tmp_path, caps
     assert float(metric_row.split("|")[-2]) == pytest.approx(want, rel=1e-5)
     bits_row = next(line for line in text.splitlines() if line.startswith("| total bits |"))
     assert bits_row.split("|")[-2].strip() == str(9 + 5 + 10)
+    assert (out / "plots" / "search_pareto.png").stat().st_size > 0
+
+
+def test_pareto_front_keeps_the_settings_nothing_beats():
+    from hwsim.study.plots_search import _front
+
+    pts = [(3, 0.8), (1, 0.5), (2, 0.9), (2, 0.7), (4, 0.9)]
+    assert _front(pts, 1.0) == [(1, 0.5), (2, 0.9)]
+    assert _front([(1, 0.2), (2, 0.1), (3, 0.3)], -1.0) == [(1, 0.2), (2, 0.1)]
