@@ -222,5 +222,5 @@ def test_float_formats_rejected_where_not_supported_yet():
         hnn.Precision(weight="bf16", activation="bf16", accumulator="fx24.10", product="bf16")
     with pytest.raises(ValueError, match="float accumulator takes a float product"):
         hnn.Precision(weight="fx8.6", activation="fx8.4", accumulator="fp16", product="fx16.8")
-    with pytest.raises(ValueError, match="weight: the optimizers take fixed-point formats"):
-        SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, weight="bf16")
+    with pytest.raises(ValueError, match="weight: the block-scaled format mxint8 is taken by"):
+        SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, weight="mxint8")
