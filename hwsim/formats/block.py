@@ -171,6 +171,11 @@ _MX_ELEMENTS = {
 _MX_NAMES = {element: name for name, element in _MX_ELEMENTS.items()}
 
 
+def element_emax(e: FloatingPoint | FixedPoint) -> int:
+    """Exponent of an element type's largest binade (FixedPoint: of its top bit)."""
+    return e.emax if isinstance(e, FloatingPoint) else e.wl - 2 - e.fl
+
+
 def element_type(element, names: dict, what: str, examples: str) -> FloatingPoint | FixedPoint:
     """The element type of a scaled format (MX, Scaled): a :class:`FloatingPoint`
     inside fp32's range (stored as its saturating variant, so scaled values stay
@@ -224,13 +229,12 @@ class MX:
     @property
     def emax_element(self) -> int:
         """Exponent of the element type's largest binade (FixedPoint: of its top bit)."""
-        e = self.element
-        return e.emax if isinstance(e, FloatingPoint) else e.wl - 2 - e.fl
+        return element_emax(self.element)
 
     @property
     def bits(self) -> int:
         """Bits per element (the element type's)."""
-        return self.element.bits if isinstance(self.element, FloatingPoint) else self.element.wl
+        return self.element.bits
 
     @property
     def effective_bits(self) -> float:

@@ -34,7 +34,7 @@ import math
 import re
 
 from hwsim.formats import FixedPoint, FloatingPoint
-from hwsim.formats.block import element_type
+from hwsim.formats.block import element_emax, element_type
 
 DEFAULT_HISTORY = 16
 _INT_ELEMENTS = {"int8": FixedPoint(8, 6)}  # as MXINT8: emax 0
@@ -65,12 +65,11 @@ class Scaled:
     @property
     def emax_element(self) -> int:
         """Exponent of the element type's largest binade (FixedPoint: of its top bit)."""
-        e = self.element
-        return e.emax if isinstance(e, FloatingPoint) else e.wl - 2 - e.fl
+        return element_emax(self.element)
 
     @property
     def bits(self) -> int:
-        return self.element.bits if isinstance(self.element, FloatingPoint) else self.element.wl
+        return self.element.bits
 
     def __str__(self) -> str:
         name = "int8" if self.element == _INT_ELEMENTS["int8"] else str(self.element)
