@@ -114,7 +114,7 @@ def reference(a, b, fa, fb, acc, product, rounding, overflow, seed):
     )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(kernel_cases())
 def test_every_variant_matches_integer_reference(case):
     want = reference(*case)

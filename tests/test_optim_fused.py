@@ -155,7 +155,7 @@ def _optimizer(cls, p, lr, formats, roundings, overflow, seed, fused_flag, telem
     st.sampled_from([torch.float32, torch.float64]),
     st.integers(0, 2**40),
 )
-@settings(max_examples=120)
+@settings(max_examples=80)
 def test_fused_pointwise_step_matches_integer_reference_and_torch_ops(
     case, modes, overflow, sign, dtype, seed
 ):
