@@ -277,7 +277,7 @@ def final_metric_by_case(data: StudyData):
         return None
     keys = sorted(groups, key=series_sort_key)
     width = 0.8 / len(keys)
-    fig, ax = plt.subplots(figsize=(max(7.4, 0.9 * len(labels) * max(1, len(keys) / 2)), 4.8))
+    fig, ax = plt.subplots(figsize=(min(13.0, max(7.4, 2.0 + 0.3 * len(labels) * len(keys))), 4.8))
     for j, key in enumerate(keys):
         xs, means, err = [], [], [[], []]
         for i, label in enumerate(labels):
