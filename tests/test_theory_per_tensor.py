@@ -98,8 +98,7 @@ def test_formats_are_fixed_point_of_the_stated_widths(setup):
     *_, p = setup
     assert set(p.formats()) == {"weight", "activation", "grad", "accumulator",
                                 "weight_accumulator"}  # fmt: skip
-    terms = 12 + 1  # the first layer's fan-in plus its bias is not the largest
-    terms = max(terms, 24 + 1)
+    terms = 24 + 1  # the largest fan-in (the second layer's 24 inputs) plus its bias
     assert p.accumulator.wl == p.weight.wl + p.activation.wl + math.ceil(math.log2(terms))
 
 

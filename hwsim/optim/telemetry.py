@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from hwsim.kernels.jit import kernel
+from hwsim.ops.telemetry import flushed_mask
 
 TELEMETRY_SAMPLE = 4096  # about this many elements per tensor are sampled for telemetry
 SAMPLE_RUN = 16  # in runs of this many consecutive elements (sample_stride)
@@ -109,7 +110,7 @@ class Counts:
         quantization, and where the stored value sits at its format's limits
         (:func:`hwsim.optim.kinds.saturated_sample`): how many nonzero values
         were flushed to 0, how many saturated."""
-        flushed = (stored == 0).logical_and_(raw != 0)
+        flushed = flushed_mask(raw, stored)  # the one definition (hwsim.ops.telemetry)
         counts = torch.stack([torch.count_nonzero(flushed), torch.count_nonzero(saturated)])
         entry = self.states.setdefault(name, [[], []])
         entry[0].append(counts)
