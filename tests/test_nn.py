@@ -58,7 +58,9 @@ def cnn():
 def run(model, x):
     model.zero_grad()
     y = model(x)
-    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+    (
+        y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
+    ).sum().backward()
     return y.detach(), [p.grad.clone() for p in model.parameters()]
 
 

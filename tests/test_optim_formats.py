@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,72 +29,76 @@ SEED = 11
 
 
 # ------------------------------------------------------------------ the reference
+def _sqrt(x):
+    """The correctly rounded square root (torch's CPU float64 sqrt is not)."""
+    return torch.from_numpy(np.sqrt(x.numpy())) if x.is_cpu else torch.sqrt(x)
+
+
+# the formulas of hwsim.optim.rule_math's docstring, one IEEE operation at a time
 def _sgd(g, w, st, h, t, store):
-    d = torch.add(g, w(), alpha=h["weight_decay"]) if h.get("weight_decay") else g
+    d = g + h["weight_decay"] * w() if h.get("weight_decay") else g
     if h.get("momentum"):
+        mom = h["momentum"]
         if "momentum_buffer" not in st:
-            buf = store("momentum_buffer", d.clone())
+            buf = store("momentum_buffer", d)
         else:
             buf = store(
                 "momentum_buffer",
-                st["momentum_buffer"].mul(h["momentum"]).add_(d, alpha=1 - h.get("dampening", 0)),
+                mom * st["momentum_buffer"] + (1 - h.get("dampening", 0)) * d,
             )
-        d = d.add(buf, alpha=h["momentum"]) if h.get("nesterov") else buf
-    return d.mul(-h["lr"])
+        d = d + mom * buf if h.get("nesterov") else buf
+    return d * -h["lr"]
 
 
 def _signsgd(g, w, st, h, t, store):
-    d = torch.add(g, w(), alpha=h["weight_decay"]) if h.get("weight_decay") else g
-    return torch.sign(d).mul(-h["lr"])
+    d = g + h["weight_decay"] * w() if h.get("weight_decay") else g
+    return torch.sign(d) * -h["lr"]
 
 
 def _adam(g, w, st, h, t, store):
     lr, wd, (b1, b2), eps = h["lr"], h.get("weight_decay", 0), (0.9, 0.999), 1e-8
     decoupled = h.get("decoupled_weight_decay", False)
     if wd and not decoupled:
-        g = torch.add(g, w(), alpha=wd)
+        g = g + wd * w()
     m0 = st.get("exp_avg", torch.zeros_like(g))
     v0 = st.get("exp_avg_sq", torch.zeros_like(g))
-    m = store("exp_avg", m0.lerp(g, 1 - b1))
-    v = store("exp_avg_sq", v0.mul(b2).addcmul_(g, g, value=1 - b2))
+    m = store("exp_avg", b1 * m0 + (1 - b1) * g)
+    v = store("exp_avg_sq", b2 * v0 + (1 - b2) * g * g)
     if h.get("amsgrad"):
-        old = st.get("max_exp_avg_sq")
-        v = store("max_exp_avg_sq", v.clone() if old is None else torch.maximum(old, v))
-    denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(eps)
-    update = (m / denom).mul_(-lr / (1 - b1**t))
+        v = store("max_exp_avg_sq", torch.maximum(st.get("max_exp_avg_sq", torch.zeros_like(g)), v))
+    update = (m / (_sqrt(v) / math.sqrt(1 - b2**t) + eps)) * -(lr / (1 - b1**t))
     if wd and decoupled:
-        update.add_(w(), alpha=-lr * wd)
+        update = update - (lr * wd) * w()
     return update
 
 
 def _adagrad(g, w, st, h, t, store):
     if h.get("weight_decay"):
-        g = torch.add(g, w(), alpha=h["weight_decay"])
+        g = g + h["weight_decay"] * w()
     clr = h["lr"] / (1 + (t - 1) * h.get("lr_decay", 0))
     total = st.get("sum", torch.full_like(g, h.get("initial_accumulator_value", 0)))
-    total = store("sum", total.addcmul(g, g, value=1))
-    return (g / total.sqrt().add_(1e-10)).mul_(-clr)
+    total = store("sum", total + g * g)
+    return (g / (_sqrt(total) + 1e-10)) * -clr
 
 
 def _rmsprop(g, w, st, h, t, store):
     if h.get("weight_decay"):
-        g = torch.add(g, w(), alpha=h["weight_decay"])
+        g = g + h["weight_decay"] * w()
     alpha, eps = 0.99, 1e-8
     sq = store(
-        "square_avg",
-        st.get("square_avg", torch.zeros_like(g)).mul(alpha).addcmul_(g, g, value=1 - alpha),
+        "square_avg", alpha * st.get("square_avg", torch.zeros_like(g)) + (1 - alpha) * g * g
     )
     if h.get("centered"):
-        ga = store("grad_avg", st.get("grad_avg", torch.zeros_like(g)).lerp(g, 1 - alpha))
-        avg = sq.addcmul(ga, ga, value=-1).clamp_(min=0).sqrt_()
+        ga = store("grad_avg", alpha * st.get("grad_avg", torch.zeros_like(g)) + (1 - alpha) * g)
+        avg = _sqrt((sq - ga * ga).clamp(min=0))
     else:
-        avg = sq.sqrt()
-    avg = avg.add_(eps)
+        avg = _sqrt(sq)
+    avg = avg + eps
     if h.get("momentum"):
         buf = st.get("momentum_buffer", torch.zeros_like(g))
-        buf = store("momentum_buffer", buf.mul(h["momentum"]).addcdiv_(g, avg))
-        return buf.mul(-h["lr"])
-    return (g / avg).mul_(-h["lr"])
+        buf = store("momentum_buffer", h["momentum"] * buf + g / avg)
+        return buf * -h["lr"]
+    return (g / avg) * -h["lr"]
 
 
 RULES = {  # name: (optimizer, hyperparameters, reference rule)

@@ -15,6 +15,7 @@ Compilation is lazy (no signatures here), so importing hwsim compiles nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sys
 import types
 
@@ -51,6 +52,20 @@ def serial_and_parallel(fn):
     )
     twin.__qualname__ = f"{fn.__qualname__}_parallel"
     return kernel(fn), parallel_kernel(twin)
+
+
+def source_salt(*modules) -> int:
+    """A number that changes when any of ``modules``' source changes, for a
+    kernel closure to hold as a cell. Numba's disk cache checks only the
+    timestamp of the file that defines the cached function, and keys a
+    closure by its cells; a kernel that inlines functions from other files
+    (a rule's math, the scalar roundings) would otherwise load stale machine
+    code after those files change (seen: an edited rule kept its old bits)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        with open(module.__file__, "rb") as f:
+            digest.update(f.read())
+    return int.from_bytes(digest.digest()[:7], "little")
 
 
 # -- threads -----------------------------------------------------------------------

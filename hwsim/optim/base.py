@@ -37,10 +37,11 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from hwsim.formats import FloatingPoint
-from hwsim.optim import fused_path, paths
+from hwsim.optim import fused_path, paths, rule_path
 from hwsim.optim.compat import CheckpointMixin, check_group_keys
 from hwsim.optim.fused import max_abs
 from hwsim.optim.precision import (
@@ -52,7 +53,8 @@ from hwsim.optim.precision import (
     precision_docs,
     precision_signature,
 )
-from hwsim.optim.rules import Rule, real_view
+from hwsim.optim.rule_math import MATH
+from hwsim.optim.rules import Rule
 from hwsim.optim.telemetry import Counts, sample_of
 from hwsim.plan.checks import fresh_seed
 
@@ -162,6 +164,7 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         self._telemetry: list[dict[str, float]] | list[Counts] = []
         self._views: dict[torch.Tensor, fused_path.FlatViews] = {}  # see fused_path.flat_views
         self._precisions: dict[int, tuple] = {}  # see _precision
+        self._buffers: dict[int, np.ndarray] = {}  # see _scratch
         super().__init__(params, {**defaults, **merged})
 
     @property
@@ -282,25 +285,42 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         state = self.state[p]
         ctx = paths.prepare(p, index, group, prec, fused_steps, state, counts, self.fused)
         grad_flat, grad_max = checked
-        if ctx.fused and grad_flat is not None and self.rule.pointwise is not None:
-            pointwise = self.rule.pointwise(group)
+        if ctx.fused and grad_flat is not None:
+            pointwise = MATH[self.rule.math].pointwise_step(group)
             if pointwise is not None and fused_path.step_fused(
                 self, ctx, grad_flat, pointwise, grad_max
             ):
                 return
-        step_, weight = paths.rule_step(ctx, self.rule)
-        if paths.is_float_step(ctx):
+        if not prec.quantized:  # float groups: torch.optim's arithmetic
+            step_, _ = paths.rule_step(ctx, self.rule)
             paths.apply_float(ctx, step_)
             return
-        update = real_view(step_.value(weight))
-        if ctx.fused and update.dtype == torch.float64 and update.device.type == "cpu":
+        if ctx.fused and grad_flat is not None and rule_path.fusable(ctx, self.rule):
+            update_flat, update_max, bad = rule_path.fused_rule_update(
+                ctx, self.rule, grad_flat, self._scratch(grad_flat.size)
+            )
+            if bad:
+                update = torch.from_numpy(update_flat).reshape(ctx.p.shape)
+                paths.raise_non_finite(update, STREAM["update"], ctx.p, index)
+        else:
+            update = rule_path.rule_update(ctx, self.rule)
+            if not (ctx.fused and update.device.type == "cpu"):
+                paths.add_update(ctx, update)
+                return
             update_flat = update.reshape(-1).numpy()
             update_max = max_abs(update_flat)  # the update is checked here (the gradient in step())
             if not math.isfinite(update_max):
                 paths.raise_non_finite(update, STREAM["update"], ctx.p, index)
-            if fused_path.step_fused(self, ctx, update_flat, fused_path.IDENTITY, update_max):
-                return
-        paths.add_update(ctx, update)
+        if not fused_path.step_fused(self, ctx, update_flat, fused_path.IDENTITY, update_max):
+            paths.add_update(ctx, torch.from_numpy(update_flat).reshape(ctx.p.shape))
+
+    def _scratch(self, n: int):
+        """A float64 buffer of ``n`` elements for the fused rule's update,
+        kept between steps (a fresh one page-faults on every write)."""
+        buffer = self._buffers.get(n)
+        if buffer is None:
+            buffer = self._buffers[n] = np.empty(n)
+        return buffer
 
     # -- introspection --------------------------------------------------------------
     def accumulator_codes(self, p: torch.Tensor) -> torch.Tensor | None:

@@ -12,10 +12,12 @@ them into tuples measured 20x slower: the branches no longer fold).
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 
-from hwsim.kernels.jit import kernel, prange, serial_and_parallel
+from hwsim.kernels import scalar
+from hwsim.kernels.jit import kernel, prange, serial_and_parallel, source_salt
 from hwsim.kernels.scalar import (
     SATURATE,
     STOCHASTIC,
@@ -29,6 +31,7 @@ from hwsim.kernels.scalar import (
 )
 from hwsim.optim.telemetry import SAMPLE_RUN, sample_position
 
+SALT = source_salt(scalar, sys.modules[__name__])
 NO_FORMAT = -1  # the rounding argument of a stage that has no format
 CLAMP_NONE, CLAMP_LOW, CLAMP_HIGH, CLAMP_BOTH = 0, 1, 2, 3  # which limits of a code can be reached
 CHUNK = 1 << 14  # elements per task of the parallel loop (fits L1/L2 per core)
@@ -344,6 +347,7 @@ def step_kernel(
         weight_overflow = CLAMP_NONE if weight_overflow == CLAMP_NONE else CLAMP_BOTH
     # The closure holds only ints and bools: Numba's disk cache keys a closure
     # by its pickled cell contents, and a dispatcher pickles with a random id.
+    salt = SALT  # a cell: the cache's key changes with the scalar roundings' source
 
     def run(source, acc, out, constants, seed_array, sample, stride, source_bits, limits, undo):
         c = constants
@@ -354,7 +358,7 @@ def step_kernel(
             (c[18], c[19], c[20], c[21], c[22]),
         )
         seeds = (seed_array[0], seed_array[1], seed_array[2], seed_array[3])
-        n = source.size
+        n = source.size + 0 * salt
         sample_size = sample.size
         chunks = (n + CHUNK - 1) // CHUNK
         # per chunk: nonzero, stalled, saturated (over its sampled elements), refused, max |source| bits

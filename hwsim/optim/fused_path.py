@@ -19,7 +19,7 @@ import torch
 from hwsim.errors import NonFiniteError
 from hwsim.optim.fused import CHECK_IN_KERNEL_FROM, AccumulatorBound, fused_step, undo_step
 from hwsim.optim.paths import ParamStep, check_gradient, numpy_view
-from hwsim.optim.rules import Pointwise
+from hwsim.optim.rule_math import MATH, Pointwise
 
 CODE_DTYPES = (torch.int32, torch.float64)  # the accumulator's storage (accumulator_dtype)
 IDENTITY = Pointwise(False, 1.0)  # a rule's update, added as it is
@@ -149,7 +149,7 @@ def speculation(opt, p: torch.Tensor, grad: torch.Tensor, group: dict, fused_ste
         or not p.is_contiguous()
     ):
         return None
-    pointwise = opt.rule.pointwise(group)
+    pointwise = MATH[opt.rule.math].pointwise_step(group)
     if pointwise is None or fused_steps.get(pointwise.sign) is not fused:
         return None
     flat = numpy_view(grad)

@@ -64,38 +64,17 @@ class Step(NamedTuple):
             param.addcdiv_(self.numerator, self.denominator, value=self.scale)
 
 
-class Pointwise(NamedTuple):
-    """A stateless rule's update as one elementwise map of the (quantized)
-    gradient: ``scale * g``, or ``scale * sign(g)``. The fused kernel
-    (:mod:`hwsim.optim.fused`) runs it from the raw gradient in one pass."""
-
-    sign: bool
-    scale: float
-
-
 class Rule(NamedTuple):
-    """An update rule, the names of the state tensors it keeps, and optionally
-    ``pointwise(group) -> Pointwise | None``: the same rule as an elementwise
-    map, where the group's hyperparameters make it one (no state, no weight
-    decay). The tests check both forms give the same bits. ``sparse``: the
-    rule takes sparse gradients, as its torch counterpart does."""
+    """An update rule (float groups: torch.optim's arithmetic), the names of
+    the state tensors it keeps, and the name of its math for quantized groups
+    (:data:`hwsim.optim.rule_math.MATH`, which also says when a step is
+    pointwise). ``sparse``: the rule takes sparse gradients, as its torch
+    counterpart does."""
 
     update: Callable
     state_names: tuple[str, ...]
-    pointwise: Callable | None = None
     sparse: bool = False  # takes sparse gradients (in float groups), as torch's counterpart
-
-
-def _sgd_pointwise(group) -> Pointwise | None:
-    if group["momentum"] != 0 or group["weight_decay"] != 0:
-        return None
-    return Pointwise(False, group["lr"] if group["maximize"] else -group["lr"])
-
-
-def _sign_pointwise(group) -> Pointwise | None:
-    if group["weight_decay"] != 0:
-        return None
-    return Pointwise(True, group["lr"] if group["maximize"] else -group["lr"])
+    math: str = ""  # its elementwise math in quantized groups (hwsim.optim.rule_math.MATH)
 
 
 def real_view(t: torch.Tensor) -> torch.Tensor:
@@ -247,8 +226,8 @@ def rmsprop(grad, weight, state, group, step, store: Store, fixed: bool = False)
     return Step(grad, -group["lr"], avg)
 
 
-SGD_RULE = Rule(sgd, ("momentum_buffer",), _sgd_pointwise, sparse=True)
-SIGN_SGD_RULE = Rule(sign_sgd, (), _sign_pointwise)
-ADAM_RULE = Rule(adam, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
-ADAGRAD_RULE = Rule(adagrad, ("sum",), sparse=True)
-RMSPROP_RULE = Rule(rmsprop, ("square_avg", "grad_avg", "momentum_buffer"))
+SGD_RULE = Rule(sgd, ("momentum_buffer",), sparse=True, math="sgd")
+SIGN_SGD_RULE = Rule(sign_sgd, (), math="sign_sgd")
+ADAM_RULE = Rule(adam, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), math="adam")
+ADAGRAD_RULE = Rule(adagrad, ("sum",), sparse=True, math="adagrad")
+RMSPROP_RULE = Rule(rmsprop, ("square_avg", "grad_avg", "momentum_buffer"), math="rmsprop")

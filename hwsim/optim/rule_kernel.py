@@ -1,0 +1,207 @@
+"""The rules with state, fused on the CPU: one Numba pass from the raw
+gradient to the update, each rule's math compiled from its one definition
+in :mod:`hwsim.optim.rule_math` (the torch path runs the same functions on
+tensors, so both give the same bits).
+
+Per element: ``g = Q_grad(float64(grad))``, ``w = acc * LSB`` (where the
+rule decays), the rule's math with each state written through
+:func:`~hwsim.optim.rule_math.store` (quantized to its fixed-point format in
+place, with the same counter noise streams as the torch path), and the
+update written to a float64 buffer. The pipeline's tail (update format,
+accumulator, weight) is the existing fused pass (:mod:`hwsim.optim.fused`),
+planned from the update's max |value|, which this pass returns along with
+a count of non-finite updates.
+
+Numba sees the rule's helpers (``sqrt``, ``sign``, ``maximum``, ``store``)
+through the overloads below, and every mode (the rule's flags, the state
+formats present, the roundings) as bits of one int, a compile-time constant
+of the kernel's closure: once inlined, the branches fold away.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import types
+
+import numpy as np
+from numba.extending import overload
+
+from hwsim.kernels import scalar
+from hwsim.kernels.jit import (
+    SERIAL_BELOW_ELEMENTWISE,
+    kernel,
+    prange,
+    serial_and_parallel,
+    source_salt,
+)
+from hwsim.kernels.scalar import STOCHASTIC, counter_uniform, value_to_code_float
+from hwsim.optim import rule_math as rm
+from hwsim.optim.fused_kernel import CHUNK, format_constants
+
+# the kernel's bits of ``opts``, above the rule's flags
+STATE_FORMAT = rm.FLAG_BITS  # 3 bits: slot k has a fixed-point state format
+STATE_ROUNDING = rm.FLAG_BITS + 3  # 3 bits: the states' rounding
+WRAPPING = rm.FLAG_BITS + 6  # overflow mode: wrap
+USED = rm.FLAG_BITS + 7  # 3 bits: slot k is written back
+MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)  # a float64's bits without the sign
+INF_BITS = int(np.array(np.inf).view(np.int64))
+
+
+@overload(rm.sqrt)
+def _sqrt(x):
+    return lambda x: np.sqrt(x)
+
+
+@overload(rm.sign)
+def _sign(x):
+    return lambda x: np.sign(x)
+
+
+@overload(rm.maximum)
+def _maximum(a, b):
+    return lambda a, b: np.maximum(a, np.float64(b))
+
+
+@kernel
+def stored_value(x, slot, i, seeds, fmts, opts):
+    """``x`` quantized to state ``slot``'s format, if it has one."""
+    if not (opts >> (STATE_FORMAT + slot)) & 1:
+        return x
+    rounding = (opts >> STATE_ROUNDING) & 7
+    overflow = (opts >> WRAPPING) & 1
+    u = counter_uniform(seeds[1 + slot], i) if rounding == STOCHASTIC else 0.0
+    f = fmts[slot]
+    return value_to_code_float(x, f[0], f[2], f[3], f[4], rounding, overflow, u) * f[1]
+
+
+@overload(rm.store)
+def _store(x, slot, at, opts):
+    """``at``: ``(flat index, seeds, state formats)`` (no array: a tuple
+    holding one is reference-counted per element, which stops the loop's
+    vectorization)."""
+    return lambda x, slot, at, opts: stored_value(x, slot, at[0], at[1], at[2], opts)
+
+
+SALT = source_salt(rm, scalar, sys.modules[__name__])
+COMPILED = {name: kernel(entry.math) for name, entry in rm.MATH.items()}
+
+
+@kernel
+def gradient_value(x, i, c, seeds, opts, grad_rounding):
+    """The gradient element ``x`` on its format's grid (``grad_rounding`` < 0: none)."""
+    if grad_rounding < 0:
+        return x
+    u = counter_uniform(seeds[0], i) if grad_rounding == STOCHASTIC else 0.0
+    code = value_to_code_float(x, c[0], c[2], c[3], c[4], grad_rounding, (opts >> WRAPPING) & 1, u)
+    return code * c[1]
+
+
+@kernel
+def unpack(h, c, s):
+    """The kernel's tuples: 8 hyperparameters, the gradient format, the
+    three state formats, the 4 seeds (see :func:`rule_kernel`)."""
+    hyper = (h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7])
+    seeds = (s[0], s[1], s[2], s[3])
+    fmts = (
+        (c[6], c[7], c[8], c[9], c[10]),
+        (c[11], c[12], c[13], c[14], c[15]),
+        (c[16], c[17], c[18], c[19], c[20]),
+    )
+    return hyper, (c[0], c[1], c[2], c[3], c[4]), fmts, seeds
+
+
+def _run(opts: int, grad_rounding: int):
+    """The kernel's body for one configuration (ints only in the closure:
+    Numba's disk cache keys a closure by its cells)."""
+    write0, write1, write2 = (opts >> USED) & 1, (opts >> (USED + 1)) & 1, (opts >> (USED + 2)) & 1
+    salt = SALT  # a cell: the disk cache's key changes with the rule math's source
+
+    def run(grad, s0, s1, s2, acc, upd, upd_bits, h_array, c, seed_array):
+        n = grad.size + 0 * salt
+        chunks = (n + CHUNK - 1) // CHUNK
+        tops = np.zeros(chunks, np.int64)
+        for chunk in prange(chunks):
+            # (the tuples are built per chunk: a parallel loop takes no tuple of tuples)
+            h, grad_c, fmts, seeds = unpack(h_array, c, seed_array)
+            lo = chunk * CHUNK
+            hi = min(n, lo + CHUNK)
+            # slices indexed from 0: no negative-index wraparound, so the loop vectorizes
+            src, a, b, d, codes, out = (
+                grad[lo:hi],
+                s0[lo:hi],
+                s1[lo:hi],
+                s2[lo:hi],
+                acc[lo:hi],
+                upd[lo:hi],
+            )
+            for j in range(src.size):
+                i = lo + j
+                g = gradient_value(np.float64(src[j]), i, grad_c, seeds, opts, grad_rounding)
+                w = codes[j] * c[5]
+                update, s = RULE(g, w, (a[j], b[j], d[j]), h, opts, (i, seeds, fmts))  # noqa: F821
+                if write0:
+                    a[j] = s[0]
+                if write1:
+                    b[j] = s[1]
+                if write2:
+                    d[j] = s[2]
+                out[j] = update
+            # max |update| as the bits of its magnitude (an integer max vectorizes; above
+            # Inf's bits: a NaN), read while the chunk is in cache
+            bits = upd_bits[lo:hi]
+            top = 0
+            for j in range(bits.size):
+                top = max(top, bits[j] & MAGNITUDE)
+            tops[chunk] = top
+        return tops.max() if chunks else 0
+
+    return run
+
+
+@functools.cache
+def rule_kernel(rule: str, opts: int, grad_rounding: int):
+    """(serial, parallel) kernels of ``rule`` for one configuration:
+
+    ``kernel(grad, s0, s1, s2, acc, upd, upd_bits, h, constants, seeds) -> top``
+
+    ``grad`` the flat gradient (float32/float64); ``s0..s2`` the float64
+    state slots (an unused slot: any array of the size, left unwritten);
+    ``acc`` the accumulator codes (the master weight is ``acc * LSB``);
+    ``upd`` receives the update (``upd_bits`` its int64 view; ``top``: the
+    largest bits of |update|, above Inf's where one is not finite); ``h`` the rule's hyperparameters (8 floats);
+    ``constants``: the gradient format (:func:`format_constants`), the
+    accumulator's LSB, the three state formats; ``seeds``: the gradient's and
+    the three states' counter-noise seeds."""
+    body = _run(opts, grad_rounding)
+    scope = dict(body.__globals__, RULE=COMPILED[rule])
+    fn = types.FunctionType(body.__code__, scope, f"run_{rule}", None, body.__closure__)
+    fn.__qualname__ = f"rule_kernel_{rule}"
+    return serial_and_parallel(fn)
+
+
+def kernel_options(opts: int, used, state_formats, state_rounding: int, wrap: bool) -> int:
+    """The kernel's ``opts``: the rule's flags plus the slots written back,
+    the slots with a format, their rounding and the overflow mode."""
+    for k, (u, f) in enumerate(zip(used, state_formats, strict=False)):
+        opts |= (u << (USED + k)) | ((f is not None) << (STATE_FORMAT + k))
+    return opts | (state_rounding << STATE_ROUNDING) | (int(wrap) << WRAPPING)
+
+
+def run_rule(rule, opts, grad_rounding, arrays, h, constants, seeds):
+    """Run :func:`rule_kernel` on ``arrays = (grad, s0, s1, s2, acc, upd)``
+    (one thread for small tensors): ``(max |update|, whether one is not finite)``."""
+    kernels = rule_kernel(rule, opts, grad_rounding)
+    run = kernels[arrays[0].size >= SERIAL_BELOW_ELEMENTWISE]
+    hyper = np.zeros(8)
+    hyper[: len(h)] = h
+    upd = arrays[-1]
+    top = run(*arrays, upd.view(np.int64), hyper, constants, seeds)
+    return float(np.array(top).view(np.float64)), top >= INF_BITS
+
+
+def constants_of(grad_format, acc_lsb: float, state_formats) -> np.ndarray:
+    """The kernel's ``constants`` array."""
+    slots = [format_constants(f) for f in state_formats]
+    slots += [format_constants(None)] * (3 - len(slots))
+    return np.array([*format_constants(grad_format), acc_lsb, *sum(slots, ())])

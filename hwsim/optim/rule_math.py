@@ -1,0 +1,271 @@
+"""Each update rule's elementwise math, written once (as optax writes
+``scale_by_adam`` once) and run two ways: on float64 torch tensors (the
+torch path, any device) and, compiled by Numba, per element inside the fused
+CPU kernel (:mod:`hwsim.optim.rule_kernel`), which therefore computes the
+same bits by construction.
+
+A rule is ``math(g, w, s, h, opts, at) -> (update, s)``:
+
+- ``g``: the (already quantized) gradient; ``w``: the master weight (only
+  read where ``opts`` has ``DECAY`` or ``DECOUPLED``);
+- ``s``: the rule's states as a 3-tuple (slots in the order of the rule's
+  ``state_names``; unused slots are passed through unchanged);
+- ``h``: the float hyperparameters of this step (:func:`hyper`), ``opts``
+  an int of flag bits (:data:`MAXIMIZE` ...), a compile-time constant of
+  the kernel, so its branches fold away;
+- every state value is written through ``store(x, slot, at, opts)``, which
+  quantizes it to the slot's state format and returns the stored value: the
+  rule continues from the stored state, as hardware would. ``at`` is the
+  caller's: the torch path's store callable, the kernel's element context.
+
+Only IEEE-exact operations appear (``+ - * /``, ``sqrt``, ``sign``,
+``maximum``), each rounded once in float64: no ``lerp``, ``addcmul`` or
+``add(alpha=)``, whose fused multiply-adds differ between CPU vector lanes,
+CPU tails and CUDA. So the torch path on a GPU, the torch path on a CPU and
+the Numba kernel agree bit for bit. Groups whose formats are all ``None``
+do not come here: they are stepped by torch.optim's own implementation.
+
+The formulas, per rule (``t`` the step count, ``d`` the rule's input):
+
+- SGD: ``d = g + wd*w``; ``buf = momentum*buf + (1-dampening)*d`` (the
+  first step: ``buf = d``); ``d = d + momentum*buf`` (Nesterov) or ``buf``;
+  update ``d * -lr``.
+- SignSGD: update ``sign(g + wd*w) * -lr``.
+- Adam: ``m = b1*m + (1-b1)*g``, ``v = b2*v + (1-b2)*g*g``, AMSGrad ``vmax =
+  maximum(vmax, v)``; update ``(m / (sqrt(v)/sqrt(1-b2^t) + eps)) *
+  -(lr/(1-b1^t))``, AdamW ``- lr*wd*w``.
+- AdaGrad: ``sum = sum + g*g``; update ``(g / (sqrt(sum) + eps)) *
+  -(lr/(1+(t-1)*lr_decay))``.
+- RMSProp: ``sq = a*sq + (1-a)*g*g``; centered ``ga = a*ga + (1-a)*g``,
+  ``avg = sqrt(maximum(sq - ga*ga, 0)) + eps`` (else ``sqrt(sq) + eps``);
+  momentum ``buf = momentum*buf + g/avg``, update ``buf * -lr``, else
+  ``(g/avg) * -lr``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+# flag bits of ``opts`` (the fused kernel puts its own bits above FLAG_BITS)
+MAXIMIZE, DECAY, DECOUPLED, MOMENTUM, NESTEROV, FIRST, AMSGRAD, CENTERED = (
+    1 << k for k in range(8)
+)
+FLAG_BITS = 8
+
+
+# -- the operations a rule may use: torch here, Numba overloads in rule_kernel -------
+def sqrt(x):
+    """The correctly rounded square root (IEEE 754). torch's CPU kernel is
+    not (its vectorized float64 sqrt is off by an ulp in about 1% of
+    elements, measured on torch 2.13 AVX-512): NumPy's on the CPU, torch's
+    (IEEE) on other devices."""
+    if x.is_cpu:
+        return torch.from_numpy(np.sqrt(x.numpy()))
+    return torch.sqrt(x)
+
+
+def sign(x):
+    """-1, 0 or 1."""
+    return torch.sign(x)
+
+
+def maximum(a, b):
+    """Elementwise maximum (NaN propagates)."""
+    return torch.maximum(a, b) if torch.is_tensor(b) else torch.clamp(a, min=b)
+
+
+def store(x, slot, at, opts):
+    """``x`` quantized to state ``slot``'s format: the stored value."""
+    return at(x, slot)
+
+
+# -- the rules ----------------------------------------------------------------------
+def sgd(g, w, s, h, opts, at):
+    lr, wd, momentum, damp = h[0], h[1], h[2], h[3]
+    d = -g if opts & MAXIMIZE else g
+    if opts & DECAY:
+        d = d + wd * w
+    buf = s[0]
+    if opts & MOMENTUM:
+        if opts & FIRST:
+            buf = store(d, 0, at, opts)
+        else:
+            buf = store(momentum * buf + damp * d, 0, at, opts)
+        d = d + momentum * buf if opts & NESTEROV else buf
+    return d * lr, (buf, s[1], s[2])
+
+
+def sign_sgd(g, w, s, h, opts, at):
+    lr, wd = h[0], h[1]
+    d = -g if opts & MAXIMIZE else g
+    if opts & DECAY:
+        d = d + wd * w
+    return sign(d) * lr, s
+
+
+def adam(g, w, s, h, opts, at):
+    b1, c1, b2, c2, wd, step_size, bc2, eps = h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+    if opts & MAXIMIZE:
+        g = -g
+    if opts & DECAY:
+        g = g + wd * w
+    m = store(b1 * s[0] + c1 * g, 0, at, opts)
+    v = store(b2 * s[1] + c2 * g * g, 1, at, opts)
+    vmax = s[2]
+    second = v
+    if opts & AMSGRAD:
+        vmax = store(maximum(vmax, v), 2, at, opts)
+        second = vmax
+    update = (m / (sqrt(second) / bc2 + eps)) * step_size
+    if opts & DECOUPLED:
+        update = update - wd * w
+    return update, (m, v, vmax)
+
+
+def adagrad(g, w, s, h, opts, at):
+    clr, wd, eps = h[0], h[1], h[2]
+    if opts & MAXIMIZE:
+        g = -g
+    if opts & DECAY:
+        g = g + wd * w
+    total = store(s[0] + g * g, 0, at, opts)
+    return (g / (sqrt(total) + eps)) * clr, (total, s[1], s[2])
+
+
+def rmsprop(g, w, s, h, opts, at):
+    lr, wd, a, c, momentum, eps = h[0], h[1], h[2], h[3], h[4], h[5]
+    if opts & MAXIMIZE:
+        g = -g
+    if opts & DECAY:
+        g = g + wd * w
+    sq = store(a * s[0] + c * g * g, 0, at, opts)
+    ga = s[1]
+    if opts & CENTERED:
+        ga = store(a * ga + c * g, 1, at, opts)
+        # quantized states can make the variance estimate slightly negative: clamped
+        avg = sqrt(maximum(sq - ga * ga, 0.0)) + eps
+    else:
+        avg = sqrt(sq) + eps
+    buf = s[2]
+    if opts & MOMENTUM:
+        buf = store(momentum * buf + g / avg, 2, at, opts)
+        return buf * lr, (sq, ga, buf)
+    return (g / avg) * lr, (sq, ga, buf)
+
+
+# -- per step: hyperparameters and flags from the group ------------------------------
+def _flags(group, decay: bool = True) -> int:
+    opts = MAXIMIZE if group.get("maximize") else 0
+    if decay and group.get("weight_decay", 0) != 0:
+        opts |= DECAY
+    return opts
+
+
+def _sgd_hyper(group, step, state):
+    opts = _flags(group)
+    momentum = group["momentum"]
+    if momentum != 0:
+        opts |= MOMENTUM | (NESTEROV if group["nesterov"] else 0)
+        opts |= FIRST if state.get("momentum_buffer") is None else 0
+    return (-group["lr"], group["weight_decay"], momentum, 1 - group["dampening"]), opts
+
+
+def _sign_hyper(group, step, state):
+    return (-group["lr"], group["weight_decay"]), _flags(group)
+
+
+def _adam_hyper(group, step, state):
+    lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
+    decoupled = wd != 0 and group["decoupled_weight_decay"]
+    opts = _flags(group, not decoupled) | (DECOUPLED if decoupled else 0)
+    opts |= AMSGRAD if group["amsgrad"] else 0
+    step_size = -(lr / (1 - b1**step))
+    bc2 = math.sqrt(1 - b2**step)
+    # AdamW: the decay term's factor is lr * wd
+    return (
+        b1,
+        1 - b1,
+        b2,
+        1 - b2,
+        lr * wd if decoupled else wd,
+        step_size,
+        bc2,
+        group["eps"],
+    ), opts
+
+
+def _adagrad_hyper(group, step, state):
+    clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
+    return (-clr, group["weight_decay"], group["eps"]), _flags(group)
+
+
+def _rmsprop_hyper(group, step, state):
+    a, momentum = group["alpha"], group["momentum"]
+    opts = _flags(group) | (CENTERED if group["centered"] else 0)
+    opts |= MOMENTUM if momentum > 0 else 0
+    return (-group["lr"], group["weight_decay"], a, 1 - a, momentum, group["eps"]), opts
+
+
+def _sgd_pointwise(h, opts):
+    if opts & (MOMENTUM | DECAY):
+        return None
+    return False, -h[0] if opts & MAXIMIZE else h[0]  # (-g) * lr == g * -lr, exactly
+
+
+def _sign_pointwise(h, opts):
+    if opts & DECAY:
+        return None
+    return True, -h[0] if opts & MAXIMIZE else h[0]  # sign(-g) * lr == sign(g) * -lr
+
+
+class Pointwise(NamedTuple):
+    """A step whose update is ``scale * g`` (``sign``: ``scale * sign(g)``)
+    of the quantized gradient ``g``: what :func:`sgd` and :func:`sign_sgd`
+    compute when this step's flags leave no state and no decay. The fused
+    kernel (:mod:`hwsim.optim.fused`) runs such a step from the raw gradient
+    to the weight in one pass."""
+
+    sign: bool
+    scale: float
+
+
+class RuleMath(NamedTuple):
+    """A rule's math (:func:`sgd` ...), its per-step ``hyper(group, step,
+    state) -> (h, opts)``, the initial value of each state slot (a group
+    key, or 0.0), and ``pointwise(h, opts)``: ``(sign, scale)`` where the
+    math reduces to a :class:`Pointwise` step, else None."""
+
+    math: object
+    hyper: object
+    init: tuple = ()
+    pointwise: object = None
+
+    def pointwise_step(self, group) -> Pointwise | None:
+        """This group's step as a :class:`Pointwise` one, or None."""
+        if self.pointwise is None:
+            return None
+        found = self.pointwise(*self.hyper(group, 1, {}))
+        return None if found is None else Pointwise(*found)
+
+    def used(self, opts: int) -> tuple[bool, ...]:
+        """Which state slots this step reads and writes."""
+        if self.math is sgd:
+            return (bool(opts & MOMENTUM),)
+        if self.math is adam:
+            return (True, True, bool(opts & AMSGRAD))
+        if self.math is rmsprop:
+            return (True, bool(opts & CENTERED), bool(opts & MOMENTUM))
+        return (True,) * len(self.init)
+
+
+MATH = {
+    "sgd": RuleMath(sgd, _sgd_hyper, (0.0,), _sgd_pointwise),
+    "sign_sgd": RuleMath(sign_sgd, _sign_hyper, (), _sign_pointwise),
+    "adam": RuleMath(adam, _adam_hyper, (0.0, 0.0, 0.0)),
+    "adagrad": RuleMath(adagrad, _adagrad_hyper, ("initial_accumulator_value",)),
+    "rmsprop": RuleMath(rmsprop, _rmsprop_hyper, (0.0, 0.0, 0.0)),
+}

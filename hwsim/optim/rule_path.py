@@ -1,0 +1,180 @@
+"""A quantized group's rule, run from its one definition
+(:mod:`hwsim.optim.rule_math`) two ways: :func:`rule_update` with torch ops
+on float64 tensors (any device: the reference, and what a GPU runs), and
+:func:`fused_rule_update`, one Numba pass over CPU memory
+(:mod:`hwsim.optim.rule_kernel`). Both return the rule's update, which the
+pipeline's tail (:mod:`hwsim.optim.paths`, :mod:`hwsim.optim.fused_path`)
+adds into the accumulator; both store the states quantized, with the same
+counter noise, so their bits are equal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hwsim.formats import FixedPoint
+from hwsim.modes import Overflow, Rounding
+from hwsim.optim.kinds import accumulator_values, quantize_values, saturated_sample
+from hwsim.optim.paths import ParamStep, _as_complex
+from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed
+from hwsim.optim.rule_math import DECAY, DECOUPLED, MATH
+from hwsim.optim.rules import Rule, real_view
+from hwsim.optim.telemetry import sample_index, sample_of
+from hwsim.torch_path.core import counter_uniform_at, signed64
+
+
+def _slots(ctx: ParamStep, rule: Rule, like: torch.Tensor, opts: int, used):
+    """The rule's state slots as float64 real views (created where missing,
+    at the rule's initial value), padded to three with ``like``."""
+    entry = MATH[rule.math]
+    slots = []
+    for k, name in enumerate(rule.state_names):
+        value = ctx.state.get(name)
+        if not used[k]:
+            slots.append(like)
+            continue
+        if value is None:
+            init = entry.init[k]
+            init = ctx.group[init] if isinstance(init, str) else init
+            value = torch.full_like(like, init)
+        else:
+            value = real_view(value)
+            if value.dtype != torch.float64:  # e.g. float32 states loaded into a quantized group
+                value = value.to(torch.float64)
+        slots.append(value)
+    slots = (
+        [s if s is not like else slots[0] for s in slots]
+        if slots and slots[0] is not like
+        else slots
+    )
+    return tuple(slots) + (slots[0] if slots else like,) * (3 - len(slots))
+
+
+def _store_states(ctx: ParamStep, rule: Rule, new, used) -> None:
+    complex_param = ctx.whole.is_complex()
+    for k, name in enumerate(rule.state_names):
+        if used[k]:
+            ctx.state[name] = _as_complex(new[k], complex_param)
+
+
+def _state_telemetry(ctx: ParamStep, name: str, raw_sample, stored_sample, raw, numel) -> None:
+    fmt = ctx.prec.state.get(name)
+    saturated = saturated_sample(raw, stored_sample, fmt)
+    ctx.counts.add_state(name, raw_sample, stored_sample, saturated, numel)
+
+
+def rule_update(ctx: ParamStep, rule: Rule) -> torch.Tensor:
+    """The rule's update (float64, the parameter's real view) from the
+    quantized gradient, with torch ops; the states stored quantized."""
+    prec = ctx.prec
+    grad = real_view(ctx.whole.grad).to(torch.float64)
+    if prec.grad is not None:
+        grad = ctx.quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"])
+    entry = MATH[rule.math]
+    h, opts = entry.hyper(ctx.group, ctx.step, ctx.state)
+    used = entry.used(opts)
+    w = None
+    if opts & (DECAY | DECOUPLED):
+        target = prec.target
+        stored = ctx.state.get("accumulator")
+        w = (
+            ctx.p.detach().to(torch.float64)
+            if target is None
+            else accumulator_values(stored, target).reshape(grad.shape)
+        )
+
+    def store(x: torch.Tensor, slot: int) -> torch.Tensor:
+        name = rule.state_names[slot]
+        fmt = prec.state.get(name)
+        if fmt is None:
+            return x
+        stored = ctx.quantize(x, fmt, prec.state_rounding, STATE_STREAM_BASE + slot)
+        if ctx.counts is not None:
+            _state_telemetry(ctx, name, sample_of(x), sample_of(stored), x, x.numel())
+        return stored
+
+    update, new = entry.math(grad, w, _slots(ctx, rule, grad, opts, used), h, opts, store)
+    _store_states(ctx, rule, new, used)
+    return update
+
+
+def fusable(ctx: ParamStep, rule: Rule) -> bool:
+    """The fused pass takes this step: CPU float32/float64 contiguous
+    parameter with a fixed-point pipeline (``ctx.fused``), fixed-point (or
+    no) state formats, and a rule with state (stateless ones have their own
+    single pass)."""
+    return (
+        ctx.fused
+        and rule.state_names != ()
+        and all(isinstance(f, FixedPoint) for f in ctx.prec.state.values() if f is not None)
+        and ctx.whole.grad.is_contiguous()
+    )
+
+
+def _sample_telemetry(ctx, rule, step, grad_flat, index, before, slots, seeds) -> None:
+    """The states' telemetry of a fused step, on the sample: the rule's math
+    run again there with torch ops (the same bits) from the states before
+    the step, each store answering with the value the kernel stored, so what
+    is recorded is the value each state had before its quantization."""
+    prec = ctx.prec
+    h, opts, used = step
+    g = torch.from_numpy(grad_flat)[index].to(torch.float64)
+    if prec.grad is not None:
+        u = None
+        if prec.grad_rounding == Rounding.STOCHASTIC:
+            u = counter_uniform_at(int(seeds[0]), index)
+        g = quantize_values(g, prec.grad, prec.grad_rounding, prec.overflow, u)
+    w = accumulator_values(ctx.state["accumulator"].reshape(-1)[index], prec.target)
+    after = [slot.reshape(-1)[index] for slot in slots]
+    n = grad_flat.size
+
+    def store(x: torch.Tensor, slot: int) -> torch.Tensor:
+        name = rule.state_names[slot]
+        if prec.state.get(name) is not None:
+            _state_telemetry(ctx, name, x, after[slot], slots[slot], n)
+        return after[slot]
+
+    MATH[rule.math].math(g, w, before, h, opts, store)
+
+
+def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, scratch: np.ndarray):
+    """:func:`rule_update` as one Numba pass: returns ``(update, max
+    |update|, non-finite count)``, the update a flat float64 NumPy array
+    (``scratch``, reused between steps)."""
+    from hwsim.optim import rule_kernel as rk  # compiles the rules on first use
+
+    prec = ctx.prec
+    entry = MATH[rule.math]
+    h, opts = entry.hyper(ctx.group, ctx.step, ctx.state)
+    used = entry.used(opts)
+    like = ctx.state["accumulator"]
+    slots = _slots(ctx, rule, torch.from_numpy(scratch).reshape(like.shape), opts, used)
+    slots = tuple(s if s.is_contiguous() else s.contiguous() for s in slots)
+    formats = [prec.state.get(name) for name in rule.state_names]
+    kernel_opts = rk.kernel_options(
+        opts, used, formats, int(prec.state_rounding), prec.overflow == Overflow.WRAP
+    )
+    grad_rounding = -1 if prec.grad is None else int(prec.grad_rounding)
+    streams = [STREAM["grad"]] + [STATE_STREAM_BASE + k for k in range(3)]
+    seeds = np.zeros(4, np.int64)
+    if Rounding.STOCHASTIC in (prec.grad_rounding, prec.state_rounding):
+        seeds[:] = [signed64(mix_seed(prec.seed, ctx.step, ctx.index, s)) for s in streams]
+    record = ctx.counts is not None and any(f is not None for f in formats)
+    if record:  # the telemetry sample of the states before the step
+        index = sample_index(grad_flat.size, "cpu")
+        before = tuple(slot.reshape(-1)[index] for slot in slots)
+    arrays = (grad_flat, *(s.reshape(-1).numpy() for s in slots), like.reshape(-1).numpy())
+    top, bad = rk.run_rule(
+        rule.math,
+        kernel_opts,
+        grad_rounding,
+        (*arrays, scratch),
+        h,
+        rk.constants_of(prec.grad, prec.target.lsb, formats),
+        seeds,
+    )
+    _store_states(ctx, rule, slots, used)
+    if record:
+        _sample_telemetry(ctx, rule, (h, opts, used), grad_flat, index, before, slots, seeds)
+    return scratch, top, bad
