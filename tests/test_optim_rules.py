@@ -30,6 +30,7 @@ from tests.naive import overflow_code, ref_code
 CONFIGS = [
     (hopt.SGD, dict(momentum=0.9, dampening=0.1, weight_decay=0.01), "nearest", "saturate"),
     (hopt.SGD, dict(momentum=0.5, nesterov=True, maximize=True), "stochastic", "wrap"),
+    (hopt.SignSGD, dict(weight_decay=0.01, maximize=True), "nearest_away", "wrap"),
     (hopt.Adam, dict(), "nearest", "saturate"),
     (hopt.Adam, dict(amsgrad=True, weight_decay=0.01, maximize=True), "floor", "saturate"),
     (hopt.Adam, dict(weight_decay=0.1, decoupled_weight_decay=True), "stochastic", "saturate"),
@@ -40,6 +41,7 @@ CONFIGS = [
 ]
 STATES = {
     hopt.SGD: ("momentum_buffer",),
+    hopt.SignSGD: (),
     hopt.Adam: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
     hopt.AdaGrad: ("sum",),
     hopt.RMSProp: ("square_avg", "grad_avg", "momentum_buffer"),
@@ -193,6 +195,8 @@ class Reference:
             return update - (lr * wd) * w if decoupled else update
         if wd:
             g = g + wd * w
+        if self.cls is hopt.SignSGD:
+            return float((g > 0) - (g < 0)) * -lr
         if self.cls is hopt.SGD:
             mom = h["momentum"]
             if t == 1:

@@ -101,12 +101,11 @@ def rule_update(ctx: ParamStep, rule: Rule) -> torch.Tensor:
 
 def fusable(ctx: ParamStep, rule: Rule) -> bool:
     """The fused pass takes this step: CPU float32/float64 contiguous
-    parameter with a fixed-point pipeline (``ctx.fused``), fixed-point (or
-    no) state formats, and a rule with state (stateless ones have their own
-    single pass)."""
+    parameter with a fixed-point pipeline (``ctx.fused``) and fixed-point (or
+    no) state formats. (A pointwise step, :meth:`RuleMath.pointwise_step`,
+    has a single pass of its own, tried first.)"""
     return (
         ctx.fused
-        and rule.state_names != ()
         and all(isinstance(f, FixedPoint) for f in ctx.prec.state.values() if f is not None)
         and ctx.whole.grad.is_contiguous()
     )
