@@ -164,7 +164,7 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         self._telemetry: list[dict[str, float]] | list[Counts] = []
         self._views: dict[torch.Tensor, fused_path.FlatViews] = {}  # see fused_path.flat_views
         self._precisions: dict[int, tuple] = {}  # see _precision
-        self._buffers: dict[int, np.ndarray] = {}  # see _scratch
+        self._buffers: dict[int, tuple] = {}  # see _scratch
         super().__init__(params, {**defaults, **merged})
 
     @property
@@ -314,13 +314,14 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         if not fused_path.step_fused(self, ctx, update_flat, fused_path.IDENTITY, update_max):
             paths.add_update(ctx, torch.from_numpy(update_flat).reshape(ctx.p.shape))
 
-    def _scratch(self, n: int):
-        """A float64 buffer of ``n`` elements for the fused rule's update,
-        kept between steps (a fresh one page-faults on every write)."""
-        buffer = self._buffers.get(n)
-        if buffer is None:
-            buffer = self._buffers[n] = np.empty(n)
-        return buffer
+    def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two float64 buffers of ``n`` elements for the fused rule (its
+        update, and zeros for the state slots a step does not use), kept
+        between steps (a fresh buffer page-faults on every write)."""
+        buffers = self._buffers.get(n)
+        if buffers is None:
+            buffers = self._buffers[n] = (np.empty(n), np.zeros(n))
+        return buffers
 
     # -- introspection --------------------------------------------------------------
     def accumulator_codes(self, p: torch.Tensor) -> torch.Tensor | None:

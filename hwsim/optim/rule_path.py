@@ -24,31 +24,28 @@ from hwsim.optim.telemetry import sample_index, sample_of
 from hwsim.torch_path.core import counter_uniform_at, signed64
 
 
-def _slots(ctx: ParamStep, rule: Rule, like: torch.Tensor, opts: int, used):
+def _slots(ctx: ParamStep, rule: Rule, like: torch.Tensor, used, unused=None):
     """The rule's state slots as float64 real views (created where missing,
-    at the rule's initial value), padded to three with ``like``."""
+    at the rule's initial value, shaped like ``like``), padded to three;
+    a slot this step does not use is ``unused`` (default ``like``)."""
     entry = MATH[rule.math]
+    unused = like if unused is None else unused
     slots = []
     for k, name in enumerate(rule.state_names):
         value = ctx.state.get(name)
         if not used[k]:
-            slots.append(like)
+            slots.append(unused)
             continue
         if value is None:
             init = entry.init[k]
             init = ctx.group[init] if isinstance(init, str) else init
-            value = torch.full_like(like, init)
+            value = torch.full(like.shape, init, dtype=torch.float64, device=like.device)
         else:
             value = real_view(value)
             if value.dtype != torch.float64:  # e.g. float32 states loaded into a quantized group
                 value = value.to(torch.float64)
         slots.append(value)
-    slots = (
-        [s if s is not like else slots[0] for s in slots]
-        if slots and slots[0] is not like
-        else slots
-    )
-    return tuple(slots) + (slots[0] if slots else like,) * (3 - len(slots))
+    return tuple(slots) + (unused,) * (3 - len(slots))
 
 
 def _store_states(ctx: ParamStep, rule: Rule, new, used) -> None:
@@ -94,7 +91,7 @@ def rule_update(ctx: ParamStep, rule: Rule) -> torch.Tensor:
             _state_telemetry(ctx, name, sample_of(x), sample_of(stored), x, x.numel())
         return stored
 
-    update, new = entry.math(grad, w, _slots(ctx, rule, grad, opts, used), h, opts, store)
+    update, new = entry.math(grad, w, _slots(ctx, rule, grad, used), h, opts, store)
     _store_states(ctx, rule, new, used)
     return update
 
@@ -137,10 +134,14 @@ def _sample_telemetry(ctx, rule, step, grad_flat, index, before, slots, seeds) -
     MATH[rule.math].math(g, w, before, h, opts, store)
 
 
-def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, scratch: np.ndarray):
+def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers):
     """:func:`rule_update` as one Numba pass: returns ``(update, max
-    |update|, non-finite count)``, the update a flat float64 NumPy array
-    (``scratch``, reused between steps)."""
+    |update|, whether one is not finite)``, the update a flat float64 NumPy
+    array. ``buffers``: two flat float64 arrays of the gradient's size kept
+    between steps, the update's and a zero one the kernel reads for the
+    slots this step does not use (not a used slot: the kernel's loop is
+    vectorized only where its arrays do not overlap)."""
+    scratch, zeros = buffers
     from hwsim.optim import rule_kernel as rk  # compiles the rules on first use
 
     prec = ctx.prec
@@ -148,7 +149,8 @@ def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, scratch
     h, opts = entry.hyper(ctx.group, ctx.step, ctx.state)
     used = entry.used(opts)
     like = ctx.state["accumulator"]
-    slots = _slots(ctx, rule, torch.from_numpy(scratch).reshape(like.shape), opts, used)
+    unused = torch.from_numpy(zeros).reshape(like.shape)
+    slots = _slots(ctx, rule, unused, used, unused)
     slots = tuple(s if s.is_contiguous() else s.contiguous() for s in slots)
     formats = [prec.state.get(name) for name in rule.state_names]
     kernel_opts = rk.kernel_options(
