@@ -1,12 +1,14 @@
 """Optimizer step time: hwsim.optim vs torch.optim and qtorch's OptimLP.
 
-    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5] [--rules sgd,adam] [--breakdown]
+    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5] [--runs 3] [--rules sgd,adam] [--breakdown]
 
 One ``nn.Linear`` with about ``--params`` parameters (float32), a fixed random
 gradient, and the time of ``optimizer.step()`` alone (best of ``--repeat``
 rounds of ``--steps`` steps, the rounds interleaved across the optimizers of a
 rule), as a ratio to the torch optimizer with the same rule and to qtorch's
-OptimLP (SGD, SGD with momentum, Adam). "fixed, torch ops" is the torch path
+OptimLP (SGD, SGD with momentum, Adam); with ``--runs N`` everything is
+measured N times and the table gives the min and median over the runs.
+Every rule has rows for nearest and stochastic rounding. "fixed, torch ops" is the torch path
 (``fused=False``: what runs on a GPU) on the CPU. Fixed-point rows use weight fx16.12, accumulator fx24.20, gradient
 fx16.12 and (Adam, AdaGrad, RMSProp, momentum) state fx24.20 / ufx32.30;
 qtorch's OptimLP gets the same formats with its fixed-point quantizers. Adam
@@ -107,11 +109,23 @@ def qtorch_optims():
     }
 
 
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", type=int, default=1_000_000)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="measure everything this many times; the table gives min and median over runs",
+    )
     ap.add_argument(
         "--rules",
         default="sgd,sgd_momentum,signsgd,adam,adagrad,rmsprop",
@@ -168,11 +182,10 @@ def main() -> None:
                 ("bf16 + fp32 master, 8-bit block states", dict(master, state=BLOCK_STATE)),
                 ("fixed, 8-bit block states", dict(FIXED, state=BLOCK_STATE)),
             ]
-        if key in ("sgd", "adam"):
-            variants += [
-                ("fixed, stochastic", dict(FIXED, state=state, rounding="stochastic", seed=0)),
-                ("fixed, torch ops", dict(FIXED, state=state, fused=False)),
-            ]
+        variants += [
+            ("fixed, stochastic", dict(FIXED, state=state, rounding="stochastic", seed=0)),
+            ("fixed, torch ops", dict(FIXED, state=state, fused=False)),
+        ]
         for label, prec in variants:
             for telemetry in (False, True):
                 makers[(label, telemetry)] = (
@@ -180,27 +193,37 @@ def main() -> None:
                         ps, **hyper, **prec, telemetry=tel
                     )
                 )
-        times = interleaved_times(makers, n, steps, repeat)
+        runs = [interleaved_times(makers, n, steps, repeat) for _ in range(args.runs)]
         name = f"{cls_name}{' momentum' if key == 'sgd_momentum' else ''}"
-        refs.append([f"torch {name}", times["torch"] * 1e3])
-        if "qtorch" in times:
-            refs.append([f"qtorch OptimLP {name}", times["qtorch"] * 1e3])
+        refs.append([f"torch {name}", _median([t["torch"] for t in runs]) * 1e3])
+        if "qtorch" in runs[0]:
+            refs.append([f"qtorch OptimLP {name}", _median([t["qtorch"] for t in runs]) * 1e3])
         for label, _ in variants:
             for telemetry in (False, True):
-                sec = times[(label, telemetry)]
-                q = times.get("qtorch")
+                ratios = [t[(label, telemetry)] / t["torch"] for t in runs]
+                q = [t[(label, telemetry)] / t["qtorch"] for t in runs if "qtorch" in t]
                 rows.append(
                     [
                         name,
                         label,
                         "on" if telemetry else "off",
-                        sec * 1e3,
-                        sec / times["torch"],
-                        (sec / q) if (q is not None and label.startswith("fixed")) else "",
+                        _median([t[(label, telemetry)] for t in runs]) * 1e3,
+                        min(ratios),
+                        _median(ratios),
+                        _median(q) if q and label.startswith("fixed") else "",
                     ]
                 )
     print_table(
-        ["optimizer", "formats", "telemetry", "ms/step", "x torch", "x qtorch OptimLP"], rows
+        [
+            "optimizer",
+            "formats",
+            "telemetry",
+            "ms/step (median)",
+            "x torch (min)",
+            "x torch (median)",
+            "x qtorch OptimLP",
+        ],
+        rows,
     )
     print()
     print_table(["reference", "ms/step"], refs)
