@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from hwsim.formats import FloatingPoint
-from hwsim.optim import fused_path, paths
+from hwsim.optim import float_path, fused_path, paths
 from hwsim.optim.compat import CheckpointMixin, check_group_keys
 from hwsim.optim.fused import max_abs
 from hwsim.optim.precision import (
@@ -245,6 +245,8 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         telemetry = []
         for group, prec, fused_steps, items in work:
             counts = Counts(prec.target) if self.telemetry_enabled else None
+            if not prec.quantized and float_path.step_group(self, group, items, counts):
+                items = ()  # stepped by torch's own implementation
             for p, index, checked in items:  # in order: the telemetry sums are float sums
                 if checked is _SPECULATIVE:
                     result = stepped.get(index)
@@ -289,9 +291,6 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
             ):
                 return
         step_, weight = paths.rule_step(ctx, self.rule)
-        if paths.is_float_step(ctx):
-            paths.apply_float(ctx, step_)
-            return
         update = real_view(step_.value(weight))
         if ctx.fused and update.dtype == torch.float64 and update.device.type == "cpu":
             update_flat = update.reshape(-1).numpy()
