@@ -69,7 +69,7 @@ class ParamStep:
         self.fused_steps = fused_steps  # the group's FusedSteps, by rule input (fused_path)
         self.p = torch.view_as_real(whole) if whole.is_complex() else whole
         self.state, self.counts = state, counts
-        self.step = state.get("step", 0) + 1
+        self.step = int(state.get("step", 0)) + 1  # a float group keeps torch's tensor
         state["step"] = self.step
         self.fused = fused and self._fusable()
 
