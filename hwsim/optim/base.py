@@ -24,8 +24,9 @@ Arithmetic: when any tensor of a group has a format (fixed point, floating
 point or, for states, block scaled), the rule and the pipeline compute in
 float64 (every code of a format up to 52 bits is exact in
 float64; codes are held as float64 integers, the accumulator's as int32 where
-they fit: :func:`accumulator_dtype`); when every format is ``None``
-they compute in the parameter's own dtype, exactly like ``torch.optim``.
+they fit: :func:`accumulator_dtype`); a group whose formats are all ``None``
+steps through ``torch.optim``'s own implementation of the rule
+(:mod:`hwsim.optim.float_path`): torch's bits at torch's speed.
 State tensors are stored after every change, quantized to their ``state``
 format, and the rule continues from the stored value.
 """
