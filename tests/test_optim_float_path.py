@@ -296,3 +296,24 @@ def test_large_tensor_stall_fraction_is_the_sample_s():
         expected = stall_fraction(d, before.reshape(-1)[index], p.detach().reshape(-1)[index])
         assert 0.0 < expected < 1.0
         assert opt.telemetry[0]["stall_fraction"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_sign_sgd_kernel_keeps_torch_sign_s_zeros_and_nan(dtype, maximize):
+    """The Numba pass (contiguous CPU, no weight decay) gives torch.sign's bits:
+    +0 for +-0 and NaN gradients, -0 weights kept as torch's sum keeps them."""
+    special = [0.0, -0.0, float("nan"), 1e-45, -1e-45, float("inf"), 3.0, -2.0]
+    grad = torch.tensor(special * 40, dtype=dtype)
+    weight = torch.tensor([-0.0, 0.0, 1.0, -1.0, 1e-3] * 64, dtype=dtype)
+    ref, p = torch.nn.Parameter(weight.clone()), torch.nn.Parameter(weight.clone())
+    opt = hopt.SignSGD([p], lr=1e-3, maximize=maximize, foreach=False)
+    p.grad, ref.grad = grad.clone(), grad.clone()
+    opt.step()
+    with torch.no_grad():
+        sign_sgd_reference([ref], 1e-3, maximize=maximize)
+    assert_bits(ref.detach(), p.detach())
+    nonzero = (grad > 0) | (grad < 0)  # sign(NaN) is 0: no update, none counted
+    stalled = nonzero & (p.detach() == weight)
+    expected = stalled.sum().item() / nonzero.sum().item()
+    assert opt.telemetry[0]["stall_fraction"] == pytest.approx(expected, abs=1e-12)

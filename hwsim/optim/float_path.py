@@ -8,7 +8,10 @@ implementation, as the group's ``foreach`` and the device pick them; never
 torch's fused kernels: a group's ``fused`` is hwsim's Numba switch), at
 torch's speed. Sign SGD has no torch counterpart: ``p -= lr * sign(g + wd*p)``
 (``maximize`` negates ``g``) with ``torch._foreach_`` ops where ``foreach``
-applies, else a loop over the tensors.
+applies, else a loop over the tensors: torch ops, or, for a contiguous
+float32/float64 CPU tensor without weight decay, one Numba pass giving the
+same bits (it writes through NumPy, as the fused fixed-point step does: torch's
+version counter of the parameter does not move).
 
 State: as torch's (``state["step"]`` a float32 scalar tensor for Adam,
 AdaGrad and RMSProp; none for SGD and sign SGD); an int step (a state dict
@@ -35,6 +38,7 @@ from torch.optim import rmsprop as torch_rmsprop
 from torch.optim import sgd as torch_sgd
 from torch.optim.optimizer import _default_to_fused_or_foreach, _get_scalar_dtype
 
+from hwsim.kernels.jit import kernel
 from hwsim.optim import rules
 from hwsim.optim.paths import numpy_view
 from hwsim.optim.rules import real_view
@@ -80,16 +84,9 @@ def _sgd(opt, group, params, grads) -> None:
         list(grads),
         buffers,
         has_sparse_grad=any(g.is_sparse for g in grads),
-        foreach=group["foreach"],
         fused=None,
-        grad_scale=getattr(opt, "grad_scale", None),
-        found_inf=getattr(opt, "found_inf", None),
-        weight_decay=group["weight_decay"],
-        momentum=momentum,
-        lr=group["lr"],
-        dampening=group["dampening"],
-        nesterov=group["nesterov"],
-        maximize=group["maximize"],
+        **_amp(opt),
+        **_kw(group, "foreach", "momentum", "lr", "dampening", "nesterov"),
     )
     for p, buf in zip(params if momentum != 0 else (), buffers, strict=True):
         opt.state[p]["momentum_buffer"] = buf
@@ -109,11 +106,26 @@ def _sign_sgd(opt, group, params, grads) -> None:
         torch._foreach_add_(ps, torch._foreach_sign(d), alpha=-lr)
         return
     for p, g in zip(ps, gs, strict=True):
+        flat, grad_flat = (numpy_view(p), numpy_view(g)) if wd == 0 else (None, None)
+        if grad_flat is not None and flat is not None and flat.dtype == grad_flat.dtype:
+            _sign_step(flat, grad_flat, flat.dtype.type(-lr), group["maximize"])
+            continue
         if group["maximize"]:
             g = torch.neg(g)
         if wd != 0:
             g = g.add(p, alpha=wd)
         p.add_(torch.sign(g), alpha=-lr)
+
+
+@kernel
+def _sign_step(p, g, alpha, negate):
+    """``p.add_(torch.sign(g), alpha=alpha)`` in one pass (``-g`` with
+    ``negate``), the same bits: torch's sign is +-1, and +0 for +-0 and NaN;
+    ``alpha`` times it is exact, so the sum is rounded once either way."""
+    zero = alpha * (alpha - alpha)  # alpha * (+0): -0 where alpha < 0, as torch's product
+    for i in range(p.size):
+        x = -g[i] if negate else g[i]
+        p[i] = p[i] + (alpha if x > 0 else (-alpha if x < 0 else zero))
 
 
 def _adam(opt, group, params, grads) -> None:
@@ -133,21 +145,13 @@ def _adam(opt, group, params, grads) -> None:
         exp_avg_sqs,
         max_sqs,
         steps,
-        foreach=group["foreach"],
-        capturable=group["capturable"],
-        differentiable=group["differentiable"],
         fused=None,
-        grad_scale=getattr(opt, "grad_scale", None),
-        found_inf=getattr(opt, "found_inf", None),
+        **_amp(opt),
         has_complex=any(p.is_complex() for p in params),
-        decoupled_weight_decay=group["decoupled_weight_decay"],
-        amsgrad=group["amsgrad"],
         beta1=beta1,
         beta2=beta2,
-        lr=group["lr"],
-        weight_decay=group["weight_decay"],
-        eps=group["eps"],
-        maximize=group["maximize"],
+        **_kw(group, "foreach", "capturable", "differentiable", "amsgrad", "lr", "eps"),
+        decoupled_weight_decay=group["decoupled_weight_decay"],
     )
 
 
@@ -164,17 +168,10 @@ def _adagrad(opt, group, params, grads) -> None:
         sums,
         steps,
         fused=None,
-        grad_scale=getattr(opt, "grad_scale", None),
-        found_inf=getattr(opt, "found_inf", None),
+        **_amp(opt),
         has_sparse_grad=any(g.is_sparse for g in grads),
-        foreach=group["foreach"],
-        differentiable=group["differentiable"],
         has_complex=any(p.is_complex() for p in params),
-        lr=group["lr"],
-        weight_decay=group["weight_decay"],
-        lr_decay=group["lr_decay"],
-        eps=group["eps"],
-        maximize=group["maximize"],
+        **_kw(group, "foreach", "differentiable", "lr", "lr_decay", "eps"),
     )
 
 
@@ -195,18 +192,23 @@ def _rmsprop(opt, group, params, grads) -> None:
         grad_avgs,
         buffers,
         steps,
-        foreach=group["foreach"],
-        maximize=group["maximize"],
-        differentiable=group["differentiable"],
-        capturable=group["capturable"],
         has_complex=any(p.is_complex() for p in params),
-        lr=group["lr"],
-        alpha=group["alpha"],
-        eps=group["eps"],
-        weight_decay=group["weight_decay"],
-        momentum=group["momentum"],
+        **_kw(group, "foreach", "capturable", "differentiable", "lr", "alpha", "eps", "momentum"),
         centered=group["centered"],
     )
+
+
+def _kw(group: dict, *names: str) -> dict:
+    """The group's entries ``names``, ``maximize`` and ``weight_decay``, by name."""
+    return {n: group[n] for n in (*names, "maximize", "weight_decay")}
+
+
+def _amp(opt) -> dict:
+    """The AMP GradScaler's attributes, as torch's steps pass them."""
+    return {
+        "grad_scale": getattr(opt, "grad_scale", None),
+        "found_inf": getattr(opt, "found_inf", None),
+    }
 
 
 def _step_count(state: dict) -> torch.Tensor:
@@ -255,6 +257,10 @@ def _sgd_numerator(group, state, grad, old):
     if not group["nesterov"]:
         return buf, None
     return None, _direction(group, grad, old).add(_sample(buf), alpha=group["momentum"])
+
+
+def _sign_numerator(group, state, grad, old):
+    return None, torch.sign(_direction(group, grad, old))  # sign(NaN) is 0: no update
 
 
 def _adam_numerator(group, state, grad, old):
@@ -307,7 +313,7 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 _RULES: dict[Callable, tuple[Callable, Callable]] = {  # rule -> (step, telemetry numerator)
     rules.sgd: (_sgd, _sgd_numerator),
-    rules.sign_sgd: (_sign_sgd, _plain),
+    rules.sign_sgd: (_sign_sgd, _sign_numerator),
     rules.adam: (_adam, _adam_numerator),
     rules.adagrad: (_adagrad, _plain),
     rules.rmsprop: (_rmsprop, _rmsprop_numerator),
