@@ -298,16 +298,18 @@ def test_large_tensor_stall_fraction_is_the_sample_s():
         assert opt.telemetry[0]["stall_fraction"] == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("fused", [None, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("maximize", [False, True])
-def test_sign_sgd_kernel_keeps_torch_sign_s_zeros_and_nan(dtype, maximize):
-    """The Numba pass (contiguous CPU, no weight decay) gives torch.sign's bits:
+def test_sign_sgd_kernel_keeps_torch_sign_s_zeros_and_nan(dtype, maximize, fused):
+    """The Numba pass (contiguous CPU, no weight decay; torch ops with
+    fused=False) gives torch.sign's bits:
     +0 for +-0 and NaN gradients, -0 weights kept as torch's sum keeps them."""
     special = [0.0, -0.0, float("nan"), 1e-45, -1e-45, float("inf"), 3.0, -2.0]
     grad = torch.tensor(special * 40, dtype=dtype)
     weight = torch.tensor([-0.0, 0.0, 1.0, -1.0, 1e-3] * 64, dtype=dtype)
     ref, p = torch.nn.Parameter(weight.clone()), torch.nn.Parameter(weight.clone())
-    opt = hopt.SignSGD([p], lr=1e-3, maximize=maximize, foreach=False)
+    opt = hopt.SignSGD([p], lr=1e-3, maximize=maximize, foreach=False, fused=fused)
     p.grad, ref.grad = grad.clone(), grad.clone()
     opt.step()
     with torch.no_grad():

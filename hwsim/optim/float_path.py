@@ -9,8 +9,8 @@ torch's fused kernels: a group's ``fused`` is hwsim's Numba switch), at
 torch's speed. Sign SGD has no torch counterpart: ``p -= lr * sign(g + wd*p)``
 (``maximize`` negates ``g``) with ``torch._foreach_`` ops where ``foreach``
 applies, else a loop over the tensors: torch ops, or, for a contiguous
-float32/float64 CPU tensor without weight decay, one Numba pass giving the
-same bits (it writes through NumPy, as the fused fixed-point step does: torch's
+float32/float64 CPU tensor without weight decay (and ``fused`` not False), one
+Numba pass giving the same bits (it writes through NumPy, as the fused fixed-point step does: torch's
 version counter of the parameter does not move).
 
 State: as torch's (``state["step"]`` a float32 scalar tensor for Adam,
@@ -106,7 +106,7 @@ def _sign_sgd(opt, group, params, grads) -> None:
         torch._foreach_add_(ps, torch._foreach_sign(d), alpha=-lr)
         return
     for p, g in zip(ps, gs, strict=True):
-        flat, grad_flat = (numpy_view(p), numpy_view(g)) if wd == 0 else (None, None)
+        flat, grad_flat = (numpy_view(p), numpy_view(g)) if wd == 0 and opt.fused else (None, None)
         if grad_flat is not None and flat is not None and flat.dtype == grad_flat.dtype:
             _sign_step(flat, grad_flat, flat.dtype.type(-lr), group["maximize"])
             continue
