@@ -24,8 +24,9 @@ Arithmetic: when any tensor of a group has a format (fixed point, floating
 point or, for states, block scaled), the rule and the pipeline compute in
 float64 (every code of a format up to 52 bits is exact in
 float64; codes are held as float64 integers, the accumulator's as int32 where
-they fit: :func:`accumulator_dtype`); when every format is ``None``
-they compute in the parameter's own dtype, exactly like ``torch.optim``.
+they fit: :func:`accumulator_dtype`); a group whose formats are all ``None``
+steps through ``torch.optim``'s own implementation of the rule
+(:mod:`hwsim.optim.float_path`): torch's bits at torch's speed.
 State tensors are stored after every change, quantized to their ``state``
 format, and the rule continues from the stored value.
 """
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 from hwsim.formats import FloatingPoint
-from hwsim.optim import fused_path, paths, rule_path
+from hwsim.optim import float_path, fused_path, paths, rule_path
 from hwsim.optim.compat import CheckpointMixin, check_group_keys
 from hwsim.optim.fused import max_abs
 from hwsim.optim.precision import (
@@ -54,7 +55,7 @@ from hwsim.optim.precision import (
     precision_signature,
 )
 from hwsim.optim.rule_math import MATH
-from hwsim.optim.rules import Rule
+from hwsim.optim.rules import Rule, real_view
 from hwsim.optim.telemetry import Counts, sample_of
 from hwsim.plan.checks import fresh_seed
 
@@ -248,6 +249,8 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         telemetry = []
         for group, prec, fused_steps, items in work:
             counts = Counts(prec.target) if self.telemetry_enabled else None
+            if not prec.quantized and float_path.step_group(self, group, items, counts):
+                items = ()  # stepped by torch's own implementation
             for p, index, checked in items:  # in order: the telemetry sums are float sums
                 if checked is _SPECULATIVE:
                     result = stepped.get(index)
@@ -285,26 +288,31 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         state = self.state[p]
         ctx = paths.prepare(p, index, group, prec, fused_steps, state, counts, self.fused)
         grad_flat, grad_max = checked
-        if ctx.fused and grad_flat is not None:
+        if ctx.fused and grad_flat is not None and self.rule.math:
             pointwise = MATH[self.rule.math].pointwise_step(group)
             if pointwise is not None and fused_path.step_fused(
                 self, ctx, grad_flat, pointwise, grad_max
             ):
                 return
-        if not prec.quantized:  # float groups: torch.optim's arithmetic
-            step_, _ = paths.rule_step(ctx, self.rule)
-            paths.apply_float(ctx, step_)
-            return
-        if ctx.fused and grad_flat is not None and rule_path.fusable(ctx, self.rule):
+        if not self.rule.math:  # a rule given as torch ops (no hwsim.optim.rule_math entry)
+            step_, weight = paths.rule_step(ctx, self.rule)
+            update = real_view(step_.value(weight))
+        elif ctx.fused and grad_flat is not None and rule_path.fusable(ctx, self.rule):
             update_flat, update_max, bad = rule_path.fused_rule_update(
                 ctx, self.rule, grad_flat, self._scratch(grad_flat.size)
             )
+            update = None
             if bad:
-                update = torch.from_numpy(update_flat).reshape(ctx.p.shape)
-                paths.raise_non_finite(update, STREAM["update"], ctx.p, index)
+                paths.raise_non_finite(
+                    torch.from_numpy(update_flat).reshape(ctx.p.shape),
+                    STREAM["update"],
+                    ctx.p,
+                    index,
+                )
         else:
             update = rule_path.rule_update(ctx, self.rule)
-            if not (ctx.fused and update.device.type == "cpu"):
+        if update is not None:
+            if not (ctx.fused and update.dtype == torch.float64 and update.device.type == "cpu"):
                 paths.add_update(ctx, update)
                 return
             update_flat = update.reshape(-1).numpy()

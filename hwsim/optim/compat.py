@@ -68,9 +68,9 @@ def torch_flags(
     defaults (they are kept in the param groups, as torch keeps them).
 
     - ``foreach``: any value torch takes (``None``, ``False``, ``True``); it
-      picks torch's loop or multi-tensor implementation, which hwsim does not
-      have: every group steps as torch's single-tensor loop, whose bits the
-      float groups reproduce.
+      picks torch's loop or multi-tensor implementation, which float groups
+      run (:mod:`hwsim.optim.float_path`) as torch would; groups with a
+      format ignore it.
     - ``fused``: hwsim's choice of a fused implementation, as in torch; here
       the Numba pass of the fixed-point steps (``None`` or ``True``) or torch
       ops only (``False``). Same bits either way; float groups never use
@@ -133,7 +133,8 @@ def plain_groups(groups: list[dict], keys) -> list[dict]:
 
 
 def plain_step(step: Any) -> Any:
-    """A loaded step count as the int hwsim keeps (torch keeps a float tensor)."""
+    """A loaded step count as an int (fixed-point groups count in ints; a float
+    group makes it torch's float tensor again on its next step)."""
     if isinstance(step, torch.Tensor):
         return int(step.item())
     return step

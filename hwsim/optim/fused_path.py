@@ -149,7 +149,7 @@ def speculation(opt, p: torch.Tensor, grad: torch.Tensor, group: dict, fused_ste
         or not p.is_contiguous()
     ):
         return None
-    pointwise = MATH[opt.rule.math].pointwise_step(group)
+    pointwise = MATH[opt.rule.math].pointwise_step(group) if opt.rule.math else None
     if pointwise is None or fused_steps.get(pointwise.sign) is not fused:
         return None
     flat = numpy_view(grad)

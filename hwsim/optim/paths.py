@@ -1,10 +1,10 @@
 """The torch-ops execution path of one parameter's step (what runs on every
 device), as functions over a :class:`ParamStep`: :func:`prepare` (the step
 count and the accumulator's first codes), :func:`rule_step` (the rule on the
-quantized gradient, its states stored quantized), :func:`apply_float` (float
-weights: ``torch.optim``'s own in-place ops) and :func:`add_update` (the
+quantized gradient, its states stored quantized) and :func:`add_update` (the
 update quantized, rounded onto the accumulator grid, added, and the weight
-re-quantized). :mod:`hwsim.optim.fused_path` is the sibling path that runs
+re-quantized). Float groups (every format None) step through torch's own
+implementation instead (:mod:`hwsim.optim.float_path`). :mod:`hwsim.optim.fused_path` is the sibling path that runs
 the elementwise part as one Numba pass; :class:`~hwsim.optim.base.
 QuantizedOptimizer` picks between them per parameter.
 """
@@ -36,13 +36,7 @@ from hwsim.optim.precision import (
     uniforms,
 )
 from hwsim.optim.rules import Rule, Step, real_view
-from hwsim.optim.telemetry import (
-    count_float_stalls,
-    gather_sample,
-    sample_of,
-    sample_size,
-    sample_stride,
-)
+from hwsim.optim.telemetry import sample_of
 from hwsim.plan.checks import raise_non_finite_torch
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
 from hwsim.torch_path.quantize import all_finite
@@ -75,7 +69,7 @@ class ParamStep:
         self.fused_steps = fused_steps  # the group's FusedSteps, by rule input (fused_path)
         self.p = torch.view_as_real(whole) if whole.is_complex() else whole
         self.state, self.counts = state, counts
-        self.step = state.get("step", 0) + 1
+        self.step = int(state.get("step", 0)) + 1  # a float group keeps torch's tensor
         state["step"] = self.step
         self.fused = fused and self._fusable()
 
@@ -166,42 +160,6 @@ def rule_step(ctx: ParamStep, rule: Rule) -> tuple[Step, Callable[[], torch.Tens
         return value
 
     return rule.update(grad, weight, state, ctx.group, ctx.step, store, prec.quantized), weight
-
-
-def is_float_step(ctx: ParamStep) -> bool:
-    """Float weights and the update computed in the parameter's dtype (every
-    format None, or a float64 parameter): torch.optim's in-place ops apply."""
-    prec = ctx.prec
-    return (
-        prec.target is None
-        and prec.update is None
-        and (not prec.quantized or ctx.p.dtype == torch.float64)
-    )
-
-
-def apply_float(ctx: ParamStep, step_: Step) -> None:
-    """A float weight stepped with torch.optim's own in-place ops, bit for bit;
-    stalls counted on the telemetry sample."""
-    p, counts = ctx.p, ctx.counts
-    weight_flat = None if counts is None else numpy_view(p)
-    numerator_flat = None if weight_flat is None else numpy_view(step_.numerator)
-    if counts is None:
-        step_.apply_(ctx.whole)
-    elif numerator_flat is not None:
-        # in Numba (torch ops on a 4096-element sample cost more than a float SGD step)
-        stride = sample_stride(weight_flat.size)
-        before = np.empty(sample_size(weight_flat.size), weight_flat.dtype)
-        gather_sample(weight_flat, stride, before)
-        step_.apply_(ctx.whole)
-        nonzero, stalled = count_float_stalls(numerator_flat, before, weight_flat, stride)
-        counts.add_kernel((nonzero, stalled, 0, None), p.numel(), before.size)
-    else:  # torch ops (other devices and dtypes)
-        old = sample_of(p.detach())
-        step_.apply_(ctx.whole)
-        numerator = step_.numerator
-        if numerator.is_sparse:  # the sample's elements where the gradient has none are 0
-            numerator = numerator.to_dense()
-        counts.add_float(sample_of(real_view(numerator)), sample_of(p.detach()) == old, p.numel())
 
 
 def add_update(ctx: ParamStep, update: torch.Tensor) -> None:
