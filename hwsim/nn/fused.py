@@ -26,7 +26,7 @@ import torch
 from hwsim.formats import FixedPoint
 from hwsim.kernels.layer import epilogue_kernel, operand_kernel
 from hwsim.modes import Overflow, Rounding
-from hwsim.ops.numpy_gemm import batched_gemm_numpy
+from hwsim.ops.numpy_gemm import gemm_2d
 from hwsim.plan.checks import fresh_seed, kernel_constants, seed64
 
 _MASK64 = (1 << 64) - 1
@@ -70,9 +70,9 @@ class Mac:
 
     def gemm(self, a, b, seed):
         """Accumulator codes of a @ b, operands as (codes, fl, stats)."""
-        return batched_gemm_numpy(
+        return gemm_2d(
             a[0], a[1], b[0], b[1], self.acc, self.product, self.rounding, self.overflow,
-            seed, "auto", stats=(a[2], b[2]),
+            seed, (a[2], b[2]),
         )  # fmt: skip
 
 
