@@ -37,6 +37,11 @@ def counter_uniform(seed: int, numel: int, device=None, offset: int = 0) -> torc
     """Float64 uniforms in [0, 1) for flat indices offset .. offset+numel-1;
     equal bit for bit to ``hwsim.kernels.scalar.counter_uniform``."""
     i = torch.arange(offset, offset + numel, dtype=torch.int64, device=device)
+    return counter_uniform_at(seed, i)
+
+
+def counter_uniform_at(seed: int, i: torch.Tensor) -> torch.Tensor:
+    """:func:`counter_uniform` at the int64 flat indices ``i`` (any shape)."""
     z = (i + 1) * _GOLDEN + signed64(int(seed))  # int64 arithmetic wraps mod 2^64
     z = (z ^ _lsr(z, 30)) * _MIX1
     z = (z ^ _lsr(z, 27)) * _MIX2
