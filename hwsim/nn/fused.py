@@ -1,7 +1,7 @@
-"""The fused step of a fixed-point layer on the numba backend: the same bits as
+"""The fused step of a fixed-point layer: the same bits as
 the layer's chain of quantizers and MAC arrays (``QuantizeFunction`` on the
 input, weight and bias, ``MACLinearFunction`` / ``MACConv2dFunction``, the
-output quantizer), in one autograd function with a few Numba calls.
+output quantizer), in one autograd function with a few kernel calls.
 
 A layer's formats, roundings and kernel constants are resolved once
 (:func:`layer_plan`, cached on the Precision). Per call, each operand is
@@ -9,10 +9,14 @@ quantized straight to its MAC codes (``hwsim.kernels.layer.operand_kernel``:
 the quantizer and the grid scan in one pass) and each GEMM's accumulator codes
 go to the quantized float32 output in one pass (``epilogue_kernel``: bias,
 float32 cast, next quantizer). The GEMMs themselves are the unfused path's.
+This module holds the numba backend's steps; ``hwsim.nn.fused_torch`` the
+torch backend's (same names), and ``hwsim.nn.fused_mac`` the autograd
+functions that run either.
 
 Taken when every tensor format is fixed point and exact in float32, every
-accumulator fixed point, the tensors float32 on the CPU and telemetry off;
-anything else runs the unfused chain, which also words every error.
+accumulator fixed point, the tensors float32 (on the CPU for numba) and
+telemetry off; anything else runs the unfused chain, which also words every
+error.
 """
 
 from __future__ import annotations
@@ -125,17 +129,20 @@ def layer_plan(p) -> LayerPlan | None:
 
 def fused_plan(layer, x: torch.Tensor) -> LayerPlan | None:
     """The layer's plan when this call may take the fused path."""
-    if layer.backend != "numba":
-        return None
     rec = layer._telemetry
     if rec is not None and rec.active:
         return None
     w = layer.weight
-    if x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu":
+    if x.dtype != torch.float32 or w.dtype != torch.float32 or x.numel() == 0:
         return None
-    if w.device.type != "cpu" or x.numel() == 0:
+    if x.device != w.device or (layer.backend == "numba" and x.device.type != "cpu"):
         return None
     return layer_plan(layer.precision)
+
+
+def gemm(mac: Mac, a, b, seed):
+    """Accumulator codes of a @ b, operands as (codes, fl, stats)."""
+    return mac.gemm(a, b, seed)
 
 
 def codes(t: torch.Tensor, q: Quant, seed):

@@ -11,13 +11,14 @@ the others take no noise.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from hwsim.errors import NonFiniteError
 from hwsim.modes import Rounding
+from hwsim.nn import fused, fused_torch
 from hwsim.nn.conv import _conv, _grad_input, _grad_weight, _move, _ones_like
 from hwsim.nn.functional import GemmConfig, _mac
-from hwsim.nn.fused import _ONES, LayerPlan, bias_codes, codes, finish, fused_plan
+from hwsim.nn.fused import _ONES, LayerPlan, fused_plan
 from hwsim.ops import quantize
 
 _ROLES = 13
@@ -48,19 +49,20 @@ def _seeds(layer, plan: LayerPlan, calls: int) -> list:
 
 
 def _operands(layer, plan: LayerPlan, x: torch.Tensor):
-    """(seeds, x codes, w codes, bias codes or None), or None on a non-finite value."""
+    """(steps, seeds, x codes, w codes, bias codes or None), or None on a
+    non-finite value; ``steps``: the backend's module of per-tensor steps."""
+    steps = fused if layer.backend == "numba" else fused_torch
     seeds = _seeds(layer, plan, layer.calls + 1)
-    x_op = codes(x, plan.x, seeds[0])
-    w_op = codes(layer.weight, plan.w, seeds[2])
-    bc = None
-    if layer.bias is not None:
-        bc = bias_codes(layer.bias, plan, seeds)
-        if bc is None:
-            return None
-    if x_op is None or w_op is None:
+    try:
+        x_op = steps.codes(x, plan.x, seeds[0])
+        w_op = steps.codes(layer.weight, plan.w, seeds[2])
+        bc = None if layer.bias is None else steps.bias_codes(layer.bias, plan, seeds)
+    except NonFiniteError:
+        return None
+    if x_op is None or w_op is None or (layer.bias is not None and bc is None):
         return None
     layer.calls += 1
-    return seeds, x_op, w_op, bc
+    return steps, seeds, x_op, w_op, bc
 
 
 def fused_forward(layer, x: torch.Tensor, conv: bool = False) -> torch.Tensor | None:
@@ -89,9 +91,9 @@ def conv2d(layer, plan: LayerPlan, x: torch.Tensor) -> torch.Tensor | None:
     return FusedConv2d.apply(x, layer.weight, layer.bias, plan, geometry, *ops)
 
 
-def _grad_codes(grad: torch.Tensor, plan: LayerPlan, seed):
+def _grad_codes(steps, grad: torch.Tensor, plan: LayerPlan, seed):
     """The incoming gradient through the output quantizer's backward format, as codes."""
-    op = codes(grad, plan.gy, seed)
+    op = steps.codes(grad, plan.gy, seed)
     if op is None:  # the unfused quantizer words the error
         q = plan.gy
         quantize(grad.detach(), q.fmt, q.rounding, q.overflow, seed=seed, backend="numba")
@@ -100,34 +102,34 @@ def _grad_codes(grad: torch.Tensor, plan: LayerPlan, seed):
 
 class FusedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b, plan, seeds, x_op, w_op, bc):
-        ctx.plan, ctx.seeds, ctx.ops = plan, seeds, (x_op, w_op)
+    def forward(ctx, x, w, b, plan, steps, seeds, x_op, w_op, bc):
+        ctx.plan, ctx.steps, ctx.seeds, ctx.ops = plan, steps, seeds, (x_op, w_op)
         ctx.x_shape = x.shape
         cw, fw, sw = w_op
         mac = plan.forward
-        acc = mac.gemm(x_op, (cw.T, fw, sw), mac.seed(seeds[10]))
-        y = finish(acc, mac, plan.y, seeds[6], bc)
+        acc = steps.gemm(mac, x_op, (cw.T, fw, sw), mac.seed(seeds[10]))
+        y = steps.finish(acc, mac, plan.y, seeds[6], bc)
         return y.reshape(x.shape[:-1] + (cw.shape[0],))
 
     @staticmethod
     def backward(ctx, grad):
-        plan, seeds = ctx.plan, ctx.seeds
+        plan, steps, seeds = ctx.plan, ctx.steps, ctx.seeds
         x_op, w_op = ctx.ops
-        g_op = _grad_codes(grad.reshape(-1, grad.shape[-1]), plan, seeds[7])
+        g_op = _grad_codes(steps, grad.reshape(-1, grad.shape[-1]), plan, seeds[7])
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             mac = plan.grad_input
-            acc = mac.gemm(g_op, w_op, mac.seed(seeds[11]))
-            gx = finish(acc, mac, plan.gx, seeds[1]).reshape(ctx.x_shape)
+            acc = steps.gemm(mac, g_op, w_op, mac.seed(seeds[11]))
+            gx = steps.finish(acc, mac, plan.gx, seeds[1]).reshape(ctx.x_shape)
         mac = plan.grad_weight
         if ctx.needs_input_grad[1]:
-            acc = mac.gemm((g_op[0].T, g_op[1], g_op[2]), x_op, mac.seed(seeds[12]))
-            gw = finish(acc, mac, plan.gw, seeds[3])
+            acc = steps.gemm(mac, (g_op[0].T, g_op[1], g_op[2]), x_op, mac.seed(seeds[12]))
+            gw = steps.finish(acc, mac, plan.gw, seeds[3])
         if ctx.needs_input_grad[2]:  # the batch sum through the same MAC array
-            ones = np.ones((1, g_op[0].shape[0]), np.int64)
-            acc = mac.gemm((ones, 0, _ONES), g_op, mac.seed(seeds[12]))
-            gb = finish(acc[0], mac, plan.gw, seeds[5])
-        return gx, gw, gb, None, None, None, None, None
+            ones = _ones_like(g_op[0], g_op[0].shape[0])
+            acc = steps.gemm(mac, (ones, 0, _ONES), g_op, mac.seed(seeds[12]))
+            gb = steps.finish(acc[0], mac, plan.gw, seeds[5])
+        return gx, gw, gb, None, None, None, None, None, None
 
 
 def _config(mac, seed) -> GemmConfig:
@@ -136,20 +138,21 @@ def _config(mac, seed) -> GemmConfig:
 
 class FusedConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b, plan, geometry, seeds, x_op, w_op, bc):
-        ctx.plan, ctx.seeds, ctx.ops, ctx.geometry = plan, seeds, (x_op, w_op), geometry
-        ctx.shapes = (x.shape, w.shape)
+    def forward(ctx, x, w, b, plan, geometry, steps, seeds, x_op, w_op, bc):
+        ctx.plan, ctx.steps, ctx.seeds, ctx.ops = plan, steps, seeds, (x_op, w_op)
+        ctx.geometry, ctx.shapes = geometry, (x.shape, w.shape)
         acc = _conv(x_op, w_op, *geometry, _config(plan.forward, seeds[10]))
         inner = acc.shape[2] * acc.shape[3]
-        return finish(acc, plan.forward, plan.y, seeds[6], bc, inner)
+        return steps.finish(acc, plan.forward, plan.y, seeds[6], bc, inner)
 
     @staticmethod
     def backward(ctx, grad):
-        plan, seeds = ctx.plan, ctx.seeds
+        plan, steps, seeds = ctx.plan, ctx.steps, ctx.seeds
+        finish = steps.finish
         x_op, w_op = ctx.ops
         stride, padding = ctx.geometry
         x_shape, w_shape = ctx.shapes
-        g_op = _grad_codes(grad, plan, seeds[7])
+        g_op = _grad_codes(steps, grad, plan, seeds[7])
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             cfg = _config(plan.grad_input, seeds[11])
@@ -164,4 +167,4 @@ class FusedConv2d(torch.autograd.Function):
             gm = _move(c, 1, 0).reshape(c.shape[1], -1).T  # (N*Ho*Wo, O)
             acc = _mac((_ones_like(c, gm.shape[0]), 0, _ONES), (gm, fl, stats), cfg)
             gb = finish(acc[0], plan.grad_weight, plan.gw, seeds[5])
-        return gx, gw, gb, None, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None, None
