@@ -19,12 +19,12 @@ def codes(t: torch.Tensor, q, seed):
     """(codes, fl, None) of ``t`` quantized by ``q``, on the coarsest grid (as
     ``grid_codes`` finds it from the quantized float32 values)."""
     c = quantize_torch(t.detach(), q.fmt, q.rounding, q.overflow, seed=seed, codes=True)
-    low = torch.where(c != 0, c & -c, torch.zeros_like(c))
+    low = c & -c  # each code's lowest set bit (0 for code 0)
     top = int(low.max()) if c.numel() else 0
     if top == 0:  # all zero
         return torch.zeros(c.shape, dtype=torch.int64, device=c.device), 0, None
     # the coarsest grid: the fewest trailing zeros among nonzero codes
-    finest = int(torch.where(c != 0, low, torch.full_like(c, top)).min())
+    finest = int(torch.where(low > 0, low, top).min())
     tz = finest.bit_length() - 1
     return (c >> tz if tz else c), q.fmt.fl - tz, None
 
