@@ -137,7 +137,11 @@ def fused_plan(layer, x: torch.Tensor) -> LayerPlan | None:
         return None
     if x.device != w.device or (layer.backend == "numba" and x.device.type != "cpu"):
         return None
-    return layer_plan(layer.precision)
+    p = layer.precision
+    cached = layer.__dict__.get("_fused_plan")  # hashing a Precision costs more than this
+    if cached is None or cached[0] is not p:
+        cached = layer.__dict__["_fused_plan"] = (p, layer_plan(p))
+    return cached[1]
 
 
 def gemm(mac: Mac, a, b, seed):
