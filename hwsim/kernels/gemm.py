@@ -54,11 +54,16 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
     constants) and falls back to ``generic_gemm_kernel`` where none is proven
     exact. Both compute the same codes."""
 
-    def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed):
+    def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed, ranges=None):
+        # ranges: ((min, max) of A, of B) as code_stats gives them (0 included),
+        # where the caller knows them already
         key = None
         if A.size and B.size:
-            _, a_lo, a_hi = code_stats(A.reshape(-1))
-            _, b_lo, b_hi = code_stats(B.reshape(-1))
+            if ranges is None:
+                _, a_lo, a_hi = code_stats(A.reshape(-1))
+                _, b_lo, b_hi = code_stats(B.reshape(-1))
+            else:
+                (a_lo, a_hi), (b_lo, b_hi) = ranges
             key = gemm_mac.choose(
                 (int(a_lo), int(a_hi)),
                 (int(b_lo), int(b_hi)),

@@ -24,6 +24,7 @@ from hwsim.nn.functional import (
     operand,
 )
 from hwsim.ops import conv2d_on_codes
+from hwsim.ops.im2col import zero_pad
 
 
 def _conv(x_op, w_op, stride, pads, cfg: GemmConfig):
@@ -160,7 +161,7 @@ def _grad_weight(x_op, w_shape, g_op, stride, padding, cfg: GemmConfig):
     sh, sw = stride
     ph, pw = padding
     if _is_numpy(cx):
-        xp = np.pad(cx, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        xp = zero_pad(cx, ph, ph, pw, pw)
         win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
         cols = win[:, :, ::sh, ::sw][:, :, :ho, :wo]  # (N, C, Ho, Wo, kh, kw)
         cols = cols.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)

@@ -22,6 +22,7 @@ from torch import nn
 
 from hwsim.formats import parse_format
 from hwsim.modes import Overflow, Rounding
+from hwsim.nn import fused_mac
 from hwsim.nn.block_mac import block_forward, is_block_mac
 from hwsim.nn.conv import MACConv2dFunction
 from hwsim.nn.functional import (
@@ -261,6 +262,8 @@ class QLinear(nn.Linear, _QuantizedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_block_mac(self.precision):  # block-scaled operands in the MAC arrays
             return block_forward(self, x)
+        if (y := fused_mac.fused_forward(self, x)) is not None:  # same bits, fewer calls
+            return y
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACLinear if is_float_mac(*configs) else MACLinearFunction
@@ -348,6 +351,8 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_block_mac(self.precision):  # block-scaled operands in the MAC arrays
             return block_forward(self, x, conv=True)
+        if (y := fused_mac.fused_forward(self, x, conv=True)) is not None:
+            return y
         xq, wq, bq = self._quantized_operands(x)
         configs = self._gemm_configs()
         fn = ValueMACConv2d if is_float_mac(*configs) else MACConv2dFunction

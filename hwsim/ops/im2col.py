@@ -48,5 +48,14 @@ def pad_nchw(cx, pads, torch_in):
         return F.pad(cx, (left, right, top, bottom)) if any(pads) else cx
     h, w = cx.shape[2], cx.shape[3]
     crop = cx[:, :, max(0, -top) : h - max(0, -bottom), max(0, -left) : w - max(0, -right)]
-    pos = ((0, 0), (0, 0), (max(0, top), max(0, bottom)), (max(0, left), max(0, right)))
-    return np.pad(crop, pos) if any(p for pair in pos for p in pair) else crop
+    pads = (max(0, top), max(0, bottom), max(0, left), max(0, right))
+    return zero_pad(crop, *pads) if any(pads) else crop
+
+
+def zero_pad(a: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """``np.pad`` with zeros of the last two axes (pads >= 0), without its
+    per-call overhead (a conv layer pads codes several times a step)."""
+    h, w = a.shape[-2:]
+    out = np.zeros(a.shape[:-2] + (h + top + bottom, w + left + right), dtype=a.dtype)
+    out[..., top : top + h, left : left + w] = a
+    return out

@@ -209,6 +209,21 @@ def batched_gemm_numpy(
     return squeeze_result(out.reshape(batch + (m, n)), squeeze)
 
 
+def gemm_2d(ca, fa, cb, fb, acc, product, rounding, overflow, seed, stats):
+    """:func:`batched_gemm_numpy` of 2-D operands (M, K) and (K, N) whose
+    ``stats`` are known, without the broadcasting: a layer's GEMMs."""
+    m, k = ca.shape
+    n = cb.shape[1]
+    if cb.shape[0] != k:
+        raise ValueError(f"matmul shapes do not match: {ca.shape} and {cb.shape}")
+    with threads_for(m * n * max(k, 1)):
+        out = _gemm_numpy(
+            (ca, ca[None]), (cb, cb[None]), fa, fb, acc, product, rounding, overflow, seed,
+            "auto", stats,
+        )  # fmt: skip
+    return out[0]
+
+
 def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stats):
     """``a``, ``b``: (the operand as given, its (Bt, M, K) / (Bt, K, N) view)."""
     from hwsim.kernels import gemm as kg
@@ -251,6 +266,7 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
     else:
         run = kg.sequential_gemm_kernel(int(rounding), int(overflow), product is not None)
         p = product if product is not None else acc
+        ranges = tuple((min(int(s[1]), 0), max(int(s[2]), 0)) for s in (sa, sb))
         run(
             a3,
             b3,
@@ -262,6 +278,7 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
             acc.min_code,
             acc.max_code,
             np.uint64(seed_bits(seed)),
+            ranges=ranges,  # code_stats of the operands: their stats (0 included)
         )
     return out
 

@@ -36,11 +36,12 @@ def _lsr(z: torch.Tensor, k: int) -> torch.Tensor:
 def counter_uniform(seed: int, numel: int, device=None, offset: int = 0) -> torch.Tensor:
     """Float64 uniforms in [0, 1) for flat indices offset .. offset+numel-1;
     equal bit for bit to ``hwsim.kernels.scalar.counter_uniform``."""
-    return counter_uniform_at(seed, torch.arange(offset, offset + numel, device=device))
+    i = torch.arange(offset, offset + numel, dtype=torch.int64, device=device)
+    return counter_uniform_at(seed, i)
 
 
 def counter_uniform_at(seed: int, i: torch.Tensor) -> torch.Tensor:
-    """:func:`counter_uniform` at the flat indices ``i`` (int64)."""
+    """:func:`counter_uniform` at the int64 flat indices ``i`` (any shape)."""
     z = (i + 1) * _GOLDEN + signed64(int(seed))  # int64 arithmetic wraps mod 2^64
     z = (z ^ _lsr(z, 30)) * _MIX1
     z = (z ^ _lsr(z, 27)) * _MIX2

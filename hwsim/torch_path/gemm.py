@@ -14,7 +14,9 @@ from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.plan.checks import raise_non_finite_torch
 from hwsim.plan.gemm import (
+    EXACT_FLOAT,
     STAGE_LEFT,
+    STAGE_NONE,
     STAGE_ROUND,
     blas_code_sums,
     broadcast_operands,
@@ -24,7 +26,12 @@ from hwsim.plan.gemm import (
     squeeze_result,
     use_fast_path,
 )
-from hwsim.torch_path.core import apply_overflow, counter_uniform, shift_round_code
+from hwsim.torch_path.core import (
+    apply_overflow,
+    counter_uniform,
+    counter_uniform_at,
+    shift_round_code,
+)
 
 
 def grid_codes(x: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
@@ -109,7 +116,109 @@ def batched_gemm(
     return squeeze_result(out.reshape(batch + (m, n)), squeeze)
 
 
+TERMS_PER_CHUNK = 1 << 21  # int64 terms formed at once by the vectorized MAC
+LOOP_ABOVE = 4096  # CPU accumulators: from here a loop over k is as fast (measured)
+
+
 def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
+    """The MAC array's codes. Every term (product, its product and accumulator
+    stages) depends on its own k only, so the terms of a chunk of k are formed
+    at once; the accumulation is the one sequential step. Under wrap it is
+    addition modulo 2^wl, which any order gives; under saturate it equals the
+    plain sum when no partial sum can leave the range (sum_k |t_k| within it),
+    else the k loop runs."""
+    batches, m, k = a3.shape
+    n = b3.shape[2]
+    acc_fmt = plan.accumulator
+    reach = max(-acc_fmt.min_code, acc_fmt.max_code)  # largest |term| after its stages
+    total = batches * m * n
+    big = a3.device.type == "cpu" and total > LOOP_ABOVE
+    if k <= 1 or total == 0 or big or k * reach >= 1 << 62:
+        return _mac_loop(a3, b3, plan, rounding, overflow, seed)
+    step = max(1, TERMS_PER_CHUNK // total)
+    exact = _float_terms_exact(plan, rounding, overflow, k * reach)
+    if exact:  # the same integers, fewer passes: every term and sum exact in float64
+        a3, b3 = a3.to(torch.float64), b3.to(torch.float64)
+    sums = torch.zeros((batches, m, n), dtype=a3.dtype, device=a3.device)
+    mags = torch.zeros_like(sums) if overflow == Overflow.SATURATE else None
+    flat = None
+    if rounding == Rounding.STOCHASTIC:
+        flat = torch.arange(total, dtype=torch.int64, device=a3.device).reshape(batches, m, 1, n)
+    for k0 in range(0, k, step):
+        k1 = min(k, k0 + step)
+        t = a3[:, :, k0:k1, None] * b3[:, None, k0:k1, :]  # (Bt, M, kc, N)
+
+        def noise(stage: int, k0=k0, k1=k1):
+            if flat is None:
+                return None
+            kk = torch.arange(k0, k1, dtype=torch.int64, device=a3.device).reshape(1, 1, -1, 1)
+            return counter_uniform_at(seed, (2 * kk + stage) * total + flat)
+
+        t = (
+            _float_terms(t, plan, rounding, noise)
+            if exact
+            else _terms(t, plan, rounding, overflow, noise)
+        )
+        sums += t.sum(2)
+        if mags is not None:
+            mags += t.abs().sum(2)
+    if mags is None:
+        return apply_overflow(sums, acc_fmt, overflow)
+    bound = int(mags.max())
+    if bound > acc_fmt.max_code or -bound < acc_fmt.min_code:
+        return _mac_loop(a3.to(torch.int64), b3.to(torch.int64), plan, rounding, overflow, seed)
+    return sums.to(torch.int64)
+
+
+_FLOAT_ROUNDINGS = (Rounding.NEAREST, Rounding.FLOOR, Rounding.ZERO, Rounding.STOCHASTIC)
+
+
+def _float_terms_exact(plan, rounding, overflow, sum_bound: int) -> bool:
+    """Whether float64 forms the terms and sums exactly: no product format,
+    saturation, products and shifted terms and ``sum_bound`` below 2^53, and a
+    rounding float64 does as the integer steps (half to even, floor, toward
+    zero, up iff u < the dropped fraction)."""
+    if plan.product_stage != STAGE_NONE or overflow != Overflow.SATURATE:
+        return False
+    if sum_bound >= EXACT_FLOAT or plan.max_product >= EXACT_FLOAT:
+        return False
+    if plan.acc_stage == STAGE_LEFT:
+        return plan.max_product << -plan.acc_shift < EXACT_FLOAT
+    return rounding in _FLOAT_ROUNDINGS
+
+
+def _float_terms(t, plan, rounding, noise) -> torch.Tensor:
+    """:func:`_terms` on exact float64 products (see ``_float_terms_exact``)."""
+    acc = plan.accumulator
+    t.mul_(2.0**-plan.acc_shift)  # exact: a power of two, far from under/overflow
+    if plan.acc_stage != STAGE_LEFT:
+        if rounding == Rounding.NEAREST:
+            t.round_()
+        elif rounding == Rounding.FLOOR:
+            t.floor_()
+        elif rounding == Rounding.ZERO:
+            t.trunc_()
+        else:
+            f = torch.floor(t)
+            t = f.add_((noise(1) < t.sub_(f)).to(t.dtype))
+    return t.clamp_(acc.min_code, acc.max_code)
+
+
+def _terms(t, plan, rounding, overflow, noise) -> torch.Tensor:
+    """The exact products ``t`` through the product and accumulator stages."""
+    if plan.product_stage == STAGE_LEFT:
+        t = apply_overflow(t << -plan.product_shift, plan.product, overflow)
+    elif plan.product_stage == STAGE_ROUND:
+        t = shift_round_code(t, plan.product_shift, rounding, noise(0))
+        t = apply_overflow(t, plan.product, overflow)
+    if plan.acc_stage == STAGE_LEFT:
+        return apply_overflow(t << -plan.acc_shift, plan.accumulator, overflow)
+    t = shift_round_code(t, plan.acc_shift, rounding, noise(1))
+    return apply_overflow(t, plan.accumulator, overflow)
+
+
+def _mac_loop(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
+    """One k at a time, the accumulator's overflow after every addition."""
     batches, m, k = a3.shape
     n = b3.shape[2]
     acc = torch.zeros((batches, m, n), dtype=torch.int64, device=a3.device)

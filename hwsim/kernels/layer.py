@@ -1,0 +1,91 @@
+"""Fused kernels of a quantized layer's step (``hwsim.nn.fused``): one call
+quantizes a tensor straight to the codes a MAC array takes, one call turns the
+accumulator codes into the layer's quantized output.
+
+Each is the composition of kernels the unfused path runs one after another,
+with the same scalar arithmetic (``hwsim.kernels.scalar``), so the bits are
+the same:
+
+- ``operand_kernel``: ``quantize`` (a float32 value per element, its format
+  exact in float32) followed by the grid scan of those values: the codes on
+  the format's grid, and their OR, min and max (0 included, as
+  ``code_stats``), from which the caller finds the coarsest grid.
+- ``epilogue_kernel``: the bias code added as one more MAC step (the
+  accumulator's overflow), the value ``code * lsb`` cast to float32 (what the
+  layer's tensor holds), then ``quantize`` of that float32 onto the next
+  format, written as float32.
+
+Modes are compile-time constants, as in ``hwsim.kernels.quantize``. Serial:
+a layer's tensors are small, and the caller runs between torch ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from hwsim.kernels.jit import kernel
+from hwsim.kernels.scalar import apply_overflow, counter_uniform, value_to_code
+
+
+@functools.cache
+def operand_kernel(rounding: int, overflow: int, seeded: bool):
+    """kernel(x, codes, scale, wrap_modulus, min_code, max_code, seed) ->
+    (non-finite count, OR of codes, min code, max code)"""
+
+    @kernel
+    def run(x, codes, scale, wrap_modulus, min_code, max_code, seed):
+        bad = 0
+        ors, lo, hi = np.int64(0), np.int64(0), np.int64(0)
+        for i in range(x.size):
+            v = np.float64(x[i])
+            if not math.isfinite(v):
+                bad += 1
+                codes[i] = 0
+                continue
+            u = counter_uniform(seed, i) if seeded else 0.0
+            c = value_to_code(v, scale, wrap_modulus, min_code, max_code, rounding, overflow, u)
+            codes[i] = c
+            ors |= c
+            lo = min(lo, c)
+            hi = max(hi, c)
+        return bad, ors, lo, hi
+
+    return run
+
+
+@functools.cache
+def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: int, seeded: bool):
+    """kernel(codes, bias, inner, count, c_min, c_max, acc_lsb, out, scale,
+    inv_scale, wrap_modulus, min_code, max_code, seed) -> None; element i
+    takes ``bias[(i // inner) % count]``."""
+
+    @kernel
+    def run(
+        codes,
+        bias,
+        inner,
+        count,
+        c_min,
+        c_max,
+        acc_lsb,
+        out,
+        scale,
+        inv_scale,
+        wrap_modulus,
+        min_code,
+        max_code,
+        seed,
+    ):
+        for i in range(codes.size):
+            c = codes[i]
+            if has_bias:
+                c = apply_overflow(c + bias[(i // inner) % count], c_min, c_max, acc_overflow)
+            v = np.float64(np.float32(c * acc_lsb))
+            u = counter_uniform(seed, i) if seeded else 0.0
+            q = value_to_code(v, scale, wrap_modulus, min_code, max_code, rounding, overflow, u)
+            out[i] = q * inv_scale
+
+    return run

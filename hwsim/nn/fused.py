@@ -1,0 +1,214 @@
+"""The fused step of a fixed-point layer: the same bits as
+the layer's chain of quantizers and MAC arrays (``QuantizeFunction`` on the
+input, weight and bias, ``MACLinearFunction`` / ``MACConv2dFunction``, the
+output quantizer), in one autograd function with a few kernel calls.
+
+A layer's formats, roundings and kernel constants are resolved once
+(:func:`layer_plan`, cached on the Precision). Per call, each operand is
+quantized straight to its MAC codes (``hwsim.kernels.layer.operand_kernel``:
+the quantizer and the grid scan in one pass) and each GEMM's accumulator codes
+go to the quantized float32 output in one pass (``epilogue_kernel``: bias,
+float32 cast, next quantizer). The GEMMs themselves are the unfused path's.
+This module holds the numba backend's steps; ``hwsim.nn.fused_torch`` the
+torch backend's (same names), and ``hwsim.nn.fused_mac`` the autograd
+functions that run either.
+
+Taken when every tensor format is fixed point and exact in float32, every
+accumulator fixed point, the tensors float32 (on the CPU for numba) and
+telemetry off; anything else runs the unfused chain, which also words every
+error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import torch
+
+from hwsim.formats import FixedPoint
+from hwsim.kernels.layer import epilogue_kernel, operand_kernel
+from hwsim.modes import Overflow, Rounding
+from hwsim.ops.numpy_gemm import gemm_2d
+from hwsim.plan.checks import fresh_seed, kernel_constants, seed64
+
+_MASK64 = (1 << 64) - 1
+_ONES = (1, 1, 1)  # stats of a row of ones
+
+
+@dataclasses.dataclass(frozen=True)
+class Quant:
+    """One quantizer: format, modes, kernel constants and its two kernels' modes."""
+
+    fmt: FixedPoint
+    rounding: Rounding
+    overflow: Overflow
+
+    @functools.cached_property
+    def constants(self):
+        c = kernel_constants(self.fmt)
+        return (c.scale, c.wrap_modulus, c.min_code, c.max_code)
+
+    def seed(self, seed) -> np.uint64:
+        """The kernel's noise key, as ``hwsim.quantize`` takes it."""
+        if self.rounding != Rounding.STOCHASTIC:
+            return np.uint64(0)
+        return np.uint64(seed64(fresh_seed() if seed is None else seed))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mac:
+    """One MAC array: accumulator, product, rounding, overflow."""
+
+    acc: FixedPoint
+    product: FixedPoint | None
+    rounding: Rounding
+    overflow: Overflow
+
+    def seed(self, seed):
+        """The GEMM's seed, as ``check_gemm_args`` makes it."""
+        if seed is not None:
+            return seed64(seed)
+        return fresh_seed() if self.rounding == Rounding.STOCHASTIC else None
+
+    def gemm(self, a, b, seed):
+        """Accumulator codes of a @ b, operands as (codes, fl, stats)."""
+        return gemm_2d(
+            a[0], a[1], b[0], b[1], self.acc, self.product, self.rounding, self.overflow,
+            seed, (a[2], b[2]),
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    x: Quant  # activation / grad_activation
+    gx: Quant
+    w: Quant  # weight (and bias) / grad_weight
+    gw: Quant
+    y: Quant  # output (its gradient: gx's format)
+    gy: Quant
+    forward: Mac
+    grad_input: Mac
+    grad_weight: Mac
+
+
+_FORMATS = ("activation", "weight", "output", "grad_activation", "grad_weight")
+_ACCS = ("accumulator", "grad_activation_accumulator", "grad_weight_accumulator")
+
+
+@functools.cache
+def layer_plan(p) -> LayerPlan | None:
+    """The fused plan of a Precision, or None where the fused path does not apply."""
+    if not p.straight_through or not (p.product is None or type(p.product) is FixedPoint):
+        return None
+    for f in _FORMATS:
+        fmt = getattr(p, f)
+        if type(fmt) is not FixedPoint or not fmt.representable_in("float32"):
+            return None
+    if any(type(getattr(p, a)) is not FixedPoint for a in _ACCS):
+        return None
+    over = p.overflow_mode
+
+    def q(field, fmt_field=None):
+        return Quant(getattr(p, fmt_field or field), p.rounding_of(field), over)
+
+    def mac(acc):
+        return Mac(getattr(p, acc), p.product, p.rounding_of(acc), over)
+
+    return LayerPlan(
+        q("activation"),
+        q("grad_activation"),
+        q("weight"),
+        q("grad_weight"),
+        q("output"),
+        q("grad_activation"),
+        *(mac(a) for a in _ACCS),
+    )
+
+
+def fused_plan(layer, x: torch.Tensor) -> LayerPlan | None:
+    """The layer's plan when this call may take the fused path."""
+    rec = layer._telemetry
+    if rec is not None and rec.active:
+        return None
+    w = layer.weight
+    if x.dtype != torch.float32 or w.dtype != torch.float32 or x.numel() == 0:
+        return None
+    if x.device != w.device or (layer.backend == "numba" and x.device.type != "cpu"):
+        return None
+    p = layer.precision
+    cached = layer.__dict__.get("_fused_plan")  # hashing a Precision costs more than this
+    if cached is None or cached[0] is not p:
+        cached = layer.__dict__["_fused_plan"] = (p, layer_plan(p))
+    return cached[1]
+
+
+def gemm(mac: Mac, a, b, seed):
+    """Accumulator codes of a @ b, operands as (codes, fl, stats)."""
+    return mac.gemm(a, b, seed)
+
+
+def codes(t: torch.Tensor, q: Quant, seed):
+    """(codes, fl, stats) of ``t`` quantized by ``q``, as ``grid_codes`` finds
+    them from the quantized float32 values; None on a non-finite value (the
+    caller runs the unfused quantizer, which raises)."""
+    arr = t.detach().contiguous().numpy()
+    out = np.empty(arr.shape, dtype=np.int64)
+    run = operand_kernel(int(q.rounding), int(q.overflow), q.rounding == Rounding.STOCHASTIC)
+    bad, ors, lo, hi = run(arr.reshape(-1), out.reshape(-1), *q.constants, q.seed(seed))
+    if bad:
+        return None
+    ors, lo, hi = int(ors), int(lo), int(hi)
+    if ors == 0:
+        return out, 0, (0, 0, 0)
+    tz = (ors & -ors).bit_length() - 1
+    if tz:
+        np.right_shift(out, tz, out=out)
+        lo, hi = lo >> tz, hi >> tz
+    return out, q.fmt.fl - tz, (max(-lo, hi), lo, hi)
+
+
+def finish(acc_codes, mac: Mac, q: Quant, seed, bias=None, inner=1) -> torch.Tensor:
+    """Accumulator codes (plus the bias codes ``bias[(i // inner) % len]``) to
+    their float32 values, quantized by ``q``: a float32 tensor."""
+    flat = np.ascontiguousarray(acc_codes).reshape(-1)
+    out = np.empty(acc_codes.shape, dtype=np.float32)
+    has_bias = bias is not None
+    run = epilogue_kernel(
+        int(mac.overflow), has_bias, int(q.rounding), int(q.overflow),
+        q.rounding == Rounding.STOCHASTIC,
+    )  # fmt: skip
+    if not has_bias:
+        bias = flat[:1]
+    a = mac.acc
+    run(flat, bias, inner, max(bias.size, 1), a.min_code, a.max_code, a.lsb,
+        out.reshape(-1), q.constants[0], q.fmt.lsb, *q.constants[1:], q.seed(seed))  # fmt: skip
+    return torch.from_numpy(out)
+
+
+def bias_codes(b: torch.Tensor, plan: LayerPlan, seeds) -> np.ndarray | None:
+    """The bias quantized to the weight format (float32), then to accumulator
+    codes with the forward MAC array's rounding (``_add_bias_codes``)."""
+    from hwsim.kernels.quantize import NOISE_NONE, NOISE_SEED, quantize_kernel
+
+    arr = b.detach().contiguous().numpy().reshape(-1)
+    vals = np.empty(arr.shape, dtype=np.float32)
+    out = np.empty(arr.shape, dtype=np.int64)
+    for src, dst, q, seed, to_codes in (
+        (arr, vals, plan.w, seeds[4], False),
+        (vals, out, Quant(plan.forward.acc, plan.forward.rounding, plan.forward.overflow),
+         seeds[10], True),
+    ):  # fmt: skip
+        if to_codes and seed is not None:
+            seed = (seed + 7) & _MASK64
+        stochastic = q.rounding == Rounding.STOCHASTIC
+        run = quantize_kernel(
+            int(q.rounding), int(q.overflow), NOISE_SEED if stochastic else NOISE_NONE, to_codes
+        )
+        c = kernel_constants(q.fmt)
+        noise = np.zeros(0, dtype=np.float64)
+        if run(src, dst, c.scale, c.lsb, c.wrap_modulus, c.min_code, c.max_code, noise,
+               q.seed(seed)):  # fmt: skip
+            return None
+    return out

@@ -1,0 +1,170 @@
+"""The fused autograd functions of QLinear and QConv2d (``hwsim.nn.fused``):
+input, weight and bias quantizers, the MAC-array GEMMs and the output
+quantizer of one layer call in one function, the same bits as the unfused
+chain (``QuantizeFunction`` -> ``MACLinearFunction`` / ``MACConv2dFunction``
+-> ``QuantizeFunction``).
+
+The seeds are the unfused chain's (``layer._seed(role)``, role 0-7 for the
+quantizers, 10-12 for the MAC arrays), found only for stochastic roundings:
+the others take no noise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hwsim.errors import NonFiniteError
+from hwsim.modes import Rounding
+from hwsim.nn import fused, fused_torch
+from hwsim.nn.conv import _conv, _grad_input, _grad_weight, _move, _ones_like
+from hwsim.nn.functional import GemmConfig, _mac
+from hwsim.nn.fused import _ONES, LayerPlan, fused_plan
+from hwsim.ops import quantize
+
+_ROLES = 13
+
+
+def _stochastic_roles(plan: LayerPlan) -> tuple[int, ...]:
+    by_role = {
+        0: plan.x, 1: plan.gx, 2: plan.w, 3: plan.gw, 4: plan.w, 5: plan.gw, 6: plan.y,
+        7: plan.gy, 10: plan.forward, 11: plan.grad_input, 12: plan.grad_weight,
+    }  # fmt: skip
+    return tuple(r for r, q in by_role.items() if q.rounding == Rounding.STOCHASTIC)
+
+
+def _seeds(layer, plan: LayerPlan, calls: int) -> list:
+    seeds = [None] * _ROLES
+    if layer.precision.seed is None:
+        return seeds
+    roles = layer.__dict__.get("_fused_roles")
+    if roles is None or roles[0] is not plan:
+        roles = layer.__dict__["_fused_roles"] = (plan, _stochastic_roles(plan))
+    saved, layer.calls = layer.calls, calls
+    try:
+        for r in roles[1]:
+            seeds[r] = layer._seed(r)
+    finally:
+        layer.calls = saved
+    return seeds
+
+
+def _operands(layer, plan: LayerPlan, x: torch.Tensor):
+    """(steps, seeds, x codes, w codes, bias codes or None), or None on a
+    non-finite value; ``steps``: the backend's module of per-tensor steps."""
+    steps = fused if layer.backend == "numba" else fused_torch
+    seeds = _seeds(layer, plan, layer.calls + 1)
+    try:
+        x_op = steps.codes(x, plan.x, seeds[0])
+        w_op = steps.codes(layer.weight, plan.w, seeds[2])
+        bc = None if layer.bias is None else steps.bias_codes(layer.bias, plan, seeds)
+    except NonFiniteError:
+        return None
+    if x_op is None or w_op is None or (layer.bias is not None and bc is None):
+        return None
+    layer.calls += 1
+    return steps, seeds, x_op, w_op, bc
+
+
+def fused_forward(layer, x: torch.Tensor, conv: bool = False) -> torch.Tensor | None:
+    """The layer's call on the fused path, or None where it does not apply."""
+    plan = fused_plan(layer, x)
+    if plan is None:
+        return None
+    return conv2d(layer, plan, x) if conv else linear(layer, plan, x)
+
+
+def linear(layer, plan: LayerPlan, x: torch.Tensor) -> torch.Tensor | None:
+    """The QLinear call, fused; None where a value is not finite (the unfused
+    chain then raises)."""
+    ops = _operands(layer, plan, x.reshape(-1, x.shape[-1]))
+    if ops is None:
+        return None
+    return FusedLinear.apply(x, layer.weight, layer.bias, plan, *ops)
+
+
+def conv2d(layer, plan: LayerPlan, x: torch.Tensor) -> torch.Tensor | None:
+    """The QConv2d call, fused (None as :func:`linear`)."""
+    ops = _operands(layer, plan, x)
+    if ops is None:
+        return None
+    geometry = (tuple(layer.stride), tuple(layer.padding))
+    return FusedConv2d.apply(x, layer.weight, layer.bias, plan, geometry, *ops)
+
+
+def _grad_codes(steps, grad: torch.Tensor, plan: LayerPlan, seed):
+    """The incoming gradient through the output quantizer's backward format, as codes."""
+    op = steps.codes(grad, plan.gy, seed)
+    if op is None:  # the unfused quantizer words the error
+        q = plan.gy
+        quantize(grad.detach(), q.fmt, q.rounding, q.overflow, seed=seed, backend="numba")
+    return op
+
+
+class FusedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, plan, steps, seeds, x_op, w_op, bc):
+        ctx.plan, ctx.steps, ctx.seeds, ctx.ops = plan, steps, seeds, (x_op, w_op)
+        ctx.x_shape = x.shape
+        cw, fw, sw = w_op
+        mac = plan.forward
+        acc = steps.gemm(mac, x_op, (cw.T, fw, sw), mac.seed(seeds[10]))
+        y = steps.finish(acc, mac, plan.y, seeds[6], bc)
+        return y.reshape(x.shape[:-1] + (cw.shape[0],))
+
+    @staticmethod
+    def backward(ctx, grad):
+        plan, steps, seeds = ctx.plan, ctx.steps, ctx.seeds
+        x_op, w_op = ctx.ops
+        g_op = _grad_codes(steps, grad.reshape(-1, grad.shape[-1]), plan, seeds[7])
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            mac = plan.grad_input
+            acc = steps.gemm(mac, g_op, w_op, mac.seed(seeds[11]))
+            gx = steps.finish(acc, mac, plan.gx, seeds[1]).reshape(ctx.x_shape)
+        mac = plan.grad_weight
+        if ctx.needs_input_grad[1]:
+            acc = steps.gemm(mac, (g_op[0].T, g_op[1], g_op[2]), x_op, mac.seed(seeds[12]))
+            gw = steps.finish(acc, mac, plan.gw, seeds[3])
+        if ctx.needs_input_grad[2]:  # the batch sum through the same MAC array
+            ones = _ones_like(g_op[0], g_op[0].shape[0])
+            acc = steps.gemm(mac, (ones, 0, _ONES), g_op, mac.seed(seeds[12]))
+            gb = steps.finish(acc[0], mac, plan.gw, seeds[5])
+        return gx, gw, gb, None, None, None, None, None, None
+
+
+def _config(mac, seed) -> GemmConfig:
+    return GemmConfig(mac.acc, mac.product, mac.rounding, mac.overflow, seed, "numba")
+
+
+class FusedConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, plan, geometry, steps, seeds, x_op, w_op, bc):
+        ctx.plan, ctx.steps, ctx.seeds, ctx.ops = plan, steps, seeds, (x_op, w_op)
+        ctx.geometry, ctx.shapes = geometry, (x.shape, w.shape)
+        acc = _conv(x_op, w_op, *geometry, _config(plan.forward, seeds[10]))
+        inner = acc.shape[2] * acc.shape[3]
+        return steps.finish(acc, plan.forward, plan.y, seeds[6], bc, inner)
+
+    @staticmethod
+    def backward(ctx, grad):
+        plan, steps, seeds = ctx.plan, ctx.steps, ctx.seeds
+        finish = steps.finish
+        x_op, w_op = ctx.ops
+        stride, padding = ctx.geometry
+        x_shape, w_shape = ctx.shapes
+        g_op = _grad_codes(steps, grad, plan, seeds[7])
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            cfg = _config(plan.grad_input, seeds[11])
+            acc = _grad_input(x_shape, w_op, g_op, stride, padding, cfg)
+            gx = finish(acc, plan.grad_input, plan.gx, seeds[1])
+        cfg = _config(plan.grad_weight, seeds[12])
+        if ctx.needs_input_grad[1]:
+            acc = _grad_weight(x_op, w_shape, g_op, stride, padding, cfg)
+            gw = finish(acc, plan.grad_weight, plan.gw, seeds[3]).reshape(w_shape)
+        if ctx.needs_input_grad[2]:
+            c, fl, stats = g_op
+            gm = _move(c, 1, 0).reshape(c.shape[1], -1).T  # (N*Ho*Wo, O)
+            acc = _mac((_ones_like(c, gm.shape[0]), 0, _ONES), (gm, fl, stats), cfg)
+            gb = finish(acc[0], plan.grad_weight, plan.gw, seeds[5])
+        return gx, gw, gb, None, None, None, None, None, None, None

@@ -1,0 +1,81 @@
+"""The fused layer step (hwsim.nn.fused) gives the unfused chain's bits: outputs,
+input and parameter gradients, over a few SGD steps, on both backends."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import hwsim.nn as hnn
+from hwsim.nn import fused_mac
+
+BASE = hnn.Precision(
+    weight="fx16.12",
+    activation="fx16.12",
+    output="fx16.10",
+    grad_activation="fx16.14",
+    grad_weight="fx16.14",
+    accumulator="fx32.20",
+    grad_activation_accumulator="fx32.24",
+    grad_weight_accumulator="fx32.24",
+    grad_weight_rounding="stochastic",
+    grad_activation_rounding="stochastic",
+    seed=3,
+)
+VARIANTS = {
+    "base": BASE,
+    "stochastic": dataclasses.replace(BASE, rounding="stochastic"),
+    "wrap": dataclasses.replace(BASE, overflow="wrap", accumulator="fx20.10"),
+    "product": dataclasses.replace(BASE, product="fx24.16", accumulator_rounding="floor"),
+    "narrow": dataclasses.replace(
+        BASE, weight="fx8.6", activation="fx8.5", output="fx8.4", accumulator="fx16.8"
+    ),
+}
+
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+
+
+def cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 2, stride=2),
+        nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+
+
+def steps(make, precision, backend, fused: bool, monkeypatch):
+    with monkeypatch.context() as m:
+        if not fused:
+            m.setattr(fused_mac, "fused_plan", lambda *args: None)
+        torch.manual_seed(0)
+        model = hnn.quantize_model(make(), precision, backend=backend)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(1)
+        seen = []
+        for _ in range(3):
+            x = torch.rand((6, 1, 4, 4), generator=gen).requires_grad_(True)
+            opt.zero_grad()
+            out = model(x)
+            nn.functional.cross_entropy(out, torch.arange(6) % 3).backward()
+            seen += [out.detach(), x.grad] + [p.grad.clone() for p in model.parameters()]
+            opt.step()
+        return seen
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("make", [mlp, cnn])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_fused_step_equals_unfused_chain(variant, make, backend, monkeypatch):
+    plans = []
+    real = fused_mac.fused_plan
+    monkeypatch.setattr(fused_mac, "fused_plan", lambda *a: plans.append(real(*a)) or plans[-1])
+    got = steps(make, VARIANTS[variant], backend, True, monkeypatch)
+    want = steps(make, VARIANTS[variant], backend, False, monkeypatch)
+    assert plans and all(p is not None for p in plans)  # every layer call took the fused path
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
