@@ -14,10 +14,11 @@ medians of ``--repeat`` calls after warm-up. Rows:
   saturating fx16.8 accumulator (each product rounded to its LSB: the
   sequential MAC loop over k), and with a wrapping fx32.12 accumulator,
   against float32 ``torch.matmul`` (GMAC/s);
-- ``optimizer``: ``hwsim.optim`` steps with the torch ops (``fused=False``),
-  fixed-point SGD and Adam (weight fx16.12, accumulator fx24.20, gradient
-  fx16.12, Adam states fx24.20 / ufx32.30, nearest and stochastic), against
-  torch.optim's step on the same ``--params`` parameters.
+- ``optimizer``: every ``hwsim.optim`` rule with every format None (torch's
+  own step) and in fixed point on the torch ops (what a GPU runs: weight
+  fx16.12, accumulator fx24.20, gradient fx16.12, states fx24.20 / ufx32.30,
+  nearest and stochastic), against torch.optim's step on the same
+  ``--params`` parameters.
 """
 
 from __future__ import annotations
@@ -110,18 +111,21 @@ def optimizer_rows(n: int, repeat: int) -> list[tuple]:
 
     rows = []
     cases = {
-        "SGD": (lambda ps: torch.optim.SGD(ps, lr=0.01), hopt.SGD, dict(lr=0.01)),
-        "Adam": (lambda ps: torch.optim.Adam(ps, lr=1e-3), hopt.Adam, dict(lr=1e-3)),
+        "SGD": (torch.optim.SGD, hopt.SGD, dict(lr=0.01), None),
+        "SGD momentum": (torch.optim.SGD, hopt.SGD, dict(lr=0.01, momentum=0.9), "fx24.20"),
+        "Adam": (torch.optim.Adam, hopt.Adam, dict(lr=1e-3), ADAM_STATE),
+        "AdaGrad": (torch.optim.Adagrad, hopt.AdaGrad, dict(lr=1e-2), "ufx32.30"),
+        "RMSProp": (torch.optim.RMSprop, hopt.RMSProp, dict(lr=1e-2), "ufx32.30"),
     }
-    for name, (make_torch, cls, hyper) in cases.items():
-        base = make_torch(params())
+    for name, (torch_cls, cls, hyper, state) in cases.items():
+        base = torch_cls(params(), **hyper)
         torch_ms = timed(base.step, repeat)
         rows.append((f"torch {name}", torch_ms, 1.0, ""))
+        ms = timed(cls(params(), **hyper, telemetry=False).step, repeat)
+        rows.append((f"hwsim {name} float (torch.optim's step)", ms, ms / torch_ms, ""))
         for rounding in ("nearest", "stochastic"):
-            extra = dict(state=ADAM_STATE) if name == "Adam" else {}
-            opt = cls(
-                params(), **hyper, **FIXED, **extra, rounding=rounding, fused=False, telemetry=False
-            )
+            extra = {} if state is None else dict(state=state)
+            opt = cls(params(), **hyper, **FIXED, **extra, rounding=rounding, telemetry=False)
             ms = timed(opt.step, repeat)
             rows.append((f"hwsim {name} fixed {rounding} (torch ops)", ms, ms / torch_ms, ""))
     return rows
