@@ -66,7 +66,7 @@ def _adam(g, w, st, h, t, store):
     v = store("exp_avg_sq", b2 * v0 + (1 - b2) * g * g)
     if h.get("amsgrad"):
         v = store("max_exp_avg_sq", torch.maximum(st.get("max_exp_avg_sq", torch.zeros_like(g)), v))
-    update = (m / (_sqrt(v) / math.sqrt(1 - b2**t) + eps)) * -(lr / (1 - b1**t))
+    update = (m / (_sqrt(v) * (1 / math.sqrt(1 - b2**t)) + eps)) * -(lr / (1 - b1**t))
     if wd and decoupled:
         update = update - (lr * wd) * w()
     return update

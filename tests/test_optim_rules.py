@@ -190,7 +190,7 @@ class Reference:
             v = store("exp_avg_sq", b2 * s.get("exp_avg_sq", 0.0) + (1 - b2) * g * g)
             if h.get("amsgrad"):
                 v = store("max_exp_avg_sq", max(s.get("max_exp_avg_sq", 0.0), v))
-            denom = math.sqrt(v) / math.sqrt(1 - b2**t) + h["eps"]
+            denom = math.sqrt(v) * (1 / math.sqrt(1 - b2**t)) + h["eps"]
             update = (m / denom) * -(lr / (1 - b1**t))
             return update - (lr * wd) * w if decoupled else update
         if wd:

@@ -21,7 +21,8 @@ A rule is ``math(g, w, s, h, opts, at) -> (update, s)``:
 Only IEEE-exact operations appear (``+ - * /``, ``sqrt``, ``sign``,
 ``maximum``), each rounded once in float64: no ``lerp``, ``addcmul`` or
 ``add(alpha=)``, whose fused multiply-adds differ between CPU vector lanes,
-CPU tails and CUDA. So the torch path on a GPU, the torch path on a CPU and
+CPU tails and CUDA, and no division by a scalar (CUDA multiplies by its
+reciprocal): divisions are tensor by tensor. So the torch path on a GPU, the torch path on a CPU and
 the Numba kernel agree bit for bit. Groups whose formats are all ``None``
 do not come here: they are stepped by torch.optim's own implementation.
 
@@ -32,7 +33,7 @@ The formulas, per rule (``t`` the step count, ``d`` the rule's input):
   update ``d * -lr``.
 - SignSGD: update ``sign(g + wd*w) * -lr``.
 - Adam: ``m = b1*m + (1-b1)*g``, ``v = b2*v + (1-b2)*g*g``, AMSGrad ``vmax =
-  maximum(vmax, v)``; update ``(m / (sqrt(v)/sqrt(1-b2^t) + eps)) *
+  maximum(vmax, v)``; update ``(m / (sqrt(v) * (1/sqrt(1-b2^t)) + eps)) *
   -(lr/(1-b1^t))``, AdamW ``- lr*wd*w``.
 - AdaGrad: ``sum = sum + g*g``; update ``(g / (sqrt(sum) + eps)) *
   -(lr/(1+(t-1)*lr_decay))``.
@@ -108,7 +109,7 @@ def sign_sgd(g, w, s, h, opts, at):
 
 
 def adam(g, w, s, h, opts, at):
-    b1, c1, b2, c2, wd, step_size, bc2, eps = h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+    b1, c1, b2, c2, wd, step_size, inv_bc2, eps = h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
     if opts & MAXIMIZE:
         g = -g
     if opts & DECAY:
@@ -120,7 +121,7 @@ def adam(g, w, s, h, opts, at):
     if opts & AMSGRAD:
         vmax = store(maximum(vmax, v), 2, at, opts)
         second = vmax
-    update = (m / (sqrt(second) / bc2 + eps)) * step_size
+    update = (m / (sqrt(second) * inv_bc2 + eps)) * step_size
     if opts & DECOUPLED:
         update = update - wd * w
     return update, (m, v, vmax)
@@ -184,18 +185,12 @@ def _adam_hyper(group, step, state):
     opts = _flags(group, not decoupled) | (DECOUPLED if decoupled else 0)
     opts |= AMSGRAD if group["amsgrad"] else 0
     step_size = -(lr / (1 - b1**step))
-    bc2 = math.sqrt(1 - b2**step)
+    # a multiplication by 1/sqrt(1 - b2^t), not a division: torch divides a CUDA
+    # tensor by a scalar as a multiplication by its reciprocal, the CPU exactly
+    inv_bc2 = 1 / math.sqrt(1 - b2**step)
     # AdamW: the decay term's factor is lr * wd
-    return (
-        b1,
-        1 - b1,
-        b2,
-        1 - b2,
-        lr * wd if decoupled else wd,
-        step_size,
-        bc2,
-        group["eps"],
-    ), opts
+    h = (b1, 1 - b1, b2, 1 - b2, lr * wd if decoupled else wd, step_size, inv_bc2, group["eps"])
+    return h, opts
 
 
 def _adagrad_hyper(group, step, state):
