@@ -25,10 +25,23 @@ JIT_FLAGS = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 def kernel(fn=None, **extra):
-    """A serial kernel or a scalar helper called from kernels."""
+    """A serial kernel or a scalar helper called from kernels (``extra``
+    overrides a flag: ``cache=False`` for a function only ever compiled into
+    a cached caller, see :data:`COMPILED_INTO_CALLERS`)."""
+    flags = {**JIT_FLAGS, **extra}
     if fn is None:
-        return lambda f: numba.njit(**JIT_FLAGS, **extra)(f)
-    return numba.njit(**JIT_FLAGS, **extra)(fn)
+        return lambda f: numba.njit(**flags)(f)
+    return numba.njit(**flags)(fn)
+
+
+COMPILED_INTO_CALLERS = dict(cache=False)
+"""The flags of a helper that only cached kernels call, from another file:
+its own disk cache is keyed by its file's timestamp when saved, so a process
+still running older code can save that code under the new file's stamp,
+and a kernel compiled later would inline it (seen: an edited rule's kernel
+computed with the old rule). Uncached, it is compiled from the code in
+memory whenever a caller is; the caller's cache holds the result, keyed by
+:func:`source_salt`."""
 
 
 def parallel_kernel(fn=None, **extra):

@@ -29,6 +29,7 @@ from numba.extending import overload
 
 from hwsim.kernels import scalar
 from hwsim.kernels.jit import (
+    COMPILED_INTO_CALLERS,
     SERIAL_BELOW_ELEMENTWISE,
     kernel,
     prange,
@@ -63,7 +64,7 @@ def _maximum(a, b):
     return lambda a, b: np.maximum(a, np.float64(b))
 
 
-@kernel
+@kernel(**COMPILED_INTO_CALLERS)
 def stored_value(x, slot, i, seeds, fmts, opts):
     """``x`` quantized to state ``slot``'s format, if it has one."""
     if not (opts >> (STATE_FORMAT + slot)) & 1:
@@ -84,10 +85,10 @@ def _store(x, slot, at, opts):
 
 
 SALT = source_salt(rm, scalar, sys.modules[__name__])
-COMPILED = {name: kernel(entry.math) for name, entry in rm.MATH.items()}
+COMPILED = {name: kernel(entry.math, **COMPILED_INTO_CALLERS) for name, entry in rm.MATH.items()}
 
 
-@kernel
+@kernel(**COMPILED_INTO_CALLERS)
 def gradient_value(x, i, c, seeds, opts, grad_rounding):
     """The gradient element ``x`` on its format's grid (``grad_rounding`` < 0: none)."""
     if grad_rounding < 0:
@@ -97,7 +98,7 @@ def gradient_value(x, i, c, seeds, opts, grad_rounding):
     return code * c[1]
 
 
-@kernel
+@kernel(**COMPILED_INTO_CALLERS)
 def unpack(h, c, s):
     """The kernel's tuples: 8 hyperparameters, the gradient format, the
     three state formats, the 4 seeds (see :func:`rule_kernel`)."""
