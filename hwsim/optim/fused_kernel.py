@@ -34,7 +34,6 @@ from hwsim.optim.fused_stages import (
     NO_FORMAT,
     OVERFLOW,
     SIGN,
-    SUBTRACT,
     UPDATE_ROUNDING,
     WEIGHT_OVERFLOW,
     WEIGHT_ROUNDING,
@@ -166,9 +165,6 @@ def step_kernel(
         # per chunk: nonzero, stalled, saturated (over its sampled elements), refused, max |source| bits
         counts = np.zeros((chunks, 5), np.int64)
         mask, limit = limits[0], limits[1]
-        # the undo: the same pass, subtracting (only int32 sums can be undone); its
-        # modes differ from the constant's in that bit alone, so the others still fold
-        step_modes = modes | (np.int64(undo) << SUBTRACT)
         for chunk in prange(chunks):
             k, fmts, seeds = unpack(constants, seed_array)
             lo = chunk * CHUNK
@@ -183,8 +179,9 @@ def step_kernel(
                 top = limits[2]
                 for j in range(src.size):
                     top = np.maximum(top, np.bitwise_and(bits[j], mask))
+                    # the undo: the same pass, subtracting (only int32 sums can be undone)
                     add_update(
-                        np.float64(src[j]), lo + j, chunk_acc, j, dst, k, fmts, seeds, step_modes
+                        np.float64(src[j]), lo + j, chunk_acc, j, dst, k, fmts, seeds, modes, undo
                     )
                 counts[chunk, 3] = top > limit
                 counts[chunk, 4] = top

@@ -41,7 +41,6 @@ ACC_OVERFLOW, WEIGHT_OVERFLOW = 16, 18  # 2 bits each: the sides clamped (CLAMP_
 INT32_OUT = 20  # 1 bit: the output written through int32 codes (see step_kernel)
 INT_ADD = 21  # 1 bit: int32 accumulator codes, added without an overflow step
 F32_WEIGHT = 22  # 1 bit: besides, the weight code computed in float32
-SUBTRACT = 23  # 1 bit: the update is subtracted (the undo of a step)
 
 
 @kernel
@@ -191,20 +190,21 @@ def parameter_value(a, i, k, fmts, seeds, modes):
 
 
 @kernel
-def add_update(x, i, acc, j, out, k, fmts, seeds, modes):
+def add_update(x, i, acc, j, out, k, fmts, seeds, modes, subtract):
     """One element of ``step_kernel``'s loop: source element ``x`` at flat
-    index ``i`` added into ``acc[j]`` (``SUBTRACT``: subtracted, where
-    ``INT_ADD``), and the parameter's value written to ``out[j]`` (``modes``
-    as in :func:`update_code`). int32 update codes are converted with
+    index ``i`` added into ``acc[j]`` (``subtract``, where ``INT_ADD``:
+    subtracted), and the parameter's value written to ``out[j]`` (``modes``
+    as in :func:`update_code`). ``subtract`` (the undo) is a runtime bool,
+    not a bit of ``modes``: a ``modes`` that is not a constant at the call
+    (``modes | undo << bit``) kept LLVM from inlining this function (its
+    cost is judged before the fields fold): 100x slower, measured; a
+    loop-invariant select of the int32 sum costs nothing. int32 update codes are converted with
     :func:`int32_wrapped`: ``np.int32`` where the source is in the plan's
     range, and defined beyond it, so a step on a bad source can be undone."""
     d = update_code(x, i, k, fmts, seeds, modes)[1]
     if field(modes, INT_ADD, 1):  # |d| and the sum are within the accumulator's range
         d_code = int32_wrapped(d)
-        if field(modes, SUBTRACT, 1):
-            a_code = np.int32(acc[j] - d_code)
-        else:
-            a_code = np.int32(acc[j] + d_code)
+        a_code = np.int32(acc[j] - d_code) if subtract else np.int32(acc[j] + d_code)
         acc[j] = a_code
         out[j] = parameter_value(a_code, i, k, fmts, seeds, modes)
     else:
