@@ -58,8 +58,7 @@ def rounding_of(modes, shift):
 @kernel
 def unpack(c, s):
     """The kernel's tuples, from its float64 ``constants`` array ``c`` and
-    int64 ``seeds`` array ``s``: ``k``, the 4 formats, the 4 seeds (built
-    per chunk: a parallel loop's body takes no tuple of tuples from outside)."""
+    int64 ``seeds`` array ``s``: ``k``, the 4 formats, the 4 seeds."""
     k = (c[0], c[1], c[2])
     fmts = (
         (c[3], c[4], c[5], c[6], c[7]),
