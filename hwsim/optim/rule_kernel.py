@@ -38,7 +38,9 @@ from hwsim.kernels.jit import (
 )
 from hwsim.kernels.scalar import STOCHASTIC, counter_uniform, value_to_code_float
 from hwsim.optim import rule_math as rm
+from hwsim.optim import telemetry
 from hwsim.optim.fused_kernel import CHUNK, format_constants
+from hwsim.optim.telemetry import sample_stride, sampled_index
 
 # the kernel's bits of ``opts``, above the rule's flags
 STATE_FORMAT = rm.FLAG_BITS  # 3 bits: slot k has a fixed-point state format
@@ -78,13 +80,22 @@ def stored_value(x, slot, i, seeds, fmts, opts):
 
 @overload(rm.store)
 def _store(x, slot, at, opts):
-    """``at``: ``(flat index, seeds, state formats)`` (no array: a tuple
-    holding one is reference-counted per element, which stops the loop's
-    vectorization)."""
+    """``at``: ``(flat index, seeds, state formats)`` in the step (no array:
+    a tuple holding one is reference-counted per element, which stops the
+    loop's vectorization); ``(i, seeds, formats, raw, m)`` in the telemetry
+    pass (:func:`sample_kernel`), which keeps ``x`` in ``raw[slot, m]``."""
+    if len(at.types) == 5:
+
+        def record(x, slot, at, opts):
+            i, seeds, fmts, raw, m = at
+            raw[slot, m] = x
+            return stored_value(x, slot, i, seeds, fmts, opts)
+
+        return record
     return lambda x, slot, at, opts: stored_value(x, slot, at[0], at[1], at[2], opts)
 
 
-SALT = source_salt(rm, scalar, sys.modules[__name__])
+SALT = source_salt(rm, scalar, telemetry, sys.modules[__name__])
 COMPILED = {name: kernel(entry.math, **COMPILED_INTO_CALLERS) for name, entry in rm.MATH.items()}
 
 
@@ -181,6 +192,39 @@ def rule_kernel(rule: str, opts: int, grad_rounding: int):
     return serial_and_parallel(fn)
 
 
+def _sample_run(opts: int, grad_rounding: int):
+    salt = SALT
+
+    def run(grad, s0, s1, s2, acc, h_array, c, seed_array, stride, raw):
+        h, grad_c, fmts, seeds = unpack(h_array, c, seed_array)
+        for m in range(raw.shape[1] + 0 * salt):
+            i = sampled_index(m, stride)
+            g = gradient_value(np.float64(grad[i]), i, grad_c, seeds, opts, grad_rounding)
+            at = (i, seeds, fmts, raw, m)
+            RULE(g, acc[i] * c[5], (s0[i], s1[i], s2[i]), h, opts, at)  # noqa: F821
+        return 0
+
+    return run
+
+
+@functools.cache
+def sample_kernel(rule: str, opts: int, grad_rounding: int):
+    """The telemetry pass of :func:`rule_kernel`, run before it (on the
+    states before the step), on the telemetry sample only:
+
+    ``kernel(grad, s0, s1, s2, acc, h, constants, seeds, stride, raw)``
+
+    writes into ``raw[k, m]`` the value state ``k`` had before its
+    quantization at the ``m``-th sampled element (stride ``stride``), the
+    same arithmetic as the step's. Compiled only where telemetry meets a
+    state format."""
+    body = _sample_run(opts, grad_rounding)
+    scope = dict(body.__globals__, RULE=COMPILED[rule])
+    fn = types.FunctionType(body.__code__, scope, f"sample_{rule}", None, body.__closure__)
+    fn.__qualname__ = f"rule_sample_{rule}"
+    return kernel(fn)
+
+
 def kernel_options(opts: int, used, state_formats, state_rounding: int, wrap: bool) -> int:
     """The kernel's ``opts``: the rule's flags plus the slots written back,
     the slots with a format, their rounding and the overflow mode."""
@@ -189,13 +233,18 @@ def kernel_options(opts: int, used, state_formats, state_rounding: int, wrap: bo
     return opts | (state_rounding << STATE_ROUNDING) | (int(wrap) << WRAPPING)
 
 
-def run_rule(rule, opts, grad_rounding, arrays, h, constants, seeds):
+def run_rule(rule, opts, grad_rounding, arrays, h, constants, seeds, raw=None):
     """Run :func:`rule_kernel` on ``arrays = (grad, s0, s1, s2, acc, upd)``
-    (one thread for small tensors): ``(max |update|, whether one is not finite)``."""
-    kernels = rule_kernel(rule, opts, grad_rounding)
-    run = kernels[arrays[0].size >= SERIAL_BELOW_ELEMENTWISE]
+    (one thread for small tensors): ``(max |update|, whether one is not
+    finite)``; first, where ``raw`` (3, sample size) is given,
+    :func:`sample_kernel` into it."""
     hyper = np.zeros(8)
     hyper[: len(h)] = h
+    if raw is not None:
+        stride = sample_stride(arrays[0].size)
+        sample_kernel(rule, opts, grad_rounding)(*arrays[:5], hyper, constants, seeds, stride, raw)
+    kernels = rule_kernel(rule, opts, grad_rounding)
+    run = kernels[arrays[0].size >= SERIAL_BELOW_ELEMENTWISE]
     upd = arrays[-1]
     top = run(*arrays, upd.view(np.int64), hyper, constants, seeds)
     return float(np.array(top).view(np.float64)), top >= INF_BITS

@@ -15,13 +15,13 @@ import torch
 
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.optim.kinds import accumulator_values, quantize_values, saturated_sample
+from hwsim.optim.kinds import accumulator_values, saturated_sample
 from hwsim.optim.paths import ParamStep, _as_complex
 from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed
 from hwsim.optim.rule_math import DECAY, DECOUPLED, MATH
 from hwsim.optim.rules import Rule, real_view
-from hwsim.optim.telemetry import sample_index, sample_of
-from hwsim.torch_path.core import counter_uniform_at, signed64
+from hwsim.optim.telemetry import sample_of, sample_size
+from hwsim.torch_path.core import signed64
 
 
 def _slots(ctx: ParamStep, rule: Rule, like: torch.Tensor, used, unused=None):
@@ -108,32 +108,6 @@ def fusable(ctx: ParamStep, rule: Rule) -> bool:
     )
 
 
-def _sample_telemetry(ctx, rule, step, grad_flat, index, before, slots, seeds) -> None:
-    """The states' telemetry of a fused step, on the sample: the rule's math
-    run again there with torch ops (the same bits) from the states before
-    the step, each store answering with the value the kernel stored, so what
-    is recorded is the value each state had before its quantization."""
-    prec = ctx.prec
-    h, opts, used = step
-    g = torch.from_numpy(grad_flat)[index].to(torch.float64)
-    if prec.grad is not None:
-        u = None
-        if prec.grad_rounding == Rounding.STOCHASTIC:
-            u = counter_uniform_at(int(seeds[0]), index)
-        g = quantize_values(g, prec.grad, prec.grad_rounding, prec.overflow, u)
-    w = accumulator_values(ctx.state["accumulator"].reshape(-1)[index], prec.target)
-    after = [slot.reshape(-1)[index] for slot in slots]
-    n = grad_flat.size
-
-    def store(x: torch.Tensor, slot: int) -> torch.Tensor:
-        name = rule.state_names[slot]
-        if prec.state.get(name) is not None:
-            _state_telemetry(ctx, name, x, after[slot], slots[slot], n)
-        return after[slot]
-
-    MATH[rule.math].math(g, w, before, h, opts, store)
-
-
 def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers):
     """:func:`rule_update` as one Numba pass: returns ``(update, max
     |update|, whether one is not finite)``, the update a flat float64 NumPy
@@ -162,9 +136,8 @@ def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers
     if Rounding.STOCHASTIC in (prec.grad_rounding, prec.state_rounding):
         seeds[:] = [signed64(mix_seed(prec.seed, ctx.step, ctx.index, s)) for s in streams]
     record = ctx.counts is not None and any(f is not None for f in formats)
-    if record:  # the telemetry sample of the states before the step
-        index = sample_index(grad_flat.size, "cpu")
-        before = tuple(slot.reshape(-1)[index] for slot in slots)
+    n = grad_flat.size
+    raw = np.empty((3, sample_size(n))) if record else None  # the states before quantization
     arrays = (grad_flat, *(s.reshape(-1).numpy() for s in slots), like.reshape(-1).numpy())
     top, bad = rk.run_rule(
         rule.math,
@@ -174,8 +147,12 @@ def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers
         h,
         rk.constants_of(prec.grad, prec.target.lsb, formats),
         seeds,
+        raw,
     )
     _store_states(ctx, rule, slots, used)
     if record:
-        _sample_telemetry(ctx, rule, (h, opts, used), grad_flat, index, before, slots, seeds)
+        for k, name in enumerate(rule.state_names):
+            if used[k] and formats[k] is not None:
+                state = slots[k]
+                _state_telemetry(ctx, name, torch.from_numpy(raw[k]), sample_of(state), state, n)
     return scratch, top, bad
