@@ -182,7 +182,7 @@ def test_group_switching_between_float_and_fixed_keeps_counting():
 
 def test_custom_rule_without_torch_counterpart_steps_by_the_pipeline():
     def halve(grad, weight, state, group, step, store, fixed=False):
-        return rules.Step(grad, -0.5 * group["lr"])
+        return grad * (-0.5 * group["lr"])
 
     class Halving(QuantizedOptimizer):
         rule = rules.Rule(halve, ())

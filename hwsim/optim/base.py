@@ -55,7 +55,7 @@ from hwsim.optim.precision import (
     precision_signature,
 )
 from hwsim.optim.rule_math import MATH
-from hwsim.optim.rules import Rule, real_view
+from hwsim.optim.rules import Rule
 from hwsim.optim.telemetry import Counts, sample_of
 from hwsim.plan.checks import fresh_seed
 
@@ -294,10 +294,12 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
                 self, ctx, grad_flat, pointwise, grad_max
             ):
                 return
-        if not self.rule.math:  # a rule given as torch ops (no hwsim.optim.rule_math entry)
-            step_, weight = paths.rule_step(ctx, self.rule)
-            update = real_view(step_.value(weight))
-        elif ctx.fused and grad_flat is not None and rule_path.fusable(ctx, self.rule):
+        if (
+            self.rule.math
+            and ctx.fused
+            and grad_flat is not None
+            and rule_path.fusable(ctx, self.rule)
+        ):
             update_flat, update_max, bad = rule_path.fused_rule_update(
                 ctx, self.rule, grad_flat, self._scratch(grad_flat.size)
             )

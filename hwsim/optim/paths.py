@@ -12,7 +12,6 @@ QuantizedOptimizer` picks between them per parameter.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -23,19 +22,15 @@ from hwsim.modes import Overflow, Rounding
 from hwsim.optim.fused_check import max_abs
 from hwsim.optim.kinds import (
     accumulator_dtype,
-    accumulator_values,
     at_limits,
     quantize_values,
-    saturated_sample,
 )
 from hwsim.optim.precision import (
-    STATE_STREAM_BASE,
     STREAM,
     GroupPrecision,
     mix_seed,
     uniforms,
 )
-from hwsim.optim.rules import Rule, Step, real_view
 from hwsim.optim.telemetry import sample_of
 from hwsim.plan.checks import raise_non_finite_torch
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
@@ -121,45 +116,6 @@ def prepare(
             start = value_to_code_float(x, target, rounding, prec.overflow, u).add_(0.0)  # no -0
         state["accumulator"] = start.to(accumulator_dtype(target))
     return ctx
-
-
-def rule_step(ctx: ParamStep, rule: Rule) -> tuple[Step, Callable[[], torch.Tensor]]:
-    """The rule's :class:`~hwsim.optim.rules.Step` on the quantized gradient
-    (torch ops; states stored quantized to their formats), and the master
-    weight the rule read."""
-    prec, state, whole = ctx.prec, ctx.state, ctx.whole
-    complex_param = whole.is_complex()
-    dtype = torch.float64 if prec.quantized else ctx.p.dtype
-    grad = whole.grad.to(_complex(dtype) if complex_param else dtype)
-    if prec.grad is not None:
-        codes = ctx.quantize(real_view(grad), prec.grad, prec.grad_rounding, STREAM["grad"])
-        grad = _as_complex(codes, complex_param)
-
-    def weight() -> torch.Tensor:
-        if prec.target is None:
-            return whole.detach().to(grad.dtype)
-        return _as_complex(accumulator_values(state["accumulator"], prec.target), complex_param)
-
-    for name in rule.state_names:  # e.g. float32 states loaded into a fixed-point group
-        value = state.get(name)
-        if torch.is_tensor(value) and value.dtype != grad.dtype and not value.is_sparse:
-            state[name] = value.to(grad.dtype)
-
-    def store(name: str, value: torch.Tensor) -> torch.Tensor:
-        fmt = prec.state.get(name)
-        if fmt is not None:
-            stream = STATE_STREAM_BASE + rule.state_names.index(name)
-            raw = real_view(value)
-            codes = ctx.quantize(raw, fmt, prec.state_rounding, stream)
-            if ctx.counts is not None:  # values the format cannot hold: flushed, saturated
-                stored = sample_of(codes)
-                saturated = saturated_sample(raw, stored, fmt)
-                ctx.counts.add_state(name, sample_of(raw), stored, saturated, raw.numel())
-            value = _as_complex(codes, value.is_complex())
-        state[name] = _as_complex(value, complex_param)  # torch keeps complex states
-        return value
-
-    return rule.update(grad, weight, state, ctx.group, ctx.step, store, prec.quantized), weight
 
 
 def add_update(ctx: ParamStep, update: torch.Tensor) -> None:

@@ -61,39 +61,63 @@ def _state_telemetry(ctx: ParamStep, name: str, raw_sample, stored_sample, raw, 
     ctx.counts.add_state(name, raw_sample, stored_sample, saturated, numel)
 
 
+def _master(ctx: ParamStep, like: torch.Tensor) -> torch.Tensor:
+    """The master weight: the accumulator's values, else the parameter's."""
+    target = ctx.prec.target
+    if target is None:
+        return ctx.p.detach().to(like.dtype)
+    return accumulator_values(ctx.state["accumulator"], target).reshape(like.shape)
+
+
+def _stored(ctx: ParamStep, name: str, slot: int, x: torch.Tensor) -> torch.Tensor:
+    """State ``name`` (stream slot ``slot``) quantized to its format, its
+    telemetry counted; ``x`` itself where it has no format."""
+    fmt = ctx.prec.state.get(name)
+    if fmt is None:
+        return x
+    stored = ctx.quantize(x, fmt, ctx.prec.state_rounding, STATE_STREAM_BASE + slot)
+    if ctx.counts is not None:
+        _state_telemetry(ctx, name, sample_of(x), sample_of(stored), x, x.numel())
+    return stored
+
+
 def rule_update(ctx: ParamStep, rule: Rule) -> torch.Tensor:
-    """The rule's update (float64, the parameter's real view) from the
-    quantized gradient, with torch ops; the states stored quantized."""
+    """The rule's update (the parameter's real view; float64 in a quantized
+    group) from the quantized gradient, with torch ops; the states stored
+    quantized. A rule without math (:class:`~hwsim.optim.rules.Rule`'s
+    ``update``) is called with the same gradient, master weight and store."""
     prec = ctx.prec
-    grad = real_view(ctx.whole.grad).to(torch.float64)
+    grad = real_view(ctx.whole.grad).to(torch.float64 if prec.quantized else ctx.p.dtype)
     if prec.grad is not None:
         grad = ctx.quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"])
+    if not rule.math:
+        return _custom_update(ctx, rule, grad)
     entry = MATH[rule.math]
     h, opts = entry.hyper(ctx.group, ctx.step, ctx.state)
     used = entry.used(opts)
-    w = None
-    if opts & (DECAY | DECOUPLED):
-        target = prec.target
-        stored = ctx.state.get("accumulator")
-        w = (
-            ctx.p.detach().to(torch.float64)
-            if target is None
-            else accumulator_values(stored, target).reshape(grad.shape)
-        )
+    w = _master(ctx, grad) if opts & (DECAY | DECOUPLED) else None
 
     def store(x: torch.Tensor, slot: int) -> torch.Tensor:
-        name = rule.state_names[slot]
-        fmt = prec.state.get(name)
-        if fmt is None:
-            return x
-        stored = ctx.quantize(x, fmt, prec.state_rounding, STATE_STREAM_BASE + slot)
-        if ctx.counts is not None:
-            _state_telemetry(ctx, name, sample_of(x), sample_of(stored), x, x.numel())
-        return stored
+        return _stored(ctx, rule.state_names[slot], slot, x)
 
     update, new = entry.math(grad, w, _slots(ctx, rule, grad, used), h, opts, store)
     _store_states(ctx, rule, new, used)
     return update
+
+
+def _custom_update(ctx: ParamStep, rule: Rule, grad: torch.Tensor) -> torch.Tensor:
+    complex_param = ctx.whole.is_complex()
+
+    def store(name: str, value: torch.Tensor) -> torch.Tensor:
+        stored = _stored(ctx, name, rule.state_names.index(name), real_view(value))
+        ctx.state[name] = _as_complex(stored, complex_param)  # torch keeps complex states
+        return stored
+
+    def weight() -> torch.Tensor:
+        return _master(ctx, grad)
+
+    states = {k: real_view(v) if torch.is_tensor(v) else v for k, v in ctx.state.items()}
+    return rule.update(grad, weight, states, ctx.group, ctx.step, store, ctx.prec.quantized)
 
 
 def fusable(ctx: ParamStep, rule: Rule) -> bool:

@@ -7,14 +7,14 @@ step through ``torch.optim``'s own implementation
 (:mod:`hwsim.optim.float_path`).
 
 A rule may instead be given as torch ops, ``update(grad, weight, state,
-group, step, store, fixed) -> Step`` (optax's ``update`` without the
+group, step, store, fixed) -> update`` (optax's ``update`` without the
 precision): ``grad`` the (already quantized) gradient, ``weight()`` the
-master weight, ``state`` the param's state dict, ``group`` its
+master weight, ``state`` the param's states (real views), ``group`` its
 hyperparameters, ``step`` the 1-based step count, ``store(name, tensor)``
 writes a state back quantized to its format and returns the stored value,
-``fixed`` whether the group has any format. The :class:`Step` it returns
-(``scale * numerator / denominator - decay * weight``) goes through the same
-pipeline, on torch ops (:func:`hwsim.optim.paths.rule_step`).
+``fixed`` whether the group has any format. The update it returns goes
+through the same pipeline, on torch ops
+(:func:`hwsim.optim.rule_path.rule_update`).
 """
 
 from __future__ import annotations
@@ -23,42 +23,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-
-Store = Callable[[str, torch.Tensor], torch.Tensor]
-
-
-class Step(NamedTuple):
-    """The weight change a rule asks for:
-    ``scale * numerator / denominator - decay * weight`` (no denominator when
-    ``None``; ``decay`` is AdamW's decoupled ``lr * weight_decay``)."""
-
-    numerator: torch.Tensor
-    scale: float
-    denominator: torch.Tensor | None = None
-    decay: float = 0.0
-
-    def value(self, weight: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The update as one tensor (what the fixed-point pipeline adds)."""
-        if self.denominator is None:
-            update = self.numerator.mul(self.scale)
-        else:
-            update = (self.numerator / self.denominator).mul_(self.scale)
-        if not self.decay:
-            return update
-        w = weight()
-        return update.add_(w if update.is_complex() else real_view(w), alpha=-self.decay)
-
-    def apply_(self, param: torch.Tensor) -> None:
-        """Apply to a float weight in place with torch.optim's exact ops (a
-        complex weight through its real view where the rule took real views)."""
-        if self.decay:
-            param.mul_(1 - self.decay)
-        if not self.numerator.is_complex():
-            param = real_view(param)
-        if self.denominator is None:
-            param.add_(self.numerator, alpha=self.scale)
-        else:
-            param.addcdiv_(self.numerator, self.denominator, value=self.scale)
 
 
 class Rule(NamedTuple):
