@@ -171,6 +171,16 @@ def _run(opts: int, grad_rounding: int):
     return run
 
 
+def _bind(body, rule: str, kind: str):
+    """``body`` with its global ``RULE`` bound to ``rule``'s compiled math,
+    named per rule (Numba's disk cache names a function by its qualified
+    name: one name per rule and kind)."""
+    scope = dict(body.__globals__, RULE=COMPILED[rule])
+    fn = types.FunctionType(body.__code__, scope, f"{kind}_{rule}", None, body.__closure__)
+    fn.__qualname__ = f"{kind}_{rule}"
+    return fn
+
+
 @functools.cache
 def rule_kernel(rule: str, opts: int, grad_rounding: int):
     """(serial, parallel) kernels of ``rule`` for one configuration:
@@ -185,11 +195,7 @@ def rule_kernel(rule: str, opts: int, grad_rounding: int):
     ``constants``: the gradient format (:func:`format_constants`), the
     accumulator's LSB, the three state formats; ``seeds``: the gradient's and
     the three states' counter-noise seeds."""
-    body = _run(opts, grad_rounding)
-    scope = dict(body.__globals__, RULE=COMPILED[rule])
-    fn = types.FunctionType(body.__code__, scope, f"run_{rule}", None, body.__closure__)
-    fn.__qualname__ = f"rule_kernel_{rule}"
-    return serial_and_parallel(fn)
+    return serial_and_parallel(_bind(_run(opts, grad_rounding), rule, "rule_kernel"))
 
 
 def _sample_run(opts: int, grad_rounding: int):
@@ -218,11 +224,7 @@ def sample_kernel(rule: str, opts: int, grad_rounding: int):
     quantization at the ``m``-th sampled element (stride ``stride``), the
     same arithmetic as the step's. Compiled only where telemetry meets a
     state format."""
-    body = _sample_run(opts, grad_rounding)
-    scope = dict(body.__globals__, RULE=COMPILED[rule])
-    fn = types.FunctionType(body.__code__, scope, f"sample_{rule}", None, body.__closure__)
-    fn.__qualname__ = f"rule_sample_{rule}"
-    return kernel(fn)
+    return kernel(_bind(_sample_run(opts, grad_rounding), rule, "rule_sample"))
 
 
 def kernel_options(opts: int, used, state_formats, state_rounding: int, wrap: bool) -> int:

@@ -230,13 +230,14 @@ class Pointwise(NamedTuple):
 
 class RuleMath(NamedTuple):
     """A rule's math (:func:`sgd` ...), its per-step ``hyper(group, step,
-    state) -> (h, opts)``, the initial value of each state slot (a group
-    key, or 0.0), and ``pointwise(h, opts)``: ``(sign, scale)`` where the
+    state) -> (h, opts)``, per state slot ``(initial value, flag)`` (the
+    value a group key or a float; the slot is used where ``opts`` has the
+    flag, always where it is 0), and ``pointwise(h, opts)``: ``(sign, scale)`` where the
     math reduces to a :class:`Pointwise` step, else None."""
 
     math: object
     hyper: object
-    init: tuple = ()
+    slots: tuple = ()
     pointwise: object = None
 
     def pointwise_step(self, group) -> Pointwise | None:
@@ -248,19 +249,13 @@ class RuleMath(NamedTuple):
 
     def used(self, opts: int) -> tuple[bool, ...]:
         """Which state slots this step reads and writes."""
-        if self.math is sgd:
-            return (bool(opts & MOMENTUM),)
-        if self.math is adam:
-            return (True, True, bool(opts & AMSGRAD))
-        if self.math is rmsprop:
-            return (True, bool(opts & CENTERED), bool(opts & MOMENTUM))
-        return (True,) * len(self.init)
+        return tuple(not flag or bool(opts & flag) for _, flag in self.slots)
 
 
 MATH = {
-    "sgd": RuleMath(sgd, _sgd_hyper, (0.0,), _sgd_pointwise),
+    "sgd": RuleMath(sgd, _sgd_hyper, ((0.0, MOMENTUM),), _sgd_pointwise),
     "sign_sgd": RuleMath(sign_sgd, _sign_hyper, (), _sign_pointwise),
-    "adam": RuleMath(adam, _adam_hyper, (0.0, 0.0, 0.0)),
-    "adagrad": RuleMath(adagrad, _adagrad_hyper, ("initial_accumulator_value",)),
-    "rmsprop": RuleMath(rmsprop, _rmsprop_hyper, (0.0, 0.0, 0.0)),
+    "adam": RuleMath(adam, _adam_hyper, ((0.0, 0), (0.0, 0), (0.0, AMSGRAD))),
+    "adagrad": RuleMath(adagrad, _adagrad_hyper, (("initial_accumulator_value", 0),)),
+    "rmsprop": RuleMath(rmsprop, _rmsprop_hyper, ((0.0, 0), (0.0, CENTERED), (0.0, MOMENTUM))),
 }

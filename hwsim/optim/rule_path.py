@@ -37,7 +37,7 @@ def _slots(ctx: ParamStep, rule: Rule, like: torch.Tensor, used, unused=None):
             slots.append(unused)
             continue
         if value is None:
-            init = entry.init[k]
+            init = entry.slots[k][0]
             init = ctx.group[init] if isinstance(init, str) else init
             value = torch.full(like.shape, init, dtype=torch.float64, device=like.device)
         else:
