@@ -15,7 +15,13 @@ import sys
 import numpy as np
 
 from hwsim.kernels import scalar
-from hwsim.kernels.jit import prange, serial_and_parallel, source_salt
+from hwsim.kernels.jit import (
+    COMPILED_INTO_CALLERS,
+    kernel,
+    prange,
+    serial_and_parallel,
+    source_salt,
+)
 from hwsim.kernels.scalar import SATURATE
 from hwsim.optim import fused_stages, telemetry
 from hwsim.optim.fused_stages import (
@@ -38,6 +44,7 @@ from hwsim.optim.fused_stages import (
     WEIGHT_OVERFLOW,
     WEIGHT_ROUNDING,
     add_update,
+    rounding_of,
     unpack,
     update_code,
     weight_code,
@@ -124,43 +131,21 @@ def step_kernel(
       and, where the parameter held the weight of the accumulator, the
       parameter are as before the step.
     """
-    has_weight = weight_rounding != NO_FORMAT
-    grad_overflow, delta_overflow, acc_overflow, weight_overflow = overflows
-    # int32 codes: where the sum provably stays in the format's range, it is an
-    # int32 addition, and the weight code is computed in float32 where exact
-    # (converting the code to float64 and back costs more than the addition)
-    int_add = int_acc != 0 and acc_overflow == CLAMP_NONE
-    f32_weight = int_add and int_acc == 2 and int32_out and has_weight
-    if overflow != SATURATE:  # wrapping has no sides
-        acc_overflow = CLAMP_NONE if acc_overflow == CLAMP_NONE else CLAMP_BOTH
-        weight_overflow = CLAMP_NONE if weight_overflow == CLAMP_NONE else CLAMP_BOTH
-    fields = (
-        (sign, SIGN),
-        (grad_rounding + 1, GRAD_ROUNDING),  # roundings plus one: NO_FORMAT is 0
-        (update_rounding + 1, UPDATE_ROUNDING),
-        (acc_rounding + 1, ACC_ROUNDING),
-        (weight_rounding + 1, WEIGHT_ROUNDING),
-        (overflow, OVERFLOW),
-        (grad_overflow, GRAD_OVERFLOW),
-        (delta_overflow, DELTA_OVERFLOW),
-        (acc_overflow, ACC_OVERFLOW),
-        (weight_overflow, WEIGHT_OVERFLOW),
-        (int32_out, INT32_OUT),
-        (int_add, INT_ADD),
-        (f32_weight, F32_WEIGHT),
+    modes = step_modes(
+        sign,
+        (grad_rounding, update_rounding, acc_rounding, weight_rounding),
+        overflow,
+        overflows,
+        int32_out,
+        int_acc,
     )
-    modes = sum(int(value) << shift for value, shift in fields)
-    # the sample's updates: with the overflow step of the update in accumulator LSBs
-    # (under wrap the main loop may leave it out, as the sum wraps alike, but a
-    # wrapped-away update stalled)
-    sample_modes = modes | (1 << DELTA_OVERFLOW)
+    int_add = (modes >> INT_ADD) & 1
     # The closure holds only ints and bools: Numba's disk cache keys a closure
     # by its pickled cell contents, and a dispatcher pickles with a random id.
     salt = SALT  # a cell: the cache's key changes with the inlined sources
 
     def run(source, acc, out, constants, seed_array, sample, stride, source_bits, limits, undo):
         n = source.size + 0 * salt
-        sample_size = sample.size
         chunks = (n + CHUNK - 1) // CHUNK
         # per chunk: nonzero, stalled, saturated (over its sampled elements), refused, max |source| bits
         counts = np.zeros((chunks, 5), np.int64)
@@ -190,26 +175,10 @@ def step_kernel(
                     )
                 counts[chunk, 3] = top > limit
                 counts[chunk, 4] = top
-            if not undo:
-                # the telemetry of this chunk's sampled elements, while they are in cache: runs
-                # of SAMPLE_RUN consecutive elements (a run never straddles two chunks)
-                m0 = sample_position(lo, stride)
-                m1 = min(sample_size, sample_position(lo + src.size, stride))
-                nonzero = stalled = saturated = 0
-                for run in range(m0 // SAMPLE_RUN, (m1 + SAMPLE_RUN - 1) // SAMPLE_RUN):
-                    first_m, first_i = run * SAMPLE_RUN, run * stride  # m0: a run's start
-                    for j in range(min(m1 - first_m, SAMPLE_RUN)):  # contiguous: vectorizes
-                        i = first_i + j
-                        v, d = update_code(np.float64(source[i]), i, k, fmts, seeds, sample_modes)
-                        a = acc[i]  # after the step
-                        at_limit = (a == fmts[2][3]) | (a == fmts[2][4])
-                        if has_weight:
-                            w = weight_code(a, i, k, fmts[3], seeds, modes)
-                            at_limit = at_limit | (w == fmts[3][3]) | (w == fmts[3][4])
-                        sample[first_m + j] = v
-                        nonzero += v != 0.0
-                        stalled += (v != 0.0) & (d == 0.0)
-                        saturated += at_limit
+            if not undo:  # the telemetry of this chunk's sampled elements, while in cache
+                nonzero, stalled, saturated = sample_chunk(
+                    source, acc, lo, src.size, stride, sample, k, fmts, seeds, modes
+                )
                 counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = nonzero, stalled, saturated
         top = 0
         for chunk in range(chunks):
@@ -217,6 +186,76 @@ def step_kernel(
         return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum(), counts[:, 3].sum(), top
 
     return serial_and_parallel(run)
+
+
+@kernel(**COMPILED_INTO_CALLERS)
+def sample_chunk(source, acc, lo, size, stride, sample, k, fmts, seeds, modes):
+    """The telemetry of the sampled elements of the chunk of ``size`` elements
+    at ``lo``, after its step: ``(nonzero, stalled, saturated)``, each sampled
+    update (``source``'s element) written into ``sample``. Runs of
+    ``SAMPLE_RUN`` consecutive elements (a run never straddles two chunks)."""
+    # the sample's updates: with the overflow step of the update in accumulator LSBs
+    # (under wrap the main loop may leave it out, as the sum wraps alike, but a
+    # wrapped-away update stalled)
+    sample_modes = modes | (1 << DELTA_OVERFLOW)
+    has_weight = rounding_of(modes, WEIGHT_ROUNDING) != NO_FORMAT
+    m0 = sample_position(lo, stride)
+    m1 = min(sample.size, sample_position(lo + size, stride))
+    nonzero = stalled = saturated = 0
+    for run in range(m0 // SAMPLE_RUN, (m1 + SAMPLE_RUN - 1) // SAMPLE_RUN):
+        first_m, first_i = run * SAMPLE_RUN, run * stride  # m0: a run's start
+        for j in range(min(m1 - first_m, SAMPLE_RUN)):  # contiguous: vectorizes
+            i = first_i + j
+            v, d = update_code(np.float64(source[i]), i, k, fmts, seeds, sample_modes)
+            a = acc[i]  # after the step
+            at_limit = (a == fmts[2][3]) | (a == fmts[2][4])
+            if has_weight:
+                w = weight_code(a, i, k, fmts[3], seeds, modes)
+                at_limit = at_limit | (w == fmts[3][3]) | (w == fmts[3][4])
+            sample[first_m + j] = v
+            nonzero += v != 0.0
+            stalled += (v != 0.0) & (d == 0.0)
+            saturated += at_limit
+    return nonzero, stalled, saturated
+
+
+def step_modes(
+    sign: bool,
+    roundings: tuple[int, int, int, int],
+    overflow: int,
+    overflows: tuple[bool, bool, int, int],
+    int32_out: bool,
+    int_acc: int,
+) -> int:
+    """The ``modes`` int of :func:`step_kernel` (the arguments as its; the
+    roundings of the grad, update, accumulator and weight stages)."""
+    grad_rounding, update_rounding, acc_rounding, weight_rounding = roundings
+    has_weight = weight_rounding != NO_FORMAT
+    grad_overflow, delta_overflow, acc_overflow, weight_overflow = overflows
+    # int32 codes: where the sum provably stays in the format's range, it is an
+    # int32 addition, and the weight code is computed in float32 where exact
+    # (converting the code to float64 and back costs more than the addition)
+    int_add = int_acc != 0 and acc_overflow == CLAMP_NONE
+    f32_weight = int_add and int_acc == 2 and int32_out and has_weight
+    if overflow != SATURATE:  # wrapping has no sides
+        acc_overflow = CLAMP_NONE if acc_overflow == CLAMP_NONE else CLAMP_BOTH
+        weight_overflow = CLAMP_NONE if weight_overflow == CLAMP_NONE else CLAMP_BOTH
+    fields = (
+        (sign, SIGN),
+        (grad_rounding + 1, GRAD_ROUNDING),  # roundings plus one: NO_FORMAT is 0
+        (update_rounding + 1, UPDATE_ROUNDING),
+        (acc_rounding + 1, ACC_ROUNDING),
+        (weight_rounding + 1, WEIGHT_ROUNDING),
+        (overflow, OVERFLOW),
+        (grad_overflow, GRAD_OVERFLOW),
+        (delta_overflow, DELTA_OVERFLOW),
+        (acc_overflow, ACC_OVERFLOW),
+        (weight_overflow, WEIGHT_OVERFLOW),
+        (int32_out, INT32_OUT),
+        (int_add, INT_ADD),
+        (f32_weight, F32_WEIGHT),
+    )
+    return sum(int(value) << shift for value, shift in fields)
 
 
 @functools.cache
