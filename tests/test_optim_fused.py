@@ -18,7 +18,7 @@ import hwsim.optim as hopt
 from hwsim.errors import NonFiniteError
 from hwsim.formats import FixedPoint
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE
-from hwsim.optim import fused
+from hwsim.optim import fused, rule_path
 from hwsim.optim.precision import STREAM, mix_seed, uniforms
 from tests.naive import overflow_code, ref_code
 
@@ -290,12 +290,13 @@ def test_fused_path_runs_where_it_should(monkeypatch):
     opt.param_groups[0]["lr"] = 0.0
     before = p.detach().clone()
     opt.step()
-    # declined for the raw gradient; the zero update then went through the kernel's tail
-    assert calls == [True, False, True] and torch.equal(p, before)
+    # declined for the raw gradient; the zero update then went through the rule's one
+    # pass (rule_path.fused_rule_step: the fused step's stages, not its __call__)
+    assert calls == [True, False] and torch.equal(p, before)
     q = torch.nn.Parameter(torch.zeros(100, dtype=torch.bfloat16))
     q.grad = torch.ones(100, dtype=torch.bfloat16)
     hopt.SGD([q], lr=0.5, weight="fx8.4").step()
-    assert len(calls) == 3 and bool((q == -0.5).all())
+    assert len(calls) == 2 and bool((q == -0.5).all())
 
 
 @pytest.mark.parametrize("lr", [1e-300, 5e-320, 1e300, 1.7e308])
@@ -499,23 +500,46 @@ def test_non_contiguous_parameters_take_the_torch_ops():
     assert not p.is_contiguous() and torch.equal(p, ref)
 
 
-@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-def test_parallel_fused_tail_equals_torch_ops(rounding):
-    """A rule with state (Adam) above SERIAL_BELOW_ELEMENTWISE: the parallel
-    tail kernel gives the torch ops' parameters, accumulator and telemetry."""
+PARALLEL_RULES = [  # (optimizer, hyperparameters, states): every rule with state
+    ("Adam", dict(lr=1e-3), {"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"}),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True), "fx24.20"),
+    ("AdaGrad", dict(lr=1e-2, weight_decay=0.01), "ufx32.30"),
+    ("RMSProp", dict(lr=1e-3, centered=True, momentum=0.5), "fx24.20"),
+    ("SignSGD", dict(lr=1e-3, weight_decay=0.01), None),
+]
+
+
+@pytest.mark.parametrize(
+    "rule,rounding,one_pass",
+    [(0, "nearest", False), (0, "stochastic", False), (0, "stochastic", True)]
+    + [(k, "nearest", True) for k in range(len(PARALLEL_RULES))],
+)
+def test_parallel_fused_tail_equals_torch_ops(monkeypatch, rule, rounding, one_pass):
+    """Rules with state above SERIAL_BELOW_ELEMENTWISE: the parallel kernels
+    give the torch ops' parameters, accumulator, states and telemetry, both
+    as one pass from the gradient to the weight (where the rule bounds its
+    update) and as the rule's pass followed by the fused step's."""
+    real, taken = rule_path.fused_rule_step, []
+
+    def single(*args):
+        taken.append(one_pass and real(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(rule_path, "fused_rule_step", single)
+    name, hyper, state = PARALLEL_RULES[rule]
     n = SERIAL_BELOW_ELEMENTWISE + 5
     g = torch.Generator().manual_seed(5)
     grads = [torch.randn(n, generator=g) * 1e-2 for _ in range(3)]
     runs = []
     for fused_flag in (True, False):
         p = torch.nn.Parameter(torch.linspace(-1, 1, n))
-        opt = hopt.Adam(
+        opt = getattr(hopt, name)(
             [p],
-            lr=1e-3,
+            **hyper,
             weight="fx16.12",
             accumulator="fx24.20",
             grad="fx16.12",
-            state={"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"},
+            state=state,
             update="fx24.22",
             rounding=rounding,
             seed=0,
@@ -526,9 +550,13 @@ def test_parallel_fused_tail_equals_torch_ops(rounding):
             p.grad = grad.clone()
             opt.step()
             tel.append(opt.telemetry)
-        runs.append((p.detach().clone(), opt.accumulator_codes(p), tel))
+        states = {k: v for k, v in opt.state[p].items() if torch.is_tensor(v)}
+        runs.append((p.detach().clone(), opt.accumulator_codes(p), tel, states))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert runs[0][2] == runs[1][2]
+    assert runs[0][3].keys() == runs[1][3].keys()
+    assert all(torch.equal(v, runs[1][3][k]) for k, v in runs[0][3].items())
+    assert len(taken) == 3 and all(taken) == one_pass  # 3 steps, each on the path asked for
 
 
 # ------------------------------------------- the accumulator bound between steps
@@ -568,15 +596,15 @@ def test_accumulator_bound_drops_clamps_only_where_they_cannot_act(
     codes sit at a limit) gives the torch ops' bits at every step, and does
     leave the clamps out early on."""
     keys = []
-    original = fused.FusedStep._prepare
+    original = fused.FusedStep._kernel
 
-    def spy(self, *args, **kwargs):
+    def spy(self, key, n):
         before = set(self._kernels)
-        result = original(self, *args, **kwargs)
+        result = original(self, key, n)
         keys.append(next(iter(set(self._kernels) - before), None))
         return result
 
-    monkeypatch.setattr(fused.FusedStep, "_prepare", spy)
+    monkeypatch.setattr(fused.FusedStep, "_kernel", spy)
     n = 300
     g = torch.Generator().manual_seed(2)
     span = 2.0 ** (FixedPoint.parse(acc_fmt).wl - FixedPoint.parse(acc_fmt).fl - 2)

@@ -241,3 +241,50 @@ def test_the_torch_path_square_root_is_correctly_rounded():
 
     x = torch.rand(20000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert sqrt(x).tolist() == [math.sqrt(v) for v in x.tolist()]
+
+
+@pytest.mark.parametrize(
+    "cls,hyper,state,provable",
+    [
+        (hopt.SGD, dict(momentum=0.9), "fx16.12", True),
+        (hopt.SGD, dict(momentum=0.9), None, False),  # an unquantized buffer is unbounded
+        (hopt.Adam, dict(), {"exp_avg": "fx16.12", "exp_avg_sq": "ufx24.22"}, True),
+        (hopt.Adam, dict(), {"exp_avg": "fx16.12", "exp_avg_sq": "fx24.22"}, False),  # sqrt(<0)
+        (hopt.Adam, dict(eps=0.0), {"exp_avg": "fx16.12", "exp_avg_sq": "ufx24.22"}, False),
+        (hopt.Adam, dict(amsgrad=True), {"exp_avg": "fx16.12", "exp_avg_sq": "ufx24.22"}, False),
+        (hopt.AdaGrad, dict(), "ufx24.12", True),
+        (hopt.RMSProp, dict(), "fx24.12", False),
+        (hopt.RMSProp, dict(centered=True), "fx24.12", True),
+        (hopt.RMSProp, dict(momentum=0.5), {"square_avg": "ufx24.12"}, False),
+    ],
+)
+def test_one_pass_only_where_the_rule_bounds_its_update(cls, hyper, state, provable):
+    """The whole step runs as one pass where the rule's math proves a bound
+    on |update| (stored states, denominators at least eps > 0, square roots of
+    unsigned states); elsewhere the rule's pass and the fused step after it.
+    Either way the torch ops' bits, and no update beyond the bound."""
+    from hwsim.optim import rule_path
+
+    real, taken = rule_path.fused_rule_step, []
+
+    def spy(*args):
+        taken.append(real(*args))
+        return taken[-1]
+
+    runs = []
+    for fused in (True, False):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 50, dtype=torch.float64))
+        opt = cls(
+            [p], lr=0.01, **hyper, weight="fx8.6", accumulator="fx16.12", state=state, fused=fused
+        )
+        rule_path.fused_rule_step = spy
+        try:
+            for k in range(3):
+                signs = (-1.0) ** torch.arange(50)  # |g| >= 0.2: no zero second moment
+                p.grad = torch.linspace(0.2, 0.7, 50, dtype=torch.float64) * signs * (k + 1)
+                opt.step()
+        finally:
+            rule_path.fused_rule_step = real
+        runs.append((p.detach().clone(), opt.accumulator_codes(p)))
+    assert taken == [provable] * 3
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])

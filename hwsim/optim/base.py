@@ -300,8 +300,11 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
             and grad_flat is not None
             and rule_path.fusable(ctx, self.rule)
         ):
+            buffers = self._scratch(grad_flat.size)
+            if rule_path.fused_rule_step(self, ctx, self.rule, checked, buffers):
+                return
             update_flat, update_max, bad = rule_path.fused_rule_update(
-                ctx, self.rule, grad_flat, self._scratch(grad_flat.size)
+                ctx, self.rule, grad_flat, buffers
             )
             update = None
             if bad:

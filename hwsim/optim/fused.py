@@ -62,6 +62,7 @@ from hwsim.optim.fused_kernel import (
     CLAMP_LOW,
     CLAMP_NONE,
     step_kernel,
+    step_modes,
 )
 from hwsim.optim.fused_plan import FusedPlan
 from hwsim.optim.precision import STREAM, mix_seed
@@ -143,7 +144,8 @@ class FusedStep(FusedPlan):
         )
         if prepared is None:
             return None
-        run, args, _, top_after = prepared
+        key, args, _, top_after = prepared
+        run = self._kernel(key, source.size)
         limits = ANY_FINITE[source.itemsize]  # the caller checked the source
         result = run(*args, source.view(limits.dtype), limits, False)
         if bound is not None:
@@ -190,7 +192,8 @@ class FusedStep(FusedPlan):
         )
         if prepared is None or prepared[2][2] != CLAMP_NONE:
             return None
-        run, args, _, top_after = prepared
+        key, args, _, top_after = prepared
+        run = self._kernel(key, source.size)
         bits = source.view(limits.dtype)
         result = run(*args, bits, limits, False)
         if result[3]:
@@ -217,8 +220,8 @@ class FusedStep(FusedPlan):
         telemetry: bool,
         bound: AccumulatorBound | None,
     ):
-        """``(kernel, its first arguments, overflows, bound after)`` of one call, or ``None``
-        where :meth:`plan` declines."""
+        """``(kernel key, the kernel's first arguments, overflows, bound after)``
+        of one call, or ``None`` where :meth:`plan` declines."""
         base = self._constants(scale, source_max)
         if base is None:
             return None
@@ -235,12 +238,6 @@ class FusedStep(FusedPlan):
         int_acc = 0 if acc.dtype.kind == "f" else (2 if self.acc_top < 2.0**24 else 1)
         overflows = (grad_overflow, delta_overflow, acc_sides, weight_sides)
         key = (overflows, self.int32_out and out.itemsize == 4, int_acc)
-        kernels = self._kernels.get(key)
-        if kernels is None:
-            kernels = self._kernels[key] = step_kernel(
-                self.sign, *self.roundings, self.overflow, *key
-            )
-        run = kernels[n >= SERIAL_BELOW_ELEMENTWISE]  # small tensors: one thread
         seeds = _NO_SEEDS
         if self.any_stochastic:
             seeds = np.array(
@@ -257,7 +254,22 @@ class FusedStep(FusedPlan):
             sample = np.empty(sample_size(n))
         else:
             stride, sample = 1, _NO_SAMPLE
-        return run, (source, acc, out, constants, seeds, sample, stride), overflows, top_after
+        return key, (source, acc, out, constants, seeds, sample, stride), overflows, top_after
+
+    def modes(self, key) -> int:
+        """The kernel's ``modes`` (:func:`step_modes`) of a call's ``key``
+        (:meth:`_prepare`'s first result)."""
+        return step_modes(self.sign, self.roundings, self.overflow, *key)
+
+    def _kernel(self, key, n: int):
+        """The kernel of a call's ``key`` for ``n`` elements (one thread for
+        small tensors), compiled on first use."""
+        kernels = self._kernels.get(key)
+        if kernels is None:
+            kernels = self._kernels[key] = step_kernel(
+                self.sign, *self.roundings, self.overflow, *key
+            )
+        return kernels[n >= SERIAL_BELOW_ELEMENTWISE]
 
 
 # the (cached) FusedStep of a configuration: one plan per distinct set of formats

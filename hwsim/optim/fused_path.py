@@ -56,22 +56,7 @@ def step_fused(opt, ctx: ParamStep, source: np.ndarray, rule: Pointwise, source_
     state, prec, p = ctx.state, ctx.prec, ctx.p
     if state["accumulator"].dtype not in CODE_DTYPES:  # a hand-made state: torch ops take any
         return False
-    fused_steps = ctx.fused_steps
-    key = rule.sign if rule is not IDENTITY else None
-    fused = fused_steps.get(key)
-    if fused is None:
-        fused = fused_steps[key] = fused_step(
-            rule.sign,
-            prec.grad if rule is not IDENTITY else None,
-            prec.update,
-            prec.target,
-            prec.weight if prec.accumulator is not None else None,
-            int(prec.grad_rounding),
-            int(prec.update_rounding),
-            int(prec.target_rounding),
-            int(prec.weight_rounding),
-            int(prec.overflow),
-        )
+    fused = fused_step_of(ctx, rule)
     views = flat_views(opt, p, state)
     counts = ctx.counts
     result = fused(
@@ -93,6 +78,28 @@ def step_fused(opt, ctx: ParamStep, source: np.ndarray, rule: Pointwise, source_
     if counts is not None:
         counts.add_kernel(result, source.size, len(result[3]))
     return True
+
+
+def fused_step_of(ctx: ParamStep, rule: Pointwise):
+    """The group's :class:`~hwsim.optim.fused.FusedStep` for ``rule``'s input
+    (a pointwise rule's gradient, or :data:`IDENTITY`: a rule's update)."""
+    prec, fused_steps = ctx.prec, ctx.fused_steps
+    key = rule.sign if rule is not IDENTITY else None
+    fused = fused_steps.get(key)
+    if fused is None:
+        fused = fused_steps[key] = fused_step(
+            rule.sign,
+            prec.grad if rule is not IDENTITY else None,
+            prec.update,
+            prec.target,
+            prec.weight if prec.accumulator is not None else None,
+            int(prec.grad_rounding),
+            int(prec.update_rounding),
+            int(prec.target_rounding),
+            int(prec.weight_rounding),
+            int(prec.overflow),
+        )
+    return fused
 
 
 def flat_views(opt, p: torch.Tensor, state: dict) -> FlatViews:

@@ -39,7 +39,9 @@ from hwsim.kernels.jit import (
 from hwsim.kernels.scalar import STOCHASTIC, counter_uniform, value_to_code_float
 from hwsim.optim import rule_math as rm
 from hwsim.optim import telemetry
-from hwsim.optim.fused_kernel import CHUNK, format_constants
+from hwsim.optim.fused_kernel import CHUNK, format_constants, sample_chunk
+from hwsim.optim.fused_stages import add_update
+from hwsim.optim.fused_stages import unpack as unpack_tail
 from hwsim.optim.telemetry import sample_stride, sampled_index
 
 # the kernel's bits of ``opts``, above the rule's flags
@@ -201,13 +203,14 @@ def rule_kernel(rule: str, opts: int, grad_rounding: int):
 def _sample_run(opts: int, grad_rounding: int):
     salt = SALT
 
-    def run(grad, s0, s1, s2, acc, h_array, c, seed_array, stride, raw):
+    def run(grad, states, acc, upd, h_array, c, seed_array, stride, raw):
         h, grad_c, fmts, seeds = unpack(h_array, c, seed_array)
+        s0, s1, s2 = states
         for m in range(raw.shape[1] + 0 * salt):
             i = sampled_index(m, stride)
             g = gradient_value(np.float64(grad[i]), i, grad_c, seeds, opts, grad_rounding)
             at = (i, seeds, fmts, raw, m)
-            RULE(g, acc[i] * c[5], (s0[i], s1[i], s2[i]), h, opts, at)  # noqa: F821
+            upd[i] = RULE(g, acc[i] * c[5], (s0[i], s1[i], s2[i]), h, opts, at)[0]  # noqa: F821
         return 0
 
     return run
@@ -218,13 +221,86 @@ def sample_kernel(rule: str, opts: int, grad_rounding: int):
     """The telemetry pass of :func:`rule_kernel`, run before it (on the
     states before the step), on the telemetry sample only:
 
-    ``kernel(grad, s0, s1, s2, acc, h, constants, seeds, stride, raw)``
+    ``kernel(grad, (s0, s1, s2), acc, upd, h, constants, seeds, stride, raw)``
 
     writes into ``raw[k, m]`` the value state ``k`` had before its
-    quantization at the ``m``-th sampled element (stride ``stride``), the
-    same arithmetic as the step's. Compiled only where telemetry meets a
-    state format."""
+    quantization at the ``m``-th sampled element (stride ``stride``), and
+    the update into ``upd`` at its flat index, the same arithmetic as the
+    step's."""
     return kernel(_bind(_sample_run(opts, grad_rounding), rule, "rule_sample"))
+
+
+# the single pass's ``constants``: the rule's 8 hyperparameters and 21 constants
+# (as rule_kernel's), the tail's 23 (FusedStep's), the bound on |update|
+RULE_CONSTANTS, TAIL_CONSTANTS = 8, 29
+BOUND_AT = 52
+
+
+def _step_run(opts: int, grad_rounding: int, modes: int):
+    """The body of :func:`rule_step_kernel` (ints only in the closure)."""
+    write0, write1, write2 = (opts >> USED) & 1, (opts >> (USED + 1)) & 1, (opts >> (USED + 2)) & 1
+    salt = SALT
+
+    def run(grad, states, acc, out, constants, seed_array, sampled, sample, stride):
+        n = grad.size + 0 * salt
+        chunks = (n + CHUNK - 1) // CHUNK
+        counts = np.zeros((chunks, 4), np.int64)  # nonzero, stalled, saturated, beyond the bound
+        limit, acc_lsb = constants[BOUND_AT], constants[RULE_CONSTANTS + 5]
+        s0, s1, s2 = states
+        for chunk in prange(chunks):
+            h, grad_c, fmts, seeds = unpack(
+                constants[:RULE_CONSTANTS], constants[RULE_CONSTANTS:], seed_array
+            )
+            k, tail_fmts, tail_seeds = unpack_tail(constants[TAIL_CONSTANTS:], seed_array[4:])
+            lo = chunk * CHUNK
+            hi = min(n, lo + CHUNK)
+            src, a, b, d = grad[lo:hi], s0[lo:hi], s1[lo:hi], s2[lo:hi]
+            codes, dst = acc[lo:hi], out[lo:hi]
+            beyond = 0
+            for j in range(src.size):
+                i = lo + j
+                g = gradient_value(np.float64(src[j]), i, grad_c, seeds, opts, grad_rounding)
+                w = codes[j] * acc_lsb  # the master weight, before this element's step
+                update, s = RULE(g, w, (a[j], b[j], d[j]), h, opts, (i, seeds, fmts))  # noqa: F821
+                if write0:
+                    a[j] = s[0]
+                if write1:
+                    b[j] = s[1]
+                if write2:
+                    d[j] = s[2]
+                beyond += not abs(update) <= limit  # a NaN too
+                add_update(update, i, codes, j, dst, k, tail_fmts, tail_seeds, modes, False)
+            counts[chunk, 3] = beyond
+            nonzero, stalled, saturated = sample_chunk(
+                sampled, acc, lo, src.size, stride, sample, k, tail_fmts, tail_seeds, modes
+            )
+            counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = nonzero, stalled, saturated
+        return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum(), counts[:, 3].sum()
+
+    return run
+
+
+@functools.cache
+def rule_step_kernel(rule: str, opts: int, grad_rounding: int, modes: int):
+    """(serial, parallel) kernels of ``rule``'s whole step in one pass, from
+    the raw gradient to the weight: :func:`rule_kernel`'s per-element math,
+    then the update added by the fused step's stages (``modes``:
+    :meth:`~hwsim.optim.fused.FusedStep.modes`, planned for a bound on
+    |update| that the rule's math proves, ``RuleMath.bound``):
+
+    ``kernel(grad, (s0, s1, s2), acc, out, constants, seeds, sampled, sample, stride)
+    -> (nonzero, stalled, saturated, beyond)``
+
+    ``constants``: the rule's hyperparameters (8) and constants (as
+    :func:`rule_kernel`'s), the fused step's constants, the bound;
+    ``seeds``: the rule's 4, the fused step's 4; ``out`` the parameter's
+    flat storage; ``sampled``: an array of the gradient's size holding the
+    updates at the telemetry sample's indices (:func:`sample_kernel` writes
+    them before the step), ``sample`` and ``stride`` as the fused step's;
+    ``beyond`` counts updates above the bound or NaN (none, if the bound
+    is right: the caller raises)."""
+    body = _step_run(opts, grad_rounding, modes)
+    return serial_and_parallel(_bind(body, rule, "rule_step"))
 
 
 def kernel_options(opts: int, used, state_formats, state_rounding: int, wrap: bool) -> int:
@@ -244,7 +320,9 @@ def run_rule(rule, opts, grad_rounding, arrays, h, constants, seeds, raw=None):
     hyper[: len(h)] = h
     if raw is not None:
         stride = sample_stride(arrays[0].size)
-        sample_kernel(rule, opts, grad_rounding)(*arrays[:5], hyper, constants, seeds, stride, raw)
+        states, acc = tuple(arrays[1:4]), arrays[4]
+        sample = sample_kernel(rule, opts, grad_rounding)
+        sample(arrays[0], states, acc, arrays[-1], hyper, constants, seeds, stride, raw)
     kernels = rule_kernel(rule, opts, grad_rounding)
     run = kernels[arrays[0].size >= SERIAL_BELOW_ELEMENTWISE]
     upd = arrays[-1]

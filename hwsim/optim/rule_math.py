@@ -217,6 +217,51 @@ def _sign_pointwise(h, opts):
     return True, -h[0] if opts & MAXIMIZE else h[0]  # sign(-g) * lr == sign(g) * -lr
 
 
+# -- bounds on |update|: where finite, the whole step runs in one fused pass ------------
+# ``g`` bounds |quantized gradient|, ``w`` |master weight|; per state slot ``top``
+# bounds |stored value| and ``low`` is the least stored value (+-inf: no format).
+# Every bound follows the math's operations, each monotone in its operands'
+# magnitudes; the denominators of the rules that divide are at least ``eps``
+# (> 0), as the square roots' arguments are stored values of unsigned formats.
+def _decayed(h_wd, opts, g, w):
+    return g + abs(h_wd) * w if opts & DECAY else g
+
+
+def _sgd_bound(h, opts, g, w, top, low):
+    d = _decayed(h[1], opts, g, w)
+    if opts & MOMENTUM:  # the stored buffer
+        d = d + abs(h[2]) * top[0] if opts & NESTEROV else top[0]
+    return d * abs(h[0])
+
+
+def _sign_bound(h, opts, g, w, top, low):
+    return abs(h[0])
+
+
+def _adam_bound(h, opts, g, w, top, low):
+    eps = h[7]
+    roots = (low[1], low[2]) if opts & AMSGRAD else (low[1],)
+    if not eps > 0 or min(roots) < 0:
+        return math.inf
+    return top[0] / eps * abs(h[5]) + (abs(h[4]) * w if opts & DECOUPLED else 0.0)
+
+
+def _adagrad_bound(h, opts, g, w, top, low):
+    eps = h[2]
+    if not eps > 0 or low[0] < 0:
+        return math.inf
+    return _decayed(h[1], opts, g, w) / eps * abs(h[0])
+
+
+def _rmsprop_bound(h, opts, g, w, top, low):
+    eps = h[5]
+    if not eps > 0 or (low[0] < 0 and not opts & CENTERED):
+        return math.inf
+    if opts & MOMENTUM:
+        return top[2] * abs(h[0])
+    return _decayed(h[1], opts, g, w) / eps * abs(h[0])
+
+
 class Pointwise(NamedTuple):
     """A step whose update is ``scale * g`` (``sign``: ``scale * sign(g)``)
     of the quantized gradient ``g``: what :func:`sgd` and :func:`sign_sgd`
@@ -232,13 +277,16 @@ class RuleMath(NamedTuple):
     """A rule's math (:func:`sgd` ...), its per-step ``hyper(group, step,
     state) -> (h, opts)``, per state slot ``(initial value, flag)`` (the
     value a group key or a float; the slot is used where ``opts`` has the
-    flag, always where it is 0), and ``pointwise(h, opts)``: ``(sign, scale)`` where the
-    math reduces to a :class:`Pointwise` step, else None."""
+    flag, always where it is 0), ``pointwise(h, opts)``: ``(sign, scale)`` where the
+    math reduces to a :class:`Pointwise` step, else None, and ``bound(h,
+    opts, g, w, top, low)``: a bound on |update| (inf: none can be proved)
+    from bounds on |gradient|, |master weight| and the stored states."""
 
     math: object
     hyper: object
     slots: tuple = ()
     pointwise: object = None
+    bound: object = None
 
     def pointwise_step(self, group) -> Pointwise | None:
         """This group's step as a :class:`Pointwise` one, or None."""
@@ -253,9 +301,17 @@ class RuleMath(NamedTuple):
 
 
 MATH = {
-    "sgd": RuleMath(sgd, _sgd_hyper, ((0.0, MOMENTUM),), _sgd_pointwise),
-    "sign_sgd": RuleMath(sign_sgd, _sign_hyper, (), _sign_pointwise),
-    "adam": RuleMath(adam, _adam_hyper, ((0.0, 0), (0.0, 0), (0.0, AMSGRAD))),
-    "adagrad": RuleMath(adagrad, _adagrad_hyper, (("initial_accumulator_value", 0),)),
-    "rmsprop": RuleMath(rmsprop, _rmsprop_hyper, ((0.0, 0), (0.0, CENTERED), (0.0, MOMENTUM))),
+    "sgd": RuleMath(sgd, _sgd_hyper, ((0.0, MOMENTUM),), _sgd_pointwise, _sgd_bound),
+    "sign_sgd": RuleMath(sign_sgd, _sign_hyper, (), _sign_pointwise, _sign_bound),
+    "adam": RuleMath(adam, _adam_hyper, ((0.0, 0), (0.0, 0), (0.0, AMSGRAD)), None, _adam_bound),
+    "adagrad": RuleMath(
+        adagrad, _adagrad_hyper, (("initial_accumulator_value", 0),), None, _adagrad_bound
+    ),
+    "rmsprop": RuleMath(
+        rmsprop,
+        _rmsprop_hyper,
+        ((0.0, 0), (0.0, CENTERED), (0.0, MOMENTUM)),
+        None,
+        _rmsprop_bound,
+    ),
 }

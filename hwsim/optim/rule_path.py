@@ -10,11 +10,17 @@ counter noise, so their bits are equal.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
 from hwsim.formats import FixedPoint
+from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE
 from hwsim.modes import Overflow, Rounding
+from hwsim.optim import fused_path
+from hwsim.optim import rule_kernel as rk
 from hwsim.optim.kinds import accumulator_values, saturated_sample
 from hwsim.optim.paths import ParamStep, _as_complex
 from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed
@@ -132,16 +138,25 @@ def fusable(ctx: ParamStep, rule: Rule) -> bool:
     )
 
 
-def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers):
-    """:func:`rule_update` as one Numba pass: returns ``(update, max
-    |update|, whether one is not finite)``, the update a flat float64 NumPy
-    array. ``buffers``: two flat float64 arrays of the gradient's size kept
-    between steps, the update's and a zero one the kernel reads for the
-    slots this step does not use (not a used slot: the kernel's loop is
-    vectorized only where its arrays do not overlap)."""
-    scratch, zeros = buffers
-    from hwsim.optim import rule_kernel as rk  # compiles the rules on first use
+class _Fused(NamedTuple):
+    """What both fused forms of a rule's step read (:func:`_fused_inputs`)."""
 
+    h: tuple
+    opts: int
+    used: tuple
+    slots: tuple  # float64 tensors, padded to three
+    formats: list
+    kernel_opts: int
+    grad_rounding: int
+    seeds: np.ndarray
+    arrays: tuple  # flat NumPy views: the states, the accumulator
+
+
+def _fused_inputs(ctx: ParamStep, rule: Rule, zeros: np.ndarray) -> _Fused:
+    """The rule's hyperparameters, flags, state slots (created where missing,
+    not yet stored; an unused one reads ``zeros``: not a used slot, as the
+    kernel's loop is vectorized only where its arrays do not overlap) and the
+    kernel's options and seeds."""
     prec = ctx.prec
     entry = MATH[rule.math]
     h, opts = entry.hyper(ctx.group, ctx.step, ctx.state)
@@ -159,24 +174,130 @@ def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers
     seeds = np.zeros(4, np.int64)
     if Rounding.STOCHASTIC in (prec.grad_rounding, prec.state_rounding):
         seeds[:] = [signed64(mix_seed(prec.seed, ctx.step, ctx.index, s)) for s in streams]
-    record = ctx.counts is not None and any(f is not None for f in formats)
-    n = grad_flat.size
-    raw = np.empty((3, sample_size(n))) if record else None  # the states before quantization
-    arrays = (grad_flat, *(s.reshape(-1).numpy() for s in slots), like.reshape(-1).numpy())
+    arrays = (*(s.reshape(-1).numpy() for s in slots), like.reshape(-1).numpy())
+    return _Fused(h, opts, used, slots, formats, kernel_opts, grad_rounding, seeds, arrays)
+
+
+def _finish(ctx: ParamStep, rule: Rule, f: _Fused, raw) -> None:
+    """Store the states the kernel wrote; their telemetry from ``raw`` (the
+    values before quantization at the sample, :func:`~hwsim.optim.
+    rule_kernel.sample_kernel`'s) where given."""
+    _store_states(ctx, rule, f.slots, f.used)
+    if raw is None:
+        return
+    n = f.arrays[-1].size
+    for k, name in enumerate(rule.state_names):
+        if f.used[k] and f.formats[k] is not None:
+            state = f.slots[k]
+            _state_telemetry(ctx, name, torch.from_numpy(raw[k]), sample_of(state), state, n)
+
+
+def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers):
+    """:func:`rule_update` as one Numba pass: returns ``(update, max
+    |update|, whether one is not finite)``, the update a flat float64 NumPy
+    array. ``buffers``: two flat float64 arrays of the gradient's size kept
+    between steps, the update's and a zero one (:func:`_fused_inputs`)."""
+    scratch, zeros = buffers
+    prec = ctx.prec
+    f = _fused_inputs(ctx, rule, zeros)
+    record = ctx.counts is not None and any(fmt is not None for fmt in f.formats)
+    raw = np.empty((3, sample_size(grad_flat.size))) if record else None
     top, bad = rk.run_rule(
         rule.math,
-        kernel_opts,
-        grad_rounding,
-        (*arrays, scratch),
-        h,
-        rk.constants_of(prec.grad, prec.target.lsb, formats),
-        seeds,
+        f.kernel_opts,
+        f.grad_rounding,
+        (grad_flat, *f.arrays, scratch),
+        f.h,
+        rk.constants_of(prec.grad, prec.target.lsb, f.formats),
+        f.seeds,
         raw,
     )
-    _store_states(ctx, rule, slots, used)
-    if record:
-        for k, name in enumerate(rule.state_names):
-            if used[k] and formats[k] is not None:
-                state = slots[k]
-                _state_telemetry(ctx, name, torch.from_numpy(raw[k]), sample_of(state), state, n)
+    _finish(ctx, rule, f, raw)
     return scratch, top, bad
+
+
+_PRODUCT_SAFE = 2.0**400  # bounds below this: no product of two of them overflows
+
+
+def _top(fmt) -> float:
+    """max |value| of a fixed-point format (inf: no format)."""
+    return math.inf if fmt is None else max(-fmt.min_code, fmt.max_code) * fmt.lsb
+
+
+def update_bound(ctx: ParamStep, rule: Rule, h, opts: int, grad_max: float) -> float | None:
+    """A bound on |update| of this step from its math (``RuleMath.bound``),
+    the gradient's max and the formats, with a margin for the bound's own
+    rounding; ``None`` where none can be proved, or where the math's
+    intermediate values could overflow (the torch ops then raise)."""
+    bound = MATH[rule.math].bound
+    prec = ctx.prec
+    if bound is None:
+        return None
+    g = grad_max
+    if prec.grad is not None:  # a rounding moves a value by less than an LSB
+        g = _top(prec.grad)
+        g = g if prec.overflow == Overflow.WRAP else min(g, grad_max + prec.grad.lsb)
+    formats = [prec.state.get(name) for name in rule.state_names]
+    formats += [None] * (3 - len(formats))
+    tops = [_top(f) for f in formats]
+    lows = [-math.inf if f is None else f.min_code * f.lsb for f in formats]
+    w = _top(prec.target)
+    b = bound(h, opts, g, w, tops, lows) * (1 + 2.0**-30)
+    finite = [x for x in (g, w, *tops) if math.isfinite(x)]
+    return b if b < _PRODUCT_SAFE and max(finite) < _PRODUCT_SAFE else None
+
+
+def fused_rule_step(opt, ctx: ParamStep, rule: Rule, checked, buffers) -> bool:
+    """The whole step in one Numba pass (:func:`~hwsim.optim.rule_kernel.
+    rule_step_kernel`: the rule's math, then the update added by the fused
+    step's stages, planned for :func:`update_bound`), the same bits as
+    :func:`fused_rule_update` and the fused step after it, with neither the
+    update's buffer nor its check. Returns False, having changed nothing,
+    where no bound is proved or the fused step's plan declines."""
+    grad_flat, grad_max = checked
+    state, prec = ctx.state, ctx.prec
+    if state["accumulator"].dtype not in fused_path.CODE_DTYPES:
+        return False
+    h, opts = MATH[rule.math].hyper(ctx.group, ctx.step, state)
+    limit = update_bound(ctx, rule, h, opts, grad_max)
+    if limit is None:
+        return False
+    fused = fused_path.fused_step_of(ctx, fused_path.IDENTITY)
+    views = fused_path.flat_views(opt, ctx.p, state)
+    telemetry = ctx.counts is not None
+    n = grad_flat.size
+    prepared = fused._prepare(
+        grad_flat, views.acc_flat, views.param, 1.0, limit, prec.seed, ctx.step, ctx.index,
+        telemetry, views.bound,
+    )  # fmt: skip
+    if prepared is None:
+        return False
+    key, (_, _, _, tail_constants, tail_seeds, sample, stride), _, top_after = prepared
+    scratch, zeros = buffers
+    f = _fused_inputs(ctx, rule, zeros)
+    hyper = np.zeros(8)
+    hyper[: len(f.h)] = f.h
+    rule_constants = rk.constants_of(prec.grad, prec.target.lsb, f.formats)
+    constants = np.concatenate([hyper, rule_constants, tail_constants, [limit]])
+    seeds = np.concatenate([f.seeds, tail_seeds])
+    states, acc = tuple(f.arrays[:3]), views.acc_flat
+    raw = None
+    if telemetry:  # the states before quantization and the updates, at the sample
+        raw = np.empty((3, sample.size))
+        kernel = rk.sample_kernel(rule.math, f.kernel_opts, f.grad_rounding)
+        kernel(grad_flat, states, acc, scratch, hyper, rule_constants, f.seeds, stride, raw)
+    kernels = rk.rule_step_kernel(rule.math, f.kernel_opts, f.grad_rounding, fused.modes(key))
+    run = kernels[n >= SERIAL_BELOW_ELEMENTWISE]
+    *counted, beyond = run(
+        grad_flat, states, acc, views.param, constants, seeds, scratch, sample, stride
+    )
+    if beyond:
+        raise RuntimeError(
+            f"hwsim internal error: {beyond} updates of parameter {ctx.index} exceeded their "
+            f"proved bound {limit} (rule {rule.math}); please report it"
+        )
+    views.bound.top = top_after
+    _finish(ctx, rule, f, raw if any(fmt is not None for fmt in f.formats) else None)
+    if telemetry:
+        ctx.counts.add_kernel((*counted, sample), n, len(sample))
+    return True
