@@ -258,13 +258,14 @@ def test_the_torch_path_square_root_is_correctly_rounded():
         (hopt.RMSProp, dict(momentum=0.5), {"square_avg": "ufx24.12"}, False),
     ],
 )
-def test_one_pass_only_where_the_rule_bounds_its_update(cls, hyper, state, provable):
+def test_one_pass_only_where_the_rule_bounds_its_update(monkeypatch, cls, hyper, state, provable):
     """The whole step runs as one pass where the rule's math proves a bound
     on |update| (stored states, denominators at least eps > 0, square roots of
     unsigned states); elsewhere the rule's pass and the fused step after it.
     Either way the torch ops' bits, and no update beyond the bound."""
     from hwsim.optim import rule_path
 
+    monkeypatch.setattr(rule_path, "ONE_PASS_ALWAYS", True)  # not only where it is faster
     real, taken = rule_path.fused_rule_step, []
 
     def spy(*args):
