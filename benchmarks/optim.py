@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from _timing import print_table  # noqa: E402
 
 import hwsim.optim as hopt  # noqa: E402
+from hwsim.kernels.scalar import counter_uniform  # noqa: E402
 
 WARMUP_STEPS = 3  # per optimizer and round, before its timed steps
 FIXED = dict(weight="fx16.12", accumulator="fx24.20", grad="fx16.12")
@@ -299,6 +300,10 @@ def breakdown(n: int) -> None:
                         _traffic_floor(g, a, o)
                     ),
                     "step with no gradient (optimizer wrapper)": idle.step,
+                    # stochastic rounding's floor: SGD's gradient, accumulator and weight
+                    # stages each draw a counter uniform per element (the streams are
+                    # the results' bits: only the hash's cost can go)
+                    "3 counter uniforms per element alone": lambda o=out_copy: _uniforms(o, 3),
                 },
                 rounds=max(20, 2_000_000 // size),
                 warmup=3,
@@ -317,6 +322,17 @@ def _traffic_floor(grad, acc, out):
         a = acc[i] + np.int32(grad[i])
         acc[i] = a
         out[i] = np.float32(a)
+
+
+@numba.njit(parallel=True)
+def _uniforms(out, k):
+    """``k`` counter uniforms per element (the stochastic stages' draws), summed
+    into a float32 output so none is optimized away."""
+    for i in numba.prange(out.size):
+        total = 0.0
+        for stream in range(k):
+            total += counter_uniform(stream + 1, i)
+        out[i] = np.float32(total)
 
 
 if __name__ == "__main__":

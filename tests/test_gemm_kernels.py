@@ -24,6 +24,7 @@ from hwsim.kernels.scalar import (
     WRAP,
     ZERO,
 )
+from tests.examples import examples
 
 ROUNDINGS = {
     "nearest": NEAREST,
@@ -114,7 +115,7 @@ def reference(a, b, fa, fb, acc, product, rounding, overflow, seed):
     )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80, ci=40), deadline=None)
 @given(kernel_cases())
 def test_every_variant_matches_integer_reference(case):
     want = reference(*case)
@@ -122,7 +123,7 @@ def test_every_variant_matches_integer_reference(case):
     assert np.array_equal(got, want)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60, ci=25), deadline=None)
 @given(kernel_cases(max_k=300, max_n=70))
 def test_specialised_equals_generic_kernel_on_long_sums(case):
     got = run_kernel(kg.sequential_gemm_kernel, *case)

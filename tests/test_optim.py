@@ -18,6 +18,7 @@ from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.optim.precision import STREAM, mix_seed, uniforms
 from hwsim.torch_path.core import value_to_code_float
+from tests.examples import examples
 from tests.naive import overflow_code, ref_code
 
 ROUNDINGS = ["nearest", "nearest_away", "floor", "zero", "stochastic"]
@@ -202,7 +203,7 @@ def pipeline_case(draw):
 
 
 @given(pipeline_case(), st.integers(0, 2**40), st.booleans())
-@settings(max_examples=80)
+@settings(max_examples=examples(80, ci=40))
 def test_sgd_pipeline_matches_integer_reference(case, seed, fused):
     wfmt, afmt, p0, grads, lr, rounding, overflow = case
     # the fused Numba tail compiles one kernel per mode combination: keep CI's set small

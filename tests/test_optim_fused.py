@@ -20,6 +20,7 @@ from hwsim.formats import FixedPoint
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE
 from hwsim.optim import fused, rule_path
 from hwsim.optim.precision import STREAM, mix_seed, uniforms
+from tests.examples import examples
 from tests.naive import overflow_code, ref_code
 
 ROUNDINGS = ["nearest", "nearest_away", "floor", "zero", "stochastic"]
@@ -155,7 +156,7 @@ def _optimizer(cls, p, lr, formats, roundings, overflow, seed, fused_flag, telem
     st.sampled_from([torch.float32, torch.float64]),
     st.integers(0, 2**40),
 )
-@settings(max_examples=80)
+@settings(max_examples=examples(80, ci=30))
 def test_fused_pointwise_step_matches_integer_reference_and_torch_ops(
     case, modes, overflow, sign, dtype, seed
 ):

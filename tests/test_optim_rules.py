@@ -23,6 +23,7 @@ import hwsim.optim as hopt
 from hwsim.errors import NonFiniteError
 from hwsim.formats import FixedPoint
 from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed, uniforms
+from tests.examples import examples
 from tests.naive import overflow_code, ref_code
 
 # (optimizer, compile-time flags, rounding, overflow): every rounding appears, and both
@@ -97,7 +98,7 @@ def _run(case, fused, seed, dtype):
 
 
 @given(cases(), st.integers(0, 2**40), st.sampled_from([torch.float32, torch.float64]))
-@settings(max_examples=40)
+@settings(max_examples=examples(40, ci=20))
 def test_fused_rule_equals_torch_ops_and_the_reference(case, seed, dtype):
     fused = _run(case, True, seed, dtype)
     torch_ops = _run(case, False, seed, dtype)
