@@ -242,7 +242,7 @@ def breakdown(n: int) -> None:
     from _timing import interleaved_best
 
     from hwsim.formats import FixedPoint
-    from hwsim.optim.fused import fused_step, max_abs
+    from hwsim.optim.fused import Draw, fused_step, max_abs
 
     rows = []
     for size in (1 << 16, n):
@@ -261,20 +261,17 @@ def breakdown(n: int) -> None:
             None,
             FixedPoint.parse(FIXED["accumulator"]),
             FixedPoint.parse(FIXED["weight"]),
-            0,
-            0,
-            0,
-            0,
+            (0, 0, 0, 0),
             0,
         )
         top = max_abs(grad)
 
         def kernel(telemetry, s=step, g=grad, v=views, t=top):
-            s(g, v.acc_flat, v.param, -0.01, t, 0, 1, 0, telemetry, v.bound)
+            s(g, v.acc_flat, v.param, -0.01, t, Draw(0, 1, 0), telemetry, v.bound)
 
         def checking(s=step, g=grad, v=views, t=top):
             assert s.speculate(
-                g, v.acc_flat, v.param, -0.01, math.frexp(t)[1], 0, 1, 0, False, v.bound
+                g, v.acc_flat, v.param, -0.01, math.frexp(t)[1], Draw(0, 1, 0), False, v.bound
             )
 
         times = interleaved_best(

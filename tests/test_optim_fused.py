@@ -342,7 +342,7 @@ def test_plan_skips_an_overflow_step_only_where_it_is_a_no_op(
     weight = FixedPoint(wl, fl, signed)
     acc = FixedPoint(min(52, wl + extra), fl + extra + max(0, shift) - max(0, -shift), signed)
     grad = FixedPoint(max(2, wl - 2), fl + 2)
-    step = fused.FusedStep(False, grad, None, acc, weight, 0, 0, 0, 0, overflow)
+    step = fused.FusedStep(False, grad, None, acc, weight, (0, 0, 0, 0), overflow)
     acc_range = max(-acc.min_code, acc.max_code)
     acc_top = None if acc_fraction is None else float(math.floor(acc_fraction * acc_range))
     planned = step.plan(-lr, source_max, acc_top)

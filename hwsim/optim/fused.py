@@ -43,6 +43,7 @@ saves the separate read of the gradient, about an eighth of the step.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -86,6 +87,7 @@ __all__ = [  # the fused step's surface (its kernel and checks live in fused_ker
     "CLAMP_HIGH",
     "CLAMP_LOW",
     "CLAMP_NONE",
+    "Draw",
     "SAMPLE_RUN",
     "TELEMETRY_SAMPLE",
     "AccumulatorBound",
@@ -114,6 +116,16 @@ _NO_SAMPLE = np.empty(0)  # telemetry off (the kernel writes nothing into it)
 _SEED_STREAMS = (STREAM["grad"], STREAM["update"], STREAM["accumulator"], STREAM["weight"])
 
 
+class Draw(NamedTuple):
+    """Where a step's counter noise comes from (:func:`~hwsim.optim.
+    precision.mix_seed`): the group's seed, the step count, the parameter's
+    index."""
+
+    seed: int
+    step: int
+    index: int
+
+
 class FusedStep(FusedPlan):
     """The fused step of one precision configuration: its plan
     (:class:`~hwsim.optim.fused_plan.FusedPlan`, worked out once:
@@ -127,9 +139,7 @@ class FusedStep(FusedPlan):
         out: np.ndarray,
         scale: float,
         source_max: float,
-        seed: int,
-        step: int,
-        index: int,
+        draw: Draw,
         telemetry: bool,
         bound: AccumulatorBound | None = None,
     ):
@@ -139,9 +149,7 @@ class FusedStep(FusedPlan):
         nothing where :meth:`plan` declines; else ``(nonzero, stalled,
         saturated, sample)`` as the kernel returns them (see
         :func:`step_kernel`; zeros and empty without ``telemetry``)."""
-        prepared = self._prepare(
-            source, acc, out, scale, source_max, seed, step, index, telemetry, bound
-        )
+        prepared = self._prepare(source, acc, out, scale, source_max, draw, telemetry, bound)
         if prepared is None:
             return None
         key, args, _, top_after = prepared
@@ -159,9 +167,7 @@ class FusedStep(FusedPlan):
         out: np.ndarray,
         scale: float,
         exponent: int,
-        seed: int,
-        step: int,
-        index: int,
+        draw: Draw,
         telemetry: bool,
         bound: AccumulatorBound,
     ):
@@ -187,9 +193,7 @@ class FusedStep(FusedPlan):
         if checked is None:
             return None
         limit, limits = checked
-        prepared = self._prepare(
-            source, acc, out, scale, limit, seed, step, index, telemetry, bound
-        )
+        prepared = self._prepare(source, acc, out, scale, limit, draw, telemetry, bound)
         if prepared is None or prepared[2][2] != CLAMP_NONE:
             return None
         key, args, _, top_after = prepared
@@ -214,9 +218,7 @@ class FusedStep(FusedPlan):
         out: np.ndarray,
         scale: float,
         source_max: float,
-        seed: int,
-        step: int,
-        index: int,
+        draw: Draw,
         telemetry: bool,
         bound: AccumulatorBound | None,
     ):
@@ -242,7 +244,7 @@ class FusedStep(FusedPlan):
         if self.any_stochastic:
             seeds = np.array(
                 [
-                    signed64(mix_seed(seed, step, index, stream)) if st else 0
+                    signed64(mix_seed(*draw, stream)) if st else 0
                     for st, stream in zip(self.stochastic, _SEED_STREAMS, strict=True)
                 ],
                 np.int64,

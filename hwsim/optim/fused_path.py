@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from hwsim.errors import NonFiniteError
-from hwsim.optim.fused import CHECK_IN_KERNEL_FROM, AccumulatorBound, fused_step, undo_step
+from hwsim.optim.fused import (
+    CHECK_IN_KERNEL_FROM,
+    AccumulatorBound,
+    Draw,
+    fused_step,
+    undo_step,
+)
 from hwsim.optim.paths import ParamStep, check_gradient, numpy_view
 from hwsim.optim.rule_math import MATH, Pointwise
 
@@ -65,9 +71,7 @@ def step_fused(opt, ctx: ParamStep, source: np.ndarray, rule: Pointwise, source_
         views.param,
         float(rule.scale),
         source_max,
-        prec.seed,
-        ctx.step,
-        ctx.index,
+        Draw(prec.seed, ctx.step, ctx.index),
         counts is not None,
         views.bound,
     )
@@ -93,10 +97,12 @@ def fused_step_of(ctx: ParamStep, rule: Pointwise):
             prec.update,
             prec.target,
             prec.weight if prec.accumulator is not None else None,
-            int(prec.grad_rounding),
-            int(prec.update_rounding),
-            int(prec.target_rounding),
-            int(prec.weight_rounding),
+            (
+                int(prec.grad_rounding),
+                int(prec.update_rounding),
+                int(prec.target_rounding),
+                int(prec.weight_rounding),
+            ),
             int(prec.overflow),
         )
     return fused
@@ -181,9 +187,7 @@ def step_speculative(opt, speculative: list) -> tuple[dict, dict]:
             views.param,
             scale,
             exponent,
-            prec.seed,
-            opt.state[p]["step"] + 1,
-            index,
+            Draw(prec.seed, opt.state[p]["step"] + 1, index),
             telemetry,
             views.bound,
         )

@@ -44,12 +44,10 @@ class FusedPlan:
         update,
         accumulator,
         weight,
-        grad_rounding: int,
-        update_rounding: int,
-        acc_rounding: int,
-        weight_rounding: int,
+        roundings: tuple[int, int, int, int],
         overflow: int,
     ):
+        grad_rounding, update_rounding, acc_rounding, weight_rounding = roundings
         self.sign, self.overflow = sign, overflow
         self.has_grad, self.has_update = grad is not None, update is not None
         self.roundings = (

@@ -21,6 +21,7 @@ from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE
 from hwsim.modes import Overflow, Rounding
 from hwsim.optim import fused_path
 from hwsim.optim import rule_kernel as rk
+from hwsim.optim.fused import Draw
 from hwsim.optim.kinds import accumulator_values, saturated_sample
 from hwsim.optim.paths import ParamStep, _as_complex
 from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed
@@ -286,10 +287,10 @@ def fused_rule_step(opt, ctx: ParamStep, rule: Rule, checked, buffers) -> bool:
     views = fused_path.flat_views(opt, ctx.p, state)
     telemetry = ctx.counts is not None
     n = grad_flat.size
+    draw = Draw(prec.seed, ctx.step, ctx.index)
     prepared = fused._prepare(
-        grad_flat, views.acc_flat, views.param, 1.0, limit, prec.seed, ctx.step, ctx.index,
-        telemetry, views.bound,
-    )  # fmt: skip
+        grad_flat, views.acc_flat, views.param, 1.0, limit, draw, telemetry, views.bound
+    )
     if prepared is None or not (ONE_PASS_ALWAYS or _pays(fused, prepared, prec)):
         return False
     key, (_, _, _, tail_constants, tail_seeds, sample, stride), _, top_after = prepared
