@@ -79,6 +79,17 @@ def ulps(values: torch.Tensor, fmt: FloatingPoint) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(values), exponent - fmt.man)
 
 
+def state_dtype(fmt) -> torch.dtype:
+    """How an optimizer state of a quantized group with state format ``fmt``
+    is stored: float32 where every value of a fixed-point ``fmt`` is exact in
+    it (24 bits or fewer: a momentum buffer in fx24.20 moves half the bytes),
+    else float64. The rule's math runs in float64 either way, and the stored
+    values are the same numbers."""
+    if isinstance(fmt, FixedPoint) and fmt.representable_in("float32"):
+        return torch.float32
+    return torch.float64
+
+
 def accumulator_dtype(fmt) -> torch.dtype:
     """How a weight accumulator of ``fmt`` is stored. Fixed point: integer
     codes, int32 where every code fits (half the memory and traffic of

@@ -22,7 +22,7 @@ from hwsim.modes import Overflow, Rounding
 from hwsim.optim import fused_path
 from hwsim.optim import rule_kernel as rk
 from hwsim.optim.fused import Draw
-from hwsim.optim.kinds import accumulator_values, saturated_sample
+from hwsim.optim.kinds import accumulator_values, saturated_sample, state_dtype
 from hwsim.optim.paths import ParamStep, _as_complex
 from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed
 from hwsim.optim.rule_math import DECAY, DECOUPLED, MATH
@@ -32,9 +32,15 @@ from hwsim.torch_path.core import signed64
 
 
 def _slots(ctx: ParamStep, rule: Rule, like: torch.Tensor, used, unused=None):
-    """The rule's state slots as float64 real views (created where missing,
-    at the rule's initial value, shaped like ``like``), padded to three;
-    a slot this step does not use is ``unused`` (default ``like``)."""
+    """The rule's state slots as real views in their storage dtypes, padded to
+    three; a slot this step does not use is ``unused`` (default ``like``).
+    A missing state is created at the rule's initial value, shaped like
+    ``like``, as :func:`~hwsim.optim.kinds.state_dtype` stores its format
+    (float64 where the initial value is not exact in float32); a state keeps
+    its dtype where that holds every value of its format exactly (float64,
+    or float32 where the format fits), else (e.g. a float32 state loaded for a
+    32-bit format) it is converted to float64. Both paths keep each state's
+    dtype: the fused kernel writes in place, :func:`_store_states` casts."""
     entry = MATH[rule.math]
     unused = like if unused is None else unused
     slots = []
@@ -43,23 +49,29 @@ def _slots(ctx: ParamStep, rule: Rule, like: torch.Tensor, used, unused=None):
         if not used[k]:
             slots.append(unused)
             continue
+        dtype = state_dtype(ctx.prec.state.get(name))
         if value is None:
             init = entry.slots[k][0]
             init = ctx.group[init] if isinstance(init, str) else init
-            value = torch.full(like.shape, init, dtype=torch.float64, device=like.device)
+            if float(torch.tensor(init, dtype=dtype)) != init:
+                dtype = torch.float64
+            value = torch.full(like.shape, init, dtype=dtype, device=like.device)
         else:
             value = real_view(value)
-            if value.dtype != torch.float64:  # e.g. float32 states loaded into a quantized group
+            if value.dtype not in (dtype, torch.float64):
                 value = value.to(torch.float64)
         slots.append(value)
     return tuple(slots) + (unused,) * (3 - len(slots))
 
 
-def _store_states(ctx: ParamStep, rule: Rule, new, used) -> None:
+def _store_states(ctx: ParamStep, rule: Rule, new, used, like=None) -> None:
+    """Store the states a step wrote (``new``), each in the dtype of its slot
+    in ``like`` (:func:`_slots`' tuple; None: as they are)."""
     complex_param = ctx.whole.is_complex()
     for k, name in enumerate(rule.state_names):
         if used[k]:
-            ctx.state[name] = _as_complex(new[k], complex_param)
+            value = new[k] if like is None else new[k].to(like[k].dtype)
+            ctx.state[name] = _as_complex(value, complex_param)
 
 
 def _state_telemetry(ctx: ParamStep, name: str, raw_sample, stored_sample, raw, numel) -> None:
@@ -107,8 +119,10 @@ def rule_update(ctx: ParamStep, rule: Rule) -> torch.Tensor:
     def store(x: torch.Tensor, slot: int) -> torch.Tensor:
         return _stored(ctx, rule.state_names[slot], slot, x)
 
-    update, new = entry.math(grad, w, _slots(ctx, rule, grad, used), h, opts, store)
-    _store_states(ctx, rule, new, used)
+    slots = _slots(ctx, rule, grad, used)
+    states = tuple(s.to(torch.float64) for s in slots)  # the math runs in float64
+    update, new = entry.math(grad, w, states, h, opts, store)
+    _store_states(ctx, rule, new, used, slots)
     return update
 
 
@@ -145,7 +159,7 @@ class _Fused(NamedTuple):
     h: tuple
     opts: int
     used: tuple
-    slots: tuple  # float64 tensors, padded to three
+    slots: tuple  # the states' tensors (float32 or float64), padded to three
     formats: list
     kernel_opts: int
     grad_rounding: int
