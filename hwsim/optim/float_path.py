@@ -220,7 +220,7 @@ def _step_count(state: dict) -> torch.Tensor:
 
 def _cast(state: dict, name: str, p: torch.Tensor, fill=0.0) -> torch.Tensor:
     """``state[name]``, created filled with ``fill`` as torch creates it, or
-    cast to ``p``'s dtype and device (states a quantized group stored in float64)."""
+    cast to ``p``'s dtype and device (a quantized group stores float32 or float64)."""
     value = state.get(name)
     if value is None:
         value = state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
