@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from hwsim.formats import FixedPoint
-from hwsim.kernels.layer import epilogue_kernel, operand_kernel
+from hwsim.kernels.layer import bias_kernel, epilogue_kernel, operand_kernel
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.numpy_gemm import gemm_2d
 from hwsim.plan.checks import fresh_seed, kernel_constants, seed64
@@ -189,26 +189,20 @@ def finish(acc_codes, mac: Mac, q: Quant, seed, bias=None, inner=1) -> torch.Ten
 
 def bias_codes(b: torch.Tensor, plan: LayerPlan, seeds) -> np.ndarray | None:
     """The bias quantized to the weight format (float32), then to accumulator
-    codes with the forward MAC array's rounding (``_add_bias_codes``)."""
-    from hwsim.kernels.quantize import NOISE_NONE, NOISE_SEED, quantize_kernel
-
+    codes with the forward MAC array's rounding (``_add_bias_codes``); None on
+    a non-finite value."""
     arr = b.detach().contiguous().numpy().reshape(-1)
-    vals = np.empty(arr.shape, dtype=np.float32)
     out = np.empty(arr.shape, dtype=np.int64)
-    for src, dst, q, seed, to_codes in (
-        (arr, vals, plan.w, seeds[4], False),
-        (vals, out, Quant(plan.forward.acc, plan.forward.rounding, plan.forward.overflow),
-         seeds[10], True),
-    ):  # fmt: skip
-        if to_codes and seed is not None:
-            seed = (seed + 7) & _MASK64
-        stochastic = q.rounding == Rounding.STOCHASTIC
-        run = quantize_kernel(
-            int(q.rounding), int(q.overflow), NOISE_SEED if stochastic else NOISE_NONE, to_codes
-        )
-        c = kernel_constants(q.fmt)
-        noise = np.zeros(0, dtype=np.float64)
-        if run(src, dst, c.scale, c.lsb, c.wrap_modulus, c.min_code, c.max_code, noise,
-               q.seed(seed)):  # fmt: skip
-            return None
-    return out
+    w, mac = plan.w, plan.forward
+    seed = seeds[10]
+    if seed is not None:
+        seed = (seed + 7) & _MASK64
+    acc = Quant(mac.acc, mac.rounding, mac.overflow)
+    run = bias_kernel(
+        int(w.rounding), w.rounding == Rounding.STOCHASTIC,
+        int(acc.rounding), acc.rounding == Rounding.STOCHASTIC, int(w.overflow),
+    )  # fmt: skip
+    scale, wrap, lo, hi = w.constants
+    bad = run(arr, out, scale, w.fmt.lsb, wrap, lo, hi, w.seed(seeds[4]), *acc.constants,
+              acc.seed(seed))  # fmt: skip
+    return None if bad else out
