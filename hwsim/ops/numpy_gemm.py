@@ -10,6 +10,7 @@ import numpy as np
 
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FloatingPoint
+from hwsim.kernels import gemm as kg
 from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow
 from hwsim.plan.checks import raise_non_finite_numpy
@@ -53,8 +54,6 @@ def grid_codes_stats_numpy(x, name: str):
 
 
 def _grid_codes_float(f, name):
-    from hwsim.kernels import gemm as kg
-
     bits = f.reshape(-1).view(np.int64)
     top_bits, bad = kg.abs_max_bits(bits)
     if bad:
@@ -104,8 +103,6 @@ def _float_grid_stats(f):
     """(fl, (max |code|, min code, max code)) of float64 ``f`` as
     ``_grid_codes_float`` finds them, without writing the codes; None where that
     function would take another branch (all zeros, non-finite, off the grid)."""
-    from hwsim.kernels import gemm as kg
-
     bits = f.reshape(-1).view(np.int64)
     # one pass on a grid guessed from a sample (its codes fit when the largest
     # |x| is below 4 times the sample's), else a second pass on the right one
@@ -138,8 +135,6 @@ def float_wrap_fast(a, b, acc, product, path, values):
     2^-fb: every product and partial sum is an integer below 2^53 times
     2^-(fa + fb), kept away from float64's overflow and underflow here). Returns
     the result, or None to take the general path (which also words any error)."""
-    from hwsim.kernels import gemm as kg
-
     if path == "sequential":
         return None
     a, b = np.asarray(a), np.asarray(b)
@@ -226,8 +221,6 @@ def gemm_2d(ca, fa, cb, fb, acc, product, rounding, overflow, seed, stats):
 
 def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stats):
     """``a``, ``b``: (the operand as given, its (Bt, M, K) / (Bt, K, N) view)."""
-    from hwsim.kernels import gemm as kg
-
     (ca, a3), (cb, b3) = a, b
     m, k = a3.shape[1:]
     n = b3.shape[2]

@@ -6,7 +6,7 @@ Semantics: DESIGN.md, "MAC-array GEMM".
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,8 +22,7 @@ EXACT_FLOAT = 1 << 53  # float64 holds every integer below this
 INT64_LIMIT = 1 << 63
 
 
-@dataclasses.dataclass(frozen=True)
-class GemmPlan:
+class GemmPlan(NamedTuple):
     """How the integer datapath moves codes between grids, worked out once from
     the operands' fractional lengths and largest codes.
 
