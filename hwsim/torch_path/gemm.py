@@ -82,8 +82,11 @@ def batched_gemm(
     overflow: Overflow,
     seed,
     path: str,
+    stats=(None, None),
 ) -> torch.Tensor:
-    """Codes of the MAC-array product of int64 codes ``ca`` (..., M, K), ``cb`` (..., K, N)."""
+    """Codes of the MAC-array product of int64 codes ``ca`` (..., M, K), ``cb`` (..., K, N).
+    ``stats``: the operands' (max |code|, min, max) where the caller knows them
+    (each else takes reductions on the device and a sync)."""
     if ca.device != cb.device:
         raise ValueError(f"operands are on different devices: {ca.device} and {cb.device}")
     ca, cb, squeeze, batch = broadcast_operands(ca, cb, torch)
@@ -94,11 +97,19 @@ def batched_gemm(
         bt *= size
     a3 = ca.expand(batch + (m, k)).reshape(bt, m, k)
     b3 = cb.expand(batch + (k, n)).reshape(bt, k, n)
-    max_a = int(a3.abs().max()) if a3.numel() else 0
-    max_b = int(b3.abs().max()) if b3.numel() else 0
-    nonneg = True
-    if a3.numel() and b3.numel():
-        nonneg = bool((a3.min() >= 0) & (b3.min() >= 0)) or bool((a3.max() <= 0) & (b3.max() <= 0))
+    sa, sb = stats
+    if a3.numel() and b3.numel() and sa is not None and sb is not None:
+        # read from the operands as given: broadcasting repeats, adds no code
+        max_a, max_b = sa[0], sb[0]
+        nonneg = (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
+    else:
+        max_a = int(a3.abs().max()) if a3.numel() else 0
+        max_b = int(b3.abs().max()) if b3.numel() else 0
+        nonneg = True
+        if a3.numel() and b3.numel():
+            nonneg = bool((a3.min() >= 0) & (b3.min() >= 0)) or bool(
+                (a3.max() <= 0) & (b3.max() <= 0)
+            )
     plan = plan_gemm(fa, fb, max_a, max_b, nonneg, acc, product, overflow)
 
     def tight_bound() -> float:

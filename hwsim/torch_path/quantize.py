@@ -47,8 +47,11 @@ def quantize_torch(
     seed=None,
     noise=None,
     codes: bool = False,
+    finite: bool = False,
 ) -> torch.Tensor:
     """Values (``x``'s float dtype, float64 for integers) or int64 codes.
+    ``finite=True``: the caller knows ``x`` finite (values of codes), and the
+    check (a reduction and a sync) is skipped.
 
     Above :data:`CHUNK` elements it runs chunk by chunk into the output, so
     the float64 temporaries (scaled values, noise, floors) take a chunk's
@@ -62,7 +65,8 @@ def quantize_torch(
     if noise is not None and rounding != Rounding.STOCHASTIC:
         raise ValueError(f"noise is only used by rounding='stochastic', not {str(rounding)!r}")
     out_dtype = x.dtype if x.is_floating_point() else torch.float64
-    check_finite(x)
+    if not finite:
+        check_finite(x)
     x = x.detach()
     if x.numel() <= CHUNK:
         u = stochastic_noise(x, seed, noise) if rounding == Rounding.STOCHASTIC else None
