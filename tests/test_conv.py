@@ -192,7 +192,7 @@ def test_batch_shared_operand_fast_path_equals_mac_loop():
 def test_im2col_kernel_equals_the_torch_unfold():
     """The NumPy im2col (one Numba pass) gives the torch path's unfold columns:
     pads and crops (negative pads), strides, int64 codes and float values,
-    a non-contiguous input."""
+    a non-contiguous input; the wide layout too."""
     from hwsim.ops.im2col import im2col
 
     rng = np.random.default_rng(0)
@@ -210,3 +210,5 @@ def test_im2col_kernel_equals_the_torch_unfold():
         want, want_shape = im2col(torch.from_numpy(np.ascontiguousarray(x)), wt, stride, pads)
         assert shape == want_shape and got.dtype == want.numpy().dtype
         assert np.array_equal(got, want.numpy())
+        wide, _ = im2col(x, wt, stride, pads, wide=True)  # the batch side by side
+        assert np.array_equal(wide[0], np.concatenate(list(got), axis=1))

@@ -10,20 +10,23 @@ from hwsim.kernels.jit import kernel
 
 
 @kernel
-def im2col_kernel(x, cols, top, left, sh, sw, kh, kw, ho, wo):
-    """cols[b, (c kh + i) kw + j, y wo + q] = x[b, c, y sh + i - top, q sw + j - left],
-    0 outside x. ``top``/``left`` may be negative (a crop). Data movement
-    only: exact for any dtype."""
+def im2col_kernel(x, out, row_step, col_step, top, left, sh, sw, kh, kw, ho, wo):
+    """Window element (c, i, j) at output position (y, q) of image b, that is
+    x[b, c, y sh + i - top, q sw + j - left] (0 outside x), goes to
+    out[b row_step + (c kh + i) kw + j, b col_step + y wo + q]: ``out`` a
+    C-contiguous 2-D array, (N C kh kw, ho wo) with steps (C kh kw, 0) or
+    (C kh kw, N ho wo) with steps (0, ho wo). ``top``/``left`` may be
+    negative (a crop). Data movement only: exact for any dtype."""
     n, c, h, w = x.shape
     for b in range(n):
         for ch in range(c):
             src = x[b, ch]
             for i in range(kh):
                 for j in range(kw):
-                    row = cols[b, (ch * kh + i) * kw + j]
+                    row = out[b * row_step + (ch * kh + i) * kw + j]
                     for y in range(ho):
                         yy = y * sh + i - top
-                        base = y * wo
+                        base = b * col_step + y * wo
                         if yy < 0 or yy >= h:
                             for q in range(wo):
                                 row[base + q] = 0

@@ -9,11 +9,12 @@ from hwsim.kernels.im2col import im2col_kernel
 from hwsim.plan.checks import is_torch
 
 
-def im2col(x, w, stride, pads):
+def im2col(x, w, stride, pads, wide: bool = False):
     """The columns of a convolution of NCHW ``x`` (codes or values) with ``w`` of
     shape (O, C, kh, kw): ``(cols (N, C*kh*kw, Ho*Wo), (N, O, Ho, Wo))``, each
     column one window in (c, kh, kw) order; ``pads`` = (top, bottom, left,
-    right), a negative pad crops. Checks the shapes."""
+    right), a negative pad crops. Checks the shapes. ``wide`` (NumPy only):
+    the batch side by side instead, cols (1, C*kh*kw, N*Ho*Wo)."""
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(
             f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
@@ -37,9 +38,14 @@ def im2col(x, w, stride, pads):
         cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
     else:
         x = np.ascontiguousarray(x)
-        cols = np.empty((n, c * kh * kw, ho * wo), dtype=x.dtype)
+        rows = c * kh * kw
+        shape, steps = (
+            ((1, rows, n * ho * wo), (0, ho * wo)) if wide else ((n, rows, ho * wo), (rows, 0))
+        )
+        cols = np.empty(shape, dtype=x.dtype)
         if cols.size:
-            im2col_kernel(x, cols, top, left, sh, sw, kh, kw, ho, wo)
+            flat = cols.reshape(-1, shape[2])
+            im2col_kernel(x, flat, *steps, top, left, sh, sw, kh, kw, ho, wo)
     return cols, (n, o, ho, wo)
 
 
