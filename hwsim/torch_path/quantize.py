@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hwsim.formats import FixedPoint
@@ -120,7 +122,7 @@ def all_finite(x: torch.Tensor) -> bool:
 def _all_finite(x: torch.Tensor) -> bool:
     return (
         not x.numel()
-        or bool(torch.isfinite(x.sum(dtype=torch.float64)))
+        or math.isfinite(x.sum(dtype=torch.float64))  # a 0-d tensor: one sync, no more ops
         or bool(torch.isfinite(x).all())
     )
 
