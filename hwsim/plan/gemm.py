@@ -42,6 +42,7 @@ class GemmPlan(NamedTuple):
     fast_wrap: bool  # wrap accumulator, BLAS in K-chunks then modulo 2^wl
     fast_saturate_limit: int  # saturate: the fast path is exact if sum_k |t| <= this (-1: never)
     wrap_chunk: int  # K-chunk for wrap (each chunk's |sum| < 2^53)
+    term_max: int = 0  # largest |term| on the accumulator grid, after its stages
 
 
 def plan_gemm(
@@ -82,9 +83,10 @@ def plan_gemm(
         )
         term_max = min(term_max, max(-product.min_code, product.max_code))
         cur_fl = product.fl
-    _, acc_shift, acc_stage = _stage(
+    acc_term, acc_shift, acc_stage = _stage(
         term_max, cur_fl - accumulator.fl, accumulator, overflow, "accumulator"
     )
+    acc_term = min(acc_term, max(-accumulator.min_code, accumulator.max_code))
     left = -product_shift - acc_shift if product_fits and acc_stage == STAGE_LEFT else 0
     if overflow == Overflow.WRAP:
         left = min(left, 63)
@@ -111,6 +113,7 @@ def plan_gemm(
         fast_wrap,
         limit,
         chunk,
+        acc_term,
     )
 
 

@@ -151,7 +151,11 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
     if exact:  # the same integers, fewer passes: every term and sum exact in float64
         a3, b3 = a3.to(torch.float64), b3.to(torch.float64)
     sums = torch.zeros((batches, m, n), dtype=a3.dtype, device=a3.device)
-    mags = torch.zeros_like(sums) if overflow == Overflow.SATURATE else None
+    mags = None  # sum_k |t_k|, where the plan's term bound cannot rule saturation out
+    if overflow == Overflow.SATURATE and k * plan.term_max > min(
+        -acc_fmt.min_code, acc_fmt.max_code
+    ):
+        mags = torch.zeros_like(sums)
     flat = None
     if rounding == Rounding.STOCHASTIC:
         flat = torch.arange(total, dtype=torch.int64, device=a3.device).reshape(batches, m, 1, n)
@@ -173,12 +177,13 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
         sums += t.sum(2)
         if mags is not None:
             mags += t.abs().sum(2)
-    if mags is None:
+    if overflow == Overflow.WRAP:
         return apply_overflow(sums, acc_fmt, overflow)
-    bound = int(mags.max())
-    if bound > acc_fmt.max_code or -bound < acc_fmt.min_code:
-        return _mac_loop(a3.to(torch.int64), b3.to(torch.int64), plan, rounding, overflow, seed)
-    return sums.to(torch.int64)
+    if mags is not None:
+        bound = int(mags.max())
+        if bound > acc_fmt.max_code or -bound < acc_fmt.min_code:
+            return _mac_loop(a3.to(torch.int64), b3.to(torch.int64), plan, rounding, overflow, seed)
+    return sums.to(torch.int64)  # no partial sum left the range
 
 
 _FLOAT_ROUNDINGS = (Rounding.NEAREST, Rounding.FLOOR, Rounding.ZERO, Rounding.STOCHASTIC)
