@@ -77,7 +77,7 @@ def round_scaled_(
     if rounding == Rounding.ZERO:
         return s.trunc_()
     f = torch.floor(s)
-    return f.add_((u < s.sub_(f)).to(s.dtype))
+    return f.add_(u < s.sub_(f))  # a bool adds as 0.0 or 1.0, no conversion op
 
 
 def apply_overflow(code: torch.Tensor, fmt: FixedPoint, overflow: Overflow) -> torch.Tensor:

@@ -216,7 +216,7 @@ def _float_terms(t, plan, rounding, noise) -> torch.Tensor:
             t.trunc_()
         else:
             f = torch.floor(t)
-            t = f.add_((noise(1) < t.sub_(f)).to(t.dtype))
+            t = f.add_(noise(1) < t.sub_(f))  # a bool adds as 0.0 or 1.0
     return t.clamp_(acc.min_code, acc.max_code)
 
 
