@@ -436,19 +436,3 @@ def test_add_codes_and_backend_errors():
         matmul_codes(torch.ones(2, 2), a, accumulator="fx8.4", backend="numba")
     with pytest.raises(ValueError, match="backend must be None or one of"):
         matmul_codes(a, a, accumulator="fx8.4", backend="gpu")
-
-
-@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-@pytest.mark.parametrize("acc", ["fx32.20", "fx15.14"])  # fx15.14 saturates
-def test_torch_vectorized_mac_on_large_tiles_equals_numba(rounding, acc):
-    """Over 4096 accumulators the torch path's CPU MAC runs vectorized in
-    chunks of k (the saturating fallback included): the Numba kernels' bits."""
-    from hwsim.ops import matmul_on_codes
-
-    rng = np.random.default_rng(1)
-    a = rng.integers(-600, 600, (2, 16, 150))
-    b = rng.integers(0, 876, (2, 150, 160))
-    kw = dict(accumulator=acc, rounding=rounding, seed=3)
-    want = matmul_on_codes(a, 12, b, 10, **kw)
-    got = matmul_on_codes(torch.from_numpy(a), 12, torch.from_numpy(b), 10, **kw)
-    assert np.array_equal(got.numpy(), want)
