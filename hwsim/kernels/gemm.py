@@ -174,10 +174,8 @@ def reduce_codes_kernel(overflow: int):
 
     serial, parallel = serial_and_parallel(run)
 
-    def reduce(sums, out, shift_left, c_min, c_max):
-        (parallel if sums.size >= SERIAL_BELOW_ELEMENTWISE else serial)(
-            sums, out, shift_left, c_min, c_max
-        )
+    def reduce(sums, out, *args):
+        (parallel if sums.size >= SERIAL_BELOW_ELEMENTWISE else serial)(sums, out, *args)
 
     return reduce
 
