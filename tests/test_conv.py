@@ -187,3 +187,28 @@ def test_batch_shared_operand_fast_path_equals_mac_loop():
             assert np.array_equal(
                 fast, hwsim.matmul(*args, accumulator="fx24.6", path="sequential")
             )
+
+
+def test_im2col_kernel_equals_the_torch_unfold():
+    """The NumPy im2col (one Numba pass) gives the torch path's unfold columns:
+    pads and crops (negative pads), strides, int64 codes and float values,
+    a non-contiguous input; the wide layout too."""
+    from hwsim.ops.im2col import im2col
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n, c, h, w = (int(v) for v in rng.integers(1, 5, 4))
+        kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+        pads = tuple(int(v) for v in rng.integers(-1, 3, 4))
+        stride = tuple(int(v) for v in rng.integers(1, 3, 2))
+        if h + pads[0] + pads[1] < kh or w + pads[2] + pads[3] < kw:
+            continue
+        x = rng.integers(-50, 50, (n, c, w, h)).transpose(0, 1, 3, 2)
+        x = x.astype(np.float64) if trial % 2 else x
+        wt = np.zeros((2, c, kh, kw))
+        got, shape = im2col(x, wt, stride, pads)
+        want, want_shape = im2col(torch.from_numpy(np.ascontiguousarray(x)), wt, stride, pads)
+        assert shape == want_shape and got.dtype == want.numpy().dtype
+        assert np.array_equal(got, want.numpy())
+        wide, _ = im2col(x, wt, stride, pads, wide=True)  # the batch side by side
+        assert np.array_equal(wide[0], np.concatenate(list(got), axis=1))

@@ -228,3 +228,17 @@ def test_benchmark_shape_matches_generic(rounding, overflow, operand_bits):
         assert key is not None and key[0] == (16 if operand_bits == 8 else 64)
         got = run_kernel(kg.sequential_gemm_kernel, *case)
         assert np.array_equal(got, run_kernel(kg.generic_gemm_kernel, *case))
+
+
+@settings(max_examples=20, deadline=None)
+@given(kernel_cases())
+def test_serial_and_parallel_twins_agree(case):
+    """Small GEMMs run the serial twin of each kernel (``kg._by_size``); the
+    parallel one, taken from SERIAL_BELOW MACs on, computes the same codes."""
+    serial = run_kernel(kg.sequential_gemm_kernel, *case)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kg, "SERIAL_BELOW", 0)
+        parallel = run_kernel(kg.sequential_gemm_kernel, *case)
+        generic = run_kernel(kg.generic_gemm_kernel, *case)
+    assert np.array_equal(serial, parallel)
+    assert np.array_equal(serial, generic)

@@ -79,3 +79,17 @@ def test_fused_step_equals_unfused_chain(variant, make, backend, monkeypatch):
     assert len(got) == len(want)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("where", ["x", "weight", "bias"])
+def test_fused_step_non_finite_raises_as_unfused(where, backend):
+    from hwsim.errors import NonFiniteError
+
+    torch.manual_seed(0)
+    layer = hnn.quantize_model(nn.Linear(4, 3), VARIANTS["stochastic"], backend=backend)
+    x = torch.rand(2, 4)
+    target = {"x": x, "weight": layer.weight.data, "bias": layer.bias.data}[where]
+    target.view(-1)[1] = float("nan")
+    with pytest.raises(NonFiniteError):
+        layer(x)

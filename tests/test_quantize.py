@@ -375,3 +375,16 @@ def test_datapath_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("seed", [0, 5, 2**63 - 1, 2**63, 2**64 - 1])
+def test_torch_counter_noise_equals_the_kernels(seed):
+    """The torch path's counter hash (in place, golden + seed folded into one
+    constant) gives the Numba scalar's uniforms, past the int64 wrap too."""
+    from hwsim.kernels.scalar import counter_uniform as scalar
+    from hwsim.torch_path.core import counter_uniform_at
+
+    idx = torch.tensor([0, 1, 2, 1000, 2**40, 2**62 - 1, 2**63 - 2], dtype=torch.int64)
+    got = counter_uniform_at(seed, idx.reshape(1, -1).expand(2, -1)).tolist()
+    want = [scalar(np.uint64(seed), int(i)) for i in idx]
+    assert got == [want, want]

@@ -32,7 +32,14 @@ import functools
 import numpy as np
 
 from hwsim.kernels import gemm_mac
-from hwsim.kernels.jit import kernel, parallel_kernel, prange
+from hwsim.kernels.jit import (
+    SERIAL_BELOW,
+    SERIAL_BELOW_ELEMENTWISE,
+    kernel,
+    parallel_kernel,
+    prange,
+    serial_and_parallel,
+)
 from hwsim.kernels.scalar import (
     FLOOR,
     STOCHASTIC,
@@ -90,7 +97,7 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
             return
         lane = gemm_mac.LANES[key[0]]
         A, B = A.astype(lane, copy=False), B.astype(lane, copy=False)
-        gemm_mac.mac_kernel(*key)(
+        _by_size(gemm_mac.mac_kernel(*key), A, B)(
             A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, np.uint64(seed)
         )
 
@@ -105,7 +112,6 @@ def generic_gemm_kernel(rounding: int, overflow: int, has_product: bool):
     runtime branch inside ``shift_round_code``, all arithmetic int64."""
     stochastic = rounding == STOCHASTIC
 
-    @parallel_kernel
     def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed):
         batches, rows, depth = A.shape
         cols = B.shape[2]
@@ -139,7 +145,19 @@ def generic_gemm_kernel(rounding: int, overflow: int, has_product: bool):
                     )
                     acc[j] = apply_overflow(acc[j] + t, c_min, c_max, overflow)
 
-    return run
+    kernels = serial_and_parallel(run)
+
+    def dispatch(A, B, *args):
+        _by_size(kernels, A, B)(A, B, *args)
+
+    return dispatch
+
+
+def _by_size(kernels, A, B):
+    """The serial or the parallel one of ``(serial, parallel)`` GEMM kernels on
+    (Bt, M, K) @ (Bt, K, N): a layer's small GEMMs skip the thread pool's
+    dispatch (on one thread it still cost 4 us a call)."""
+    return kernels[A.shape[0] * A.shape[1] * A.shape[2] * B.shape[2] >= SERIAL_BELOW]
 
 
 @functools.cache
@@ -150,12 +168,16 @@ def reduce_codes_kernel(overflow: int):
     as integral float64 (below 2^53) or int64 (wrapped modulo 2^64, harmless
     modulo 2^wl with wl <= 62)."""
 
-    @parallel_kernel
     def run(sums, out, shift_left, c_min, c_max):
         for i in prange(sums.size):
             out[i] = apply_overflow(np.int64(sums[i]) << shift_left, c_min, c_max, overflow)
 
-    return run
+    serial, parallel = serial_and_parallel(run)
+
+    def reduce(sums, out, *args):
+        (parallel if sums.size >= SERIAL_BELOW_ELEMENTWISE else serial)(sums, out, *args)
+
+    return reduce
 
 
 @functools.cache

@@ -39,7 +39,7 @@ from llvmlite import ir as llvm_ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from hwsim.kernels.jit import kernel, parallel_kernel, prange
+from hwsim.kernels.jit import kernel, prange, serial_and_parallel
 from hwsim.kernels.scalar import (
     FLOOR,
     NEAREST,
@@ -111,7 +111,8 @@ def mac_kernel(
     c_check: bool,
     acc_check: int,
 ):
-    """kernel(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed) -> None.
+    """(serial, parallel) kernel(A, B, out, p_shift, p_min, p_max, c_shift,
+    c_min, c_max, seed) -> None: the same body, the parallel one over rows.
 
     A (Bt, M, K) and B (Bt, K, N) in the lane type (int16, int32 or int64), out
     (Bt, M, N) int64. Shifts as in the generic kernel (> 0 right, rounding;
@@ -121,7 +122,6 @@ def mac_kernel(
     full_lane = acc_check == ACC_LANE_SATURATES
     saturate = overflow == SATURATE
 
-    @parallel_kernel
     def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed):
         batches, rows, depth = A.shape
         cols = B.shape[2]
@@ -187,7 +187,7 @@ def mac_kernel(
                 for j in range(cols):
                     out[b, i, j] = ((np.int64(acc[j]) - c_min) & span) + c_min
 
-    return run
+    return serial_and_parallel(run)
 
 
 @functools.cache

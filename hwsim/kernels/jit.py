@@ -14,7 +14,6 @@ Compilation is lazy (no signatures here), so importing hwsim compiles nothing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sys
 import types
@@ -87,27 +86,33 @@ SERIAL_BELOW = 1 << 22  # MACs: below this a GEMM-like kernel runs on one thread
 SERIAL_BELOW_ELEMENTWISE = 1 << 16  # elements: same for memory-bound elementwise kernels
 
 
-@contextlib.contextmanager
-def threads_for(work: int, serial_below: int = SERIAL_BELOW):
+class threads_for:  # noqa: N801  (used as a function: ``with threads_for(work):``)
     """Run Numba parallel kernels on one thread when ``work`` is small.
 
     Waking the OpenMP pool costs more than small kernels do, and when torch's
     own OpenMP threads are spinning after an op (training loops alternate
     torch ops and these kernels) the two pools fight over the cores: a
-    64-100-10 MLP step ran 70x slower with both pools active on 2 cores."""
-    get, set_ = _thread_count()
-    if work >= serial_below:
-        yield
-        return
-    before = get()
-    if before == 1:
-        yield
-        return
-    set_(1)
-    try:
-        yield
-    finally:
-        set_(before)
+    64-100-10 MLP step ran 70x slower with both pools active on 2 cores.
+    A class, not a ``contextlib`` generator: a layer step enters it dozens
+    of times, and the generator's setup cost more than the check."""
+
+    __slots__ = ("_work", "_serial_below", "_before")
+
+    def __init__(self, work: int, serial_below: int = SERIAL_BELOW):
+        self._work, self._serial_below, self._before = work, serial_below, None
+
+    def __enter__(self):
+        get, set_ = _THREAD_COUNT or _thread_count()
+        if self._work < self._serial_below:
+            before = get()
+            if before != 1:
+                set_(1)
+                self._before = before
+
+    def __exit__(self, *exc):
+        if self._before is not None:
+            _THREAD_COUNT[1](self._before)
+            self._before = None
 
 
 _THREAD_COUNT = None

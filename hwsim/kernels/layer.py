@@ -14,6 +14,9 @@ the same:
   accumulator's overflow), the value ``code * lsb`` cast to float32 (what the
   layer's tensor holds), then ``quantize`` of that float32 onto the next
   format, written as float32.
+- ``bias_kernel``: ``quantize`` onto the weight format (the float32 values
+  the unfused chain holds), then ``quantize`` of those values to codes on the
+  accumulator's grid (``_add_bias_codes``).
 
 Modes are compile-time constants, as in ``hwsim.kernels.quantize``. Serial:
 a layer's tensors are small, and the caller runs between torch ops.
@@ -60,7 +63,8 @@ def operand_kernel(rounding: int, overflow: int, seeded: bool):
 def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: int, seeded: bool):
     """kernel(codes, bias, inner, count, c_min, c_max, acc_lsb, out, scale,
     inv_scale, wrap_modulus, min_code, max_code, seed) -> None; element i
-    takes ``bias[(i // inner) % count]``."""
+    takes ``bias[(i // inner) % count]``, found by counting (a division per
+    element made a linear layer's epilogue 10x slower than without bias)."""
 
     @kernel
     def run(
@@ -79,13 +83,43 @@ def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: 
         max_code,
         seed,
     ):
+        ch, left = 0, inner  # bias[ch] for the next ``left`` elements
         for i in range(codes.size):
             c = codes[i]
             if has_bias:
-                c = apply_overflow(c + bias[(i // inner) % count], c_min, c_max, acc_overflow)
+                c = apply_overflow(c + bias[ch], c_min, c_max, acc_overflow)
+                left -= 1
+                if left == 0:
+                    left = inner
+                    ch = ch + 1 if ch + 1 < count else 0
             v = np.float64(np.float32(c * acc_lsb))
             u = counter_uniform(seed, i) if seeded else 0.0
             q = value_to_code(v, scale, wrap_modulus, min_code, max_code, rounding, overflow, u)
             out[i] = q * inv_scale
+
+    return run
+
+
+@functools.cache
+def bias_kernel(w_rounding: int, w_seeded: bool, a_rounding: int, a_seeded: bool, overflow: int):
+    """kernel(x, codes, w_scale, w_inv_scale, w_wrap, w_min, w_max, w_seed,
+    a_scale, a_wrap, a_min, a_max, a_seed) -> non-finite count (their codes 0)."""
+
+    @kernel
+    def run(x, codes, w_scale, w_inv_scale, w_wrap, w_min, w_max, w_seed,
+            a_scale, a_wrap, a_min, a_max, a_seed):  # fmt: skip
+        bad = 0
+        for i in range(x.size):
+            v = np.float64(x[i])
+            if not math.isfinite(v):
+                bad += 1
+                codes[i] = 0
+                continue
+            u = counter_uniform(w_seed, i) if w_seeded else 0.0
+            c = value_to_code(v, w_scale, w_wrap, w_min, w_max, w_rounding, overflow, u)
+            v = np.float64(np.float32(c * w_inv_scale))  # the weight format's float32 value
+            u = counter_uniform(a_seed, i) if a_seeded else 0.0
+            codes[i] = value_to_code(v, a_scale, a_wrap, a_min, a_max, a_rounding, overflow, u)
+        return bad
 
     return run

@@ -28,13 +28,14 @@ import numpy as np
 import torch
 
 from hwsim.formats import FixedPoint
-from hwsim.kernels.layer import epilogue_kernel, operand_kernel
+from hwsim.kernels.layer import bias_kernel, epilogue_kernel, operand_kernel
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.numpy_gemm import gemm_2d
 from hwsim.plan.checks import fresh_seed, kernel_constants, seed64
 
 _MASK64 = (1 << 64) - 1
 _ONES = (1, 1, 1)  # stats of a row of ones
+_NO_SEED = np.uint64(0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +51,19 @@ class Quant:
         c = kernel_constants(self.fmt)
         return (c.scale, c.wrap_modulus, c.min_code, c.max_code)
 
+    @functools.cached_property
+    def operand_kernel(self):
+        """``operand_kernel`` of these modes (looked up once, not per call)."""
+        return operand_kernel(int(self.rounding), int(self.overflow), self.stochastic)
+
+    @functools.cached_property
+    def stochastic(self) -> bool:
+        return self.rounding == Rounding.STOCHASTIC
+
     def seed(self, seed) -> np.uint64:
         """The kernel's noise key, as ``hwsim.quantize`` takes it."""
-        if self.rounding != Rounding.STOCHASTIC:
-            return np.uint64(0)
+        if not self.stochastic:
+            return _NO_SEED
         return np.uint64(seed64(fresh_seed() if seed is None else seed))
 
 
@@ -91,6 +101,11 @@ class LayerPlan:
     forward: Mac
     grad_input: Mac
     grad_weight: Mac
+
+    @functools.cached_property
+    def bias_acc(self) -> Quant:
+        """The forward accumulator as the quantizer of the bias's codes."""
+        return Quant(self.forward.acc, self.forward.rounding, self.forward.overflow)
 
 
 _FORMATS = ("activation", "weight", "output", "grad_activation", "grad_weight")
@@ -155,8 +170,9 @@ def codes(t: torch.Tensor, q: Quant, seed):
     caller runs the unfused quantizer, which raises)."""
     arr = t.detach().contiguous().numpy()
     out = np.empty(arr.shape, dtype=np.int64)
-    run = operand_kernel(int(q.rounding), int(q.overflow), q.rounding == Rounding.STOCHASTIC)
-    bad, ors, lo, hi = run(arr.reshape(-1), out.reshape(-1), *q.constants, q.seed(seed))
+    bad, ors, lo, hi = q.operand_kernel(
+        arr.reshape(-1), out.reshape(-1), *q.constants, q.seed(seed)
+    )
     if bad:
         return None
     ors, lo, hi = int(ors), int(lo), int(hi)
@@ -176,9 +192,8 @@ def finish(acc_codes, mac: Mac, q: Quant, seed, bias=None, inner=1) -> torch.Ten
     out = np.empty(acc_codes.shape, dtype=np.float32)
     has_bias = bias is not None
     run = epilogue_kernel(
-        int(mac.overflow), has_bias, int(q.rounding), int(q.overflow),
-        q.rounding == Rounding.STOCHASTIC,
-    )  # fmt: skip
+        int(mac.overflow), has_bias, int(q.rounding), int(q.overflow), q.stochastic
+    )
     if not has_bias:
         bias = flat[:1]
     a = mac.acc
@@ -189,26 +204,20 @@ def finish(acc_codes, mac: Mac, q: Quant, seed, bias=None, inner=1) -> torch.Ten
 
 def bias_codes(b: torch.Tensor, plan: LayerPlan, seeds) -> np.ndarray | None:
     """The bias quantized to the weight format (float32), then to accumulator
-    codes with the forward MAC array's rounding (``_add_bias_codes``)."""
-    from hwsim.kernels.quantize import NOISE_NONE, NOISE_SEED, quantize_kernel
-
+    codes with the forward MAC array's rounding (``_add_bias_codes``); None on
+    a non-finite value."""
     arr = b.detach().contiguous().numpy().reshape(-1)
-    vals = np.empty(arr.shape, dtype=np.float32)
     out = np.empty(arr.shape, dtype=np.int64)
-    for src, dst, q, seed, to_codes in (
-        (arr, vals, plan.w, seeds[4], False),
-        (vals, out, Quant(plan.forward.acc, plan.forward.rounding, plan.forward.overflow),
-         seeds[10], True),
-    ):  # fmt: skip
-        if to_codes and seed is not None:
-            seed = (seed + 7) & _MASK64
-        stochastic = q.rounding == Rounding.STOCHASTIC
-        run = quantize_kernel(
-            int(q.rounding), int(q.overflow), NOISE_SEED if stochastic else NOISE_NONE, to_codes
-        )
-        c = kernel_constants(q.fmt)
-        noise = np.zeros(0, dtype=np.float64)
-        if run(src, dst, c.scale, c.lsb, c.wrap_modulus, c.min_code, c.max_code, noise,
-               q.seed(seed)):  # fmt: skip
-            return None
-    return out
+    w = plan.w
+    seed = seeds[10]
+    if seed is not None:
+        seed = (seed + 7) & _MASK64
+    acc = plan.bias_acc
+    run = bias_kernel(
+        int(w.rounding), w.stochastic,
+        int(acc.rounding), acc.stochastic, int(w.overflow),
+    )  # fmt: skip
+    scale, wrap, lo, hi = w.constants
+    bad = run(arr, out, scale, w.fmt.lsb, wrap, lo, hi, w.seed(seeds[4]), *acc.constants,
+              acc.seed(seed))  # fmt: skip
+    return None if bad else out

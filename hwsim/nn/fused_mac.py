@@ -39,12 +39,8 @@ def _seeds(layer, plan: LayerPlan, calls: int) -> list:
     roles = layer.__dict__.get("_fused_roles")
     if roles is None or roles[0] is not plan:
         roles = layer.__dict__["_fused_roles"] = (plan, _stochastic_roles(plan))
-    saved, layer.calls = layer.calls, calls
-    try:
-        for r in roles[1]:
-            seeds[r] = layer._seed(r)
-    finally:
-        layer.calls = saved
+    for r, s in zip(roles[1], layer._role_seeds(calls, roles[1]), strict=True):
+        seeds[r] = s
     return seeds
 
 

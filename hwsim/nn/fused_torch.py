@@ -16,17 +16,20 @@ _MASK64 = (1 << 64) - 1
 
 
 def codes(t: torch.Tensor, q, seed):
-    """(codes, fl, None) of ``t`` quantized by ``q``, on the coarsest grid (as
-    ``grid_codes`` finds it from the quantized float32 values)."""
+    """(codes, fl, stats) of ``t`` quantized by ``q``, on the coarsest grid (as
+    ``grid_codes`` finds it from the quantized float32 values); stats =
+    (max |code|, min, max), 0 included, as the GEMM's plan takes them."""
     c = quantize_torch(t.detach(), q.fmt, q.rounding, q.overflow, seed=seed, codes=True)
     low = c & -c  # each code's lowest set bit (0 for code 0)
     top = int(low.max()) if c.numel() else 0
     if top == 0:  # all zero
-        return torch.zeros(c.shape, dtype=torch.int64, device=c.device), 0, None
+        return torch.zeros(c.shape, dtype=torch.int64, device=c.device), 0, (0, 0, 0)
     # the coarsest grid: the fewest trailing zeros among nonzero codes
     finest = int(torch.where(low > 0, low, top).min())
     tz = finest.bit_length() - 1
-    return (c >> tz if tz else c), q.fmt.fl - tz, None
+    lo, hi = (int(v) for v in torch.aminmax(c))
+    lo, hi = min(lo, 0) >> tz, max(hi, 0) >> tz
+    return (c >> tz if tz else c), q.fmt.fl - tz, (max(-lo, hi), lo, hi)
 
 
 def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
@@ -36,7 +39,9 @@ def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
         shape = (1, -1) + (1,) * (acc_codes.dim() - 2)
         acc_codes = apply_overflow(acc_codes + bias.reshape(shape), mac.acc, mac.overflow)
     v = code_to_value(acc_codes, mac.acc, torch.float32)
-    return quantize_torch(v, q.fmt, q.rounding, q.overflow, seed=seed)
+    # |value| < 2^(wl - fl): finite in float32 up to 2^127 (else the check raises, as unfused)
+    finite = mac.acc.wl - mac.acc.fl <= 127
+    return quantize_torch(v, q.fmt, q.rounding, q.overflow, seed=seed, finite=finite)
 
 
 def bias_codes(b: torch.Tensor, plan, seeds):
@@ -47,11 +52,14 @@ def bias_codes(b: torch.Tensor, plan, seeds):
     seed = seeds[10]
     if seed is not None:
         seed = (seed + 7) & _MASK64
-    return quantize_torch(v, mac.acc, mac.rounding, mac.overflow, seed=seed, codes=True)
+    return quantize_torch(
+        v, mac.acc, mac.rounding, mac.overflow, seed=seed, codes=True, finite=True
+    )  # v: quantized values of a finite bias
 
 
 def gemm(mac, a, b, seed):
     """Accumulator codes of a @ b, operands as (codes, fl, stats)."""
     return batched_gemm(
-        a[0], a[1], b[0], b[1], mac.acc, mac.product, mac.rounding, mac.overflow, seed, "auto"
-    )
+        a[0], a[1], b[0], b[1], mac.acc, mac.product, mac.rounding, mac.overflow, seed, "auto",
+        (a[2], b[2]),
+    )  # fmt: skip

@@ -34,19 +34,10 @@ from hwsim.nn.functional import (
 )
 from hwsim.nn.precision import Precision
 from hwsim.nn.scaling import as_format, stateful
+from hwsim.nn.seeds import mix, mix_into
 from hwsim.nn.value_mac import ValueMACConv2d, ValueMACLinear
 
-_MASK64 = (1 << 64) - 1
 FLOAT = Precision()  # every tensor float: the default of a layer built directly
-
-
-def _mix(*parts: int) -> int:
-    """A 64-bit seed from integers (SplitMix-style), for per-call stochastic noise."""
-    z = 0x9E3779B97F4A7C15
-    for p in parts:
-        z = (z ^ (int(p) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        z ^= z >> 31
-    return z
 
 
 def quantizer(
@@ -118,7 +109,7 @@ class Quantizer(nn.Module):
         self.calls += 1
         fs = bs = None
         if self.seed is not None:
-            fs, bs = _mix(self.seed, self.calls, 1), _mix(self.seed, self.calls, 2)
+            fs, bs = mix(self.seed, self.calls, 1), mix(self.seed, self.calls, 2)
         return quantizer(
             x,
             self.forward_format,
@@ -157,7 +148,13 @@ class _QuantizedLayer:
     def _seed(self, role: int) -> int | None:
         if self.precision.seed is None:
             return None
-        return _mix(self.precision.seed, self.salt, self.calls, role)
+        return self._role_seeds(self.calls, (role,))[0]
+
+    def _role_seeds(self, calls: int, roles) -> list[int]:
+        """``_seed`` of each role at call count ``calls`` (seed set), the
+        shared head mixed once."""
+        head = mix(self.precision.seed, self.salt, calls)
+        return [mix_into(head, r) for r in roles]
 
     def _quantize(self, x, forward: str, backward: str, role: int):
         p = self.precision

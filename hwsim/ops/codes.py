@@ -64,7 +64,7 @@ def matmul_on_codes(
 
         if not (is_torch(ca) and is_torch(cb)):
             raise ValueError("matmul_on_codes takes two NumPy arrays or two torch tensors")
-        return tg.batched_gemm(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path)
+        return tg.batched_gemm(ca, fa, cb, fb, acc, product, rounding, overflow, seed, path, stats)
     return batched_gemm_numpy(
         ca, fa, cb, fb, acc, product, rounding, overflow, seed, path, stats=stats
     )

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from hwsim.kernels.im2col import im2col_kernel
 from hwsim.plan.checks import is_torch
 
 
-def im2col(x, w, stride, pads):
+def im2col(x, w, stride, pads, wide: bool = False):
     """The columns of a convolution of NCHW ``x`` (codes or values) with ``w`` of
     shape (O, C, kh, kw): ``(cols (N, C*kh*kw, Ho*Wo), (N, O, Ho, Wo))``, each
     column one window in (c, kh, kw) order; ``pads`` = (top, bottom, left,
-    right), a negative pad crops. Checks the shapes."""
+    right), a negative pad crops. Checks the shapes. ``wide`` (NumPy only):
+    the batch side by side instead, cols (1, C*kh*kw, N*Ho*Wo)."""
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(
             f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
@@ -23,33 +25,28 @@ def im2col(x, w, stride, pads):
     if c != cw:
         raise ValueError(f"x has {c} channels but w expects {cw} (w shape {tuple(w.shape)})")
     sh, sw = stride
-    xp = pad_nchw(x, pads, is_torch(x))
-    hp, wp = xp.shape[2], xp.shape[3]
+    top, bottom, left, right = pads
+    hp, wp = x.shape[2] + top + bottom, x.shape[3] + left + right
     if hp < kh or wp < kw:
         raise ValueError(f"the padded input ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})")
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    if is_torch(xp):
+    if is_torch(x):
+        import torch.nn.functional as F
+
+        xp = F.pad(x, (left, right, top, bottom)) if any(pads) else x  # a negative pad crops
         cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, Ho, Wo, kh, kw)
         cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
     else:
-        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
-        win = win[:, :, ::sh, ::sw]  # (N, C, Ho, Wo, kh, kw)
-        cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
+        x = np.ascontiguousarray(x)
+        rows = c * kh * kw
+        shape, steps = (
+            ((1, rows, n * ho * wo), (0, ho * wo)) if wide else ((n, rows, ho * wo), (rows, 0))
+        )
+        cols = np.empty(shape, dtype=x.dtype)
+        if cols.size:
+            flat = cols.reshape(-1, shape[2])
+            im2col_kernel(x, flat, *steps, top, left, sh, sw, kh, kw, ho, wo)
     return cols, (n, o, ho, wo)
-
-
-def pad_nchw(cx, pads, torch_in):
-    """Zero padding (top, bottom, left, right) of NCHW codes or values; a
-    negative pad crops."""
-    top, bottom, left, right = pads
-    if torch_in:
-        import torch.nn.functional as F
-
-        return F.pad(cx, (left, right, top, bottom)) if any(pads) else cx
-    h, w = cx.shape[2], cx.shape[3]
-    crop = cx[:, :, max(0, -top) : h - max(0, -bottom), max(0, -left) : w - max(0, -right)]
-    pads = (max(0, top), max(0, bottom), max(0, left), max(0, right))
-    return zero_pad(crop, *pads) if any(pads) else crop
 
 
 def zero_pad(a: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FloatingPoint
+from hwsim.kernels import gemm as kg
 from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow
 from hwsim.plan.checks import raise_non_finite_numpy
@@ -53,8 +54,6 @@ def grid_codes_stats_numpy(x, name: str):
 
 
 def _grid_codes_float(f, name):
-    from hwsim.kernels import gemm as kg
-
     bits = f.reshape(-1).view(np.int64)
     top_bits, bad = kg.abs_max_bits(bits)
     if bad:
@@ -104,8 +103,6 @@ def _float_grid_stats(f):
     """(fl, (max |code|, min code, max code)) of float64 ``f`` as
     ``_grid_codes_float`` finds them, without writing the codes; None where that
     function would take another branch (all zeros, non-finite, off the grid)."""
-    from hwsim.kernels import gemm as kg
-
     bits = f.reshape(-1).view(np.int64)
     # one pass on a grid guessed from a sample (its codes fit when the largest
     # |x| is below 4 times the sample's), else a second pass on the right one
@@ -138,8 +135,6 @@ def float_wrap_fast(a, b, acc, product, path, values):
     2^-fb: every product and partial sum is an integer below 2^53 times
     2^-(fa + fb), kept away from float64's overflow and underflow here). Returns
     the result, or None to take the general path (which also words any error)."""
-    from hwsim.kernels import gemm as kg
-
     if path == "sequential":
         return None
     a, b = np.asarray(a), np.asarray(b)
@@ -226,8 +221,6 @@ def gemm_2d(ca, fa, cb, fb, acc, product, rounding, overflow, seed, stats):
 
 def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stats):
     """``a``, ``b``: (the operand as given, its (Bt, M, K) / (Bt, K, N) view)."""
-    from hwsim.kernels import gemm as kg
-
     (ca, a3), (cb, b3) = a, b
     m, k = a3.shape[1:]
     n = b3.shape[2]
@@ -289,21 +282,18 @@ def _shared(x3) -> bool:
 
 
 def _blas_sums(a3, b3, chunk: int):
-    """float64 BLAS on the codes (``blas_code_sums``), one call where one
-    operand is shared by the whole batch: (M, K) @ (K, Bt N) instead of Bt
-    small products (exact either way: every partial sum is an integer below
-    2^53, so the grouping cannot change a bit)."""
-    bt, m, k = a3.shape
-    n = b3.shape[2]
-    if _shared(a3):
-        wide = b3.astype(np.float64).transpose(1, 0, 2).reshape(1, k, bt * n)
-        sums, _ = blas_code_sums(a3[:1].astype(np.float64), wide, chunk)
-        return np.ascontiguousarray(sums.reshape(m, bt, n).transpose(1, 0, 2))
-    if _shared(b3):
-        tall = a3.astype(np.float64).reshape(1, bt * m, k)
+    """float64 BLAS on the codes (``blas_code_sums``). An operand shared by
+    the whole batch is converted once and broadcast by ``matmul``; stacking
+    the batch into one wide product instead, (M, K) @ (K, Bt N), cost a
+    transposing copy 10-20x the products (a conv layer's 32 x (150, 16)
+    columns). Exact either way: every partial sum is an integer below 2^53,
+    so the grouping cannot change a bit."""
+    if _shared(b3) and not _shared(a3):  # (Bt M, K) @ (K, N): one call
+        tall = a3.astype(np.float64).reshape(1, -1, a3.shape[2])
         sums, _ = blas_code_sums(tall, b3[:1].astype(np.float64), chunk)
-        return sums.reshape(bt, m, n)
-    sums, _ = blas_code_sums(a3.astype(np.float64), b3.astype(np.float64), chunk)
+        return sums.reshape(a3.shape[0], a3.shape[1], b3.shape[2])
+    a = a3[:1] if _shared(a3) else a3  # matmul broadcasts it over the batch
+    sums, _ = blas_code_sums(a.astype(np.float64), b3.astype(np.float64), chunk)
     return sums
 
 

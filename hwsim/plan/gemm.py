@@ -6,7 +6,7 @@ Semantics: DESIGN.md, "MAC-array GEMM".
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,8 +22,7 @@ EXACT_FLOAT = 1 << 53  # float64 holds every integer below this
 INT64_LIMIT = 1 << 63
 
 
-@dataclasses.dataclass(frozen=True)
-class GemmPlan:
+class GemmPlan(NamedTuple):
     """How the integer datapath moves codes between grids, worked out once from
     the operands' fractional lengths and largest codes.
 
@@ -43,6 +42,7 @@ class GemmPlan:
     fast_wrap: bool  # wrap accumulator, BLAS in K-chunks then modulo 2^wl
     fast_saturate_limit: int  # saturate: the fast path is exact if sum_k |t| <= this (-1: never)
     wrap_chunk: int  # K-chunk for wrap (each chunk's |sum| < 2^53)
+    term_max: int = 0  # largest |term| on the accumulator grid, after its stages
 
 
 def plan_gemm(
@@ -83,9 +83,10 @@ def plan_gemm(
         )
         term_max = min(term_max, max(-product.min_code, product.max_code))
         cur_fl = product.fl
-    _, acc_shift, acc_stage = _stage(
+    acc_term, acc_shift, acc_stage = _stage(
         term_max, cur_fl - accumulator.fl, accumulator, overflow, "accumulator"
     )
+    acc_term = min(acc_term, max(-accumulator.min_code, accumulator.max_code))
     left = -product_shift - acc_shift if product_fits and acc_stage == STAGE_LEFT else 0
     if overflow == Overflow.WRAP:
         left = min(left, 63)
@@ -112,6 +113,7 @@ def plan_gemm(
         fast_wrap,
         limit,
         chunk,
+        acc_term,
     )
 
 
@@ -178,6 +180,8 @@ def saturate_fast(plan: GemmPlan, k: int, tight_bound) -> bool:
 
 
 def broadcast_operands(ca, cb, xp):
+    if ca.ndim == cb.ndim == 2 and ca.shape[1] == cb.shape[0]:  # a layer's GEMM: nothing
+        return ca, cb, (False, False), ()  # to broadcast (np.broadcast_shapes costs 5 us)
     squeeze = (ca.ndim == 1, cb.ndim == 1)
     if ca.ndim == 0 or cb.ndim == 0:
         raise ValueError("matmul operands must have at least one dimension")

@@ -29,8 +29,8 @@ _MIX2 = signed64(0x94D049BB133111EB)
 
 
 def _lsr(z: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 viewed as uint64."""
-    return (z >> k) & ((1 << (64 - k)) - 1)
+    """Logical right shift of int64 viewed as uint64 (a new tensor)."""
+    return (z >> k).bitwise_and_((1 << (64 - k)) - 1)
 
 
 def counter_uniform(seed: int, numel: int, device=None, offset: int = 0) -> torch.Tensor:
@@ -41,12 +41,15 @@ def counter_uniform(seed: int, numel: int, device=None, offset: int = 0) -> torc
 
 
 def counter_uniform_at(seed: int, i: torch.Tensor) -> torch.Tensor:
-    """:func:`counter_uniform` at the int64 flat indices ``i`` (any shape)."""
-    z = (i + 1) * _GOLDEN + signed64(int(seed))  # int64 arithmetic wraps mod 2^64
-    z = (z ^ _lsr(z, 30)) * _MIX1
-    z = (z ^ _lsr(z, 27)) * _MIX2
-    z = z ^ _lsr(z, 31)
-    return _lsr(z, 11).to(torch.float64) * INV_2_53
+    """:func:`counter_uniform` at the int64 flat indices ``i`` (any shape).
+    In place on one int64 tensor after the first op: the hash is a dozen
+    elementwise ops on small tensors, where each allocation counts."""
+    # (i + 1) * golden + seed == i * golden + (golden + seed), int64 wrapping mod 2^64
+    z = (i * _GOLDEN).add_(signed64(int(seed) + _GOLDEN))
+    z.bitwise_xor_(_lsr(z, 30)).mul_(_MIX1)
+    z.bitwise_xor_(_lsr(z, 27)).mul_(_MIX2)
+    z.bitwise_xor_(_lsr(z, 31))
+    return _lsr(z, 11).to(torch.float64).mul_(INV_2_53)
 
 
 def wrap_reduce(x: torch.Tensor, modulus: float) -> torch.Tensor:
@@ -74,7 +77,7 @@ def round_scaled_(
     if rounding == Rounding.ZERO:
         return s.trunc_()
     f = torch.floor(s)
-    return f.add_((u < s.sub_(f)).to(s.dtype))
+    return f.add_(u < s.sub_(f))  # a bool adds as 0.0 or 1.0, no conversion op
 
 
 def apply_overflow(code: torch.Tensor, fmt: FixedPoint, overflow: Overflow) -> torch.Tensor:
