@@ -125,54 +125,6 @@ def unpack(h, c, s):
     return hyper, (c[0], c[1], c[2], c[3], c[4]), fmts, seeds
 
 
-def _run(opts: int, grad_rounding: int):
-    """The kernel's body for one configuration (ints only in the closure:
-    Numba's disk cache keys a closure by its cells)."""
-    write0, write1, write2 = (opts >> USED) & 1, (opts >> (USED + 1)) & 1, (opts >> (USED + 2)) & 1
-    salt = SALT  # a cell: the disk cache's key changes with the rule math's source
-
-    def run(grad, s0, s1, s2, acc, upd, upd_bits, h_array, c, seed_array):
-        n = grad.size + 0 * salt
-        chunks = (n + CHUNK - 1) // CHUNK
-        tops = np.zeros(chunks, np.int64)
-        for chunk in prange(chunks):
-            # (the tuples are built per chunk: a parallel loop takes no tuple of tuples)
-            h, grad_c, fmts, seeds = unpack(h_array, c, seed_array)
-            lo = chunk * CHUNK
-            hi = min(n, lo + CHUNK)
-            # slices indexed from 0: no negative-index wraparound, so the loop vectorizes
-            src, a, b, d, codes, out = (
-                grad[lo:hi],
-                s0[lo:hi],
-                s1[lo:hi],
-                s2[lo:hi],
-                acc[lo:hi],
-                upd[lo:hi],
-            )
-            for j in range(src.size):
-                i = lo + j
-                g = gradient_value(np.float64(src[j]), i, grad_c, seeds, opts, grad_rounding)
-                w = codes[j] * c[5]
-                update, s = RULE(g, w, (a[j], b[j], d[j]), h, opts, (i, seeds, fmts))  # noqa: F821
-                if write0:
-                    a[j] = s[0]
-                if write1:
-                    b[j] = s[1]
-                if write2:
-                    d[j] = s[2]
-                out[j] = update
-            # max |update| as the bits of its magnitude (an integer max vectorizes; above
-            # Inf's bits: a NaN), read while the chunk is in cache
-            bits = upd_bits[lo:hi]
-            top = 0
-            for j in range(bits.size):
-                top = max(top, bits[j] & MAGNITUDE)
-            tops[chunk] = top
-        return tops.max() if chunks else 0
-
-    return run
-
-
 def _bind(body, rule: str, kind: str):
     """``body`` with its global ``RULE`` bound to ``rule``'s compiled math,
     named per rule (Numba's disk cache names a function by its qualified
@@ -181,23 +133,6 @@ def _bind(body, rule: str, kind: str):
     fn = types.FunctionType(body.__code__, scope, f"{kind}_{rule}", None, body.__closure__)
     fn.__qualname__ = f"{kind}_{rule}"
     return fn
-
-
-@functools.cache
-def rule_kernel(rule: str, opts: int, grad_rounding: int):
-    """(serial, parallel) kernels of ``rule`` for one configuration:
-
-    ``kernel(grad, s0, s1, s2, acc, upd, upd_bits, h, constants, seeds) -> top``
-
-    ``grad`` the flat gradient (float32/float64); ``s0..s2`` the float64
-    state slots (an unused slot: any array of the size, left unwritten);
-    ``acc`` the accumulator codes (the master weight is ``acc * LSB``);
-    ``upd`` receives the update (``upd_bits`` its int64 view; ``top``: the
-    largest bits of |update|, above Inf's where one is not finite); ``h`` the rule's hyperparameters (8 floats);
-    ``constants``: the gradient format (:func:`format_constants`), the
-    accumulator's LSB, the three state formats; ``seeds``: the gradient's and
-    the three states' counter-noise seeds."""
-    return serial_and_parallel(_bind(_run(opts, grad_rounding), rule, "rule_kernel"))
 
 
 def _sample_run(opts: int, grad_rounding: int):
@@ -236,24 +171,34 @@ RULE_CONSTANTS, TAIL_CONSTANTS = 8, 29
 BOUND_AT = 52
 
 
-def _step_run(opts: int, grad_rounding: int, modes: int):
-    """The body of :func:`rule_step_kernel` (ints only in the closure)."""
+RULE_ONLY = -1  # ``modes`` of the rule's pass alone: the update into a buffer
+_NO_SAMPLE = np.empty(0)
+
+
+def _run(opts: int, grad_rounding: int, modes: int):
+    """The body of :func:`rule_kernel` for one configuration (ints only in the
+    closure: Numba's disk cache keys a closure by its cells)."""
     write0, write1, write2 = (opts >> USED) & 1, (opts >> (USED + 1)) & 1, (opts >> (USED + 2)) & 1
-    salt = SALT
+    alone = modes == RULE_ONLY
+    tail_modes = 0 if alone else modes
+    salt = SALT  # a cell: the disk cache's key changes with the rule math's source
 
     def run(grad, states, acc, out, constants, seed_array, sampled, sample, stride):
         n = grad.size + 0 * salt
         chunks = (n + CHUNK - 1) // CHUNK
-        counts = np.zeros((chunks, 4), np.int64)  # nonzero, stalled, saturated, beyond the bound
+        # per chunk: nonzero, stalled, saturated, beyond the bound, max |update| bits
+        counts = np.zeros((chunks, 5), np.int64)
         limit, acc_lsb = constants[BOUND_AT], constants[RULE_CONSTANTS + 5]
         s0, s1, s2 = states
         for chunk in prange(chunks):
+            # (the tuples are built per chunk: a parallel loop takes no tuple of tuples)
             h, grad_c, fmts, seeds = unpack(
                 constants[:RULE_CONSTANTS], constants[RULE_CONSTANTS:], seed_array
             )
             k, tail_fmts, tail_seeds = unpack_tail(constants[TAIL_CONSTANTS:], seed_array[4:])
             lo = chunk * CHUNK
             hi = min(n, lo + CHUNK)
+            # slices indexed from 0: no negative-index wraparound, so the loop vectorizes
             src, a, b, d = grad[lo:hi], s0[lo:hi], s1[lo:hi], s2[lo:hi]
             codes, dst = acc[lo:hi], out[lo:hi]
             beyond = 0
@@ -268,39 +213,66 @@ def _step_run(opts: int, grad_rounding: int, modes: int):
                     b[j] = s[1]
                 if write2:
                     d[j] = s[2]
-                beyond += not abs(update) <= limit  # a NaN too
-                add_update(update, i, codes, j, dst, k, tail_fmts, tail_seeds, modes, False)
-            counts[chunk, 3] = beyond
-            nonzero, stalled, saturated = sample_chunk(
-                sampled, acc, lo, src.size, stride, sample, k, tail_fmts, tail_seeds, modes
-            )
-            counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = nonzero, stalled, saturated
-        return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum(), counts[:, 3].sum()
+                if alone:
+                    dst[j] = update
+                else:
+                    beyond += not abs(update) <= limit  # a NaN too
+                    add_update(
+                        update, i, codes, j, dst, k, tail_fmts, tail_seeds, tail_modes, False
+                    )
+            if alone:
+                # max |update| as the bits of its magnitude (an integer max vectorizes; above
+                # Inf's bits: a NaN), read while the chunk is in cache
+                bits = dst.view(np.int64)
+                top = 0
+                for j in range(bits.size):
+                    top = max(top, bits[j] & MAGNITUDE)
+                counts[chunk, 4] = top
+            else:
+                counts[chunk, 3] = beyond
+                nonzero, stalled, saturated = sample_chunk(
+                    sampled, acc, lo, src.size, stride, sample, k, tail_fmts, tail_seeds, modes
+                )
+                counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = nonzero, stalled, saturated
+        top = 0
+        for chunk in range(chunks):
+            top = max(top, counts[chunk, 4])
+        return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum(), counts[:, 3].sum(), top
 
     return run
 
 
 @functools.cache
-def rule_step_kernel(rule: str, opts: int, grad_rounding: int, modes: int):
-    """(serial, parallel) kernels of ``rule``'s whole step in one pass, from
-    the raw gradient to the weight: :func:`rule_kernel`'s per-element math,
-    then the update added by the fused step's stages (``modes``:
-    :meth:`~hwsim.optim.fused.FusedStep.modes`, planned for a bound on
-    |update| that the rule's math proves, ``RuleMath.bound``):
+def rule_kernel(rule: str, opts: int, grad_rounding: int, modes: int = RULE_ONLY):
+    """(serial, parallel) kernels of ``rule`` for one configuration:
 
     ``kernel(grad, (s0, s1, s2), acc, out, constants, seeds, sampled, sample, stride)
-    -> (nonzero, stalled, saturated, beyond)``
+    -> (nonzero, stalled, saturated, beyond, top)``
 
-    ``constants``: the rule's hyperparameters (8) and constants (as
-    :func:`rule_kernel`'s), the fused step's constants, the bound;
-    ``seeds``: the rule's 4, the fused step's 4; ``out`` the parameter's
-    flat storage; ``sampled``: an array of the gradient's size holding the
-    updates at the telemetry sample's indices (:func:`sample_kernel` writes
-    them before the step), ``sample`` and ``stride`` as the fused step's;
-    ``beyond`` counts updates above the bound or NaN (none, if the bound
-    is right: the caller raises)."""
-    body = _step_run(opts, grad_rounding, modes)
-    return serial_and_parallel(_bind(body, rule, "rule_step"))
+    Per element the gradient format, the rule's math (each state quantized
+    and written in place: ``s0..s2``, an unused slot any array of the size,
+    left unwritten; the master weight is ``acc * LSB``), then:
+
+    - ``modes`` ``RULE_ONLY``: the update into ``out`` (float64), ``top``
+      the largest bits of |update| (above Inf's where one is not finite),
+      the rest 0;
+    - else the whole step in one pass: the update added by the fused step's
+      stages (``modes``: :meth:`~hwsim.optim.fused.FusedStep.modes`,
+      planned for a bound on |update| that the rule's math proves,
+      ``RuleMath.bound``) into ``acc``, the weight into ``out`` (the
+      parameter's flat storage); ``beyond`` counts updates above the bound
+      or NaN (none, if the bound is right: the caller raises); the
+      telemetry of the sampled elements (``sampled``: an array of the
+      gradient's size holding the updates at the sample's indices,
+      :func:`sample_kernel` writes them before the step; ``sample`` and
+      ``stride`` as the fused step's).
+
+    ``constants``: the rule's hyperparameters (8), the gradient format
+    (:func:`format_constants`), the accumulator's LSB, the three state
+    formats, the fused step's constants (23, or zeros), the bound;
+    ``seeds``: the gradient's and the three states' counter-noise seeds, the
+    fused step's 4."""
+    return serial_and_parallel(_bind(_run(opts, grad_rounding, modes), rule, "rule_kernel"))
 
 
 def kernel_options(opts: int, used, state_formats, state_rounding: int, wrap: bool) -> int:
@@ -312,21 +284,22 @@ def kernel_options(opts: int, used, state_formats, state_rounding: int, wrap: bo
 
 
 def run_rule(rule, opts, grad_rounding, arrays, h, constants, seeds, raw=None):
-    """Run :func:`rule_kernel` on ``arrays = (grad, s0, s1, s2, acc, upd)``
-    (one thread for small tensors): ``(max |update|, whether one is not
-    finite)``; first, where ``raw`` (3, sample size) is given,
+    """Run :func:`rule_kernel`'s rule pass alone on ``arrays = (grad, s0, s1,
+    s2, acc, upd)`` (one thread for small tensors): ``(max |update|, whether
+    one is not finite)``; first, where ``raw`` (3, sample size) is given,
     :func:`sample_kernel` into it."""
-    hyper = np.zeros(8)
+    hyper = np.zeros(RULE_CONSTANTS)
     hyper[: len(h)] = h
+    grad, states, acc, upd = arrays[0], tuple(arrays[1:4]), arrays[4], arrays[5]
     if raw is not None:
-        stride = sample_stride(arrays[0].size)
-        states, acc = tuple(arrays[1:4]), arrays[4]
+        stride = sample_stride(grad.size)
         sample = sample_kernel(rule, opts, grad_rounding)
-        sample(arrays[0], states, acc, arrays[-1], hyper, constants, seeds, stride, raw)
+        sample(grad, states, acc, upd, hyper, constants, seeds, stride, raw)
     kernels = rule_kernel(rule, opts, grad_rounding)
-    run = kernels[arrays[0].size >= SERIAL_BELOW_ELEMENTWISE]
-    upd = arrays[-1]
-    top = run(*arrays, upd.view(np.int64), hyper, constants, seeds)
+    run = kernels[grad.size >= SERIAL_BELOW_ELEMENTWISE]
+    padded = np.concatenate([hyper, constants, np.zeros(BOUND_AT + 1 - TAIL_CONSTANTS)])
+    all_seeds = np.concatenate([seeds, np.zeros(4, np.int64)])
+    top = run(grad, states, acc, upd, padded, all_seeds, upd, _NO_SAMPLE, 1)[4]
     return float(np.array(top).view(np.float64)), top >= INF_BITS
 
 

@@ -284,7 +284,7 @@ def rule_stochastic(prec) -> bool:
 
 def fused_rule_step(opt, ctx: ParamStep, rule: Rule, checked, buffers) -> bool:
     """The whole step in one Numba pass (:func:`~hwsim.optim.rule_kernel.
-    rule_step_kernel`: the rule's math, then the update added by the fused
+    rule_kernel`: the rule's math, then the update added by the fused
     step's stages, planned for :func:`update_bound`), the same bits as
     :func:`fused_rule_update` and the fused step after it, with neither the
     update's buffer nor its check. Returns False, having changed nothing,
@@ -321,9 +321,9 @@ def fused_rule_step(opt, ctx: ParamStep, rule: Rule, checked, buffers) -> bool:
         raw = np.empty((3, sample.size))
         kernel = rk.sample_kernel(rule.math, f.kernel_opts, f.grad_rounding)
         kernel(grad_flat, states, acc, scratch, hyper, rule_constants, f.seeds, stride, raw)
-    kernels = rk.rule_step_kernel(rule.math, f.kernel_opts, f.grad_rounding, fused.modes(key))
+    kernels = rk.rule_kernel(rule.math, f.kernel_opts, f.grad_rounding, fused.modes(key))
     run = kernels[n >= SERIAL_BELOW_ELEMENTWISE]
-    *counted, beyond = run(
+    *counted, beyond, _ = run(
         grad_flat, states, acc, views.param, constants, seeds, scratch, sample, stride
     )
     if beyond:
