@@ -180,12 +180,20 @@ def step_kernel(
                     source, acc, lo, src.size, stride, sample, k, fmts, seeds, modes
                 )
                 counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = nonzero, stalled, saturated
-        top = 0
-        for chunk in range(chunks):
-            top = max(top, counts[chunk, 4])
-        return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum(), counts[:, 3].sum(), top
+        return totals(counts)
 
     return serial_and_parallel(run)
+
+
+@kernel(**COMPILED_INTO_CALLERS)
+def totals(counts):
+    """A kernel's result from its per-chunk ``counts``: the sums of columns
+    0-3 (nonzero, stalled, saturated, refused or beyond) and the max of
+    column 4 (bits of a max magnitude)."""
+    top = 0
+    for chunk in range(counts.shape[0]):
+        top = max(top, counts[chunk, 4])
+    return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum(), counts[:, 3].sum(), top
 
 
 @kernel(**COMPILED_INTO_CALLERS)

@@ -39,7 +39,7 @@ from hwsim.kernels.jit import (
 from hwsim.kernels.scalar import STOCHASTIC, counter_uniform, value_to_code_float
 from hwsim.optim import rule_math as rm
 from hwsim.optim import telemetry
-from hwsim.optim.fused_kernel import CHUNK, format_constants, sample_chunk
+from hwsim.optim.fused_kernel import CHUNK, format_constants, sample_chunk, totals
 from hwsim.optim.fused_stages import add_update
 from hwsim.optim.fused_stages import unpack as unpack_tail
 from hwsim.optim.telemetry import sample_stride, sampled_index
@@ -234,10 +234,7 @@ def _run(opts: int, grad_rounding: int, modes: int):
                     sampled, acc, lo, src.size, stride, sample, k, tail_fmts, tail_seeds, modes
                 )
                 counts[chunk, 0], counts[chunk, 1], counts[chunk, 2] = nonzero, stalled, saturated
-        top = 0
-        for chunk in range(chunks):
-            top = max(top, counts[chunk, 4])
-        return counts[:, 0].sum(), counts[:, 1].sum(), counts[:, 2].sum(), counts[:, 3].sum(), top
+        return totals(counts)
 
     return run
 
