@@ -230,7 +230,7 @@ def test_benchmark_shape_matches_generic(rounding, overflow, operand_bits):
         assert np.array_equal(got, run_kernel(kg.generic_gemm_kernel, *case))
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20, ci=8), deadline=None)
 @given(kernel_cases())
 def test_serial_and_parallel_twins_agree(case):
     """Small GEMMs run the serial twin of each kernel (``kg._by_size``); the

@@ -98,7 +98,7 @@ def _run(case, fused, seed, dtype):
 
 
 @given(cases(), st.integers(0, 2**40), st.sampled_from([torch.float32, torch.float64]))
-@settings(max_examples=examples(40, ci=20))
+@settings(max_examples=examples(40, ci=14))
 def test_fused_rule_equals_torch_ops_and_the_reference(case, seed, dtype):
     fused = _run(case, True, seed, dtype)
     torch_ops = _run(case, False, seed, dtype)
