@@ -1,6 +1,6 @@
 """Optimizer step time: hwsim.optim vs torch.optim and qtorch's OptimLP.
 
-    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5] [--runs 3] [--rules sgd,adam] [--breakdown]
+    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5] [--runs 3] [--rules sgd,adam] [--breakdown] [--passes]
 
 One ``nn.Linear`` with about ``--params`` parameters (float32), a fixed random
 gradient, and the time of ``optimizer.step()`` alone (best of ``--repeat``
@@ -137,6 +137,11 @@ def main() -> None:
         action="store_true",
         help="also time the parts of a fixed-point SGD step (gradient check, fused kernel)",
     )
+    ap.add_argument(
+        "--passes",
+        action="store_true",
+        help="only time each rule with state as one fused pass and as two (nearest, stochastic)",
+    )
     args = ap.parse_args()
     wanted = set(args.rules.split(","))
     n, steps, repeat = args.params, args.steps, args.repeat
@@ -144,6 +149,9 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{sum(p.numel() for p in make_params(n))} parameters, float32"
     )
+    if args.passes:
+        passes(n, steps, repeat)
+        return
 
     torch_makers = {
         "sgd": lambda ps: torch.optim.SGD(ps, lr=0.01),
@@ -231,6 +239,48 @@ def main() -> None:
     if args.breakdown:
         print()
         breakdown(n)
+
+
+class _Pinned:
+    """An optimizer whose rule runs as one fused pass (wherever its math
+    bounds the update) or as two, whichever the library would pick."""
+
+    def __init__(self, opt, one_pass: bool) -> None:
+        self.opt, self.one_pass = opt, one_pass
+
+    def step(self) -> None:
+        from hwsim.optim import rule_path
+
+        real = rule_path.fused_rule_step
+        rule_path.ONE_PASS_ALWAYS = self.one_pass
+        if not self.one_pass:
+            rule_path.fused_rule_step = lambda *args: False
+        try:
+            self.opt.step()
+        finally:
+            rule_path.ONE_PASS_ALWAYS, rule_path.fused_rule_step = False, real
+
+
+def passes(n: int, steps: int, repeat: int) -> None:
+    """The one-pass choice (``hwsim.optim.rule_path._pays``) measured: each
+    rule with state, fixed point, as one pass and as two, interleaved."""
+    rules = {
+        "SGD momentum": (hopt.SGD, dict(lr=0.01, momentum=0.9), "fx24.20"),
+        "Adam": (hopt.Adam, dict(lr=1e-3), ADAM_STATE),
+        "AdaGrad": (hopt.AdaGrad, dict(lr=1e-2), "ufx32.30"),
+        "RMSProp": (hopt.RMSProp, dict(lr=1e-2), "ufx32.30"),
+    }
+    rows = []
+    for name, (cls, hyper, state) in rules.items():
+        for rounding in ("nearest", "stochastic"):
+            prec = dict(FIXED, state=state, rounding=rounding, seed=0, telemetry=False)
+            makers = {
+                one: (lambda ps, one=one, c=cls, h=hyper, p=prec: _Pinned(c(ps, **h, **p), one))
+                for one in (True, False)
+            }
+            t = interleaved_times(makers, n, steps, repeat)
+            rows.append([name, rounding, t[True] * 1e3, t[False] * 1e3, t[True] / t[False]])
+    print_table(["rule", "rounding", "one pass ms", "two passes ms", "one / two"], rows)
 
 
 def breakdown(n: int) -> None:

@@ -33,6 +33,15 @@ from hwsim.kernels.jit import kernel
 from hwsim.kernels.scalar import apply_overflow, counter_uniform, value_to_code
 
 
+@kernel
+def noisy_code(v, i, k, rounding, overflow, seed, seeded):
+    """``value_to_code`` of finite ``v`` (element ``i``) with the format's
+    constants ``k`` = (scale, wrap_modulus, min_code, max_code), drawing the
+    element's counter uniform where ``seeded``."""
+    u = counter_uniform(seed, i) if seeded else 0.0
+    return value_to_code(v, k[0], k[1], k[2], k[3], rounding, overflow, u)
+
+
 @functools.cache
 def operand_kernel(rounding: int, overflow: int, seeded: bool):
     """kernel(x, codes, scale, wrap_modulus, min_code, max_code, seed) ->
@@ -40,6 +49,7 @@ def operand_kernel(rounding: int, overflow: int, seeded: bool):
 
     @kernel
     def run(x, codes, scale, wrap_modulus, min_code, max_code, seed):
+        k = (scale, wrap_modulus, min_code, max_code)
         bad = 0
         ors, lo, hi = np.int64(0), np.int64(0), np.int64(0)
         for i in range(x.size):
@@ -48,8 +58,7 @@ def operand_kernel(rounding: int, overflow: int, seeded: bool):
                 bad += 1
                 codes[i] = 0
                 continue
-            u = counter_uniform(seed, i) if seeded else 0.0
-            c = value_to_code(v, scale, wrap_modulus, min_code, max_code, rounding, overflow, u)
+            c = noisy_code(v, i, k, rounding, overflow, seed, seeded)
             codes[i] = c
             ors |= c
             lo = min(lo, c)
@@ -83,6 +92,7 @@ def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: 
         max_code,
         seed,
     ):
+        k = (scale, wrap_modulus, min_code, max_code)
         ch, left = 0, inner  # bias[ch] for the next ``left`` elements
         for i in range(codes.size):
             c = codes[i]
@@ -93,8 +103,7 @@ def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: 
                     left = inner
                     ch = ch + 1 if ch + 1 < count else 0
             v = np.float64(np.float32(c * acc_lsb))
-            u = counter_uniform(seed, i) if seeded else 0.0
-            q = value_to_code(v, scale, wrap_modulus, min_code, max_code, rounding, overflow, u)
+            q = noisy_code(v, i, k, rounding, overflow, seed, seeded)
             out[i] = q * inv_scale
 
     return run
@@ -108,6 +117,7 @@ def bias_kernel(w_rounding: int, w_seeded: bool, a_rounding: int, a_seeded: bool
     @kernel
     def run(x, codes, w_scale, w_inv_scale, w_wrap, w_min, w_max, w_seed,
             a_scale, a_wrap, a_min, a_max, a_seed):  # fmt: skip
+        w_k, a_k = (w_scale, w_wrap, w_min, w_max), (a_scale, a_wrap, a_min, a_max)
         bad = 0
         for i in range(x.size):
             v = np.float64(x[i])
@@ -115,11 +125,9 @@ def bias_kernel(w_rounding: int, w_seeded: bool, a_rounding: int, a_seeded: bool
                 bad += 1
                 codes[i] = 0
                 continue
-            u = counter_uniform(w_seed, i) if w_seeded else 0.0
-            c = value_to_code(v, w_scale, w_wrap, w_min, w_max, w_rounding, overflow, u)
+            c = noisy_code(v, i, w_k, w_rounding, overflow, w_seed, w_seeded)
             v = np.float64(np.float32(c * w_inv_scale))  # the weight format's float32 value
-            u = counter_uniform(a_seed, i) if a_seeded else 0.0
-            codes[i] = value_to_code(v, a_scale, a_wrap, a_min, a_max, a_rounding, overflow, u)
+            codes[i] = noisy_code(v, i, a_k, a_rounding, overflow, a_seed, a_seeded)
         return bad
 
     return run

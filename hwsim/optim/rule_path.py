@@ -266,13 +266,11 @@ ONE_PASS_ALWAYS = False  # tests set it: the one pass wherever a bound is proved
 
 
 def _pays(fused, prepared, prec) -> bool:
-    """Whether the one pass is the faster. Measured (one thread, 1M elements,
-    CPU time): it beats the two passes where the update is added without an
-    overflow step (SGD momentum 1.3 against 1.7-1.8 ms); where the bound is
-    loose (Adam, AdaGrad: the update's overflow step and the accumulator's
-    clamps) or a stage rounds stochastically (four counter hashes in one
-    loop), the two passes are as fast or faster (stochastic momentum 3.9
-    against 4.3-4.6 ms, AdaGrad 4.1 against 5.1)."""
+    """Whether the one pass is the faster (``python benchmarks/optim.py
+    --passes``, 1M parameters, 2 threads, one pass / two: SGD momentum 0.94
+    with nearest rounding; where the bound is loose, as Adam's and AdaGrad's
+    (the update's overflow step and the accumulator's clamps), 1.1, and
+    with stochastic rounding, four counter hashes in one loop, 1.07-1.19)."""
     delta_overflow = prepared[2][1]
     return not (delta_overflow or fused.any_stochastic or rule_stochastic(prec))
 
