@@ -119,14 +119,17 @@ def sign_sgd_reference(params, lr, weight_decay=0.0, maximize=False):
         real.add_(torch.sign(d), alpha=-lr)
 
 
-@pytest.mark.parametrize("values", ["real", "complex", "float16"])
+@pytest.mark.parametrize("values", ["real", "complex", "float16", "large"])
 @pytest.mark.parametrize("foreach", [None, False, True])
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "maximize": True}]
+    "kwargs", [{}, {"maximize": True}, {"weight_decay": 0.1, "maximize": True}]
 )
 def test_sign_sgd_is_its_reference(kwargs, foreach, values):
+    """"large": a tensor above SERIAL_BELOW_ELEMENTWISE takes the parallel
+    Numba pass (without weight decay), the others the serial one or torch ops."""
     values = {
         "real": make_params,
+        "large": lambda: make_params(shapes=((300, 250), (7,))),
         "complex": complex_params,
         "float16": lambda: make_params(torch.float16),
     }[values]()

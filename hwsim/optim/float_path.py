@@ -38,7 +38,7 @@ from torch.optim import rmsprop as torch_rmsprop
 from torch.optim import sgd as torch_sgd
 from torch.optim.optimizer import _default_to_fused_or_foreach, _get_scalar_dtype
 
-from hwsim.kernels.jit import kernel
+from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE, prange, serial_and_parallel
 from hwsim.optim.paths import numpy_view
 from hwsim.optim.rules import real_view
 from hwsim.optim.telemetry import (
@@ -107,7 +107,8 @@ def _sign_sgd(opt, group, params, grads) -> None:
     for p, g in zip(ps, gs, strict=True):
         flat, grad_flat = (numpy_view(p), numpy_view(g)) if wd == 0 and opt.fused else (None, None)
         if grad_flat is not None and flat is not None and flat.dtype == grad_flat.dtype:
-            _sign_step(flat, grad_flat, flat.dtype.type(-lr), group["maximize"])
+            step = _SIGN_STEP[flat.size >= SERIAL_BELOW_ELEMENTWISE]
+            step(flat, grad_flat, flat.dtype.type(-lr), group["maximize"])
             continue
         if group["maximize"]:
             g = torch.neg(g)
@@ -116,15 +117,17 @@ def _sign_sgd(opt, group, params, grads) -> None:
         p.add_(torch.sign(g), alpha=-lr)
 
 
-@kernel
 def _sign_step(p, g, alpha, negate):
     """``p.add_(torch.sign(g), alpha=alpha)`` in one pass (``-g`` with
     ``negate``), the same bits: torch's sign is +-1, and +0 for +-0 and NaN;
     ``alpha`` times it is exact, so the sum is rounded once either way."""
     zero = alpha * (alpha - alpha)  # alpha * (+0): -0 where alpha < 0, as torch's product
-    for i in range(p.size):
+    for i in prange(p.size):
         x = -g[i] if negate else g[i]
         p[i] = p[i] + (alpha if x > 0 else (-alpha if x < 0 else zero))
+
+
+_SIGN_STEP = serial_and_parallel(_sign_step)  # (serial, parallel): threads for large tensors
 
 
 def _adam(opt, group, params, grads) -> None:
