@@ -270,6 +270,38 @@ def test_grad_state_update_formats_are_applied():
     assert p.tolist() == [-0.5, -0.5, 1.5, -2.5]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("telemetry", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (hopt.SGD, dict(momentum=0.9, state="fx16.12")),
+        (hopt.SGD, dict(update="fx12.10", rounding="stochastic", seed=1)),
+        (hopt.Adam, dict(state={"exp_avg": "fx16.12", "exp_avg_sq": "ufx24.22"})),
+    ],
+)
+def test_a_step_leaves_the_gradient_as_it_was(cls, kwargs, fused, telemetry, dtype):
+    """The torch path overwrites its own temporaries in place (the gradient's
+    float64 copy, the update, the accumulator's float64 copy): never the
+    caller's gradient, which a float64 parameter hands over without a copy;
+    and the same bits with telemetry on or off."""
+    results = []
+    for tel in (telemetry, not telemetry):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(50, 30, dtype=dtype))
+        opt = cls(
+            [p], lr=0.01, weight="fx16.10", grad="fx12.8", fused=fused, telemetry=tel, **kwargs
+        )
+        for _ in range(3):
+            p.grad = torch.randn_like(p)
+            grad = p.grad.clone()
+            opt.step()
+            assert torch.equal(p.grad, grad)
+        results.append(p.detach().clone())
+    assert torch.equal(results[0], results[1])
+
+
 def test_state_formats_per_state_name():
     p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     opt = hopt.Adam([p], lr=0.1, state={"exp_avg": "fx8.4", "exp_avg_sq": "ufx16.8"})

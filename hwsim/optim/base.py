@@ -318,14 +318,15 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
             update = rule_path.rule_update(ctx, self.rule)
         if update is not None:
             if not (ctx.fused and update.dtype == torch.float64 and update.device.type == "cpu"):
-                paths.add_update(ctx, update)
+                paths.add_update(ctx, update, owned=bool(self.rule.math))  # the math's new tensor
                 return
             update_flat = update.reshape(-1).numpy()
             update_max = max_abs(update_flat)  # the update is checked here (the gradient in step())
             if not math.isfinite(update_max):
                 paths.raise_non_finite(update, STREAM["update"], ctx.p, index)
         if not fused_path.step_fused(self, ctx, update_flat, fused_path.IDENTITY, update_max):
-            paths.add_update(ctx, torch.from_numpy(update_flat).reshape(ctx.p.shape))
+            update = torch.from_numpy(update_flat).reshape(ctx.p.shape)
+            paths.add_update(ctx, update, owned=True)  # a scratch buffer, or the math's tensor
 
     def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Two float64 buffers of ``n`` elements for the fused rule (its

@@ -22,16 +22,22 @@ from hwsim.torch_path.core import value_to_code_float
 
 
 def quantize_values(
-    x: torch.Tensor, fmt, rounding: Rounding, overflow: Overflow, u: torch.Tensor | None
+    x: torch.Tensor,
+    fmt,
+    rounding: Rounding,
+    overflow: Overflow,
+    u: torch.Tensor | None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Float64 ``x`` on the grid of ``fmt`` (float64 values), ``u`` the
     stochastic-rounding uniforms (element i rounds up iff ``u[i]`` is below
     its fraction). ``overflow`` applies to fixed point; a float format
     overflows as its ``saturate`` flag says and block elements saturate. A
     block format is applied to the flattened tensor (C order), as
-    bitsandbytes blocks optimizer states."""
+    bitsandbytes blocks optimizer states. ``inplace``: ``x`` is a float64
+    temporary of the caller's, which a fixed-point format may overwrite."""
     if isinstance(fmt, FixedPoint):
-        return value_to_code_float(x, fmt, rounding, overflow, u).mul_(fmt.lsb)
+        return value_to_code_float(x, fmt, rounding, overflow, u, inplace=inplace).mul_(fmt.lsb)
     backend = "numba" if x.is_cpu else None  # the same bits as torch ops, faster on CPU
     if isinstance(fmt, FloatingPoint):
         return quantize(x, fmt, rounding, noise=u, backend=backend)

@@ -83,15 +83,18 @@ class ParamStep:
         """The counter noise of ``stream`` for this (seed, step, parameter)."""
         return uniforms(mix_seed(self.prec.seed, self.step, self.index, stream), like)
 
-    def quantize(self, x: torch.Tensor, fmt, rounding: Rounding, stream: int) -> torch.Tensor:
+    def quantize(
+        self, x: torch.Tensor, fmt, rounding: Rounding, stream: int, inplace: bool = False
+    ) -> torch.Tensor:
         """Float64 ``x`` on the grid of ``fmt`` (values, any kind:
-        :func:`~hwsim.optim.kinds.quantize_values`), its non-finite values
-        raised (gradients were checked in ``step()``), and so is a float
-        format's overflow to Inf or NaN."""
+        :func:`~hwsim.optim.kinds.quantize_values`; ``inplace``: ``x`` is a
+        temporary it may overwrite), its non-finite values raised (gradients
+        were checked in ``step()``), and so is a float format's overflow to
+        Inf or NaN."""
         if stream != STREAM["grad"] and not all_finite(x):
             raise_non_finite(x, stream, self.p, self.index)
         u = self.noise(stream, x) if rounding == Rounding.STOCHASTIC else None
-        q = quantize_values(x, fmt, rounding, self.prec.overflow, u)
+        q = quantize_values(x, fmt, rounding, self.prec.overflow, u, inplace)
         if not isinstance(fmt, FixedPoint) and not all_finite(q):
             raise_non_finite(q, stream, self.p, self.index, fmt)
         return q
@@ -118,16 +121,20 @@ def prepare(
     return ctx
 
 
-def add_update(ctx: ParamStep, update: torch.Tensor) -> None:
+def add_update(ctx: ParamStep, update: torch.Tensor, owned: bool = False) -> None:
     """The rule's update (float64, the real view) through the rest of the
     pipeline with torch ops: the update format, the accumulator grid and its
     overflow, the weight format. A floating-point accumulator (or weight,
-    without one) is :func:`hwsim.optim.float_step.add_to_float`'s."""
+    without one) is :func:`hwsim.optim.float_step.add_to_float`'s.
+    ``owned``: ``update`` is a temporary this step may overwrite (where
+    telemetry does not read it afterwards)."""
     p, prec, index, counts = ctx.p, ctx.prec, ctx.index, ctx.counts
     target = prec.target
     raw_update = update
+    owned = owned and counts is None and update.dtype == torch.float64
     if prec.update is not None:
-        update = ctx.quantize(update, prec.update, prec.update_rounding, STREAM["update"])
+        update = ctx.quantize(update, prec.update, prec.update_rounding, STREAM["update"], owned)
+        owned = counts is None  # a new tensor
     if not all_finite(update):
         raise_non_finite(update, STREAM["update"], p, index)
     if target is None:
@@ -145,7 +152,7 @@ def add_update(ctx: ParamStep, update: torch.Tensor) -> None:
         return
     rounding = prec.target_rounding
     u = ctx.noise(STREAM["accumulator"], update) if rounding == Rounding.STOCHASTIC else None
-    delta = value_to_code_float(update, target, rounding, prec.overflow, u)
+    delta = value_to_code_float(update, target, rounding, prec.overflow, u, inplace=owned)
     stored = ctx.state["accumulator"]
     acc = (stored if stored.dtype == torch.float64 else stored.to(torch.float64)).add_(delta)
     if prec.overflow == Overflow.SATURATE:
@@ -163,9 +170,11 @@ def add_update(ctx: ParamStep, update: torch.Tensor) -> None:
         p.data.copy_(weight)
     else:
         uw = ctx.noise(STREAM["weight"], acc) if wr == Rounding.STOCHASTIC else None
-        weight = scaled_to_code_float(
-            acc * (2.0 ** (w.fl - target.fl)), w, wr, prec.overflow, uw, inplace=True
-        )
+        k = 2.0 ** (w.fl - target.fl)
+        # a float64 copy of the stored codes is this step's: scaled in place (telemetry
+        # reads the codes after)
+        scaled = acc.mul_(k) if acc is not stored and counts is None else acc * k
+        weight = scaled_to_code_float(scaled, w, wr, prec.overflow, uw, inplace=True)
         torch.mul(weight, w.lsb, out=p.data).add_(0.0)  # codes have no -0: nor do weights
     if counts is not None:
         weight_saturated = None

@@ -106,9 +106,10 @@ def rule_update(ctx: ParamStep, rule: Rule) -> torch.Tensor:
     quantized. A rule without math (:class:`~hwsim.optim.rules.Rule`'s
     ``update``) is called with the same gradient, master weight and store."""
     prec = ctx.prec
-    grad = real_view(ctx.whole.grad).to(torch.float64 if prec.quantized else ctx.p.dtype)
-    if prec.grad is not None:
-        grad = ctx.quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"])
+    raw = real_view(ctx.whole.grad)
+    grad = raw.to(torch.float64 if prec.quantized else ctx.p.dtype)
+    if prec.grad is not None:  # in place where ``to`` made a copy
+        grad = ctx.quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"], grad is not raw)
     if not rule.math:
         return _custom_update(ctx, rule, grad)
     entry = MATH[rule.math]

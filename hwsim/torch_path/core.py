@@ -125,10 +125,16 @@ def value_to_code_float(
     rounding: Rounding,
     overflow: Overflow,
     u: torch.Tensor | None = None,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """``value_to_code(x, ...).to(torch.float64)`` for ``fmt.wl <= 52``, computed
-    without int64 (a new tensor)."""
-    return scaled_to_code_float(_scaled(x, fmt, overflow), fmt, rounding, overflow, u, inplace=True)
+    without int64: a new tensor, or, with ``inplace=True`` and a float64
+    ``x`` (a temporary the caller owns), ``x`` itself overwritten (no
+    allocation: a fresh CPU tensor of a few MB costs several passes in page
+    faults)."""
+    s = _scaled(x, fmt, overflow, inplace)
+    return scaled_to_code_float(s, fmt, rounding, overflow, u, inplace=True)
 
 
 def value_to_code(
@@ -146,13 +152,16 @@ def value_to_code(
     return apply_overflow(r.to(torch.int64), fmt, overflow)
 
 
-def _scaled(x: torch.Tensor, fmt: FixedPoint, overflow: Overflow) -> torch.Tensor:
-    """x * 2^fl in a new float64 tensor, wrap-reduced and underflow-guarded like
+def _scaled(x: torch.Tensor, fmt: FixedPoint, overflow: Overflow, inplace=False) -> torch.Tensor:
+    """x * 2^fl in a new float64 tensor (``inplace``: in ``x`` itself where it
+    is float64), wrap-reduced and underflow-guarded like
     ``hwsim.kernels.scalar.value_to_code``."""
     c = kernel_constants(fmt)
     x = x.to(torch.float64)
     if overflow == Overflow.WRAP:
         x = wrap_reduce(x, c.wrap_modulus)
+    elif inplace and fmt.fl >= 0:  # (fl < 0 reads x again, below)
+        return x.mul_(c.scale)
     s = x * c.scale
     if fmt.fl < 0:
         s = torch.where((s == 0) & (x != 0), torch.copysign(torch.full_like(s, TINY), x), s)
