@@ -125,7 +125,7 @@ def sign_sgd_reference(params, lr, weight_decay=0.0, maximize=False):
     "kwargs", [{}, {"maximize": True}, {"weight_decay": 0.1, "maximize": True}]
 )
 def test_sign_sgd_is_its_reference(kwargs, foreach, values):
-    """"large": a tensor above SERIAL_BELOW_ELEMENTWISE takes the parallel
+    """The "large" values: a tensor above SERIAL_BELOW_ELEMENTWISE takes the parallel
     Numba pass (without weight decay), the others the serial one or torch ops."""
     values = {
         "real": make_params,
