@@ -1,8 +1,11 @@
 """Optimizer step time: hwsim.optim vs torch.optim and qtorch's OptimLP.
 
-    python benchmarks/optim.py [--params 1000000] [--steps 20] [--repeat 5] [--runs 3] [--rules sgd,adam] [--breakdown] [--passes]
+    python benchmarks/optim.py [--params 1000000] [--tensors 0] [--steps 20] [--repeat 5] [--runs 3] [--rules sgd,adam] [--breakdown] [--passes]
 
-One ``nn.Linear`` with about ``--params`` parameters (float32), a fixed random
+One ``nn.Linear`` with about ``--params`` parameters (float32) (``--tensors
+T``: T 1-D tensors of ``--params / T`` elements instead, where the time per
+tensor shows: the torch path runs a group's rule math as ``torch._foreach_``
+ops, the Numba path one kernel per tensor), a fixed random
 gradient, and the time of ``optimizer.step()`` alone (best of ``--repeat``
 rounds of ``--steps`` steps, the rounds interleaved across the optimizers of a
 rule), as a ratio to the torch optimizer with the same rule and to qtorch's
@@ -44,11 +47,16 @@ ADAM_STATE = {"exp_avg": "fx24.20", "exp_avg_sq": "ufx32.30"}
 BLOCK_STATE = hopt.ADAM_8BIT_STATES
 
 
+TENSORS = [0]  # --tensors: 0 for one nn.Linear
+
+
 def make_params(n: int) -> list[torch.nn.Parameter]:
     side = int(math.sqrt(n))
     torch.manual_seed(0)
-    layer = torch.nn.Linear(side, side)
-    params = list(layer.parameters())
+    if TENSORS[0]:
+        params = [torch.nn.Parameter(torch.randn(n // TENSORS[0])) for _ in range(TENSORS[0])]
+    else:
+        params = list(torch.nn.Linear(side, side).parameters())
     for p in params:
         p.grad = torch.randn_like(p) * 1e-2
     return params
@@ -138,11 +146,18 @@ def main() -> None:
         help="also time the parts of a fixed-point SGD step (gradient check, fused kernel)",
     )
     ap.add_argument(
+        "--tensors",
+        type=int,
+        default=0,
+        help="split the parameters into this many 1-D tensors (0: one nn.Linear)",
+    )
+    ap.add_argument(
         "--passes",
         action="store_true",
         help="only time each rule with state as one fused pass and as two (nearest, stochastic)",
     )
     args = ap.parse_args()
+    TENSORS[0] = args.tensors
     wanted = set(args.rules.split(","))
     n, steps, repeat = args.params, args.steps, args.repeat
     print(

@@ -251,6 +251,7 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
             counts = Counts(prec.target) if self.telemetry_enabled else None
             if not prec.quantized and float_path.step_group(self, group, items, counts):
                 items = ()  # stepped by torch's own implementation
+            pending = []  # the torch path's rule steps, run together (rule_path.rule_updates)
             for p, index, checked in items:  # in order: the telemetry sums are float sums
                 if checked is _SPECULATIVE:
                     result = stepped.get(index)
@@ -259,7 +260,14 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
                             counts.add_kernel(result[:4], p.numel(), len(result[3]))
                         continue
                     checked = checked_now[index]
-                self._step_param(p, index, group, prec, fused_steps, counts, checked)
+                ctx = self._step_param(p, index, group, prec, fused_steps, counts, checked)
+                if ctx is not None:
+                    pending.append(ctx)
+            if pending:
+                for ctx, update in zip(
+                    pending, rule_path.rule_updates(pending, self.rule), strict=True
+                ):
+                    paths.add_update(ctx, update, owned=True)  # the math's new tensors
             if counts is not None:
                 telemetry.append(counts)
         self._telemetry = telemetry
@@ -277,16 +285,21 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
                 "only in groups whose formats are all None (float), not in quantized groups"
             )
 
-    def _step_param(self, p, index, group, prec, fused_steps, counts, checked) -> None:
+    def _step_param(self, p, index, group, prec, fused_steps, counts, checked):
         """One parameter's step: the fused path from the raw gradient where the
         rule is pointwise, else the rule with torch ops and the rest of the
         pipeline fused or with torch ops (:mod:`hwsim.optim.paths`,
-        :mod:`hwsim.optim.fused_path`: the same bits either way)."""
+        :mod:`hwsim.optim.fused_path`: the same bits either way). A rule with
+        math on the torch path is left to the caller, which runs the group's
+        together: returns that step's :class:`~hwsim.optim.paths.ParamStep`,
+        else None."""
         views = self._views.get(p)
         if views is not None:
             views.written = None  # until the fused step writes the parameter again
         state = self.state[p]
         ctx = paths.prepare(p, index, group, prec, fused_steps, state, counts, self.fused)
+        if self.rule.math and not ctx.fused:
+            return ctx
         grad_flat, grad_max = checked
         if ctx.fused and grad_flat is not None and self.rule.math:
             pointwise = MATH[self.rule.math].pointwise_step(group)
@@ -327,6 +340,7 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         if not fused_path.step_fused(self, ctx, update_flat, fused_path.IDENTITY, update_max):
             update = torch.from_numpy(update_flat).reshape(ctx.p.shape)
             paths.add_update(ctx, update, owned=True)  # a scratch buffer, or the math's tensor
+        return None
 
     def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Two float64 buffers of ``n`` elements for the fused rule (its

@@ -51,6 +51,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from hwsim.optim import stack
+from hwsim.optim.stack import Stack
+
 # flag bits of ``opts`` (the fused kernel puts its own bits above FLAG_BITS)
 MAXIMIZE, DECAY, DECOUPLED, MOMENTUM, NESTEROV, FIRST, AMSGRAD, CENTERED = (
     1 << k for k in range(8)
@@ -59,11 +62,14 @@ FLAG_BITS = 8
 
 
 # -- the operations a rule may use: torch here, Numba overloads in rule_kernel -------
+# (each also takes a :class:`~hwsim.optim.stack.Stack`: a group's tensors at once)
 def sqrt(x):
     """The correctly rounded square root (IEEE 754). torch's CPU kernel is
     not (its vectorized float64 sqrt is off by an ulp in about 1% of
     elements, measured on torch 2.13 AVX-512): NumPy's on the CPU, torch's
     (IEEE) on other devices."""
+    if isinstance(x, Stack):
+        return x.map(sqrt) if x.is_cpu else stack.sqrt(x)
     if x.is_cpu:
         return torch.from_numpy(np.sqrt(x.numpy()))
     return torch.sqrt(x)
@@ -71,11 +77,13 @@ def sqrt(x):
 
 def sign(x):
     """-1, 0 or 1."""
-    return torch.sign(x)
+    return stack.sign(x) if isinstance(x, Stack) else torch.sign(x)
 
 
 def maximum(a, b):
     """Elementwise maximum (NaN propagates)."""
+    if isinstance(a, Stack):
+        return stack.maximum(a, b)
     return torch.maximum(a, b) if torch.is_tensor(b) else torch.clamp(a, min=b)
 
 

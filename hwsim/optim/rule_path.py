@@ -27,6 +27,7 @@ from hwsim.optim.paths import ParamStep, _as_complex
 from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed
 from hwsim.optim.rule_math import DECAY, DECOUPLED, MATH
 from hwsim.optim.rules import Rule, real_view
+from hwsim.optim.stack import Stack
 from hwsim.optim.telemetry import sample_of, sample_size
 from hwsim.torch_path.core import signed64
 
@@ -105,11 +106,7 @@ def rule_update(ctx: ParamStep, rule: Rule) -> torch.Tensor:
     group) from the quantized gradient, with torch ops; the states stored
     quantized. A rule without math (:class:`~hwsim.optim.rules.Rule`'s
     ``update``) is called with the same gradient, master weight and store."""
-    prec = ctx.prec
-    raw = real_view(ctx.whole.grad)
-    grad = raw.to(torch.float64 if prec.quantized else ctx.p.dtype)
-    if prec.grad is not None:  # in place where ``to`` made a copy
-        grad = ctx.quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"], grad is not raw)
+    grad = _gradient(ctx)
     if not rule.math:
         return _custom_update(ctx, rule, grad)
     entry = MATH[rule.math]
@@ -125,6 +122,55 @@ def rule_update(ctx: ParamStep, rule: Rule) -> torch.Tensor:
     update, new = entry.math(grad, w, states, h, opts, store)
     _store_states(ctx, rule, new, used, slots)
     return update
+
+
+def _gradient(ctx: ParamStep) -> torch.Tensor:
+    """The parameter's gradient (real view) in float64 (a quantized group),
+    on its format's grid."""
+    prec = ctx.prec
+    raw = real_view(ctx.whole.grad)
+    grad = raw.to(torch.float64 if prec.quantized else ctx.p.dtype)
+    if prec.grad is not None:  # in place where ``to`` made a copy
+        grad = ctx.quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"], grad is not raw)
+    return grad
+
+
+def rule_updates(ctxs: list[ParamStep], rule: Rule) -> list[torch.Tensor]:
+    """:func:`rule_update` of several parameters of one group (a rule with
+    math), the math run once per operation for all of them on
+    :class:`~hwsim.optim.stack.Stack` operands (``torch._foreach_`` ops),
+    each state stored through its own parameter's quantizer and telemetry:
+    the same bits, in the order of ``ctxs``. Parameters whose steps differ
+    (their count, a first momentum step) run as separate batches."""
+    entry = MATH[rule.math]
+    batches: dict[tuple, list[int]] = {}
+    hyper = []
+    for j, ctx in enumerate(ctxs):
+        h, opts = entry.hyper(ctx.group, ctx.step, ctx.state)
+        hyper.append((h, opts))
+        batches.setdefault((ctx.step, opts), []).append(j)
+    updates: list = [None] * len(ctxs)
+    for members in batches.values():
+        batch = [ctxs[j] for j in members]
+        h, opts = hyper[members[0]]
+        used = entry.used(opts)
+        grads = [_gradient(ctx) for ctx in batch]
+        w = None
+        if opts & (DECAY | DECOUPLED):
+            w = Stack(_master(ctx, g) for ctx, g in zip(batch, grads, strict=True))
+        slots = [_slots(ctx, rule, g, used) for ctx, g in zip(batch, grads, strict=True)]
+        # the math runs in float64; slot k of every parameter, as one operand
+        states = tuple(Stack(s[k].to(torch.float64) for s in slots) for k in range(3))
+
+        def store(x: Stack, slot: int, batch=batch) -> Stack:
+            name = rule.state_names[slot]
+            return Stack(_stored(c, name, slot, t) for c, t in zip(batch, x.tensors, strict=True))
+
+        update, new = entry.math(Stack(grads), w, states, h, opts, store)
+        for i, (j, ctx) in enumerate(zip(members, batch, strict=True)):
+            _store_states(ctx, rule, tuple(s.tensors[i] for s in new), used, slots[i])
+            updates[j] = update.tensors[i]
+    return updates
 
 
 def _custom_update(ctx: ParamStep, rule: Rule, grad: torch.Tensor) -> torch.Tensor:
