@@ -235,6 +235,43 @@ def test_a_non_finite_update_raises(fused):
         opt.step()
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_non_finite_update_names_its_parameter_in_a_group(fused):
+    """The torch path steps a group's parameters together: the error still
+    names the parameter whose update is not finite (here the third)."""
+    params = [torch.nn.Parameter(torch.ones(8)) for _ in range(4)]
+    opt = hopt.Adam(params, lr=0.1, eps=0.0, weight="fx8.4", accumulator="fx16.12", fused=fused)
+    for k, p in enumerate(params):
+        p.grad = torch.zeros(8) if k == 2 else torch.ones(8)
+    with pytest.raises(NonFiniteError, match="update of parameter 2"):
+        opt.step()
+
+
+@pytest.mark.parametrize("weight", ["bf16", "fp8_e4m3", "fx10.6"])
+def test_a_groups_torch_steps_with_a_float_weight_format(weight):
+    """A fixed-point accumulator under a floating-point weight format: the
+    torch path's batched tail hands the weight to each parameter's float
+    quantizer; the same bits as each parameter stepped by an optimizer of
+    its own (a batch of one: the per-parameter tail)."""
+
+    def run(groups):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s)) for s in [(6, 4), (5,), (33,)]]
+        kwargs = dict(lr=0.1, momentum=0.9, weight=weight, accumulator="fx24.16")
+        opts = [
+            hopt.SGD([params[k] for k in g], **kwargs, state="fx20.16", fused=False) for g in groups
+        ]
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            for opt in opts:
+                opt.step()
+        return [p.detach().clone() for p in params]
+
+    for a, b in zip(run([[0, 1, 2]]), run([[0], [1], [2]]), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_the_torch_path_square_root_is_correctly_rounded():
     """torch's CPU float64 sqrt is off by an ulp in about 1% of elements; the
     rule math's is IEEE's (math.sqrt)."""

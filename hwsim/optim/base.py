@@ -56,6 +56,7 @@ from hwsim.optim.precision import (
 )
 from hwsim.optim.rule_math import MATH
 from hwsim.optim.rules import Rule
+from hwsim.optim.stack import Stack
 from hwsim.optim.telemetry import Counts, sample_of
 from hwsim.plan.checks import fresh_seed
 
@@ -263,11 +264,13 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
                 ctx = self._step_param(p, index, group, prec, fused_steps, counts, checked)
                 if ctx is not None:
                     pending.append(ctx)
-            if pending:
-                for ctx, update in zip(
-                    pending, rule_path.rule_updates(pending, self.rule), strict=True
-                ):
-                    paths.add_update(ctx, update, owned=True)  # the math's new tensors
+            if pending:  # the math's new tensors: owned
+                updates = rule_path.rule_updates(pending, self.rule)
+                if paths.BatchStep.takes(pending):
+                    paths.add_update(paths.BatchStep(pending), Stack(updates), owned=True)
+                else:
+                    for ctx, update in zip(pending, updates, strict=True):
+                        paths.add_update(ctx, update, owned=True)
             if counts is not None:
                 telemetry.append(counts)
         self._telemetry = telemetry

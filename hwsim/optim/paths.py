@@ -31,6 +31,7 @@ from hwsim.optim.precision import (
     mix_seed,
     uniforms,
 )
+from hwsim.optim.stack import Stack
 from hwsim.optim.telemetry import sample_of
 from hwsim.plan.checks import raise_non_finite_torch
 from hwsim.torch_path.core import scaled_to_code_float, value_to_code_float
@@ -91,13 +92,79 @@ class ParamStep:
         temporary it may overwrite), its non-finite values raised (gradients
         were checked in ``step()``), and so is a float format's overflow to
         Inf or NaN."""
-        if stream != STREAM["grad"] and not all_finite(x):
-            raise_non_finite(x, stream, self.p, self.index)
+        if stream != STREAM["grad"]:
+            self.check_finite(x, stream)
         u = self.noise(stream, x) if rounding == Rounding.STOCHASTIC else None
         q = quantize_values(x, fmt, rounding, self.prec.overflow, u, inplace)
-        if not isinstance(fmt, FixedPoint) and not all_finite(q):
-            raise_non_finite(q, stream, self.p, self.index, fmt)
+        if not isinstance(fmt, FixedPoint):
+            self.check_finite(q, stream, fmt)
         return q
+
+    def check_finite(self, x: torch.Tensor, stream: int, fmt=None) -> None:
+        """NonFiniteError where ``x`` (this parameter's ``stream``, quantized
+        to ``fmt`` if given) holds NaN or Inf."""
+        if not all_finite(x):
+            raise_non_finite(x, stream, self.p, self.index, fmt)
+
+    def count_fixed(self, raw_update, delta, acc, weight) -> None:
+        """The telemetry of :func:`add_update`'s fixed-point tail."""
+        prec = self.prec
+        w = prec.weight
+        weight_saturated = None
+        if weight is not None:
+            sample = sample_of(weight)
+            weight_saturated = at_limits(sample * w.lsb if isinstance(w, FixedPoint) else sample, w)
+        self.counts.add_fixed(raw_update, delta, acc, prec.target, weight_saturated)
+
+
+class BatchStep(ParamStep):
+    """Several parameters' steps of one group as one: their tensors as
+    :class:`~hwsim.optim.stack.Stack` operands, so :func:`add_update`, written
+    once, runs each operation once for all of them (``torch._foreach_`` ops);
+    noise, non-finite errors and telemetry stay each parameter's. For a
+    fixed-point target (the caller checks :meth:`takes`)."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: list[ParamStep]):  # noqa: D107 (no ParamStep.__init__)
+        self.steps = steps
+        first = steps[0]
+        self.prec, self.counts, self.group = first.prec, first.counts, first.group
+        self.p = Stack(c.p for c in steps)
+        self.state = {"accumulator": Stack(c.state["accumulator"] for c in steps)}
+
+    @staticmethod
+    def takes(steps: list[ParamStep]) -> bool:
+        """The tail of these steps can run as one (a fixed-point target)."""
+        return len(steps) > 1 and isinstance(steps[0].prec.target, FixedPoint)
+
+    def noise(self, stream: int, like: Stack) -> Stack:
+        return Stack(c.noise(stream, t) for c, t in zip(self.steps, like.tensors, strict=True))
+
+    def quantize(self, x: Stack, fmt, rounding: Rounding, stream: int, inplace=False) -> Stack:
+        if isinstance(fmt, FixedPoint):
+            return ParamStep.quantize(self, x, fmt, rounding, stream, inplace)
+        return Stack(  # a float or block format: its quantizer takes one tensor
+            c.quantize(t, fmt, rounding, stream, inplace)
+            for c, t in zip(self.steps, x.tensors, strict=True)
+        )
+
+    def check_finite(self, x: Stack, stream: int, fmt=None) -> None:
+        """One reduction per tensor, one synchronization for all (the
+        infinity norm is NaN or Inf exactly where a value is)."""
+        full = [t for t in x.tensors if t.numel()]
+        if full and not torch.stack(torch._foreach_norm(full, math.inf)).isfinite().all():
+            for c, t in zip(self.steps, x.tensors, strict=True):
+                c.check_finite(t, stream, fmt)
+
+    def count_fixed(self, raw_update, delta, acc, weight) -> None:
+        for i, c in enumerate(self.steps):
+            c.count_fixed(
+                raw_update.tensors[i],
+                delta.tensors[i],
+                acc.tensors[i],
+                None if weight is None else weight.tensors[i],
+            )
 
 
 def prepare(
@@ -128,15 +195,14 @@ def add_update(ctx: ParamStep, update: torch.Tensor, owned: bool = False) -> Non
     without one) is :func:`hwsim.optim.float_step.add_to_float`'s.
     ``owned``: ``update`` is a temporary this step may overwrite (where
     telemetry does not read it afterwards)."""
-    p, prec, index, counts = ctx.p, ctx.prec, ctx.index, ctx.counts
+    p, prec, counts = ctx.p, ctx.prec, ctx.counts
     target = prec.target
     raw_update = update
     owned = owned and counts is None and update.dtype == torch.float64
     if prec.update is not None:
         update = ctx.quantize(update, prec.update, prec.update_rounding, STREAM["update"], owned)
         owned = counts is None  # a new tensor
-    if not all_finite(update):
-        raise_non_finite(update, STREAM["update"], p, index)
+    ctx.check_finite(update, STREAM["update"])
     if target is None:
         new = p + update.to(p.dtype)
         if counts is not None:
@@ -177,11 +243,7 @@ def add_update(ctx: ParamStep, update: torch.Tensor, owned: bool = False) -> Non
         weight = scaled_to_code_float(scaled, w, wr, prec.overflow, uw, inplace=True)
         torch.mul(weight, w.lsb, out=p.data).add_(0.0)  # codes have no -0: nor do weights
     if counts is not None:
-        weight_saturated = None
-        if weight is not None:
-            sample = sample_of(weight)
-            weight_saturated = at_limits(sample * w.lsb if isinstance(w, FixedPoint) else sample, w)
-        counts.add_fixed(raw_update, delta, acc, target, weight_saturated)
+        ctx.count_fixed(raw_update, delta, acc, weight)
 
 
 def check_gradient(

@@ -9,8 +9,15 @@ Each operation is the one the per-tensor math performs, tensor by tensor,
 so the results are the same bits: ``x + y``, ``x - y``, ``x * y``, ``x / y``
 (``y`` a Stack or, except for ``/``, a number), ``-x``, ``a + x`` and
 ``a * x`` (IEEE addition and multiplication commute), ``a - x`` as
-``(-x) + a`` (the same sum). A division by a number is refused, as the
-rules never divide by one (CUDA multiplies by its reciprocal).
+``(-x) + a`` (the same sum); ``x / a`` divides tensor by tensor (torch's
+foreach division by a number may multiply by its reciprocal).
+
+The pipeline's quantizers (:mod:`hwsim.torch_path.core`) take Stacks too,
+unchanged: the in-place steps of the fixed-point rounding (``mul_``,
+``add_``, ``sub_``, ``round_``, ``floor_``, ``trunc_``, ``clamp_``,
+``copy_``) are ``_foreach_`` ops, and every other tensor method, operator or
+torch function (``torch.where``, comparisons, ``to``, an ``out=``) is
+applied tensor by tensor, its Stack arguments taken element by element.
 """
 
 from __future__ import annotations
@@ -48,11 +55,8 @@ class Stack:
         return Stack(torch._foreach_add(torch._foreach_neg(self.tensors), _number(other)))
 
     def __truediv__(self, other) -> Stack:
-        if not isinstance(other, Stack):
-            raise TypeError(
-                "hwsim.optim.stack: a rule's math divides tensor by tensor only (a division "
-                f"by the number {other!r} is a multiplication by its reciprocal on CUDA)"
-            )
+        if not isinstance(other, Stack):  # tensor by tensor, as the per-tensor code divides
+            return _each(self, "__truediv__", (other,), {})
         return Stack(torch._foreach_div(self.tensors, other.tensors))
 
     def __neg__(self) -> Stack:
@@ -65,6 +69,119 @@ class Stack:
     @property
     def is_cpu(self) -> bool:
         return all(t.is_cpu for t in self.tensors)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The tensors' dtype, None where they differ."""
+        dtypes = {t.dtype for t in self.tensors}
+        return dtypes.pop() if len(dtypes) == 1 else None
+
+    def to(self, *args, **kwargs) -> Stack:
+        """Each tensor's ``to``: this Stack where none changes, else new tensors."""
+        out = [t.to(*args, **kwargs) for t in self.tensors]
+        same = [a is b for a, b in zip(out, self.tensors, strict=True)]
+        if all(same):
+            return self
+        # a new Stack holds no tensor of this one: the caller may write it in place
+        return Stack(t.clone() if s else t for t, s in zip(out, same, strict=True))
+
+    # -- in place: the quantizers' steps -------------------------------------------
+    def _inplace(self, op, other) -> Stack:
+        if isinstance(other, Stack):
+            if other.dtype != self.dtype:  # (a bool mask added: tensor by tensor)
+                return _each(self, op.__name__.replace("_foreach_", ""), (other,), {})
+            op(self.tensors, other.tensors)
+        else:
+            op(self.tensors, _number(other))
+        return self
+
+    def mul_(self, other) -> Stack:
+        return self._inplace(torch._foreach_mul_, other)
+
+    def add_(self, other) -> Stack:
+        return self._inplace(torch._foreach_add_, other)
+
+    def sub_(self, other) -> Stack:
+        return self._inplace(torch._foreach_sub_, other)
+
+    def copy_(self, other: Stack) -> Stack:
+        torch._foreach_copy_(self.tensors, other.tensors)
+        return self
+
+    def clamp_(self, min=None, max=None) -> Stack:  # noqa: A002 (torch's names)
+        if min is not None:
+            torch._foreach_clamp_min_(self.tensors, _number(min))
+        if max is not None:
+            torch._foreach_clamp_max_(self.tensors, _number(max))
+        return self
+
+    def round_(self) -> Stack:
+        torch._foreach_round_(self.tensors)
+        return self
+
+    def floor_(self) -> Stack:
+        torch._foreach_floor_(self.tensors)
+        return self
+
+    def trunc_(self) -> Stack:
+        torch._foreach_trunc_(self.tensors)
+        return self
+
+    # -- the rest, tensor by tensor ------------------------------------------------
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        values = [getattr(t, name) for t in self.tensors]
+        if not callable(values[0]):
+            return _wrap(values)
+        return lambda *args, **kwargs: _each(self, name, args, kwargs)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        n = next(len(a.tensors) for a in (*args, *(kwargs or {}).values()) if isinstance(a, Stack))
+        return _wrap([func(*_at(args, i), **_at(kwargs or {}, i)) for i in range(n)])
+
+    def __eq__(self, other):
+        return _each(self, "__eq__", (other,), {})
+
+    def __ne__(self, other):
+        return _each(self, "__ne__", (other,), {})
+
+    def __lt__(self, other):
+        return _each(self, "__lt__", (other,), {})
+
+    def __le__(self, other):
+        return _each(self, "__le__", (other,), {})
+
+    def __gt__(self, other):
+        return _each(self, "__gt__", (other,), {})
+
+    def __ge__(self, other):
+        return _each(self, "__ge__", (other,), {})
+
+    def __and__(self, other):
+        return _each(self, "__and__", (other,), {})
+
+    __hash__ = None
+
+
+def _at(args, i):
+    """Element ``i`` of every Stack among ``args`` (a tuple or a dict)."""
+    if isinstance(args, dict):
+        return {k: v.tensors[i] if isinstance(v, Stack) else v for k, v in args.items()}
+    return tuple(a.tensors[i] if isinstance(a, Stack) else a for a in args)
+
+
+def _each(stack: Stack, name: str, args, kwargs):
+    """Method ``name`` of each tensor, its Stack arguments element by element."""
+    return _wrap(
+        [getattr(t, name)(*_at(args, i), **_at(kwargs, i)) for i, t in enumerate(stack.tensors)]
+    )
+
+
+def _wrap(values):
+    """A Stack of tensors; other values (shapes, numbers) as a list."""
+    return Stack(values) if all(isinstance(v, torch.Tensor) for v in values) else values
 
 
 def _number(x) -> float:
