@@ -31,6 +31,7 @@ from hwsim.optim.precision import (
     mix_seed,
     uniforms,
 )
+from hwsim.optim.rules import real_view
 from hwsim.optim.stack import Stack
 from hwsim.optim.telemetry import sample_of
 from hwsim.plan.checks import raise_non_finite_torch
@@ -106,6 +107,14 @@ class ParamStep:
         if not all_finite(x):
             raise_non_finite(x, stream, self.p, self.index, fmt)
 
+    def raw_grad(self) -> torch.Tensor:
+        """The gradient as the step reads it (the real view of a complex one)."""
+        return real_view(self.whole.grad)
+
+    def each(self, *xs):
+        """``(step, *xs)`` per parameter: this one."""
+        yield (self, *xs)
+
     def count_fixed(self, raw_update, delta, acc, weight) -> None:
         """The telemetry of :func:`add_update`'s fixed-point tail."""
         prec = self.prec
@@ -131,12 +140,22 @@ class BatchStep(ParamStep):
         first = steps[0]
         self.prec, self.counts, self.group = first.prec, first.counts, first.group
         self.p = Stack(c.p for c in steps)
-        self.state = {"accumulator": Stack(c.state["accumulator"] for c in steps)}
+        self.state = {}
+        if first.prec.target is not None:
+            self.state["accumulator"] = Stack(c.state["accumulator"] for c in steps)
 
     @staticmethod
     def takes(steps: list[ParamStep]) -> bool:
         """The tail of these steps can run as one (a fixed-point target)."""
         return len(steps) > 1 and isinstance(steps[0].prec.target, FixedPoint)
+
+    def raw_grad(self) -> Stack:
+        return Stack(c.raw_grad() for c in self.steps)
+
+    def each(self, *xs):
+        """``(step, *xs)`` per parameter, a Stack among ``xs`` taken element by element."""
+        for i, c in enumerate(self.steps):
+            yield (c, *(x.tensors[i] if isinstance(x, Stack) else x for x in xs))
 
     def noise(self, stream: int, like: Stack) -> Stack:
         return Stack(c.noise(stream, t) for c, t in zip(self.steps, like.tensors, strict=True))
@@ -156,15 +175,6 @@ class BatchStep(ParamStep):
         if full and not torch.stack(torch._foreach_norm(full, math.inf)).isfinite().all():
             for c, t in zip(self.steps, x.tensors, strict=True):
                 c.check_finite(t, stream, fmt)
-
-    def count_fixed(self, raw_update, delta, acc, weight) -> None:
-        for i, c in enumerate(self.steps):
-            c.count_fixed(
-                raw_update.tensors[i],
-                delta.tensors[i],
-                acc.tensors[i],
-                None if weight is None else weight.tensors[i],
-            )
 
 
 def prepare(
@@ -243,7 +253,8 @@ def add_update(ctx: ParamStep, update: torch.Tensor, owned: bool = False) -> Non
         weight = scaled_to_code_float(scaled, w, wr, prec.overflow, uw, inplace=True)
         torch.mul(weight, w.lsb, out=p.data).add_(0.0)  # codes have no -0: nor do weights
     if counts is not None:
-        ctx.count_fixed(raw_update, delta, acc, weight)
+        for step, *args in ctx.each(raw_update, delta, acc, weight):
+            step.count_fixed(*args)
 
 
 def check_gradient(

@@ -23,7 +23,7 @@ from hwsim.optim import fused_path
 from hwsim.optim import rule_kernel as rk
 from hwsim.optim.fused import Draw
 from hwsim.optim.kinds import accumulator_values, saturated_sample, state_dtype
-from hwsim.optim.paths import ParamStep, _as_complex
+from hwsim.optim.paths import BatchStep, ParamStep, _as_complex
 from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed
 from hwsim.optim.rule_math import DECAY, DECOUPLED, MATH
 from hwsim.optim.rules import Rule, real_view
@@ -97,7 +97,8 @@ def _stored(ctx: ParamStep, name: str, slot: int, x: torch.Tensor) -> torch.Tens
         return x
     stored = ctx.quantize(x, fmt, ctx.prec.state_rounding, STATE_STREAM_BASE + slot)
     if ctx.counts is not None:
-        _state_telemetry(ctx, name, sample_of(x), sample_of(stored), x, x.numel())
+        for step, raw, value in ctx.each(x, stored):
+            _state_telemetry(step, name, sample_of(raw), sample_of(value), raw, raw.numel())
     return stored
 
 
@@ -126,9 +127,9 @@ def rule_update(ctx: ParamStep, rule: Rule) -> torch.Tensor:
 
 def _gradient(ctx: ParamStep) -> torch.Tensor:
     """The parameter's gradient (real view) in float64 (a quantized group),
-    on its format's grid."""
+    on its format's grid (a Stack of them for a BatchStep)."""
     prec = ctx.prec
-    raw = real_view(ctx.whole.grad)
+    raw = ctx.raw_grad()
     grad = raw.to(torch.float64 if prec.quantized else ctx.p.dtype)
     if prec.grad is not None:  # in place where ``to`` made a copy
         grad = ctx.quantize(grad, prec.grad, prec.grad_rounding, STREAM["grad"], grad is not raw)
@@ -151,24 +152,26 @@ def rule_updates(ctxs: list[ParamStep], rule: Rule) -> list[torch.Tensor]:
         batches.setdefault((ctx.step, opts), []).append(j)
     updates: list = [None] * len(ctxs)
     for members in batches.values():
-        batch = [ctxs[j] for j in members]
+        if len(members) == 1:
+            updates[members[0]] = rule_update(ctxs[members[0]], rule)
+            continue
+        batch = BatchStep([ctxs[j] for j in members])
         h, opts = hyper[members[0]]
         used = entry.used(opts)
-        grads = [_gradient(ctx) for ctx in batch]
+        grads = _gradient(batch)
         w = None
         if opts & (DECAY | DECOUPLED):
-            w = Stack(_master(ctx, g) for ctx, g in zip(batch, grads, strict=True))
-        slots = [_slots(ctx, rule, g, used) for ctx, g in zip(batch, grads, strict=True)]
+            w = Stack(_master(ctx, g) for ctx, g in batch.each(grads))
+        slots = [_slots(ctx, rule, g, used) for ctx, g in batch.each(grads)]
         # the math runs in float64; slot k of every parameter, as one operand
         states = tuple(Stack(s[k].to(torch.float64) for s in slots) for k in range(3))
 
         def store(x: Stack, slot: int, batch=batch) -> Stack:
-            name = rule.state_names[slot]
-            return Stack(_stored(c, name, slot, t) for c, t in zip(batch, x.tensors, strict=True))
+            return _stored(batch, rule.state_names[slot], slot, x)
 
-        update, new = entry.math(Stack(grads), w, states, h, opts, store)
-        for i, (j, ctx) in enumerate(zip(members, batch, strict=True)):
-            _store_states(ctx, rule, tuple(s.tensors[i] for s in new), used, slots[i])
+        update, new = entry.math(grads, w, states, h, opts, store)
+        for i, j in enumerate(members):
+            _store_states(ctxs[j], rule, tuple(s.tensors[i] for s in new), used, slots[i])
             updates[j] = update.tensors[i]
     return updates
 
