@@ -342,7 +342,7 @@ def test_a_groups_torch_steps_run_together_with_the_same_bits(config):
         name: _fmt(24, 20, name not in ("exp_avg_sq", "sum", "square_avg", "max_exp_avg_sq"))
         for name in STATES[cls]
     }
-    shapes = [(7, 5), (3,), (40,), (2, 3, 4)]
+    shapes = [(7, 5), (3,), (40,), (2, 3, 4), (45, 50)]  # the last steps alone on a CPU
     results = []
     for fused in (True, False):
         torch.manual_seed(config)

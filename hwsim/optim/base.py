@@ -264,12 +264,12 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
                 ctx = self._step_param(p, index, group, prec, fused_steps, counts, checked)
                 if ctx is not None:
                     pending.append(ctx)
-            if pending:  # the math's new tensors: owned
-                updates = rule_path.rule_updates(pending, self.rule)
-                if paths.BatchStep.takes(pending):
-                    paths.add_update(paths.BatchStep(pending), Stack(updates), owned=True)
+            for batch in rule_path.batches(pending):
+                updates = rule_path.rule_updates(batch, self.rule)  # new tensors: owned
+                if paths.BatchStep.takes(batch):
+                    paths.add_update(paths.BatchStep(batch), Stack(updates), owned=True)
                 else:
-                    for ctx, update in zip(pending, updates, strict=True):
+                    for ctx, update in zip(batch, updates, strict=True):
                         paths.add_update(ctx, update, owned=True)
             if counts is not None:
                 telemetry.append(counts)

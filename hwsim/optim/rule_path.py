@@ -136,6 +136,24 @@ def _gradient(ctx: ParamStep) -> torch.Tensor:
     return grad
 
 
+CPU_TOGETHER_BELOW = 2048  # elements: a CPU tensor at least this large steps alone
+
+
+def batches(ctxs: list[ParamStep]) -> list[list[ParamStep]]:
+    """The torch path's steps of a group, as the batches :func:`rule_updates`
+    and :func:`~hwsim.optim.paths.add_update` take them together. On a GPU,
+    all of them: one launch per operation for the group. On the CPU a
+    parameter's pipeline runs a few dozen passes over it, which stay in cache
+    while it is small enough alone; run together, each pass streams every
+    parameter through memory: measured with ``benchmarks/optim.py --tensors``,
+    together was faster for 200 tensors of 500 elements and slower for 200
+    of 5000. So CPU tensors of :data:`CPU_TOGETHER_BELOW` elements or more
+    step alone."""
+    alone = [[c] for c in ctxs if c.p.is_cpu and c.p.numel() >= CPU_TOGETHER_BELOW]
+    together = [c for c in ctxs if not (c.p.is_cpu and c.p.numel() >= CPU_TOGETHER_BELOW)]
+    return ([together] if together else []) + alone
+
+
 def rule_updates(ctxs: list[ParamStep], rule: Rule) -> list[torch.Tensor]:
     """:func:`rule_update` of several parameters of one group (a rule with
     math), the math run once per operation for all of them on
