@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from hwsim.formats import FloatingPoint
-from hwsim.optim import float_path, fused_path, paths, rule_path
+from hwsim.optim import float_path, fused_path, paths, rule_batch, rule_path
 from hwsim.optim.compat import CheckpointMixin, check_group_keys
 from hwsim.optim.fused import max_abs
 from hwsim.optim.precision import (
@@ -252,7 +252,7 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
             counts = Counts(prec.target) if self.telemetry_enabled else None
             if not prec.quantized and float_path.step_group(self, group, items, counts):
                 items = ()  # stepped by torch's own implementation
-            pending = []  # the torch path's rule steps, run together (rule_path.rule_updates)
+            pending = []  # the torch path's rule steps, run together (rule_batch)
             for p, index, checked in items:  # in order: the telemetry sums are float sums
                 if checked is _SPECULATIVE:
                     result = stepped.get(index)
@@ -264,8 +264,8 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
                 ctx = self._step_param(p, index, group, prec, fused_steps, counts, checked)
                 if ctx is not None:
                     pending.append(ctx)
-            for batch in rule_path.batches(pending):
-                updates = rule_path.rule_updates(batch, self.rule)  # new tensors: owned
+            for batch in rule_batch.batches(pending):
+                updates = rule_batch.rule_updates(batch, self.rule)  # new tensors: owned
                 if paths.BatchStep.takes(batch):
                     paths.add_update(paths.BatchStep(batch), Stack(updates), owned=True)
                 else:

@@ -260,8 +260,11 @@ class FusedStep(FusedPlan):
 
     def modes(self, key) -> int:
         """The kernel's ``modes`` (:func:`step_modes`) of a call's ``key``
-        (:meth:`_prepare`'s first result)."""
-        return step_modes(self.sign, self.roundings, self.overflow, *key)
+        (:meth:`_prepare`'s first result), worked out once per key."""
+        modes = self._modes.get(key)
+        if modes is None:
+            modes = self._modes[key] = step_modes(self.sign, self.roundings, self.overflow, *key)
+        return modes
 
     def _kernel(self, key, n: int):
         """The kernel of a call's ``key`` for ``n`` elements (one thread for

@@ -95,6 +95,7 @@ class FusedPlan:
             and (overflow == SATURATE or self.weight_overflow == CLAMP_NONE)
         )
         self._kernels: dict = {}
+        self._modes: dict = {}  # FusedStep.modes, per key
 
     def _weight_sides(self, low: float, high: float) -> int:
         """The limits of the weight format (``CLAMP_*``) that re-quantizing an

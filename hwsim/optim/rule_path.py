@@ -23,11 +23,10 @@ from hwsim.optim import fused_path
 from hwsim.optim import rule_kernel as rk
 from hwsim.optim.fused import Draw
 from hwsim.optim.kinds import accumulator_values, saturated_sample, state_dtype
-from hwsim.optim.paths import BatchStep, ParamStep, _as_complex
+from hwsim.optim.paths import ParamStep, _as_complex
 from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed
 from hwsim.optim.rule_math import DECAY, DECOUPLED, MATH
 from hwsim.optim.rules import Rule, real_view
-from hwsim.optim.stack import Stack
 from hwsim.optim.telemetry import sample_of, sample_size
 from hwsim.torch_path.core import signed64
 
@@ -136,64 +135,6 @@ def _gradient(ctx: ParamStep) -> torch.Tensor:
     return grad
 
 
-CPU_TOGETHER_BELOW = 2048  # elements: a CPU tensor at least this large steps alone
-
-
-def batches(ctxs: list[ParamStep]) -> list[list[ParamStep]]:
-    """The torch path's steps of a group, as the batches :func:`rule_updates`
-    and :func:`~hwsim.optim.paths.add_update` take them together. On a GPU,
-    all of them: one launch per operation for the group. On the CPU a
-    parameter's pipeline runs a few dozen passes over it, which stay in cache
-    while it is small enough alone; run together, each pass streams every
-    parameter through memory: measured with ``benchmarks/optim.py --tensors``,
-    together was faster for 200 tensors of 500 elements and slower for 200
-    of 5000. So CPU tensors of :data:`CPU_TOGETHER_BELOW` elements or more
-    step alone."""
-    alone = [[c] for c in ctxs if c.p.is_cpu and c.p.numel() >= CPU_TOGETHER_BELOW]
-    together = [c for c in ctxs if not (c.p.is_cpu and c.p.numel() >= CPU_TOGETHER_BELOW)]
-    return ([together] if together else []) + alone
-
-
-def rule_updates(ctxs: list[ParamStep], rule: Rule) -> list[torch.Tensor]:
-    """:func:`rule_update` of several parameters of one group (a rule with
-    math), the math run once per operation for all of them on
-    :class:`~hwsim.optim.stack.Stack` operands (``torch._foreach_`` ops),
-    each state stored through its own parameter's quantizer and telemetry:
-    the same bits, in the order of ``ctxs``. Parameters whose steps differ
-    (their count, a first momentum step) run as separate batches."""
-    entry = MATH[rule.math]
-    batches: dict[tuple, list[int]] = {}
-    hyper = []
-    for j, ctx in enumerate(ctxs):
-        h, opts = entry.hyper(ctx.group, ctx.step, ctx.state)
-        hyper.append((h, opts))
-        batches.setdefault((ctx.step, opts), []).append(j)
-    updates: list = [None] * len(ctxs)
-    for members in batches.values():
-        if len(members) == 1:
-            updates[members[0]] = rule_update(ctxs[members[0]], rule)
-            continue
-        batch = BatchStep([ctxs[j] for j in members])
-        h, opts = hyper[members[0]]
-        used = entry.used(opts)
-        grads = _gradient(batch)
-        w = None
-        if opts & (DECAY | DECOUPLED):
-            w = Stack(_master(ctx, g) for ctx, g in batch.each(grads))
-        slots = [_slots(ctx, rule, g, used) for ctx, g in batch.each(grads)]
-        # the math runs in float64; slot k of every parameter, as one operand
-        states = tuple(Stack(s[k].to(torch.float64) for s in slots) for k in range(3))
-
-        def store(x: Stack, slot: int, batch=batch) -> Stack:
-            return _stored(batch, rule.state_names[slot], slot, x)
-
-        update, new = entry.math(grads, w, states, h, opts, store)
-        for i, j in enumerate(members):
-            _store_states(ctxs[j], rule, tuple(s.tensors[i] for s in new), used, slots[i])
-            updates[j] = update.tensors[i]
-    return updates
-
-
 def _custom_update(ctx: ParamStep, rule: Rule, grad: torch.Tensor) -> torch.Tensor:
     complex_param = ctx.whole.is_complex()
 
@@ -235,30 +176,72 @@ class _Fused(NamedTuple):
     arrays: tuple  # flat NumPy views: the states, the accumulator
 
 
-def _fused_inputs(ctx: ParamStep, rule: Rule, zeros: np.ndarray) -> _Fused:
-    """The rule's hyperparameters, flags, state slots (created where missing,
-    not yet stored; an unused one reads ``zeros``: not a used slot, as the
-    kernel's loop is vectorized only where its arrays do not overlap) and the
-    kernel's options and seeds."""
+class _Static(NamedTuple):
+    """What a group's fused steps of a rule share for one set of flags, kept
+    in the group's ``fused_steps`` (rebuilt with its precision): working it
+    out per parameter and step cost more than a small tensor's kernel."""
+
+    used: tuple
+    formats: list
+    kernel_opts: int
+    grad_rounding: int
+    constants: np.ndarray  # the rule pass's format constants (rule_kernel.constants_of)
+    tops: list  # per state slot: max |stored value| (inf: no format)
+    lows: list  # per state slot: the least stored value (-inf: no format)
+
+
+def _static(ctx: ParamStep, rule: Rule, opts: int) -> _Static:
+    key = ("rule", rule.math, opts)
+    static = ctx.fused_steps.get(key)
+    if static is None:
+        prec = ctx.prec
+        used = MATH[rule.math].used(opts)
+        formats = [prec.state.get(name) for name in rule.state_names]
+        kernel_opts = rk.kernel_options(
+            opts, used, formats, int(prec.state_rounding), prec.overflow == Overflow.WRAP
+        )
+        padded = formats + [None] * (3 - len(formats))
+        static = ctx.fused_steps[key] = _Static(
+            used,
+            formats,
+            kernel_opts,
+            -1 if prec.grad is None else int(prec.grad_rounding),
+            rk.constants_of(prec.grad, prec.target.lsb, formats),
+            [_top(f) for f in padded],
+            [-math.inf if f is None else f.min_code * f.lsb for f in padded],
+        )
+    return static
+
+
+def _fused_inputs(ctx: ParamStep, rule: Rule, zeros: np.ndarray, hyper=None) -> _Fused:
+    """The rule's hyperparameters and flags (``hyper``, where the caller has
+    them), state slots (created where missing, not yet stored; an unused one
+    reads ``zeros``: not a used slot, as the kernel's loop is vectorized only
+    where its arrays do not overlap) and the kernel's options and seeds."""
     prec = ctx.prec
-    entry = MATH[rule.math]
-    h, opts = entry.hyper(ctx.group, ctx.step, ctx.state)
-    used = entry.used(opts)
+    h, opts = hyper or MATH[rule.math].hyper(ctx.group, ctx.step, ctx.state)
+    static = _static(ctx, rule, opts)
+    used = static.used
     like = ctx.state["accumulator"]
     unused = torch.from_numpy(zeros).reshape(like.shape)
     slots = _slots(ctx, rule, unused, used, unused)
     slots = tuple(s if s.is_contiguous() else s.contiguous() for s in slots)
-    formats = [prec.state.get(name) for name in rule.state_names]
-    kernel_opts = rk.kernel_options(
-        opts, used, formats, int(prec.state_rounding), prec.overflow == Overflow.WRAP
-    )
-    grad_rounding = -1 if prec.grad is None else int(prec.grad_rounding)
-    streams = [STREAM["grad"]] + [STATE_STREAM_BASE + k for k in range(3)]
     seeds = np.zeros(4, np.int64)
     if rule_stochastic(prec):
+        streams = (STREAM["grad"], STATE_STREAM_BASE, STATE_STREAM_BASE + 1, STATE_STREAM_BASE + 2)
         seeds[:] = [signed64(mix_seed(prec.seed, ctx.step, ctx.index, s)) for s in streams]
     arrays = (*(s.reshape(-1).numpy() for s in slots), like.reshape(-1).numpy())
-    return _Fused(h, opts, used, slots, formats, kernel_opts, grad_rounding, seeds, arrays)
+    return _Fused(
+        h,
+        opts,
+        used,
+        slots,
+        static.formats,
+        static.kernel_opts,
+        static.grad_rounding,
+        seeds,
+        arrays,
+    )
 
 
 def _finish(ctx: ParamStep, rule: Rule, f: _Fused, raw) -> None:
@@ -281,7 +264,6 @@ def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers
     array. ``buffers``: two flat float64 arrays of the gradient's size kept
     between steps, the update's and a zero one (:func:`_fused_inputs`)."""
     scratch, zeros = buffers
-    prec = ctx.prec
     f = _fused_inputs(ctx, rule, zeros)
     record = ctx.counts is not None and any(fmt is not None for fmt in f.formats)
     raw = np.empty((3, sample_size(grad_flat.size))) if record else None
@@ -291,7 +273,7 @@ def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers
         f.grad_rounding,
         (grad_flat, *f.arrays, scratch),
         f.h,
-        rk.constants_of(prec.grad, prec.target.lsb, f.formats),
+        _static(ctx, rule, f.opts).constants,
         f.seeds,
         raw,
     )
@@ -320,12 +302,10 @@ def update_bound(ctx: ParamStep, rule: Rule, h, opts: int, grad_max: float) -> f
     if prec.grad is not None:  # a rounding moves a value by less than an LSB
         g = _top(prec.grad)
         g = g if prec.overflow == Overflow.WRAP else min(g, grad_max + prec.grad.lsb)
-    formats = [prec.state.get(name) for name in rule.state_names]
-    formats += [None] * (3 - len(formats))
-    tops = [_top(f) for f in formats]
-    lows = [-math.inf if f is None else f.min_code * f.lsb for f in formats]
+    static = _static(ctx, rule, opts)
+    tops = static.tops
     w = _top(prec.target)
-    b = bound(h, opts, g, w, tops, lows) * (1 + 2.0**-30)
+    b = bound(h, opts, g, w, tops, static.lows) * (1 + 2.0**-30)
     finite = [x for x in (g, w, *tops) if math.isfinite(x)]
     return b if b < _PRODUCT_SAFE and max(finite) < _PRODUCT_SAFE else None
 
@@ -375,10 +355,10 @@ def fused_rule_step(opt, ctx: ParamStep, rule: Rule, checked, buffers) -> bool:
         return False
     key, (_, _, _, tail_constants, tail_seeds, sample, stride), _, top_after = prepared
     scratch, zeros = buffers
-    f = _fused_inputs(ctx, rule, zeros)
+    f = _fused_inputs(ctx, rule, zeros, (h, opts))
     hyper = np.zeros(8)
     hyper[: len(f.h)] = f.h
-    rule_constants = rk.constants_of(prec.grad, prec.target.lsb, f.formats)
+    rule_constants = _static(ctx, rule, opts).constants
     constants = np.concatenate([hyper, rule_constants, tail_constants, [limit]])
     seeds = np.concatenate([f.seeds, tail_seeds])
     states, acc = tuple(f.arrays[:3]), views.acc_flat
