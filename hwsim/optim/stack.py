@@ -141,28 +141,22 @@ class Stack:
         n = next(len(a.tensors) for a in (*args, *(kwargs or {}).values()) if isinstance(a, Stack))
         return _wrap([func(*_at(args, i), **_at(kwargs or {}, i)) for i in range(n)])
 
-    def __eq__(self, other):
-        return _each(self, "__eq__", (other,), {})
-
-    def __ne__(self, other):
-        return _each(self, "__ne__", (other,), {})
-
-    def __lt__(self, other):
-        return _each(self, "__lt__", (other,), {})
-
-    def __le__(self, other):
-        return _each(self, "__le__", (other,), {})
-
-    def __gt__(self, other):
-        return _each(self, "__gt__", (other,), {})
-
-    def __ge__(self, other):
-        return _each(self, "__ge__", (other,), {})
-
-    def __and__(self, other):
-        return _each(self, "__and__", (other,), {})
-
     __hash__ = None
+
+
+def _elementwise(name: str):
+    """The operator ``name``, tensor by tensor (comparisons and masks: torch
+    has no foreach op for them)."""
+
+    def op(self, other):
+        return _each(self, name, (other,), {})
+
+    op.__name__ = name
+    return op
+
+
+for _name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__and__"):
+    setattr(Stack, _name, _elementwise(_name))
 
 
 def _at(args, i):
