@@ -960,3 +960,35 @@ def test_nan_in_a_gradient_checked_apart_undoes_the_kernels_steps(monkeypatch):
     after = [a.detach(), b.detach(), opt.accumulator_codes(a), opt.accumulator_codes(b)]
     assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
     assert opt.state[a]["step"] == opt.state[b]["step"] == 2
+
+
+@pytest.mark.parametrize("change", ["replace", "data"])
+def test_a_state_changed_between_steps_is_read_anew(change):
+    """The fused rule step keeps its states' flat views between steps
+    (rule_path._fused_inputs); a state replaced in the state dict, or whose
+    ``.data`` was swapped, is read and written where it now is: the same bits
+    as the torch path, which reads the state dict each step."""
+    results = []
+    for numba_pass in (True, False):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(300))
+        opt = hopt.SGD(
+            [p],
+            lr=0.1,
+            momentum=0.9,
+            weight="fx16.12",
+            accumulator="fx24.20",
+            state="fx20.16",
+            fused=numba_pass,
+        )
+        for step in range(4):
+            p.grad = torch.randn_like(p)
+            opt.step()
+            state = opt.state[p]
+            if change == "replace":
+                state["momentum_buffer"] = state["momentum_buffer"] * 0.5
+            else:
+                state["momentum_buffer"].data = torch.full_like(state["momentum_buffer"], step / 8)
+        results.append((p.detach().clone(), opt.state[p]["momentum_buffer"].clone()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])

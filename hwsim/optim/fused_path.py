@@ -34,7 +34,7 @@ IDENTITY = Pointwise(False, 1.0)  # a rule's update, added as it is
 class FlatViews:
     """A parameter's cached views (see :func:`flat_views`)."""
 
-    __slots__ = ("acc", "storage", "acc_flat", "param", "bound", "version", "written")
+    __slots__ = ("acc", "storage", "acc_flat", "param", "bound", "version", "written", "states")
 
     def __init__(
         self, acc: torch.Tensor, storage: tuple, acc_flat: np.ndarray, param: np.ndarray
@@ -45,6 +45,9 @@ class FlatViews:
         # (fused step, the parameter's version, k with max |gradient| < 2^k) of the last
         # step, where the fused step wrote the parameter; else None (see speculation)
         self.written: tuple | None = None
+        # (zeros buffer, its view shaped as the parameter, the state slots, their flat
+        # NumPy views) of the last fused rule step (rule_path._fused_inputs)
+        self.states: tuple | None = None
 
 
 def version_of(t: torch.Tensor) -> int | None:

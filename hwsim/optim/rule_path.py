@@ -213,24 +213,39 @@ def _static(ctx: ParamStep, rule: Rule, opts: int) -> _Static:
     return static
 
 
-def _fused_inputs(ctx: ParamStep, rule: Rule, zeros: np.ndarray, hyper=None) -> _Fused:
+def _fused_inputs(ctx: ParamStep, rule: Rule, zeros: np.ndarray, hyper=None, views=None) -> _Fused:
     """The rule's hyperparameters and flags (``hyper``, where the caller has
     them), state slots (created where missing, not yet stored; an unused one
     reads ``zeros``: not a used slot, as the kernel's loop is vectorized only
-    where its arrays do not overlap) and the kernel's options and seeds."""
+    where its arrays do not overlap) and the kernel's options and seeds.
+    ``views``: the parameter's :class:`~hwsim.optim.fused_path.FlatViews`,
+    which keep the slots' flat NumPy views while the slots stay the same
+    tensors (building them cost more than a small tensor's kernel)."""
     prec = ctx.prec
     h, opts = hyper or MATH[rule.math].hyper(ctx.group, ctx.step, ctx.state)
     static = _static(ctx, rule, opts)
     used = static.used
     like = ctx.state["accumulator"]
-    unused = torch.from_numpy(zeros).reshape(like.shape)
+    cached = None if views is None else views.states
+    if cached is not None and cached[0] is zeros and views.acc is like:
+        unused = cached[1]
+    else:
+        unused, cached = torch.from_numpy(zeros).reshape(like.shape), None
     slots = _slots(ctx, rule, unused, used, unused)
     slots = tuple(s if s.is_contiguous() else s.contiguous() for s in slots)
     seeds = np.zeros(4, np.int64)
     if rule_stochastic(prec):
         streams = (STREAM["grad"], STATE_STREAM_BASE, STATE_STREAM_BASE + 1, STATE_STREAM_BASE + 2)
         seeds[:] = [signed64(mix_seed(prec.seed, ctx.step, ctx.index, s)) for s in streams]
-    arrays = (*(s.reshape(-1).numpy() for s in slots), like.reshape(-1).numpy())
+    where = tuple((s, s.data_ptr()) for s in slots)  # the same tensors on the same memory
+    if cached is not None and all(
+        a is b and p == q for (a, p), (b, q) in zip(cached[2], where, strict=True)
+    ):
+        arrays = cached[3]
+    else:
+        arrays = (*(s.reshape(-1).numpy() for s in slots), like.reshape(-1).numpy())
+        if views is not None:
+            views.states = (zeros, unused, where, arrays)
     return _Fused(
         h,
         opts,
@@ -355,7 +370,7 @@ def fused_rule_step(opt, ctx: ParamStep, rule: Rule, checked, buffers) -> bool:
         return False
     key, (_, _, _, tail_constants, tail_seeds, sample, stride), _, top_after = prepared
     scratch, zeros = buffers
-    f = _fused_inputs(ctx, rule, zeros, (h, opts))
+    f = _fused_inputs(ctx, rule, zeros, (h, opts), views)
     hyper = np.zeros(8)
     hyper[: len(f.h)] = f.h
     rule_constants = _static(ctx, rule, opts).constants
