@@ -27,7 +27,7 @@ from hwsim.optim.paths import ParamStep, _as_complex
 from hwsim.optim.precision import STATE_STREAM_BASE, STREAM, mix_seed
 from hwsim.optim.rule_math import DECAY, DECOUPLED, MATH
 from hwsim.optim.rules import Rule, real_view
-from hwsim.optim.telemetry import sample_of, sample_size
+from hwsim.optim.telemetry import sample_of, sample_size, sample_stride, state_counts
 from hwsim.torch_path.core import signed64
 
 
@@ -267,10 +267,12 @@ def _finish(ctx: ParamStep, rule: Rule, f: _Fused, raw) -> None:
     if raw is None:
         return
     n = f.arrays[-1].size
+    stride = sample_stride(n)
     for k, name in enumerate(rule.state_names):
-        if f.used[k] and f.formats[k] is not None:
-            state = f.slots[k]
-            _state_telemetry(ctx, name, torch.from_numpy(raw[k]), sample_of(state), state, n)
+        fmt = f.formats[k]
+        if f.used[k] and fmt is not None:  # fixed point (rule_path.fusable)
+            counted = state_counts(raw[k], f.arrays[k], stride, fmt.min, fmt.max)
+            ctx.counts.add_state_counts(name, *counted, raw.shape[1], n)
 
 
 def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers):

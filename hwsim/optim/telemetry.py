@@ -47,6 +47,22 @@ def sampled_index(m, stride):
 
 
 @kernel
+def state_counts(raw, state, stride, low, high):
+    """A fixed-point state's telemetry on its sample, as ``Counts.add_state``
+    counts it with torch ops (``flushed_mask``, ``kinds.at_limits``), for the
+    fused step, whose per-tensor torch ops cost more than its kernel:
+    ``raw[m]`` the value before quantization at the ``m``-th sampled element,
+    ``state`` the stored values (flat). Returns (flushed: nonzero, not NaN,
+    stored as 0; saturated: stored at ``low`` or ``high``)."""
+    flushed = saturated = 0
+    for m in range(raw.size):
+        r, v = raw[m], state[sampled_index(m, stride)]
+        flushed += r != 0 and v == 0 and r == r
+        saturated += v == low or v == high
+    return flushed, saturated
+
+
+@kernel
 def gather_sample(x, stride, out):
     """``out[m] = x[sampled_index(m, stride)]``: a flat array's telemetry sample."""
     for m in range(out.size):
@@ -115,6 +131,12 @@ class Counts:
         entry = self.states.setdefault(name, [[], []])
         entry[0].append(counts)
         entry[1].append((raw.numel(), numel))
+
+    def add_state_counts(self, name: str, flushed: int, saturated: int, sampled, numel) -> None:
+        """:meth:`add_state`'s counts, counted elsewhere (:func:`state_counts`)."""
+        entry = self.states.setdefault(name, [[], []])
+        entry[0].append(torch.tensor([flushed, saturated]))
+        entry[1].append((sampled, numel))
 
     def add_float(self, update: torch.Tensor, unchanged: torch.Tensor, numel: int) -> None:
         """``update`` and ``unchanged``: the param's telemetry sample."""
