@@ -60,6 +60,14 @@ class Quant:
     def stochastic(self) -> bool:
         return self.rounding == Rounding.STOCHASTIC
 
+    @functools.cached_property
+    def float_codes(self) -> bool:
+        """Whether float64 holds this quantizer's codes and scaled float32
+        inputs exactly (saturate, ``wl <= 52``, ``0 <= fl <= 800``: no
+        underflow, no overflow), as the torch backend's lean steps need."""
+        fmt = self.fmt
+        return self.overflow == Overflow.SATURATE and fmt.wl <= 52 and 0 <= fmt.fl <= 800
+
     def seed(self, seed) -> np.uint64:
         """The kernel's noise key, as ``hwsim.quantize`` takes it."""
         if not self.stochastic:

@@ -127,6 +127,40 @@ def batched_gemm(
     return squeeze_result(out.reshape(batch + (m, n)), squeeze)
 
 
+def layer_gemm(
+    ca: torch.Tensor,
+    fa: int,
+    cb: torch.Tensor,
+    fb: int,
+    acc: FixedPoint,
+    product: FixedPoint | None,
+    rounding: Rounding,
+    overflow: Overflow,
+    seed,
+    stats,
+) -> torch.Tensor:
+    """:func:`batched_gemm` of 2-D codes (M, K) @ (K, N) with their ``stats``
+    known, for a layer's step: the same codes, as int64, or as integral float64
+    where the saturating fast path holds them exactly (``acc.wl <= 52``), so the
+    BLAS sums skip the round trip through int64 that the caller would undo."""
+    sa, sb = stats
+    if overflow != Overflow.SATURATE or acc.wl > 52 or not (ca.numel() and cb.numel()):
+        return batched_gemm(ca, fa, cb, fb, acc, product, rounding, overflow, seed, "auto", stats)
+    nonneg = (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
+    plan = plan_gemm(fa, fb, sa[0], sb[0], nonneg, acc, product, overflow)
+    k = ca.shape[1]
+
+    def tight_bound() -> float:
+        return float(torch.mm(ca.abs().to(torch.float64), cb.abs().to(torch.float64)).max())
+
+    if not use_fast_path(plan, "auto", k, overflow, tight_bound):
+        return _sequential(ca[None], cb[None], plan, rounding, overflow, seed)[0]
+    out = torch.mm(ca.to(torch.float64), cb.to(torch.float64))  # exact: the plan's bound
+    if plan.left_shift:
+        out.mul_(2.0**plan.left_shift)  # exact: a power of two, the codes below 2^53
+    return out.clamp_(acc.min_code, acc.max_code)
+
+
 TERMS_PER_CHUNK = 1 << 21  # int64 terms formed at once by the vectorized MAC
 # On the CPU a smaller chunk stays in cache: a LeNet conv (32x16x16 outputs,
 # K = 150) took 13.4 ms in the k loop, 1.4 ms vectorized in chunks of 2^18
