@@ -193,6 +193,12 @@ def codes(t: torch.Tensor, q: Quant, seed):
     return out, q.fmt.fl - tz, (max(-lo, hi), lo, hi)
 
 
+def noises(like, *requests) -> list:
+    """The seed of each request ``(q, seed, numel)`` (or None), as :func:`finish`
+    takes it (the torch backend's twin may draw the noise itself)."""
+    return [None if r is None else r[1] for r in requests]
+
+
 def finish(acc_codes, mac: Mac, q: Quant, seed, bias=None, inner=1) -> torch.Tensor:
     """Accumulator codes (plus the bias codes ``bias[(i // inner) % len]``) to
     their float32 values, quantized by ``q``: a float32 tensor."""

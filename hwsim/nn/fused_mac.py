@@ -113,18 +113,26 @@ class FusedLinear(torch.autograd.Function):
         x_op, w_op = ctx.ops
         g_op = _grad_codes(steps, grad.reshape(-1, grad.shape[-1]), plan, seeds[7])
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
+        need = ctx.needs_input_grad
+        n, (out, inner) = g_op[0].shape[0], w_op[0].shape
+        sx, sw, sb = steps.noises(
+            g_op[0],
+            (plan.gx, seeds[1], n * inner) if need[0] else None,
+            (plan.gw, seeds[3], out * inner) if need[1] else None,
+            (plan.gw, seeds[5], out) if need[2] else None,
+        )
+        if need[0]:
             mac = plan.grad_input
             acc = steps.gemm(mac, g_op, w_op, mac.seed(seeds[11]))
-            gx = steps.finish(acc, mac, plan.gx, seeds[1]).reshape(ctx.x_shape)
+            gx = steps.finish(acc, mac, plan.gx, sx).reshape(ctx.x_shape)
         mac = plan.grad_weight
-        if ctx.needs_input_grad[1]:
+        if need[1]:
             acc = steps.gemm(mac, (g_op[0].T, g_op[1], g_op[2]), x_op, mac.seed(seeds[12]))
-            gw = steps.finish(acc, mac, plan.gw, seeds[3])
-        if ctx.needs_input_grad[2]:  # the batch sum through the same MAC array
-            ones = _ones_like(g_op[0], g_op[0].shape[0])
+            gw = steps.finish(acc, mac, plan.gw, sw)
+        if need[2]:  # the batch sum through the same MAC array
+            ones = _ones_like(g_op[0], n)
             acc = steps.gemm(mac, (ones, 0, _ONES), g_op, mac.seed(seeds[12]))
-            gb = steps.finish(acc[0], mac, plan.gw, seeds[5])
+            gb = steps.finish(acc[0], mac, plan.gw, sb)
         return gx, gw, gb, None, None, None, None, None, None
 
 

@@ -19,20 +19,52 @@ import math
 import torch
 
 from hwsim.modes import Overflow
+from hwsim.plan.checks import fresh_seed, seed64
 from hwsim.torch_path.core import apply_overflow, code_to_value, round_scaled_
 from hwsim.torch_path.gemm import layer_gemm
-from hwsim.torch_path.quantize import CHUNK, quantize_torch, stochastic_noise
+from hwsim.torch_path.quantize import CHUNK, counter_uniforms, quantize_torch, stochastic_noise
 
 _MASK64 = (1 << 64) - 1
 _FAR = 1 << 62  # above every lowest set bit of a code that fits 53 bits
 
 
-def _rounded(t: torch.Tensor, q, seed) -> torch.Tensor:
+def _rounded(t: torch.Tensor, q, seed, codes: bool = False) -> torch.Tensor:
     """``t * 2^fl`` rounded by ``q`` in a new float64 tensor, not yet clamped
     (``hwsim.torch_path.core.value_to_code_float`` up to its clamp); a
-    non-finite ``t`` stays non-finite there."""
+    non-finite ``t`` stays non-finite there. ``seed``: an int, None, or the
+    uniforms themselves (from :func:`noises`). ``codes``: only the codes
+    matter (not the sign of a zero), so stochastic rounding of values all on
+    the grid, which no noise changes, skips drawing it."""
     s = t.detach().to(torch.float64, copy=True).mul_(q.constants[0])
-    return round_scaled_(s, q.rounding, stochastic_noise(t, seed) if q.stochastic else None)
+    if not q.stochastic:
+        return round_scaled_(s, q.rounding)
+    if isinstance(seed, torch.Tensor):
+        return round_scaled_(s, q.rounding, seed.view(t.shape))
+    if not codes:
+        return round_scaled_(s, q.rounding, stochastic_noise(t, seed))
+    f = torch.floor(s)
+    d = s.sub_(f)  # NaN where t is not finite
+    if not float(d.max()):  # e.g. a gradient the next layer's backward already quantized
+        return f
+    return f.add_(stochastic_noise(t, seed) < d)  # as round_scaled_
+
+
+def noises(like: torch.Tensor, *requests) -> list:
+    """What :func:`finish` takes as ``seed`` for each request ``(q, seed, numel)``
+    (or None): the seed itself, or where two or more quantizers round
+    stochastically on the lean path, their counter noise drawn at once
+    (``counter_uniforms``: one pass of the hash for all)."""
+    out = [None if r is None else r[1] for r in requests]
+    todo = [
+        j for j, r in enumerate(requests)
+        if r is not None and r[0].stochastic and r[0].float_codes and 0 < r[2] <= CHUNK
+    ]  # fmt: skip
+    if len(todo) < 2:
+        return out
+    keys = [(fresh_seed() if out[j] is None else seed64(out[j]), requests[j][2], 0) for j in todo]
+    for j, u in zip(todo, counter_uniforms(keys, like.device), strict=True):
+        out[j] = u
+    return out
 
 
 def _lean(t: torch.Tensor, q) -> bool:
@@ -48,7 +80,7 @@ def codes(t: torch.Tensor, q, seed):
         return _codes(
             quantize_torch(t.detach(), q.fmt, q.rounding, q.overflow, seed=seed, codes=True), q
         )
-    r = _rounded(t, q, seed)
+    r = _rounded(t, q, seed, codes=True)
     lo, hi = (float(v) for v in torch.aminmax(r))  # NaN or +-Inf: a non-finite input
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return None
@@ -84,7 +116,8 @@ def _codes(c: torch.Tensor, q):
 def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
     """Accumulator codes (int64, or integral float64 that this step may
     overwrite, as :func:`gemm` gives them; plus the bias codes
-    ``bias[(i // inner) % len]``) to their float32 values, quantized by ``q``."""
+    ``bias[(i // inner) % len]``) to their float32 values, quantized by ``q``
+    (``seed``: as :func:`noises` gives it)."""
     a = mac.acc
     # |value| < 2^(wl - fl): finite in float32 up to 2^127 (else the check raises, as unfused)
     finite = a.wl - a.fl <= 127
@@ -106,6 +139,9 @@ def _finish(acc_codes, mac, q, seed, bias, finite) -> torch.Tensor:
         shape = (1, -1) + (1,) * (acc_codes.dim() - 2)
         acc_codes = apply_overflow(acc_codes + bias.reshape(shape), mac.acc, mac.overflow)
     v = code_to_value(acc_codes, mac.acc, torch.float32)
+    if isinstance(seed, torch.Tensor):  # uniforms from noises()
+        u = seed.view(v.shape)
+        return quantize_torch(v, q.fmt, q.rounding, q.overflow, noise=u, finite=finite)
     return quantize_torch(v, q.fmt, q.rounding, q.overflow, seed=seed, finite=finite)
 
 
