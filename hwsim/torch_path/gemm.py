@@ -187,20 +187,25 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
         return _mac_loop(a3, b3, plan, rounding, overflow, seed)
     step = max(1, (CPU_TERMS_PER_CHUNK if a3.device.type == "cpu" else TERMS_PER_CHUNK) // total)
     exact = _float_terms_exact(plan, rounding, overflow, k * reach)
+    a_terms = a3
     if exact:  # the same integers, fewer passes: every term and sum exact in float64
         a3, b3 = a3.to(torch.float64), b3.to(torch.float64)
+        # the grid move folded into a: a power of two, exact on every product
+        a_terms = a3 * 2.0**-plan.acc_shift
     sums = torch.zeros((batches, m, n), dtype=a3.dtype, device=a3.device)
-    mags = None  # sum_k |t_k|, where the plan's term bound cannot rule saturation out
-    if overflow == Overflow.SATURATE and k * plan.term_max > min(
-        -acc_fmt.min_code, acc_fmt.max_code
-    ):
-        mags = torch.zeros_like(sums)
+    mags = None  # sum_k |t_k|, where neither the plan's term bound nor |a| @ |b| rules
+    if overflow == Overflow.SATURATE and k * plan.term_max > reach_of(acc_fmt):
+        if not (exact and _sums_within(a3, b3, plan, k)):  # saturation out
+            mags = torch.zeros_like(sums)
     flat = None
     if rounding == Rounding.STOCHASTIC:
         flat = torch.arange(total, dtype=torch.int64, device=a3.device).reshape(batches, m, 1, n)
+    # one buffer for every chunk's terms: a fresh large CPU tensor page-faults
+    buffer = torch.empty(total * min(step, k), dtype=a3.dtype, device=a3.device)
     for k0 in range(0, k, step):
         k1 = min(k, k0 + step)
-        t = a3[:, :, k0:k1, None] * b3[:, None, k0:k1, :]  # (Bt, M, kc, N)
+        t = buffer[: total * (k1 - k0)].view(batches, m, k1 - k0, n)
+        torch.mul(a_terms[:, :, k0:k1, None], b3[:, None, k0:k1, :], out=t)  # (Bt, M, kc, N)
 
         def noise(stage: int, k0=k0, k1=k1):
             if flat is None:
@@ -225,6 +230,22 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
     return sums.to(torch.int64)  # no partial sum left the range
 
 
+def reach_of(acc: FixedPoint) -> int:
+    """The largest |sum| no saturation touches: min(-min_code, max_code)."""
+    return min(-acc.min_code, acc.max_code)
+
+
+def _sums_within(a3, b3, plan, k: int) -> bool:
+    """Whether ``sum_k |t_k|`` stays inside the accumulator's range for every
+    output, from the float64 codes' ``|a| @ |b|`` (one BLAS call, not a pass
+    over the terms): a term is at most its exact product on the accumulator
+    grid plus 1 (rounding), and the float64 sums are within a relative
+    (k + 2) 2^-52 of the truth. False where that bound cannot tell."""
+    top = float(torch.matmul(a3.abs(), b3.abs()).max())
+    bound = top * 2.0**-plan.acc_shift * (1.0 + (k + 2) * 2.0**-52) + k
+    return bound <= reach_of(plan.accumulator)
+
+
 _FLOAT_ROUNDINGS = (Rounding.NEAREST, Rounding.FLOOR, Rounding.ZERO, Rounding.STOCHASTIC)
 
 
@@ -243,9 +264,9 @@ def _float_terms_exact(plan, rounding, overflow, sum_bound: int) -> bool:
 
 
 def _float_terms(t, plan, rounding, noise) -> torch.Tensor:
-    """:func:`_terms` on exact float64 products (see ``_float_terms_exact``)."""
+    """:func:`_terms` on exact float64 products already on the accumulator's
+    scale (see ``_float_terms_exact``), in place where it can."""
     acc = plan.accumulator
-    t.mul_(2.0**-plan.acc_shift)  # exact: a power of two, far from under/overflow
     if plan.acc_stage != STAGE_LEFT:
         if rounding == Rounding.NEAREST:
             t.round_()
@@ -256,7 +277,12 @@ def _float_terms(t, plan, rounding, noise) -> torch.Tensor:
         else:
             f = torch.floor(t)
             t = f.add_(noise(1) < t.sub_(f))  # a bool adds as 0.0 or 1.0
-    return t.clamp_(acc.min_code, acc.max_code)
+    # a term past the range: only where the plan's largest term is (an exact term
+    # is at most max_product 2^-shift, a rounded one 1 more)
+    top = plan.max_product * 2.0**-plan.acc_shift + 1
+    if top > acc.max_code or -top < acc.min_code:
+        t.clamp_(acc.min_code, acc.max_code)
+    return t
 
 
 def _terms(t, plan, rounding, overflow, noise) -> torch.Tensor:
