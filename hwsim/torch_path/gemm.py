@@ -32,6 +32,7 @@ from hwsim.torch_path.core import (
     counter_uniform_at,
     shift_round_code,
 )
+from hwsim.torch_path.residue import MAX_SHIFT, residue_sums, residue_tables
 
 
 def grid_codes(x: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
@@ -187,16 +188,19 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
         return _mac_loop(a3, b3, plan, rounding, overflow, seed)
     step = max(1, (CPU_TERMS_PER_CHUNK if a3.device.type == "cpu" else TERMS_PER_CHUNK) // total)
     exact = _float_terms_exact(plan, rounding, overflow, k * reach)
-    a_terms = a3
+    a_codes, b_codes = a3, b3
     if exact:  # the same integers, fewer passes: every term and sum exact in float64
         a3, b3 = a3.to(torch.float64), b3.to(torch.float64)
-        # the grid move folded into a: a power of two, exact on every product
-        a_terms = a3 * 2.0**-plan.acc_shift
     sums = torch.zeros((batches, m, n), dtype=a3.dtype, device=a3.device)
     mags = None  # sum_k |t_k|, where neither the plan's term bound nor |a| @ |b| rules
     if overflow == Overflow.SATURATE and k * plan.term_max > reach_of(acc_fmt):
         if not (exact and _sums_within(a3, b3, plan, k)):  # saturation out
             mags = torch.zeros_like(sums)
+    if exact and mags is None and _by_residues(plan, rounding, m, n, a_codes):
+        sums = residue_sums(a_codes, b_codes, a3, b3, plan.acc_shift, rounding)
+        return sums.to(torch.int64)
+    # the grid move folded into a: a power of two, exact on every product
+    a_terms = a3 * 2.0**-plan.acc_shift if exact else a3
     flat = None
     if rounding == Rounding.STOCHASTIC:
         flat = torch.arange(total, dtype=torch.int64, device=a3.device).reshape(batches, m, 1, n)
@@ -228,6 +232,32 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
         if bound > acc_fmt.max_code or -bound < acc_fmt.min_code:
             return _mac_loop(a3.to(torch.int64), b3.to(torch.int64), plan, rounding, overflow, seed)
     return sums.to(torch.int64)  # no partial sum left the range
+
+
+def _by_residues(plan, rounding, m: int, n: int, a_codes) -> bool:
+    """Whether :func:`residue_sums` gives the terms' sum (no partial sum
+    saturating, the caller has checked) and pays: terms rounded by a small
+    shift with a rounding a residue decides, never clamped, every sum of
+    products exact in float64, and outputs many against the operands (its
+    lookups cost per operand element, the terms per output and k: measured,
+    a LeNet layer's 32x120 @ 120x84 took 0.23 ms against 0.55 ms, a conv's
+    6x400 @ 400x16 3.5 against 2.5)."""
+    k = a_codes.shape[-1]
+    if (
+        m * n < 10 * (m + n)
+        or plan.acc_stage != STAGE_ROUND
+        or rounding not in (Rounding.NEAREST, Rounding.FLOOR)
+    ):
+        return False
+    if plan.acc_shift > MAX_SHIFT or a_codes.dtype != torch.int64:
+        return False
+    if (
+        k * plan.max_product >= EXACT_FLOAT
+        or len(residue_tables(plan.acc_shift, rounding)[1][0]) > 8
+    ):
+        return False
+    top = plan.max_product * 2.0**-plan.acc_shift + 1  # the largest term, rounded
+    return top <= reach_of(plan.accumulator)
 
 
 def reach_of(acc: FixedPoint) -> int:
