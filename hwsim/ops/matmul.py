@@ -316,17 +316,22 @@ def conv2d_on_codes(cx, fx, cw, fw, stride, pads, acc, product, rounding, overfl
     sums its own terms in the same order (the same bits), and the MAC loop
     runs over N Ho Wo columns instead of Ho Wo (a LeNet conv's 16). The
     stochastic counter noise is indexed by the (N, O, Ho Wo) layout, which
-    keeps the batched GEMM."""
-    wide = not is_torch(cx) and rounding != Rounding.STOCHASTIC
-    cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads, wide)
+    keeps the batched GEMM. The torch path does the same (its weights then
+    are not copied per sample, and the one GEMM's outputs are many)."""
+    wide = rounding != Rounding.STOCHASTIC
+    cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads, wide and not is_torch(cx))
     wm = cw.reshape(1, o, -1)
-    if wide:
-        out = batched_gemm_numpy(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
-        return np.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
     if is_torch(cols):
         from hwsim.torch_path import gemm as tg
 
+        if wide:  # (N, C kh kw, Ho Wo) -> (1, C kh kw, N Ho Wo)
+            cols = cols.transpose(0, 1).reshape(1, cols.shape[1], -1)
         out = tg.batched_gemm(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
+        if wide:
+            return out.reshape(o, n, ho, wo).transpose(0, 1).contiguous()
+    elif wide:
+        out = batched_gemm_numpy(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
+        return np.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
     else:
         out = batched_gemm_numpy(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
     return out.reshape(n, o, ho, wo)
