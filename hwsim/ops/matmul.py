@@ -322,14 +322,12 @@ def conv2d_on_codes(
     keeps the batched GEMM. The torch path does the same (its weights then
     are not copied per sample, and the one GEMM's outputs are many)."""
     wide = rounding != Rounding.STOCHASTIC
-    cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads, wide and not is_torch(cx))
+    cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads, wide)
     wm = cw.reshape(1, o, -1)
     stats = (stats[1], stats[0])  # the GEMM's operands: weights, columns
     if is_torch(cols):
         from hwsim.torch_path import gemm as tg
 
-        if wide:  # (N, C kh kw, Ho Wo) -> (1, C kh kw, N Ho Wo)
-            cols = cols.transpose(0, 1).reshape(1, cols.shape[1], -1)
         out = tg.batched_gemm(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats)
         if wide:
             return out.reshape(o, n, ho, wo).transpose(0, 1).contiguous()
