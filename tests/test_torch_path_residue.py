@@ -1,6 +1,6 @@
 """The torch path's sum of per-term rounded products through BLAS on the
-residues (``hwsim.torch_path.residue``) gives the Numba kernels' codes, and
-its tables give every product's rounding error."""
+residues (``hwsim.torch_path.residue``) and its float32 terms give the Numba
+kernels' codes, and the residue tables give every product's rounding error."""
 
 from __future__ import annotations
 
@@ -42,5 +42,19 @@ def test_per_term_rounding_through_blas_equals_numba(shape, acc, rounding):
     a[..., ::3] = 0  # zeros, as after a ReLU or a pad
     kw = dict(accumulator=acc, rounding=rounding, path="sequential")
     want = matmul_on_codes(a, 5, b, 5, **kw)  # products on 2^-10, rounded 1-4 bits
+    got = matmul_on_codes(torch.from_numpy(a), 5, torch.from_numpy(b), 5, **kw)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "floor", "zero", "stochastic"])
+@pytest.mark.parametrize("acc", ["fx32.8", "fx14.8", "fx32.12"])
+def test_float32_terms_equal_numba(acc, rounding):
+    """Products below 2^24 form their terms in float32 (``_float32_chunk``);
+    a narrow accumulator saturates mid-sum (the k loop then runs)."""
+    rng = np.random.default_rng(7)
+    a = rng.integers(-(1 << 10), 1 << 10, (3, 6, 90))
+    b = rng.integers(-(1 << 10), 1 << 10, (3, 90, 20))
+    kw = dict(accumulator=acc, rounding=rounding, path="sequential", seed=11)
+    want = matmul_on_codes(a, 5, b, 5, **kw)
     got = matmul_on_codes(torch.from_numpy(a), 5, torch.from_numpy(b), 5, **kw)
     np.testing.assert_array_equal(got.numpy(), want)

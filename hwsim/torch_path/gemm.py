@@ -189,27 +189,35 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
     step = max(1, (CPU_TERMS_PER_CHUNK if a3.device.type == "cpu" else TERMS_PER_CHUNK) // total)
     exact = _float_terms_exact(plan, rounding, overflow, k * reach)
     a_codes, b_codes = a3, b3
-    if exact:  # the same integers, fewer passes: every term and sum exact in float64
+    saturable = overflow == Overflow.SATURATE and k * plan.term_max > reach_of(acc_fmt)
+    residues = exact and _by_residues(plan, rounding, m, n, a_codes)
+    kc = _float32_chunk(plan) if exact else 0
+    if exact and (saturable or residues or not kc):  # float64 codes: exact below 2^53
         a3, b3 = a3.to(torch.float64), b3.to(torch.float64)
-    sums = torch.zeros((batches, m, n), dtype=a3.dtype, device=a3.device)
+    sums_dtype = torch.float64 if exact else a3.dtype
+    sums = torch.zeros((batches, m, n), dtype=sums_dtype, device=a3.device)
     mags = None  # sum_k |t_k|, where neither the plan's term bound nor |a| @ |b| rules
-    if overflow == Overflow.SATURATE and k * plan.term_max > reach_of(acc_fmt):
-        if not (exact and _sums_within(a3, b3, plan, k)):  # saturation out
-            mags = torch.zeros_like(sums)
-    if exact and mags is None and _by_residues(plan, rounding, m, n, a_codes):
+    if saturable and not (exact and _sums_within(a3, b3, plan, k)):  # saturation out
+        mags = torch.zeros_like(sums)
+    if residues and mags is None:
         sums = residue_sums(a_codes, b_codes, a3, b3, plan.acc_shift, rounding)
         return sums.to(torch.int64)
-    # the grid move folded into a: a power of two, exact on every product
-    a_terms = a3 * 2.0**-plan.acc_shift if exact else a3
+    a_terms, b_terms = a3, b3
+    if kc:  # float32 terms, half the bytes per pass: the same integers
+        step = min(step, kc)
+        a_terms = a_codes.to(torch.float32).mul_(2.0**-plan.acc_shift)
+        b_terms = b_codes.to(torch.float32)
+    elif exact:  # the grid move folded into a: a power of two, exact on every product
+        a_terms = a3 * 2.0**-plan.acc_shift
     flat = None
     if rounding == Rounding.STOCHASTIC:
         flat = torch.arange(total, dtype=torch.int64, device=a3.device).reshape(batches, m, 1, n)
     # one buffer for every chunk's terms: a fresh large CPU tensor page-faults
-    buffer = torch.empty(total * min(step, k), dtype=a3.dtype, device=a3.device)
+    buffer = torch.empty(total * min(step, k), dtype=a_terms.dtype, device=a3.device)
     for k0 in range(0, k, step):
         k1 = min(k, k0 + step)
         t = buffer[: total * (k1 - k0)].view(batches, m, k1 - k0, n)
-        torch.mul(a_terms[:, :, k0:k1, None], b3[:, None, k0:k1, :], out=t)  # (Bt, M, kc, N)
+        torch.mul(a_terms[:, :, k0:k1, None], b_terms[:, None, k0:k1, :], out=t)  # (Bt, M, kc, N)
 
         def noise(stage: int, k0=k0, k1=k1):
             if flat is None:
@@ -232,6 +240,15 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
         if bound > acc_fmt.max_code or -bound < acc_fmt.min_code:
             return _mac_loop(a3.to(torch.int64), b3.to(torch.int64), plan, rounding, overflow, seed)
     return sums.to(torch.int64)  # no partial sum left the range
+
+
+def _float32_chunk(plan) -> int:
+    """How many k a float32 chunk of exact float terms takes (0: float64): every
+    product, term and chunk sum of |terms| below 2^24, where float32 is exact."""
+    top = plan.max_product * 2.0**-plan.acc_shift + 1  # the largest term, rounded
+    if plan.max_product >= 1 << 24 or top >= 1 << 24:
+        return 0
+    return int((1 << 24) // top)
 
 
 def _by_residues(plan, rounding, m: int, n: int, a_codes) -> bool:
