@@ -46,14 +46,17 @@ def test_per_term_rounding_through_blas_equals_numba(shape, acc, rounding):
     np.testing.assert_array_equal(got.numpy(), want)
 
 
+@pytest.mark.parametrize("mn", [(6, 20), (40, 5)])
 @pytest.mark.parametrize("rounding", ["nearest", "floor", "zero", "stochastic"])
 @pytest.mark.parametrize("acc", ["fx32.8", "fx14.8", "fx32.12"])
-def test_float32_terms_equal_numba(acc, rounding):
+def test_float32_terms_equal_numba(acc, rounding, mn):
     """Products below 2^24 form their terms in float32 (``_float32_chunk``);
-    a narrow accumulator saturates mid-sum (the k loop then runs)."""
+    a narrow accumulator saturates mid-sum (the k loop then runs); a thin
+    product (N < 16 <= M) forms them transposed."""
     rng = np.random.default_rng(7)
-    a = rng.integers(-(1 << 10), 1 << 10, (3, 6, 90))
-    b = rng.integers(-(1 << 10), 1 << 10, (3, 90, 20))
+    m, n = mn
+    a = rng.integers(-(1 << 10), 1 << 10, (3, m, 90))
+    b = rng.integers(-(1 << 10), 1 << 10, (3, 90, n))
     kw = dict(accumulator=acc, rounding=rounding, path="sequential", seed=11)
     want = matmul_on_codes(a, 5, b, 5, **kw)
     got = matmul_on_codes(torch.from_numpy(a), 5, torch.from_numpy(b), 5, **kw)

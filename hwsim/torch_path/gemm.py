@@ -210,8 +210,13 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
     elif exact:  # the grid move folded into a: a power of two, exact on every product
         a_terms = a3 * 2.0**-plan.acc_shift
     flat = None
+    into, mags_into = sums, mags  # where each chunk's sums go (views of these)
     if rounding == Rounding.STOCHASTIC:
         flat = torch.arange(total, dtype=torch.int64, device=a3.device).reshape(batches, m, 1, n)
+    elif n < 16 <= m:  # the long side innermost: a broadcast multiply of short rows is slow
+        m, n, into = n, m, sums.transpose(1, 2)  # the same terms per output: C^T = B^T A^T
+        a_terms, b_terms = b_terms.transpose(1, 2), a_terms.transpose(1, 2)
+        mags_into = None if mags is None else mags.transpose(1, 2)
     # one buffer for every chunk's terms: a fresh large CPU tensor page-faults
     buffer = torch.empty(total * min(step, k), dtype=a_terms.dtype, device=a3.device)
     for k0 in range(0, k, step):
@@ -230,9 +235,9 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
             if exact
             else _terms(t, plan, rounding, overflow, noise)
         )
-        sums += t.sum(2)
-        if mags is not None:
-            mags += t.abs().sum(2)
+        into += t.sum(2)
+        if mags_into is not None:
+            mags_into += t.abs().sum(2)
     if overflow == Overflow.WRAP:
         return apply_overflow(sums, acc_fmt, overflow)
     if mags is not None:
