@@ -40,6 +40,7 @@ def _conv(x_op, w_op, stride, pads, cfg: GemmConfig):
         rounding=cfg.rounding,
         overflow=cfg.overflow,
         seed=cfg.seed,
+        stats=(x_op[2], w_op[2]),
     )
 
 
@@ -120,8 +121,8 @@ def _ones_like(codes, n: int):
 
 
 def _grad_input(x_shape, w_op, g_op, stride, padding, cfg: GemmConfig):
-    g, fg, _ = g_op
-    cw, fw, _ = w_op
+    g, fg, g_stats = g_op
+    cw, fw, w_stats = w_op
     n, o, ho, wo = g.shape
     _, c, kh, kw = cw.shape
     sh, sw = stride
@@ -134,7 +135,8 @@ def _grad_input(x_shape, w_op, g_op, stride, padding, cfg: GemmConfig):
         flipped = cw.flip(2, 3).transpose(0, 1).contiguous()  # (C, O, kh, kw)
     dilated[:, :, ::sh, ::sw] = g  # exact: codes are copied, zeros add nothing
     dilated, pads = crop_and_pad(dilated, x_shape, (kh, kw), stride, padding)
-    return _conv((dilated, fg, None), (flipped, fw, None), (1, 1), pads, cfg)
+    # dilating and padding add zero codes, flipping moves them: the stats still hold
+    return _conv((dilated, fg, g_stats), (flipped, fw, w_stats), (1, 1), pads, cfg)
 
 
 def crop_and_pad(dilated, x_shape, kernel, stride, padding):

@@ -60,6 +60,14 @@ class Quant:
     def stochastic(self) -> bool:
         return self.rounding == Rounding.STOCHASTIC
 
+    @functools.cached_property
+    def float_codes(self) -> bool:
+        """Whether float64 holds this quantizer's codes and scaled float32
+        inputs exactly (saturate, ``wl <= 52``, ``0 <= fl <= 800``: no
+        underflow, no overflow), as the torch backend's lean steps need."""
+        fmt = self.fmt
+        return self.overflow == Overflow.SATURATE and fmt.wl <= 52 and 0 <= fmt.fl <= 800
+
     def seed(self, seed) -> np.uint64:
         """The kernel's noise key, as ``hwsim.quantize`` takes it."""
         if not self.stochastic:
@@ -183,6 +191,12 @@ def codes(t: torch.Tensor, q: Quant, seed):
         np.right_shift(out, tz, out=out)
         lo, hi = lo >> tz, hi >> tz
     return out, q.fmt.fl - tz, (max(-lo, hi), lo, hi)
+
+
+def noises(like, *requests) -> list:
+    """The seed of each request ``(q, seed, numel)`` (or None), as :func:`finish`
+    takes it (the torch backend's twin may draw the noise itself)."""
+    return [None if r is None else r[1] for r in requests]
 
 
 def finish(acc_codes, mac: Mac, q: Quant, seed, bias=None, inner=1) -> torch.Tensor:

@@ -113,18 +113,26 @@ class FusedLinear(torch.autograd.Function):
         x_op, w_op = ctx.ops
         g_op = _grad_codes(steps, grad.reshape(-1, grad.shape[-1]), plan, seeds[7])
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
+        need = ctx.needs_input_grad
+        n, (out, inner) = g_op[0].shape[0], w_op[0].shape
+        sx, sw, sb = steps.noises(
+            g_op[0],
+            (plan.gx, seeds[1], n * inner) if need[0] else None,
+            (plan.gw, seeds[3], out * inner) if need[1] else None,
+            (plan.gw, seeds[5], out) if need[2] else None,
+        )
+        if need[0]:
             mac = plan.grad_input
             acc = steps.gemm(mac, g_op, w_op, mac.seed(seeds[11]))
-            gx = steps.finish(acc, mac, plan.gx, seeds[1]).reshape(ctx.x_shape)
+            gx = steps.finish(acc, mac, plan.gx, sx).reshape(ctx.x_shape)
         mac = plan.grad_weight
-        if ctx.needs_input_grad[1]:
+        if need[1]:
             acc = steps.gemm(mac, (g_op[0].T, g_op[1], g_op[2]), x_op, mac.seed(seeds[12]))
-            gw = steps.finish(acc, mac, plan.gw, seeds[3])
-        if ctx.needs_input_grad[2]:  # the batch sum through the same MAC array
-            ones = _ones_like(g_op[0], g_op[0].shape[0])
+            gw = steps.finish(acc, mac, plan.gw, sw)
+        if need[2]:  # the batch sum through the same MAC array
+            ones = _ones_like(g_op[0], n)
             acc = steps.gemm(mac, (ones, 0, _ONES), g_op, mac.seed(seeds[12]))
-            gb = steps.finish(acc[0], mac, plan.gw, seeds[5])
+            gb = steps.finish(acc[0], mac, plan.gw, sb)
         return gx, gw, gb, None, None, None, None, None, None
 
 
@@ -150,17 +158,25 @@ class FusedConv2d(torch.autograd.Function):
         x_shape, w_shape = ctx.shapes
         g_op = _grad_codes(steps, grad, plan, seeds[7])
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
+        need = ctx.needs_input_grad
+        w_numel = w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3]
+        sx, sw, sb = steps.noises(
+            g_op[0],
+            (plan.gx, seeds[1], x_shape.numel()) if need[0] else None,
+            (plan.gw, seeds[3], w_numel) if need[1] else None,
+            (plan.gw, seeds[5], w_shape[0]) if need[2] else None,
+        )
+        if need[0]:
             cfg = _config(plan.grad_input, seeds[11])
             acc = _grad_input(x_shape, w_op, g_op, stride, padding, cfg)
-            gx = finish(acc, plan.grad_input, plan.gx, seeds[1])
+            gx = finish(acc, plan.grad_input, plan.gx, sx)
         cfg = _config(plan.grad_weight, seeds[12])
-        if ctx.needs_input_grad[1]:
+        if need[1]:
             acc = _grad_weight(x_op, w_shape, g_op, stride, padding, cfg)
-            gw = finish(acc, plan.grad_weight, plan.gw, seeds[3]).reshape(w_shape)
-        if ctx.needs_input_grad[2]:
+            gw = finish(acc, plan.grad_weight, plan.gw, sw).reshape(w_shape)
+        if need[2]:
             c, fl, stats = g_op
             gm = _move(c, 1, 0).reshape(c.shape[1], -1).T  # (N*Ho*Wo, O)
             acc = _mac((_ones_like(c, gm.shape[0]), 0, _ONES), (gm, fl, stats), cfg)
-            gb = finish(acc[0], plan.grad_weight, plan.gw, seeds[5])
+            gb = finish(acc[0], plan.grad_weight, plan.gw, sb)
         return gx, gw, gb, None, None, None, None, None, None, None

@@ -2,24 +2,105 @@
 same bits as the unfused chain (``hwsim.quantize`` then ``grid_codes``; codes
 plus bias, their float32 values, then ``hwsim.quantize``), on the tensors'
 device with torch ops, without the autograd nodes and argument checks of each
-quantizer."""
+quantizer.
+
+Where float64 holds every code exactly (``Quant.float_codes``: saturate,
+``wl <= 52``) a step rounds, clamps and adds in float64 on one owned
+temporary, with the ops of ``hwsim.torch_path.core`` in their order (same
+bits) and without its per-call checks: at a layer's batch sizes each op and
+each conversion costs more than its arithmetic. Anything else runs the
+general torch-path functions.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from hwsim.torch_path.core import apply_overflow, code_to_value
-from hwsim.torch_path.gemm import batched_gemm
-from hwsim.torch_path.quantize import quantize_torch
+from hwsim.modes import Overflow
+from hwsim.plan.checks import fresh_seed, seed64
+from hwsim.torch_path.core import apply_overflow, code_to_value, round_scaled_
+from hwsim.torch_path.gemm import layer_gemm
+from hwsim.torch_path.quantize import CHUNK, counter_uniforms, quantize_torch, stochastic_noise
 
 _MASK64 = (1 << 64) - 1
+_FAR = 1 << 62  # above every lowest set bit of a code that fits 53 bits
+
+
+def _rounded(t: torch.Tensor, q, seed, codes: bool = False) -> torch.Tensor:
+    """``t * 2^fl`` rounded by ``q`` in a new float64 tensor, not yet clamped
+    (``hwsim.torch_path.core.value_to_code_float`` up to its clamp); a
+    non-finite ``t`` stays non-finite there. ``seed``: an int, None, or the
+    uniforms themselves (from :func:`noises`). ``codes``: only the codes
+    matter (not the sign of a zero), so stochastic rounding of values all on
+    the grid, which no noise changes, skips drawing it."""
+    s = t.detach().to(torch.float64, copy=True).mul_(q.constants[0])
+    if not q.stochastic:
+        return round_scaled_(s, q.rounding)
+    if isinstance(seed, torch.Tensor):
+        return round_scaled_(s, q.rounding, seed.view(t.shape))
+    if not codes:
+        return round_scaled_(s, q.rounding, stochastic_noise(t, seed))
+    f = torch.floor(s)
+    d = s.sub_(f)  # NaN where t is not finite
+    if not float(d.max()):  # e.g. a gradient the next layer's backward already quantized
+        return f
+    return f.add_(stochastic_noise(t, seed) < d)  # as round_scaled_
+
+
+def noises(like: torch.Tensor, *requests) -> list:
+    """What :func:`finish` takes as ``seed`` for each request ``(q, seed, numel)``
+    (or None): the seed itself, or where two or more quantizers round
+    stochastically on the lean path, their counter noise drawn at once
+    (``counter_uniforms``: one pass of the hash for all)."""
+    out = [None if r is None else r[1] for r in requests]
+    todo = [
+        j for j, r in enumerate(requests)
+        if r is not None and r[0].stochastic and r[0].float_codes and 0 < r[2] <= CHUNK
+    ]  # fmt: skip
+    if len(todo) < 2:
+        return out
+    keys = [(fresh_seed() if out[j] is None else seed64(out[j]), requests[j][2], 0) for j in todo]
+    for j, u in zip(todo, counter_uniforms(keys, like.device), strict=True):
+        out[j] = u
+    return out
+
+
+def _lean(t: torch.Tensor, q) -> bool:
+    return q.float_codes and 0 < t.numel() <= CHUNK
 
 
 def codes(t: torch.Tensor, q, seed):
     """(codes, fl, stats) of ``t`` quantized by ``q``, on the coarsest grid (as
     ``grid_codes`` finds it from the quantized float32 values); stats =
-    (max |code|, min, max), 0 included, as the GEMM's plan takes them."""
-    c = quantize_torch(t.detach(), q.fmt, q.rounding, q.overflow, seed=seed, codes=True)
+    (max |code|, min, max), 0 included, as the GEMM's plan takes them. None
+    on a non-finite value (the caller runs the unfused quantizer, which raises)."""
+    if not _lean(t, q):
+        return _codes(
+            quantize_torch(t.detach(), q.fmt, q.rounding, q.overflow, seed=seed, codes=True), q
+        )
+    r = _rounded(t, q, seed, codes=True)
+    lo, hi = (float(v) for v in torch.aminmax(r))  # NaN or +-Inf: a non-finite input
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    fmt = q.fmt
+    lo = min(int(max(lo, fmt.min_code)), fmt.max_code, 0)  # the clamp's, 0 included
+    hi = max(int(min(hi, fmt.max_code)), fmt.min_code, 0)
+    c = r.clamp_(fmt.min_code, fmt.max_code).to(torch.int64)
+    if lo == hi == 0:
+        return c, 0, (0, 0, 0)
+    tz = 0
+    if not int((c & 1).max()):  # every code even: the coarsest grid is coarser
+        low = c & -c  # each code's lowest set bit (0 for code 0)
+        tz = int(torch.where(low > 0, low, _FAR).min()).bit_length() - 1
+        c >>= tz
+        lo, hi = lo >> tz, hi >> tz
+    return c, fmt.fl - tz, (max(-lo, hi), lo, hi)
+
+
+def _codes(c: torch.Tensor, q):
+    """:func:`codes` of the int64 codes ``c`` of ``q``'s format."""
     low = c & -c  # each code's lowest set bit (0 for code 0)
     top = int(low.max()) if c.numel() else 0
     if top == 0:  # all zero
@@ -33,33 +114,63 @@ def codes(t: torch.Tensor, q, seed):
 
 
 def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
-    """Accumulator codes (plus the bias codes ``bias[(i // inner) % len]``) to
-    their float32 values, quantized by ``q``."""
+    """Accumulator codes (int64, or integral float64 that this step may
+    overwrite, as :func:`gemm` gives them; plus the bias codes
+    ``bias[(i // inner) % len]``) to their float32 values, quantized by ``q``
+    (``seed``: as :func:`noises` gives it)."""
+    a = mac.acc
+    # |value| < 2^(wl - fl): finite in float32 up to 2^127 (else the check raises, as unfused)
+    finite = a.wl - a.fl <= 127
+    if not (finite and a.wl <= 52 and mac.overflow == Overflow.SATURATE and _lean(acc_codes, q)):
+        return _finish(acc_codes, mac, q, seed, bias, finite)
+    v = acc_codes.to(torch.float64)
     if bias is not None:  # (1, -1) on a linear layer's codes, (1, -1, 1, 1) on a conv's
+        shape = (1, -1) + (1,) * (acc_codes.dim() - 2)
+        v.add_(bias.reshape(shape)).clamp_(a.min_code, a.max_code)
+    y = v.mul_(a.lsb).to(torch.float32)  # the accumulator's values, as the unfused layer's
+    r = _rounded(y, q, seed)
+    fmt = q.fmt
+    # + 0.0: code 0 is +0.0 (as ``scaled_to_code_float``)
+    return r.clamp_(fmt.min_code, fmt.max_code).add_(0.0).mul_(fmt.lsb).to(torch.float32)
+
+
+def _finish(acc_codes, mac, q, seed, bias, finite) -> torch.Tensor:
+    if bias is not None:
         shape = (1, -1) + (1,) * (acc_codes.dim() - 2)
         acc_codes = apply_overflow(acc_codes + bias.reshape(shape), mac.acc, mac.overflow)
     v = code_to_value(acc_codes, mac.acc, torch.float32)
-    # |value| < 2^(wl - fl): finite in float32 up to 2^127 (else the check raises, as unfused)
-    finite = mac.acc.wl - mac.acc.fl <= 127
+    if isinstance(seed, torch.Tensor):  # uniforms from noises()
+        u = seed.view(v.shape)
+        return quantize_torch(v, q.fmt, q.rounding, q.overflow, noise=u, finite=finite)
     return quantize_torch(v, q.fmt, q.rounding, q.overflow, seed=seed, finite=finite)
 
 
 def bias_codes(b: torch.Tensor, plan, seeds):
     """The bias quantized to the weight format, then to accumulator codes with
-    the forward MAC array's rounding (``_add_bias_codes``)."""
+    the forward MAC array's rounding (``_add_bias_codes``); None on a
+    non-finite value."""
     w, mac = plan.w, plan.forward
-    v = quantize_torch(b.detach(), w.fmt, w.rounding, w.overflow, seed=seeds[4])
+    a = mac.acc
     seed = seeds[10]
     if seed is not None:
         seed = (seed + 7) & _MASK64
+    if _lean(b, w) and a.wl <= 52 and a.fl >= w.fmt.fl and mac.overflow == Overflow.SATURATE:
+        r = _rounded(b, w, seeds[4])
+        if not math.isfinite(float(r.sum())):
+            return None
+        # a weight value is exact on the finer accumulator grid: no rounding, no noise
+        r.clamp_(w.fmt.min_code, w.fmt.max_code).mul_(2.0 ** (a.fl - w.fmt.fl))
+        return r.clamp_(a.min_code, a.max_code)
+    v = quantize_torch(b.detach(), w.fmt, w.rounding, w.overflow, seed=seeds[4])
     return quantize_torch(
-        v, mac.acc, mac.rounding, mac.overflow, seed=seed, codes=True, finite=True
+        v, a, mac.rounding, mac.overflow, seed=seed, codes=True, finite=True
     )  # v: quantized values of a finite bias
 
 
 def gemm(mac, a, b, seed):
-    """Accumulator codes of a @ b, operands as (codes, fl, stats)."""
-    return batched_gemm(
-        a[0], a[1], b[0], b[1], mac.acc, mac.product, mac.rounding, mac.overflow, seed, "auto",
+    """Accumulator codes of a @ b, operands as (codes, fl, stats): int64, or
+    integral float64 (the fast path's sums, for :func:`finish`)."""
+    return layer_gemm(
+        a[0], a[1], b[0], b[1], mac.acc, mac.product, mac.rounding, mac.overflow, seed,
         (a[2], b[2]),
     )  # fmt: skip

@@ -84,10 +84,13 @@ def conv2d_on_codes(
     overflow="saturate",
     seed=None,
     path="auto",
+    stats=(None, None),
 ):
     """:func:`hwsim.ops.conv2d_codes` of the values ``cx * 2^-fx`` (N, C, H, W)
     and ``cw * 2^-fw`` (O, C, kh, kw) given by their int64 codes (both NumPy
-    arrays or both torch tensors). Returns the accumulator codes."""
+    arrays or both torch tensors); ``stats``: each operand's stats from
+    :func:`grid_codes` (0 included: padding adds zero codes), or None.
+    Returns the accumulator codes."""
     from hwsim.ops.matmul import conv2d_on_codes as run
 
     acc, product, rounding, overflow, seed = check_gemm_args(
@@ -109,4 +112,5 @@ def conv2d_on_codes(
         overflow,
         seed,
         path,
+        stats,
     )

@@ -13,8 +13,8 @@ def im2col(x, w, stride, pads, wide: bool = False):
     """The columns of a convolution of NCHW ``x`` (codes or values) with ``w`` of
     shape (O, C, kh, kw): ``(cols (N, C*kh*kw, Ho*Wo), (N, O, Ho, Wo))``, each
     column one window in (c, kh, kw) order; ``pads`` = (top, bottom, left,
-    right), a negative pad crops. Checks the shapes. ``wide`` (NumPy only):
-    the batch side by side instead, cols (1, C*kh*kw, N*Ho*Wo)."""
+    right), a negative pad crops. Checks the shapes. ``wide``: the batch side
+    by side instead, cols (1, C*kh*kw, N*Ho*Wo)."""
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(
             f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
@@ -35,7 +35,10 @@ def im2col(x, w, stride, pads, wide: bool = False):
 
         xp = F.pad(x, (left, right, top, bottom)) if any(pads) else x  # a negative pad crops
         cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, Ho, Wo, kh, kw)
-        cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
+        if wide:  # one copy into the wide layout
+            cols = cols.permute(1, 4, 5, 0, 2, 3).reshape(1, c * kh * kw, n * ho * wo)
+        else:
+            cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
     else:
         x = np.ascontiguousarray(x)
         rows = c * kh * kw

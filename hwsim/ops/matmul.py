@@ -307,28 +307,39 @@ def conv2d_codes(
     return back(codes), acc
 
 
-def conv2d_on_codes(cx, fx, cw, fw, stride, pads, acc, product, rounding, overflow, seed, path):
+def conv2d_on_codes(
+    cx, fx, cw, fw, stride, pads, acc, product, rounding, overflow, seed, path, stats=(None, None)
+):
     """Convolution of integer codes; ``pads`` = (top, bottom, left, right), a
-    negative pad crops (used by the input-gradient convolution).
+    negative pad crops (used by the input-gradient convolution); ``stats``:
+    (x's, w's), or None.
 
     On NumPy arrays without stochastic rounding, the batch's columns side by
     side make one (O, C kh kw) @ (C kh kw, N Ho Wo) GEMM: each output still
     sums its own terms in the same order (the same bits), and the MAC loop
     runs over N Ho Wo columns instead of Ho Wo (a LeNet conv's 16). The
     stochastic counter noise is indexed by the (N, O, Ho Wo) layout, which
-    keeps the batched GEMM."""
-    wide = not is_torch(cx) and rounding != Rounding.STOCHASTIC
+    keeps the batched GEMM. The torch path does the same (its weights then
+    are not copied per sample, and the one GEMM's outputs are many)."""
+    wide = rounding != Rounding.STOCHASTIC
     cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads, wide)
     wm = cw.reshape(1, o, -1)
-    if wide:
-        out = batched_gemm_numpy(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
-        return np.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
+    stats = (stats[1], stats[0])  # the GEMM's operands: weights, columns
     if is_torch(cols):
         from hwsim.torch_path import gemm as tg
 
-        out = tg.batched_gemm(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
+        out = tg.batched_gemm(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats)
+        if wide:
+            return out.reshape(o, n, ho, wo).transpose(0, 1).contiguous()
+    elif wide:
+        out = batched_gemm_numpy(
+            wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats
+        )
+        return np.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
     else:
-        out = batched_gemm_numpy(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path)
+        out = batched_gemm_numpy(
+            wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats
+        )
     return out.reshape(n, o, ho, wo)
 
 

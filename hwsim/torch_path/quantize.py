@@ -9,7 +9,14 @@ import torch
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
 from hwsim.plan.checks import fresh_seed, raise_non_finite_torch, seed64
-from hwsim.torch_path.core import code_to_value, counter_uniform, value_to_code, value_to_code_float
+from hwsim.torch_path.core import (
+    code_to_value,
+    counter_uniform,
+    counter_uniform_at,
+    signed64,
+    value_to_code,
+    value_to_code_float,
+)
 
 
 def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
@@ -35,6 +42,28 @@ def stochastic_noise(x: torch.Tensor, seed=None, noise=None) -> torch.Tensor:
         return torch.rand(x.shape, generator=seed, dtype=torch.float64, device=x.device)
     seed = fresh_seed() if seed is None else seed64(seed)
     return counter_uniform(seed, x.numel(), device=x.device).reshape(x.shape)
+
+
+_GOLDEN_INVERSE = pow(0x9E3779B97F4A7C15, -1, 1 << 64)  # the hash's step is odd: invertible
+
+
+def counter_uniforms(requests, device=None) -> list[torch.Tensor]:
+    """``counter_uniform(seed, numel, device, offset)`` of each ``(seed, numel,
+    offset)`` in ``requests`` (int seeds in [0, 2^64)), from one pass of the hash:
+    at small sizes each of its dozen ops costs more than its arithmetic.
+
+    The hash starts from ``(i + 1) * golden + seed`` modulo 2^64, so index ``i``
+    under ``seed`` is index ``i + (seed - seed0) / golden`` under the first
+    request's ``seed0`` (``golden`` is odd, so it has an inverse modulo 2^64)."""
+    seed0 = requests[0][0]
+    parts = [
+        torch.arange(n, dtype=torch.int64, device=device).add_(
+            signed64((seed - seed0) * _GOLDEN_INVERSE + offset)
+        )
+        for seed, n, offset in requests
+    ]
+    u = counter_uniform_at(seed0, parts[0] if len(parts) == 1 else torch.cat(parts))
+    return list(u.split([n for _, n, _ in requests]))
 
 
 CHUNK = 1 << 22  # elements per pass of a large quantize: bounds its float64 temporaries
