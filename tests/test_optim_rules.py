@@ -329,52 +329,72 @@ def test_one_pass_only_where_the_rule_bounds_its_update(monkeypatch, cls, hyper,
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
-@pytest.mark.parametrize("config", range(len(CONFIGS)))
-def test_a_groups_torch_steps_run_together_with_the_same_bits(config):
-    """The torch path runs a group's rule math once per operation on all its
-    parameters (rule_path.rule_updates, torch._foreach_ ops): every
-    parameter's weight, states and telemetry equal the fused path's, which
-    steps each parameter alone. Parameters skip steps (no gradient) and join
-    later, so their step counts and first momentum steps differ: separate
-    batches within one step."""
+def _group_run(config: int, device: str, fused):
+    """A group of parameters of several sizes stepped by ``CONFIGS[config]``,
+    some skipping steps, on ``device``: (weights, states, telemetry per step)."""
     cls, flags, rounding, overflow = CONFIGS[config]
     state = {
         name: _fmt(24, 20, name not in ("exp_avg_sq", "sum", "square_avg", "max_exp_avg_sq"))
         for name in STATES[cls]
     }
     shapes = [(7, 5), (3,), (40,), (2, 3, 4), (45, 50)]  # the last steps alone on a CPU
-    results = []
-    for fused in (True, False):
-        torch.manual_seed(config)
-        params = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64) * 0.5) for s in shapes]
-        opt = cls(
-            params,
-            lr=0.05,
-            **flags,
-            weight="fx16.12",
-            accumulator="fx26.22",
-            grad="fx12.9",
-            state=state,
-            rounding=rounding,
-            overflow=overflow,
-            seed=3,
-            fused=fused,
-        )
-        seen = []
-        for step in range(4):
-            for k, p in enumerate(params):  # parameter k takes its first gradient at step k // 2
-                p.grad = torch.randn_like(p) * 0.3 if k // 2 <= step and (k + step) % 3 else None
-            opt.step()
-            seen.append(opt.telemetry)
-        states = [
-            {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)} for p in params
-        ]
-        results.append(([p.detach().clone() for p in params], states, seen))
-    (w1, s1, t1), (w2, s2, t2) = results
-    for a, b in zip(w1, w2, strict=True):
-        assert torch.equal(a, b)
-    for a, b in zip(s1, s2, strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k].to(torch.float64), b[k].to(torch.float64)), k
+    torch.manual_seed(config)
+    params = [
+        torch.nn.Parameter((torch.randn(s, dtype=torch.float64) * 0.5).to(device)) for s in shapes
+    ]
+    opt = cls(
+        params,
+        lr=0.05,
+        **flags,
+        weight="fx16.12",
+        accumulator="fx26.22",
+        grad="fx12.9",
+        state=state,
+        rounding=rounding,
+        overflow=overflow,
+        seed=3,
+        fused=fused,
+    )
+    seen = []
+    g = torch.Generator().manual_seed(config)
+    for step in range(4):
+        for k, p in enumerate(params):  # parameter k takes its first gradient at step k // 2
+            grad = torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3
+            p.grad = grad.to(device) if k // 2 <= step and (k + step) % 3 else None
+        opt.step()
+        seen.append(opt.telemetry)
+    states = [
+        {k: v.cpu().to(torch.float64) for k, v in opt.state[p].items() if torch.is_tensor(v)}
+        for p in params
+    ]
+    return [p.detach().cpu() for p in params], states, seen
+
+
+def _same_runs(a, b) -> None:
+    (w1, s1, t1), (w2, s2, t2) = a, b
+    for x, y in zip(w1, w2, strict=True):
+        assert torch.equal(x, y)
+    for x, y in zip(s1, s2, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
     assert t1 == t2
+
+
+@pytest.mark.parametrize("config", range(len(CONFIGS)))
+def test_a_groups_torch_steps_run_together_with_the_same_bits(config):
+    """The torch path runs a group's rule math once per operation on all its
+    parameters (rule_batch.rule_updates, torch._foreach_ ops): every
+    parameter's weight, states and telemetry equal the fused path's, which
+    steps each parameter alone. Parameters skip steps (no gradient) and join
+    later, so their step counts and first momentum steps differ: separate
+    batches within one step."""
+    _same_runs(_group_run(config, "cpu", True), _group_run(config, "cpu", False))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", range(len(CONFIGS)))
+def test_a_groups_cuda_steps_equal_the_cpu_fused_steps(config):
+    """On CUDA the whole group runs together (foreach launches): the same
+    bits as the fused Numba path on the CPU."""
+    _same_runs(_group_run(config, "cpu", True), _group_run(config, "cuda", None))

@@ -35,10 +35,14 @@ def batches(ctxs: list[ParamStep]) -> list[list[ParamStep]]:
     parameter through memory: measured with ``benchmarks/optim.py --tensors``,
     together was faster for 200 tensors of 500 elements and slower for 200
     of 5000. So CPU tensors of :data:`CPU_TOGETHER_BELOW` elements or more
-    step alone."""
-    alone = [[c] for c in ctxs if c.p.is_cpu and c.p.numel() >= CPU_TOGETHER_BELOW]
-    together = [c for c in ctxs if not (c.p.is_cpu and c.p.numel() >= CPU_TOGETHER_BELOW)]
-    return ([together] if together else []) + alone
+    step alone; the others go together, one batch per device."""
+    alone, together = [], {}
+    for c in ctxs:
+        if c.p.is_cpu and c.p.numel() >= CPU_TOGETHER_BELOW:
+            alone.append([c])
+        else:  # one batch per device: a batch's check syncs once, on one device
+            together.setdefault(c.p.device, []).append(c)
+    return list(together.values()) + alone
 
 
 def rule_updates(ctxs: list[ParamStep], rule: Rule) -> list[torch.Tensor]:
