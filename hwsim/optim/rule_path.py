@@ -74,12 +74,6 @@ def _store_states(ctx: ParamStep, rule: Rule, new, used, like=None) -> None:
             ctx.state[name] = _as_complex(value, complex_param)
 
 
-def _state_telemetry(ctx: ParamStep, name: str, raw_sample, stored_sample, raw, numel) -> None:
-    fmt = ctx.prec.state.get(name)
-    saturated = saturated_sample(raw, stored_sample, fmt)
-    ctx.counts.add_state(name, raw_sample, stored_sample, saturated, numel)
-
-
 def _master(ctx: ParamStep, like: torch.Tensor) -> torch.Tensor:
     """The master weight: the accumulator's values, else the parameter's."""
     target = ctx.prec.target
@@ -97,7 +91,9 @@ def _stored(ctx: ParamStep, name: str, slot: int, x: torch.Tensor) -> torch.Tens
     stored = ctx.quantize(x, fmt, ctx.prec.state_rounding, STATE_STREAM_BASE + slot)
     if ctx.counts is not None:
         for step, raw, value in ctx.each(x, stored):
-            _state_telemetry(step, name, sample_of(raw), sample_of(value), raw, raw.numel())
+            kept = sample_of(value)
+            saturated = saturated_sample(raw, kept, fmt)
+            step.counts.add_state(name, sample_of(raw), kept, saturated, raw.numel())
     return stored
 
 
