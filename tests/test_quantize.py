@@ -379,12 +379,19 @@ def test_datapath_docstring_examples(name):
 
 @pytest.mark.parametrize("seed", [0, 5, 2**63 - 1, 2**63, 2**64 - 1])
 def test_torch_counter_noise_equals_the_kernels(seed):
-    """The torch path's counter hash (in place, golden + seed folded into one
-    constant) gives the Numba scalar's uniforms, past the int64 wrap too."""
+    """The torch path's counter hash with torch ops (in place, golden + seed
+    folded into one constant: what runs on a GPU) and on the CPU (the Numba
+    kernels, one pass) give the Numba scalar's uniforms, past the int64 wrap
+    too; so do ranges, serial and parallel (above SERIAL_BELOW_ELEMENTWISE)."""
+    from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE
     from hwsim.kernels.scalar import counter_uniform as scalar
-    from hwsim.torch_path.core import counter_uniform_at
+    from hwsim.torch_path.core import counter_uniform, counter_uniform_at, counter_uniform_ops
 
     idx = torch.tensor([0, 1, 2, 1000, 2**40, 2**62 - 1, 2**63 - 2], dtype=torch.int64)
-    got = counter_uniform_at(seed, idx.reshape(1, -1).expand(2, -1)).tolist()
     want = [scalar(np.uint64(seed), int(i)) for i in idx]
-    assert got == [want, want]
+    for draw in (counter_uniform_at, counter_uniform_ops):
+        assert draw(seed, idx.reshape(1, -1).expand(2, -1)).tolist() == [want, want]
+    for n, offset in ((100, 7), (SERIAL_BELOW_ELEMENTWISE + 5, 2**40)):
+        ops = counter_uniform_ops(seed, torch.arange(offset, offset + n))
+        assert torch.equal(counter_uniform(seed, n, offset=offset), ops)
+        assert ops[-1].item() == scalar(np.uint64(seed), offset + n - 1)

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from hwsim.kernels.jit import parallel_kernel, prange
+from hwsim.kernels.jit import parallel_kernel, prange, serial_and_parallel
 from hwsim.kernels.scalar import counter_uniform, value_to_code
 
 NOISE_NONE, NOISE_ARRAY, NOISE_SEED = 0, 1, 2
@@ -62,3 +62,20 @@ def copy_kernel(x, out):
     """A plain parallel copy: the memory-bandwidth ceiling for benchmarks."""
     for i in prange(x.size):
         out[i] = x[i]
+
+
+def _uniforms_at(seed, index, out):
+    """``out[j] = counter_uniform(seed, index[j])``: the counter noise the torch
+    path draws with a dozen int64 tensor ops, in one pass on the CPU."""
+    for j in prange(out.size):
+        out[j] = counter_uniform(seed, index[j])
+
+
+def _uniforms_from(seed, offset, out):
+    """``out[j] = counter_uniform(seed, offset + j)``."""
+    for j in prange(out.size):
+        out[j] = counter_uniform(seed, offset + j)
+
+
+UNIFORMS_AT = serial_and_parallel(_uniforms_at)  # (serial, parallel): threads for large arrays
+UNIFORMS_FROM = serial_and_parallel(_uniforms_from)

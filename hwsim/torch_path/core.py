@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 
 from hwsim.formats import FixedPoint
+from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE
+from hwsim.kernels.quantize import UNIFORMS_AT, UNIFORMS_FROM
 from hwsim.modes import Overflow, Rounding
 from hwsim.plan.checks import kernel_constants
 
@@ -35,13 +37,31 @@ def _lsr(z: torch.Tensor, k: int) -> torch.Tensor:
 
 def counter_uniform(seed: int, numel: int, device=None, offset: int = 0) -> torch.Tensor:
     """Float64 uniforms in [0, 1) for flat indices offset .. offset+numel-1;
-    equal bit for bit to ``hwsim.kernels.scalar.counter_uniform``."""
+    equal bit for bit to ``hwsim.kernels.scalar.counter_uniform`` (on the
+    CPU its Numba kernel draws them: one pass, where the torch ops take a
+    dozen)."""
+    if device is None or torch.device(device).type == "cpu":
+        out = torch.empty(numel, dtype=torch.float64)
+        UNIFORMS_FROM[numel >= SERIAL_BELOW_ELEMENTWISE](signed64(int(seed)), offset, out.numpy())
+        return out
     i = torch.arange(offset, offset + numel, dtype=torch.int64, device=device)
-    return counter_uniform_at(seed, i)
+    return counter_uniform_ops(seed, i)
 
 
 def counter_uniform_at(seed: int, i: torch.Tensor) -> torch.Tensor:
-    """:func:`counter_uniform` at the int64 flat indices ``i`` (any shape).
+    """:func:`counter_uniform` at the int64 flat indices ``i`` (any shape)."""
+    if i.is_cpu:
+        flat = i.reshape(-1).contiguous().numpy()
+        out = torch.empty(i.shape, dtype=torch.float64)
+        UNIFORMS_AT[flat.size >= SERIAL_BELOW_ELEMENTWISE](
+            signed64(int(seed)), flat, out.view(-1).numpy()
+        )
+        return out
+    return counter_uniform_ops(seed, i)
+
+
+def counter_uniform_ops(seed: int, i: torch.Tensor) -> torch.Tensor:
+    """:func:`counter_uniform_at` with torch ops (what runs on other devices).
     In place on one int64 tensor after the first op: the hash is a dozen
     elementwise ops on small tensors, where each allocation counts."""
     # (i + 1) * golden + seed == i * golden + (golden + seed), int64 wrapping mod 2^64
