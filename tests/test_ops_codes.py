@@ -50,8 +50,9 @@ def test_grid_codes_and_mixed_operands():
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("acc", ["fx32.20", "fx15.14"])  # fx15.14 saturates
 def test_torch_vectorized_mac_on_large_tiles_equals_numba(rounding, acc):
-    """Over 4096 accumulators the torch path's CPU MAC runs vectorized in
-    chunks of k (the saturating fallback included): the Numba kernels' bits."""
+    """Up to ``torch_path.gemm.LOOP_ABOVE`` accumulators (here 5120) the torch
+    path's CPU MAC runs vectorized in chunks of k (the saturating fallback
+    included): the Numba kernels' bits."""
     rng = np.random.default_rng(1)
     a = rng.integers(-600, 600, (2, 16, 150))
     b = rng.integers(0, 876, (2, 150, 160))

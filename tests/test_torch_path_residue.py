@@ -10,9 +10,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hwsim.formats import parse_format
 from hwsim.modes import Rounding
 from hwsim.ops import matmul_on_codes
-from hwsim.torch_path.residue import MAX_SHIFT, residue_tables
+from hwsim.torch_path import gemm as torch_gemm
+from hwsim.torch_path.residue import MAX_SHIFT, residue_sums, residue_tables
 
 
 def rounded(p: int, shift: int, rounding: Rounding) -> int:
@@ -33,8 +35,18 @@ def test_tables_give_each_products_rounding_error(shift, rounding, a, b):
 
 @pytest.mark.parametrize("rounding", ["nearest", "floor"])
 @pytest.mark.parametrize("acc", ["fx32.8", "fx32.9", "fx32.7", "fx30.6", "fx24.8"])
-@pytest.mark.parametrize("shape", [(40, 30, 50), (2, 33, 70, 41)])
-def test_per_term_rounding_through_blas_equals_numba(shape, acc, rounding):
+@pytest.mark.parametrize("shape", [(40, 40, 50), (2, 33, 70, 41)])
+def test_per_term_rounding_through_blas_equals_numba(shape, acc, rounding, monkeypatch):
+    """Both shapes are large enough for the residue path (``_by_residues``):
+    the test checks it ran wherever its tables are small enough (a 4-bit floor
+    shift's are not: those terms go through float32)."""
+    calls = []
+
+    def spy(*args):
+        calls.append(args[-2])
+        return residue_sums(*args)
+
+    monkeypatch.setattr(torch_gemm, "residue_sums", spy)
     rng = np.random.default_rng(len(shape) + len(acc))
     *batch, m, k, n = shape
     a = rng.integers(-(1 << 7), 1 << 7, (*batch, m, k))
@@ -44,6 +56,9 @@ def test_per_term_rounding_through_blas_equals_numba(shape, acc, rounding):
     want = matmul_on_codes(a, 5, b, 5, **kw)  # products on 2^-10, rounded 1-4 bits
     got = matmul_on_codes(torch.from_numpy(a), 5, torch.from_numpy(b), 5, **kw)
     np.testing.assert_array_equal(got.numpy(), want)
+    shift = 10 - parse_format(acc).fl  # products on 2^-10
+    takes = len(residue_tables(shift, Rounding.parse(rounding))[1][0]) <= 8  # else float32 terms
+    assert bool(calls) == takes  # the sums came through the residues where they can
 
 
 @pytest.mark.parametrize("mn", [(6, 20), (40, 5)])

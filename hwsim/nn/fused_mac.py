@@ -159,7 +159,7 @@ class FusedConv2d(torch.autograd.Function):
         g_op = _grad_codes(steps, grad, plan, seeds[7])
         gx = gw = gb = None
         need = ctx.needs_input_grad
-        w_numel = w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3]
+        w_numel = w_shape.numel()
         sx, sw, sb = steps.noises(
             g_op[0],
             (plan.gx, seeds[1], x_shape.numel()) if need[0] else None,

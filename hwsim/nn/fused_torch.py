@@ -18,9 +18,14 @@ import math
 
 import torch
 
-from hwsim.modes import Overflow
+from hwsim.modes import Overflow, Rounding
 from hwsim.plan.checks import fresh_seed, seed64
-from hwsim.torch_path.core import apply_overflow, code_to_value, round_scaled_
+from hwsim.torch_path.core import (
+    apply_overflow,
+    code_to_value,
+    round_scaled_,
+    scaled_to_code_float,
+)
 from hwsim.torch_path.gemm import layer_gemm
 from hwsim.torch_path.quantize import CHUNK, counter_uniforms, quantize_torch, stochastic_noise
 
@@ -28,25 +33,33 @@ _MASK64 = (1 << 64) - 1
 _FAR = 1 << 62  # above every lowest set bit of a code that fits 53 bits
 
 
-def _rounded(t: torch.Tensor, q, seed, codes: bool = False) -> torch.Tensor:
-    """``t * 2^fl`` rounded by ``q`` in a new float64 tensor, not yet clamped
-    (``hwsim.torch_path.core.value_to_code_float`` up to its clamp); a
-    non-finite ``t`` stays non-finite there. ``seed``: an int, None, or the
-    uniforms themselves (from :func:`noises`). ``codes``: only the codes
-    matter (not the sign of a zero), so stochastic rounding of values all on
-    the grid, which no noise changes, skips drawing it."""
-    s = t.detach().to(torch.float64, copy=True).mul_(q.constants[0])
+def _noise(t: torch.Tensor, q, seed):
+    """The uniforms of ``q``'s stochastic rounding of ``t`` (None: not
+    stochastic). ``seed``: an int, None, or the uniforms themselves (from
+    :func:`noises`)."""
     if not q.stochastic:
-        return round_scaled_(s, q.rounding)
+        return None
     if isinstance(seed, torch.Tensor):
-        return round_scaled_(s, q.rounding, seed.view(t.shape))
-    if not codes:
-        return round_scaled_(s, q.rounding, stochastic_noise(t, seed))
-    f = torch.floor(s)
-    d = s.sub_(f)  # NaN where t is not finite
-    if not float(d.max()):  # e.g. a gradient the next layer's backward already quantized
-        return f
-    return f.add_(stochastic_noise(t, seed) < d)  # as round_scaled_
+        return seed.view(t.shape)
+    return stochastic_noise(t, seed)
+
+
+def _scaled(t: torch.Tensor, q) -> torch.Tensor:
+    """``t * 2^fl`` in a new float64 tensor (a saturating format with
+    ``fl`` of any sign: a float32 value times 2^fl cannot underflow float64)."""
+    return t.detach().to(torch.float64, copy=True).mul_(q.constants[0])
+
+
+def _rounded(t: torch.Tensor, q, seed) -> torch.Tensor:
+    """``t * 2^fl`` rounded by ``q`` (``round_scaled_``), not yet clamped; a
+    non-finite ``t`` stays non-finite. Only the codes matter to the caller
+    (not the sign of a zero), so values all on the grid, which no noise
+    changes, draw none (e.g. a gradient the next layer's backward already
+    quantized)."""
+    s = _scaled(t, q)
+    if q.stochastic and not bool((s != torch.floor(s)).any()):  # NaN: != itself
+        return s
+    return round_scaled_(s, q.rounding, _noise(t, q, seed))
 
 
 def noises(like: torch.Tensor, *requests) -> list:
@@ -80,7 +93,7 @@ def codes(t: torch.Tensor, q, seed):
         return _codes(
             quantize_torch(t.detach(), q.fmt, q.rounding, q.overflow, seed=seed, codes=True), q
         )
-    r = _rounded(t, q, seed, codes=True)
+    r = _rounded(t, q, seed)
     lo, hi = (float(v) for v in torch.aminmax(r))  # NaN or +-Inf: a non-finite input
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return None
@@ -128,10 +141,11 @@ def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
         shape = (1, -1) + (1,) * (acc_codes.dim() - 2)
         v.add_(bias.reshape(shape)).clamp_(a.min_code, a.max_code)
     y = v.mul_(a.lsb).to(torch.float32)  # the accumulator's values, as the unfused layer's
-    r = _rounded(y, q, seed)
     fmt = q.fmt
-    # + 0.0: code 0 is +0.0 (as ``scaled_to_code_float``)
-    return r.clamp_(fmt.min_code, fmt.max_code).add_(0.0).mul_(fmt.lsb).to(torch.float32)
+    r = scaled_to_code_float(
+        _scaled(y, q), fmt, q.rounding, q.overflow, _noise(y, q, seed), inplace=True
+    )
+    return r.mul_(fmt.lsb).to(torch.float32)
 
 
 def _finish(acc_codes, mac, q, seed, bias, finite) -> torch.Tensor:
@@ -155,12 +169,16 @@ def bias_codes(b: torch.Tensor, plan, seeds):
     if seed is not None:
         seed = (seed + 7) & _MASK64
     if _lean(b, w) and a.wl <= 52 and a.fl >= w.fmt.fl and mac.overflow == Overflow.SATURATE:
-        r = _rounded(b, w, seeds[4])
-        if not math.isfinite(float(r.sum())):
+        s = _scaled(b, w)
+        if not math.isfinite(float(s.sum())):
             return None
-        # a weight value is exact on the finer accumulator grid: no rounding, no noise
-        r.clamp_(w.fmt.min_code, w.fmt.max_code).mul_(2.0 ** (a.fl - w.fmt.fl))
-        return r.clamp_(a.min_code, a.max_code)
+        r = scaled_to_code_float(
+            s, w.fmt, w.rounding, w.overflow, _noise(b, w, seeds[4]), inplace=True
+        )
+        # a weight code rescaled to the finer accumulator grid is exact: every rounding
+        # leaves it (nearest draws no noise); the accumulator's clamp remains
+        r.mul_(2.0 ** (a.fl - w.fmt.fl))
+        return scaled_to_code_float(r, a, Rounding.NEAREST, mac.overflow, inplace=True)
     v = quantize_torch(b.detach(), w.fmt, w.rounding, w.overflow, seed=seeds[4])
     return quantize_torch(
         v, a, mac.rounding, mac.overflow, seed=seed, codes=True, finite=True

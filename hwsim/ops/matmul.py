@@ -325,21 +325,17 @@ def conv2d_on_codes(
     cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads, wide)
     wm = cw.reshape(1, o, -1)
     stats = (stats[1], stats[0])  # the GEMM's operands: weights, columns
+    args = (wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats)
     if is_torch(cols):
         from hwsim.torch_path import gemm as tg
 
-        out = tg.batched_gemm(wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats)
+        out = tg.batched_gemm(*args)
         if wide:
             return out.reshape(o, n, ho, wo).transpose(0, 1).contiguous()
-    elif wide:
-        out = batched_gemm_numpy(
-            wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats
-        )
-        return np.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
     else:
-        out = batched_gemm_numpy(
-            wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats
-        )
+        out = batched_gemm_numpy(*args)
+        if wide:
+            return np.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
     return out.reshape(n, o, ho, wo)
 
 

@@ -303,19 +303,14 @@ class QuantizedOptimizer(CheckpointMixin, torch.optim.Optimizer):
         ctx = paths.prepare(p, index, group, prec, fused_steps, state, counts, self.fused)
         if self.rule.math and not ctx.fused:
             return ctx
-        grad_flat, grad_max = checked
-        if ctx.fused and grad_flat is not None and self.rule.math:
+        grad_flat, grad_max = checked  # from here a rule with math has ctx.fused
+        if grad_flat is not None and self.rule.math:
             pointwise = MATH[self.rule.math].pointwise_step(group)
             if pointwise is not None and fused_path.step_fused(
                 self, ctx, grad_flat, pointwise, grad_max
             ):
                 return
-        if (
-            self.rule.math
-            and ctx.fused
-            and grad_flat is not None
-            and rule_path.fusable(ctx, self.rule)
-        ):
+        if self.rule.math and grad_flat is not None and rule_path.fusable(ctx, self.rule):
             buffers = self._scratch(grad_flat.size)
             if rule_path.fused_rule_step(self, ctx, self.rule, checked, buffers):
                 return

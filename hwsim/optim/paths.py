@@ -130,15 +130,15 @@ class BatchStep(ParamStep):
     """Several parameters' steps of one group as one: their tensors as
     :class:`~hwsim.optim.stack.Stack` operands, so :func:`add_update`, written
     once, runs each operation once for all of them (``torch._foreach_`` ops);
-    noise, non-finite errors and telemetry stay each parameter's. For a
-    fixed-point target (the caller checks :meth:`takes`)."""
+    noise, non-finite errors and telemetry stay each parameter's. Its
+    :func:`add_update` needs a fixed-point target (:meth:`takes`)."""
 
     __slots__ = ("steps",)
 
     def __init__(self, steps: list[ParamStep]):  # noqa: D107 (no ParamStep.__init__)
         self.steps = steps
         first = steps[0]
-        self.prec, self.counts, self.group = first.prec, first.counts, first.group
+        self.prec, self.counts = first.prec, first.counts
         self.p = Stack(c.p for c in steps)
         self.state = {}
         if first.prec.target is not None:

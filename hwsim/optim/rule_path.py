@@ -158,20 +158,6 @@ def fusable(ctx: ParamStep, rule: Rule) -> bool:
     )
 
 
-class _Fused(NamedTuple):
-    """What both fused forms of a rule's step read (:func:`_fused_inputs`)."""
-
-    h: tuple
-    opts: int
-    used: tuple
-    slots: tuple  # the states' tensors (float32 or float64), padded to three
-    formats: list
-    kernel_opts: int
-    grad_rounding: int
-    seeds: np.ndarray
-    arrays: tuple  # flat NumPy views: the states, the accumulator
-
-
 class _Static(NamedTuple):
     """What a group's fused steps of a rule share for one set of flags, kept
     in the group's ``fused_steps`` (rebuilt with its precision): working it
@@ -184,6 +170,17 @@ class _Static(NamedTuple):
     constants: np.ndarray  # the rule pass's format constants (rule_kernel.constants_of)
     tops: list  # per state slot: max |stored value| (inf: no format)
     lows: list  # per state slot: the least stored value (-inf: no format)
+
+
+class _Fused(NamedTuple):
+    """What both fused forms of a rule's step read (:func:`_fused_inputs`)."""
+
+    h: tuple
+    opts: int
+    static: _Static  # what the flags fix: formats, kernel options, constants
+    slots: tuple  # the states' tensors (float32 or float64), padded to three
+    seeds: np.ndarray
+    arrays: tuple  # flat NumPy views: the states, the accumulator
 
 
 def _static(ctx: ParamStep, rule: Rule, opts: int) -> _Static:
@@ -242,33 +239,23 @@ def _fused_inputs(ctx: ParamStep, rule: Rule, zeros: np.ndarray, hyper=None, vie
         arrays = (*(s.reshape(-1).numpy() for s in slots), like.reshape(-1).numpy())
         if views is not None:
             views.states = (zeros, unused, where, arrays)
-    return _Fused(
-        h,
-        opts,
-        used,
-        slots,
-        static.formats,
-        static.kernel_opts,
-        static.grad_rounding,
-        seeds,
-        arrays,
-    )
+    return _Fused(h, opts, static, slots, seeds, arrays)
 
 
 def _finish(ctx: ParamStep, rule: Rule, f: _Fused, raw) -> None:
     """Store the states the kernel wrote; their telemetry from ``raw`` (the
     values before quantization at the sample, :func:`~hwsim.optim.
     rule_kernel.sample_kernel`'s) where given."""
-    _store_states(ctx, rule, f.slots, f.used)
+    _store_states(ctx, rule, f.slots, f.static.used)
     if raw is None:
         return
     n = f.arrays[-1].size
     stride = sample_stride(n)
     for k, name in enumerate(rule.state_names):
-        fmt = f.formats[k]
-        if f.used[k] and fmt is not None:  # fixed point (rule_path.fusable)
+        fmt = f.static.formats[k]
+        if f.static.used[k] and fmt is not None:  # fixed point (rule_path.fusable)
             counted = state_counts(raw[k], f.arrays[k], stride, fmt.min, fmt.max)
-            ctx.counts.add_state_counts(name, *counted, raw.shape[1], n)
+            ctx.counts.add_state_counts(name, counted, raw.shape[1], n)
 
 
 def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers):
@@ -278,15 +265,16 @@ def fused_rule_update(ctx: ParamStep, rule: Rule, grad_flat: np.ndarray, buffers
     between steps, the update's and a zero one (:func:`_fused_inputs`)."""
     scratch, zeros = buffers
     f = _fused_inputs(ctx, rule, zeros)
-    record = ctx.counts is not None and any(fmt is not None for fmt in f.formats)
+    static = f.static
+    record = ctx.counts is not None and any(fmt is not None for fmt in static.formats)
     raw = np.empty((3, sample_size(grad_flat.size))) if record else None
     top, bad = rk.run_rule(
         rule.math,
-        f.kernel_opts,
-        f.grad_rounding,
+        static.kernel_opts,
+        static.grad_rounding,
         (grad_flat, *f.arrays, scratch),
         f.h,
-        _static(ctx, rule, f.opts).constants,
+        static.constants,
         f.seeds,
         raw,
     )
@@ -369,18 +357,19 @@ def fused_rule_step(opt, ctx: ParamStep, rule: Rule, checked, buffers) -> bool:
     key, (_, _, _, tail_constants, tail_seeds, sample, stride), _, top_after = prepared
     scratch, zeros = buffers
     f = _fused_inputs(ctx, rule, zeros, (h, opts), views)
+    static = f.static
     hyper = np.zeros(8)
     hyper[: len(f.h)] = f.h
-    rule_constants = _static(ctx, rule, opts).constants
+    rule_constants = static.constants
     constants = np.concatenate([hyper, rule_constants, tail_constants, [limit]])
     seeds = np.concatenate([f.seeds, tail_seeds])
     states, acc = tuple(f.arrays[:3]), views.acc_flat
     raw = None
     if telemetry:  # the states before quantization and the updates, at the sample
         raw = np.empty((3, sample.size))
-        kernel = rk.sample_kernel(rule.math, f.kernel_opts, f.grad_rounding)
+        kernel = rk.sample_kernel(rule.math, static.kernel_opts, static.grad_rounding)
         kernel(grad_flat, states, acc, scratch, hyper, rule_constants, f.seeds, stride, raw)
-    kernels = rk.rule_kernel(rule.math, f.kernel_opts, f.grad_rounding, fused.modes(key))
+    kernels = rk.rule_kernel(rule.math, static.kernel_opts, static.grad_rounding, fused.modes(key))
     run = kernels[n >= SERIAL_BELOW_ELEMENTWISE]
     *counted, beyond, _ = run(
         grad_flat, states, acc, views.param, constants, seeds, scratch, sample, stride
@@ -391,7 +380,7 @@ def fused_rule_step(opt, ctx: ParamStep, rule: Rule, checked, buffers) -> bool:
             f"proved bound {limit} (rule {rule.math}); please report it"
         )
     views.bound.top = top_after
-    _finish(ctx, rule, f, raw if any(fmt is not None for fmt in f.formats) else None)
+    _finish(ctx, rule, f, raw if any(fmt is not None for fmt in static.formats) else None)
     if telemetry:
         ctx.counts.add_kernel((*counted, sample), n, len(sample))
     return True

@@ -128,14 +128,13 @@ class Counts:
         were flushed to 0, how many saturated."""
         flushed = flushed_mask(raw, stored)  # the one definition (hwsim.ops.telemetry)
         counts = torch.stack([torch.count_nonzero(flushed), torch.count_nonzero(saturated)])
-        entry = self.states.setdefault(name, [[], []])
-        entry[0].append(counts)
-        entry[1].append((raw.numel(), numel))
+        self.add_state_counts(name, counts, raw.numel(), numel)
 
-    def add_state_counts(self, name: str, flushed: int, saturated: int, sampled, numel) -> None:
-        """:meth:`add_state`'s counts, counted elsewhere (:func:`state_counts`)."""
+    def add_state_counts(self, name: str, counts, sampled: int, numel: int) -> None:
+        """:meth:`add_state`'s (flushed, saturated) ``counts`` over a sample of
+        ``sampled`` elements, counted elsewhere (:func:`state_counts`)."""
         entry = self.states.setdefault(name, [[], []])
-        entry[0].append(torch.tensor([flushed, saturated]))
+        entry[0].append(counts if torch.is_tensor(counts) else torch.tensor(counts))
         entry[1].append((sampled, numel))
 
     def add_float(self, update: torch.Tensor, unchanged: torch.Tensor, numel: int) -> None:
