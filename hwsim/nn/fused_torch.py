@@ -26,7 +26,7 @@ from hwsim.torch_path.core import (
     round_scaled_,
     scaled_to_code_float,
 )
-from hwsim.torch_path.gemm import layer_gemm
+from hwsim.torch_path.gemm import batched_gemm
 from hwsim.torch_path.quantize import CHUNK, counter_uniforms, quantize_torch, stochastic_noise
 
 _MASK64 = (1 << 64) - 1
@@ -188,7 +188,7 @@ def bias_codes(b: torch.Tensor, plan, seeds):
 def gemm(mac, a, b, seed):
     """Accumulator codes of a @ b, operands as (codes, fl, stats): int64, or
     integral float64 (the fast path's sums, for :func:`finish`)."""
-    return layer_gemm(
+    return batched_gemm(
         a[0], a[1], b[0], b[1], mac.acc, mac.product, mac.rounding, mac.overflow, seed,
-        (a[2], b[2]),
+        "auto", (a[2], b[2]), float_sums=True,
     )  # fmt: skip

@@ -84,10 +84,14 @@ def batched_gemm(
     seed,
     path: str,
     stats=(None, None),
+    float_sums: bool = False,
 ) -> torch.Tensor:
     """Codes of the MAC-array product of int64 codes ``ca`` (..., M, K), ``cb`` (..., K, N).
     ``stats``: the operands' (max |code|, min, max) where the caller knows them
-    (each else takes reductions on the device and a sync)."""
+    (each else takes reductions on the device and a sync). ``float_sums``:
+    where the saturating fast path's float64 sums hold the codes exactly
+    (``acc.wl <= 52``), return them as integral float64, not int64 (a layer's
+    step goes on in float64: no round trip through int64)."""
     if ca.device != cb.device:
         raise ValueError(f"operands are on different devices: {ca.device} and {cb.device}")
     ca, cb, squeeze, batch = broadcast_operands(ca, cb, torch)
@@ -96,8 +100,11 @@ def batched_gemm(
     bt = 1
     for size in batch:
         bt *= size
-    a3 = ca.expand(batch + (m, k)).reshape(bt, m, k)
-    b3 = cb.expand(batch + (k, n)).reshape(bt, k, n)
+    if ca.dim() == cb.dim() == 2:  # one product: the fast path's BLAS call takes it as is
+        a3, b3 = ca, cb
+    else:
+        a3 = ca.expand(batch + (m, k)).reshape(bt, m, k)
+        b3 = cb.expand(batch + (k, n)).reshape(bt, k, n)
     sa, sb = stats
     if a3.numel() and b3.numel() and sa is not None and sb is not None:
         # read from the operands as given: broadcasting repeats, adds no code
@@ -121,45 +128,18 @@ def batched_gemm(
     if use_fast_path(plan, path, k, overflow, tight_bound):
         fa3, fb3 = a3.to(torch.float64), b3.to(torch.float64)
         out, _ = blas_code_sums(fa3, fb3, fast_chunk(plan, overflow, k))
-        out = out.to(torch.int64)  # exact integers (chunked sums are int64 already)
-        out = apply_overflow(out << plan.left_shift, acc, overflow)
+        saturating = overflow == Overflow.SATURATE
+        if float_sums and saturating and out.dtype == torch.float64 and acc.wl <= 52:
+            # exact: a power of two, the codes below 2^53; saturating (one chunk)
+            out = out.mul_(2.0**plan.left_shift).clamp_(acc.min_code, acc.max_code)
+        else:
+            out = out.to(torch.int64)  # exact integers (chunked sums are int64 already)
+            out = apply_overflow(out << plan.left_shift, acc, overflow)
     else:
-        out = _sequential(a3, b3, plan, rounding, overflow, seed)
+        out = _sequential(
+            a3.reshape(bt, m, k), b3.reshape(bt, k, n), plan, rounding, overflow, seed
+        )
     return squeeze_result(out.reshape(batch + (m, n)), squeeze)
-
-
-def layer_gemm(
-    ca: torch.Tensor,
-    fa: int,
-    cb: torch.Tensor,
-    fb: int,
-    acc: FixedPoint,
-    product: FixedPoint | None,
-    rounding: Rounding,
-    overflow: Overflow,
-    seed,
-    stats,
-) -> torch.Tensor:
-    """:func:`batched_gemm` of 2-D codes (M, K) @ (K, N) with their ``stats``
-    known, for a layer's step: the same codes, as int64, or as integral float64
-    where the saturating fast path holds them exactly (``acc.wl <= 52``), so the
-    BLAS sums skip the round trip through int64 that the caller would undo."""
-    sa, sb = stats
-    if overflow != Overflow.SATURATE or acc.wl > 52 or not (ca.numel() and cb.numel()):
-        return batched_gemm(ca, fa, cb, fb, acc, product, rounding, overflow, seed, "auto", stats)
-    nonneg = (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
-    plan = plan_gemm(fa, fb, sa[0], sb[0], nonneg, acc, product, overflow)
-    k = ca.shape[1]
-
-    def tight_bound() -> float:
-        return float(torch.mm(ca.abs().to(torch.float64), cb.abs().to(torch.float64)).max())
-
-    if not use_fast_path(plan, "auto", k, overflow, tight_bound):
-        return _sequential(ca[None], cb[None], plan, rounding, overflow, seed)[0]
-    out = torch.mm(ca.to(torch.float64), cb.to(torch.float64))  # exact: the plan's bound
-    if plan.left_shift:
-        out.mul_(2.0**plan.left_shift)  # exact: a power of two, the codes below 2^53
-    return out.clamp_(acc.min_code, acc.max_code)
 
 
 TERMS_PER_CHUNK = 1 << 21  # int64 terms formed at once by the vectorized MAC
