@@ -37,13 +37,13 @@ OVERFLOWS = {"saturate": SATURATE, "wrap": WRAP}
 
 
 @st.composite
-def kernel_cases(draw, max_k=24, max_n=40):
+def kernel_cases(draw, max_k=24, max_n=40, max_m=3):
     """Codes of two operands on grids 2^-fa, 2^-fb, an accumulator and maybe a
     product format, drawn so that shifts land on both sides of zero and the
     operand widths pick int32 lanes or force int64 ones."""
     seed = draw(st.integers(0, 2**63 - 1))
     rng = np.random.default_rng(seed % 2**32)
-    bt, m = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    bt, m = draw(st.integers(1, 2)), draw(st.integers(1, max_m))
     k, n = draw(st.integers(1, max_k)), draw(st.integers(1, max_n))
     # operand widths: products within int16, within int32, or past it
     top = draw(st.sampled_from([7, 10, 23]))
@@ -242,3 +242,42 @@ def test_serial_and_parallel_twins_agree(case):
         generic = run_kernel(kg.generic_gemm_kernel, *case)
     assert np.array_equal(serial, parallel)
     assert np.array_equal(serial, generic)
+
+
+@settings(max_examples=examples(40, ci=20), deadline=None)
+@given(kernel_cases(max_k=40, max_n=15, max_m=40))
+def test_thin_outputs_transposed_match(case):
+    """Fewer than ``THIN_COLS`` output columns and more rows: the kernel runs
+    on the transposed product, with the same terms, order and noise as the
+    untransposed kernel, the generic kernel and the integer reference."""
+    got = run_kernel(kg.sequential_gemm_kernel, *case)
+    assert np.array_equal(got, reference(*case))
+    assert np.array_equal(got, run_kernel(kg.generic_gemm_kernel, *case))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kg, "THIN_COLS", 0)  # never transposed
+        assert np.array_equal(got, run_kernel(kg.sequential_gemm_kernel, *case))
+
+
+def test_thin_outputs_take_the_transposed_kernel():
+    """The case above does reach the transposed call (out^T of shape (Bt, N, M))."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(-100, 100, size=(2, 30, 20), dtype=np.int64)
+    b = rng.integers(-100, 100, size=(2, 20, 5), dtype=np.int64)
+    case = (a, b, 4, 4, FixedPoint(24, 6), None, "stochastic", "saturate", 11)
+    shapes = []
+    real = gemm_mac.mac_kernel
+
+    def spy(*key):
+        kernels = real(*key)
+
+        def record(A, *rest):
+            shapes.append(A.shape)
+            return kernels[0](A, *rest)
+
+        return (record, record)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(gemm_mac, "mac_kernel", spy)
+        got = run_kernel(kg.sequential_gemm_kernel, *case)
+    assert shapes == [(2, 5, 20)]
+    assert np.array_equal(got, reference(*case))

@@ -96,12 +96,26 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
             )
             return
         lane = gemm_mac.LANES[key[0]]
+        args = (p_shift, p_min, p_max, c_shift, c_min, c_max, np.uint64(seed))
+        kernels = gemm_mac.mac_kernel(*key)
+        rows, cols = A.shape[1], B.shape[2]
+        if cols < THIN_COLS and rows > cols:
+            # few output columns: the SIMD loop runs along them, mostly as scalar
+            # tails. out^T = B^T A^T computes every output with the same terms in
+            # the same order, and draws the same noise (the counter steps below)
+            At = np.ascontiguousarray(B.transpose(0, 2, 1), dtype=lane)
+            Bt = np.ascontiguousarray(A.transpose(0, 2, 1), dtype=lane)
+            out_t = np.empty((A.shape[0], cols, rows), dtype=np.int64)
+            _by_size(kernels, At, Bt)(At, Bt, out_t, *args, 1, cols)
+            out[...] = out_t.transpose(0, 2, 1)
+            return
         A, B = A.astype(lane, copy=False), B.astype(lane, copy=False)
-        _by_size(gemm_mac.mac_kernel(*key), A, B)(
-            A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, np.uint64(seed)
-        )
+        _by_size(kernels, A, B)(A, B, out, *args, cols, 1)
 
     return run
+
+
+THIN_COLS = 16  # fewer output columns than this (and more rows): the transposed product
 
 
 @functools.cache

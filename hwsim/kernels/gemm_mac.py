@@ -112,17 +112,21 @@ def mac_kernel(
     acc_check: int,
 ):
     """(serial, parallel) kernel(A, B, out, p_shift, p_min, p_max, c_shift,
-    c_min, c_max, seed) -> None: the same body, the parallel one over rows.
+    c_min, c_max, seed, row_step, col_step) -> None: the same body, the
+    parallel one over rows.
 
     A (Bt, M, K) and B (Bt, K, N) in the lane type (int16, int32 or int64), out
     (Bt, M, N) int64. Shifts as in the generic kernel (> 0 right, rounding;
-    <= 0 left), but their signs must match ``p_stage``/``c_stage``."""
+    <= 0 left), but their signs must match ``p_stage``/``c_stage``. Output
+    (b, i, j) draws its noise as the flat output index ``b M N + i row_step
+    + j col_step``: (N, 1) for this product itself, (1, M) where it is the
+    transpose of the caller's (``hwsim.kernels.gemm``'s thin outputs)."""
     lane = LANES[lane_bits]
     round_right = _rounder(lane_bits, rounding)
     full_lane = acc_check == ACC_LANE_SATURATES
     saturate = overflow == SATURATE
 
-    def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed):
+    def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed, row_step, col_step):
         batches, rows, depth = A.shape
         cols = B.shape[2]
         total = batches * rows * cols
@@ -138,12 +142,13 @@ def mac_kernel(
         c_lo, c_hi = lane(c_min), lane(c_max)
         p_drop = _U64 - np.uint64(ps)  # z >> (64 - s): floor(u 2^s)
         c_drop = _U64 - np.uint64(cs)
-        steps = np.arange(cols).astype(np.uint64) * _GOLDEN  # counter offsets along j
+        # counter offsets along j
+        steps = np.arange(cols).astype(np.uint64) * np.uint64(col_step) * _GOLDEN
         for r in prange(batches * rows):
             b = r // rows
             i = r - b * rows
             acc = np.zeros(cols, dtype=lane)
-            base = np.uint64(r * cols)
+            base = np.uint64(b * rows * cols + i * row_step)
             for k in range(depth):
                 a = lane(A[b, i, k])
                 if a == 0:
