@@ -231,64 +231,73 @@ def _rounder(lane_bits: int, rounding: int):
 MAX_STOCHASTIC_SHIFT = 53  # the integer comparison above equals u < rem / 2^s up to here
 
 
-def _stage(lo, hi, shift, f_min, f_max, saturate, limit):
+def _stage(lo, hi, shift, f_min, f_max, saturate):
     """Interval [lo, hi] through one cast (shift, then overflow onto
-    [f_min, f_max]): (kind, needs overflow, new interval, fits the lane)."""
+    [f_min, f_max]): (kind, needs overflow, new interval, the largest
+    magnitude a lane meets on the way)."""
     if shift > 0:
         kind = STAGE_RIGHT
-        fits = max(-lo, hi) + (1 << shift) <= limit  # the rounding offset is added first
+        need = max(-lo, hi) + (1 << shift)  # the rounding offset is added first
         lo, hi = lo >> shift, -((-hi) >> shift)  # every rounding mode is monotone
     else:
         kind = STAGE_LEFT
         lo, hi = lo << -shift, hi << -shift
-        fits = max(-lo, hi) <= limit
+        need = max(-lo, hi)
     check = lo < f_min or hi > f_max
     if check:
-        fits = fits and max(-lo, hi, f_max - f_min) + max(-f_min, f_max) <= limit
+        need = max(need, max(-lo, hi, f_max - f_min) + max(-f_min, f_max))
         lo, hi = (max(lo, f_min), min(hi, f_max)) if saturate else (f_min, f_max)
-    return kind, check, lo, hi, fits
+    return kind, check, lo, hi, need
 
 
 def choose(a_range, b_range, depth, has_product, rounding, overflow, shifts, bounds):
     """The ``mac_kernel`` key for one call, or None when no variant is proven
     exact (then the generic kernel runs). ``a_range``/``b_range``: (min, max)
     code of each operand; ``shifts`` = (p_shift, c_shift); ``bounds`` =
-    (p_min, p_max, c_min, c_max)."""
+    (p_min, p_max, c_min, c_max). The intervals do not depend on the lane:
+    they are worked out once, then the narrowest lane that holds every value
+    on the way (``need``) and the accumulator's step is taken."""
     p_shift, c_shift = shifts
     p_min, p_max, c_min, c_max = bounds
     saturate = overflow == SATURATE
-    corners = [x * y for x in a_range for y in b_range]
+    (a_lo, a_hi), (b_lo, b_hi) = a_range, b_range
+    corners = (a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi)
+    lo, hi = min(corners), max(corners)
+    need = max(-lo, hi)
+    p_stage, p_check = STAGE_NONE, False
+    if has_product:
+        p_stage, p_check, lo, hi, n = _stage(lo, hi, p_shift, p_min, p_max, saturate)
+        need = max(need, n)
+    c_stage, c_check, lo, hi, n = _stage(lo, hi, c_shift, c_min, c_max, saturate)
+    need = max(need, n)
+    acc_check = 0
+    if saturate:
+        # the running sum stays within [depth lo, depth hi] (and 0)
+        acc_check = int(min(0, depth * lo) < c_min or max(0, depth * hi) > c_max)
+        if not acc_check:  # every partial sum lies in [depth lo, depth hi]: a wide
+            need = max(need, -depth * lo, depth * hi)  # format may use narrow lanes
+    else:
+        c_check = False  # wrapped once, at the end
+        need = max(need, -lo, hi)
+    shifts_right = [s for s, st in ((p_shift, p_stage), (c_shift, c_stage)) if st == STAGE_RIGHT]
+    if rounding == STOCHASTIC and any(s > MAX_STOCHASTIC_SHIFT for s in shifts_right):
+        return None
+    if not shifts_right:
+        rounding = FLOOR  # no stage rounds: one variant for every mode
     for lane_bits in LANES:
         limit = (1 << (lane_bits - 1)) - 1
-        lo, hi = min(corners), max(corners)
-        fits = max(-lo, hi) <= limit
-        p_stage, p_check = STAGE_NONE, False
-        if has_product:
-            p_stage, p_check, lo, hi, ok = _stage(lo, hi, p_shift, p_min, p_max, saturate, limit)
-            fits = fits and ok
-        c_stage, c_check, lo, hi, ok = _stage(lo, hi, c_shift, c_min, c_max, saturate, limit)
-        fits = fits and ok
-        if saturate:
-            # the running sum stays within [depth lo, depth hi] (and 0)
-            acc_check = int(min(0, depth * lo) < c_min or max(0, depth * hi) > c_max)
-            if not acc_check:  # every partial sum lies in [depth lo, depth hi]: a
-                fits = fits and max(-depth * lo, depth * hi) <= limit  # wide format may
-            elif lane_bits == 16:  # use narrow lanes; a saturating lane add needs the
-                fits = fits and -c_min <= limit + 1 and c_max <= limit  # range in the lane
-                if (c_min, c_max) == (-limit - 1, limit):
-                    acc_check = ACC_LANE_SATURATES
-            else:  # acc + t, both within the format, must not leave the lane
-                fits = fits and max(-c_min, c_max) * 2 <= limit + 1
-        else:
-            c_check, acc_check = False, 0  # wrapped once, at the end
-            fits = fits and c_max - c_min <= 2 * limit + 1 and max(-lo, hi) <= limit
-        shifts_right = [
-            s for s, st in ((p_shift, p_stage), (c_shift, c_stage)) if st == STAGE_RIGHT
-        ]
-        if rounding == STOCHASTIC and any(s > MAX_STOCHASTIC_SHIFT for s in shifts_right):
-            return None
-        if not shifts_right:
-            rounding = FLOOR  # no stage rounds: one variant for every mode
-        if fits:
-            return (lane_bits, rounding, overflow, p_stage, p_check, c_stage, c_check, acc_check)
+        if need > limit:
+            continue
+        check = acc_check
+        if not saturate:
+            if c_max - c_min > 2 * limit + 1:
+                continue
+        elif acc_check and lane_bits == 16:  # the saturating lane add needs the
+            if -c_min > limit + 1 or c_max > limit:  # format's range in the lane
+                continue
+            if (c_min, c_max) == (-limit - 1, limit):
+                check = ACC_LANE_SATURATES
+        elif acc_check and max(-c_min, c_max) * 2 > limit + 1:
+            continue  # acc + t, both within the format, must not leave the lane
+        return (lane_bits, rounding, overflow, p_stage, p_check, c_stage, c_check, check)
     return None
