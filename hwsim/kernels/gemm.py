@@ -179,7 +179,7 @@ def reduce_codes_kernel(overflow: int):
     """kernel(sums, out, shift_left, c_min, c_max): out = overflow_C(sums << shift_left).
 
     Finishes the BLAS fast path: ``sums`` are exact integer sums of products,
-    as integral float64 (below 2^53) or int64 (wrapped modulo 2^64, harmless
+    as integral float64 (below 2^53), float32 (below 2^24) or int64 (wrapped modulo 2^64, harmless
     modulo 2^wl with wl <= 62)."""
 
     def run(sums, out, shift_left, c_min, c_max):

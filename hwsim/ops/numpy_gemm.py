@@ -15,6 +15,7 @@ from hwsim.kernels.jit import threads_for
 from hwsim.modes import Overflow
 from hwsim.plan.checks import raise_non_finite_numpy
 from hwsim.plan.gemm import (
+    EXACT_FLOAT32,
     INT64_LIMIT,
     blas_code_sums,
     broadcast_operands,
@@ -241,7 +242,10 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
         return _tight_bound_numpy(a3, b3)
 
     if use_fast_path(plan, path, k, overflow, bound):
-        sums = _blas_sums(a3, b3, fast_chunk(plan, overflow, k))
+        chunk = fast_chunk(plan, overflow, k)
+        # float32 BLAS where it is exact too: every partial sum an integer below 2^24
+        single = chunk >= k and plan.max_product * k < EXACT_FLOAT32
+        sums = _blas_sums(a3, b3, chunk, np.float32 if single else np.float64)
         kg.reduce_codes_kernel(int(overflow))(
             sums.reshape(-1), out.reshape(-1), plan.left_shift, acc.min_code, acc.max_code
         )
@@ -281,19 +285,20 @@ def _shared(x3) -> bool:
     return x3.shape[0] > 1 and x3.strides[0] == 0
 
 
-def _blas_sums(a3, b3, chunk: int):
-    """float64 BLAS on the codes (``blas_code_sums``). An operand shared by
+def _blas_sums(a3, b3, chunk: int, dtype=np.float64):
+    """float64 (or, where the caller has proven it exact, float32) BLAS on
+    the codes (``blas_code_sums``). An operand shared by
     the whole batch is converted once and broadcast by ``matmul``; stacking
     the batch into one wide product instead, (M, K) @ (K, Bt N), cost a
     transposing copy 10-20x the products (a conv layer's 32 x (150, 16)
     columns). Exact either way: every partial sum is an integer below 2^53,
     so the grouping cannot change a bit."""
     if _shared(b3) and not _shared(a3):  # (Bt M, K) @ (K, N): one call
-        tall = a3.astype(np.float64).reshape(1, -1, a3.shape[2])
-        sums, _ = blas_code_sums(tall, b3[:1].astype(np.float64), chunk)
+        tall = a3.astype(dtype).reshape(1, -1, a3.shape[2])
+        sums, _ = blas_code_sums(tall, b3[:1].astype(dtype), chunk)
         return sums.reshape(a3.shape[0], a3.shape[1], b3.shape[2])
     a = a3[:1] if _shared(a3) else a3  # matmul broadcasts it over the batch
-    sums, _ = blas_code_sums(a.astype(np.float64), b3.astype(np.float64), chunk)
+    sums, _ = blas_code_sums(a.astype(dtype), b3.astype(dtype), chunk)
     return sums
 
 

@@ -19,6 +19,7 @@ from hwsim.plan.float_gemm import check_any_format, check_float_gemm_formats
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # no grid change, exact left shift, rounding
 PATHS = ("auto", "sequential", "fast")
 EXACT_FLOAT = 1 << 53  # float64 holds every integer below this
+EXACT_FLOAT32 = 1 << 24  # float32 likewise
 INT64_LIMIT = 1 << 63
 
 
