@@ -12,6 +12,8 @@ integers: exact, so every GEMM sees the values it saw as floats.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -116,8 +118,17 @@ def _move(codes, src: int, dst: int):
 
 def _ones_like(codes, n: int):
     if _is_numpy(codes):
-        return np.ones((1, n), dtype=np.int64)
+        return _numpy_ones(n)
     return torch.ones((1, n), dtype=torch.int64, device=codes.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_ones(n: int) -> np.ndarray:
+    """A read-only (1, n) row of int64 ones (the bias gradient's operand,
+    the same few sizes every step)."""
+    ones = np.ones((1, n), dtype=np.int64)
+    ones.flags.writeable = False
+    return ones
 
 
 def _grad_input(x_shape, w_op, g_op, stride, padding, cfg: GemmConfig):

@@ -150,6 +150,15 @@ class _QuantizedLayer:
             return None
         return self._role_seeds(self.calls, (role,))[0]
 
+    def _block_mac(self) -> bool:
+        """``is_block_mac`` of this layer's precision, worked out once per
+        Precision object (a layer call asks it first)."""
+        p = self.precision
+        cached = self.__dict__.get("_block_mac_of")
+        if cached is None or cached[0] is not p:
+            cached = self.__dict__["_block_mac_of"] = (p, is_block_mac(p))
+        return cached[1]
+
     def _role_seeds(self, calls: int, roles) -> list[int]:
         """``_seed`` of each role at call count ``calls`` (seed set), the
         shared head mixed once."""
@@ -257,7 +266,7 @@ class QLinear(nn.Linear, _QuantizedLayer):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_block_mac(self.precision):  # block-scaled operands in the MAC arrays
+        if self._block_mac():  # block-scaled operands in the MAC arrays
             return block_forward(self, x)
         if (y := fused_mac.fused_forward(self, x)) is not None:  # same bits, fewer calls
             return y
@@ -346,7 +355,7 @@ class QConv2d(nn.Conv2d, _QuantizedLayer):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_block_mac(self.precision):  # block-scaled operands in the MAC arrays
+        if self._block_mac():  # block-scaled operands in the MAC arrays
             return block_forward(self, x, conv=True)
         if (y := fused_mac.fused_forward(self, x, conv=True)) is not None:
             return y
