@@ -11,7 +11,7 @@ import numpy as np
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FloatingPoint
 from hwsim.kernels import gemm as kg
-from hwsim.kernels.jit import threads_for
+from hwsim.kernels.jit import SERIAL_BELOW, SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow
 from hwsim.plan.checks import raise_non_finite_numpy
 from hwsim.plan.gemm import (
@@ -212,12 +212,13 @@ def gemm_2d(ca, fa, cb, fb, acc, product, rounding, overflow, seed, stats):
     n = cb.shape[1]
     if cb.shape[0] != k:
         raise ValueError(f"matmul shapes do not match: {ca.shape} and {cb.shape}")
-    with threads_for(m * n * max(k, 1)):
-        out = _gemm_numpy(
-            (ca, ca[None]), (cb, cb[None]), fa, fb, acc, product, rounding, overflow, seed,
-            "auto", stats,
-        )  # fmt: skip
-    return out[0]
+    args = ((ca, ca[None]), (cb, cb[None]), fa, fb, acc, product, rounding, overflow, seed)
+    work = m * n * max(k, 1)
+    if work < SERIAL_BELOW and m * n < SERIAL_BELOW_ELEMENTWISE and stats[0] and stats[1]:
+        # every kernel on the way takes its serial twin by size: no pool to limit
+        return _gemm_numpy(*args, "auto", stats)[0]
+    with threads_for(work):
+        return _gemm_numpy(*args, "auto", stats)[0]
 
 
 def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stats):
