@@ -45,11 +45,11 @@ def noisy_code(v, i, k, rounding, overflow, seed, seeded):
 @functools.cache
 def operand_kernel(rounding: int, overflow: int, seeded: bool):
     """kernel(x, codes, scale, wrap_modulus, min_code, max_code, seed) ->
-    (non-finite count, OR of codes, min code, max code); a non-finite value's
-    code is 0 (which leaves the OR, min and max, 0 included, as they are).
+    (non-finite count, OR of codes, min code, max code)
 
-    Branch-free, so the loop vectorizes: a non-finite value is quantized as
-    0.0 (no NaN reaches the int64 conversion) and its code replaced by 0."""
+    The loop vectorizes as written (LLVM turns the non-finite branch into
+    masked stores and masked reductions); selecting 0.0 and code 0 for a
+    non-finite value instead measured a few percent slower."""
 
     @kernel
     def run(x, codes, scale, wrap_modulus, min_code, max_code, seed):
@@ -58,10 +58,11 @@ def operand_kernel(rounding: int, overflow: int, seeded: bool):
         ors, lo, hi = np.int64(0), np.int64(0), np.int64(0)
         for i in range(x.size):
             v = np.float64(x[i])
-            ok = math.isfinite(v)
-            c = noisy_code(v if ok else 0.0, i, k, rounding, overflow, seed, seeded)
-            c = c if ok else np.int64(0)
-            bad += not ok
+            if not math.isfinite(v):
+                bad += 1
+                codes[i] = 0
+                continue
+            c = noisy_code(v, i, k, rounding, overflow, seed, seeded)
             codes[i] = c
             ors |= c
             lo = min(lo, c)
