@@ -37,7 +37,7 @@ from hwsim.plan.checks import kernel_constants
 from tests.examples import examples
 
 ROUNDINGS = (NEAREST, NEAREST_AWAY, FLOOR, ZERO, STOCHASTIC)
-EXAMPLES = examples(40, 15)
+EXAMPLES = examples(30, 15)
 SPECIALS = np.array(
     [np.nan, np.inf, -np.inf, -0.0, 0.0, 3e38, -3e38, 1e-45, -1e-45, 0.5, -0.5, 1.5, -2.5],
     dtype=np.float32,
