@@ -214,3 +214,13 @@ def test_bias_kernel_matches_reference(modes, data, w_fmt, a_fmt, seed, a_seed):
     )
     assert int(bad) == want_bad
     np.testing.assert_array_equal(codes, want_codes)
+
+
+@pytest.mark.parametrize("inner", [0, 1, 4])
+def test_epilogue_kernel_of_an_empty_output(inner):
+    """No elements, any ``inner`` (a conv output with no pixels has 0): nothing
+    written, no error."""
+    codes, out = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    bias = np.arange(3, dtype=np.int64)
+    run = epilogue_kernel(SATURATE, True, NEAREST, SATURATE, False)
+    run(codes, bias, inner, 3, -128, 127, 1.0, out, 1.0, 1.0, 2.0, -1, 1, np.uint64(0))

@@ -76,7 +76,7 @@ def operand_kernel(rounding: int, overflow: int, seeded: bool):
 def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: int, seeded: bool):
     """kernel(codes, bias, inner, count, c_min, c_max, acc_lsb, out, scale,
     inv_scale, wrap_modulus, min_code, max_code, seed) -> None; element i
-    takes ``bias[(i // inner) % count]`` (``inner >= 1``, ``count >= 1``).
+    takes ``bias[(i // inner) % count]`` (``inner, count >= 1`` unless empty).
 
     Nested loops whose innermost runs over contiguous elements with an index
     that vectorizes: for ``inner == 1`` (a linear layer) the rows of ``count``
@@ -112,6 +112,8 @@ def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: 
         if not has_bias:
             for i in range(n):
                 out[i] = value(codes[i], i, acc_lsb, k, inv_scale, seed)
+        elif n == 0:  # an empty conv output may have inner == 0 (no range step of 0)
+            pass
         elif inner == 1:
             for start in range(0, n, count):
                 for j in range(min(count, n - start)):
