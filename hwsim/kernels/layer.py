@@ -45,7 +45,11 @@ def noisy_code(v, i, k, rounding, overflow, seed, seeded):
 @functools.cache
 def operand_kernel(rounding: int, overflow: int, seeded: bool):
     """kernel(x, codes, scale, wrap_modulus, min_code, max_code, seed) ->
-    (non-finite count, OR of codes, min code, max code)"""
+    (non-finite count, OR of codes, min code, max code)
+
+    The loop vectorizes as written (LLVM turns the non-finite branch into
+    masked stores and masked reductions); selecting 0.0 and code 0 for a
+    non-finite value instead measured a few percent slower."""
 
     @kernel
     def run(x, codes, scale, wrap_modulus, min_code, max_code, seed):
@@ -72,8 +76,19 @@ def operand_kernel(rounding: int, overflow: int, seeded: bool):
 def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: int, seeded: bool):
     """kernel(codes, bias, inner, count, c_min, c_max, acc_lsb, out, scale,
     inv_scale, wrap_modulus, min_code, max_code, seed) -> None; element i
-    takes ``bias[(i // inner) % count]``, found by counting (a division per
-    element made a linear layer's epilogue 10x slower than without bias)."""
+    takes ``bias[(i // inner) % count]`` (``inner, count >= 1`` unless empty).
+
+    Nested loops whose innermost runs over contiguous elements with an index
+    that vectorizes: for ``inner == 1`` (a linear layer) the rows of ``count``
+    columns, ``bias[column]``; else blocks of ``inner`` elements sharing one
+    bias. (A running channel counter in one flat loop, or a division per
+    element, kept the loop scalar: 4-10x slower than without bias.)"""
+
+    @kernel
+    def value(c, i, acc_lsb, k, inv_scale, seed):
+        """Element i's output from its accumulator code ``c`` (bias added)."""
+        v = np.float64(np.float32(c * acc_lsb))
+        return noisy_code(v, i, k, rounding, overflow, seed, seeded) * inv_scale
 
     @kernel
     def run(
@@ -93,18 +108,26 @@ def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: 
         seed,
     ):
         k = (scale, wrap_modulus, min_code, max_code)
-        ch, left = 0, inner  # bias[ch] for the next ``left`` elements
-        for i in range(codes.size):
-            c = codes[i]
-            if has_bias:
-                c = apply_overflow(c + bias[ch], c_min, c_max, acc_overflow)
-                left -= 1
-                if left == 0:
-                    left = inner
-                    ch = ch + 1 if ch + 1 < count else 0
-            v = np.float64(np.float32(c * acc_lsb))
-            q = noisy_code(v, i, k, rounding, overflow, seed, seeded)
-            out[i] = q * inv_scale
+        n = codes.size
+        if not has_bias:
+            for i in range(n):
+                out[i] = value(codes[i], i, acc_lsb, k, inv_scale, seed)
+        elif n == 0:  # an empty conv output may have inner == 0 (no range step of 0)
+            pass
+        elif inner == 1:
+            for start in range(0, n, count):
+                for j in range(min(count, n - start)):
+                    i = np.uintp(start + j)  # unsigned: no negative-index wrap (a gather)
+                    c = apply_overflow(codes[i] + bias[j], c_min, c_max, acc_overflow)
+                    out[i] = value(c, i, acc_lsb, k, inv_scale, seed)
+        else:
+            ch = 0
+            for start in range(0, n, inner):
+                b = bias[ch]
+                for i in range(np.uintp(start), np.uintp(min(start + inner, n))):
+                    c = apply_overflow(codes[i] + b, c_min, c_max, acc_overflow)
+                    out[i] = value(c, i, acc_lsb, k, inv_scale, seed)
+                ch = ch + 1 if ch + 1 < count else 0
 
     return run
 
