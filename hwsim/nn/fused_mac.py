@@ -11,6 +11,7 @@ the others take no noise.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from hwsim.errors import NonFiniteError
@@ -126,14 +127,50 @@ class FusedLinear(torch.autograd.Function):
             acc = steps.gemm(mac, g_op, w_op, mac.seed(seeds[11]))
             gx = steps.finish(acc, mac, plan.gx, sx).reshape(ctx.x_shape)
         mac = plan.grad_weight
-        if need[1]:
+        xb_op = None
+        if need[1] and need[2] and mac.rounding != Rounding.STOCHASTIC:
+            xb_op = _ones_column(x_op)
+        if xb_op is not None:  # both in one GEMM: gw, then the batch sum as the last column
+            acc = steps.gemm(mac, (g_op[0].T, g_op[1], g_op[2]), xb_op, mac.seed(seeds[12]))
+            gw = steps.finish(_contiguous(acc[:, :-1]), mac, plan.gw, sw)
+            gb = steps.finish(_contiguous(acc[:, -1]), mac, plan.gw, sb)
+        elif need[1]:
             acc = steps.gemm(mac, (g_op[0].T, g_op[1], g_op[2]), x_op, mac.seed(seeds[12]))
             gw = steps.finish(acc, mac, plan.gw, sw)
-        if need[2]:  # the batch sum through the same MAC array
+        if need[2] and xb_op is None:  # the batch sum through the same MAC array
             ones = _ones_like(g_op[0], n)
             acc = steps.gemm(mac, (ones, 0, _ONES), g_op, mac.seed(seeds[12]))
             gb = steps.finish(acc[0], mac, plan.gw, sb)
         return gx, gw, gb, None, None, None, None, None, None
+
+
+def _ones_column(x_op):
+    """The linear layer's input operand with a column of ones appended (1.0
+    on x's grid: code 2^fl), or None where 1.0 is not a code there or lies
+    past x's largest code (the largest product, hence the plan, stays x's).
+
+    ``g^T @ [x | 1]`` gives the weight gradient and, as its last column, the
+    bias gradient's batch sum ``g^T @ 1``: for each output the same terms
+    ``g_ko * 1.0`` in the same order k as the separate ones-row GEMM, each
+    the same value rounded onto the same grid, and the same saturating
+    running sum, so the same codes wherever the MAC array's rounding draws
+    no noise (stochastic rounding keys its noise by the output's index)."""
+    c, fl, (top, lo, hi) = x_op
+    if fl < 0 or (1 << fl) > top:  # 1.0 within x's codes: the GEMM's plan stays as it was
+        return None
+    one = 1 << fl
+    if isinstance(c, np.ndarray):
+        cc = np.empty((c.shape[0], c.shape[1] + 1), dtype=c.dtype)
+        cc[:, :-1] = c
+        cc[:, -1] = one
+    else:
+        column = torch.full((c.shape[0], 1), one, dtype=c.dtype, device=c.device)
+        cc = torch.cat([c, column], dim=1)
+    return cc, fl, (max(top, one), min(lo, 0), max(hi, one))
+
+
+def _contiguous(a):
+    return np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a.contiguous()
 
 
 def _config(mac, seed) -> GemmConfig:

@@ -1,0 +1,86 @@
+"""A linear layer's weight and bias gradients in one GEMM (``g^T @ [x | 1]``,
+``hwsim.nn.fused_mac._ones_column``): the unfused chain's bits, where the
+running sums saturate or wrap, with a product format and every deterministic
+rounding, on both backends; stochastic MAC rounding keeps two GEMMs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import hwsim.nn as hnn
+from hwsim.nn import fused_mac
+
+BASE = hnn.Precision(
+    weight="fx16.12",
+    activation="fx16.8",
+    output="fx16.10",
+    grad_activation="fx16.12",
+    grad_weight="fx16.12",
+    accumulator="fx32.20",
+    grad_activation_accumulator="fx32.20",
+    grad_weight_accumulator="fx32.20",
+    grad_weight_rounding="stochastic",
+    seed=5,
+)
+VARIANTS = {
+    "base": BASE,
+    # the batch sums (and weight gradient sums) saturate at +-2^3
+    "saturating": dataclasses.replace(BASE, grad_weight_accumulator="fx12.8"),
+    "wrap": dataclasses.replace(BASE, grad_weight_accumulator="fx12.8", overflow="wrap"),
+    "product": dataclasses.replace(BASE, product="fx24.14", rounding="floor"),
+    "coarse": dataclasses.replace(BASE, grad_weight_accumulator="fx24.6", rounding="zero"),
+    "stochastic": dataclasses.replace(BASE, grad_weight_accumulator_rounding="stochastic"),
+}
+
+
+def steps(precision, backend, fused: bool, monkeypatch, columns: list):
+    with monkeypatch.context() as m:
+        if fused:
+            real = fused_mac._ones_column
+            m.setattr(fused_mac, "_ones_column", lambda op: columns.append(real(op)) or columns[-1])
+        else:
+            m.setattr(fused_mac, "fused_plan", lambda *args: None)
+        torch.manual_seed(0)
+        model = hnn.quantize_model(
+            nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)), precision, backend=backend
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        gen = torch.Generator().manual_seed(2)
+        seen = []
+        for _ in range(3):
+            x = torch.rand((9, 5), generator=gen) * 6 - 2  # codes past 1.0: the column applies
+            opt.zero_grad()
+            out = model(x)
+            (out * torch.linspace(-40, 40, 27).reshape(9, 3)).sum().backward()
+            seen += [out.detach()] + [p.grad.clone() for p in model.parameters()]
+            opt.step()
+        return seen
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_weight_and_bias_gradients_in_one_gemm(variant, backend, monkeypatch):
+    columns: list = []
+    got = steps(VARIANTS[variant], backend, True, monkeypatch, columns)
+    want = steps(VARIANTS[variant], backend, False, monkeypatch, [])
+    if variant == "stochastic":
+        assert not columns  # its noise is keyed by the output index: two GEMMs
+    else:
+        assert any(c is not None for c in columns)  # the one-GEMM path ran
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ones_column_needs_one_within_the_codes():
+    import numpy as np
+
+    codes = np.array([[3, -5], [0, 2]], dtype=np.int64)
+    assert fused_mac._ones_column((codes, 3, (5, -5, 3))) is None  # 1.0 = code 8 > 5
+    assert fused_mac._ones_column((codes, -1, (5, -5, 3))) is None  # 1.0 is no code at fl -1
+    cc, fl, stats = fused_mac._ones_column((codes, 2, (5, -5, 3)))
+    assert fl == 2 and stats == (5, -5, 4)
+    assert np.array_equal(cc, [[3, -5, 4], [0, 2, 4]])
