@@ -44,6 +44,13 @@ class GemmPlan(NamedTuple):
     wrap_chunk: int  # K-chunk for wrap (each chunk's |sum| < 2^53)
     term_max: int = 0  # largest |term| on the accumulator grid, after its stages
 
+    @property
+    def rounded_term_top(self) -> float:
+        """An upper bound on |term| on the accumulator grid, in float64: the
+        largest exact product moved there (``max_product 2^-acc_shift``) plus 1
+        for its rounding (before any clamp to the accumulator's range)."""
+        return self.max_product * 2.0**-self.acc_shift + 1
+
 
 def plan_gemm(
     fa: int,

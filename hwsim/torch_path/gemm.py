@@ -230,7 +230,7 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
 def _float32_chunk(plan) -> int:
     """How many k a float32 chunk of exact float terms takes (0: float64): every
     product, term and chunk sum of |terms| below 2^24, where float32 is exact."""
-    top = plan.max_product * 2.0**-plan.acc_shift + 1  # the largest term, rounded
+    top = plan.rounded_term_top
     if plan.max_product >= 1 << 24 or top >= 1 << 24:
         return 0
     return int((1 << 24) // top)
@@ -257,8 +257,7 @@ def _by_residues(plan, rounding, m: int, n: int, a_codes) -> bool:
         or len(residue_tables(plan.acc_shift, rounding)[1][0]) > 8
     ):
         return False
-    top = plan.max_product * 2.0**-plan.acc_shift + 1  # the largest term, rounded
-    return top <= reach_of(plan.accumulator)
+    return plan.rounded_term_top <= reach_of(plan.accumulator)
 
 
 def reach_of(acc: FixedPoint) -> int:
@@ -308,9 +307,8 @@ def _float_terms(t, plan, rounding, noise) -> torch.Tensor:
         else:
             f = torch.floor(t)
             t = f.add_(noise(1) < t.sub_(f))  # a bool adds as 0.0 or 1.0
-    # a term past the range: only where the plan's largest term is (an exact term
-    # is at most max_product 2^-shift, a rounded one 1 more)
-    top = plan.max_product * 2.0**-plan.acc_shift + 1
+    # a term past the range: only where the plan's largest term is
+    top = plan.rounded_term_top
     if top > acc.max_code or -top < acc.min_code:
         t.clamp_(acc.min_code, acc.max_code)
     return t
