@@ -20,6 +20,7 @@ from hwsim.plan.gemm import (
     broadcast_operands,
     check_grid_span,
     fast_chunk,
+    float_sum_upper,
     narrow_ok,
     plan_gemm,
     seed_bits,
@@ -236,7 +237,7 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
         # the cheap bound max_i sum_k |a_ik| max|b| (or the transpose) often settles
         # it; the tight one is another GEMM
         cheap = _row_sum_bound(a3, b3, int(sa[0]), int(sb[0]))
-        if cheap * (1.0 + (k + 3) * 2.0**-52) <= plan.fast_saturate_limit:
+        if float_sum_upper(cheap, k, extra_roundings=2) <= plan.fast_saturate_limit:
             return cheap
         return _tight_bound_numpy(a3, b3)
 

@@ -22,6 +22,7 @@ from hwsim.plan.gemm import (
     broadcast_operands,
     check_grid_span,
     fast_chunk,
+    float_sum_upper,
     plan_gemm,
     squeeze_result,
     use_fast_path,
@@ -269,10 +270,10 @@ def _sums_within(a3, b3, plan, k: int) -> bool:
     """Whether ``sum_k |t_k|`` stays inside the accumulator's range for every
     output, from the float64 codes' ``|a| @ |b|`` (one BLAS call, not a pass
     over the terms): a term is at most its exact product on the accumulator
-    grid plus 1 (rounding), and the float64 sums are within a relative
-    (k + 2) 2^-52 of the truth. False where that bound cannot tell."""
+    grid plus 1 (rounding), and ``float_sum_upper`` bounds the exact sums of
+    products from the float64 ones. False where that bound cannot tell."""
     top = float(torch.matmul(a3.abs(), b3.abs()).max())
-    bound = top * 2.0**-plan.acc_shift * (1.0 + (k + 2) * 2.0**-52) + k
+    bound = float_sum_upper(top * 2.0**-plan.acc_shift, k) + k
     return bound <= reach_of(plan.accumulator)
 
 
