@@ -30,7 +30,7 @@ from hwsim.torch_path.gemm import batched_gemm
 from hwsim.torch_path.quantize import CHUNK, counter_uniforms, quantize_torch, stochastic_noise
 
 _MASK64 = (1 << 64) - 1
-_FAR = 1 << 62  # above every lowest set bit of a code that fits 53 bits
+_FAR = 1 << 62  # above every code's lowest set bit (|code| < 2^62: wl <= MAX_WL = 62)
 
 
 def _noise(t: torch.Tensor, q, seed):
@@ -100,7 +100,20 @@ def codes(t: torch.Tensor, q, seed):
     fmt = q.fmt
     lo = min(int(max(lo, fmt.min_code)), fmt.max_code, 0)  # the clamp's, 0 included
     hi = max(int(min(hi, fmt.max_code)), fmt.min_code, 0)
-    c = r.clamp_(fmt.min_code, fmt.max_code).to(torch.int64)
+    return _coarsest(r.clamp_(fmt.min_code, fmt.max_code).to(torch.int64), fmt.fl, lo, hi)
+
+
+def _codes(c: torch.Tensor, q):
+    """:func:`codes` of the int64 codes ``c`` of ``q``'s format (owned: shifted in place)."""
+    lo, hi = (int(v) for v in torch.aminmax(c)) if c.numel() else (0, 0)
+    return _coarsest(c, q.fmt.fl, min(lo, 0), max(hi, 0))
+
+
+def _coarsest(c: torch.Tensor, fl: int, lo: int, hi: int):
+    """(codes, fl, stats) of the int64 codes ``c`` on the grid of ``fl``
+    fractional bits, moved to the coarsest grid that holds them (the fewest
+    trailing zeros among the nonzero codes; ``c`` shifted in place); ``lo``,
+    ``hi``: the codes' min and max, 0 included. All zero: fl 0."""
     if lo == hi == 0:
         return c, 0, (0, 0, 0)
     tz = 0
@@ -109,21 +122,7 @@ def codes(t: torch.Tensor, q, seed):
         tz = int(torch.where(low > 0, low, _FAR).min()).bit_length() - 1
         c >>= tz
         lo, hi = lo >> tz, hi >> tz
-    return c, fmt.fl - tz, (max(-lo, hi), lo, hi)
-
-
-def _codes(c: torch.Tensor, q):
-    """:func:`codes` of the int64 codes ``c`` of ``q``'s format."""
-    low = c & -c  # each code's lowest set bit (0 for code 0)
-    top = int(low.max()) if c.numel() else 0
-    if top == 0:  # all zero
-        return torch.zeros(c.shape, dtype=torch.int64, device=c.device), 0, (0, 0, 0)
-    # the coarsest grid: the fewest trailing zeros among nonzero codes
-    finest = int(torch.where(low > 0, low, top).min())
-    tz = finest.bit_length() - 1
-    lo, hi = (int(v) for v in torch.aminmax(c))
-    lo, hi = min(lo, 0) >> tz, max(hi, 0) >> tz
-    return (c >> tz if tz else c), q.fmt.fl - tz, (max(-lo, hi), lo, hi)
+    return c, fl - tz, (max(-lo, hi), lo, hi)
 
 
 def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
