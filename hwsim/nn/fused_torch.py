@@ -19,7 +19,7 @@ import math
 import torch
 
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import fresh_seed, seed64
+from hwsim.plan.checks import float64_holds_codes, fresh_seed, seed64
 from hwsim.torch_path.core import (
     apply_overflow,
     code_to_value,
@@ -133,7 +133,8 @@ def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
     a = mac.acc
     # |value| < 2^(wl - fl): finite in float32 up to 2^127 (else the check raises, as unfused)
     finite = a.wl - a.fl <= 127
-    if not (finite and a.wl <= 52 and mac.overflow == Overflow.SATURATE and _lean(acc_codes, q)):
+    lean = float64_holds_codes(a) and mac.overflow == Overflow.SATURATE and _lean(acc_codes, q)
+    if not (finite and lean):
         return _finish(acc_codes, mac, q, seed, bias, finite)
     v = acc_codes.to(torch.float64)
     if bias is not None:  # (1, -1) on a linear layer's codes, (1, -1, 1, 1) on a conv's
@@ -167,7 +168,8 @@ def bias_codes(b: torch.Tensor, plan, seeds):
     seed = seeds[10]
     if seed is not None:
         seed = (seed + 7) & _MASK64
-    if _lean(b, w) and a.wl <= 52 and a.fl >= w.fmt.fl and mac.overflow == Overflow.SATURATE:
+    lean = float64_holds_codes(a) and mac.overflow == Overflow.SATURATE and _lean(b, w)
+    if lean and a.fl >= w.fmt.fl:
         s = _scaled(b, w)
         if not math.isfinite(float(s.sum())):
             return None

@@ -13,12 +13,11 @@ import numpy as np
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import fresh_seed, is_torch, seed64
+from hwsim.plan.checks import EXACT_FLOAT, fresh_seed, is_torch, seed64
 from hwsim.plan.float_gemm import check_any_format, check_float_gemm_formats
 
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # no grid change, exact left shift, rounding
 PATHS = ("auto", "sequential", "fast")
-EXACT_FLOAT = 1 << 53  # float64 holds every integer below this
 INT64_LIMIT = 1 << 63
 
 

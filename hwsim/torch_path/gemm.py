@@ -12,9 +12,8 @@ import torch
 
 from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import raise_non_finite_torch
+from hwsim.plan.checks import EXACT_FLOAT, float64_holds_codes, raise_non_finite_torch
 from hwsim.plan.gemm import (
-    EXACT_FLOAT,
     STAGE_LEFT,
     STAGE_NONE,
     STAGE_ROUND,
@@ -91,7 +90,7 @@ def batched_gemm(
     ``stats``: the operands' (max |code|, min, max) where the caller knows them
     (each else takes reductions on the device and a sync). ``float_sums``:
     where the saturating fast path's float64 sums hold the codes exactly
-    (``acc.wl <= 52``), return them as integral float64, not int64 (a layer's
+    (``float64_holds_codes(acc)``), return them as integral float64, not int64 (a layer's
     step goes on in float64: no round trip through int64)."""
     if ca.device != cb.device:
         raise ValueError(f"operands are on different devices: {ca.device} and {cb.device}")
@@ -130,7 +129,7 @@ def batched_gemm(
         fa3, fb3 = a3.to(torch.float64), b3.to(torch.float64)
         out, _ = blas_code_sums(fa3, fb3, fast_chunk(plan, overflow, k))
         saturating = overflow == Overflow.SATURATE
-        if float_sums and saturating and out.dtype == torch.float64 and acc.wl <= 52:
+        if float_sums and saturating and out.dtype == torch.float64 and float64_holds_codes(acc):
             # exact: a power of two, the codes below 2^53; saturating (one chunk)
             out = out.mul_(2.0**plan.left_shift).clamp_(acc.min_code, acc.max_code)
         else:
