@@ -1,5 +1,7 @@
-"""The fused layer step (hwsim.nn.fused) gives the unfused chain's bits: outputs,
-input and parameter gradients, over a few SGD steps, on both backends."""
+"""The fused layer step (hwsim.nn.fused on the numba backend,
+hwsim.nn.fused_torch on the torch backend) gives the unfused chain's bits:
+outputs, input and parameter gradients, over a few SGD steps; and the torch
+backend's noise drawn at once equals the noise drawn one tensor at a time."""
 
 from __future__ import annotations
 
@@ -7,11 +9,16 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import hwsim.nn as hnn
 from hwsim.nn import fused_mac
+from hwsim.torch_path.core import counter_uniform
+from hwsim.torch_path.quantize import counter_uniforms
 
+BACKENDS = ("numba", "torch")
 BASE = hnn.Precision(
     weight="fx16.12",
     activation="fx16.12",
@@ -33,6 +40,12 @@ VARIANTS = {
     "narrow": dataclasses.replace(
         BASE, weight="fx8.6", activation="fx8.5", output="fx8.4", accumulator="fx16.8"
     ),
+    # wl > 52: the torch backend's finish and bias steps leave its lean float64 path
+    # for int64, with noise drawn at once
+    "wide": dataclasses.replace(BASE, grad_weight_accumulator="fx60.40", accumulator="fx56.30"),
+    # the output gradient on the input-gradient grid: the next backward draws no noise
+    "on-grid": dataclasses.replace(BASE, grad_activation="fx16.12", grad_weight="fx16.12"),
+    "away": dataclasses.replace(BASE, rounding="nearest_away", accumulator_rounding="zero"),
 }
 
 
@@ -66,7 +79,7 @@ def steps(make, precision, backend, fused: bool, monkeypatch):
         return seen
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("make", [mlp, cnn])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_fused_step_equals_unfused_chain(variant, make, backend, monkeypatch):
@@ -81,7 +94,7 @@ def test_fused_step_equals_unfused_chain(variant, make, backend, monkeypatch):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("where", ["x", "weight", "bias"])
 def test_fused_step_non_finite_raises_as_unfused(where, backend):
     from hwsim.errors import NonFiniteError
@@ -93,3 +106,17 @@ def test_fused_step_non_finite_raises_as_unfused(where, backend):
     target.view(-1)[1] = float("nan")
     with pytest.raises(NonFiniteError):
         layer(x)
+
+
+seeds = st.one_of(st.sampled_from([0, 1, (1 << 64) - 1]), st.integers(0, (1 << 64) - 1))
+
+
+@given(
+    st.lists(st.tuples(seeds, st.integers(0, 40), st.integers(0, 1 << 40)), min_size=1, max_size=5)
+)
+def test_counter_uniforms_equal_counter_uniform_each(requests):
+    """The torch backend's stochastic noise of several quantizers drawn at once
+    (``hwsim.nn.fused_torch.noises``) is each one's own counter noise."""
+    got = counter_uniforms(requests)
+    for (seed, n, offset), u in zip(requests, got, strict=True):
+        assert torch.equal(u, counter_uniform(seed, n, offset=offset))

@@ -31,7 +31,7 @@ from hwsim.formats import FixedPoint
 from hwsim.kernels.layer import bias_kernel, epilogue_kernel, operand_kernel
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.numpy_gemm import gemm_2d
-from hwsim.plan.checks import fresh_seed, kernel_constants, seed64
+from hwsim.plan.checks import float64_holds_codes, fresh_seed, kernel_constants, seed64
 
 _MASK64 = (1 << 64) - 1
 _ONES = (1, 1, 1)  # stats of a row of ones
@@ -63,10 +63,12 @@ class Quant:
     @functools.cached_property
     def float_codes(self) -> bool:
         """Whether float64 holds this quantizer's codes and scaled float32
-        inputs exactly (saturate, ``wl <= 52``, ``0 <= fl <= 800``: no
+        inputs exactly (saturate, ``float64_holds_codes``, ``0 <= fl <= 800``: no
         underflow, no overflow), as the torch backend's lean steps need."""
         fmt = self.fmt
-        return self.overflow == Overflow.SATURATE and fmt.wl <= 52 and 0 <= fmt.fl <= 800
+        return (
+            self.overflow == Overflow.SATURATE and float64_holds_codes(fmt) and 0 <= fmt.fl <= 800
+        )
 
     def seed(self, seed) -> np.uint64:
         """The kernel's noise key, as ``hwsim.quantize`` takes it."""

@@ -19,7 +19,7 @@ import math
 import torch
 
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import fresh_seed, seed64
+from hwsim.plan.checks import float64_holds_codes, fresh_seed, seed64
 from hwsim.torch_path.core import (
     apply_overflow,
     code_to_value,
@@ -30,7 +30,7 @@ from hwsim.torch_path.gemm import batched_gemm
 from hwsim.torch_path.quantize import CHUNK, counter_uniforms, quantize_torch, stochastic_noise
 
 _MASK64 = (1 << 64) - 1
-_FAR = 1 << 62  # above every lowest set bit of a code that fits 53 bits
+_FAR = 1 << 62  # above every code's lowest set bit (|code| < 2^62: wl <= MAX_WL = 62)
 
 
 def _noise(t: torch.Tensor, q, seed):
@@ -100,7 +100,20 @@ def codes(t: torch.Tensor, q, seed):
     fmt = q.fmt
     lo = min(int(max(lo, fmt.min_code)), fmt.max_code, 0)  # the clamp's, 0 included
     hi = max(int(min(hi, fmt.max_code)), fmt.min_code, 0)
-    c = r.clamp_(fmt.min_code, fmt.max_code).to(torch.int64)
+    return _coarsest(r.clamp_(fmt.min_code, fmt.max_code).to(torch.int64), fmt.fl, lo, hi)
+
+
+def _codes(c: torch.Tensor, q):
+    """:func:`codes` of the int64 codes ``c`` of ``q``'s format (owned: shifted in place)."""
+    lo, hi = (int(v) for v in torch.aminmax(c)) if c.numel() else (0, 0)
+    return _coarsest(c, q.fmt.fl, min(lo, 0), max(hi, 0))
+
+
+def _coarsest(c: torch.Tensor, fl: int, lo: int, hi: int):
+    """(codes, fl, stats) of the int64 codes ``c`` on the grid of ``fl``
+    fractional bits, moved to the coarsest grid that holds them (the fewest
+    trailing zeros among the nonzero codes; ``c`` shifted in place); ``lo``,
+    ``hi``: the codes' min and max, 0 included. All zero: fl 0."""
     if lo == hi == 0:
         return c, 0, (0, 0, 0)
     tz = 0
@@ -109,21 +122,7 @@ def codes(t: torch.Tensor, q, seed):
         tz = int(torch.where(low > 0, low, _FAR).min()).bit_length() - 1
         c >>= tz
         lo, hi = lo >> tz, hi >> tz
-    return c, fmt.fl - tz, (max(-lo, hi), lo, hi)
-
-
-def _codes(c: torch.Tensor, q):
-    """:func:`codes` of the int64 codes ``c`` of ``q``'s format."""
-    low = c & -c  # each code's lowest set bit (0 for code 0)
-    top = int(low.max()) if c.numel() else 0
-    if top == 0:  # all zero
-        return torch.zeros(c.shape, dtype=torch.int64, device=c.device), 0, (0, 0, 0)
-    # the coarsest grid: the fewest trailing zeros among nonzero codes
-    finest = int(torch.where(low > 0, low, top).min())
-    tz = finest.bit_length() - 1
-    lo, hi = (int(v) for v in torch.aminmax(c))
-    lo, hi = min(lo, 0) >> tz, max(hi, 0) >> tz
-    return (c >> tz if tz else c), q.fmt.fl - tz, (max(-lo, hi), lo, hi)
+    return c, fl - tz, (max(-lo, hi), lo, hi)
 
 
 def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
@@ -134,7 +133,8 @@ def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
     a = mac.acc
     # |value| < 2^(wl - fl): finite in float32 up to 2^127 (else the check raises, as unfused)
     finite = a.wl - a.fl <= 127
-    if not (finite and a.wl <= 52 and mac.overflow == Overflow.SATURATE and _lean(acc_codes, q)):
+    lean = float64_holds_codes(a) and mac.overflow == Overflow.SATURATE and _lean(acc_codes, q)
+    if not (finite and lean):
         return _finish(acc_codes, mac, q, seed, bias, finite)
     v = acc_codes.to(torch.float64)
     if bias is not None:  # (1, -1) on a linear layer's codes, (1, -1, 1, 1) on a conv's
@@ -168,7 +168,8 @@ def bias_codes(b: torch.Tensor, plan, seeds):
     seed = seeds[10]
     if seed is not None:
         seed = (seed + 7) & _MASK64
-    if _lean(b, w) and a.wl <= 52 and a.fl >= w.fmt.fl and mac.overflow == Overflow.SATURATE:
+    lean = float64_holds_codes(a) and mac.overflow == Overflow.SATURATE and _lean(b, w)
+    if lean and a.fl >= w.fmt.fl:
         s = _scaled(b, w)
         if not math.isfinite(float(s.sum())):
             return None

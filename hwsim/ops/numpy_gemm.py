@@ -13,14 +13,14 @@ from hwsim.formats import MAX_WL, FloatingPoint
 from hwsim.kernels import gemm as kg
 from hwsim.kernels.jit import SERIAL_BELOW, SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow
-from hwsim.plan.checks import raise_non_finite_numpy
+from hwsim.plan.checks import EXACT_FLOAT32, raise_non_finite_numpy
 from hwsim.plan.gemm import (
-    EXACT_FLOAT32,
     INT64_LIMIT,
     blas_code_sums,
     broadcast_operands,
     check_grid_span,
     fast_chunk,
+    float_sum_upper,
     narrow_ok,
     plan_gemm,
     seed_bits,
@@ -238,7 +238,7 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
         # the cheap bound max_i sum_k |a_ik| max|b| (or the transpose) often settles
         # it; the tight one is another GEMM
         cheap = _row_sum_bound(a3, b3, int(sa[0]), int(sb[0]))
-        if cheap * (1.0 + (k + 3) * 2.0**-52) <= plan.fast_saturate_limit:
+        if float_sum_upper(cheap, k, extra_roundings=2) <= plan.fast_saturate_limit:
             return cheap
         return _tight_bound_numpy(a3, b3)
 
@@ -306,7 +306,7 @@ def _blas_sums(a3, b3, chunk: int, dtype=np.float64):
 def _row_sum_bound(a3, b3, max_a: int, max_b: int) -> float:
     """An upper bound on max over outputs of sum_k |a_ik b_kj|: the largest row
     sum of |A| times max|B|, or the largest column sum of |B| times max|A|
-    (float64, within a relative (K + 3) 2^-53 of the exact value)."""
+    (float64; ``float_sum_upper(..., extra_roundings=2)`` bounds the exact value)."""
     if a3.size == 0 or b3.size == 0:
         return 0.0
     rows = float(np.abs(a3[:1] if _shared(a3) else a3).astype(np.float64).sum(axis=2).max())

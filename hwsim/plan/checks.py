@@ -12,6 +12,9 @@ import numpy as np
 from hwsim.errors import NonFiniteError
 from hwsim.formats import FixedPoint
 
+EXACT_FLOAT = 1 << 53  # float64 holds every integer up to this in magnitude (not 2^53 + 1)
+EXACT_FLOAT32 = 1 << 24  # float32 likewise
+
 
 def is_torch(x) -> bool:
     """True for a torch.Tensor, without importing torch when it is not loaded."""
@@ -61,7 +64,7 @@ def check_data(x, name: str = "x") -> None:
 def check_integers_exact(x, name: str = "x") -> None:
     """Integer input is taken exactly or not at all: the ops compute in
     float64, exact for integers up to 2^53 in magnitude."""
-    limit = 1 << 53
+    limit = EXACT_FLOAT
     if is_torch(x):
         if x.is_floating_point() or x.is_complex() or str(x.dtype) == "torch.bool":
             return
@@ -95,6 +98,17 @@ class KernelConstants(NamedTuple):
     wrap_modulus: float  # 2^(wl - fl), the range's span in values
     min_code: int
     max_code: int
+
+
+FLOAT64_CODE_WL = 52  # the widest format float64 code arithmetic is exact on
+
+
+def float64_holds_codes(fmt: FixedPoint) -> bool:
+    """Whether float64 arithmetic on ``fmt``'s codes is exact: every code,
+    ``code - min_code`` (wrap's offset, below 2^wl) and the sum of two codes
+    are integers below ``EXACT_FLOAT`` in magnitude (``wl <= 52``). The
+    torch path's float64 code steps and the fused layers' lean path need it."""
+    return fmt.wl <= FLOAT64_CODE_WL
 
 
 @functools.cache

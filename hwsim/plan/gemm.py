@@ -13,13 +13,11 @@ import numpy as np
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import fresh_seed, is_torch, seed64
+from hwsim.plan.checks import EXACT_FLOAT, fresh_seed, is_torch, seed64
 from hwsim.plan.float_gemm import check_any_format, check_float_gemm_formats
 
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # no grid change, exact left shift, rounding
 PATHS = ("auto", "sequential", "fast")
-EXACT_FLOAT = 1 << 53  # float64 holds every integer below this
-EXACT_FLOAT32 = 1 << 24  # float32 likewise
 INT64_LIMIT = 1 << 63
 
 
@@ -44,6 +42,13 @@ class GemmPlan(NamedTuple):
     fast_saturate_limit: int  # saturate: the fast path is exact if sum_k |t| <= this (-1: never)
     wrap_chunk: int  # K-chunk for wrap (each chunk's |sum| < 2^53)
     term_max: int = 0  # largest |term| on the accumulator grid, after its stages
+
+    @property
+    def rounded_term_top(self) -> float:
+        """An upper bound on |term| on the accumulator grid, in float64: the
+        largest exact product moved there (``max_product 2^-acc_shift``) plus 1
+        for its rounding (before any clamp to the accumulator's range)."""
+        return self.max_product * 2.0**-self.acc_shift + 1
 
 
 def plan_gemm(
@@ -176,8 +181,24 @@ def saturate_fast(plan: GemmPlan, k: int, tight_bound) -> bool:
         return False
     if plan.max_product * k <= plan.fast_saturate_limit:
         return True
-    # a float64 sum of k nonnegative terms is within a relative k 2^-53 of the truth
-    return tight_bound() * (1.0 + (k + 2) * 2.0**-52) <= plan.fast_saturate_limit
+    return float_sum_upper(tight_bound(), k) <= plan.fast_saturate_limit
+
+
+def float_sum_upper(x: float, k: int, extra_roundings: int = 0) -> float:
+    """An upper bound on the exact sum ``s`` of ``k`` nonnegative terms, from
+    ``x``, their float64 sum (a dot product of nonnegative operands as BLAS or
+    a reduction computes it: any order, blocking or FMA).
+
+    Forming each term (a product of float64 values, or a value converted to
+    float64) and each of the k - 1 additions rounds once, a relative error of
+    at most u = 2^-53 each, so ``x >= s (1 - k u / (1 - k u))`` (Higham,
+    "Accuracy and Stability of Numerical Algorithms", 3.1), i.e.
+    ``s <= x (1 + k u / (1 - 2 k u))``. The factor ``1 + (2k + 4) u``, twice the first-order ``k u`` and exact in
+    float64, covers that for k up to 2^50 with room for the rounding of the
+    product ``x * factor`` itself. ``extra_roundings``: further rounded
+    operations in forming ``x`` beyond the sum (a conversion, a scaling
+    product), each adding u to the factor."""
+    return x * (1.0 + (2 * k + 4 + extra_roundings) * 2.0**-53)
 
 
 def broadcast_operands(ca, cb, xp):

@@ -12,7 +12,7 @@ from hwsim.formats import FixedPoint
 from hwsim.kernels.jit import SERIAL_BELOW_ELEMENTWISE
 from hwsim.kernels.quantize import UNIFORMS_AT, UNIFORMS_FROM
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import kernel_constants
+from hwsim.plan.checks import FLOAT64_CODE_WL, float64_holds_codes, kernel_constants
 
 TWO62 = 4611686018427387904.0
 TINY = 5e-324
@@ -125,8 +125,8 @@ def scaled_to_code_float(
     code ``c`` on a grid with ``fl0`` fractional bits is ``s = c * 2^(fmt.fl - fl0)``.
     ``inplace=True`` lets it overwrite ``s``.
     """
-    if fmt.wl > 52:
-        raise ValueError(f"float64 code arithmetic needs wl <= 52, got {fmt}")
+    if not float64_holds_codes(fmt):
+        raise ValueError(f"float64 code arithmetic needs wl <= {FLOAT64_CODE_WL}, got {fmt}")
     if overflow == Overflow.WRAP:
         s = wrap_reduce(s, 2.0**fmt.wl)  # a multiple of 2^wl codes: rounding commutes with it
     elif not inplace:
@@ -165,7 +165,7 @@ def value_to_code(
     u: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Int64 codes of finite ``x`` (any float dtype) in ``fmt``."""
-    if fmt.wl <= 52:
+    if float64_holds_codes(fmt):
         return value_to_code_float(x, fmt, rounding, overflow, u).to(torch.int64)
     s = _scaled(x, fmt, overflow)
     r = round_scaled_(s, rounding, u).clamp_(-TWO62, TWO62)

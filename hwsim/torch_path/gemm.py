@@ -12,9 +12,13 @@ import torch
 
 from hwsim.formats import FixedPoint, FloatingPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import raise_non_finite_torch
-from hwsim.plan.gemm import (
+from hwsim.plan.checks import (
     EXACT_FLOAT,
+    EXACT_FLOAT32,
+    float64_holds_codes,
+    raise_non_finite_torch,
+)
+from hwsim.plan.gemm import (
     STAGE_LEFT,
     STAGE_NONE,
     STAGE_ROUND,
@@ -22,6 +26,7 @@ from hwsim.plan.gemm import (
     broadcast_operands,
     check_grid_span,
     fast_chunk,
+    float_sum_upper,
     plan_gemm,
     squeeze_result,
     use_fast_path,
@@ -90,7 +95,7 @@ def batched_gemm(
     ``stats``: the operands' (max |code|, min, max) where the caller knows them
     (each else takes reductions on the device and a sync). ``float_sums``:
     where the saturating fast path's float64 sums hold the codes exactly
-    (``acc.wl <= 52``), return them as integral float64, not int64 (a layer's
+    (``float64_holds_codes(acc)``), return them as integral float64, not int64 (a layer's
     step goes on in float64: no round trip through int64)."""
     if ca.device != cb.device:
         raise ValueError(f"operands are on different devices: {ca.device} and {cb.device}")
@@ -129,7 +134,7 @@ def batched_gemm(
         fa3, fb3 = a3.to(torch.float64), b3.to(torch.float64)
         out, _ = blas_code_sums(fa3, fb3, fast_chunk(plan, overflow, k))
         saturating = overflow == Overflow.SATURATE
-        if float_sums and saturating and out.dtype == torch.float64 and acc.wl <= 52:
+        if float_sums and saturating and out.dtype == torch.float64 and float64_holds_codes(acc):
             # exact: a power of two, the codes below 2^53; saturating (one chunk)
             out = out.mul_(2.0**plan.left_shift).clamp_(acc.min_code, acc.max_code)
         else:
@@ -230,10 +235,10 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
 def _float32_chunk(plan) -> int:
     """How many k a float32 chunk of exact float terms takes (0: float64): every
     product, term and chunk sum of |terms| below 2^24, where float32 is exact."""
-    top = plan.max_product * 2.0**-plan.acc_shift + 1  # the largest term, rounded
-    if plan.max_product >= 1 << 24 or top >= 1 << 24:
+    top = plan.rounded_term_top
+    if plan.max_product >= EXACT_FLOAT32 or top >= EXACT_FLOAT32:
         return 0
-    return int((1 << 24) // top)
+    return int(EXACT_FLOAT32 // top)
 
 
 def _by_residues(plan, rounding, m: int, n: int, a_codes) -> bool:
@@ -257,8 +262,7 @@ def _by_residues(plan, rounding, m: int, n: int, a_codes) -> bool:
         or len(residue_tables(plan.acc_shift, rounding)[1][0]) > 8
     ):
         return False
-    top = plan.max_product * 2.0**-plan.acc_shift + 1  # the largest term, rounded
-    return top <= reach_of(plan.accumulator)
+    return plan.rounded_term_top <= reach_of(plan.accumulator)
 
 
 def reach_of(acc: FixedPoint) -> int:
@@ -270,10 +274,10 @@ def _sums_within(a3, b3, plan, k: int) -> bool:
     """Whether ``sum_k |t_k|`` stays inside the accumulator's range for every
     output, from the float64 codes' ``|a| @ |b|`` (one BLAS call, not a pass
     over the terms): a term is at most its exact product on the accumulator
-    grid plus 1 (rounding), and the float64 sums are within a relative
-    (k + 2) 2^-52 of the truth. False where that bound cannot tell."""
+    grid plus 1 (rounding), and ``float_sum_upper`` bounds the exact sums of
+    products from the float64 ones. False where that bound cannot tell."""
     top = float(torch.matmul(a3.abs(), b3.abs()).max())
-    bound = top * 2.0**-plan.acc_shift * (1.0 + (k + 2) * 2.0**-52) + k
+    bound = float_sum_upper(top * 2.0**-plan.acc_shift, k) + k
     return bound <= reach_of(plan.accumulator)
 
 
@@ -308,9 +312,8 @@ def _float_terms(t, plan, rounding, noise) -> torch.Tensor:
         else:
             f = torch.floor(t)
             t = f.add_(noise(1) < t.sub_(f))  # a bool adds as 0.0 or 1.0
-    # a term past the range: only where the plan's largest term is (an exact term
-    # is at most max_product 2^-shift, a rounded one 1 more)
-    top = plan.max_product * 2.0**-plan.acc_shift + 1
+    # a term past the range: only where the plan's largest term is
+    top = plan.rounded_term_top
     if top > acc.max_code or -top < acc.min_code:
         t.clamp_(acc.min_code, acc.max_code)
     return t

@@ -8,7 +8,7 @@ import torch
 
 from hwsim.formats import FixedPoint
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.checks import fresh_seed, raise_non_finite_torch, seed64
+from hwsim.plan.checks import float64_holds_codes, fresh_seed, raise_non_finite_torch, seed64
 from hwsim.torch_path.core import (
     code_to_value,
     counter_uniform,
@@ -130,7 +130,7 @@ def quantize_torch(
 def _quantize_block(x, fmt, rounding, overflow, u, codes, out_dtype) -> torch.Tensor:
     if codes:
         return value_to_code(x, fmt, rounding, overflow, u)
-    if fmt.wl <= 52:
+    if float64_holds_codes(fmt):
         c = value_to_code_float(x, fmt, rounding, overflow, u)
         return c.mul_(fmt.lsb).to(out_dtype)
     return code_to_value(value_to_code(x, fmt, rounding, overflow, u), fmt, out_dtype)
