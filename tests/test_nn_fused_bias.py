@@ -41,7 +41,7 @@ def steps(precision, backend, fused: bool, monkeypatch, columns: list):
     with monkeypatch.context() as m:
         if fused:
             real = fused_mac._ones_column
-            m.setattr(fused_mac, "_ones_column", lambda op: columns.append(real(op)) or columns[-1])
+            m.setattr(fused_mac, "_ones_column", lambda *a: columns.append(real(*a)) or columns[-1])
         else:
             m.setattr(fused_mac, "fused_plan", lambda *args: None)
         torch.manual_seed(0)
@@ -52,7 +52,7 @@ def steps(precision, backend, fused: bool, monkeypatch, columns: list):
         gen = torch.Generator().manual_seed(2)
         seen = []
         for _ in range(3):
-            x = torch.rand((9, 5), generator=gen) * 6 - 2  # codes past 1.0: the column applies
+            x = torch.rand((9, 5), generator=gen) * 6 - 2  # past 1.0; the hidden layer's below
             opt.zero_grad()
             out = model(x)
             (out * torch.linspace(-40, 40, 27).reshape(9, 3)).sum().backward()
@@ -75,12 +75,17 @@ def test_weight_and_bias_gradients_in_one_gemm(variant, backend, monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_ones_column_needs_one_within_the_codes():
+def test_ones_column_needs_one_near_the_codes():
     import numpy as np
 
     codes = np.array([[3, -5], [0, 2]], dtype=np.int64)
-    assert fused_mac._ones_column((codes, 3, (5, -5, 3))) is None  # 1.0 = code 8 > 5
-    assert fused_mac._ones_column((codes, -1, (5, -5, 3))) is None  # 1.0 is no code at fl -1
-    cc, fl, stats = fused_mac._ones_column((codes, 2, (5, -5, 3)))
-    assert fl == 2 and stats == (5, -5, 4)
+    stats = (5, -5, 3)
+    assert fused_mac._ones_column((codes, 7, stats), 9) is None  # 1.0 = 128 > 5 * 16
+    assert fused_mac._ones_column((codes, -1, stats), 9) is None  # 1.0 is no code at fl -1
+    assert fused_mac._ones_column((codes, 6, stats), 1 << 56) is None  # 2^62 products
+    cc, fl, got = fused_mac._ones_column((codes, 6, stats), 9)  # 1.0 = 64 <= 80
+    assert fl == 6 and got == (64, -5, 64)
+    assert np.array_equal(cc, [[3, -5, 64], [0, 2, 64]])
+    cc, fl, got = fused_mac._ones_column((codes, 2, stats), 9)  # 1.0 = 4 within the codes
+    assert got == (5, -5, 4)
     assert np.array_equal(cc, [[3, -5, 4], [0, 2, 4]])

@@ -129,7 +129,7 @@ class FusedLinear(torch.autograd.Function):
         mac = plan.grad_weight
         xb_op = None
         if need[1] and need[2] and mac.rounding != Rounding.STOCHASTIC:
-            xb_op = _ones_column(x_op)
+            xb_op = _ones_column(x_op, g_op[2][0])
         if xb_op is not None:  # both in one GEMM: gw, then the batch sum as the last column
             acc = steps.gemm(mac, (g_op[0].T, g_op[1], g_op[2]), xb_op, mac.seed(seeds[12]))
             gw = steps.finish(_contiguous(acc[:, :-1]), mac, plan.gw, sw)
@@ -144,10 +144,12 @@ class FusedLinear(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None, None
 
 
-def _ones_column(x_op):
+def _ones_column(x_op, g_top: int):
     """The linear layer's input operand with a column of ones appended (1.0
-    on x's grid: code 2^fl), or None where 1.0 is not a code there or lies
-    past x's largest code (the largest product, hence the plan, stays x's).
+    on x's grid: code 2^fl), or None where 1.0 is not a code there, lies
+    more than ``ONES_GROWTH_BITS`` bits past x's largest code (the GEMM's
+    largest product, and with it the plan's path, would grow further), or
+    its product with the gradient's largest code (``g_top``) nears int64.
 
     ``g^T @ [x | 1]`` gives the weight gradient and, as its last column, the
     bias gradient's batch sum ``g^T @ 1``: for each output the same terms
@@ -156,7 +158,7 @@ def _ones_column(x_op):
     running sum, so the same codes wherever the MAC array's rounding draws
     no noise (stochastic rounding keys its noise by the output's index)."""
     c, fl, (top, lo, hi) = x_op
-    if fl < 0 or (1 << fl) > top:  # 1.0 within x's codes: the GEMM's plan stays as it was
+    if fl < 0 or (1 << fl) > top << ONES_GROWTH_BITS or g_top << fl >= 1 << 62:
         return None
     one = 1 << fl
     if isinstance(c, np.ndarray):
@@ -167,6 +169,9 @@ def _ones_column(x_op):
         column = torch.full((c.shape[0], 1), one, dtype=c.dtype, device=c.device)
         cc = torch.cat([c, column], dim=1)
     return cc, fl, (max(top, one), min(lo, 0), max(hi, one))
+
+
+ONES_GROWTH_BITS = 4  # 1.0 may lie this far past x's largest code (activations below 1)
 
 
 def _contiguous(a):
