@@ -13,19 +13,8 @@ from torch import nn
 
 import hwsim.nn as hnn
 from hwsim.nn import fused_mac
+from tests.test_nn_fused import BASE
 
-BASE = hnn.Precision(
-    weight="fx16.12",
-    activation="fx16.8",
-    output="fx16.10",
-    grad_activation="fx16.12",
-    grad_weight="fx16.12",
-    accumulator="fx32.20",
-    grad_activation_accumulator="fx32.20",
-    grad_weight_accumulator="fx32.20",
-    grad_weight_rounding="stochastic",
-    seed=5,
-)
 VARIANTS = {
     "base": BASE,
     # the batch sums (and weight gradient sums) saturate at +-2^3
