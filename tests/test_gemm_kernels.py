@@ -18,22 +18,12 @@ from hwsim.kernels import gemm_mac
 from hwsim.kernels.scalar import (
     FLOOR,
     NEAREST,
-    NEAREST_AWAY,
     SATURATE,
     STOCHASTIC,
     WRAP,
-    ZERO,
 )
 from tests.examples import examples
-
-ROUNDINGS = {
-    "nearest": NEAREST,
-    "nearest_away": NEAREST_AWAY,
-    "floor": FLOOR,
-    "zero": ZERO,
-    "stochastic": STOCHASTIC,
-}
-OVERFLOWS = {"saturate": SATURATE, "wrap": WRAP}
+from tests.kernel_modes import OVERFLOWS, ROUNDINGS
 
 
 @st.composite
@@ -247,14 +237,14 @@ def test_serial_and_parallel_twins_agree(case):
 @settings(max_examples=examples(40, ci=20), deadline=None)
 @given(kernel_cases(max_k=40, max_n=15, max_m=40))
 def test_thin_outputs_transposed_match(case):
-    """Fewer than ``THIN_COLS`` output columns and more rows: the kernel runs
-    on the transposed product, with the same terms, order and noise as the
+    """A thin product (``hwsim.plan.gemm.thin_product``: few output columns,
+    more rows) runs transposed, with the same terms, order and noise as the
     untransposed kernel, the generic kernel and the integer reference."""
     got = run_kernel(kg.sequential_gemm_kernel, *case)
     assert np.array_equal(got, reference(*case))
     assert np.array_equal(got, run_kernel(kg.generic_gemm_kernel, *case))
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(kg, "THIN_COLS", 0)  # never transposed
+        m.setattr(kg, "thin_product", lambda rows, cols: False)  # never transposed
         assert np.array_equal(got, run_kernel(kg.sequential_gemm_kernel, *case))
 
 

@@ -21,22 +21,14 @@ from hypothesis import strategies as st
 
 from hwsim import FixedPoint
 from hwsim.kernels.layer import bias_kernel, epilogue_kernel, operand_kernel
-from hwsim.kernels.scalar import (
-    FLOOR,
-    NEAREST,
-    NEAREST_AWAY,
-    SATURATE,
-    STOCHASTIC,
-    WRAP,
-    ZERO,
-    apply_overflow,
-    counter_uniform,
-    value_to_code,
-)
+from hwsim.kernels.scalar import apply_overflow, counter_uniform, value_to_code
 from hwsim.plan.checks import kernel_constants
+from tests import kernel_modes
 from tests.examples import examples
 
-ROUNDINGS = (NEAREST, NEAREST_AWAY, FLOOR, ZERO, STOCHASTIC)
+ROUNDINGS = tuple(kernel_modes.ROUNDINGS.values())
+NEAREST, NEAREST_AWAY, FLOOR, ZERO, STOCHASTIC = ROUNDINGS
+SATURATE, WRAP = kernel_modes.OVERFLOWS.values()
 EXAMPLES = examples(30, 15)
 SPECIALS = np.array(
     [np.nan, np.inf, -np.inf, -0.0, 0.0, 3e38, -3e38, 1e-45, -1e-45, 0.5, -0.5, 1.5, -2.5],

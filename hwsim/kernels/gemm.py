@@ -47,6 +47,7 @@ from hwsim.kernels.scalar import (
     counter_uniform,
     shift_round_code,
 )
+from hwsim.plan.gemm import thin_product
 
 
 @functools.cache
@@ -99,10 +100,7 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
         args = (p_shift, p_min, p_max, c_shift, c_min, c_max, np.uint64(seed))
         kernels = gemm_mac.mac_kernel(*key)
         rows, cols = A.shape[1], B.shape[2]
-        if cols < THIN_COLS and rows > cols:
-            # few output columns: the SIMD loop runs along them, mostly as scalar
-            # tails. out^T = B^T A^T computes every output with the same terms in
-            # the same order, and draws the same noise (the counter steps below)
+        if thin_product(rows, cols):  # the same noise too: the counter steps below
             At = np.ascontiguousarray(B.transpose(0, 2, 1), dtype=lane)
             Bt = np.ascontiguousarray(A.transpose(0, 2, 1), dtype=lane)
             out_t = np.empty((A.shape[0], cols, rows), dtype=np.int64)
@@ -113,9 +111,6 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
         _by_size(kernels, A, B)(A, B, out, *args, cols, 1)
 
     return run
-
-
-THIN_COLS = 16  # fewer output columns than this (and more rows): the transposed product
 
 
 @functools.cache
@@ -179,8 +174,8 @@ def reduce_codes_kernel(overflow: int):
     """kernel(sums, out, shift_left, c_min, c_max): out = overflow_C(sums << shift_left).
 
     Finishes the BLAS fast path: ``sums`` are exact integer sums of products,
-    as integral float64 (below 2^53), float32 (below 2^24) or int64 (wrapped modulo 2^64, harmless
-    modulo 2^wl with wl <= 62)."""
+    as integral float64 (below 2^53), float32 (below 2^24) or int64 (wrapped
+    modulo 2^64, harmless modulo 2^wl with wl <= 62)."""
 
     def run(sums, out, shift_left, c_min, c_max):
         for i in prange(sums.size):

@@ -162,10 +162,16 @@ def fused_plan(layer, x: torch.Tensor) -> LayerPlan | None:
         return None
     if x.device != w.device or (layer.backend == "numba" and x.device.type != "cpu"):
         return None
-    p = layer.precision
-    cached = layer.__dict__.get("_fused_plan")  # hashing a Precision costs more than this
-    if cached is None or cached[0] is not p:
-        cached = layer.__dict__["_fused_plan"] = (p, layer_plan(p))
+    return derived(layer, "_fused_plan", layer.precision, layer_plan)
+
+
+def derived(layer, name: str, source, make):
+    """``make(source)``, kept in the layer's ``__dict__`` under ``name``
+    while ``source`` stays the same object (a layer call asks it every
+    time; hashing a Precision costs more than this identity check)."""
+    cached = layer.__dict__.get(name)
+    if cached is None or cached[0] is not source:
+        cached = layer.__dict__[name] = (source, make(source))
     return cached[1]
 
 

@@ -19,7 +19,7 @@ from hwsim.modes import Rounding
 from hwsim.nn import fused, fused_torch
 from hwsim.nn.conv import _conv, _grad_input, _grad_weight, _move, _ones_like
 from hwsim.nn.functional import GemmConfig, _mac
-from hwsim.nn.fused import _ONES, LayerPlan, fused_plan
+from hwsim.nn.fused import _ONES, LayerPlan, derived, fused_plan
 from hwsim.ops import quantize
 
 _ROLES = 13
@@ -37,10 +37,8 @@ def _seeds(layer, plan: LayerPlan, calls: int) -> list:
     seeds = [None] * _ROLES
     if layer.precision.seed is None:
         return seeds
-    roles = layer.__dict__.get("_fused_roles")
-    if roles is None or roles[0] is not plan:
-        roles = layer.__dict__["_fused_roles"] = (plan, _stochastic_roles(plan))
-    for r, s in zip(roles[1], layer._role_seeds(calls, roles[1]), strict=True):
+    roles = derived(layer, "_fused_roles", plan, _stochastic_roles)
+    for r, s in zip(roles, layer._role_seeds(calls, roles), strict=True):
         seeds[r] = s
     return seeds
 

@@ -32,6 +32,7 @@ from hwsim.nn.functional import (
     check_backend,
     is_float_mac,
 )
+from hwsim.nn.fused import derived
 from hwsim.nn.precision import Precision
 from hwsim.nn.scaling import as_format, stateful
 from hwsim.nn.seeds import mix, mix_into
@@ -153,11 +154,7 @@ class _QuantizedLayer:
     def _block_mac(self) -> bool:
         """``is_block_mac`` of this layer's precision, worked out once per
         Precision object (a layer call asks it first)."""
-        p = self.precision
-        cached = self.__dict__.get("_block_mac_of")
-        if cached is None or cached[0] is not p:
-            cached = self.__dict__["_block_mac_of"] = (p, is_block_mac(p))
-        return cached[1]
+        return derived(self, "_block_mac_of", self.precision, is_block_mac)
 
     def _role_seeds(self, calls: int, roles) -> list[int]:
         """``_seed`` of each role at call count ``calls`` (seed set), the

@@ -19,6 +19,15 @@ from hwsim.plan.float_gemm import check_any_format, check_float_gemm_formats
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # no grid change, exact left shift, rounding
 PATHS = ("auto", "sequential", "fast")
 INT64_LIMIT = 1 << 63
+THIN_COLS = 16  # below this many output columns a MAC loop along them is mostly vector tails
+
+
+def thin_product(rows: int, cols: int) -> bool:
+    """Whether a per-term MAC loop, vectorized along the output's columns,
+    runs on the transposed product instead: ``out^T = B^T A^T`` gives every
+    output the same terms in the same order (the same codes), with the long
+    side innermost. Both backends' loops ask it."""
+    return cols < THIN_COLS and rows > cols
 
 
 class GemmPlan(NamedTuple):
@@ -193,11 +202,11 @@ def float_sum_upper(x: float, k: int, extra_roundings: int = 0) -> float:
     float64) and each of the k - 1 additions rounds once, a relative error of
     at most u = 2^-53 each, so ``x >= s (1 - k u / (1 - k u))`` (Higham,
     "Accuracy and Stability of Numerical Algorithms", 3.1), i.e.
-    ``s <= x (1 + k u / (1 - 2 k u))``. The factor ``1 + (2k + 4) u``, twice the first-order ``k u`` and exact in
-    float64, covers that for k up to 2^50 with room for the rounding of the
-    product ``x * factor`` itself. ``extra_roundings``: further rounded
-    operations in forming ``x`` beyond the sum (a conversion, a scaling
-    product), each adding u to the factor."""
+    ``s <= x (1 + k u / (1 - 2 k u))``. The factor ``1 + (2k + 4) u``, twice
+    the first-order ``k u`` and exact in float64, covers that for k up to
+    2^50 with room for the rounding of the product ``x * factor`` itself.
+    ``extra_roundings``: further rounded operations in forming ``x`` beyond
+    the sum (a conversion, a scaling product), each adding u to the factor."""
     return x * (1.0 + (2 * k + 4 + extra_roundings) * 2.0**-53)
 
 

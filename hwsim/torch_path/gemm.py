@@ -29,6 +29,7 @@ from hwsim.plan.gemm import (
     float_sum_upper,
     plan_gemm,
     squeeze_result,
+    thin_product,
     use_fast_path,
 )
 from hwsim.torch_path.core import (
@@ -198,8 +199,8 @@ def _sequential(a3, b3, plan, rounding, overflow, seed) -> torch.Tensor:
     into, mags_into = sums, mags  # where each chunk's sums go (views of these)
     if rounding == Rounding.STOCHASTIC:
         flat = torch.arange(total, dtype=torch.int64, device=a3.device).reshape(batches, m, 1, n)
-    elif n < 16 <= m:  # the long side innermost: a broadcast multiply of short rows is slow
-        m, n, into = n, m, sums.transpose(1, 2)  # the same terms per output: C^T = B^T A^T
+    elif thin_product(m, n):  # a broadcast multiply of short rows is slow
+        m, n, into = n, m, sums.transpose(1, 2)
         a_terms, b_terms = b_terms.transpose(1, 2), a_terms.transpose(1, 2)
         mags_into = None if mags is None else mags.transpose(1, 2)
     # one buffer for every chunk's terms: a fresh large CPU tensor page-faults
@@ -246,10 +247,8 @@ def _by_residues(plan, rounding, m: int, n: int, a_codes) -> bool:
     saturating, the caller has checked) and pays: terms rounded by a small
     shift with a rounding a residue decides, never clamped, every sum of
     products exact in float64, and outputs many against the operands (its
-    lookups cost per operand element, the terms per output and k: measured,
-    a LeNet layer's 32x120 @ 120x84 took 0.23 ms against 0.55 ms, a conv's
-    16x150 @ 150x512 0.9 against 2.2, but 6x400 @ 400x512 2.6 against 2.0
-    and 32x10 @ 10x84 0.13 against 0.10)."""
+    lookups cost per operand element, the terms per output and k; the torch
+    rows of ``benchmarks/train.py`` time it on the LeNet layers' shapes)."""
     batches, _, k = a_codes.shape
     if m * n < 10 * (m + n) or batches * m * n * k < 1 << 16:
         return False
