@@ -1,7 +1,7 @@
 """One epoch of quantized training against float torch, on sklearn digits.
 Prints a table of ratios measured in one run (rounds interleaved, best of each).
 
-    PYTHONPATH=. python benchmarks/train.py [--rounds 3] [--models mlp cnn]
+    PYTHONPATH=. python benchmarks/train.py [--rounds 3] [--models mlp cnn] [--breakdown]
 
 Models: the 64-100-10 MLP and a LeNet-style CNN (``models.nets.LeNet`` on the
 1x8x8 digits: conv5x5(6) -> pool -> conv5x5(16) -> pool -> 120 -> 84 -> 10),
@@ -10,6 +10,13 @@ activation, output and gradient on a fixed-point grid, and the forward and
 both backward GEMMs through MAC arrays with saturating accumulators (nearest
 rounding forward, stochastic rounding of the gradients), on the numba backend
 (Numba kernels, CPU) and the torch backend (torch ops, CPU).
+
+``--breakdown``: instead, where a training step of each backend goes: the
+fused layers' steps (``hwsim.nn.fused`` / ``fused_torch``: GEMMs, finishing
+passes, operand passes, bias codes) timed by wrappers in the training loop
+(each wrapper adds about a microsecond), and torch's own optimizer step on
+the float and on the quantized model (after a quantized backward it starts
+on caches the quantized step evicted).
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     parser.add_argument("--backends", nargs="+", default=["numba", "torch"])
+    parser.add_argument("--breakdown", action="store_true", help="time the pieces of a step")
     parser.add_argument(
         "--threads",
         type=int,
@@ -102,6 +110,11 @@ def main() -> None:
         f"load average: {os.getloadavg()[0]:.2f}"
     )
     names = {"mlp": "64-100-10 MLP", "cnn": "LeNet-style CNN"}
+    if args.breakdown:
+        for kind in args.models:
+            for backend in args.backends:
+                breakdown(f"{names[kind]}, {backend} backend", kind, backend, x, y, args.rounds)
+        return
     for kind in args.models:
         fns = {"float torch": epoch_fn(kind, None, x, y)}
         for backend in args.backends:
@@ -119,6 +132,91 @@ def main() -> None:
                 f"{name:<38} {wall[name]:9.3f} {wall[name] / w0:8.1f} "
                 f"{cpu[name]:8.3f} {cpu[name] / c0:8.1f}"
             )
+
+
+PIECES = {  # the fused layers' steps: (where, name) -> label; "steps" is hwsim.nn.fused
+    # (numba backend) or hwsim.nn.fused_torch (torch backend), same names
+    ("steps", "gemm"): "linear GEMM (MAC array)",
+    ("fused_mac", "_conv"): "conv forward GEMM (im2col and MAC array)",
+    ("fused_mac", "_grad_input"): "conv input-gradient GEMM",
+    ("fused_mac", "_grad_weight"): "conv weight-gradient GEMM",
+    ("fused_mac", "_mac"): "conv bias-gradient GEMM",
+    ("steps", "finish"): "finishing pass (accumulator codes to the output)",
+    ("steps", "codes"): "operand pass (a tensor to its MAC codes)",
+    ("steps", "bias_codes"): "bias codes",
+}
+
+
+def breakdown(title: str, kind: str, backend: str, x, y, rounds: int) -> None:
+    """Per training step: calls and time of each piece of :data:`PIECES`
+    and of torch's optimizer step, over ``rounds`` epochs after a warm-up
+    one; the optimizer step also on the float model, for comparison."""
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
+
+    from hwsim.nn import fused, fused_mac, fused_torch
+
+    modules = {"steps": fused if backend == "numba" else fused_torch, "fused_mac": fused_mac}
+    spent = {key: [0.0, 0] for key in (*PIECES, "optimizer")}
+    real = {(where, name): getattr(modules[where], name) for where, name in PIECES}
+
+    def timed(key, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key][0] += time.perf_counter() - t0
+                spent[key][1] += 1
+
+        return run
+
+    began = []
+
+    def before(*_):
+        began.append(time.perf_counter())
+
+    def after(*_):
+        spent["optimizer"][0] += time.perf_counter() - began.pop()
+
+    pre = register_optimizer_step_pre_hook(before)
+    post = register_optimizer_step_post_hook(after)
+    try:
+        float_epoch, quantized_epoch = epoch_fn(kind, None, x, y), epoch_fn(kind, backend, x, y)
+        float_epoch()
+        quantized_epoch()  # warm-up: JIT, caches
+        spent["optimizer"][0] = 0.0
+        for _ in range(rounds):
+            float_epoch()
+        float_step = spent["optimizer"][0] / rounds
+        for key, fn in real.items():
+            setattr(modules[key[0]], key[1], timed(key, fn))
+        spent["optimizer"][0] = 0.0
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            quantized_epoch()
+        epoch = (time.perf_counter() - t0) / rounds
+    finally:
+        pre.remove()
+        post.remove()
+        for (where, name), fn in real.items():
+            setattr(modules[where], name, fn)
+    steps = rounds * -(-len(x) // 32)
+    print(f"\n{title}: {epoch * 1e3:.1f} ms per epoch with the wrappers, {rounds} epochs")
+    print(f"{'piece':<62} {'calls/step':>10} {'us/call':>8} {'us/step':>8} {'share':>6}")
+    for key, label in PIECES.items():
+        sec, calls = spent[key]
+        if calls:
+            print(
+                f"{label:<62} {calls / steps:10.1f} {sec / calls * 1e6:8.1f} "
+                f"{sec / steps * 1e6:8.1f} {sec / rounds / epoch:6.1%}"
+            )
+    opt = spent["optimizer"][0] / steps * 1e6
+    print(f"{'torch.optim.SGD step, quantized model':<62} {1:10.1f} {opt:8.1f} {opt:8.1f}")
+    opt = float_step * rounds / steps * 1e6
+    print(f"{'torch.optim.SGD step, float model (for comparison)':<62} {1:10.1f} {opt:8.1f}")
 
 
 def interleaved(fns, rounds: int):
