@@ -142,6 +142,9 @@ class FusedLinear(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None, None
 
 
+ONES_GROWTH_BITS = 4  # 1.0 may lie this far past x's largest code (activations below 1)
+
+
 def _ones_column(x_op, g_top: int):
     """The linear layer's input operand with a column of ones appended (1.0
     on x's grid: code 2^fl), or None where 1.0 is not a code there, lies
@@ -167,9 +170,6 @@ def _ones_column(x_op, g_top: int):
         column = torch.full((c.shape[0], 1), one, dtype=c.dtype, device=c.device)
         cc = torch.cat([c, column], dim=1)
     return cc, fl, (max(top, one), min(lo, 0), max(hi, one))
-
-
-ONES_GROWTH_BITS = 4  # 1.0 may lie this far past x's largest code (activations below 1)
 
 
 def _contiguous(a):
