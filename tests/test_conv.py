@@ -192,7 +192,7 @@ def test_batch_shared_operand_fast_path_equals_mac_loop():
 def test_im2col_kernel_equals_the_torch_unfold():
     """The NumPy im2col (one Numba pass) gives the torch path's unfold columns:
     pads and crops (negative pads), strides, int64 codes and float values,
-    a non-contiguous input; the wide layout too."""
+    a non-contiguous input; the wide layout and int32 columns too."""
     from hwsim.ops.im2col import im2col
 
     rng = np.random.default_rng(0)
@@ -212,3 +212,23 @@ def test_im2col_kernel_equals_the_torch_unfold():
         assert np.array_equal(got, want.numpy())
         wide, _ = im2col(x, wt, stride, pads, wide=True)  # the batch side by side
         assert np.array_equal(wide[0], np.concatenate(list(got), axis=1))
+        narrow, _ = im2col(x, wt, stride, pads, wide=bool(trial % 3), dtype=np.int32)
+        assert narrow.dtype == np.int32  # the columns in the MAC lane's type, same values
+        assert np.array_equal(narrow, wide if trial % 3 else got)
+
+
+@pytest.mark.parametrize("acc", ["fx30.14", "fx12.12", "fx24.10"])
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+def test_int32_columns_through_every_kernel(acc, overflow):
+    """The columns come as int32 where x's codes fit (hwsim.conv2d knows their
+    stats): the narrow kernel (exact left shift onto the accumulator, done in
+    int64 before the int32 cast), the MAC kernels and the BLAS path all give
+    the direct reference's codes."""
+    rng = np.random.default_rng(len(acc))
+    x = on_grid(rng, (2, 3, 6, 5), 9, 4)
+    w = on_grid(rng, (4, 3, 3, 3), 8, 6)
+    fmt = FixedPoint.parse(acc)
+    want = reference_conv(x, w, (1, 1), (1, 1), fmt, None, "nearest", overflow, 0)
+    for path in ("sequential", "auto"):
+        got = hwsim.conv2d(x, w, padding=1, accumulator=acc, overflow=overflow, path=path)
+        assert np.array_equal((got * 2**fmt.fl).astype(np.int64), want), path

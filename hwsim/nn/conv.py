@@ -29,7 +29,9 @@ from hwsim.ops import conv2d_on_codes
 from hwsim.ops.im2col import zero_pad
 
 
-def _conv(x_op, w_op, stride, pads, cfg: GemmConfig):
+def _conv(x_op, w_op, stride, pads, cfg: GemmConfig, columns: bool = False):
+    """The accumulator codes of the convolution (with ``columns``, also the
+    im2col columns of x's codes: ``conv2d_on_codes``)."""
     return conv2d_on_codes(
         x_op[0],
         x_op[1],
@@ -43,6 +45,7 @@ def _conv(x_op, w_op, stride, pads, cfg: GemmConfig):
         overflow=cfg.overflow,
         seed=cfg.seed,
         stats=(x_op[2], w_op[2]),
+        columns=columns,
     )
 
 
@@ -139,12 +142,13 @@ def _grad_input(x_shape, w_op, g_op, stride, padding, cfg: GemmConfig):
     sh, sw = stride
     shape = (n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
     if _is_numpy(g):
-        dilated = np.zeros(shape, dtype=np.int64)
+        dilated = g if sh == sw == 1 else np.zeros(shape, dtype=np.int64)
         flipped = np.ascontiguousarray(cw[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     else:
-        dilated = g.new_zeros(shape)
+        dilated = g if sh == sw == 1 else g.new_zeros(shape)
         flipped = cw.flip(2, 3).transpose(0, 1).contiguous()  # (C, O, kh, kw)
-    dilated[:, :, ::sh, ::sw] = g  # exact: codes are copied, zeros add nothing
+    if dilated is not g:
+        dilated[:, :, ::sh, ::sw] = g  # exact: codes are copied, zeros add nothing
     dilated, pads = crop_and_pad(dilated, x_shape, (kh, kw), stride, padding)
     # dilating and padding add zero codes, flipping moves them: the stats still hold
     return _conv((dilated, fg, g_stats), (flipped, fw, w_stats), (1, 1), pads, cfg)
@@ -166,14 +170,20 @@ def crop_and_pad(dilated, x_shape, kernel, stride, padding):
     return cropped, tuple(max(0, p) for p in pads)
 
 
-def _grad_weight(x_op, w_shape, g_op, stride, padding, cfg: GemmConfig):
+def _grad_weight(x_op, w_shape, g_op, stride, padding, cfg: GemmConfig, cols=None):
+    """The weight gradient's codes; ``cols``: the forward convolution's wide
+    im2col columns of x's codes (1, C kh kw, N Ho Wo), read again instead of
+    gathered anew (same geometry, same codes), or None."""
     cx, fx, sx = x_op
     g, fg, sg = g_op
     n, o, ho, wo = g.shape
     _, c, kh, kw = w_shape
     sh, sw = stride
     ph, pw = padding
-    if _is_numpy(cx):
+    if cols is not None and cols.shape[0] == 1:
+        cols = cols[0].T  # (N*Ho*Wo, C*kh*kw), a view
+        gm = _move(g, 1, 0).reshape(o, n * ho * wo)
+    elif _is_numpy(cx):
         xp = zero_pad(cx, ph, ph, pw, pw)
         win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
         cols = win[:, :, ::sh, ::sw][:, :, :ho, :wo]  # (N, C, Ho, Wo, kh, kw)

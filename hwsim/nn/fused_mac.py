@@ -185,7 +185,7 @@ class FusedConv2d(torch.autograd.Function):
     def forward(ctx, x, w, b, plan, geometry, steps, seeds, x_op, w_op, bc):
         ctx.plan, ctx.steps, ctx.seeds, ctx.ops = plan, steps, seeds, (x_op, w_op)
         ctx.geometry, ctx.shapes = geometry, (x.shape, w.shape)
-        acc = _conv(x_op, w_op, *geometry, _config(plan.forward, seeds[10]))
+        acc, ctx.cols = _conv(x_op, w_op, *geometry, _config(plan.forward, seeds[10]), True)
         inner = acc.shape[2] * acc.shape[3]
         return steps.finish(acc, plan.forward, plan.y, seeds[6], bc, inner)
 
@@ -212,7 +212,7 @@ class FusedConv2d(torch.autograd.Function):
             gx = finish(acc, plan.grad_input, plan.gx, sx)
         cfg = _config(plan.grad_weight, seeds[12])
         if need[1]:
-            acc = _grad_weight(x_op, w_shape, g_op, stride, padding, cfg)
+            acc = _grad_weight(x_op, w_shape, g_op, stride, padding, cfg, ctx.cols)
             gw = finish(acc, plan.grad_weight, plan.gw, sw).reshape(w_shape)
         if need[2]:
             c, fl, stats = g_op

@@ -85,12 +85,16 @@ def conv2d_on_codes(
     seed=None,
     path="auto",
     stats=(None, None),
+    columns: bool = False,
 ):
     """:func:`hwsim.ops.conv2d_codes` of the values ``cx * 2^-fx`` (N, C, H, W)
     and ``cw * 2^-fw`` (O, C, kh, kw) given by their int64 codes (both NumPy
     arrays or both torch tensors); ``stats``: each operand's stats from
     :func:`grid_codes` (0 included: padding adds zero codes), or None.
-    Returns the accumulator codes."""
+    Returns the accumulator codes; with ``columns``, ``(codes, cols)``: also
+    the im2col columns of x's codes the GEMM read, (1, C kh kw, N Ho Wo) (or
+    (N, C kh kw, Ho Wo) under stochastic rounding), which a layer's weight
+    gradient reads again."""
     from hwsim.ops.matmul import conv2d_on_codes as run
 
     acc, product, rounding, overflow, seed = check_gemm_args(
@@ -113,4 +117,5 @@ def conv2d_on_codes(
         seed,
         path,
         stats,
+        columns,
     )

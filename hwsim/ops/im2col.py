@@ -9,12 +9,13 @@ from hwsim.kernels.im2col import im2col_kernel
 from hwsim.plan.checks import is_torch
 
 
-def im2col(x, w, stride, pads, wide: bool = False):
+def im2col(x, w, stride, pads, wide: bool = False, dtype=None):
     """The columns of a convolution of NCHW ``x`` (codes or values) with ``w`` of
     shape (O, C, kh, kw): ``(cols (N, C*kh*kw, Ho*Wo), (N, O, Ho, Wo))``, each
     column one window in (c, kh, kw) order; ``pads`` = (top, bottom, left,
     right), a negative pad crops. Checks the shapes. ``wide``: the batch side
-    by side instead, cols (1, C*kh*kw, N*Ho*Wo)."""
+    by side instead, cols (1, C*kh*kw, N*Ho*Wo). ``dtype``: the NumPy
+    columns' dtype (the caller proves every value fits it), x's by default."""
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(
             f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
@@ -40,16 +41,30 @@ def im2col(x, w, stride, pads, wide: bool = False):
         else:
             cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
     else:
-        x = np.ascontiguousarray(x)
         rows = c * kh * kw
         shape, steps = (
             ((1, rows, n * ho * wo), (0, ho * wo)) if wide else ((n, rows, ho * wo), (rows, 0))
         )
-        cols = np.empty(shape, dtype=x.dtype)
+        xp = _padded(x, pads, x.dtype if dtype is None else dtype)
+        cols = np.empty(shape, dtype=xp.dtype)
         if cols.size:
-            flat = cols.reshape(-1, shape[2])
-            im2col_kernel(x, flat, *steps, top, left, sh, sw, kh, kw, ho, wo)
+            corners = np.arange(ho, dtype=np.uintp)[:, None] * np.uintp(sh * xp.shape[3])
+            corners = (corners + np.arange(wo, dtype=np.uintp) * np.uintp(sw)).reshape(-1)
+            im2col_kernel(xp, corners, cols.reshape(-1, shape[2]), *steps, kh, kw)
     return cols, (n, o, ho, wo)
+
+
+def _padded(x, pads, dtype) -> np.ndarray:
+    """x (N, C, H, W) with zeros around it (a negative pad crops), C-contiguous."""
+    top, bottom, left, right = pads
+    h, w = x.shape[2:]
+    if not any(pads) and x.dtype == dtype:
+        return np.ascontiguousarray(x)
+    out = np.zeros(x.shape[:2] + (h + top + bottom, w + left + right), dtype=dtype)
+    t, lf = max(top, 0), max(left, 0)
+    inner = x[:, :, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
+    out[:, :, t : t + inner.shape[2], lf : lf + inner.shape[3]] = inner
+    return out
 
 
 def zero_pad(a: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from hwsim.ops.numpy_gemm import (
 )
 from hwsim.plan.checks import check_data, check_format, is_torch
 from hwsim.plan.float_gemm import check_any_format
-from hwsim.plan.gemm import check_gemm_args, check_pads, check_pair, sub_seed
+from hwsim.plan.gemm import INT32_LIMIT, check_gemm_args, check_pads, check_pair, sub_seed
 
 __all__ = [
     "add_codes",
@@ -298,17 +298,32 @@ def conv2d_codes(
 
         cx, fx = tg.operand_codes(x, x_format, "x", rounding, overflow, sub_seed(seed, 1))
         cw, fw = tg.operand_codes(w, w_format, "w", rounding, overflow, sub_seed(seed, 2))
+        stats = (None, None)
     else:
-        cx, fx, _ = operand_codes_numpy(x, x_format, "x", rounding, overflow, sub_seed(seed, 1))
-        cw, fw, _ = operand_codes_numpy(w, w_format, "w", rounding, overflow, sub_seed(seed, 2))
+        cx, fx, sx = operand_codes_numpy(x, x_format, "x", rounding, overflow, sub_seed(seed, 1))
+        cw, fw, sw_ = operand_codes_numpy(w, w_format, "w", rounding, overflow, sub_seed(seed, 2))
+        stats = (sx, sw_)  # found with the codes (or None): they pick the columns' dtype
     codes = conv2d_on_codes(
-        cx, fx, cw, fw, (sh, sw), pads, acc, product, rounding, overflow, seed, path
+        cx, fx, cw, fw, (sh, sw), pads, acc, product, rounding, overflow, seed, path, stats
     )
     return back(codes), acc
 
 
 def conv2d_on_codes(
-    cx, fx, cw, fw, stride, pads, acc, product, rounding, overflow, seed, path, stats=(None, None)
+    cx,
+    fx,
+    cw,
+    fw,
+    stride,
+    pads,
+    acc,
+    product,
+    rounding,
+    overflow,
+    seed,
+    path,
+    stats=(None, None),
+    columns=False,
 ):
     """Convolution of integer codes; ``pads`` = (top, bottom, left, right), a
     negative pad crops (used by the input-gradient convolution); ``stats``:
@@ -322,7 +337,10 @@ def conv2d_on_codes(
     keeps the batched GEMM. The torch path does the same (its weights then
     are not copied per sample, and the one GEMM's outputs are many)."""
     wide = rounding != Rounding.STOCHASTIC
-    cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads, wide)
+    # int32 columns where x's codes fit: the MAC kernels' lane (or BLAS's
+    # float) copy then reads half the bytes, or none
+    narrow = not is_torch(cx) and stats[0] is not None and stats[0][0] < INT32_LIMIT
+    cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads, wide, np.int32 if narrow else None)
     wm = cw.reshape(1, o, -1)
     stats = (stats[1], stats[0])  # the GEMM's operands: weights, columns
     args = (wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats)
@@ -331,12 +349,13 @@ def conv2d_on_codes(
 
         out = tg.batched_gemm(*args)
         if wide:
-            return out.reshape(o, n, ho, wo).transpose(0, 1).contiguous()
+            out = out.reshape(o, n, ho, wo).transpose(0, 1).contiguous()
     else:
         out = batched_gemm_numpy(*args)
         if wide:
-            return np.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
-    return out.reshape(n, o, ho, wo)
+            out = np.ascontiguousarray(out.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
+    out = out.reshape(n, o, ho, wo)
+    return (out, cols) if columns else out
 
 
 def add_codes(codes, addend, fmt, overflow="saturate"):

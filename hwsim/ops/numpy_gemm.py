@@ -256,7 +256,7 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
         run = kg.narrow_gemm_kernel(int(overflow))
         run(
             a3.astype(np.int32),
-            (b3 << -plan.acc_shift).astype(np.int32),
+            np.left_shift(b3, -plan.acc_shift, dtype=np.int64).astype(np.int32),  # b3 may be int32
             out,
             acc.min_code,
             acc.max_code,

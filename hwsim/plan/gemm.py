@@ -19,6 +19,7 @@ from hwsim.plan.float_gemm import check_any_format, check_float_gemm_formats
 STAGE_NONE, STAGE_LEFT, STAGE_ROUND = 0, 1, 2  # no grid change, exact left shift, rounding
 PATHS = ("auto", "sequential", "fast")
 INT64_LIMIT = 1 << 63
+INT32_LIMIT = 1 << 31  # codes below this in magnitude fit int32 (both signs)
 THIN_COLS = 16  # below this many output columns a MAC loop along them is mostly vector tails
 
 
@@ -166,7 +167,7 @@ def narrow_ok(plan: GemmPlan) -> bool:
         plan.product_stage == STAGE_NONE
         and plan.acc_stage == STAGE_LEFT
         and plan.accumulator.wl <= (31 if plan.accumulator.signed else 30)
-        and (plan.max_product << -plan.acc_shift) < 1 << 31
+        and (plan.max_product << -plan.acc_shift) < INT32_LIMIT
     )
 
 
