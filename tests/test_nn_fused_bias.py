@@ -78,3 +78,25 @@ def test_ones_column_needs_one_near_the_codes():
     cc, fl, got = fused_mac._ones_column((codes, 2, stats), 9)  # 1.0 = 4 within the codes
     assert got == (5, -5, 4)
     assert np.array_equal(cc, [[3, -5, 4], [0, 2, 4]])
+    # int32 codes (a format of at most 32 bits): 1.0 must be an int32 code too
+    big = np.array([[1 << 28, -5]], dtype=np.int32)
+    assert fused_mac._ones_column((big, 31, (1 << 28, -5, 1 << 28)), 1) is None  # 2^31
+    cc, fl, got = fused_mac._ones_column((big, 30, (1 << 28, -5, 1 << 28)), 1)
+    assert cc.dtype == np.int32 and cc[0, -1] == 1 << 30
+
+
+def test_operand_codes_are_int32_where_the_format_fits():
+    """The fused step's operand codes are int32 for formats of at most 32
+    bits (the kernels' lanes read them without a copy), int64 past that."""
+    import numpy as np
+
+    from hwsim.formats import FixedPoint
+    from hwsim.modes import Overflow, Rounding
+    from hwsim.nn import fused
+
+    x = torch.tensor([[0.5, -0.25, 3.0]])
+    for fmt, dtype in (("fx32.20", np.int32), ("fx33.20", np.int64), ("fx8.4", np.int32)):
+        q = fused.Quant(FixedPoint.parse(fmt), Rounding.NEAREST, Overflow.SATURATE)
+        codes, fl, stats = fused.codes(x, q, None)
+        assert codes.dtype == dtype
+        assert np.array_equal(codes * 2.0**-fl, x.numpy())

@@ -142,7 +142,7 @@ def _grad_input(x_shape, w_op, g_op, stride, padding, cfg: GemmConfig):
     sh, sw = stride
     shape = (n, o, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
     if _is_numpy(g):
-        dilated = g if sh == sw == 1 else np.zeros(shape, dtype=np.int64)
+        dilated = g if sh == sw == 1 else np.zeros(shape, dtype=g.dtype)
         flipped = np.ascontiguousarray(cw[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     else:
         dilated = g if sh == sw == 1 else g.new_zeros(shape)

@@ -57,6 +57,12 @@ class Quant:
         return operand_kernel(int(self.rounding), int(self.overflow), self.stochastic)
 
     @functools.cached_property
+    def code_dtype(self):
+        """int32 where every code of the format fits it (the MAC kernels'
+        lane and BLAS's float copy then read half the bytes), else int64."""
+        return np.int32 if self.fmt.wl <= 32 else np.int64
+
+    @functools.cached_property
     def stochastic(self) -> bool:
         return self.rounding == Rounding.STOCHASTIC
 
@@ -185,7 +191,7 @@ def codes(t: torch.Tensor, q: Quant, seed):
     them from the quantized float32 values; None on a non-finite value (the
     caller runs the unfused quantizer, which raises)."""
     arr = t.detach().contiguous().numpy()
-    out = np.empty(arr.shape, dtype=np.int64)
+    out = np.empty(arr.shape, dtype=q.code_dtype)
     bad, ors, lo, hi = q.operand_kernel(
         arr.reshape(-1), out.reshape(-1), *q.constants, q.seed(seed)
     )

@@ -162,6 +162,8 @@ def _ones_column(x_op, g_top: int):
     if fl < 0 or (1 << fl) > top << ONES_GROWTH_BITS or g_top << fl >= 1 << 62:
         return None
     one = 1 << fl
+    if isinstance(c, np.ndarray) and one > np.iinfo(c.dtype).max:  # int32 codes: 1.0 too
+        return None
     if isinstance(c, np.ndarray):
         cc = np.empty((c.shape[0], c.shape[1] + 1), dtype=c.dtype)
         cc[:, :-1] = c
