@@ -161,9 +161,9 @@ def float_wrap_fast(a, b, acc, product, path, values):
     plan = plan_gemm(fa, fb, sa[0], sb[0], nonneg, acc, product, Overflow.WRAP)
     if not use_fast_path(plan, path, k, Overflow.WRAP, None):
         return None
-    bt = int(np.prod(batch, dtype=np.int64))
-    a3 = np.broadcast_to(fa_arr, batch + (m, k)).reshape(bt, m, k)
-    b3 = np.broadcast_to(fb_arr, batch + (k, n)).reshape(bt, k, n)
+    bt = math.prod(batch)
+    a3 = _batched(fa_arr, batch, (m, k), bt)
+    b3 = _batched(fb_arr, batch, (k, n), bt)
     scale = 2.0 ** (fa + fb)  # sums * scale: the integer sums of code products
     shift = plan.left_shift
     sums, chunked = blas_code_sums(a3, b3, plan.wrap_chunk, scale)
@@ -194,15 +194,24 @@ def batched_gemm_numpy(
     ca, cb, squeeze, batch = broadcast_operands(ca, cb, np)
     m, k = ca.shape[-2:]
     n = cb.shape[-1]
-    bt = int(np.prod(batch, dtype=np.int64))
+    bt = math.prod(batch)
     # views: an operand broadcast over the batch (a conv's weights) keeps batch stride 0
-    a3 = np.broadcast_to(ca, batch + (m, k)).reshape(bt, m, k)
-    b3 = np.broadcast_to(cb, batch + (k, n)).reshape(bt, k, n)
+    a3 = _batched(ca, batch, (m, k), bt)
+    b3 = _batched(cb, batch, (k, n), bt)
     with threads_for(a3.shape[0] * m * n * max(k, 1)):
         out = _gemm_numpy(
             (ca, a3), (cb, b3), fa, fb, acc, product, rounding, overflow, seed, path, stats
         )
     return squeeze_result(out.reshape(batch + (m, n)), squeeze)
+
+
+def _batched(x, batch: tuple, mat: tuple, bt: int):
+    """``x`` as a (Bt, rows, cols) view, broadcast over the batch where it
+    has fewer or unit leading dims (np.broadcast_to only then: a layer's
+    GEMM calls it several times a step)."""
+    if x.shape[:-2] != batch:
+        x = np.broadcast_to(x, batch + mat)
+    return x.reshape(bt, *mat)
 
 
 def gemm_2d(ca, fa, cb, fb, acc, product, rounding, overflow, seed, stats):

@@ -226,6 +226,8 @@ def broadcast_operands(ca, cb, xp):
             f"matmul shapes do not match: a is {tuple(ca.shape)} (K = "
             f"{ca.shape[-1]}) and b is {tuple(cb.shape)} (K = {cb.shape[-2]})"
         )
+    if ca.shape[:-2] == cb.shape[:-2]:  # nothing to broadcast
+        return ca, cb, squeeze, tuple(ca.shape[:-2])
     try:
         batch = tuple(np.broadcast_shapes(tuple(ca.shape[:-2]), tuple(cb.shape[:-2])))
     except ValueError:
