@@ -1,7 +1,8 @@
 """A linear layer's weight and bias gradients in one GEMM (``g^T @ [x | 1]``,
 ``hwsim.nn.fused_mac._ones_column``): the unfused chain's bits, where the
 running sums saturate or wrap, with a product format and every deterministic
-rounding, on both backends; stochastic MAC rounding keeps two GEMMs."""
+rounding, on both backends; stochastic MAC rounding keeps two GEMMs. The
+conv layers' twin: the forward's im2col columns with a row of ones appended."""
 
 from __future__ import annotations
 
@@ -26,36 +27,53 @@ VARIANTS = {
 }
 
 
-def steps(precision, backend, fused: bool, monkeypatch, columns: list):
+MODELS = {
+    "linear": (lambda: nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)), (9, 5)),
+    # the conv layers' columns get the row of ones (stride 2 too); x in 2-D
+    "conv": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 2, stride=2)
+        ),
+        (9, 2, 4, 4),
+    ),
+}
+
+
+def steps(precision, backend, kind, fused: bool, monkeypatch, columns: list):
+    build, shape = MODELS[kind]
     with monkeypatch.context() as m:
         if fused:
             real = fused_mac._ones_column
-            m.setattr(fused_mac, "_ones_column", lambda *a: columns.append(real(*a)) or columns[-1])
+            m.setattr(
+                fused_mac,
+                "_ones_column",
+                lambda *a, **k: columns.append(real(*a, **k)) or columns[-1],
+            )
         else:
             m.setattr(fused_mac, "fused_plan", lambda *args: None)
         torch.manual_seed(0)
-        model = hnn.quantize_model(
-            nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)), precision, backend=backend
-        )
+        model = hnn.quantize_model(build(), precision, backend=backend)
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         gen = torch.Generator().manual_seed(2)
         seen = []
         for _ in range(3):
-            x = torch.rand((9, 5), generator=gen) * 6 - 2  # past 1.0; the hidden layer's below
+            x = torch.rand(shape, generator=gen) * 6 - 2  # past 1.0; the hidden layer's below
             opt.zero_grad()
             out = model(x)
-            (out * torch.linspace(-40, 40, 27).reshape(9, 3)).sum().backward()
+            weights = torch.linspace(-40, 40, out.numel()).reshape(out.shape)
+            (out * weights).sum().backward()
             seen += [out.detach()] + [p.grad.clone() for p in model.parameters()]
             opt.step()
         return seen
 
 
+@pytest.mark.parametrize("kind", sorted(MODELS))
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_weight_and_bias_gradients_in_one_gemm(variant, backend, monkeypatch):
+def test_weight_and_bias_gradients_in_one_gemm(variant, backend, kind, monkeypatch):
     columns: list = []
-    got = steps(VARIANTS[variant], backend, True, monkeypatch, columns)
-    want = steps(VARIANTS[variant], backend, False, monkeypatch, [])
+    got = steps(VARIANTS[variant], backend, kind, True, monkeypatch, columns)
+    want = steps(VARIANTS[variant], backend, kind, False, monkeypatch, [])
     if variant == "stochastic":
         assert not columns  # its noise is keyed by the output index: two GEMMs
     else:

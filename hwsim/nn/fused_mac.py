@@ -145,12 +145,14 @@ class FusedLinear(torch.autograd.Function):
 ONES_GROWTH_BITS = 4  # 1.0 may lie this far past x's largest code (activations below 1)
 
 
-def _ones_column(x_op, g_top: int):
+def _ones_column(x_op, g_top: int, axis: int = 1):
     """The linear layer's input operand with a column of ones appended (1.0
     on x's grid: code 2^fl), or None where 1.0 is not a code there, lies
     more than ``ONES_GROWTH_BITS`` bits past x's largest code (the GEMM's
     largest product, and with it the plan's path, would grow further), or
     its product with the gradient's largest code (``g_top``) nears int64.
+    ``axis=0``: a row of ones appended instead (a conv layer's columns
+    (C kh kw, N Ho Wo), whose transpose the weight gradient reads).
 
     ``g^T @ [x | 1]`` gives the weight gradient and, as its last column, the
     bias gradient's batch sum ``g^T @ 1``: for each output the same terms
@@ -164,13 +166,16 @@ def _ones_column(x_op, g_top: int):
     one = 1 << fl
     if isinstance(c, np.ndarray) and one > np.iinfo(c.dtype).max:  # int32 codes: 1.0 too
         return None
+    grown = (c.shape[0] + (axis == 0), c.shape[1] + (axis == 1))
     if isinstance(c, np.ndarray):
-        cc = np.empty((c.shape[0], c.shape[1] + 1), dtype=c.dtype)
-        cc[:, :-1] = c
-        cc[:, -1] = one
+        cc = np.empty(grown, dtype=c.dtype)
+        if axis:
+            cc[:, :-1], cc[:, -1] = c, one
+        else:
+            cc[:-1], cc[-1] = c, one
     else:
-        column = torch.full((c.shape[0], 1), one, dtype=c.dtype, device=c.device)
-        cc = torch.cat([c, column], dim=1)
+        ones = (grown[0], 1) if axis else (1, grown[1])
+        cc = torch.cat([c, torch.full(ones, one, dtype=c.dtype, device=c.device)], dim=axis)
     return cc, fl, (max(top, one), min(lo, 0), max(hi, one))
 
 
@@ -213,10 +218,17 @@ class FusedConv2d(torch.autograd.Function):
             acc = _grad_input(x_shape, w_op, g_op, stride, padding, cfg)
             gx = finish(acc, plan.grad_input, plan.gx, sx)
         cfg = _config(plan.grad_weight, seeds[12])
-        if need[1]:
-            acc = _grad_weight(x_op, w_shape, g_op, stride, padding, cfg, ctx.cols)
+        cols, xb = ctx.cols, None
+        if need[1] and need[2] and cfg.rounding != Rounding.STOCHASTIC and cols.shape[0] == 1:
+            xb = _ones_column((cols[0], x_op[1], x_op[2]), g_op[2][0], axis=0)
+        if xb is not None:  # both in one GEMM, the bias's position sums as the last column
+            acc = _grad_weight((None, *xb[1:]), w_shape, g_op, stride, padding, cfg, xb[0][None])
+            gw = finish(_contiguous(acc[:, :-1]), plan.grad_weight, plan.gw, sw).reshape(w_shape)
+            gb = finish(_contiguous(acc[:, -1]), plan.grad_weight, plan.gw, sb)
+        elif need[1]:
+            acc = _grad_weight(x_op, w_shape, g_op, stride, padding, cfg, cols)
             gw = finish(acc, plan.grad_weight, plan.gw, sw).reshape(w_shape)
-        if need[2]:
+        if need[2] and xb is None:
             c, fl, stats = g_op
             gm = _move(c, 1, 0).reshape(c.shape[1], -1).T  # (N*Ho*Wo, O)
             acc = _mac((_ones_like(c, gm.shape[0]), 0, _ONES), (gm, fl, stats), cfg)
