@@ -101,6 +101,88 @@ def sat_add(typingctx, x, y):
 
 
 @functools.cache
+def mac_step(
+    lane_bits: int,
+    rounding: int,
+    overflow: int,
+    p_stage: int,
+    p_check: bool,
+    c_stage: int,
+    c_check: bool,
+    acc_check: int,
+):
+    """(constants, step, stored): one MAC of a variant, inlined into every
+    kernel that runs it (``mac_kernel``'s GEMM, ``implicit_conv_kernel``).
+
+    - ``constants(p_shift, p_min, p_max, c_shift, c_min, c_max)``: the call's
+      loop-invariant lane constants, a tuple;
+    - ``step(acc, a, b, zp, zc, k)``: the accumulator after the term
+      ``a * b`` went through the product and accumulator stages (``zp``/``zc``:
+      the stages' counter inputs, read only by stochastic rounding) and was
+      added (saturating, or modulo the lane under wrap);
+    - ``stored(acc, c_min, c_max)``: the int64 code an accumulator holds at
+      the end (under wrap the lane's value taken modulo 2^wl)."""
+    lane = LANES[lane_bits]
+    round_right = _rounder(lane_bits, rounding)
+    full_lane = acc_check == ACC_LANE_SATURATES
+    saturate = overflow == SATURATE
+
+    @kernel(inline="always")
+    def constants(p_shift, p_min, p_max, c_shift, c_min, c_max):
+        ps = lane(p_shift if p_shift > 0 else -p_shift)
+        cs = lane(c_shift if c_shift > 0 else -c_shift)
+        p_half, p_mask = lane(0), lane(0)
+        if p_stage == STAGE_RIGHT:
+            p_half, p_mask = shl(lane(1), ps - lane(1)), shl(lane(1), ps) - lane(1)
+        c_half, c_mask = lane(0), lane(0)
+        if c_stage == STAGE_RIGHT:
+            c_half, c_mask = shl(lane(1), cs - lane(1)), shl(lane(1), cs) - lane(1)
+        p_drop = _U64 - np.uint64(ps)  # z >> (64 - s): floor(u 2^s)
+        c_drop = _U64 - np.uint64(cs)
+        p_lo, p_hi, p_span = lane(p_min), lane(p_max), lane(p_max - p_min)
+        return (ps, p_half, p_mask, p_drop, p_lo, p_hi, p_span,
+                cs, c_half, c_mask, c_drop, lane(c_min), lane(c_max))  # fmt: skip
+
+    @kernel(inline="always")
+    def step(acc, a, b, zp, zc, k):
+        ps, p_half, p_mask, p_drop, p_lo, p_hi, p_span = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
+        cs, c_half, c_mask, c_drop, c_lo, c_hi = k[7], k[8], k[9], k[10], k[11], k[12]
+        t = lane(a * b)
+        if p_stage == STAGE_LEFT:
+            t = shl(t, ps)
+        elif p_stage == STAGE_RIGHT:
+            t = round_right(t, ps, p_half, p_mask, zp, p_drop)
+        if p_check:
+            if saturate:
+                t = min(max(t, p_lo), p_hi)
+            else:
+                t = lane(lane(lane(t - p_lo) & p_span) + p_lo)
+        if c_stage == STAGE_LEFT:
+            t = shl(t, cs)
+        else:
+            t = round_right(t, cs, c_half, c_mask, zc, c_drop)
+        if not saturate:
+            return lane(acc + t)  # modulo the lane width; wrapped by ``stored``
+        if c_check:
+            t = min(max(t, c_lo), c_hi)
+        if lane_bits == 16 and acc_check:
+            # the lane's own saturating add, then the format's range
+            s = sat_add(acc, lane(t))
+            return s if full_lane else min(max(s, c_lo), c_hi)
+        if acc_check:
+            return min(max(lane(acc + t), c_lo), c_hi)
+        return lane(acc + t)
+
+    @kernel(inline="always")
+    def stored(acc, c_min, c_max):
+        if saturate:
+            return np.int64(acc)
+        return ((np.int64(acc) - c_min) & np.int64(c_max - c_min)) + c_min  # span 2^wl - 1
+
+    return constants, step, stored
+
+
+@functools.cache
 def mac_kernel(
     lane_bits: int,
     rounding: int,
@@ -122,26 +204,15 @@ def mac_kernel(
     + j col_step``: (N, 1) for this product itself, (1, M) where it is the
     transpose of the caller's (``hwsim.kernels.gemm``'s thin outputs)."""
     lane = LANES[lane_bits]
-    round_right = _rounder(lane_bits, rounding)
-    full_lane = acc_check == ACC_LANE_SATURATES
-    saturate = overflow == SATURATE
+    constants, step, stored = mac_step(
+        lane_bits, rounding, overflow, p_stage, p_check, c_stage, c_check, acc_check
+    )
 
     def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed, row_step, col_step):
         batches, rows, depth = A.shape
         cols = B.shape[2]
         total = batches * rows * cols
-        ps = lane(p_shift if p_shift > 0 else -p_shift)
-        cs = lane(c_shift if c_shift > 0 else -c_shift)
-        p_half, p_mask = lane(0), lane(0)
-        if p_stage == STAGE_RIGHT:
-            p_half, p_mask = shl(lane(1), ps - lane(1)), shl(lane(1), ps) - lane(1)
-        c_half, c_mask = lane(0), lane(0)
-        if c_stage == STAGE_RIGHT:
-            c_half, c_mask = shl(lane(1), cs - lane(1)), shl(lane(1), cs) - lane(1)
-        p_lo, p_hi, p_span = lane(p_min), lane(p_max), lane(p_max - p_min)
-        c_lo, c_hi = lane(c_min), lane(c_max)
-        p_drop = _U64 - np.uint64(ps)  # z >> (64 - s): floor(u 2^s)
-        c_drop = _U64 - np.uint64(cs)
+        k = constants(p_shift, p_min, p_max, c_shift, c_min, c_max)
         # counter offsets along j
         steps = np.arange(cols).astype(np.uint64) * np.uint64(col_step) * _GOLDEN
         for r in prange(batches * rows):
@@ -149,48 +220,17 @@ def mac_kernel(
             i = r - b * rows
             acc = np.zeros(cols, dtype=lane)
             base = np.uint64(b * rows * cols + i * row_step)
-            for k in range(depth):
-                a = lane(A[b, i, k])
+            for kk in range(depth):
+                a = lane(A[b, i, kk])
                 if a == 0:
                     continue  # a zero term leaves every accumulator unchanged
-                brow = B[b, k]
-                zp = np.uint64(seed) + (np.uint64(2 * k * total) + base + np.uint64(1)) * _GOLDEN
+                brow = B[b, kk]
+                zp = np.uint64(seed) + (np.uint64(2 * kk * total) + base + np.uint64(1)) * _GOLDEN
                 zc = zp + np.uint64(total) * _GOLDEN
                 for j in range(cols):
-                    t = lane(a * brow[j])
-                    if p_stage == STAGE_LEFT:
-                        t = shl(t, ps)
-                    elif p_stage == STAGE_RIGHT:
-                        t = round_right(t, ps, p_half, p_mask, zp + steps[j], p_drop)
-                    if p_check:
-                        if saturate:
-                            t = min(max(t, p_lo), p_hi)
-                        else:
-                            t = lane(lane(lane(t - p_lo) & p_span) + p_lo)
-                    if c_stage == STAGE_LEFT:
-                        t = shl(t, cs)
-                    else:
-                        t = round_right(t, cs, c_half, c_mask, zc + steps[j], c_drop)
-                    if saturate:
-                        if c_check:
-                            t = min(max(t, c_lo), c_hi)
-                        if lane_bits == 16 and acc_check:
-                            # the lane's own saturating add, then the format's range
-                            s = sat_add(acc[j], lane(t))
-                            acc[j] = s if full_lane else min(max(s, c_lo), c_hi)
-                        elif acc_check:
-                            acc[j] = min(max(lane(acc[j] + t), c_lo), c_hi)
-                        else:
-                            acc[j] = lane(acc[j] + t)
-                    else:
-                        acc[j] = lane(acc[j] + t)  # modulo the lane width; wrapped below
-            if saturate:
-                for j in range(cols):
-                    out[b, i, j] = acc[j]
-            else:
-                span = np.int64(c_max - c_min)  # 2^wl - 1
-                for j in range(cols):
-                    out[b, i, j] = ((np.int64(acc[j]) - c_min) & span) + c_min
+                    acc[j] = step(acc[j], a, brow[j], zp + steps[j], zc + steps[j], k)
+            for j in range(cols):
+                out[b, i, j] = stored(acc[j], c_min, c_max)
 
     return serial_and_parallel(run)
 
