@@ -341,3 +341,53 @@ def choose(a_range, b_range, depth, has_product, rounding, overflow, shifts, bou
             continue  # acc + t, both within the format, must not leave the lane
         return (lane_bits, rounding, overflow, p_stage, p_check, c_stage, c_check, check)
     return None
+
+
+@functools.cache
+def implicit_conv_kernel(*key):
+    """(serial, parallel) kernel(W, xt, out, top, left, sh, p_shift, p_min,
+    p_max, c_shift, c_min, c_max) -> None: a stride-(sh, 1) convolution's MAC
+    array without its im2col columns, for a ``mac_kernel`` key (``choose``)
+    whose rounding draws no noise.
+
+    W (O, C, kh, kw) and xt (C, H, W, N) (x with the batch innermost) in the
+    lane type, out (O, Ho, Wo, N) int64. Output (o, y, q, b) adds the terms
+    ``W[o, c, i, j] x[b, c, y sh + i - top, q + j - left]`` in the order
+    (c, i, j), as the GEMM of the weights with the im2col columns does, but
+    skips those whose x lies in the padding (zero terms leave an accumulator
+    as it is, saturated or not) and never forms the columns: for each (c, i,
+    j) and row y the valid positions (q, b) are one contiguous run of xt."""
+    lane = LANES[key[0]]
+    constants, step, stored = mac_step(*key)
+
+    def run(W, xt, out, top, left, sh, p_shift, p_min, p_max, c_shift, c_min, c_max):
+        n_out, n_in, kh, kw = W.shape
+        _, h, w, n = xt.shape
+        ho, wo = out.shape[1], out.shape[2]
+        k = constants(p_shift, p_min, p_max, c_shift, c_min, c_max)
+        src = xt.reshape(-1)
+        dst = out.reshape(-1)
+        size = ho * wo * n
+        for o in prange(n_out):
+            acc = np.zeros(size, dtype=lane)
+            for c in range(n_in):
+                for i in range(kh):
+                    # rows y with 0 <= y sh + i - top < h (floor division: Python's)
+                    y0 = max(0, -((i - top) // sh))
+                    y1 = min(ho, max(y0, -((i - top - h) // sh)))
+                    for j in range(kw):
+                        a = lane(W[o, c, i, j])
+                        q0, q1 = max(0, left - j), min(wo, w + left - j)
+                        if a == 0 or q1 <= q0:
+                            continue
+                        span = (q1 - q0) * n
+                        for y in range(y0, y1):
+                            s = np.uintp(((c * h + y * sh + i - top) * w + q0 + j - left) * n)
+                            d = np.uintp((y * wo + q0) * n)
+                            for e in range(np.uintp(span)):
+                                acc[d + e] = step(acc[d + e], a, src[s + e], _U64, _U64, k)
+            base = o * size
+            for e in range(size):
+                dst[base + e] = stored(acc[e], c_min, c_max)
+
+    return serial_and_parallel(run)

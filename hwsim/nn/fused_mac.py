@@ -21,6 +21,7 @@ from hwsim.nn.conv import _conv, _grad_input, _grad_weight, _move, _ones_like
 from hwsim.nn.functional import GemmConfig, _mac
 from hwsim.nn.fused import _ONES, LayerPlan, derived, fused_plan
 from hwsim.ops import quantize
+from hwsim.ops.im2col import code_columns
 
 _ROLES = 13
 
@@ -219,6 +220,9 @@ class FusedConv2d(torch.autograd.Function):
             gx = finish(acc, plan.grad_input, plan.gx, sx)
         cfg = _config(plan.grad_weight, seeds[12])
         cols, xb = ctx.cols, None
+        if cols is None and need[1]:  # the forward formed none: im2col them now
+            pads = (padding[0], padding[0], padding[1], padding[1])
+            cols = code_columns(x_op[0], w_op[0], stride, pads, True, x_op[2])[0]
         if need[1] and need[2] and cfg.rounding != Rounding.STOCHASTIC and cols.shape[0] == 1:
             xb = _ones_column((cols[0], x_op[1], x_op[2]), g_op[2][0], axis=0)
         if xb is not None:  # both in one GEMM, the bias's position sums as the last column

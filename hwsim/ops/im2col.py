@@ -7,6 +7,7 @@ import numpy as np
 
 from hwsim.kernels.im2col import im2col_kernel
 from hwsim.plan.checks import is_torch
+from hwsim.plan.gemm import INT32_LIMIT
 
 
 def im2col(x, w, stride, pads, wide: bool = False, dtype=None):
@@ -16,21 +17,10 @@ def im2col(x, w, stride, pads, wide: bool = False, dtype=None):
     right), a negative pad crops. Checks the shapes. ``wide``: the batch side
     by side instead, cols (1, C*kh*kw, N*Ho*Wo). ``dtype``: the NumPy
     columns' dtype (the caller proves every value fits it), x's by default."""
-    if x.ndim != 4 or w.ndim != 4:
-        raise ValueError(
-            f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
-            f"got {tuple(x.shape)} and {tuple(w.shape)}"
-        )
-    n, c = x.shape[:2]
-    o, cw, kh, kw = w.shape
-    if c != cw:
-        raise ValueError(f"x has {c} channels but w expects {cw} (w shape {tuple(w.shape)})")
+    n, o, ho, wo = conv_shape(x, w, stride, pads)
+    c, kh, kw = w.shape[1:]
     sh, sw = stride
     top, bottom, left, right = pads
-    hp, wp = x.shape[2] + top + bottom, x.shape[3] + left + right
-    if hp < kh or wp < kw:
-        raise ValueError(f"the padded input ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})")
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     if is_torch(x):
         import torch.nn.functional as F
 
@@ -52,6 +42,34 @@ def im2col(x, w, stride, pads, wide: bool = False, dtype=None):
             corners = (corners + np.arange(wo, dtype=np.uintp) * np.uintp(sw)).reshape(-1)
             im2col_kernel(xp, corners, cols.reshape(-1, shape[2]), *steps, kh, kw)
     return cols, (n, o, ho, wo)
+
+
+def code_columns(cx, cw, stride, pads, wide: bool, x_stats):
+    """:func:`im2col` of x's codes, int32 on NumPy where ``x_stats`` (max
+    |code|, min, max) show they fit: the MAC kernels' lanes (or BLAS's float
+    copy) then read half the bytes, or take them as they are."""
+    narrow = not is_torch(cx) and x_stats is not None and x_stats[0] < INT32_LIMIT
+    return im2col(cx, cw, stride, pads, wide, np.int32 if narrow else None)
+
+
+def conv_shape(x, w, stride, pads) -> tuple[int, int, int, int]:
+    """(N, O, Ho, Wo) of the convolution of x (N, C, H, W) with w (O, C, kh,
+    kw); raises where the shapes do not fit together."""
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(
+            f"conv2d takes x of shape (N, C, H, W) and w of shape (O, C, kh, kw), "
+            f"got {tuple(x.shape)} and {tuple(w.shape)}"
+        )
+    n, c = x.shape[:2]
+    o, cw, kh, kw = w.shape
+    if c != cw:
+        raise ValueError(f"x has {c} channels but w expects {cw} (w shape {tuple(w.shape)})")
+    sh, sw = stride
+    top, bottom, left, right = pads
+    hp, wp = x.shape[2] + top + bottom, x.shape[3] + left + right
+    if hp < kh or wp < kw:
+        raise ValueError(f"the padded input ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})")
+    return n, o, (hp - kh) // sh + 1, (wp - kw) // sw + 1
 
 
 def _padded(x, pads, dtype) -> np.ndarray:

@@ -16,7 +16,8 @@ from hwsim.modes import Overflow, Rounding
 from hwsim.ops.backend import check_backend, on_backend
 from hwsim.ops.block_gemm import conv2d_block, has_block, matmul_block
 from hwsim.ops.float_gemm import float_conv2d, float_matmul
-from hwsim.ops.im2col import im2col
+from hwsim.ops.im2col import code_columns, conv_shape
+from hwsim.ops.implicit_conv import implicit_conv
 from hwsim.ops.numpy_gemm import (
     batched_gemm_numpy,
     float_wrap_fast,
@@ -26,7 +27,7 @@ from hwsim.ops.numpy_gemm import (
 )
 from hwsim.plan.checks import check_data, check_format, is_torch
 from hwsim.plan.float_gemm import check_any_format
-from hwsim.plan.gemm import INT32_LIMIT, check_gemm_args, check_pads, check_pair, sub_seed
+from hwsim.plan.gemm import check_gemm_args, check_pads, check_pair, sub_seed
 
 __all__ = [
     "add_codes",
@@ -337,10 +338,13 @@ def conv2d_on_codes(
     keeps the batched GEMM. The torch path does the same (its weights then
     are not copied per sample, and the one GEMM's outputs are many)."""
     wide = rounding != Rounding.STOCHASTIC
-    # int32 columns where x's codes fit: the MAC kernels' lane (or BLAS's
-    # float) copy then reads half the bytes, or none
-    narrow = not is_torch(cx) and stats[0] is not None and stats[0][0] < INT32_LIMIT
-    cols, (n, o, ho, wo) = im2col(cx, cw, stride, pads, wide, np.int32 if narrow else None)
+    if wide and not is_torch(cx):  # no columns where every term is rounded
+        shape = conv_shape(cx, cw, stride, pads)
+        out = implicit_conv(cx, fx, cw, fw, stride, pads, shape, acc, product, rounding,
+                            overflow, path, stats)  # fmt: skip
+        if out is not None:
+            return (out, None) if columns else out
+    cols, (n, o, ho, wo) = code_columns(cx, cw, stride, pads, wide, stats[0])
     wm = cw.reshape(1, o, -1)
     stats = (stats[1], stats[0])  # the GEMM's operands: weights, columns
     args = (wm, fw, cols, fx, acc, product, rounding, overflow, seed, path, stats)
