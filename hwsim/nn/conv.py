@@ -104,7 +104,7 @@ class MACConv2dFunction(torch.autograd.Function):
                 gb = (ones @ g.contiguous())[0]
             else:
                 codes, fl, stats = g_op
-                gm = _move(codes, 1, 0).reshape(codes.shape[1], -1).T  # (N*Ho*Wo, O)
+                gm = _channels_first(codes).reshape(codes.shape[1], -1).T  # (N*Ho*Wo, O)
                 one = _ones_like(codes, gm.shape[0])
                 gb = _mac((one, 0, (1, 1, 1)), (gm, fl, stats), grad_weight)
                 gb = _tensor_values(gb, grad_weight, grad)[0]
@@ -115,8 +115,9 @@ def _is_numpy(codes) -> bool:
     return not isinstance(codes, torch.Tensor)
 
 
-def _move(codes, src: int, dst: int):
-    return np.moveaxis(codes, src, dst) if _is_numpy(codes) else codes.movedim(src, dst)
+def _channels_first(codes):
+    """(N, O, ...) codes as (O, N, ...), a view (NumPy or torch)."""
+    return codes.swapaxes(0, 1) if _is_numpy(codes) else codes.transpose(0, 1)
 
 
 def _ones_like(codes, n: int):
@@ -182,7 +183,7 @@ def _grad_weight(x_op, w_shape, g_op, stride, padding, cfg: GemmConfig, cols=Non
     ph, pw = padding
     if cols is not None and cols.shape[0] == 1:
         cols = cols[0].T  # (N*Ho*Wo, C*kh*kw), a view
-        gm = _move(g, 1, 0).reshape(o, n * ho * wo)
+        gm = _channels_first(g).reshape(o, n * ho * wo)
     elif _is_numpy(cx):
         xp = zero_pad(cx, ph, ph, pw, pw)
         win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))

@@ -63,6 +63,23 @@ class Quant:
         return np.int32 if self.fmt.wl <= 32 else np.int64
 
     @functools.cached_property
+    def out_constants(self):
+        """The constants of ``epilogue_kernel``'s output quantizer: scale,
+        LSB, wrap modulus, min and max code."""
+        scale, wrap, lo, hi = self.constants
+        return scale, self.fmt.lsb, wrap, lo, hi
+
+    def epilogue(self, acc_overflow: Overflow, has_bias: bool):
+        """``epilogue_kernel`` into this quantizer (looked up once per mode)."""
+        kernels = self.__dict__.setdefault("_epilogues", {})
+        run = kernels.get((acc_overflow, has_bias))
+        if run is None:
+            run = kernels[acc_overflow, has_bias] = epilogue_kernel(
+                int(acc_overflow), has_bias, int(self.rounding), int(self.overflow), self.stochastic
+            )
+        return run
+
+    @functools.cached_property
     def stochastic(self) -> bool:
         return self.rounding == Rounding.STOCHASTIC
 
@@ -91,6 +108,11 @@ class Mac:
     product: FixedPoint | None
     rounding: Rounding
     overflow: Overflow
+
+    @functools.cached_property
+    def acc_constants(self):
+        """(min code, max code, LSB) of the accumulator."""
+        return self.acc.min_code, self.acc.max_code, self.acc.lsb
 
     def seed(self, seed):
         """The GEMM's seed, as ``check_gemm_args`` makes it."""
@@ -219,14 +241,12 @@ def finish(acc_codes, mac: Mac, q: Quant, seed, bias=None, inner=1) -> torch.Ten
     flat = np.ascontiguousarray(acc_codes).reshape(-1)
     out = np.empty(acc_codes.shape, dtype=np.float32)
     has_bias = bias is not None
-    run = epilogue_kernel(
-        int(mac.overflow), has_bias, int(q.rounding), int(q.overflow), q.stochastic
-    )
+    run = q.epilogue(mac.overflow, has_bias)
     if not has_bias:
         bias = flat[:1]
-    a = mac.acc
-    run(flat, bias, inner, max(bias.size, 1), a.min_code, a.max_code, a.lsb,
-        out.reshape(-1), q.constants[0], q.fmt.lsb, *q.constants[1:], q.seed(seed))  # fmt: skip
+    lo, hi, lsb = mac.acc_constants
+    run(flat, bias, inner, max(bias.size, 1), lo, hi, lsb, out.reshape(-1), *q.out_constants,
+        q.seed(seed))  # fmt: skip
     return torch.from_numpy(out)
 
 

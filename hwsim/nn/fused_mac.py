@@ -17,7 +17,7 @@ import torch
 from hwsim.errors import NonFiniteError
 from hwsim.modes import Rounding
 from hwsim.nn import fused, fused_torch
-from hwsim.nn.conv import _conv, _grad_input, _grad_weight, _move, _ones_like
+from hwsim.nn.conv import _channels_first, _conv, _grad_input, _grad_weight, _ones_like
 from hwsim.nn.functional import GemmConfig, _mac
 from hwsim.nn.fused import _ONES, LayerPlan, derived, fused_plan
 from hwsim.ops import quantize
@@ -165,7 +165,7 @@ def _ones_column(x_op, g_top: int, axis: int = 1):
     if fl < 0 or (1 << fl) > top << ONES_GROWTH_BITS or g_top << fl >= 1 << 62:
         return None
     one = 1 << fl
-    if isinstance(c, np.ndarray) and one > np.iinfo(c.dtype).max:  # int32 codes: 1.0 too
+    if isinstance(c, np.ndarray) and one >> (8 * c.itemsize - 1):  # int32 codes: 1.0 too
         return None
     grown = (c.shape[0] + (axis == 0), c.shape[1] + (axis == 1))
     if isinstance(c, np.ndarray):
@@ -234,7 +234,7 @@ class FusedConv2d(torch.autograd.Function):
             gw = finish(acc, plan.grad_weight, plan.gw, sw).reshape(w_shape)
         if need[2] and xb is None:
             c, fl, stats = g_op
-            gm = _move(c, 1, 0).reshape(c.shape[1], -1).T  # (N*Ho*Wo, O)
+            gm = _channels_first(c).reshape(c.shape[1], -1).T  # (N*Ho*Wo, O)
             acc = _mac((_ones_like(c, gm.shape[0]), 0, _ONES), (gm, fl, stats), cfg)
             gb = finish(acc[0], plan.grad_weight, plan.gw, sb)
         return gx, gw, gb, None, None, None, None, None, None, None
