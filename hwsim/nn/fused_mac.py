@@ -44,9 +44,23 @@ def _seeds(layer, plan: LayerPlan, calls: int) -> list:
     return seeds
 
 
-def _operands(layer, plan: LayerPlan, x: torch.Tensor):
-    """(steps, seeds, x codes, w codes, bias codes or None), or None on a
-    non-finite value; ``steps``: the backend's module of per-tensor steps."""
+class _Call:
+    """One layer call's state, handed to the autograd function as one
+    argument (``Function.apply`` walks nested arguments as a pytree) and
+    kept on its context for the backward pass."""
+
+    __slots__ = ("plan", "steps", "seeds", "x_op", "w_op", "bc", "geometry", "cols")
+
+    def __init__(self, plan, steps, seeds, x_op, w_op, bc):
+        self.plan, self.steps, self.seeds = plan, steps, seeds
+        self.x_op, self.w_op, self.bc = x_op, w_op, bc
+        self.geometry = self.cols = None
+
+
+def _operands(layer, plan: LayerPlan, x: torch.Tensor) -> _Call | None:
+    """The call's operands as codes (x, w, the bias's accumulator codes or
+    None), its seeds and the backend's module of per-tensor steps; None on a
+    non-finite value."""
     steps = fused if layer.backend == "numba" else fused_torch
     seeds = _seeds(layer, plan, layer.calls + 1)
     try:
@@ -58,7 +72,7 @@ def _operands(layer, plan: LayerPlan, x: torch.Tensor):
     if x_op is None or w_op is None or (layer.bias is not None and bc is None):
         return None
     layer.__dict__["calls"] += 1  # a plain attribute: nn.Module's __setattr__ costs more
-    return steps, seeds, x_op, w_op, bc
+    return _Call(plan, steps, seeds, x_op, w_op, bc)
 
 
 def fused_forward(layer, x: torch.Tensor, conv: bool = False) -> torch.Tensor | None:
@@ -72,19 +86,19 @@ def fused_forward(layer, x: torch.Tensor, conv: bool = False) -> torch.Tensor | 
 def linear(layer, plan: LayerPlan, x: torch.Tensor) -> torch.Tensor | None:
     """The QLinear call, fused; None where a value is not finite (the unfused
     chain then raises)."""
-    ops = _operands(layer, plan, x.reshape(-1, x.shape[-1]))
-    if ops is None:
+    call = _operands(layer, plan, x if x.dim() == 2 else x.reshape(-1, x.shape[-1]))
+    if call is None:
         return None
-    return FusedLinear.apply(x, layer.weight, layer.bias, plan, *ops)
+    return FusedLinear.apply(x, layer.weight, layer.bias, call)
 
 
 def conv2d(layer, plan: LayerPlan, x: torch.Tensor) -> torch.Tensor | None:
     """The QConv2d call, fused (None as :func:`linear`)."""
-    ops = _operands(layer, plan, x)
-    if ops is None:
+    call = _operands(layer, plan, x)
+    if call is None:
         return None
-    geometry = (tuple(layer.stride), tuple(layer.padding))
-    return FusedConv2d.apply(x, layer.weight, layer.bias, plan, geometry, *ops)
+    call.geometry = (tuple(layer.stride), tuple(layer.padding))
+    return FusedConv2d.apply(x, layer.weight, layer.bias, call)
 
 
 def _grad_codes(steps, grad: torch.Tensor, plan: LayerPlan, seed):
@@ -98,19 +112,20 @@ def _grad_codes(steps, grad: torch.Tensor, plan: LayerPlan, seed):
 
 class FusedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b, plan, steps, seeds, x_op, w_op, bc):
-        ctx.plan, ctx.steps, ctx.seeds, ctx.ops = plan, steps, seeds, (x_op, w_op)
-        ctx.x_shape = x.shape
-        cw, fw, sw = w_op
+    def forward(ctx, x, w, b, call):
+        ctx.call, ctx.x_shape = call, x.shape
+        plan, steps, seeds = call.plan, call.steps, call.seeds
+        cw, fw, sw = call.w_op
         mac = plan.forward
-        acc = steps.gemm(mac, x_op, (cw.T, fw, sw), mac.seed(seeds[10]))
-        y = steps.finish(acc, mac, plan.y, seeds[6], bc)
-        return y.reshape(x.shape[:-1] + (cw.shape[0],))
+        acc = steps.gemm(mac, call.x_op, (cw.T, fw, sw), mac.seed(seeds[10]))
+        y = steps.finish(acc, mac, plan.y, seeds[6], call.bc)
+        return y if x.dim() == 2 else y.reshape(x.shape[:-1] + (cw.shape[0],))
 
     @staticmethod
     def backward(ctx, grad):
-        plan, steps, seeds = ctx.plan, ctx.steps, ctx.seeds
-        x_op, w_op = ctx.ops
+        call = ctx.call
+        plan, steps, seeds = call.plan, call.steps, call.seeds
+        x_op, w_op = call.x_op, call.w_op
         g_op = _grad_codes(steps, grad.reshape(-1, grad.shape[-1]), plan, seeds[7])
         gx = gw = gb = None
         need = ctx.needs_input_grad
@@ -140,7 +155,7 @@ class FusedLinear(torch.autograd.Function):
             ones = _ones_like(g_op[0], n)
             acc = steps.gemm(mac, (ones, 0, _ONES), g_op, mac.seed(seeds[12]))
             gb = steps.finish(acc[0], mac, plan.gw, sb)
-        return gx, gw, gb, None, None, None, None, None, None
+        return gx, gw, gb, None
 
 
 ONES_GROWTH_BITS = 4  # 1.0 may lie this far past x's largest code (activations below 1)
@@ -190,19 +205,21 @@ def _config(mac, seed) -> GemmConfig:
 
 class FusedConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b, plan, geometry, steps, seeds, x_op, w_op, bc):
-        ctx.plan, ctx.steps, ctx.seeds, ctx.ops = plan, steps, seeds, (x_op, w_op)
-        ctx.geometry, ctx.shapes = geometry, (x.shape, w.shape)
-        acc, ctx.cols = _conv(x_op, w_op, *geometry, _config(plan.forward, seeds[10]), True)
+    def forward(ctx, x, w, b, call):
+        ctx.call, ctx.shapes = call, (x.shape, w.shape)
+        plan, seeds = call.plan, call.seeds
+        cfg = _config(plan.forward, seeds[10])
+        acc, call.cols = _conv(call.x_op, call.w_op, *call.geometry, cfg, True)
         inner = acc.shape[2] * acc.shape[3]
-        return steps.finish(acc, plan.forward, plan.y, seeds[6], bc, inner)
+        return call.steps.finish(acc, plan.forward, plan.y, seeds[6], call.bc, inner)
 
     @staticmethod
     def backward(ctx, grad):
-        plan, steps, seeds = ctx.plan, ctx.steps, ctx.seeds
+        call = ctx.call
+        plan, steps, seeds = call.plan, call.steps, call.seeds
         finish = steps.finish
-        x_op, w_op = ctx.ops
-        stride, padding = ctx.geometry
+        x_op, w_op = call.x_op, call.w_op
+        stride, padding = call.geometry
         x_shape, w_shape = ctx.shapes
         g_op = _grad_codes(steps, grad, plan, seeds[7])
         gx = gw = gb = None
@@ -219,7 +236,7 @@ class FusedConv2d(torch.autograd.Function):
             acc = _grad_input(x_shape, w_op, g_op, stride, padding, cfg)
             gx = finish(acc, plan.grad_input, plan.gx, sx)
         cfg = _config(plan.grad_weight, seeds[12])
-        cols, xb = ctx.cols, None
+        cols, xb = call.cols, None
         if cols is None and need[1]:  # the forward formed none: im2col them now
             pads = (padding[0], padding[0], padding[1], padding[1])
             cols = code_columns(x_op[0], w_op[0], stride, pads, True, x_op[2])[0]
@@ -237,4 +254,4 @@ class FusedConv2d(torch.autograd.Function):
             gm = _channels_first(c).reshape(c.shape[1], -1).T  # (N*Ho*Wo, O)
             acc = _mac((_ones_like(c, gm.shape[0]), 0, _ONES), (gm, fl, stats), cfg)
             gb = finish(acc[0], plan.grad_weight, plan.gw, sb)
-        return gx, gw, gb, None, None, None, None, None, None, None
+        return gx, gw, gb, None
