@@ -183,19 +183,10 @@ def mac_step(
 
 
 @functools.cache
-def mac_kernel(
-    lane_bits: int,
-    rounding: int,
-    overflow: int,
-    p_stage: int,
-    p_check: bool,
-    c_stage: int,
-    c_check: bool,
-    acc_check: int,
-):
+def mac_kernel(*key):
     """(serial, parallel) kernel(A, B, out, p_shift, p_min, p_max, c_shift,
-    c_min, c_max, seed, row_step, col_step) -> None: the same body, the
-    parallel one over rows.
+    c_min, c_max, seed, row_step, col_step) -> None for a ``choose`` key
+    (:func:`mac_step`'s arguments): the same body, the parallel one over rows.
 
     A (Bt, M, K) and B (Bt, K, N) in the lane type (int16, int32 or int64), out
     (Bt, M, N) int64. Shifts as in the generic kernel (> 0 right, rounding;
@@ -203,10 +194,8 @@ def mac_kernel(
     (b, i, j) draws its noise as the flat output index ``b M N + i row_step
     + j col_step``: (N, 1) for this product itself, (1, M) where it is the
     transpose of the caller's (``hwsim.kernels.gemm``'s thin outputs)."""
-    lane = LANES[lane_bits]
-    constants, step, stored = mac_step(
-        lane_bits, rounding, overflow, p_stage, p_check, c_stage, c_check, acc_check
-    )
+    lane = LANES[key[0]]
+    constants, step, stored = mac_step(*key)
 
     def run(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed, row_step, col_step):
         batches, rows, depth = A.shape

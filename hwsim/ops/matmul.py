@@ -310,22 +310,8 @@ def conv2d_codes(
     return back(codes), acc
 
 
-def conv2d_on_codes(
-    cx,
-    fx,
-    cw,
-    fw,
-    stride,
-    pads,
-    acc,
-    product,
-    rounding,
-    overflow,
-    seed,
-    path,
-    stats=(None, None),
-    columns=False,
-):
+def conv2d_on_codes(cx, fx, cw, fw, stride, pads, acc, product, rounding, overflow, seed, path,
+                    stats=(None, None), columns=False):  # fmt: skip
     """Convolution of integer codes; ``pads`` = (top, bottom, left, right), a
     negative pad crops (used by the input-gradient convolution); ``stats``:
     (x's, w's), or None.
