@@ -137,10 +137,11 @@ def main() -> None:
 PIECES = {  # the fused layers' steps: (where, name) -> label; "steps" is hwsim.nn.fused
     # (numba backend) or hwsim.nn.fused_torch (torch backend), same names
     ("steps", "gemm"): "linear GEMM (MAC array)",
-    ("fused_mac", "_conv"): "conv forward GEMM (im2col and MAC array)",
+    ("fused_mac", "_conv"): "conv forward (implicit or im2col MAC array)",
     ("fused_mac", "_grad_input"): "conv input-gradient GEMM",
-    ("fused_mac", "_grad_weight"): "conv weight-gradient GEMM",
-    ("fused_mac", "_mac"): "conv bias-gradient GEMM",
+    ("fused_mac", "_grad_weight"): "conv weight(+bias)-gradient GEMM",
+    ("fused_mac", "code_columns"): "conv columns formed in the backward pass",
+    ("fused_mac", "_mac"): "conv bias-gradient GEMM (stochastic MAC rounding only)",
     ("steps", "finish"): "finishing pass (accumulator codes to the output)",
     ("steps", "codes"): "operand pass (a tensor to its MAC codes)",
     ("steps", "bias_codes"): "bias codes",

@@ -96,6 +96,11 @@ def test_ones_column_needs_one_near_the_codes():
     cc, fl, got = fused_mac._ones_column((codes, 2, stats), 9)  # 1.0 = 4 within the codes
     assert got == (5, -5, 4)
     assert np.array_equal(cc, [[3, -5, 4], [0, 2, 4]])
+    # a conv layer's columns with a spare last row: the ones go there, in place
+    spare = np.array([[3, -5], [0, 2], [7, 7]], dtype=np.int32)
+    cc, fl, got = fused_mac._ones_column((spare, 6, stats), 9, axis=0, in_place=True)
+    assert cc is spare and np.array_equal(cc, [[3, -5], [0, 2], [64, 64]]) and got == (64, -5, 64)
+    assert fused_mac._ones_column((spare, 7, stats), 9, axis=0, in_place=True) is None
     # int32 codes (a format of at most 32 bits): 1.0 must be an int32 code too
     big = np.array([[1 << 28, -5]], dtype=np.int32)
     assert fused_mac._ones_column((big, 31, (1 << 28, -5, 1 << 28)), 1) is None  # 2^31

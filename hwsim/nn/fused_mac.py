@@ -161,14 +161,15 @@ class FusedLinear(torch.autograd.Function):
 ONES_GROWTH_BITS = 4  # 1.0 may lie this far past x's largest code (activations below 1)
 
 
-def _ones_column(x_op, g_top: int, axis: int = 1):
+def _ones_column(x_op, g_top: int, axis: int = 1, in_place: bool = False):
     """The linear layer's input operand with a column of ones appended (1.0
     on x's grid: code 2^fl), or None where 1.0 is not a code there, lies
     more than ``ONES_GROWTH_BITS`` bits past x's largest code (the GEMM's
     largest product, and with it the plan's path, would grow further), or
     its product with the gradient's largest code (``g_top``) nears int64.
     ``axis=0``: a row of ones appended instead (a conv layer's columns
-    (C kh kw, N Ho Wo), whose transpose the weight gradient reads).
+    (C kh kw, N Ho Wo), whose transpose the weight gradient reads);
+    ``in_place``: the NumPy codes' last row is spare, and takes the ones.
 
     ``g^T @ [x | 1]`` gives the weight gradient and, as its last column, the
     bias gradient's batch sum ``g^T @ 1``: for each output the same terms
@@ -182,6 +183,9 @@ def _ones_column(x_op, g_top: int, axis: int = 1):
     one = 1 << fl
     if isinstance(c, np.ndarray) and one >> (8 * c.itemsize - 1):  # int32 codes: 1.0 too
         return None
+    if in_place:
+        c[-1] = one
+        return c, fl, (max(top, one), min(lo, 0), max(hi, one))
     grown = (c.shape[0] + (axis == 0), c.shape[1] + (axis == 1))
     if isinstance(c, np.ndarray):
         cc = np.empty(grown, dtype=c.dtype)
@@ -237,10 +241,14 @@ class FusedConv2d(torch.autograd.Function):
             gx = finish(acc, plan.grad_input, plan.gx, sx)
         cfg = _config(plan.grad_weight, seeds[12])
         cols, xb = call.cols, None
-        if cols is None and need[1]:  # the forward formed none: im2col them now
-            pads = (padding[0], padding[0], padding[1], padding[1])
-            cols = code_columns(x_op[0], w_op[0], stride, pads, True, x_op[2])[0]
-        if need[1] and need[2] and cfg.rounding != Rounding.STOCHASTIC and cols.shape[0] == 1:
+        both = need[1] and need[2] and cfg.rounding != Rounding.STOCHASTIC
+        if cols is None and need[1]:  # the forward formed none: im2col them now, with
+            pads = (padding[0], padding[0], padding[1], padding[1])  # a row for the ones
+            cols = code_columns(x_op[0], w_op[0], stride, pads, True, x_op[2], int(both))[0]
+            if both:
+                xb = _ones_column((cols[0], *x_op[1:]), g_op[2][0], axis=0, in_place=True)
+                cols = cols if xb is not None else cols[:, :-1]  # C-contiguous either way
+        elif both and cols.shape[0] == 1:
             xb = _ones_column((cols[0], x_op[1], x_op[2]), g_op[2][0], axis=0)
         if xb is not None:  # both in one GEMM, the bias's position sums as the last column
             acc = _grad_weight((None, *xb[1:]), w_shape, g_op, stride, padding, cfg, xb[0][None])

@@ -10,13 +10,14 @@ from hwsim.plan.checks import is_torch
 from hwsim.plan.gemm import INT32_LIMIT
 
 
-def im2col(x, w, stride, pads, wide: bool = False, dtype=None):
+def im2col(x, w, stride, pads, wide: bool = False, dtype=None, spare: int = 0):
     """The columns of a convolution of NCHW ``x`` (codes or values) with ``w`` of
     shape (O, C, kh, kw): ``(cols (N, C*kh*kw, Ho*Wo), (N, O, Ho, Wo))``, each
     column one window in (c, kh, kw) order; ``pads`` = (top, bottom, left,
     right), a negative pad crops. Checks the shapes. ``wide``: the batch side
     by side instead, cols (1, C*kh*kw, N*Ho*Wo). ``dtype``: the NumPy
-    columns' dtype (the caller proves every value fits it), x's by default."""
+    columns' dtype (the caller proves every value fits it), x's by default;
+    ``spare``: that many more rows after the columns, left unwritten."""
     n, o, ho, wo = conv_shape(x, w, stride, pads)
     c, kh, kw = w.shape[1:]
     sh, sw = stride
@@ -33,7 +34,9 @@ def im2col(x, w, stride, pads, wide: bool = False, dtype=None):
     else:
         rows = c * kh * kw
         shape, steps = (
-            ((1, rows, n * ho * wo), (0, ho * wo)) if wide else ((n, rows, ho * wo), (rows, 0))
+            ((1, rows + spare, n * ho * wo), (0, ho * wo))
+            if wide
+            else ((n, rows + spare, ho * wo), (rows + spare, 0))
         )
         xp = _padded(x, pads, x.dtype if dtype is None else dtype)
         cols = np.empty(shape, dtype=xp.dtype)
@@ -44,12 +47,13 @@ def im2col(x, w, stride, pads, wide: bool = False, dtype=None):
     return cols, (n, o, ho, wo)
 
 
-def code_columns(cx, cw, stride, pads, wide: bool, x_stats):
+def code_columns(cx, cw, stride, pads, wide: bool, x_stats, spare: int = 0):
     """:func:`im2col` of x's codes, int32 on NumPy where ``x_stats`` (max
     |code|, min, max) show they fit: the MAC kernels' lanes (or BLAS's float
-    copy) then read half the bytes, or take them as they are."""
+    copy) then read half the bytes, or take them as they are. ``spare``
+    (NumPy): rows left unwritten after the columns', for the caller."""
     narrow = not is_torch(cx) and x_stats is not None and x_stats[0] < INT32_LIMIT
-    return im2col(cx, cw, stride, pads, wide, np.int32 if narrow else None)
+    return im2col(cx, cw, stride, pads, wide, np.int32 if narrow else None, spare)
 
 
 def conv_shape(x, w, stride, pads) -> tuple[int, int, int, int]:
