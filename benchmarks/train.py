@@ -99,11 +99,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     import numba
+    import scipy.linalg  # noqa: F401  SciPy's BLAS (Numba's np.dot): loaded, so the limit reaches it
     from threadpoolctl import threadpool_limits
 
     numba.set_num_threads(args.threads)  # launches Numba's pool first: it resets OpenMP's count
     torch.set_num_threads(args.threads)
-    threadpool_limits(args.threads)  # NumPy's OpenBLAS too
+    threadpool_limits(args.threads)  # NumPy's and SciPy's OpenBLAS too
     x, y = digits()
     print(
         f"torch threads: {torch.get_num_threads()}, numba threads: {numba.get_num_threads()}, "

@@ -179,7 +179,7 @@ def reduce_codes_kernel(overflow: int):
 
     def run(sums, out, shift_left, c_min, c_max):
         for i in prange(sums.size):
-            out[i] = apply_overflow(np.int64(sums[i]) << shift_left, c_min, c_max, overflow)
+            out[i] = _reduced(sums[i], shift_left, c_min, c_max, overflow)
 
     serial, parallel = serial_and_parallel(run)
 
@@ -187,6 +187,44 @@ def reduce_codes_kernel(overflow: int):
         (parallel if sums.size >= SERIAL_BELOW_ELEMENTWISE else serial)(sums, out, *args)
 
     return reduce
+
+
+@kernel(inline="always")
+def _reduced(s, shift_left, c_min, c_max, overflow):
+    """One exact integer sum of products (a float, or int64) onto the
+    accumulator: shifted onto its grid, then its overflow."""
+    return apply_overflow(np.int64(s) << shift_left, c_min, c_max, overflow)
+
+
+@functools.cache
+def blas_codes_kernel(overflow: int, single: bool):
+    """kernel(A, B, out, shift_left, c_min, c_max): ``reduce_codes_kernel``
+    of the BLAS product of 2-D code arrays A (M, K) and B (K, N) (any
+    strides), in one call: the codes converted to float32 (``single``) or
+    float64, the product through BLAS (``np.dot``, SciPy's), each sum onto the
+    accumulator. For a layer's small fast-path GEMMs, where the NumPy
+    conversions, matmul and reduction cost more in calls than in work. The
+    caller has proven every partial sum an exact integer in that float."""
+    ftype = np.float32 if single else np.float64
+
+    @kernel
+    def run(A, B, out, shift_left, c_min, c_max):
+        m, k = A.shape
+        n = B.shape[1]
+        af = np.empty((m, k), dtype=ftype)
+        bf = np.empty((k, n), dtype=ftype)
+        for i in range(m):
+            for j in range(k):
+                af[i, j] = A[i, j]
+        for i in range(k):
+            for j in range(n):
+                bf[i, j] = B[i, j]
+        sums = np.dot(af, bf)
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = _reduced(sums[i, j], shift_left, c_min, c_max, overflow)
+
+    return run
 
 
 @functools.cache

@@ -255,6 +255,10 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
         chunk = fast_chunk(plan, overflow, k)
         # float32 BLAS where it is exact too: every partial sum an integer below 2^24
         single = chunk >= k and plan.max_product * k < EXACT_FLOAT32
+        if chunk >= k and a3.shape[0] == 1 and m * n * k < SERIAL_BELOW:  # a layer's GEMM:
+            run = kg.blas_codes_kernel(int(overflow), single)  # one call, no batch
+            run(a3[0], b3[0], out[0], plan.left_shift, acc.min_code, acc.max_code)
+            return out
         sums = _blas_sums(a3, b3, chunk, np.float32 if single else np.float64)
         kg.reduce_codes_kernel(int(overflow))(
             sums.reshape(-1), out.reshape(-1), plan.left_shift, acc.min_code, acc.max_code
