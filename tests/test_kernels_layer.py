@@ -20,7 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwsim import FixedPoint
-from hwsim.kernels.layer import bias_kernel, epilogue_kernel, operand_kernel
+from hwsim.kernels.layer import (
+    bias_kernel,
+    epilogue_kernel,
+    operand_kernel,
+    split_epilogue_kernel,
+)
 from hwsim.kernels.scalar import apply_overflow, counter_uniform, value_to_code
 from hwsim.plan.checks import kernel_constants
 from tests import kernel_modes
@@ -182,6 +187,29 @@ def test_epilogue_kernel_matches_reference(modes, case, seed):
         overflow, seed,
     )  # fmt: skip
     np.testing.assert_array_equal(out.view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.parametrize("overflow", [SATURATE, WRAP])
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@settings(max_examples=EXAMPLES)
+@given(case=epilogue_cases(), seed=seeds, seed_b=seeds, cols=st.sampled_from([1, 2, 7]))
+def test_split_epilogue_kernel_matches_reference(rounding, overflow, case, seed, seed_b, cols):
+    """A weight-and-bias GEMM's codes (R, C + 1) in one call: the first C
+    columns as the reference's pass over them (noise index r C + j, seed),
+    the last as its pass over that column (index r, seed_b)."""
+    acc, codes, _, _, out_fmt = case
+    rows = codes.size // (cols + 1)
+    codes = codes[: rows * (cols + 1)].reshape(rows, cols + 1)
+    k = constants(out_fmt)
+    out_w = np.full((rows, cols), np.nan, dtype=np.float32)
+    out_b = np.full(rows, np.nan, dtype=np.float32)
+    run = split_epilogue_kernel(rounding, overflow, rounding == STOCHASTIC)
+    run(codes, acc.lsb, out_w, out_b, k[0], out_fmt.lsb, *k[1:], seed, seed_b)
+    args = (None, 1, acc, SATURATE, k, out_fmt, rounding, overflow)
+    want_w = epilogue_reference(codes[:, :-1].reshape(-1), *args, seed)
+    want_b = epilogue_reference(codes[:, -1].copy(), *args, seed_b)
+    np.testing.assert_array_equal(out_w.reshape(-1).view(np.int32), want_w.view(np.int32))
+    np.testing.assert_array_equal(out_b.view(np.int32), want_b.view(np.int32))
 
 
 # (w_rounding, a_rounding, overflow): each rounding in each slot

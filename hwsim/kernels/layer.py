@@ -84,11 +84,7 @@ def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: 
     bias. (A running channel counter in one flat loop, or a division per
     element, kept the loop scalar.)"""
 
-    @kernel
-    def value(c, i, acc_lsb, k, inv_scale, seed):
-        """Element i's output from its accumulator code ``c`` (bias added)."""
-        v = np.float64(np.float32(c * acc_lsb))
-        return noisy_code(v, i, k, rounding, overflow, seed, seeded) * inv_scale
+    value = _output_value(rounding, overflow, seeded)
 
     @kernel
     def run(
@@ -128,6 +124,43 @@ def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: 
                     c = apply_overflow(codes[i] + b, c_min, c_max, acc_overflow)
                     out[i] = value(c, i, acc_lsb, k, inv_scale, seed)
                 ch = ch + 1 if ch + 1 < count else 0
+
+    return run
+
+
+@functools.cache
+def _output_value(rounding: int, overflow: int, seeded: bool):
+    """value(c, i, acc_lsb, k, inv_scale, seed): element i's output from its
+    accumulator code ``c`` (bias added): its float32 value, quantized."""
+
+    @kernel
+    def value(c, i, acc_lsb, k, inv_scale, seed):
+        v = np.float64(np.float32(c * acc_lsb))
+        return noisy_code(v, i, k, rounding, overflow, seed, seeded) * inv_scale
+
+    return value
+
+
+@functools.cache
+def split_epilogue_kernel(rounding: int, overflow: int, seeded: bool):
+    """kernel(codes, acc_lsb, out_w, out_b, scale, inv_scale, wrap_modulus,
+    min_code, max_code, seed_w, seed_b) -> None: ``epilogue_kernel`` (no
+    bias) of a weight-and-bias GEMM's accumulator codes (R, C + 1), in one
+    call for its two outputs: column j < C of row r into out_w (R, C),
+    drawing its noise at index r C + j from ``seed_w``; the last column into
+    out_b (R,), index r, ``seed_b`` (the indices of the two separate passes)."""
+    value = _output_value(rounding, overflow, seeded)
+
+    @kernel
+    def run(codes, acc_lsb, out_w, out_b, scale, inv_scale, wrap_modulus, min_code, max_code,
+            seed_w, seed_b):  # fmt: skip
+        k = (scale, wrap_modulus, min_code, max_code)
+        rows, cols = out_w.shape
+        for r in range(rows):
+            line = codes[r]
+            for j in range(cols):
+                out_w[r, j] = value(line[j], r * cols + j, acc_lsb, k, inv_scale, seed_w)
+            out_b[r] = value(line[cols], r, acc_lsb, k, inv_scale, seed_b)
 
     return run
 

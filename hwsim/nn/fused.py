@@ -28,7 +28,12 @@ import numpy as np
 import torch
 
 from hwsim.formats import FixedPoint
-from hwsim.kernels.layer import bias_kernel, epilogue_kernel, operand_kernel
+from hwsim.kernels.layer import (
+    bias_kernel,
+    epilogue_kernel,
+    operand_kernel,
+    split_epilogue_kernel,
+)
 from hwsim.modes import Overflow, Rounding
 from hwsim.ops.numpy_gemm import gemm_2d
 from hwsim.plan.checks import float64_holds_codes, fresh_seed, kernel_constants, seed64
@@ -78,6 +83,11 @@ class Quant:
                 int(acc_overflow), has_bias, int(self.rounding), int(self.overflow), self.stochastic
             )
         return run
+
+    @functools.cached_property
+    def split_epilogue(self):
+        """``split_epilogue_kernel`` into this quantizer."""
+        return split_epilogue_kernel(int(self.rounding), int(self.overflow), self.stochastic)
 
     @functools.cached_property
     def stochastic(self) -> bool:
@@ -248,6 +258,18 @@ def finish(acc_codes, mac: Mac, q: Quant, seed, bias=None, inner=1) -> torch.Ten
     run(flat, bias, inner, max(bias.size, 1), lo, hi, lsb, out.reshape(-1), *q.out_constants,
         q.seed(seed))  # fmt: skip
     return torch.from_numpy(out)
+
+
+def finish_split(acc_codes, mac: Mac, q: Quant, seed_w, seed_b):
+    """:func:`finish` of a weight-and-bias GEMM's codes (R, C + 1): (the
+    first C columns (R, C) with ``seed_w``, the last (R,) with ``seed_b``),
+    in one kernel call."""
+    rows, cols = acc_codes.shape[0], acc_codes.shape[1] - 1
+    out_w = np.empty((rows, cols), dtype=np.float32)
+    out_b = np.empty(rows, dtype=np.float32)
+    q.split_epilogue(acc_codes, mac.acc_constants[2], out_w, out_b, *q.out_constants,
+                     q.seed(seed_w), q.seed(seed_b))  # fmt: skip
+    return torch.from_numpy(out_w), torch.from_numpy(out_b)
 
 
 def bias_codes(b: torch.Tensor, plan: LayerPlan, seeds) -> np.ndarray | None:

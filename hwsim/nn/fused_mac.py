@@ -146,8 +146,7 @@ class FusedLinear(torch.autograd.Function):
             xb_op = _ones_column(x_op, g_op[2][0])
         if xb_op is not None:  # both in one GEMM: gw, then the batch sum as the last column
             acc = steps.gemm(mac, (g_op[0].T, g_op[1], g_op[2]), xb_op, mac.seed(seeds[12]))
-            gw = steps.finish(_contiguous(acc[:, :-1]), mac, plan.gw, sw)
-            gb = steps.finish(_contiguous(acc[:, -1]), mac, plan.gw, sb)
+            gw, gb = steps.finish_split(acc, mac, plan.gw, sw, sb)
         elif need[1]:
             acc = steps.gemm(mac, (g_op[0].T, g_op[1], g_op[2]), x_op, mac.seed(seeds[12]))
             gw = steps.finish(acc, mac, plan.gw, sw)
@@ -199,10 +198,6 @@ def _ones_column(x_op, g_top: int, axis: int = 1, in_place: bool = False):
     return cc, fl, (max(top, one), min(lo, 0), max(hi, one))
 
 
-def _contiguous(a):
-    return np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a.contiguous()
-
-
 def _config(mac, seed) -> GemmConfig:
     return GemmConfig(mac.acc, mac.product, mac.rounding, mac.overflow, seed, "numba")
 
@@ -252,8 +247,8 @@ class FusedConv2d(torch.autograd.Function):
             xb = _ones_column((cols[0], x_op[1], x_op[2]), g_op[2][0], axis=0)
         if xb is not None:  # both in one GEMM, the bias's position sums as the last column
             acc = _grad_weight((None, *xb[1:]), w_shape, g_op, stride, padding, cfg, xb[0][None])
-            gw = finish(_contiguous(acc[:, :-1]), plan.grad_weight, plan.gw, sw).reshape(w_shape)
-            gb = finish(_contiguous(acc[:, -1]), plan.grad_weight, plan.gw, sb)
+            gw, gb = steps.finish_split(acc, plan.grad_weight, plan.gw, sw, sb)
+            gw = gw.reshape(w_shape)
         elif need[1]:
             acc = _grad_weight(x_op, w_shape, g_op, stride, padding, cfg, cols)
             gw = finish(acc, plan.grad_weight, plan.gw, sw).reshape(w_shape)

@@ -148,6 +148,13 @@ def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
     return r.mul_(fmt.lsb).to(torch.float32)
 
 
+def finish_split(acc_codes, mac, q, seed_w, seed_b):
+    """:func:`finish` of a weight-and-bias GEMM's codes (R, C + 1): the
+    first C columns with ``seed_w``, the last with ``seed_b``."""
+    w = finish(acc_codes[:, :-1].contiguous(), mac, q, seed_w)
+    return w, finish(acc_codes[:, -1].contiguous(), mac, q, seed_b)
+
+
 def _finish(acc_codes, mac, q, seed, bias, finite) -> torch.Tensor:
     if bias is not None:
         shape = (1, -1) + (1,) * (acc_codes.dim() - 2)
