@@ -150,7 +150,15 @@ def finish(acc_codes, mac, q, seed, bias=None, inner=1) -> torch.Tensor:
 
 def finish_split(acc_codes, mac, q, seed_w, seed_b):
     """:func:`finish` of a weight-and-bias GEMM's codes (R, C + 1): the
-    first C columns with ``seed_w``, the last with ``seed_b``."""
+    first C columns with ``seed_w``, the last with ``seed_b``. One pass where
+    no noise or both noises are drawn already (:func:`noises`): element
+    (r, j) then rounds with the uniform its own pass would have taken."""
+    rows, cols = acc_codes.shape[0], acc_codes.shape[1] - 1
+    drawn = isinstance(seed_w, torch.Tensor) and isinstance(seed_b, torch.Tensor)
+    if drawn or not q.stochastic:
+        u = torch.cat([seed_w.view(rows, cols), seed_b.view(rows, 1)], dim=1) if drawn else None
+        out = finish(acc_codes, mac, q, u)
+        return out[:, :-1].contiguous(), out[:, -1].contiguous()
     w = finish(acc_codes[:, :-1].contiguous(), mac, q, seed_w)
     return w, finish(acc_codes[:, -1].contiguous(), mac, q, seed_b)
 
