@@ -144,6 +144,7 @@ PIECES = {  # the fused layers' steps: (where, name) -> label; "steps" is hwsim.
     ("fused_mac", "code_columns"): "conv columns formed in the backward pass",
     ("fused_mac", "_mac"): "conv bias-gradient GEMM (stochastic MAC rounding only)",
     ("steps", "finish"): "finishing pass (accumulator codes to the output)",
+    ("steps", "finish_split"): "finishing pass of a weight-and-bias GEMM (both)",
     ("steps", "codes"): "operand pass (a tensor to its MAC codes)",
     ("steps", "bias_codes"): "bias codes",
 }
