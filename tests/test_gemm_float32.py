@@ -30,7 +30,7 @@ def test_float32_blas_only_where_exact(k, a, b, dtype, where, monkeypatch):
     """A layer's 2-D GEMM runs in one kernel (``blas_codes_kernel``), a
     batched one through ``_blas_sums``: both on float32 only below 2^24."""
     used = []
-    real_sums, real_kernel = ng._blas_sums, ng.kg.blas_codes_kernel
+    real_sums, real_kernel = ng._blas_sums, ng.kb.blas_codes_kernel
 
     def spy(a3, b3, chunk, dtype=np.float64):
         used.append(dtype)
@@ -41,7 +41,7 @@ def test_float32_blas_only_where_exact(k, a, b, dtype, where, monkeypatch):
         return real_kernel(overflow, single)
 
     monkeypatch.setattr(ng, "_blas_sums", spy)
-    monkeypatch.setattr(ng.kg, "blas_codes_kernel", spy_kernel)
+    monkeypatch.setattr(ng.kb, "blas_codes_kernel", spy_kernel)
     ca = np.full((2, k), a, dtype=np.int64)
     ca[1] = -a  # a negative row: the sums' sign does not matter
     cb = np.full((k, 3), b, dtype=np.int64)

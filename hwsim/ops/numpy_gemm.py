@@ -10,6 +10,7 @@ import numpy as np
 
 from hwsim.errors import CodeOverflowError
 from hwsim.formats import MAX_WL, FloatingPoint
+from hwsim.kernels import blas_sums as kb
 from hwsim.kernels import gemm as kg
 from hwsim.kernels.jit import SERIAL_BELOW, SERIAL_BELOW_ELEMENTWISE, threads_for
 from hwsim.modes import Overflow
@@ -176,7 +177,7 @@ def float_wrap_fast(a, b, acc, product, path, values):
             shifted = True
         scaled = True
     out = np.empty((bt, m, n), dtype=np.float64 if values else np.int64)
-    run = kg.reduce_float_sums_kernel(int(Overflow.WRAP), scaled, shifted, values)
+    run = kb.reduce_float_sums_kernel(int(Overflow.WRAP), scaled, shifted, values)
     with threads_for(out.size):
         run(sums.reshape(-1), out.reshape(-1), scale, shift, acc.min_code, acc.max_code, acc.lsb)
     return squeeze_result(out.reshape(batch + (m, n)), squeeze)
@@ -256,11 +257,11 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
         # float32 BLAS where it is exact too: every partial sum an integer below 2^24
         single = chunk >= k and plan.max_product * k < EXACT_FLOAT32
         if chunk >= k and a3.shape[0] == 1 and m * n * k < SERIAL_BELOW:  # a layer's GEMM:
-            run = kg.blas_codes_kernel(int(overflow), single)  # one call, no batch
+            run = kb.blas_codes_kernel(int(overflow), single)  # one call, no batch
             run(a3[0], b3[0], out[0], plan.left_shift, acc.min_code, acc.max_code)
             return out
         sums = _blas_sums(a3, b3, chunk, np.float32 if single else np.float64)
-        kg.reduce_codes_kernel(int(overflow))(
+        kb.reduce_codes_kernel(int(overflow))(
             sums.reshape(-1), out.reshape(-1), plan.left_shift, acc.min_code, acc.max_code
         )
         return out
