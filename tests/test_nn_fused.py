@@ -66,17 +66,26 @@ def steps(make, precision, backend, fused: bool, monkeypatch):
             m.setattr(fused_mac, "fused_plan", lambda *args: None)
         torch.manual_seed(0)
         model = hnn.quantize_model(make(), precision, backend=backend)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
         gen = torch.Generator().manual_seed(1)
-        seen = []
-        for _ in range(3):
-            x = torch.rand((6, 1, 4, 4), generator=gen).requires_grad_(True)
-            opt.zero_grad()
-            out = model(x)
-            nn.functional.cross_entropy(out, torch.arange(6) % 3).backward()
-            seen += [out.detach(), x.grad] + [p.grad.clone() for p in model.parameters()]
-            opt.step()
-        return seen
+        inputs = [torch.rand((6, 1, 4, 4), generator=gen).requires_grad_(True) for _ in range(3)]
+        return train(
+            model, inputs, lambda out: nn.functional.cross_entropy(out, torch.arange(6) % 3), 0.1
+        )
+
+
+def train(model, inputs, loss, lr: float) -> list:
+    """SGD steps on ``inputs``: each step's output, input gradient (where the
+    input asks for one) and parameter gradients, for comparing two runs."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    seen = []
+    for x in inputs:
+        opt.zero_grad()
+        out = model(x)
+        loss(out).backward()
+        seen += [out.detach()] + ([x.grad] if x.requires_grad else [])
+        seen += [p.grad.clone() for p in model.parameters()]
+        opt.step()
+    return seen
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -14,7 +14,7 @@ from torch import nn
 
 import hwsim.nn as hnn
 from hwsim.nn import fused_mac
-from tests.test_nn_fused import BASE
+from tests.test_nn_fused import BASE, train
 
 VARIANTS = {
     "base": BASE,
@@ -53,18 +53,15 @@ def steps(precision, backend, kind, fused: bool, monkeypatch, columns: list):
             m.setattr(fused_mac, "fused_plan", lambda *args: None)
         torch.manual_seed(0)
         model = hnn.quantize_model(build(), precision, backend=backend)
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
         gen = torch.Generator().manual_seed(2)
-        seen = []
-        for _ in range(3):
-            x = torch.rand(shape, generator=gen) * 6 - 2  # past 1.0; the hidden layer's below
-            opt.zero_grad()
-            out = model(x)
-            weights = torch.linspace(-40, 40, out.numel()).reshape(out.shape)
-            (out * weights).sum().backward()
-            seen += [out.detach()] + [p.grad.clone() for p in model.parameters()]
-            opt.step()
-        return seen
+        # past 1.0; the hidden layer's below
+        inputs = [torch.rand(shape, generator=gen) * 6 - 2 for _ in range(3)]
+        return train(model, inputs, weighted_sum, 0.5)
+
+
+def weighted_sum(out):
+    """A loss whose gradients are large enough to saturate narrow accumulators."""
+    return (out * torch.linspace(-40, 40, out.numel()).reshape(out.shape)).sum()
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))

@@ -26,7 +26,7 @@ from hwsim.nn.functional import (
     operand,
 )
 from hwsim.ops import conv2d_on_codes
-from hwsim.ops.im2col import zero_pad
+from hwsim.ops.im2col import code_columns
 
 
 def _conv(x_op, w_op, stride, pads, cfg: GemmConfig, columns: bool = False):
@@ -178,22 +178,10 @@ def _grad_weight(x_op, w_shape, g_op, stride, padding, cfg: GemmConfig, cols=Non
     cx, fx, sx = x_op
     g, fg, sg = g_op
     n, o, ho, wo = g.shape
-    _, c, kh, kw = w_shape
-    sh, sw = stride
-    ph, pw = padding
-    if cols is not None and cols.shape[0] == 1:
-        cols = cols[0].T  # (N*Ho*Wo, C*kh*kw), a view
-        gm = _channels_first(g).reshape(o, n * ho * wo)
-    elif _is_numpy(cx):
-        xp = zero_pad(cx, ph, ph, pw, pw)
-        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
-        cols = win[:, :, ::sh, ::sw][:, :, :ho, :wo]  # (N, C, Ho, Wo, kh, kw)
-        cols = cols.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-        gm = np.ascontiguousarray(g.transpose(1, 0, 2, 3).reshape(o, n * ho * wo))
-    else:
-        xp = F.pad(cx, (pw, pw, ph, ph))
-        cols = xp.unfold(2, kh, sh).unfold(3, kw, sw)[:, :, :ho, :wo]  # (N, C, Ho, Wo, kh, kw)
-        cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-        gm = g.permute(1, 0, 2, 3).reshape(o, n * ho * wo).contiguous()
+    if cols is None or cols.shape[0] != 1:
+        ph, pw = padding
+        shape = np.broadcast_to(np.int8(0), tuple(w_shape))  # im2col reads w's shape only
+        cols, _ = code_columns(cx, shape, stride, (ph, ph, pw, pw), True, sx)
+    gm = _channels_first(g).reshape(o, n * ho * wo)
     # padding adds zero codes, unfolding repeats codes: the stats still hold
-    return _mac((gm, fg, sg), (cols, fx, sx), cfg)
+    return _mac((gm, fg, sg), (cols[0].T, fx, sx), cfg)  # (N Ho Wo, C kh kw): a view

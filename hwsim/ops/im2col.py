@@ -87,12 +87,3 @@ def _padded(x, pads, dtype) -> np.ndarray:
     inner = x[:, :, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
     out[:, :, t : t + inner.shape[2], lf : lf + inner.shape[3]] = inner
     return out
-
-
-def zero_pad(a: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """``np.pad`` with zeros of the last two axes (pads >= 0), without its
-    per-call overhead (a conv layer pads codes several times a step)."""
-    h, w = a.shape[-2:]
-    out = np.zeros(a.shape[:-2] + (h + top + bottom, w + left + right), dtype=a.dtype)
-    out[..., top : top + h, left : left + w] = a
-    return out

@@ -11,7 +11,7 @@ import numpy as np
 from hwsim.kernels import gemm_mac
 from hwsim.kernels.jit import SERIAL_BELOW, threads_for
 from hwsim.modes import Overflow, Rounding
-from hwsim.plan.gemm import narrow_ok, plan_gemm
+from hwsim.plan.gemm import code_ranges, narrow_ok, plan_gemm, products_nonneg
 
 
 def implicit_conv(cx, fx, cw, fw, stride, pads, out_shape, acc, product, rounding, overflow,
@@ -26,7 +26,7 @@ def implicit_conv(cx, fx, cw, fw, stride, pads, out_shape, acc, product, roundin
         return None
     if path not in ("auto", "sequential") or cx.size == 0 or cw.size == 0:
         return None
-    nonneg = (sx[1] >= 0 and sw[1] >= 0) or (sx[2] <= 0 and sw[2] <= 0)
+    nonneg = products_nonneg(sw, sx)
     plan = plan_gemm(fw, fx, int(sw[0]), int(sx[0]), nonneg, acc, product, overflow)
     blas = plan.fast_wrap if overflow == Overflow.WRAP else plan.fast_saturate_limit >= 0
     if (blas and path == "auto") or narrow_ok(plan):
@@ -34,8 +34,7 @@ def implicit_conv(cx, fx, cw, fw, stride, pads, out_shape, acc, product, roundin
     p = product if product is not None else acc
     depth = cw[0].size
     key = gemm_mac.choose(
-        (min(int(sw[1]), 0), max(int(sw[2]), 0)),
-        (min(int(sx[1]), 0), max(int(sx[2]), 0)),
+        *code_ranges(sw, sx),
         depth,
         product is not None,
         int(rounding),

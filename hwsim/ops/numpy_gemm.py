@@ -20,10 +20,12 @@ from hwsim.plan.gemm import (
     blas_code_sums,
     broadcast_operands,
     check_grid_span,
+    code_ranges,
     fast_chunk,
     float_sum_upper,
     narrow_ok,
     plan_gemm,
+    products_nonneg,
     seed_bits,
     squeeze_result,
     use_fast_path,
@@ -158,7 +160,7 @@ def float_wrap_fast(a, b, acc, product, path, values):
     fa_arr, fb_arr, squeeze, batch = broadcast_operands(fa_arr, fb_arr, np)
     m, k = fa_arr.shape[-2:]
     n = fb_arr.shape[-1]
-    nonneg = (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
+    nonneg = products_nonneg(sa, sb)
     plan = plan_gemm(fa, fb, sa[0], sb[0], nonneg, acc, product, Overflow.WRAP)
     if not use_fast_path(plan, path, k, Overflow.WRAP, None):
         return None
@@ -240,7 +242,7 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
     sa, sb = stats  # read from the operands as given: broadcasting repeats, adds no code
     sa = (0, 0, 0) if empty else sa or kg.code_stats(np.ascontiguousarray(ca).reshape(-1))
     sb = (0, 0, 0) if empty else sb or kg.code_stats(np.ascontiguousarray(cb).reshape(-1))
-    nonneg = (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
+    nonneg = products_nonneg(sa, sb)
     plan = plan_gemm(fa, fb, int(sa[0]), int(sb[0]), nonneg, acc, product, overflow)
     out = np.empty((a3.shape[0], m, n), dtype=np.int64)
 
@@ -278,7 +280,7 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
     else:
         run = kg.sequential_gemm_kernel(int(rounding), int(overflow), product is not None)
         p = product if product is not None else acc
-        ranges = tuple((min(int(s[1]), 0), max(int(s[2]), 0)) for s in (sa, sb))
+        ranges = code_ranges(sa, sb)
         run(
             a3,
             b3,

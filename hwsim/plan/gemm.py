@@ -61,6 +61,18 @@ class GemmPlan(NamedTuple):
         return self.max_product * 2.0**-self.acc_shift + 1
 
 
+def products_nonneg(sa, sb) -> bool:
+    """Whether every product of two operands with stats (max |code|, min,
+    max) is >= 0 (both nonnegative or both nonpositive)."""
+    return (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
+
+
+def code_ranges(sa, sb) -> tuple:
+    """((min, max) of a, of b), 0 included, from the operands' stats: what the
+    MAC kernels' variant choice (``gemm_mac.choose``) takes."""
+    return tuple((min(int(s[1]), 0), max(int(s[2]), 0)) for s in (sa, sb))
+
+
 def plan_gemm(
     fa: int,
     fb: int,

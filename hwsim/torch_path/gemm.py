@@ -28,6 +28,7 @@ from hwsim.plan.gemm import (
     fast_chunk,
     float_sum_upper,
     plan_gemm,
+    products_nonneg,
     squeeze_result,
     thin_product,
     use_fast_path,
@@ -115,7 +116,7 @@ def batched_gemm(
     if a3.numel() and b3.numel() and sa is not None and sb is not None:
         # read from the operands as given: broadcasting repeats, adds no code
         max_a, max_b = sa[0], sb[0]
-        nonneg = (sa[1] >= 0 and sb[1] >= 0) or (sa[2] <= 0 and sb[2] <= 0)
+        nonneg = products_nonneg(sa, sb)
     else:
         max_a = int(a3.abs().max()) if a3.numel() else 0
         max_b = int(b3.abs().max()) if b3.numel() else 0
