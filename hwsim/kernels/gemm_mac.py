@@ -39,7 +39,7 @@ from llvmlite import ir as llvm_ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from hwsim.kernels.jit import kernel, prange, serial_and_parallel
+from hwsim.kernels.jit import kernel, prange, serial_and_parallel, widest_vectors
 from hwsim.kernels.scalar import (
     FLOOR,
     NEAREST,
@@ -221,7 +221,8 @@ def mac_kernel(*key):
             for j in range(cols):
                 out[b, i, j] = stored(acc[j], c_min, c_max)
 
-    return serial_and_parallel(run)
+    kernels = serial_and_parallel(run)
+    return widest_vectors(*kernels) if key[1] == STOCHASTIC else kernels
 
 
 @functools.cache

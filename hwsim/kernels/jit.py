@@ -18,7 +18,9 @@ import hashlib
 import sys
 import types
 
+import llvmlite.binding as llvm
 import numba
+from numba.core.compiler_lock import global_compiler_lock
 
 JIT_FLAGS = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
@@ -64,6 +66,29 @@ def serial_and_parallel(fn):
     )
     twin.__qualname__ = f"{fn.__qualname__}_parallel"
     return kernel(fn), parallel_kernel(twin)
+
+
+def widest_vectors(*dispatchers):
+    """Compile ``dispatchers`` with LLVM's loop vectorizer choosing its vector
+    factor from the narrowest type in a loop, not the widest
+    (``-vectorizer-maximize-bandwidth``, set only while they compile, under
+    Numba's compiler lock). For loops that mix int16 lanes with 64-bit
+    counter-hash arithmetic: by default the 64-bit type caps the factor at 4
+    on 256-bit vectors and the int16 work runs a quarter full. The option
+    changes only how a loop is vectorized, never what it computes."""
+    for dispatcher in dispatchers:
+        compile_ = dispatcher.compile
+
+        def compile_widest(sig, compile_=compile_):
+            with global_compiler_lock:
+                llvm.set_option("", "-vectorizer-maximize-bandwidth=true")
+                try:
+                    return compile_(sig)
+                finally:
+                    llvm.set_option("", "-vectorizer-maximize-bandwidth=false")
+
+        dispatcher.compile = compile_widest
+    return dispatchers
 
 
 def source_salt(*modules) -> int:
