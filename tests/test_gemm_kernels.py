@@ -199,6 +199,23 @@ def test_lane_choice_follows_the_bounds():
     assert gemm_mac.choose(fx86, fx86, 4, *left)[1] == FLOOR
 
 
+def test_variant_widens_the_ranges_to_powers_of_two():
+    """The drivers' cached lookup (``variant``) chooses for the ranges
+    widened to [-2^p, 2^q - 1], a superset: operands a few codes apart
+    share one key, and a range past a lane's edge still leaves that lane."""
+    assert gemm_mac._widen((-128, 127)) == (-128, 127)
+    assert gemm_mac._widen((-129, 128)) == (-256, 255)
+    assert gemm_mac._widen((-1, 1)) == (-1, 1)
+    assert gemm_mac._widen((0, 0)) == (0, 0)
+    acc = FixedPoint(16, 8)
+    args = (False, NEAREST, SATURATE, (0, 4), (0, 0, acc.min_code, acc.max_code))
+    key = gemm_mac.variant((-100, 90), (-3, 120), 64, *args)
+    assert key == gemm_mac.choose((-128, 127), (-4, 127), 64, *args)
+    assert key[0] == 16
+    # |a b| + 2^3 past 2^15 once a range crosses 128: int32 lanes
+    assert gemm_mac.variant((-129, 127), (-128, 127), 64, *args)[0] == 32
+
+
 @pytest.mark.parametrize("rounding", sorted(ROUNDINGS))
 @pytest.mark.parametrize("overflow", sorted(OVERFLOWS))
 @pytest.mark.parametrize("operand_bits", [8, 22])

@@ -53,8 +53,9 @@ from hwsim.plan.gemm import thin_product
 def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
     """kernel(A, B, out, p_shift, p_min, p_max, c_shift, c_min, c_max, seed) -> None
 
-    A: (Bt, M, K), B: (Bt, K, N) integer codes (int64, or narrower), out:
-    (Bt, M, N) int64, all C-contiguous.
+    A: (Bt, M, K), B: (Bt, K, N) integer codes (int64, or narrower; any
+    strides: each kernel takes the layout it reads, copying only where it
+    must), out: (Bt, M, N) int64, C-contiguous.
     A dispatcher: from the operands' code ranges it picks a specialised
     ``hwsim.kernels.gemm_mac.mac_kernel`` (int16/int32 lanes where they are proven
     to suffice, shift directions and skipped overflow checks as compile-time
@@ -71,7 +72,7 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
                 _, b_lo, b_hi = code_stats(B.reshape(-1))
             else:
                 (a_lo, a_hi), (b_lo, b_hi) = ranges
-            key = gemm_mac.choose(
+            key = gemm_mac.variant(
                 (int(a_lo), int(a_hi)),
                 (int(b_lo), int(b_hi)),
                 A.shape[2],
@@ -83,8 +84,8 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
             )
         if key is None:
             generic_gemm_kernel(rounding, overflow, has_product)(
-                A.astype(np.int64, copy=False),
-                B.astype(np.int64, copy=False),
+                np.ascontiguousarray(A, dtype=np.int64),
+                np.ascontiguousarray(B, dtype=np.int64),
                 out,
                 p_shift,
                 p_min,
@@ -96,18 +97,18 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
             )
             return
         lane = gemm_mac.LANES[key[0]]
-        args = (p_shift, p_min, p_max, c_shift, c_min, c_max, np.uint64(seed))
         kernels = gemm_mac.mac_kernel(*key)
         rows, cols = A.shape[1], B.shape[2]
+        consts = (p_shift, p_min, p_max, c_shift, c_min, c_max, np.uint64(seed))
         if thin_product(rows, cols):  # the same noise too: the counter steps below
             At = np.ascontiguousarray(B.transpose(0, 2, 1), dtype=lane)
             Bt = np.ascontiguousarray(A.transpose(0, 2, 1), dtype=lane)
             out_t = np.empty((A.shape[0], cols, rows), dtype=np.int64)
-            _by_size(kernels, At, Bt)(At, Bt, out_t, *args, 1, cols)
+            _by_size(kernels, At, Bt)(At, Bt, out_t, *consts, 1, cols)
             out[...] = out_t.transpose(0, 2, 1)
             return
-        A, B = A.astype(lane, copy=False), B.astype(lane, copy=False)
-        _by_size(kernels, A, B)(A, B, out, *args, cols, 1)
+        A, B = np.ascontiguousarray(A, dtype=lane), np.ascontiguousarray(B, dtype=lane)
+        _by_size(kernels, A, B)(A, B, out, *consts, cols, 1)
 
     return run
 

@@ -333,6 +333,29 @@ def choose(a_range, b_range, depth, has_product, rounding, overflow, shifts, bou
     return None
 
 
+def variant(a_range, b_range, depth, has_product, rounding, overflow, shifts, bounds):
+    """:func:`choose` for the operands' ranges widened to powers of two
+    (``[-2^p, 2^q - 1]``, 0 included), looked up in a cache. ``choose`` is
+    monotone in the ranges: a variant proven exact for wider ones is exact
+    for the operands' own, so the widening keeps every bit, and the calls
+    of a training loop, whose ranges move a little from step to step, share
+    one interval computation."""
+    return _choose_widened(
+        _widen(a_range), _widen(b_range), depth, has_product, rounding, overflow, shifts, bounds
+    )
+
+
+def _widen(code_range):
+    lo, hi = code_range
+    return (
+        -(1 << (-lo - 1).bit_length()) if lo < 0 else 0,
+        (1 << hi.bit_length()) - 1 if hi > 0 else 0,
+    )
+
+
+_choose_widened = functools.lru_cache(maxsize=4096)(choose)
+
+
 @functools.cache
 def implicit_conv_kernel(*key):
     """(serial, parallel) kernel(W, xt, out, top, left, sh, p_shift, p_min,

@@ -33,7 +33,7 @@ def implicit_conv(cx, fx, cw, fw, stride, pads, out_shape, acc, product, roundin
         return None
     p = product if product is not None else acc
     depth = cw[0].size
-    key = gemm_mac.choose(
+    key = gemm_mac.variant(
         *code_ranges(sw, sx),
         depth,
         product is not None,

@@ -267,11 +267,10 @@ def _gemm_numpy(a, b, fa, fb, acc, product, rounding, overflow, seed, path, stat
             sums.reshape(-1), out.reshape(-1), plan.left_shift, acc.min_code, acc.max_code
         )
         return out
-    a3, b3 = np.ascontiguousarray(a3), np.ascontiguousarray(b3)
     if narrow_ok(plan):
         run = kg.narrow_gemm_kernel(int(overflow))
         run(
-            a3.astype(np.int32),
+            np.ascontiguousarray(a3, dtype=np.int32),
             np.left_shift(b3, -plan.acc_shift, dtype=np.int64).astype(np.int32),  # b3 may be int32
             out,
             acc.min_code,
