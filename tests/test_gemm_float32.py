@@ -59,3 +59,34 @@ def test_float32_blas_only_where_exact(k, a, b, dtype, where, monkeypatch):
         [sum(int(x) * int(y) for x, y in zip(row, col, strict=True)) for col in cb.T] for row in ca
     ]
     assert got.tolist() == want
+
+
+@pytest.mark.parametrize("single", [True, False])
+@pytest.mark.parametrize("a_order", ["rows", "columns", "strided"])
+@pytest.mark.parametrize("b_order", ["rows", "columns", "strided"])
+def test_blas_codes_kernel_reads_any_memory_order(single, a_order, b_order):
+    """The one-call BLAS kernel takes its operands as they lie (a layer's
+    transposed weight view, a conv's transposed columns, a strided slice)
+    and gives the exact integer sums, on a non-square shape that a
+    transposed read would get wrong."""
+    from hwsim.kernels.blas_sums import blas_codes_kernel
+
+    rng = np.random.default_rng(len(a_order) * 7 + len(b_order))
+    top = 60 if single else 40000
+
+    def laid(shape, order):
+        x = rng.integers(-top, top + 1, size=shape, dtype=np.int64)
+        if order == "columns":
+            return x, np.ascontiguousarray(x.T).T
+        if order == "strided":
+            wide = np.zeros((shape[0], 2 * shape[1]), dtype=np.int32)
+            wide[:, ::2] = x
+            return x, wide[:, ::2]
+        return x, x.astype(np.int32)
+
+    a, a_laid = laid((5, 37), a_order)
+    b, b_laid = laid((37, 11), b_order)
+    out = np.empty((5, 11), dtype=np.int64)
+    blas_codes_kernel(int(Overflow.SATURATE), single)(a_laid, b_laid, out, 2, -(2**62), 2**62)
+    want = [[sum(int(x) * int(y) for x, y in zip(r, c, strict=True)) << 2 for c in b.T] for r in a]
+    assert out.tolist() == want
