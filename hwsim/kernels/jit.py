@@ -15,6 +15,7 @@ Compilation is lazy (no signatures here), so importing hwsim compiles nothing.
 from __future__ import annotations
 
 import hashlib
+import platform
 import sys
 import types
 
@@ -75,7 +76,12 @@ def widest_vectors(*dispatchers):
     Numba's compiler lock). For loops that mix int16 lanes with 64-bit
     counter-hash arithmetic: by default the 64-bit type caps the factor at 4
     on 256-bit vectors and the int16 work runs a quarter full. The option
-    changes only how a loop is vectorized, never what it computes."""
+    changes only how a loop is vectorized, never what it computes. x86 only,
+    where the option's default (false) is the target's own: elsewhere,
+    setting it back to false would override the target's preference for
+    every kernel compiled afterwards."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return dispatchers
     for dispatcher in dispatchers:
         compile_ = dispatcher.compile
 
