@@ -14,7 +14,7 @@ from naive_gemm import mac_gemm
 
 from hwsim import FixedPoint
 from hwsim.kernels import gemm as kg
-from hwsim.kernels import gemm_mac
+from hwsim.kernels import gemm_mac, mac_variant
 from hwsim.kernels.scalar import (
     FLOOR,
     NEAREST,
@@ -86,7 +86,7 @@ def run_kernel(factory, a, b, fa, fb, acc, product, rounding, overflow, seed):
 def chosen(a, b, fa, fb, acc, product, rounding, overflow):
     p = product if product is not None else acc
     fl_in = product.fl if product is not None else fa + fb
-    return gemm_mac.choose(
+    return mac_variant.choose(
         (int(a.min()), int(a.max())),
         (int(b.min()), int(b.max())),
         a.shape[2],
@@ -125,7 +125,7 @@ def test_lane_choice_follows_the_bounds():
     fx86 = (-128, 127)
     acc = FixedPoint(16, 8)
     args = (False, NEAREST, SATURATE, (0, 4), (0, 0, acc.min_code, acc.max_code))
-    key = gemm_mac.choose(fx86, fx86, 512, *args)
+    key = mac_variant.choose(fx86, fx86, 512, *args)
     # fx8.6 x fx8.6 into fx16.8: int16 lanes (|a b| + 2^3 < 2^15), products
     # need no term clamp, the running sum can saturate, and fx16's range is
     # the lane's own (the saturating lane add alone)
@@ -133,32 +133,32 @@ def test_lane_choice_follows_the_bounds():
         16,
         NEAREST,
         SATURATE,
-        gemm_mac.STAGE_NONE,
+        mac_variant.STAGE_NONE,
         False,
-        gemm_mac.STAGE_RIGHT,
+        mac_variant.STAGE_RIGHT,
         False,
-        gemm_mac.ACC_LANE_SATURATES,
+        mac_variant.ACC_LANE_SATURATES,
     )
     # a narrower accumulator: the lane add, then the format's clamp
     acc12 = FixedPoint(12, 8)
     narrow = (False, NEAREST, SATURATE, (0, 4), (0, 0, acc12.min_code, acc12.max_code))
-    assert gemm_mac.choose(fx86, fx86, 512, *narrow)[-1] == 1
+    assert mac_variant.choose(fx86, fx86, 512, *narrow)[-1] == 1
     # depth 2 cannot leave fx16.8: the per-add clamp is dropped
-    assert gemm_mac.choose(fx86, fx86, 2, *args)[-1] == 0
+    assert mac_variant.choose(fx86, fx86, 2, *args)[-1] == 0
     # an accumulator past int16: int32 lanes
     acc24 = FixedPoint(24, 8)
     wide = (False, NEAREST, SATURATE, (0, 4), (0, 0, acc24.min_code, acc24.max_code))
-    assert gemm_mac.choose(fx86, fx86, 512, *wide)[0] == 32
+    assert mac_variant.choose(fx86, fx86, 512, *wide)[0] == 32
     # a wide accumulator the bounds prove never saturates: narrow lanes, no checks
     acc32 = FixedPoint(32, 20)
     wide32 = (False, NEAREST, SATURATE, (0, 4), (0, 0, acc32.min_code, acc32.max_code))
-    assert gemm_mac.choose((-12335, 13341), (-1396, 1616), 64, *wide32) == (
+    assert mac_variant.choose((-12335, 13341), (-1396, 1616), 64, *wide32) == (
         32,
         NEAREST,
         SATURATE,
-        gemm_mac.STAGE_NONE,
+        mac_variant.STAGE_NONE,
         False,
-        gemm_mac.STAGE_RIGHT,
+        mac_variant.STAGE_RIGHT,
         False,
         0,
     )
@@ -166,23 +166,23 @@ def test_lane_choice_follows_the_bounds():
     # unsigned 32-bit accumulator clamps negative terms at 0 and 2^32 - 1
     uacc = FixedPoint(32, 0, False)
     unsigned = (False, NEAREST, SATURATE, (0, 0), (0, 0, uacc.min_code, uacc.max_code))
-    key = gemm_mac.choose(fx86, fx86, 4, *unsigned)
+    key = mac_variant.choose(fx86, fx86, 4, *unsigned)
     assert key[0] == 64 and key[-2] is True
     # products past 2^31: int64 lanes
     big = (-(2**20), 2**20)
-    assert gemm_mac.choose(big, big, 8, *args)[0] == 64
+    assert mac_variant.choose(big, big, 8, *args)[0] == 64
     # a rounding offset that would leave int64: no variant, the generic kernel
     huge = (-(2**31), 2**31)
     acc62 = FixedPoint(62, 0)
     assert (
-        gemm_mac.choose(
+        mac_variant.choose(
             huge, huge, 8, False, NEAREST, SATURATE, (0, 62), (0, 0, acc62.min_code, acc62.max_code)
         )
         is None
     )
     # stochastic shifts past 53 bits: the generic kernel (float comparison)
     assert (
-        gemm_mac.choose(
+        mac_variant.choose(
             big,
             big,
             8,
@@ -196,24 +196,24 @@ def test_lane_choice_follows_the_bounds():
     )
     # no stage rounds: every rounding mode shares one variant
     left = (False, STOCHASTIC, WRAP, (0, -2), (0, 0, acc.min_code, acc.max_code))
-    assert gemm_mac.choose(fx86, fx86, 4, *left)[1] == FLOOR
+    assert mac_variant.choose(fx86, fx86, 4, *left)[1] == FLOOR
 
 
 def test_variant_widens_the_ranges_to_powers_of_two():
     """The drivers' cached lookup (``variant``) chooses for the ranges
     widened to [-2^p, 2^q - 1], a superset: operands a few codes apart
     share one key, and a range past a lane's edge still leaves that lane."""
-    assert gemm_mac._widen((-128, 127)) == (-128, 127)
-    assert gemm_mac._widen((-129, 128)) == (-256, 255)
-    assert gemm_mac._widen((-1, 1)) == (-1, 1)
-    assert gemm_mac._widen((0, 0)) == (0, 0)
+    assert mac_variant._widen((-128, 127)) == (-128, 127)
+    assert mac_variant._widen((-129, 128)) == (-256, 255)
+    assert mac_variant._widen((-1, 1)) == (-1, 1)
+    assert mac_variant._widen((0, 0)) == (0, 0)
     acc = FixedPoint(16, 8)
     args = (False, NEAREST, SATURATE, (0, 4), (0, 0, acc.min_code, acc.max_code))
-    key = gemm_mac.variant((-100, 90), (-3, 120), 64, *args)
-    assert key == gemm_mac.choose((-128, 127), (-4, 127), 64, *args)
+    key = mac_variant.variant((-100, 90), (-3, 120), 64, *args)
+    assert key == mac_variant.choose((-128, 127), (-4, 127), 64, *args)
     assert key[0] == 16
     # |a b| + 2^3 past 2^15 once a range crosses 128: int32 lanes
-    assert gemm_mac.variant((-129, 127), (-128, 127), 64, *args)[0] == 32
+    assert mac_variant.variant((-129, 127), (-128, 127), 64, *args)[0] == 32
 
 
 @pytest.mark.parametrize("rounding", sorted(ROUNDINGS))

@@ -31,7 +31,7 @@ import functools
 
 import numpy as np
 
-from hwsim.kernels import gemm_mac
+from hwsim.kernels import gemm_mac, mac_variant
 from hwsim.kernels.jit import (
     SERIAL_BELOW,
     kernel,
@@ -72,7 +72,7 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
                 _, b_lo, b_hi = code_stats(B.reshape(-1))
             else:
                 (a_lo, a_hi), (b_lo, b_hi) = ranges
-            key = gemm_mac.variant(
+            key = mac_variant.variant(
                 (int(a_lo), int(a_hi)),
                 (int(b_lo), int(b_hi)),
                 A.shape[2],
@@ -96,7 +96,7 @@ def sequential_gemm_kernel(rounding: int, overflow: int, has_product: bool):
                 seed,
             )
             return
-        lane = gemm_mac.LANES[key[0]]
+        lane = mac_variant.LANES[key[0]]
         kernels = gemm_mac.mac_kernel(*key)
         rows, cols = A.shape[1], B.shape[2]
         consts = (p_shift, p_min, p_max, c_shift, c_min, c_max, np.uint64(seed))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hwsim.kernels import gemm_mac
+from hwsim.kernels import gemm_mac, mac_variant
 from hwsim.kernels.jit import SERIAL_BELOW, threads_for
 from hwsim.modes import Overflow, Rounding
 from hwsim.plan.gemm import code_ranges, narrow_ok, plan_gemm, products_nonneg
@@ -33,7 +33,7 @@ def implicit_conv(cx, fx, cw, fw, stride, pads, out_shape, acc, product, roundin
         return None
     p = product if product is not None else acc
     depth = cw[0].size
-    key = gemm_mac.variant(
+    key = mac_variant.variant(
         *code_ranges(sw, sx),
         depth,
         product is not None,
@@ -44,7 +44,7 @@ def implicit_conv(cx, fx, cw, fw, stride, pads, out_shape, acc, product, roundin
     )
     if key is None:
         return None
-    lane = gemm_mac.LANES[key[0]]
+    lane = mac_variant.LANES[key[0]]
     n, o, ho, wo = out_shape
     out = np.empty((o, ho, wo, n), dtype=np.int64)
     xt = np.ascontiguousarray(cx.transpose(1, 2, 3, 0), dtype=lane)

@@ -69,7 +69,7 @@ def products_nonneg(sa, sb) -> bool:
 
 def code_ranges(sa, sb) -> tuple:
     """((min, max) of a, of b), 0 included, from the operands' stats: what the
-    MAC kernels' variant choice (``gemm_mac.choose``) takes."""
+    MAC kernels' variant choice (``mac_variant.choose``) takes."""
     return tuple((min(int(s[1]), 0), max(int(s[2]), 0)) for s in (sa, sb))
 
 
