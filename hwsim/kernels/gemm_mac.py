@@ -222,7 +222,7 @@ def mac_kernel(*key):
                 out[b, i, j] = stored(acc[j], c_min, c_max)
 
     kernels = serial_and_parallel(run)
-    return widest_vectors(*kernels) if key[1] == STOCHASTIC else kernels
+    return tuple(map(widest_vectors, kernels)) if key[1] == STOCHASTIC else kernels
 
 
 @functools.cache

@@ -69,32 +69,32 @@ def serial_and_parallel(fn):
     return kernel(fn), parallel_kernel(twin)
 
 
-def widest_vectors(*dispatchers):
-    """Compile ``dispatchers`` with LLVM's loop vectorizer choosing its vector
+def widest_vectors(dispatcher):
+    """``dispatcher``, compiled with LLVM's loop vectorizer choosing its vector
     factor from the narrowest type in a loop, not the widest
-    (``-vectorizer-maximize-bandwidth``, set only while they compile, under
-    Numba's compiler lock). For loops that mix int16 lanes with 64-bit
-    counter-hash arithmetic: by default the 64-bit type caps the factor at 4
-    on 256-bit vectors and the int16 work runs a quarter full. The option
-    changes only how a loop is vectorized, never what it computes. x86 only,
-    where the option's default (false) is the target's own: elsewhere,
-    setting it back to false would override the target's preference for
-    every kernel compiled afterwards."""
+    (``-vectorizer-maximize-bandwidth``, set only while it compiles, under
+    Numba's compiler lock). For loops that mix narrow data (int16/int32
+    lanes, float32 tensors) with 64-bit arithmetic (the counter hash,
+    float64 rounding, int64 codes): by default the 64-bit type caps the
+    factor at 4 on 256-bit vectors and the narrow work runs a quarter or half
+    full. The option changes only how a loop is vectorized, never what it
+    computes. x86 only, where the option's default (false) is the target's
+    own: elsewhere, setting it back to false would override the target's
+    preference for every kernel compiled afterwards."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return dispatchers
-    for dispatcher in dispatchers:
-        compile_ = dispatcher.compile
+        return dispatcher
+    compile_ = dispatcher.compile
 
-        def compile_widest(sig, compile_=compile_):
-            with global_compiler_lock:
-                llvm.set_option("", "-vectorizer-maximize-bandwidth=true")
-                try:
-                    return compile_(sig)
-                finally:
-                    llvm.set_option("", "-vectorizer-maximize-bandwidth=false")
+    def compile_widest(sig):
+        with global_compiler_lock:
+            llvm.set_option("", "-vectorizer-maximize-bandwidth=true")
+            try:
+                return compile_(sig)
+            finally:
+                llvm.set_option("", "-vectorizer-maximize-bandwidth=false")
 
-        dispatcher.compile = compile_widest
-    return dispatchers
+    dispatcher.compile = compile_widest
+    return dispatcher
 
 
 def source_salt(*modules) -> int:

@@ -19,7 +19,9 @@ the same:
   accumulator's grid (``_add_bias_codes``).
 
 Modes are compile-time constants, as in ``hwsim.kernels.quantize``. Serial:
-a layer's tensors are small, and the caller runs between torch ops.
+a layer's tensors are small, and the caller runs between torch ops. Each
+compiles with ``jit.widest_vectors``: float32 tensors and int32 codes next to
+float64 rounding and the 64-bit counter hash.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import math
 
 import numpy as np
 
-from hwsim.kernels.jit import kernel
+from hwsim.kernels.jit import kernel, widest_vectors
 from hwsim.kernels.scalar import apply_overflow, counter_uniform, value_to_code
 
 
@@ -69,7 +71,7 @@ def operand_kernel(rounding: int, overflow: int, seeded: bool):
             hi = max(hi, c)
         return bad, ors, lo, hi
 
-    return run
+    return widest_vectors(run)
 
 
 @functools.cache
@@ -125,7 +127,7 @@ def epilogue_kernel(acc_overflow: int, has_bias: bool, rounding: int, overflow: 
                     out[i] = value(c, i, acc_lsb, k, inv_scale, seed)
                 ch = ch + 1 if ch + 1 < count else 0
 
-    return run
+    return widest_vectors(run)
 
 
 @functools.cache
@@ -162,7 +164,7 @@ def split_epilogue_kernel(rounding: int, overflow: int, seeded: bool):
                 out_w[r, j] = value(line[j], r * cols + j, acc_lsb, k, inv_scale, seed_w)
             out_b[r] = value(line[cols], r, acc_lsb, k, inv_scale, seed_b)
 
-    return run
+    return widest_vectors(run)
 
 
 @functools.cache
@@ -186,4 +188,4 @@ def bias_kernel(w_rounding: int, w_seeded: bool, a_rounding: int, a_seeded: bool
             codes[i] = noisy_code(v, i, a_k, a_rounding, overflow, a_seed, a_seeded)
         return bad
 
-    return run
+    return widest_vectors(run)
