@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from hwsim.kernels.jit import parallel_kernel, prange, serial_and_parallel
+from hwsim.kernels.jit import parallel_kernel, prange, serial_and_parallel, widest_vectors
 from hwsim.kernels.scalar import counter_uniform, value_to_code
 
 NOISE_NONE, NOISE_ARRAY, NOISE_SEED = 0, 1, 2
@@ -48,7 +48,7 @@ def quantize_kernel(rounding: int, overflow: int, noise_mode: int, to_codes: boo
                 out[i] = c * inv_scale
         return bad
 
-    return run
+    return widest_vectors(run)
 
 
 @parallel_kernel
