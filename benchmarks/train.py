@@ -130,8 +130,8 @@ def main() -> None:
         w0, c0 = wall["float torch"], cpu["float torch"]
         for name in fns:
             print(
-                f"{name:<38} {wall[name]:9.3f} {wall[name] / w0:8.1f} "
-                f"{cpu[name]:8.3f} {cpu[name] / c0:8.1f}"
+                f"{name:<38} {wall[name]:9.4f} {wall[name] / w0:8.2f} "
+                f"{cpu[name]:8.4f} {cpu[name] / c0:8.2f}"
             )
 
 
