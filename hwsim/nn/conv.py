@@ -94,7 +94,9 @@ class MACConv2dFunction(torch.autograd.Function):
             if grad_weight.accumulator is None:
                 gw = torch.nn.grad.conv2d_weight(x, w.shape, grad, stride, padding)
             else:
-                gw = _grad_weight(ctx.operands[0], w.shape, g_op, stride, padding, grad_weight)
+                gw = _grad_weight(
+                    ctx.operands[0], ctx.operands[1][0], g_op, stride, padding, grad_weight
+                )
                 gw = _tensor_values(gw, grad_weight, grad).reshape(w.shape)
         if has_bias and ctx.needs_input_grad[2]:
             g = grad.transpose(0, 1).reshape(1, grad.shape[1], -1)  # (1, O, N*Ho*Wo)
@@ -171,17 +173,17 @@ def crop_and_pad(dilated, x_shape, kernel, stride, padding):
     return cropped, tuple(max(0, p) for p in pads)
 
 
-def _grad_weight(x_op, w_shape, g_op, stride, padding, cfg: GemmConfig, cols=None):
-    """The weight gradient's codes; ``cols``: the forward convolution's wide
-    im2col columns of x's codes (1, C kh kw, N Ho Wo), read again instead of
-    gathered anew (same geometry, same codes), or None."""
+def _grad_weight(x_op, cw, g_op, stride, padding, cfg: GemmConfig, cols=None):
+    """The weight gradient's codes (``cw``: the weight's codes, for their
+    shape); ``cols``: the forward convolution's wide im2col columns of x's
+    codes (1, C kh kw, N Ho Wo), read again instead of gathered anew (same
+    geometry, same codes), or None."""
     cx, fx, sx = x_op
     g, fg, sg = g_op
     n, o, ho, wo = g.shape
     if cols is None or cols.shape[0] != 1:
         ph, pw = padding
-        shape = np.broadcast_to(np.int8(0), tuple(w_shape))  # im2col reads w's shape only
-        cols, _ = code_columns(cx, shape, stride, (ph, ph, pw, pw), True, sx)
+        cols, _ = code_columns(cx, cw, stride, (ph, ph, pw, pw), True, sx)
     gm = _channels_first(g).reshape(o, n * ho * wo)
     # padding adds zero codes, unfolding repeats codes: the stats still hold
     return _mac((gm, fg, sg), (cols[0].T, fx, sx), cfg)  # (N Ho Wo, C kh kw): a view

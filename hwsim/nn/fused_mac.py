@@ -246,11 +246,11 @@ class FusedConv2d(torch.autograd.Function):
         elif both and cols.shape[0] == 1:
             xb = _ones_column((cols[0], x_op[1], x_op[2]), g_op[2][0], axis=0)
         if xb is not None:  # both in one GEMM, the bias's position sums as the last column
-            acc = _grad_weight((None, *xb[1:]), w_shape, g_op, stride, padding, cfg, xb[0][None])
+            acc = _grad_weight((None, *xb[1:]), w_op[0], g_op, stride, padding, cfg, xb[0][None])
             gw, gb = steps.finish_split(acc, plan.grad_weight, plan.gw, sw, sb)
             gw = gw.reshape(w_shape)
         elif need[1]:
-            acc = _grad_weight(x_op, w_shape, g_op, stride, padding, cfg, cols)
+            acc = _grad_weight(x_op, w_op[0], g_op, stride, padding, cfg, cols)
             gw = finish(acc, plan.grad_weight, plan.gw, sw).reshape(w_shape)
         if need[2] and xb is None:
             c, fl, stats = g_op
